@@ -1,0 +1,228 @@
+use super::context::Gpu;
+use super::tensor::Tensor;
+use super::timer::GpuTimer;
+use anyhow::Result;
+use std::sync::Arc;
+
+/// A compute entry point of a shader file, specialised by `const` overrides.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    pub shader: &'static str,
+    pub entry: &'static str,
+    pub consts: Vec<(&'static str, u32)>,
+    /// Compile with `enable f16;` and `alias WT = f16;` (f16 weight storage).
+    pub f16: bool,
+}
+
+impl Kernel {
+    pub fn new(shader: &'static str, entry: &'static str) -> Kernel {
+        Kernel { shader, entry, consts: vec![], f16: false }
+    }
+    pub fn with(mut self, name: &'static str, value: u32) -> Kernel {
+        self.consts.push((name, value));
+        self
+    }
+    pub fn f16(mut self, on: bool) -> Kernel {
+        self.f16 = on;
+        self
+    }
+    fn key(&self) -> String {
+        format!("{}:{}:{:?}:{}", self.shader, self.entry, self.consts, self.f16)
+    }
+}
+
+/// A storage binding: a whole tensor or a byte range of its buffer.
+#[derive(Clone, Debug)]
+pub struct Binding {
+    pub buf: Arc<wgpu::Buffer>,
+    pub offset: u64,
+    pub size: Option<u64>,
+}
+
+impl From<&Tensor> for Binding {
+    fn from(t: &Tensor) -> Binding {
+        Binding { buf: t.buf.clone(), offset: 0, size: None }
+    }
+}
+
+impl Tensor {
+    /// Bind rows `[row0, row0 + nrows)` of this tensor viewed as `[rows, cols]`.
+    pub fn rows_binding(&self, row0: usize, nrows: usize) -> Binding {
+        let row_bytes = (self.cols() * self.dtype.size()) as u64;
+        let size = (nrows as u64 * row_bytes).div_ceil(4) * 4;
+        Binding { buf: self.buf.clone(), offset: row0 as u64 * row_bytes, size: Some(size.max(4)) }
+    }
+}
+
+/// Workgroup counts for `n` groups, folded into 2-D when `n` exceeds the per-dimension limit.
+/// Shaders recover the linear id as `wid.x + wid.y * nwg.x`.
+pub fn grid(gpu: &Gpu, n: u32) -> [u32; 3] {
+    let max = gpu.limits.max_compute_workgroups_per_dimension.max(1);
+    if n <= max {
+        [n.max(1), 1, 1]
+    } else {
+        let y = n.div_ceil(max);
+        [n.div_ceil(y), y, 1]
+    }
+}
+
+const UNIFORM_CHUNK: u64 = 1 << 16;
+
+impl Gpu {
+    pub(crate) fn pipeline(&self, k: &Kernel) -> Arc<wgpu::ComputePipeline> {
+        let key = k.key();
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+            return p.clone();
+        }
+        let src = super::specialise(super::shader_source(k.shader), &k.consts, k.f16);
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(k.shader),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        });
+        let p = Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(k.entry),
+            layout: None,
+            module: &module,
+            entry_point: Some(k.entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &[],
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        }));
+        self.pipelines.lock().unwrap().insert(key, p.clone());
+        p
+    }
+
+    /// Start recording a batch of dispatches, submitted together by `Batch::submit`.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            gpu: self,
+            enc: Some(self.device.create_command_encoder(&Default::default())),
+            uniforms: vec![],
+            used: UNIFORM_CHUNK,
+            timer: None,
+        }
+    }
+
+    /// Record with `f`, submit, return.
+    pub fn run(&self, f: impl FnOnce(&mut Batch) -> Result<()>) -> Result<()> {
+        let mut b = self.batch();
+        f(&mut b)?;
+        b.submit();
+        Ok(())
+    }
+}
+
+/// Records dispatches into one command encoder. Kernel parameters go into pooled
+/// uniform buffers (binding 0 of every kernel); storage buffers are bindings 1..n.
+pub struct Batch<'g> {
+    pub gpu: &'g Gpu,
+    enc: Option<wgpu::CommandEncoder>,
+    uniforms: Vec<wgpu::Buffer>,
+    used: u64,
+    timer: Option<&'g mut GpuTimer>,
+}
+
+impl<'g> Batch<'g> {
+    /// Time every following dispatch with GPU timestamps (one entry per dispatch).
+    pub fn time_with(&mut self, timer: &'g mut GpuTimer) {
+        self.timer = Some(timer);
+    }
+
+    fn params(&mut self, bytes: &[u8]) -> (usize, u64) {
+        let align = self.gpu.limits.min_uniform_buffer_offset_alignment as u64;
+        let len = (bytes.len() as u64).max(16).div_ceil(16) * 16;
+        if self.used + len > UNIFORM_CHUNK {
+            let buf = self.gpu.uniform_pool.lock().unwrap().pop().unwrap_or_else(|| {
+                self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("params"),
+                    size: UNIFORM_CHUNK,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            });
+            self.uniforms.push(buf);
+            self.used = 0;
+        }
+        let off = self.used;
+        let mut padded = bytes.to_vec();
+        padded.resize(len as usize, 0);
+        self.gpu.queue.write_buffer(self.uniforms.last().unwrap(), off, &padded);
+        self.used = (off + len).div_ceil(align) * align;
+        (self.uniforms.len() - 1, off)
+    }
+
+    /// Record one dispatch of `kernel` with `params` (a `#[repr(C)]` Pod struct matching the
+    /// shader's uniform) and storage `bindings` in order.
+    pub fn dispatch<P: bytemuck::Pod>(&mut self, kernel: &Kernel, params: &P, bindings: &[Binding], groups: [u32; 3]) {
+        let pipeline = self.gpu.pipeline(kernel);
+        let (ui, uoff) = self.params(bytemuck::bytes_of(params));
+        let ubuf = &self.uniforms[ui];
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: ubuf,
+                offset: uoff,
+                size: wgpu::BufferSize::new((std::mem::size_of::<P>() as u64).max(16).div_ceil(16) * 16),
+            }),
+        }];
+        for (i, b) in bindings.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &b.buf,
+                    offset: b.offset,
+                    size: b.size.and_then(wgpu::BufferSize::new),
+                }),
+            });
+        }
+        let bg = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.entry),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        let timestamp_writes = match self.timer.as_deref_mut() {
+            Some(t) if t.next < t.capacity => {
+                let i = t.next;
+                t.next += 1;
+                Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &t.set,
+                    beginning_of_pass_write_index: Some(2 * i),
+                    end_of_pass_write_index: Some(2 * i + 1),
+                })
+            }
+            _ => None,
+        };
+        let enc = self.enc.as_mut().expect("batch already submitted");
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.entry), timestamp_writes });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+    }
+
+    /// Copy `bytes` from one buffer to another inside the batch.
+    pub fn copy(&mut self, src: &Tensor, src_off: u64, dst: &Tensor, dst_off: u64, bytes: u64) {
+        self.enc.as_mut().unwrap().copy_buffer_to_buffer(&src.buf, src_off, &dst.buf, dst_off, bytes);
+    }
+
+    /// Submit everything recorded; the uniform buffers go back to the pool.
+    pub fn submit(mut self) -> wgpu::SubmissionIndex {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> wgpu::SubmissionIndex {
+        let enc = self.enc.take().expect("batch already submitted");
+        let idx = self.gpu.queue.submit([enc.finish()]);
+        self.gpu.uniform_pool.lock().unwrap().append(&mut self.uniforms);
+        idx
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if self.enc.is_some() {
+            self.finish();
+        }
+    }
+}

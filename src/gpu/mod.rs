@@ -1,0 +1,70 @@
+//! The GPU runtime: one context (adapter, device, queue, limits, features), tensors,
+//! a pipeline cache keyed by shader + constants, command batches, readback and timestamps.
+
+mod context;
+mod kernel;
+mod tensor;
+mod timer;
+
+pub use context::{Gpu, GpuInfo};
+pub use kernel::{grid, Batch, Binding, Kernel};
+pub use tensor::{DType, Tensor};
+pub use timer::GpuTimer;
+
+/// Every WGSL file of the crate, by name (the file stem under `shaders/`).
+/// Tests validate each of them with naga and translate them to SPIR-V, MSL and HLSL.
+pub const SHADERS: &[(&str, &str)] = &[
+    ("elementwise", include_str!("../../shaders/elementwise.wgsl")),
+    ("matmul", include_str!("../../shaders/matmul.wgsl")),
+    ("matmul_naive", include_str!("../../shaders/matmul_naive.wgsl")),
+    ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
+    ("rope", include_str!("../../shaders/rope.wgsl")),
+    ("attention", include_str!("../../shaders/attention.wgsl")),
+    ("nll", include_str!("../../shaders/nll.wgsl")),
+    ("reduce", include_str!("../../shaders/reduce.wgsl")),
+];
+
+/// The source of a shader by name; panics on an unknown name (a programming error, not input).
+pub fn shader_source(name: &str) -> &'static str {
+    SHADERS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
+        .unwrap_or_else(|| panic!("unknown shader '{name}'"))
+}
+
+/// Replace the value of `const NAME: TYPE = VALUE;` declarations in a WGSL source,
+/// so every shader file stays valid WGSL on its own while the host picks tile sizes.
+/// A `enable f16;` directive is put first when `f16` is true and the source asks for
+/// it through `alias WT = f32; // f16-switch`.
+pub fn specialise(src: &str, consts: &[(&str, u32)], f16: bool) -> String {
+    let mut out = String::with_capacity(src.len() + 32);
+    if f16 {
+        out.push_str("enable f16;\n");
+    }
+    for line in src.lines() {
+        let t = line.trim_start();
+        let mut replaced = false;
+        if let Some(rest) = t.strip_prefix("const ") {
+            for (name, value) in consts {
+                if let Some(after) = rest.strip_prefix(name) {
+                    if let Some(ty) = after.strip_prefix(": ") {
+                        let ty = ty.split(' ').next().unwrap_or("u32");
+                        out.push_str(&format!("const {name}: {ty} = {value}u;\n"));
+                        replaced = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if !replaced && f16 && t.starts_with("alias WT = f32;") {
+            out.push_str("alias WT = f16;\n");
+            replaced = true;
+        }
+        if !replaced {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}

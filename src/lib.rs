@@ -1,0 +1,6 @@
+//! taylorcal: turn a pretrained Transformer into a hybrid Gated DeltaNet model with
+//! Taylor-Calibrate, on hand-written WGSL compute shaders through wgpu.
+
+pub mod gpu;
+pub mod model;
+pub mod ops;

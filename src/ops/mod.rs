@@ -1,0 +1,32 @@
+//! Host side of every shader: one module per kernel family, each with its dispatch
+//! wrapper(s) and a plain-Rust f64 CPU reference (`cpu` functions) the tests compare to.
+
+pub mod attention;
+pub mod elementwise;
+pub mod matmul;
+pub mod nll;
+pub mod norm;
+pub mod reduce;
+pub mod rope;
+
+use crate::gpu::{Batch, Binding, Gpu};
+
+/// Workgroups for `n` threads of `wg` threads each, folded into 2-D past the dimension limit.
+pub(crate) fn groups_for(gpu: &Gpu, n: usize, wg: usize) -> [u32; 3] {
+    crate::gpu::grid(gpu, n.div_ceil(wg) as u32)
+}
+
+/// A 4-byte buffer bound where a kernel's optional input is absent.
+pub(crate) fn dummy(b: &Batch) -> Binding {
+    use std::sync::OnceLock;
+    static DUMMY: OnceLock<std::sync::Arc<wgpu::Buffer>> = OnceLock::new();
+    let buf = DUMMY.get_or_init(|| {
+        std::sync::Arc::new(b.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dummy"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        }))
+    });
+    Binding { buf: buf.clone(), offset: 0, size: None }
+}

@@ -1,0 +1,73 @@
+//! Rotary position embedding, Hugging Face rotate-half convention (shaders/rope.wgsl).
+use super::groups_for;
+use crate::gpu::{Batch, Gpu, Kernel, Tensor};
+use anyhow::Result;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    tokens: u32,
+    heads: u32,
+    dim: u32,
+    pos0: u32,
+}
+
+/// cos/sin tables [max_pos, dim/2], computed in f64: angle = pos * theta^(-2i/dim).
+pub struct RopeTables {
+    pub cos: Tensor,
+    pub sin: Tensor,
+    pub max_pos: usize,
+    pub dim: usize,
+}
+
+impl RopeTables {
+    pub fn new(gpu: &Gpu, theta: f64, dim: usize, max_pos: usize) -> Result<RopeTables> {
+        let (c, s) = cpu::tables(theta, dim, max_pos);
+        let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<_>>();
+        Ok(RopeTables {
+            cos: gpu.upload(&[max_pos, dim / 2], &f(c))?,
+            sin: gpu.upload(&[max_pos, dim / 2], &f(s))?,
+            max_pos,
+            dim,
+        })
+    }
+}
+
+/// Rotate x viewed as [tokens, heads, dim] in place; token t sits at position pos0 + t.
+pub fn rope(b: &mut Batch, x: &Tensor, heads: usize, tab: &RopeTables, pos0: usize) {
+    let tokens = x.numel() / (heads * tab.dim);
+    assert!(pos0 + tokens <= tab.max_pos, "position {} past the RoPE table ({})", pos0 + tokens, tab.max_pos);
+    let p = Params { tokens: tokens as u32, heads: heads as u32, dim: tab.dim as u32, pos0: pos0 as u32 };
+    let groups = groups_for(b.gpu, tokens * heads * tab.dim / 2, 256);
+    b.dispatch(&Kernel::new("rope", "rope"), &p, &[x.into(), (&tab.cos).into(), (&tab.sin).into()], groups);
+}
+
+pub mod cpu {
+    pub fn tables(theta: f64, dim: usize, max_pos: usize) -> (Vec<f64>, Vec<f64>) {
+        let half = dim / 2;
+        let mut c = Vec::with_capacity(max_pos * half);
+        let mut s = Vec::with_capacity(max_pos * half);
+        for pos in 0..max_pos {
+            for i in 0..half {
+                let a = pos as f64 * theta.powf(-2.0 * i as f64 / dim as f64);
+                c.push(a.cos());
+                s.push(a.sin());
+            }
+        }
+        (c, s)
+    }
+
+    /// Rotate-half RoPE on x [tokens, heads, dim] in place.
+    pub fn rope(x: &mut [f64], heads: usize, dim: usize, theta: f64, pos0: usize) {
+        let half = dim / 2;
+        for (th, v) in x.chunks_mut(dim).enumerate() {
+            let pos = pos0 + th / heads;
+            for i in 0..half {
+                let a = pos as f64 * theta.powf(-2.0 * i as f64 / dim as f64);
+                let (x1, x2) = (v[i], v[i + half]);
+                v[i] = x1 * a.cos() - x2 * a.sin();
+                v[i + half] = x2 * a.cos() + x1 * a.sin();
+            }
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Every WGSL file validates with naga and translates to SPIR-V, MSL and HLSL, in every
+//! specialisation the host uses, so a shader that would break on Metal or DX12 fails here.
+use naga::back::{hlsl, msl, spv};
+use naga::valid::{Capabilities, ValidationFlags, Validator};
+use taylorcal::gpu::{specialise, SHADERS};
+
+fn variants(name: &str, src: &str) -> Vec<(String, String)> {
+    let mut v = vec![(format!("{name}"), src.to_string())];
+    if src.contains("f16-switch") {
+        v.push((format!("{name}[f16]"), specialise(src, &[], true)));
+    }
+    if name == "attention" {
+        for (d, bc) in [(128, 16), (256, 8)] {
+            v.push((format!("{name}[D={d}]"), specialise(src, &[("D", d), ("BC", bc)], false)));
+        }
+    }
+    v
+}
+
+fn check(label: &str, src: &str) {
+    let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{label}: WGSL parse error:\n{}", e.emit_to_string(src)));
+    let caps = Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP;
+    let info = Validator::new(ValidationFlags::all(), caps)
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{label}: validation error:\n{}", e.emit_to_string(src)));
+    assert!(!module.entry_points.is_empty(), "{label}: no entry points");
+
+    let spv_opts = spv::Options { lang_version: (1, 3), ..Default::default() };
+    spv::write_vec(&module, &info, &spv_opts, None).unwrap_or_else(|e| panic!("{label}: SPIR-V: {e}"));
+
+    let msl_opts = msl::Options { lang_version: (2, 4), ..Default::default() };
+    msl::write_string(&module, &info, &msl_opts, &msl::PipelineOptions::default()).unwrap_or_else(|e| panic!("{label}: MSL: {e}"));
+
+    let hlsl_opts = hlsl::Options { shader_model: hlsl::ShaderModel::V6_2, ..Default::default() };
+    let mut out = String::new();
+    hlsl::Writer::new(&mut out, &hlsl_opts, &hlsl::PipelineOptions::default())
+        .write(&module, &info, None)
+        .unwrap_or_else(|e| panic!("{label}: HLSL: {e}"));
+}
+
+#[test]
+fn every_shader_file_is_registered_validates_and_translates() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "wgsl")).collect();
+    files.sort();
+    assert!(!files.is_empty());
+    for path in files {
+        let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let src = std::fs::read_to_string(&path).unwrap();
+        let registered = SHADERS.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("shaders/{name}.wgsl is not in gpu::SHADERS"));
+        assert_eq!(registered.1, src, "{name}: registered source differs from the file");
+        for (label, s) in variants(&name, &src) {
+            check(&label, &s);
+        }
+    }
+}
+
+#[test]
+fn a_broken_shader_is_caught() {
+    // the checker itself must be able to fail: an undeclared identifier
+    let bad = "@compute @workgroup_size(1) fn main() { let x = y; }";
+    assert!(naga::front::wgsl::parse_str(bad).is_err());
+    let r = std::panic::catch_unwind(|| check("bad", bad));
+    assert!(r.is_err());
+}
