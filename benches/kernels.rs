@@ -1,1 +1,81 @@
-fn main(){}
+//! Criterion benchmarks of the main kernels: one iteration = record a batch, submit it and
+//! wait for the GPU. Sizes and sample counts are small so `cargo bench --bench kernels`
+//! takes a few minutes on lavapipe (software Vulkan); `taylorcal::bench` has the
+//! GPU-timestamped suite with GFLOP/s.
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use std::time::Duration;
+use taylorcal::gpu::{Batch, Gpu, Tensor};
+use taylorcal::ops::{self, attention::AttnShape, matmul::MatmulKernel};
+
+fn gpu() -> &'static Gpu {
+    Gpu::shared().unwrap_or_else(|e| panic!("the kernel benchmarks need a wgpu adapter: {e:#}"))
+}
+
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 / 1000.0 - 1.0).collect()
+}
+
+/// Record with `f`, submit, wait.
+fn run(g: &Gpu, f: impl FnOnce(&mut Batch)) {
+    let mut b = g.batch();
+    f(&mut b);
+    b.submit();
+    g.sync().unwrap();
+}
+
+struct Mm {
+    x: Tensor,
+    w: Tensor,
+    y: Tensor,
+}
+
+fn mm(g: &Gpu, m: usize, n: usize, k: usize) -> Mm {
+    Mm { x: g.upload(&[m, k], &data(m * k, 1)).unwrap(), w: g.upload(&[n, k], &data(n * k, 2)).unwrap(), y: g.zeros(&[m, n]).unwrap() }
+}
+
+fn matmul(c: &mut Criterion) {
+    let g = gpu();
+    let mut group = c.benchmark_group("matmul");
+    group.sampling_mode(SamplingMode::Flat).sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    let auto = MatmulKernel::auto(g);
+    let mut cases: Vec<(String, usize, usize, usize, Option<MatmulKernel>)> = vec![
+        (format!("linear[{auto:?}]/256x256x256"), 256, 256, 256, Some(auto)),
+        (format!("linear[{auto:?}]/1024x576x576"), 1024, 576, 576, Some(auto)),
+    ];
+    if auto != MatmulKernel::Tiled {
+        cases.push(("linear[Tiled]/256x256x256".into(), 256, 256, 256, Some(MatmulKernel::Tiled)));
+    }
+    cases.push(("naive/256x256x256".into(), 256, 256, 256, None));
+    for (name, m, n, k, kernel) in cases {
+        let t = mm(g, m, n, k);
+        group.throughput(Throughput::Elements((2 * m * n * k) as u64)); // flops
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                run(g, |bt| match kernel {
+                    Some(kn) => ops::matmul::linear_with(bt, &t.x, &t.w, None, &t.y, false, kn),
+                    None => ops::matmul::linear_naive(bt, &t.x, &t.w, &t.y),
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+fn attention(c: &mut Criterion) {
+    let g = gpu();
+    let mut group = c.benchmark_group("attention");
+    group.sampling_mode(SamplingMode::Flat).sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    let (t, h, hkv, d) = (256, 9, 3, 64);
+    let q = g.upload(&[t, h * d], &data(t * h * d, 3)).unwrap();
+    let k = g.upload(&[t, hkv * d], &data(t * hkv * d, 4)).unwrap();
+    let v = g.upload(&[t, hkv * d], &data(t * hkv * d, 5)).unwrap();
+    let o = g.zeros(&[t, h * d]).unwrap();
+    let st = g.zeros(&[t, h, 2]).unwrap();
+    let s = AttnShape { heads: h, kv_heads: hkv, dim: d, pos0: 0, scale: 1.0 / (d as f32).sqrt() };
+    group.throughput(Throughput::Elements((2 * t * t * h * d) as u64)); // causal flops: 4 T^2/2 H d
+    group.bench_function(format!("causal/T{t}_H{h}_{hkv}_d{d}"), |b| b.iter(|| run(g, |bt| ops::attention::attention(bt, &q, &k, &v, &o, &st, s))));
+    group.finish();
+}
+
+criterion_group!(benches, matmul, attention);
+criterion_main!(benches);

@@ -1,5 +1,7 @@
-// Next-token negative log-likelihood from logits: for row r with target t,
-//   nll[r] = logsumexp(logits[r, :]) - logits[r, t]     (0 where t == 0xffffffff).
+// Next-token negative log-likelihood from logits: for logits row r with target
+// t = targets[row0 + r],
+//   nll[row0 + r] = logsumexp(logits[r, :]) - logits[r, t]     (0 where t == 0xffffffff),
+// so a long sequence is scored in chunks of logits rows.
 // One workgroup per row, a max pass and a sum-of-exp pass over the vocabulary.
 
 const WG: u32 = 256u;
@@ -7,8 +9,8 @@ const WG: u32 = 256u;
 struct Params {
     rows: u32,
     vocab: u32,
-    _pad0: u32,
-    _pad1: u32,
+    row0: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -42,11 +44,11 @@ fn nll_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         workgroupBarrier();
     }
     if (lid.x == 0u) {
-        let t = targets[row];
+        let t = targets[p.row0 + row];
         if (t == 0xffffffffu || t >= p.vocab) {
-            nll[row] = 0.0;
+            nll[p.row0 + row] = 0.0;
         } else {
-            nll[row] = mx + log(red[0]) - logits[base + t];
+            nll[p.row0 + row] = mx + log(red[0]) - logits[base + t];
         }
     }
 }

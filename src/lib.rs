@@ -1,6 +1,8 @@
 //! taylorcal: turn a pretrained Transformer into a hybrid Gated DeltaNet model with
 //! Taylor-Calibrate, on hand-written WGSL compute shaders through wgpu.
 
+pub mod bench;
+pub mod eval;
 pub mod gpu;
 pub mod model;
 pub mod ops;

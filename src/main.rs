@@ -1,1 +1,183 @@
-fn main(){}
+//! The `taylorcal` command line: thin, every subcommand calls the library.
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use taylorcal::gpu::Gpu;
+use taylorcal::model::{self, teacher::Teacher};
+
+#[derive(Parser)]
+#[command(name = "taylorcal", version, about = "Turn a pretrained Transformer into a hybrid Gated DeltaNet model with Taylor-Calibrate, on any GPU wgpu drives")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// `smollm2` (the default teacher, fetched on first use), a .gguf file, or a Hugging Face directory
+    #[arg(long, default_value = model::fetch::DEFAULT_TEACHER)]
+    model: String,
+}
+
+#[derive(clap::Args)]
+struct TextArgs {
+    /// Plain-text file to tokenise (no BOS is added)
+    #[arg(long)]
+    text: PathBuf,
+    /// Use at most this many tokens of the text, as one sequence
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Show the GPU adapter, backend, driver, features and key limits
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mean next-token NLL and perplexity of a model on a text
+    Eval {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        text: TextArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-layer, per-head mean attention distance and entropy (fused kernel)
+    Stats {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        text: TextArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Greedy decoding with a KV cache
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn gpu() -> Result<&'static Gpu> {
+    Gpu::shared()
+}
+
+struct Loaded {
+    teacher: Teacher,
+    tokenizer: tokenizers::Tokenizer,
+    eos: Option<u32>,
+}
+
+fn load(spec: &str) -> Result<Loaded> {
+    let path = model::fetch::resolve_model(spec)?;
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", path.display()));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let files = model::load_model(&path)?;
+    let tokenizer = files.tokenizer.clone().with_context(|| format!("{} has no tokenizer", files.source))?;
+    let teacher = Teacher::new(gpu()?, &files)?;
+    spinner.finish_and_clear();
+    Ok(Loaded { teacher, tokenizer, eos: files.config.eos_token_id })
+}
+
+/// Tokenise a text file (no special tokens), keeping at most `max` tokens.
+fn read_tokens(tok: &tokenizers::Tokenizer, path: &Path, max: usize) -> Result<Vec<u32>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading text file {}", path.display()))?;
+    if text.trim().is_empty() {
+        bail!("text file {} is empty", path.display());
+    }
+    let enc = tok.encode(text.as_str(), false).map_err(|e| anyhow::anyhow!("tokenising {}: {e}", path.display()))?;
+    let mut ids = enc.get_ids().to_vec();
+    ids.truncate(max);
+    Ok(ids)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Info { json } => {
+            let info = &gpu()?.info;
+            if json {
+                println!("{}", serde_json::to_string_pretty(info)?);
+            } else {
+                println!("adapter   {} ({})", info.name, info.device_type);
+                println!("backend   {}", info.backend);
+                println!("driver    {} {}", info.driver, info.driver_info);
+                println!("features  shader_f16={} subgroup={} timestamp_query={} (inside passes: {})", info.shader_f16, info.subgroup, info.timestamp_query, info.timestamp_inside_passes);
+                println!("limits    max_storage_buffer_binding_size={} max_buffer_size={}", info.max_storage_buffer_binding_size, info.max_buffer_size);
+                println!("          max_compute_workgroup_storage_size={} max_invocations_per_workgroup={}", info.max_compute_workgroup_storage_size, info.max_compute_invocations_per_workgroup);
+                println!("          max_workgroups_per_dimension={} storage_buffers_per_stage={} subgroup_size={}..{}", info.max_compute_workgroups_per_dimension, info.max_storage_buffers_per_shader_stage, info.min_subgroup_size, info.max_subgroup_size);
+            }
+        }
+        Cmd::Eval { model, text, json } => {
+            let m = load(&model.model)?;
+            let ids = read_tokens(&m.tokenizer, &text.text, text.max_tokens)?;
+            let r = taylorcal::eval::perplexity(gpu()?, &m.teacher, &ids)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("tokens {}  nll {:.4}  ppl {:.2}", r.tokens, r.nll, r.ppl);
+            }
+        }
+        Cmd::Stats { model, text, json } => {
+            let m = load(&model.model)?;
+            let ids = read_tokens(&m.tokenizer, &text.text, text.max_tokens)?;
+            let layers = taylorcal::eval::attention_stats(gpu()?, &m.teacher, &[&ids])?;
+            if json {
+                println!("{}", json!({ "tokens": ids.len(), "layers": layers }));
+            } else {
+                println!("{} tokens; per head: mean attention distance / entropy (nats)", ids.len());
+                for (i, l) in layers.iter().enumerate() {
+                    let cells: Vec<String> = l.distance.iter().zip(&l.entropy).map(|(d, e)| format!("{d:6.1}/{e:4.2}")).collect();
+                    println!("layer {i:2}  {}", cells.join(" "));
+                }
+            }
+        }
+        Cmd::Generate { model, prompt, max_new_tokens, json } => {
+            let m = load(&model.model)?;
+            let enc = m.tokenizer.encode(prompt.as_str(), false).map_err(|e| anyhow::anyhow!("tokenising the prompt: {e}"))?;
+            let ids = enc.get_ids().to_vec();
+            if !json {
+                print!("{prompt}");
+            }
+            let mut shown = String::new();
+            let mut new_ids: Vec<u32> = vec![];
+            let out = taylorcal::eval::generate(gpu()?, &m.teacher, &ids, max_new_tokens, m.eos, |id| {
+                if json {
+                    return;
+                }
+                new_ids.push(id);
+                let text = m.tokenizer.decode(&new_ids, true).unwrap_or_default();
+                if let Some(tail) = text.strip_prefix(shown.as_str()) {
+                    print!("{tail}");
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                }
+                shown = text;
+            })?;
+            let text = m.tokenizer.decode(&out, true).map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
+            if json {
+                println!("{}", json!({ "prompt": prompt, "prompt_tokens": ids.len(), "new_tokens": out.len(), "ids": out, "text": text }));
+            } else {
+                println!();
+            }
+        }
+    }
+    Ok(())
+}

@@ -243,12 +243,18 @@ impl GgmlType {
 
 /// Bytes a tensor of `dims` (ne0 first) takes, or why it cannot be stored as `ty`.
 fn tensor_nbytes(ty: GgmlType, dims: &[usize]) -> Result<usize> {
-    let (block_elems, block_bytes) = ty
-        .block()
-        .ok_or_else(|| anyhow!("tensor type {} is not supported (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0)", ty.name()))?;
+    let (block_elems, block_bytes) = ty.block().ok_or_else(|| {
+        anyhow!(
+            "tensor type {} is not supported (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0)",
+            ty.name()
+        )
+    })?;
     let ne0 = dims.first().copied().unwrap_or(1);
     if ne0 % block_elems != 0 {
-        bail!("row length {ne0} is not a multiple of the {} block size {block_elems}", ty.name());
+        bail!(
+            "row length {ne0} is not a multiple of the {} block size {block_elems}",
+            ty.name()
+        );
     }
     let numel = checked_numel(dims).ok_or_else(|| anyhow!("dimensions {dims:?} overflow"))?;
     (numel / block_elems)
@@ -267,14 +273,21 @@ fn checked_numel(dims: &[usize]) -> Option<usize> {
 pub fn dequantize(ty: GgmlType, bytes: &[u8], numel: usize) -> Result<Vec<f32>> {
     let expected = tensor_nbytes(ty, &[numel])?;
     if bytes.len() != expected {
-        bail!("{} data of {numel} elements needs {expected} bytes, got {}", ty.name(), bytes.len());
+        bail!(
+            "{} data of {numel} elements needs {expected} bytes, got {}",
+            ty.name(),
+            bytes.len()
+        );
     }
     if let Some(float) = ty.float() {
         return Ok(float.decode(bytes));
     }
     let (_, block_bytes) = ty.block().expect("checked by tensor_nbytes");
     let mut out = vec![0.0f32; numel];
-    for (block, y) in bytes.chunks_exact(block_bytes).zip(out.chunks_exact_mut(QK)) {
+    for (block, y) in bytes
+        .chunks_exact(block_bytes)
+        .zip(out.chunks_exact_mut(QK))
+    {
         match ty {
             GgmlType::Q4_0 => dequant_q4_0(block, y),
             GgmlType::Q4_1 => dequant_q4_1(block, y),
@@ -323,7 +336,9 @@ pub fn quantize_q4_0(x: &[f32]) -> Vec<u8> {
     assert_eq!(x.len() % QK, 0, "quantize: length must be a multiple of 32");
     let mut out = Vec::with_capacity(x.len() / QK * 18);
     for block in x.chunks_exact(QK) {
-        let max = block.iter().fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        let max = block
+            .iter()
+            .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
         let d = max / -8.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         push_f16(&mut out, d);
@@ -381,7 +396,11 @@ fn rope_row_pairs(n_head: usize, rows_per_head: usize) -> impl Iterator<Item = (
 }
 
 fn move_rows(w: &[f32], n_head: usize, rows_per_head: usize, cols: usize, to_hf: bool) -> Vec<f32> {
-    assert_eq!(w.len(), n_head * rows_per_head * cols, "permute: shape mismatch");
+    assert_eq!(
+        w.len(),
+        n_head * rows_per_head * cols,
+        "permute: shape mismatch"
+    );
     assert_eq!(rows_per_head % 2, 0, "permute: rows per head must be even");
     let mut out = vec![0.0f32; w.len()];
     for (hf, gg) in rope_row_pairs(n_head, rows_per_head) {
@@ -495,7 +514,11 @@ impl<'a> Reader<'a> {
 
     fn array_value(&mut self, depth: usize) -> Result<GgufValue> {
         if depth >= MAX_ARRAY_NESTING {
-            bail!("corrupt GGUF file {}: {} nests arrays too deeply", self.path.display(), self.section);
+            bail!(
+                "corrupt GGUF file {}: {} nests arrays too deeply",
+                self.path.display(),
+                self.section
+            );
         }
         let elem_type = self.u32()?;
         let n = self.count("array elements", min_value_bytes(elem_type))?;
@@ -558,7 +581,10 @@ impl GgufFile {
             section: "the header".into(),
         };
         if r.take(4).ok() != Some(MAGIC.as_slice()) {
-            bail!("{} is not a GGUF file (it does not start with 'GGUF')", path.display());
+            bail!(
+                "{} is not a GGUF file (it does not start with 'GGUF')",
+                path.display()
+            );
         }
         let version = r.u32()?;
         if !(2..=3).contains(&version) {
@@ -648,12 +674,27 @@ fn read_tensor_infos(r: &mut Reader, n_tensors: usize) -> Result<Vec<GgufTensorI
         let dims = (0..n_dims)
             .map(|_| {
                 let d = r.u64()?;
-                usize::try_from(d).map_err(|_| anyhow!("corrupt GGUF file {}: tensor '{name}' has dimension {d}", r.path.display()))
+                usize::try_from(d).map_err(|_| {
+                    anyhow!(
+                        "corrupt GGUF file {}: tensor '{name}' has dimension {d}",
+                        r.path.display()
+                    )
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let ty = GgmlType::from_id(r.u32()?);
-        let offset = usize::try_from(r.u64()?).map_err(|_| anyhow!("corrupt GGUF file {}: tensor '{name}' offset overflows", r.path.display()))?;
-        tensors.push(GgufTensorInfo { name, dims, ty, offset });
+        let offset = usize::try_from(r.u64()?).map_err(|_| {
+            anyhow!(
+                "corrupt GGUF file {}: tensor '{name}' offset overflows",
+                r.path.display()
+            )
+        })?;
+        tensors.push(GgufTensorInfo {
+            name,
+            dims,
+            ty,
+            offset,
+        });
     }
     Ok(tensors)
 }
@@ -664,7 +705,10 @@ fn alignment(metadata: &HashMap<String, GgufValue>, path: &Path) -> Result<usize
     };
     match v.as_i64().and_then(|a| usize::try_from(a).ok()) {
         Some(a) if a.is_power_of_two() => Ok(a),
-        _ => bail!("{}: general.alignment must be a power of two, got {v:?}", path.display()),
+        _ => bail!(
+            "{}: general.alignment must be a power of two, got {v:?}",
+            path.display()
+        ),
     }
 }
 
@@ -685,7 +729,12 @@ impl Meta<'_> {
                 .as_i64()
                 .and_then(|x| usize::try_from(x).ok())
                 .map(Some)
-                .ok_or_else(|| anyhow!("{}: metadata '{key}' must be a non-negative integer, got {v:?}", self.path.display())),
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{}: metadata '{key}' must be a non-negative integer, got {v:?}",
+                        self.path.display()
+                    )
+                }),
         }
     }
 
@@ -696,10 +745,12 @@ impl Meta<'_> {
     fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
         match self.map.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(|x| Some(x as f32))
-                .ok_or_else(|| anyhow!("{}: metadata '{key}' must be a number, got {v:?}", self.path.display())),
+            Some(v) => v.as_f64().map(|x| Some(x as f32)).ok_or_else(|| {
+                anyhow!(
+                    "{}: metadata '{key}' must be a number, got {v:?}",
+                    self.path.display()
+                )
+            }),
         }
     }
 
@@ -712,7 +763,10 @@ impl Meta<'_> {
     }
 
     fn missing(&self, key: &str) -> anyhow::Error {
-        anyhow!("{}: required metadata '{key}' is missing", self.path.display())
+        anyhow!(
+            "{}: required metadata '{key}' is missing",
+            self.path.display()
+        )
     }
 }
 
@@ -731,7 +785,10 @@ fn arch_of(name: &str, path: &Path) -> Result<Arch> {
 /// The model configuration a GGUF file's metadata (and tensor list) describes.
 pub fn gguf_config(file: &GgufFile) -> Result<ModelConfig> {
     let path = file.path.as_path();
-    let m = Meta { map: &file.metadata, path };
+    let m = Meta {
+        map: &file.metadata,
+        path,
+    };
     let arch_name = file
         .metadata
         .get("general.architecture")
@@ -747,7 +804,10 @@ pub fn gguf_config(file: &GgufFile) -> Result<ModelConfig> {
         .unwrap_or_else(|| default_head_dim(hidden_size, num_attention_heads));
     if let Some(rope_dims) = m.opt_usize(&key("rope.dimension_count"))? {
         if rope_dims != head_dim {
-            bail!("{}: partial rotary embeddings ({rope_dims} of {head_dim} dims) are not supported", path.display());
+            bail!(
+                "{}: partial rotary embeddings ({rope_dims} of {head_dim} dims) are not supported",
+                path.display()
+            );
         }
     }
     Ok(ModelConfig {
@@ -774,7 +834,11 @@ pub fn gguf_config(file: &GgufFile) -> Result<ModelConfig> {
 
 /// Vocabulary size: the token list's length, else `{arch}.vocab_size`, else the embedding rows.
 fn gguf_vocab_size(file: &GgufFile, m: &Meta, vocab_key: &str) -> Result<usize> {
-    if let Some(tokens) = file.metadata.get("tokenizer.ggml.tokens").and_then(GgufValue::as_array) {
+    if let Some(tokens) = file
+        .metadata
+        .get("tokenizer.ggml.tokens")
+        .and_then(GgufValue::as_array)
+    {
         return Ok(tokens.len());
     }
     if let Some(v) = m.opt_usize(vocab_key)? {
@@ -820,9 +884,14 @@ pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
 /// Puts llama.cpp-permuted Q/K weights and biases back into Hugging Face row order.
 fn unpermute_qk(cfg: &ModelConfig, tensors: &mut HashMap<String, HostTensor>) {
     for l in 0..cfg.num_hidden_layers {
-        for (proj, n_head) in [("q_proj", cfg.num_attention_heads), ("k_proj", cfg.num_key_value_heads)] {
+        for (proj, n_head) in [
+            ("q_proj", cfg.num_attention_heads),
+            ("k_proj", cfg.num_key_value_heads),
+        ] {
             for suffix in ["weight", "bias"] {
-                if let Some(t) = tensors.get_mut(&format!("model.layers.{l}.self_attn.{proj}.{suffix}")) {
+                if let Some(t) =
+                    tensors.get_mut(&format!("model.layers.{l}.self_attn.{proj}.{suffix}"))
+                {
                     let cols = t.data.len() / (n_head * cfg.head_dim);
                     t.data = unpermute_rows(&t.data, n_head, cfg.head_dim, cols);
                 }
@@ -879,7 +948,10 @@ pub enum GgufTensorData {
     Q4_1(Vec<f32>),
     Q8_0(Vec<f32>),
     /// Already-encoded bytes of any type id (e.g. to test unsupported types).
-    Raw { type_id: u32, bytes: Vec<u8> },
+    Raw {
+        type_id: u32,
+        bytes: Vec<u8>,
+    },
 }
 
 impl GgufTensorData {
@@ -926,7 +998,9 @@ pub fn write_gguf(
     for (key, value) in metadata {
         write_string(&mut out, key);
         out.extend(value.type_id().to_le_bytes());
-        value.write(&mut out).with_context(|| format!("metadata '{key}'"))?;
+        value
+            .write(&mut out)
+            .with_context(|| format!("metadata '{key}'"))?;
     }
 
     let mut data = Vec::new();
@@ -935,10 +1009,14 @@ pub fn write_gguf(
             if n != shape.iter().product::<usize>() {
                 bail!("tensor '{name}': {n} values do not fill shape {shape:?}");
             }
-            if !matches!(tensor, GgufTensorData::F32(_) | GgufTensorData::F16(_) | GgufTensorData::BF16(_))
-                && shape.last().is_some_and(|&ne0| ne0 % QK != 0)
+            if !matches!(
+                tensor,
+                GgufTensorData::F32(_) | GgufTensorData::F16(_) | GgufTensorData::BF16(_)
+            ) && shape.last().is_some_and(|&ne0| ne0 % QK != 0)
             {
-                bail!("tensor '{name}': innermost dimension of {shape:?} is not a multiple of {QK}");
+                bail!(
+                    "tensor '{name}': innermost dimension of {shape:?} is not a multiple of {QK}"
+                );
             }
         }
         let (type_id, bytes) = tensor.encode();

@@ -189,21 +189,33 @@ pub fn check_config(cfg: &ModelConfig, source: &str) -> Result<()> {
     if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
         bail!("{source}: {name} must be positive, got 0");
     }
-    if cfg.num_attention_heads % cfg.num_key_value_heads != 0 {
+    if !cfg
+        .num_attention_heads
+        .is_multiple_of(cfg.num_key_value_heads)
+    {
         bail!(
             "{source}: num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
             cfg.num_attention_heads,
             cfg.num_key_value_heads
         );
     }
-    if cfg.head_dim % 2 != 0 {
-        bail!("{source}: head_dim must be even for RoPE, got {}", cfg.head_dim);
+    if !cfg.head_dim.is_multiple_of(2) {
+        bail!(
+            "{source}: head_dim must be even for RoPE, got {}",
+            cfg.head_dim
+        );
     }
     if !(cfg.rms_norm_eps > 0.0 && cfg.rms_norm_eps.is_finite()) {
-        bail!("{source}: rms_norm_eps must be a positive number, got {}", cfg.rms_norm_eps);
+        bail!(
+            "{source}: rms_norm_eps must be a positive number, got {}",
+            cfg.rms_norm_eps
+        );
     }
     if !(cfg.rope_theta > 0.0 && cfg.rope_theta.is_finite()) {
-        bail!("{source}: rope_theta must be a positive number, got {}", cfg.rope_theta);
+        bail!(
+            "{source}: rope_theta must be a positive number, got {}",
+            cfg.rope_theta
+        );
     }
     Ok(())
 }
@@ -264,7 +276,9 @@ pub fn validate_tensors(
     let mut problems = Vec::new();
     for (name, shape) in expected_tensors(cfg) {
         match tensors.get(&name) {
-            None => problems.push(format!("missing tensor '{name}' (expected shape {shape:?})")),
+            None => problems.push(format!(
+                "missing tensor '{name}' (expected shape {shape:?})"
+            )),
             Some(t) if t.shape != shape => problems.push(format!(
                 "tensor '{name}' has shape {:?}, expected {shape:?}",
                 t.shape
@@ -278,8 +292,17 @@ pub fn validate_tensors(
     match problems.len() {
         0 => Ok(()),
         n => {
-            let shown = problems.iter().take(5).cloned().collect::<Vec<_>>().join("; ");
-            let more = if n > 5 { format!(" (and {} more)", n - 5) } else { String::new() };
+            let shown = problems
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ");
+            let more = if n > 5 {
+                format!(" (and {} more)", n - 5)
+            } else {
+                String::new()
+            };
             bail!("{source}: {shown}{more}")
         }
     }
@@ -335,7 +358,10 @@ pub fn read_safetensors_filtered(
             )
         })?;
         let data = dtype.decode(view.data());
-        out.insert(name.to_string(), HostTensor::new(view.shape().to_vec(), data));
+        out.insert(
+            name.to_string(),
+            HostTensor::new(view.shape().to_vec(), data),
+        );
     }
     Ok(out)
 }
@@ -414,7 +440,10 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = BTreeSet::new();
     for (tensor, file) in weight_map {
         let file = file.as_str().ok_or_else(|| {
-            anyhow!("{}: weight_map entry '{tensor}' is not a file name", index.display())
+            anyhow!(
+                "{}: weight_map entry '{tensor}' is not a file name",
+                index.display()
+            )
         })?;
         files.insert(file.to_string());
     }
@@ -428,7 +457,10 @@ pub fn load_hf_dir(dir: &Path) -> Result<ModelFiles> {
         .with_context(|| format!("cannot read {}", config_path.display()))?;
     let config = parse_hf_config(&json, &config_path)?;
 
-    let wanted: BTreeSet<String> = expected_tensors(&config).into_iter().map(|(n, _)| n).collect();
+    let wanted: BTreeSet<String> = expected_tensors(&config)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     let mut tensors = HashMap::new();
     for file in safetensors_files(dir)? {
         tensors.extend(read_safetensors_filtered(&file, |n| wanted.contains(n))?);
@@ -451,7 +483,9 @@ pub fn load_hf_dir(dir: &Path) -> Result<ModelFiles> {
 
 /// A JSON number holding the f32's shortest decimal form (1e-5, not 9.99999974e-6).
 fn json_f32(x: f32) -> Value {
-    x.to_string().parse::<f64>().map_or(Value::Null, |v| json!(v))
+    x.to_string()
+        .parse::<f64>()
+        .map_or(Value::Null, |v| json!(v))
 }
 
 /// The Hugging Face `config.json` describing `cfg`.

@@ -3,8 +3,11 @@
 
 pub mod config;
 pub mod dtype;
+pub mod fetch;
 pub mod gguf;
 pub mod hf;
+pub mod reference;
+pub mod teacher;
 pub mod tokenizer;
 pub mod weights;
 

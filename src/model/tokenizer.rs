@@ -39,14 +39,20 @@ fn meta_strings<'a>(
 
 /// Ids of the tokens whose `tokenizer.ggml.token_type` is control or user-defined.
 fn special_token_ids(meta: &HashMap<String, GgufValue>) -> Vec<usize> {
-    let Some(types) = meta.get("tokenizer.ggml.token_type").and_then(GgufValue::as_array) else {
+    let Some(types) = meta
+        .get("tokenizer.ggml.token_type")
+        .and_then(GgufValue::as_array)
+    else {
         return Vec::new();
     };
     types
         .iter()
         .enumerate()
         .filter(|(_, t)| {
-            matches!(t.as_i64(), Some(TOKEN_TYPE_CONTROL) | Some(TOKEN_TYPE_USER_DEFINED))
+            matches!(
+                t.as_i64(),
+                Some(TOKEN_TYPE_CONTROL) | Some(TOKEN_TYPE_USER_DEFINED)
+            )
         })
         .map(|(i, _)| i)
         .collect()
@@ -63,7 +69,9 @@ pub fn tokenizer_from_gguf(meta: &HashMap<String, GgufValue>, source: &str) -> R
         .and_then(GgufValue::as_str)
         .ok_or_else(|| anyhow!("{source}: metadata 'tokenizer.ggml.model' is missing"))?;
     if model != "gpt2" {
-        bail!("{source}: tokenizer model '{model}' is not supported (supported: gpt2 byte-level BPE)");
+        bail!(
+            "{source}: tokenizer model '{model}' is not supported (supported: gpt2 byte-level BPE)"
+        );
     }
     let tokens = meta_strings(meta, "tokenizer.ggml.tokens", source)?;
     let merges = meta_strings(meta, "tokenizer.ggml.merges", source)?
@@ -72,7 +80,9 @@ pub fn tokenizer_from_gguf(meta: &HashMap<String, GgufValue>, source: &str) -> R
         .map(|(i, m)| {
             m.split_once(' ')
                 .map(|(a, b)| (a.to_string(), b.to_string()))
-                .ok_or_else(|| anyhow!("{source}: merge {i} ('{m}') is not two tokens separated by a space"))
+                .ok_or_else(|| {
+                    anyhow!("{source}: merge {i} ('{m}') is not two tokens separated by a space")
+                })
         })
         .collect::<Result<Vec<_>>>()?;
     let vocab: Vocab = tokens

@@ -1,7 +1,10 @@
-//! Linear layers: y = x W^T (+ bias) (+= y) with the tiled kernel (shaders/matmul.wgsl),
-//! and the naive one-thread-per-output baseline (shaders/matmul_naive.wgsl).
+//! Linear layers: y = x W^T (+ bias) (+= y) with the tiled kernel (shaders/matmul.wgsl)
+//! or, on CPU adapters with 8-lane subgroups (lavapipe), the subgroup-broadcast kernel
+//! (shaders/matmul_sg.wgsl); and the naive one-thread-per-output baseline
+//! (shaders/matmul_naive.wgsl).
 use super::dummy;
-use crate::gpu::{Batch, DType, Kernel, Tensor};
+use crate::gpu::{Batch, DType, Gpu, Kernel, Tensor};
+use std::sync::OnceLock;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -16,13 +19,85 @@ struct Params {
     _pad: u32,
 }
 
-const BM: usize = 64;
-const BN: usize = 64;
+/// The kernel behind [`linear`]; all compute the same thing with the same bindings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// shaders/matmul.wgsl: workgroup-memory tiles and a register tile per invocation, on
+    /// any adapter; 128 x 128 output tiles for large outputs (and on CPU adapters), else 64 x 64.
+    Tiled,
+    /// shaders/matmul.wgsl with 64 x 64 tiles (4 x 4 per invocation), whatever the shape.
+    Tiled64,
+    /// shaders/matmul.wgsl with 128 x 128 tiles (8 x 8 per invocation), whatever the shape.
+    Tiled128,
+    /// shaders/matmul_sg.wgsl: one 8-lane subgroup per 32 x 64 output tile, X shared between
+    /// lanes by subgroupShuffle. For CPU adapters (lavapipe), where every non-constant load
+    /// is a loop over the SIMD lanes and loads per FMA decide the speed.
+    Subgroup,
+}
+
+impl MatmulKernel {
+    /// Whether this adapter can run the kernel: `Subgroup` needs SUBGROUP and subgroups of
+    /// exactly 8 invocations (its workgroup is one subgroup).
+    pub fn available(self, gpu: &Gpu) -> bool {
+        match self {
+            MatmulKernel::Tiled | MatmulKernel::Tiled64 | MatmulKernel::Tiled128 => true,
+            MatmulKernel::Subgroup => gpu.info.subgroup && gpu.info.min_subgroup_size == 8 && gpu.info.max_subgroup_size == 8,
+        }
+    }
+
+    /// The kernel `linear` uses here: `Subgroup` on a CPU adapter that can run it, else
+    /// `Tiled`. `TAYLORCAL_MATMUL=tiled|tiled64|tiled128|subgroup` overrides the choice
+    /// (where available), so tests can cover every kernel on one machine.
+    pub fn auto(gpu: &Gpu) -> MatmulKernel {
+        static OVERRIDE: OnceLock<Option<MatmulKernel>> = OnceLock::new();
+        let forced = *OVERRIDE.get_or_init(|| match std::env::var("TAYLORCAL_MATMUL").ok()?.to_lowercase().as_str() {
+            "tiled" => Some(MatmulKernel::Tiled),
+            "tiled64" => Some(MatmulKernel::Tiled64),
+            "tiled128" => Some(MatmulKernel::Tiled128),
+            "subgroup" | "sg" => Some(MatmulKernel::Subgroup),
+            other => panic!("TAYLORCAL_MATMUL={other:?}: expected tiled, tiled64, tiled128 or subgroup"),
+        });
+        match forced {
+            Some(k) if k.available(gpu) => k,
+            Some(_) => MatmulKernel::Tiled,
+            None if gpu.info.device_type == "Cpu" && MatmulKernel::Subgroup.available(gpu) => MatmulKernel::Subgroup,
+            None => MatmulKernel::Tiled,
+        }
+    }
+
+    /// The specialised kernel and its output tile (rows, columns) for an m x n output.
+    fn kernel(self, gpu: &Gpu, m: usize, n: usize, f16: bool) -> (Kernel, usize, usize) {
+        match self {
+            MatmulKernel::Tiled | MatmulKernel::Tiled64 | MatmulKernel::Tiled128 => {
+                // Tiled: 128 x 128 tiles (8 x 8 per invocation) once there are enough of them
+                // to fill a GPU (on an H200 they win from 2048^2 outputs on, 64 x 64 below);
+                // always on CPU adapters, where fewer loads per FMA is all that counts
+                let big = match self {
+                    MatmulKernel::Tiled64 => false,
+                    MatmulKernel::Tiled128 => true,
+                    _ => gpu.info.device_type == "Cpu" || m.div_ceil(128) * n.div_ceil(128) >= 256,
+                };
+                let (tile, r) = if big { (128, 2) } else { (64, 1) };
+                let k = Kernel::new("matmul", "matmul").with("BM", tile).with("BN", tile).with("RM", r).with("RN", r).f16(f16);
+                (k, tile as usize, tile as usize)
+            }
+            MatmulKernel::Subgroup => (Kernel::new("matmul_sg", "matmul_sg").f16(f16), 32, 64),
+        }
+    }
+}
 
 /// y[M, N] = x[M, K] W[N, K]^T + bias[N] (or y += ... when `accumulate`).
 /// W may be f32 or f16 (f16 needs SHADER_F16). Tensors larger than the adapter's binding
 /// limit are split over rows of x/y and of W into several dispatches.
+/// Runs the kernel [`MatmulKernel::auto`] picks for the adapter.
 pub fn linear(b: &mut Batch, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, accumulate: bool) {
+    let kernel = MatmulKernel::auto(b.gpu);
+    linear_with(b, x, w, bias, y, accumulate, kernel);
+}
+
+/// [`linear`] with an explicit kernel; panics if the adapter cannot run it.
+pub fn linear_with(b: &mut Batch, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, accumulate: bool, kernel: MatmulKernel) {
+    assert!(kernel.available(b.gpu), "matmul kernel {kernel:?} is not available on {}", b.gpu.info.name);
     let (n, k) = (w.rows(), w.cols());
     let m = x.numel() / k;
     assert_eq!(x.numel(), m * k, "linear: x {:?} vs W {:?}", x.shape, w.shape);
@@ -30,7 +105,7 @@ pub fn linear(b: &mut Batch, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &
     let x = x.reshape(&[m, k]);
     let y = y.reshape(&[m, n]);
     let f16 = w.dtype == DType::F16;
-    let kernel = Kernel::new("matmul", "matmul").f16(f16);
+    let (kernel, bm, bn) = kernel.kernel(b.gpu, m, n, f16);
     let mstep = b.gpu.rows_per_binding(&[(k * 4) as u64, (n * 4) as u64]);
     let nstep = b.gpu.rows_per_binding(&[(k * w.dtype.size()) as u64, 4]);
     for m0 in (0..m).step_by(mstep) {
@@ -52,7 +127,7 @@ pub fn linear(b: &mut Batch, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &
                 _pad: 0,
             };
             let binds = [x.rows_binding(m0, mc), w.rows_binding(n0, nc), bias_b, y.rows_binding(m0, mc)];
-            b.dispatch(&kernel, &p, &binds, [nc.div_ceil(BN) as u32, mc.div_ceil(BM) as u32, 1]);
+            b.dispatch(&kernel, &p, &binds, [nc.div_ceil(bn) as u32, mc.div_ceil(bm) as u32, 1]);
         }
     }
 }

@@ -6,10 +6,16 @@ pub const IGNORE: u32 = u32::MAX;
 
 /// nll[r] = logsumexp(logits[r, :]) - logits[r, targets[r]]
 pub fn nll(b: &mut Batch, logits: &Tensor, targets: &Tensor, out: &Tensor) {
+    assert_eq!(targets.numel(), logits.rows());
+    nll_rows(b, logits, targets, out, 0);
+}
+
+/// Score a chunk: logits rows are sequence rows `row0..row0 + logits.rows()`.
+pub fn nll_rows(b: &mut Batch, logits: &Tensor, targets: &Tensor, out: &Tensor, row0: usize) {
     let vocab = logits.cols();
     let rows = logits.rows();
-    assert_eq!(targets.numel(), rows);
-    let p = [rows as u32, vocab as u32, 0, 0];
+    assert!(row0 + rows <= targets.numel() && targets.numel() == out.numel());
+    let p = [rows as u32, vocab as u32, row0 as u32, 0];
     b.dispatch(&Kernel::new("nll", "nll_rows"), &p, &[logits.into(), targets.into(), out.into()], grid(b.gpu, rows as u32));
 }
 

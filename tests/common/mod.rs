@@ -1,6 +1,8 @@
 //! Shared test helpers: the one GPU context, seeded random data, error metrics.
 #![allow(dead_code)]
 
+pub mod tiny;
+
 use rand::{Rng, SeedableRng};
 use taylorcal::gpu::Gpu;
 

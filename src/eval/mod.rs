@@ -1,0 +1,122 @@
+//! Perplexity, attention statistics and greedy generation on a teacher.
+use crate::gpu::{Gpu, Tensor};
+use crate::model::teacher::{AttnActs, ForwardOpts, Teacher};
+use crate::ops;
+use anyhow::{ensure, Result};
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalResult {
+    /// Tokens in the evaluated sequence (predictions scored = tokens - 1).
+    pub tokens: usize,
+    /// Mean next-token negative log-likelihood (nats).
+    pub nll: f64,
+    pub ppl: f64,
+}
+
+/// Next-token NLL per position of `ids` as one sequence (position T-1 scores nothing).
+pub fn token_nll(gpu: &Gpu, teacher: &Teacher, ids: &[u32], opts: ForwardOpts) -> Result<Vec<f32>> {
+    ensure!(ids.len() >= 2, "need at least 2 tokens to score next-token predictions, got {}", ids.len());
+    let t = ids.len();
+    let cache = teacher.kv_cache(gpu, t)?;
+    let tid = gpu.upload_u32(&[t], ids)?;
+    let mut targets: Vec<u32> = ids[1..].to_vec();
+    targets.push(ops::nll::IGNORE);
+    let ttg = gpu.upload_u32(&[t], &targets)?;
+    let nll = gpu.zeros(&[t])?;
+    let mut b = gpu.batch();
+    let hidden = teacher.forward(&mut b, &cache, &tid, 0, opts)?;
+    let chunk = teacher.logit_rows_per_chunk(gpu);
+    for r0 in (0..t).step_by(chunk) {
+        let rows = chunk.min(t - r0);
+        let logits = teacher.logits(&mut b, &hidden, r0, rows)?;
+        ops::nll::nll_rows(&mut b, &logits, &ttg, &nll, r0);
+        // submit per chunk so only one chunk of logits is alive at a time
+        b.submit();
+        b = gpu.batch();
+    }
+    b.submit();
+    let mut v = gpu.read(&nll)?;
+    v.truncate(t - 1);
+    Ok(v)
+}
+
+pub fn perplexity(gpu: &Gpu, teacher: &Teacher, ids: &[u32]) -> Result<EvalResult> {
+    perplexity_with(gpu, teacher, ids, ForwardOpts::default())
+}
+
+pub fn perplexity_with(gpu: &Gpu, teacher: &Teacher, ids: &[u32], opts: ForwardOpts) -> Result<EvalResult> {
+    let v = token_nll(gpu, teacher, ids, opts)?;
+    let nll = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+    Ok(EvalResult { tokens: ids.len(), nll, ppl: nll.exp() })
+}
+
+/// Per-layer, per-head mean attention distance and entropy, averaged over query rows.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerStats {
+    pub distance: Vec<f32>,
+    pub entropy: Vec<f32>,
+}
+
+/// Attention statistics from the fused kernel over `windows` (each one sequence from
+/// position 0), averaged over all query rows of all windows.
+pub fn attention_stats(gpu: &Gpu, teacher: &Teacher, windows: &[&[u32]]) -> Result<Vec<LayerStats>> {
+    let c = &teacher.cfg;
+    let (nl, h) = (c.num_hidden_layers, c.num_attention_heads);
+    let sums: Vec<Tensor> = (0..nl).map(|_| gpu.zeros(&[h * 2])).collect::<Result<_>>()?;
+    let mut acc = vec![0.0f64; nl * h * 2];
+    let mut rows = 0usize;
+    for w in windows {
+        ensure!(!w.is_empty(), "empty window");
+        let cache = teacher.kv_cache(gpu, w.len())?;
+        let tid = gpu.upload_u32(&[w.len()], w)?;
+        let mut hook = |b: &mut crate::gpu::Batch, a: AttnActs| -> Result<()> {
+            ops::reduce::colsum(b, a.stats, 1.0, &sums[a.layer]);
+            Ok(())
+        };
+        let mut b = gpu.batch();
+        teacher.forward(&mut b, &cache, &tid, 0, ForwardOpts { hook: Some(&mut hook), ..Default::default() })?;
+        b.submit();
+        for (l, s) in sums.iter().enumerate() {
+            for (j, v) in gpu.read(s)?.into_iter().enumerate() {
+                acc[l * h * 2 + j] += v as f64;
+            }
+        }
+        rows += w.len();
+    }
+    Ok((0..nl)
+        .map(|l| {
+            let s = &acc[l * h * 2..(l + 1) * h * 2];
+            LayerStats {
+                distance: s.iter().step_by(2).map(|v| (v / rows as f64) as f32).collect(),
+                entropy: s.iter().skip(1).step_by(2).map(|v| (v / rows as f64) as f32).collect(),
+            }
+        })
+        .collect())
+}
+
+/// Greedy decoding with the KV cache: returns the new token ids (stops at `eos`).
+pub fn generate(gpu: &Gpu, teacher: &Teacher, prompt: &[u32], max_new: usize, eos: Option<u32>, mut on_token: impl FnMut(u32)) -> Result<Vec<u32>> {
+    ensure!(!prompt.is_empty(), "the prompt tokenised to nothing");
+    let cache = teacher.kv_cache(gpu, prompt.len() + max_new)?;
+    let mut out = Vec::new();
+    let mut ids = prompt.to_vec();
+    let mut pos = 0;
+    while out.len() < max_new {
+        let tid = gpu.upload_u32(&[ids.len()], &ids)?;
+        let mut b = gpu.batch();
+        let hidden = teacher.forward(&mut b, &cache, &tid, pos, ForwardOpts::default())?;
+        let logits = teacher.logits(&mut b, &hidden, ids.len() - 1, 1)?;
+        b.submit();
+        let l = gpu.read(&logits)?;
+        let next = l.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0 as u32;
+        pos += ids.len();
+        out.push(next);
+        on_token(next);
+        if Some(next) == eos {
+            break;
+        }
+        ids = vec![next];
+    }
+    Ok(out)
+}

@@ -1,0 +1,178 @@
+//! Tiny random Llama-family models for tests: configs, weights, and GGUF files written
+//! the way llama.cpp's converter writes them (an independent Q/K permutation).
+#![allow(dead_code)]
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::path::Path;
+use taylorcal::model::gguf::{write_gguf, GgufTensorData, GgufValue};
+use taylorcal::model::hf::expected_tensors;
+use taylorcal::model::{Arch, HostTensor, ModelConfig};
+
+pub fn tiny_config(arch: Arch) -> ModelConfig {
+    ModelConfig {
+        arch,
+        hidden_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 16,
+        intermediate_size: 96,
+        vocab_size: 100,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        tie_word_embeddings: false,
+        attention_bias: arch == Arch::Qwen2,
+        qk_norm: arch == Arch::Qwen3,
+        max_position_embeddings: 256,
+        bos_token_id: Some(1),
+        eos_token_id: Some(2),
+    }
+}
+
+pub fn random_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| rng.random_range(-1.0f32..1.0) * scale)
+        .collect()
+}
+
+/// Every tensor the config implies, random (norm weights near 1, like real ones).
+pub fn random_tensors(cfg: &ModelConfig, seed: u64) -> HashMap<String, HostTensor> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    expected_tensors(cfg)
+        .into_iter()
+        .map(|(name, shape)| {
+            let n = shape.iter().product();
+            let mut data = random_vec(&mut rng, n, 0.5);
+            if name.contains("norm") {
+                data.iter_mut().for_each(|x| *x = 1.0 + 0.2 * *x);
+            }
+            (name, HostTensor::new(shape, data))
+        })
+        .collect()
+}
+
+/// Independent inverse of the loader's name map (Hugging Face -> GGUF).
+pub fn gguf_name(hf: &str) -> String {
+    match hf {
+        "model.embed_tokens.weight" => return "token_embd.weight".into(),
+        "model.norm.weight" => return "output_norm.weight".into(),
+        "lm_head.weight" => return "output.weight".into(),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.").unwrap();
+    let (layer, rest) = rest.split_once('.').unwrap();
+    let (base, suffix) = rest.rsplit_once('.').unwrap();
+    let g = match base {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        other => panic!("no GGUF name for {other}"),
+    };
+    format!("blk.{layer}.{g}.{suffix}")
+}
+
+/// llama.cpp's converter permutation, written as numpy does it:
+/// `w.reshape(n_head, 2, hd/2, cols).swapaxes(1, 2).reshape(w.shape)`, i.e.
+/// out[h, i, s, c] = in[h, s, i, c] with out indexed (n_head, hd/2, 2, cols).
+pub fn numpy_permute<T: Copy>(w: &[T], n_head: usize, hd: usize, cols: usize) -> Vec<T> {
+    let half = hd / 2;
+    let mut out = w.to_vec();
+    for h in 0..n_head {
+        for i in 0..half {
+            for s in 0..2 {
+                for c in 0..cols {
+                    out[((h * half + i) * 2 + s) * cols + c] =
+                        w[((h * 2 + s) * half + i) * cols + c];
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn gguf_metadata(cfg: &ModelConfig, arch: &str) -> Vec<(String, GgufValue)> {
+    let u = |v: usize| GgufValue::U32(v as u32);
+    vec![
+        (
+            "general.architecture".into(),
+            GgufValue::String(arch.into()),
+        ),
+        (format!("{arch}.block_count"), u(cfg.num_hidden_layers)),
+        (
+            format!("{arch}.context_length"),
+            u(cfg.max_position_embeddings),
+        ),
+        (format!("{arch}.embedding_length"), u(cfg.hidden_size)),
+        (
+            format!("{arch}.feed_forward_length"),
+            u(cfg.intermediate_size),
+        ),
+        (
+            format!("{arch}.attention.head_count"),
+            u(cfg.num_attention_heads),
+        ),
+        (
+            format!("{arch}.attention.head_count_kv"),
+            u(cfg.num_key_value_heads),
+        ),
+        (
+            format!("{arch}.rope.freq_base"),
+            GgufValue::F32(cfg.rope_theta),
+        ),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            GgufValue::F32(cfg.rms_norm_eps),
+        ),
+        (format!("{arch}.vocab_size"), u(cfg.vocab_size)),
+        ("tokenizer.ggml.bos_token_id".into(), GgufValue::U32(1)),
+        ("tokenizer.ggml.eos_token_id".into(), GgufValue::U32(2)),
+    ]
+}
+
+/// Writes `tensors` (Hugging Face names and order) as a GGUF file the way llama.cpp's
+/// converter would: GGUF names, Q/K rows permuted for llama, 1-D tensors in F32.
+pub fn write_model_gguf(
+    path: &Path,
+    cfg: &ModelConfig,
+    arch: &str,
+    tensors: &HashMap<String, HostTensor>,
+    quant: fn(Vec<f32>) -> GgufTensorData,
+    extra_metadata: Vec<(String, GgufValue)>,
+) {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let list: Vec<_> = names
+        .into_iter()
+        .map(|name| {
+            let t = &tensors[name];
+            let mut data = t.data.clone();
+            if arch == "llama" {
+                let cols = if t.shape.len() == 2 { t.shape[1] } else { 1 };
+                if name.contains("q_proj") {
+                    data = numpy_permute(&data, cfg.num_attention_heads, cfg.head_dim, cols);
+                } else if name.contains("k_proj") {
+                    data = numpy_permute(&data, cfg.num_key_value_heads, cfg.head_dim, cols);
+                }
+            }
+            let encoded = if t.shape.len() == 1 {
+                GgufTensorData::F32(data)
+            } else {
+                quant(data)
+            };
+            (gguf_name(name), t.shape.clone(), encoded)
+        })
+        .collect();
+    let mut metadata = gguf_metadata(cfg, arch);
+    metadata.extend(extra_metadata);
+    write_gguf(path, &metadata, &list).unwrap();
+}
+

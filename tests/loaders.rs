@@ -1,0 +1,810 @@
+//! Model loaders: GGUF dequantisation and Q/K un-permutation, Hugging Face safetensors
+//! (f32/f16/bf16, sharded), the GGUF byte-level BPE tokenizer, and clear errors on bad input.
+//! Everything runs on small random models generated here.
+use half::{bf16, f16};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use taylorcal::model::gguf::{self, write_gguf, GgmlType, GgufFile, GgufTensorData, GgufValue};
+use taylorcal::model::hf::{self, save_hf_dir};
+use taylorcal::model::tokenizer::tokenizer_from_gguf;
+use taylorcal::model::{load_model, Arch, HostTensor};
+
+mod common;
+use common::tiny::*;
+
+// ---------------------------------------------------------------------------
+// helpers
+
+fn assert_close(name: &str, got: &[f32], want: &[f32], rel_tol: f32) {
+    assert_eq!(got.len(), want.len(), "{name}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= rel_tol * w.abs() + 1e-30,
+            "{name}[{i}]: got {g}, want {w}"
+        );
+    }
+}
+
+fn err_text<T>(r: anyhow::Result<T>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+fn assert_mentions(msg: &str, parts: &[&str]) {
+    eprintln!("error message: {msg}");
+    for p in parts {
+        assert!(
+            msg.contains(p),
+            "error message {msg:?} should mention {p:?}"
+        );
+    }
+}
+
+fn truncate(path: &Path, len: usize) {
+    let bytes = std::fs::read(path).unwrap();
+    std::fs::write(path, &bytes[..len]).unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// GGUF quantisation round trips
+
+/// Straightforward dequantisation of one tensor's raw bytes, written from the format
+/// description independently of the loader. Returns values and per-element block scale.
+fn reference_dequant(ty: GgmlType, bytes: &[u8]) -> (Vec<f32>, Vec<f32>) {
+    let h = |b: &[u8], at: usize| f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
+    let (mut xs, mut scales) = (Vec::new(), Vec::new());
+    let block_bytes = match ty {
+        GgmlType::Q4_0 => 18,
+        GgmlType::Q4_1 => 20,
+        GgmlType::Q8_0 => 34,
+        _ => unreachable!(),
+    };
+    for b in bytes.chunks(block_bytes) {
+        let d = h(b, 0);
+        for e in 0..32 {
+            let x = match ty {
+                GgmlType::Q8_0 => d * (b[2 + e] as i8) as f32,
+                GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                    let qs = if ty == GgmlType::Q4_0 {
+                        &b[2..]
+                    } else {
+                        &b[4..]
+                    };
+                    let nibble = if e < 16 { qs[e] & 15 } else { qs[e - 16] >> 4 };
+                    if ty == GgmlType::Q4_0 {
+                        (nibble as f32 - 8.0) * d
+                    } else {
+                        nibble as f32 * d + h(b, 2)
+                    }
+                }
+                _ => unreachable!(),
+            };
+            xs.push(x);
+            scales.push(d.abs());
+        }
+    }
+    (xs, scales)
+}
+
+/// Quantises random blocks of very different magnitudes, loads them back, and checks
+/// (a) the loader equals the reference dequantisation bit for bit and (b) every value is
+/// within `err_in_scales` block scales of the original.
+fn check_quant_round_trip(ty: GgmlType, wrap: fn(Vec<f32>) -> GgufTensorData, err_in_scales: f32) {
+    let mut rng = StdRng::seed_from_u64(7);
+    let (rows, cols) = (5, 96);
+    let mut x = Vec::new();
+    for _ in 0..rows * cols / 32 {
+        let scale = 10f32.powf(rng.random_range(-2.0..1.5)); // d stays in f16's normal range
+        let offset = if ty == GgmlType::Q4_1 {
+            rng.random_range(-1.0..1.0) * scale
+        } else {
+            0.0
+        };
+        x.extend(
+            random_vec(&mut rng, 32, scale)
+                .into_iter()
+                .map(|v| v + offset),
+        );
+    }
+    x[0..32].iter_mut().for_each(|v| *v = 0.25); // a constant block (d = 0 for Q4_1)
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.gguf");
+    write_gguf(
+        &path,
+        &[],
+        &[("t".into(), vec![rows, cols], wrap(x.clone()))],
+    )
+    .unwrap();
+
+    let file = GgufFile::open(&path).unwrap();
+    let info = file.tensor_info("t").unwrap();
+    assert_eq!(info.ty, ty);
+    assert_eq!(info.shape(), vec![rows, cols]);
+    assert_eq!(info.dims, vec![cols, rows]);
+    let got = file.tensor_f32(info).unwrap();
+    let (want, scales) = reference_dequant(ty, file.tensor_bytes(info).unwrap());
+    assert_eq!(
+        got, want,
+        "{ty:?}: loader differs from the reference dequantisation"
+    );
+    for i in 0..x.len() {
+        let bound = err_in_scales * scales[i] + 1e-3 * x[i].abs() + 1e-7;
+        assert!(
+            (got[i] - x[i]).abs() <= bound,
+            "{ty:?}[{i}]: {} vs {} (block scale {})",
+            got[i],
+            x[i],
+            scales[i]
+        );
+    }
+}
+
+#[test]
+fn gguf_q8_0_round_trip() {
+    check_quant_round_trip(GgmlType::Q8_0, GgufTensorData::Q8_0, 0.5 + 0.07);
+}
+
+#[test]
+fn gguf_q4_1_round_trip() {
+    check_quant_round_trip(GgmlType::Q4_1, GgufTensorData::Q4_1, 0.5 + 0.01);
+}
+
+#[test]
+fn gguf_q4_0_round_trip() {
+    // the largest positive value may clip from +8 to +7 scales: error up to one scale
+    check_quant_round_trip(GgmlType::Q4_0, GgufTensorData::Q4_0, 1.0 + 0.01);
+}
+
+#[test]
+fn gguf_quantisers_match_ggml_reference_values() {
+    // Q8_0 of 0..31: d = 31/127, q = round(x/d)
+    let x: Vec<f32> = (0..32).map(|i| i as f32).collect();
+    let b = gguf::quantize_q8_0(&x);
+    assert_eq!(b.len(), 34);
+    assert_eq!(
+        f16::from_le_bytes([b[0], b[1]]),
+        f16::from_f32(31.0 / 127.0)
+    );
+    assert_eq!(b[2 + 31] as i8, 127);
+    assert_eq!(b[2 + 10] as i8, (10.0f32 * (127.0 / 31.0)).round() as i8);
+    // Q4_1 of 0..31: d = 31/15, m = 0; element 0 low nibble of byte 0, element 16 its high nibble
+    let b = gguf::quantize_q4_1(&x);
+    assert_eq!(b.len(), 20);
+    assert_eq!(b[4] & 15, 0);
+    assert_eq!(b[4] >> 4, ((16.0f32 * 15.0 / 31.0) + 0.5) as u8);
+    assert_eq!(b[4 + 15] >> 4, 15);
+    // Q4_0: d = max/-8 keeps the sign of the largest-magnitude value
+    let y: Vec<f32> = (0..32).map(|i| i as f32 - 24.0).collect(); // -24 is the max magnitude
+    let b = gguf::quantize_q4_0(&y);
+    assert_eq!(f16::from_le_bytes([b[0], b[1]]).to_f32(), 3.0);
+    assert_eq!(b[2] & 15, 0); // -24 / 3 + 8 = 0
+}
+
+#[test]
+fn gguf_float_tensor_types() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let x = random_vec(&mut rng, 3 * 10, 2.0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.gguf");
+    let tensors = [
+        ("a".to_string(), vec![3, 10], GgufTensorData::F32(x.clone())),
+        ("b".to_string(), vec![3, 10], GgufTensorData::F16(x.clone())),
+        (
+            "c".to_string(),
+            vec![3, 10],
+            GgufTensorData::BF16(x.clone()),
+        ),
+    ];
+    let meta = [("general.alignment".to_string(), GgufValue::U32(64))];
+    write_gguf(&path, &meta, &tensors).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let get = |n: &str| file.tensor_f32(file.tensor_info(n).unwrap()).unwrap();
+    assert_eq!(get("a"), x);
+    assert_close("f16", &get("b"), &x, 1.0 / 2048.0);
+    assert_close("bf16", &get("c"), &x, 1.0 / 256.0);
+}
+
+// ---------------------------------------------------------------------------
+// llama.cpp's Q/K permutation
+
+#[test]
+fn permute_rows_matches_numpy_and_inverts() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let (n_head, hd, cols) = (3, 8, 5);
+    let w = random_vec(&mut rng, n_head * hd * cols, 1.0);
+    let permuted = gguf::permute_rows(&w, n_head, hd, cols);
+    assert_eq!(permuted, numpy_permute(&w, n_head, hd, cols));
+    assert_ne!(permuted, w);
+    assert_eq!(gguf::unpermute_rows(&permuted, n_head, hd, cols), w);
+}
+
+#[test]
+fn gguf_llama_qk_rows_come_back_in_hf_order() {
+    let cfg = tiny_config(Arch::Llama);
+    let tensors = random_tensors(&cfg, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny-llama.gguf");
+    write_model_gguf(&path, &cfg, "llama", &tensors, GgufTensorData::F32, vec![]);
+
+    let loaded = load_model(&path).unwrap();
+    assert_eq!(loaded.config, cfg);
+    assert_eq!(loaded.tensors.len(), tensors.len());
+    for (name, t) in &tensors {
+        assert_eq!(
+            &loaded.tensors[name], t,
+            "{name} differs after the GGUF round trip"
+        );
+    }
+    assert!(loaded.tokenizer.is_none());
+    assert!(
+        loaded.source.contains("tokenizer not loaded"),
+        "{}",
+        loaded.source
+    );
+}
+
+#[test]
+fn gguf_llama_quantised_and_tied() {
+    // Q8_0 blocks run along rows, so permuting rows commutes with quantisation: the loaded
+    // Q/K must equal the dequantised HF-order weights exactly.
+    let mut cfg = tiny_config(Arch::Llama);
+    cfg.tie_word_embeddings = true;
+    let tensors = random_tensors(&cfg, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny-q8.gguf");
+    write_model_gguf(&path, &cfg, "llama", &tensors, GgufTensorData::Q8_0, vec![]);
+    let loaded = load_model(&path).unwrap();
+    assert!(loaded.config.tie_word_embeddings);
+    assert!(!loaded.tensors.contains_key("lm_head.weight"));
+
+    let name = "model.layers.1.self_attn.k_proj.weight";
+    let t = &tensors[name];
+    let expected =
+        gguf::dequantize(GgmlType::Q8_0, &gguf::quantize_q8_0(&t.data), t.numel()).unwrap();
+    assert_eq!(loaded.tensors[name].data, expected);
+    let max_err = loaded.tensors[name]
+        .data
+        .iter()
+        .zip(&t.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        max_err <= 0.6 * 0.5 / 127.0,
+        "{name}: Q8_0 error {max_err} (values lie in [-0.5, 0.5])"
+    );
+}
+
+#[test]
+fn gguf_qwen_tensors_are_not_permuted() {
+    for (arch, name) in [(Arch::Qwen2, "qwen2"), (Arch::Qwen3, "qwen3")] {
+        let cfg = tiny_config(arch);
+        let tensors = random_tensors(&cfg, 4);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("{name}.gguf"));
+        write_model_gguf(&path, &cfg, name, &tensors, GgufTensorData::F32, vec![]);
+        let loaded = load_model(&path).unwrap();
+        assert_eq!(loaded.config.arch, arch);
+        assert_eq!(loaded.config.attention_bias, arch == Arch::Qwen2);
+        assert_eq!(loaded.config.qk_norm, arch == Arch::Qwen3);
+        for (n, t) in &tensors {
+            assert_eq!(&loaded.tensors[n], t, "{name}: {n}");
+        }
+    }
+}
+
+/// Rotate-half RoPE (Hugging Face): pairs (i, i + hd/2) share frequency i.
+fn rope_rotate_half(x: &[f64], hd: usize, pos: f64, theta: f64) -> Vec<f64> {
+    let half = hd / 2;
+    let mut out = x.to_vec();
+    for head in (0..x.len()).step_by(hd) {
+        for i in 0..half {
+            let a = pos * theta.powf(-2.0 * i as f64 / hd as f64);
+            let (x0, x1) = (x[head + i], x[head + i + half]);
+            out[head + i] = x0 * a.cos() - x1 * a.sin();
+            out[head + i + half] = x1 * a.cos() + x0 * a.sin();
+        }
+    }
+    out
+}
+
+/// Interleaved RoPE (llama.cpp "NORM" mode): pairs (2i, 2i + 1) share frequency i.
+fn rope_interleaved(x: &[f64], hd: usize, pos: f64, theta: f64) -> Vec<f64> {
+    let mut out = x.to_vec();
+    for head in (0..x.len()).step_by(hd) {
+        for i in 0..hd / 2 {
+            let a = pos * theta.powf(-2.0 * i as f64 / hd as f64);
+            let (x0, x1) = (x[head + 2 * i], x[head + 2 * i + 1]);
+            out[head + 2 * i] = x0 * a.cos() - x1 * a.sin();
+            out[head + 2 * i + 1] = x0 * a.sin() + x1 * a.cos();
+        }
+    }
+    out
+}
+
+fn matvec(w: &[f64], x: &[f64]) -> Vec<f64> {
+    w.chunks(x.len())
+        .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
+        .collect()
+}
+
+fn numpy_unpermute(w: &[f64], n_head: usize, hd: usize) -> Vec<f64> {
+    let mut out = w.to_vec();
+    let p: Vec<usize> = numpy_permute(&(0..w.len()).collect::<Vec<_>>(), n_head, hd, 1);
+    for (dst, &src) in p.iter().enumerate() {
+        out[src] = w[dst];
+    }
+    out
+}
+
+/// Why the loader un-permutes: llama.cpp stores Q/K rows permuted so that its interleaved
+/// RoPE reproduces Hugging Face's rotate-half RoPE. After un-permuting, rotate-half on the
+/// loaded weights gives exactly what llama.cpp computes.
+#[test]
+fn rope_on_unpermuted_weights_matches_llama_cpp() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let (n_head, hd, d, theta) = (3, 16, 24, 10000.0);
+    let w_hf: Vec<f64> = (0..n_head * hd * d)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let x: Vec<f64> = (0..d).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let w_gguf = numpy_permute(&w_hf, n_head, hd, d);
+
+    for pos in [0.0, 1.0, 7.0, 123.0] {
+        let hf = rope_rotate_half(&matvec(&w_hf, &x), hd, pos, theta);
+        let llama_cpp = rope_interleaved(&matvec(&w_gguf, &x), hd, pos, theta);
+        let back = numpy_unpermute(&llama_cpp, n_head, hd);
+        for i in 0..hf.len() {
+            assert!(
+                (hf[i] - back[i]).abs() < 1e-12,
+                "pos {pos} row {i}: {} vs {}",
+                hf[i],
+                back[i]
+            );
+        }
+        // without un-permuting, rotate-half on GGUF-order rows is wrong
+        let wrong = rope_rotate_half(&matvec(&w_gguf, &x), hd, pos, theta);
+        let wrong = numpy_unpermute(&wrong, n_head, hd);
+        if pos > 0.0 {
+            let diff: f64 = wrong.iter().zip(&hf).map(|(a, b)| (a - b).abs()).sum();
+            assert!(diff > 1e-3, "pos {pos}: the permutation should matter");
+        }
+    }
+    // and the loader's f32 un-permutation is that same map
+    let w32: Vec<f32> = w_gguf.iter().map(|&v| v as f32).collect();
+    let un = gguf::unpermute_rows(&w32, n_head, hd, d);
+    assert!(un.iter().zip(&w_hf).all(|(a, &b)| *a == b as f32));
+}
+
+// ---------------------------------------------------------------------------
+// Hugging Face directories
+
+#[test]
+fn hf_dir_f32_round_trip() {
+    let cfg = tiny_config(Arch::Llama);
+    let tensors = random_tensors(&cfg, 6);
+    let dir = tempfile::tempdir().unwrap();
+    save_hf_dir(dir.path(), &cfg, &tensors, None).unwrap();
+    let loaded = load_model(dir.path()).unwrap();
+    assert_eq!(loaded.config, cfg);
+    assert_eq!(loaded.tensors, tensors);
+    assert!(loaded.tokenizer.is_none());
+    let json = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    assert!(json.contains("\"model_type\": \"llama\""), "{json}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        json["rms_norm_eps"].as_f64(),
+        Some(1e-5),
+        "written as the f32's shortest decimal"
+    );
+}
+
+#[test]
+fn hf_config_defaults_and_variants() {
+    let p = Path::new("/x/config.json");
+    let base = r#""hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 96, "vocab_size": 100, "rms_norm_eps": 1e-6"#;
+    let cfg = hf::parse_hf_config(
+        &format!(r#"{{"model_type": "mistral", {base}, "eos_token_id": [7, 8]}}"#),
+        p,
+    )
+    .unwrap();
+    assert_eq!(cfg.arch, Arch::Llama);
+    assert_eq!((cfg.num_key_value_heads, cfg.head_dim), (4, 16));
+    assert_eq!(
+        (cfg.rope_theta, cfg.max_position_embeddings),
+        (10000.0, 2048)
+    );
+    assert!(!cfg.tie_word_embeddings && !cfg.attention_bias && !cfg.qk_norm);
+    assert_eq!((cfg.bos_token_id, cfg.eos_token_id), (None, Some(7)));
+    let q2 = hf::parse_hf_config(&format!(r#"{{"model_type": "qwen2", {base}}}"#), p).unwrap();
+    assert!(q2.attention_bias && q2.arch == Arch::Qwen2);
+    let q3 = hf::parse_hf_config(
+        &format!(r#"{{"model_type": "qwen3", {base}, "head_dim": 32}}"#),
+        p,
+    )
+    .unwrap();
+    assert!(q3.qk_norm && q3.head_dim == 32 && !q3.attention_bias);
+    let llama_bias = hf::parse_hf_config(
+        &format!(r#"{{"model_type": "llama", {base}, "attention_bias": true}}"#),
+        p,
+    )
+    .unwrap();
+    assert!(llama_bias.attention_bias);
+}
+
+fn write_safetensors_as(path: &Path, tensors: &HashMap<String, HostTensor>, dtype: Dtype) {
+    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let bytes = match dtype {
+                Dtype::F16 => t
+                    .data
+                    .iter()
+                    .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+                    .collect(),
+                Dtype::BF16 => t
+                    .data
+                    .iter()
+                    .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+                    .collect(),
+                _ => t.data.iter().flat_map(|&v| v.to_le_bytes()).collect(),
+            };
+            (n.clone(), t.shape.clone(), bytes)
+        })
+        .collect();
+    let views = encoded
+        .iter()
+        .map(|(n, s, b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap()));
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+#[test]
+fn hf_dir_f16_and_bf16() {
+    let cfg = tiny_config(Arch::Qwen2);
+    let tensors = random_tensors(&cfg, 8);
+    for (dtype, tol) in [(Dtype::F16, 1.0 / 2048.0), (Dtype::BF16, 1.0 / 256.0)] {
+        let dir = tempfile::tempdir().unwrap();
+        save_hf_dir(dir.path(), &cfg, &HashMap::new(), None).unwrap();
+        write_safetensors_as(&dir.path().join("model.safetensors"), &tensors, dtype);
+        let loaded = load_model(dir.path()).unwrap();
+        assert_eq!(loaded.config, cfg);
+        for (name, t) in &tensors {
+            assert_eq!(loaded.tensors[name].shape, t.shape);
+            assert_close(name, &loaded.tensors[name].data, &t.data, tol);
+        }
+    }
+}
+
+#[test]
+fn hf_dir_sharded() {
+    let cfg = tiny_config(Arch::Qwen3);
+    let tensors = random_tensors(&cfg, 9);
+    let dir = tempfile::tempdir().unwrap();
+    save_hf_dir(dir.path(), &cfg, &HashMap::new(), None).unwrap();
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    let (mut a, mut b) = (HashMap::new(), HashMap::new());
+    let mut weight_map = serde_json::Map::new();
+    for (i, (name, t)) in tensors.iter().enumerate() {
+        let (shard, file) = if i % 2 == 0 {
+            (&mut a, "model-00001-of-00002.safetensors")
+        } else {
+            (&mut b, "model-00002-of-00002.safetensors")
+        };
+        shard.insert(name.clone(), t.clone());
+        weight_map.insert(name.clone(), file.into());
+    }
+    write_safetensors_as(
+        &dir.path().join("model-00001-of-00002.safetensors"),
+        &a,
+        Dtype::F32,
+    );
+    write_safetensors_as(
+        &dir.path().join("model-00002-of-00002.safetensors"),
+        &b,
+        Dtype::BF16,
+    );
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let loaded = load_model(dir.path()).unwrap();
+    for (name, t) in &tensors {
+        assert_close(name, &loaded.tensors[name].data, &t.data, 1.0 / 256.0);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// GGUF tokenizer (byte-level BPE)
+
+fn tiny_tokenizer_metadata() -> Vec<(String, GgufValue)> {
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        .map(String::from)
+        .to_vec();
+    let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+    alphabet.sort();
+    tokens.extend(alphabet.iter().map(|c| c.to_string()));
+    let merges = ["h e", "Ġ t", "Ġt he", "l l", "1 2", "o r"];
+    tokens.extend(merges.iter().map(|m| m.replace(' ', "")));
+    let types: Vec<GgufValue> = (0..tokens.len())
+        .map(|i| GgufValue::I32(if i < 3 { 3 } else { 1 }))
+        .collect();
+    let strings = |v: Vec<String>| GgufValue::Array(v.into_iter().map(GgufValue::String).collect());
+    vec![
+        (
+            "tokenizer.ggml.model".into(),
+            GgufValue::String("gpt2".into()),
+        ),
+        ("tokenizer.ggml.tokens".into(), strings(tokens)),
+        ("tokenizer.ggml.token_type".into(), GgufValue::Array(types)),
+        (
+            "tokenizer.ggml.merges".into(),
+            strings(merges.map(String::from).to_vec()),
+        ),
+    ]
+}
+
+#[test]
+fn gguf_byte_level_bpe_tokenizer() {
+    let meta: HashMap<String, GgufValue> = tiny_tokenizer_metadata().into_iter().collect();
+    let tok = tokenizer_from_gguf(&meta, "test").unwrap();
+    let text = "<|im_start|>hello the world 12 éè!";
+    let enc = tok.encode(text, false).unwrap();
+    let pieces = enc.get_tokens();
+    assert_eq!(enc.get_ids()[0], 1, "special token kept whole: {pieces:?}");
+    assert!(pieces.contains(&"Ġthe".to_string()), "{pieces:?}");
+    assert!(pieces.contains(&"he".to_string()), "{pieces:?}");
+    assert!(pieces.contains(&"ll".to_string()), "{pieces:?}");
+    assert!(
+        !pieces.contains(&"12".to_string()),
+        "digits must stay single: {pieces:?}"
+    );
+    assert_eq!(tok.decode(enc.get_ids(), false).unwrap(), text);
+    assert_eq!(
+        tok.decode(enc.get_ids(), true).unwrap(),
+        "hello the world 12 éè!"
+    );
+
+    // written with a model to GGUF, and re-saved as tokenizer.json in an HF dir
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_gguf(dir.path(), true);
+    let loaded = load_model(&path).unwrap();
+    assert_eq!(loaded.config.vocab_size, TINY_VOCAB_WITH_TOKENIZER);
+    let gguf_tok = loaded.tokenizer.expect("tokenizer from GGUF");
+    assert_eq!(
+        gguf_tok.encode(text, false).unwrap().get_ids(),
+        enc.get_ids()
+    );
+
+    let hf_dir = dir.path().join("hf");
+    save_hf_dir(&hf_dir, &loaded.config, &loaded.tensors, Some(&gguf_tok)).unwrap();
+    let reloaded = load_model(&hf_dir).unwrap();
+    let hf_tok = reloaded.tokenizer.expect("tokenizer.json");
+    assert_eq!(hf_tok.encode(text, false).unwrap().get_ids(), enc.get_ids());
+}
+
+// ---------------------------------------------------------------------------
+// bad input: every error names the file and the problem
+
+fn saved_hf_dir(dir: &Path) -> PathBuf {
+    let cfg = tiny_config(Arch::Llama);
+    save_hf_dir(dir, &cfg, &random_tensors(&cfg, 12), None).unwrap();
+    dir.to_path_buf()
+}
+
+/// 3 special tokens, the 256 byte-level characters and 6 merges.
+const TINY_VOCAB_WITH_TOKENIZER: usize = 265;
+
+/// A tiny Q8_0 llama GGUF, optionally with the tiny tokenizer (metadata before tensors).
+fn tiny_gguf(dir: &Path, with_tokenizer: bool) -> PathBuf {
+    let mut cfg = tiny_config(Arch::Llama);
+    let mut extra = Vec::new();
+    if with_tokenizer {
+        cfg.vocab_size = TINY_VOCAB_WITH_TOKENIZER;
+        extra = tiny_tokenizer_metadata();
+    }
+    let path = dir.join("tiny.gguf");
+    write_model_gguf(
+        &path,
+        &cfg,
+        "llama",
+        &random_tensors(&cfg, 13),
+        GgufTensorData::Q8_0,
+        extra,
+    );
+    path
+}
+
+#[test]
+fn error_truncated_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = saved_hf_dir(tmp.path());
+    let file = dir.join("model.safetensors");
+    let len = std::fs::metadata(&file).unwrap().len() as usize;
+    truncate(&file, len / 2);
+    let msg = err_text(load_model(&dir));
+    assert_mentions(&msg, &[&file.display().to_string(), "truncated"]);
+}
+
+#[test]
+fn error_truncated_gguf_tensor_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tiny_gguf(tmp.path(), false);
+    let len = std::fs::metadata(&path).unwrap().len() as usize;
+    truncate(&path, len - 100);
+    let msg = err_text(load_model(&path));
+    assert_mentions(
+        &msg,
+        &[&path.display().to_string(), "truncated", "tensor '"],
+    );
+}
+
+#[test]
+fn error_truncated_gguf_metadata() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tiny_gguf(tmp.path(), true);
+    // the token list starts after the model hyper-parameters: cut inside it
+    truncate(&path, 1000);
+    let msg = err_text(load_model(&path));
+    assert_mentions(
+        &msg,
+        &[
+            &path.display().to_string(),
+            "truncated",
+            "metadata 'tokenizer.ggml",
+        ],
+    );
+}
+
+#[test]
+fn gguf_every_truncation_is_an_error_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tiny_gguf(tmp.path(), true);
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = tmp.path().join("cut.gguf");
+    for len in (0..bytes.len()).step_by(37).chain([bytes.len() - 1]) {
+        std::fs::write(&cut, &bytes[..len]).unwrap();
+        let msg = err_text(load_model(&cut));
+        assert!(msg.contains("cut.gguf"), "len {len}: {msg}");
+    }
+}
+
+#[test]
+fn error_gguf_absurd_array_length() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("absurd.gguf");
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes()); // tensors
+    b.extend(1u64.to_le_bytes()); // metadata entries
+    b.extend(5u64.to_le_bytes());
+    b.extend(b"huge!");
+    b.extend(9u32.to_le_bytes()); // array
+    b.extend(8u32.to_le_bytes()); // of strings
+    b.extend(u64::MAX.to_le_bytes());
+    std::fs::write(&path, &b).unwrap();
+    let msg = err_text(load_model(&path));
+    assert_mentions(
+        &msg,
+        &["absurd.gguf", "metadata 'huge!'", "truncated or corrupt"],
+    );
+}
+
+#[test]
+fn error_gguf_unsupported_tensor_type() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(Arch::Llama);
+    let path = tmp.path().join("q6k.gguf");
+    let mut list: Vec<_> = random_tensors(&cfg, 14)
+        .into_iter()
+        .map(|(n, t)| (gguf_name(&n), t.shape, GgufTensorData::F32(t.data)))
+        .collect();
+    list.iter_mut()
+        .find(|(n, _, _)| n == "blk.0.ffn_up.weight")
+        .unwrap()
+        .2 = GgufTensorData::Raw {
+        type_id: 14,
+        bytes: vec![0; 96 * 64 / 256 * 210],
+    };
+    write_gguf(&path, &gguf_metadata(&cfg, "llama"), &list).unwrap();
+    let msg = err_text(load_model(&path));
+    assert_mentions(
+        &msg,
+        &["q6k.gguf", "blk.0.ffn_up.weight", "Q6_K", "not supported"],
+    );
+}
+
+#[test]
+fn error_config_missing_hidden_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = saved_hf_dir(tmp.path());
+    let config = dir.join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    json.as_object_mut().unwrap().remove("hidden_size");
+    std::fs::write(&config, json.to_string()).unwrap();
+    let msg = err_text(load_model(&dir));
+    assert_mentions(
+        &msg,
+        &[&config.display().to_string(), "hidden_size", "missing"],
+    );
+}
+
+#[test]
+fn error_unsupported_architecture_hf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = saved_hf_dir(tmp.path());
+    let config = dir.join("config.json");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("\"llama\"", "\"gpt2\"");
+    std::fs::write(&config, text).unwrap();
+    let msg = err_text(load_model(&dir));
+    assert_mentions(
+        &msg,
+        &[
+            &config.display().to_string(),
+            "unsupported architecture 'gpt2'",
+            "llama, mistral, qwen2, qwen3",
+        ],
+    );
+}
+
+#[test]
+fn error_unsupported_architecture_gguf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("gpt2.gguf");
+    let cfg = tiny_config(Arch::Llama);
+    write_gguf(&path, &gguf_metadata(&cfg, "gpt2"), &[]).unwrap();
+    let msg = err_text(load_model(&path));
+    assert_mentions(&msg, &["gpt2.gguf", "unsupported architecture 'gpt2'"]);
+}
+
+#[test]
+fn error_missing_tensor_and_wrong_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(Arch::Llama);
+    let mut tensors = random_tensors(&cfg, 15);
+    tensors.remove("model.layers.1.mlp.down_proj.weight");
+    tensors.insert(
+        "model.norm.weight".into(),
+        HostTensor::new(vec![63], vec![1.0; 63]),
+    );
+    save_hf_dir(tmp.path(), &cfg, &tensors, None).unwrap();
+    let msg = err_text(load_model(tmp.path()));
+    assert_mentions(
+        &msg,
+        &[
+            &tmp.path().display().to_string(),
+            "missing tensor 'model.layers.1.mlp.down_proj.weight'",
+            "'model.norm.weight' has shape [63], expected [64]",
+        ],
+    );
+}
+
+#[test]
+fn error_missing_model_path() {
+    let msg = err_text(load_model(Path::new("/definitely/not/here/model.gguf")));
+    assert_mentions(
+        &msg,
+        &["model path '/definitely/not/here/model.gguf' does not exist"],
+    );
+}
+
+#[test]
+fn load_model_finds_the_single_gguf_in_a_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_gguf(tmp.path(), false);
+    assert_eq!(load_model(tmp.path()).unwrap().config.num_hidden_layers, 2);
+    std::fs::copy(tmp.path().join("tiny.gguf"), tmp.path().join("other.gguf")).unwrap();
+    let msg = err_text(load_model(tmp.path()));
+    assert_mentions(&msg, &["2 .gguf files", "other.gguf", "tiny.gguf"]);
+}

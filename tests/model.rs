@@ -1,0 +1,114 @@
+//! Whole-model tests on tiny random teachers: GPU logits equal the f64 CPU reference for
+//! a Llama (GQA, tied embeddings), a Qwen2-style model (q/k/v biases, GQA, untied head)
+//! and a Qwen3-style one (q/k norms); a GGUF copy (permuted Q/K) gives the same logits.
+mod common;
+use common::tiny::*;
+use common::*;
+use taylorcal::eval;
+use taylorcal::model::gguf::GgufTensorData;
+use taylorcal::model::teacher::{ForwardOpts, Teacher};
+use taylorcal::model::{hf::save_hf_dir, load_model, reference, Arch, ModelFiles};
+
+fn gpu_logits(files: &ModelFiles, ids: &[u32]) -> Vec<f32> {
+    let g = gpu();
+    let teacher = Teacher::new(g, files).unwrap();
+    let cache = teacher.kv_cache(g, ids.len()).unwrap();
+    let tid = g.upload_u32(&[ids.len()], ids).unwrap();
+    let mut b = g.batch();
+    let hidden = teacher.forward(&mut b, &cache, &tid, 0, ForwardOpts::default()).unwrap();
+    let logits = teacher.logits(&mut b, &hidden, 0, ids.len()).unwrap();
+    b.submit();
+    g.read(&logits).unwrap()
+}
+
+fn ids(n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i * 37 + 11) % vocab) as u32).collect()
+}
+
+fn check_arch(arch: Arch, tied: bool, seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config(arch);
+    cfg.tie_word_embeddings = tied;
+    let tensors = random_tensors(&cfg, seed);
+    save_hf_dir(dir.path(), &cfg, &tensors, None).unwrap();
+    let files = load_model(dir.path()).unwrap();
+    let toks = ids(37, cfg.vocab_size);
+    let got = gpu_logits(&files, &toks);
+    let want = reference::forward_logits(&files, &toks);
+    assert_close(&format!("{arch:?} logits"), &got, &want, 1e-4);
+}
+
+#[test]
+fn tiny_llama_gpu_logits_match_cpu_reference() {
+    check_arch(Arch::Llama, true, 21);
+}
+
+#[test]
+fn tiny_qwen2_with_bias_and_gqa_matches_cpu_reference() {
+    check_arch(Arch::Qwen2, false, 22);
+}
+
+#[test]
+fn tiny_qwen3_with_qk_norm_matches_cpu_reference() {
+    check_arch(Arch::Qwen3, false, 23);
+}
+
+#[test]
+fn gguf_with_permuted_qk_gives_the_same_logits_as_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(Arch::Llama);
+    let tensors = random_tensors(&cfg, 24);
+    save_hf_dir(dir.path(), &cfg, &tensors, None).unwrap();
+    let gguf_path = dir.path().join("tiny.gguf");
+    write_model_gguf(&gguf_path, &cfg, "llama", &tensors, GgufTensorData::F32, vec![]);
+    let toks = ids(29, cfg.vocab_size);
+    let from_hf = gpu_logits(&load_model(dir.path()).unwrap(), &toks);
+    let from_gguf = gpu_logits(&load_model(&gguf_path).unwrap(), &toks);
+    assert_close("gguf vs safetensors logits", &from_gguf, &f64v(&from_hf), 1e-6);
+}
+
+#[test]
+fn kv_cache_decoding_matches_full_sequence() {
+    // the last position's logits from prefill(T-3) + 3 single-token steps equal one pass over T
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(Arch::Llama);
+    save_hf_dir(dir.path(), &cfg, &random_tensors(&cfg, 25), None).unwrap();
+    let files = load_model(dir.path()).unwrap();
+    let g = gpu();
+    let teacher = Teacher::new(g, &files).unwrap();
+    let toks = ids(20, cfg.vocab_size);
+    let full = gpu_logits(&files, &toks);
+    let cache = teacher.kv_cache(g, toks.len()).unwrap();
+    let mut last = vec![];
+    let mut pos = 0;
+    for chunk in [&toks[..17], &toks[17..18], &toks[18..19], &toks[19..]] {
+        let tid = g.upload_u32(&[chunk.len()], chunk).unwrap();
+        let mut b = g.batch();
+        let hidden = teacher.forward(&mut b, &cache, &tid, pos, ForwardOpts::default()).unwrap();
+        let logits = teacher.logits(&mut b, &hidden, chunk.len() - 1, 1).unwrap();
+        b.submit();
+        last = g.read(&logits).unwrap();
+        pos += chunk.len();
+    }
+    let v = cfg.vocab_size;
+    assert_close("decode vs prefill", &last, &f64v(&full[(toks.len() - 1) * v..]), 1e-5);
+}
+
+#[test]
+fn perplexity_equals_reference_nll() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(Arch::Qwen2);
+    save_hf_dir(dir.path(), &cfg, &random_tensors(&cfg, 26), None).unwrap();
+    let files = load_model(dir.path()).unwrap();
+    let teacher = Teacher::new(gpu(), &files).unwrap();
+    let toks = ids(31, cfg.vocab_size);
+    let r = eval::perplexity(gpu(), &teacher, &toks).unwrap();
+    let logits = reference::forward_logits(&files, &toks);
+    let v = cfg.vocab_size;
+    let nll: f64 = (0..toks.len() - 1)
+        .map(|i| -taylorcal::ops::nll::cpu::log_softmax(&logits[i * v..(i + 1) * v])[toks[i + 1] as usize])
+        .sum::<f64>()
+        / (toks.len() - 1) as f64;
+    assert_eq!(r.tokens, toks.len());
+    assert!((r.nll - nll).abs() <= 1e-4 * nll.abs(), "nll {} vs reference {nll}", r.nll);
+}
