@@ -64,7 +64,7 @@ fn matmul(c: &mut Criterion) {
 fn attention(c: &mut Criterion) {
     let g = gpu();
     let mut group = c.benchmark_group("attention");
-    group.sampling_mode(SamplingMode::Flat).sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    group.sampling_mode(SamplingMode::Flat).sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(5));
     let (t, h, hkv, d) = (256, 9, 3, 64);
     let q = g.upload(&[t, h * d], &data(t * h * d, 3)).unwrap();
     let k = g.upload(&[t, hkv * d], &data(t * hkv * d, 4)).unwrap();

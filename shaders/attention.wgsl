@@ -34,10 +34,25 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> o: array<f32>;
 @group(0) @binding(5) var<storage, read_write> stats: array<f32>;
 
-var<workgroup> ks: array<f32, BC * D>;
-var<workgroup> vs: array<f32, BC * D>;
+// Head vectors are held as D/4 vec4s; loops run to the constant D/4 (zero padding past
+// `dim`) so compilers unroll them and keep q, the accumulator and the scores in registers.
+const D4: u32 = D / 4u;
+
+var<workgroup> ks: array<vec4<f32>, BC * D4>;
+var<workgroup> vs: array<vec4<f32>, BC * D4>;
 
 const NEG: f32 = -3.0e38;
+
+fn load4(buf_is_k: bool, base: u32, d4: u32) -> vec4<f32> {
+    var r = vec4<f32>(0.0);
+    for (var c = 0u; c < 4u; c++) {
+        let d = d4 * 4u + c;
+        if (d < p.dim) {
+            if (buf_is_k) { r[c] = k[base + d]; } else { r[c] = v[base + d]; }
+        }
+    }
+    return r;
+}
 
 @compute @workgroup_size(BR)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -50,12 +65,16 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     let qoff = i * p.q_stride + h * p.dim;
     let koff = kvh * p.dim;
 
-    var qr: array<f32, D>;
-    var acc: array<f32, D>;
-    for (var d = 0u; d < D; d++) {
-        acc[d] = 0.0;
-        qr[d] = 0.0;
-        if (valid && d < p.dim) { qr[d] = q[qoff + d] * p.scale; }
+    var qr: array<vec4<f32>, D4>;
+    var acc: array<vec4<f32>, D4>;
+    for (var d4 = 0u; d4 < D4; d4++) {
+        acc[d4] = vec4<f32>(0.0);
+        var qv = vec4<f32>(0.0);
+        for (var c = 0u; c < 4u; c++) {
+            let d = d4 * 4u + c;
+            if (valid && d < p.dim) { qv[c] = q[qoff + d] * p.scale; }
+        }
+        qr[d4] = qv;
     }
     var m = NEG;
     var l = 0.0;
@@ -64,14 +83,14 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
 
     let last = p.pos0 + min(i0 + BR, p.t) - 1u; // last key any row of this group needs
     for (var j0 = 0u; j0 <= last; j0 += BC) {
-        for (var e = lid.x; e < BC * D; e += BR) {
-            let j = j0 + e / D;
-            let d = e % D;
-            var kv = 0.0;
-            var vv = 0.0;
-            if (j <= last && d < p.dim) {
-                kv = k[j * p.kv_stride + koff + d];
-                vv = v[j * p.kv_stride + koff + d];
+        for (var e = lid.x; e < BC * D4; e += BR) {
+            let j = j0 + e / D4;
+            let d4 = e % D4;
+            var kv = vec4<f32>(0.0);
+            var vv = vec4<f32>(0.0);
+            if (j <= last) {
+                kv = load4(true, j * p.kv_stride + koff, d4);
+                vv = load4(false, j * p.kv_stride + koff, d4);
             }
             ks[e] = kv;
             vs[e] = vv;
@@ -81,20 +100,19 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
             var s: array<f32, BC>;
             var tmax = NEG;
             for (var jj = 0u; jj < BC; jj++) {
-                s[jj] = NEG;
-                if (j0 + jj <= pi) {
-                    var dot = 0.0;
-                    for (var d = 0u; d < p.dim; d++) { dot = fma(qr[d], ks[jj * D + d], dot); }
-                    s[jj] = dot;
-                    tmax = max(tmax, dot);
-                }
+                var acc4 = vec4<f32>(0.0);
+                for (var d4 = 0u; d4 < D4; d4++) { acc4 = fma(qr[d4], ks[jj * D4 + d4], acc4); }
+                var dot = acc4.x + acc4.y + acc4.z + acc4.w;
+                if (j0 + jj > pi) { dot = NEG; }
+                s[jj] = dot;
+                tmax = max(tmax, dot);
             }
             let mn = max(m, tmax);
             let corr = exp(m - mn);
             ent = corr * (ent + l * (m - mn));
             l = l * corr;
             dist = dist * corr;
-            for (var d = 0u; d < p.dim; d++) { acc[d] = acc[d] * corr; }
+            for (var d4 = 0u; d4 < D4; d4++) { acc[d4] = acc[d4] * corr; }
             for (var jj = 0u; jj < BC; jj++) {
                 let j = j0 + jj;
                 if (j <= pi) {
@@ -103,7 +121,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
                     l += pj;
                     ent += pj * sm;
                     dist += pj * max(f32(pi - j), 0.5);
-                    for (var d = 0u; d < p.dim; d++) { acc[d] = fma(pj, vs[jj * D + d], acc[d]); }
+                    for (var d4 = 0u; d4 < D4; d4++) { acc[d4] = fma(vec4<f32>(pj), vs[jj * D4 + d4], acc[d4]); }
                 }
             }
             m = mn;
@@ -112,7 +130,13 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     }
     if (valid) {
         let inv = 1.0 / l;
-        for (var d = 0u; d < p.dim; d++) { o[qoff + d] = acc[d] * inv; }
+        for (var d4 = 0u; d4 < D4; d4++) {
+            let a = acc[d4] * inv;
+            for (var c = 0u; c < 4u; c++) {
+                let d = d4 * 4u + c;
+                if (d < p.dim) { o[qoff + d] = a[c]; }
+            }
+        }
         let si = (i * p.heads + h) * 2u;
         stats[si] = dist * inv;
         stats[si + 1u] = log(l) - ent * inv;

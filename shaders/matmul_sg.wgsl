@@ -5,12 +5,13 @@
 // storage or workgroup-memory load whose address is not a compile-time constant becomes
 // a loop over the 8 lanes (about 20 cycles per lane and component), while arithmetic
 // is nearly free. So the cost of a matmul is the number of elements each invocation
-// loads: the naive kernel loads 2 per FMA, matmul.wgsl (4x4 register tile fed from
-// workgroup memory) 0.5. Here one subgroup (= one workgroup of SG = 8 invocations)
-// computes a 32 x 64 tile of Y with no workgroup memory and no barriers: per k, lane l
-// loads X[m0 + l + 8j, k] (j < 4; 4 loads) and W[n, k] for its own 8 columns
-// n0 + 4l + {0..3} and n0 + 32 + 4l + {0..3} (8 loads); the 32 X values reach every lane
-// through subgroupShuffle (a register permute) and feed 32 x 8 FMAs: 12 loads per 256 FMAs.
+// loads: the naive kernel loads 2 per FMA, matmul.wgsl (4x4 or 8x8 register tiles fed
+// from workgroup memory) 0.5 or 0.25, plus staging. Here one subgroup (= one workgroup of SG = 8 invocations)
+// computes a 64 x 64 tile of Y with no workgroup memory and no barriers: per k, lane l
+// loads X[m0 + l + 8j, k] (j < 8; 8 loads) and W[n, k] for its own 8 columns
+// n0 + 4l + {0..3} and n0 + 32 + 4l + {0..3} (8 loads); the 64 X values reach every lane
+// through subgroupShuffle (a register permute) and feed 64 x 8 FMAs: 16 loads per 512
+// FMAs, 1/32 per FMA. (32 rows instead of 64: 12 loads per 256 FMAs, about 30% slower.)
 // Loops are written out because llvmpipe keeps loops over private arrays in memory.
 // Rows and columns past the end are clamped for loading and skipped for storing.
 // The host uses it only when the adapter is a CPU with subgroups of exactly 8.
@@ -18,7 +19,7 @@
 alias WT = f32; // f16-switch
 
 const SG: u32 = 8u; // subgroup size = workgroup size
-const BM: u32 = 32u;
+const BM: u32 = 64u;
 const BN: u32 = 64u;
 
 struct Params {
@@ -73,8 +74,7 @@ fn store_row(gm: u32, n0: u32, c: vec4<f32>, d: vec4<f32>) {
 }
 
 @compute @workgroup_size(SG)
-fn matmul_sg(@builtin(workgroup_id) wid: vec3<u32>,
-             @builtin(subgroup_invocation_id) lane: u32) {
+fn matmul_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
     let m0 = wid.y * BM;
     let n0 = wid.x * BN + lane * 4u;
     // c_r: row m0 + r, columns n0 .. n0 + 3; d_r: columns n0 + 32 .. n0 + 35
@@ -82,15 +82,28 @@ fn matmul_sg(@builtin(workgroup_id) wid: vec3<u32>,
     var c08 = vec4<f32>(0.0); var c09 = vec4<f32>(0.0); var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0); var c12 = vec4<f32>(0.0); var c13 = vec4<f32>(0.0); var c14 = vec4<f32>(0.0); var c15 = vec4<f32>(0.0);
     var c16 = vec4<f32>(0.0); var c17 = vec4<f32>(0.0); var c18 = vec4<f32>(0.0); var c19 = vec4<f32>(0.0); var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0); var c22 = vec4<f32>(0.0); var c23 = vec4<f32>(0.0);
     var c24 = vec4<f32>(0.0); var c25 = vec4<f32>(0.0); var c26 = vec4<f32>(0.0); var c27 = vec4<f32>(0.0); var c28 = vec4<f32>(0.0); var c29 = vec4<f32>(0.0); var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
+    var c32 = vec4<f32>(0.0); var c33 = vec4<f32>(0.0); var c34 = vec4<f32>(0.0); var c35 = vec4<f32>(0.0); var c36 = vec4<f32>(0.0); var c37 = vec4<f32>(0.0); var c38 = vec4<f32>(0.0); var c39 = vec4<f32>(0.0);
+    var c40 = vec4<f32>(0.0); var c41 = vec4<f32>(0.0); var c42 = vec4<f32>(0.0); var c43 = vec4<f32>(0.0); var c44 = vec4<f32>(0.0); var c45 = vec4<f32>(0.0); var c46 = vec4<f32>(0.0); var c47 = vec4<f32>(0.0);
+    var c48 = vec4<f32>(0.0); var c49 = vec4<f32>(0.0); var c50 = vec4<f32>(0.0); var c51 = vec4<f32>(0.0); var c52 = vec4<f32>(0.0); var c53 = vec4<f32>(0.0); var c54 = vec4<f32>(0.0); var c55 = vec4<f32>(0.0);
+    var c56 = vec4<f32>(0.0); var c57 = vec4<f32>(0.0); var c58 = vec4<f32>(0.0); var c59 = vec4<f32>(0.0); var c60 = vec4<f32>(0.0); var c61 = vec4<f32>(0.0); var c62 = vec4<f32>(0.0); var c63 = vec4<f32>(0.0);
     var d00 = vec4<f32>(0.0); var d01 = vec4<f32>(0.0); var d02 = vec4<f32>(0.0); var d03 = vec4<f32>(0.0); var d04 = vec4<f32>(0.0); var d05 = vec4<f32>(0.0); var d06 = vec4<f32>(0.0); var d07 = vec4<f32>(0.0);
     var d08 = vec4<f32>(0.0); var d09 = vec4<f32>(0.0); var d10 = vec4<f32>(0.0); var d11 = vec4<f32>(0.0); var d12 = vec4<f32>(0.0); var d13 = vec4<f32>(0.0); var d14 = vec4<f32>(0.0); var d15 = vec4<f32>(0.0);
     var d16 = vec4<f32>(0.0); var d17 = vec4<f32>(0.0); var d18 = vec4<f32>(0.0); var d19 = vec4<f32>(0.0); var d20 = vec4<f32>(0.0); var d21 = vec4<f32>(0.0); var d22 = vec4<f32>(0.0); var d23 = vec4<f32>(0.0);
     var d24 = vec4<f32>(0.0); var d25 = vec4<f32>(0.0); var d26 = vec4<f32>(0.0); var d27 = vec4<f32>(0.0); var d28 = vec4<f32>(0.0); var d29 = vec4<f32>(0.0); var d30 = vec4<f32>(0.0); var d31 = vec4<f32>(0.0);
+    var d32 = vec4<f32>(0.0); var d33 = vec4<f32>(0.0); var d34 = vec4<f32>(0.0); var d35 = vec4<f32>(0.0); var d36 = vec4<f32>(0.0); var d37 = vec4<f32>(0.0); var d38 = vec4<f32>(0.0); var d39 = vec4<f32>(0.0);
+    var d40 = vec4<f32>(0.0); var d41 = vec4<f32>(0.0); var d42 = vec4<f32>(0.0); var d43 = vec4<f32>(0.0); var d44 = vec4<f32>(0.0); var d45 = vec4<f32>(0.0); var d46 = vec4<f32>(0.0); var d47 = vec4<f32>(0.0);
+    var d48 = vec4<f32>(0.0); var d49 = vec4<f32>(0.0); var d50 = vec4<f32>(0.0); var d51 = vec4<f32>(0.0); var d52 = vec4<f32>(0.0); var d53 = vec4<f32>(0.0); var d54 = vec4<f32>(0.0); var d55 = vec4<f32>(0.0);
+    var d56 = vec4<f32>(0.0); var d57 = vec4<f32>(0.0); var d58 = vec4<f32>(0.0); var d59 = vec4<f32>(0.0); var d60 = vec4<f32>(0.0); var d61 = vec4<f32>(0.0); var d62 = vec4<f32>(0.0); var d63 = vec4<f32>(0.0);
     for (var k = 0u; k < p.k; k++) {
+        // lane l holds X[m0 + l + 8j, k] in a<j>
         let a0 = xat(m0 + lane, k);
         let a1 = xat(m0 + lane + 8u, k);
         let a2 = xat(m0 + lane + 16u, k);
         let a3 = xat(m0 + lane + 24u, k);
+        let a4 = xat(m0 + lane + 32u, k);
+        let a5 = xat(m0 + lane + 40u, k);
+        let a6 = xat(m0 + lane + 48u, k);
+        let a7 = xat(m0 + lane + 56u, k);
         let b0 = w4(n0, k);
         let b1 = w4(n0 + BN / 2u, k);
         let s00 = bc(a0, 0u); c00 = fma(s00, b0, c00); d00 = fma(s00, b1, d00);
@@ -125,6 +138,38 @@ fn matmul_sg(@builtin(workgroup_id) wid: vec3<u32>,
         let s29 = bc(a3, 5u); c29 = fma(s29, b0, c29); d29 = fma(s29, b1, d29);
         let s30 = bc(a3, 6u); c30 = fma(s30, b0, c30); d30 = fma(s30, b1, d30);
         let s31 = bc(a3, 7u); c31 = fma(s31, b0, c31); d31 = fma(s31, b1, d31);
+        let s32 = bc(a4, 0u); c32 = fma(s32, b0, c32); d32 = fma(s32, b1, d32);
+        let s33 = bc(a4, 1u); c33 = fma(s33, b0, c33); d33 = fma(s33, b1, d33);
+        let s34 = bc(a4, 2u); c34 = fma(s34, b0, c34); d34 = fma(s34, b1, d34);
+        let s35 = bc(a4, 3u); c35 = fma(s35, b0, c35); d35 = fma(s35, b1, d35);
+        let s36 = bc(a4, 4u); c36 = fma(s36, b0, c36); d36 = fma(s36, b1, d36);
+        let s37 = bc(a4, 5u); c37 = fma(s37, b0, c37); d37 = fma(s37, b1, d37);
+        let s38 = bc(a4, 6u); c38 = fma(s38, b0, c38); d38 = fma(s38, b1, d38);
+        let s39 = bc(a4, 7u); c39 = fma(s39, b0, c39); d39 = fma(s39, b1, d39);
+        let s40 = bc(a5, 0u); c40 = fma(s40, b0, c40); d40 = fma(s40, b1, d40);
+        let s41 = bc(a5, 1u); c41 = fma(s41, b0, c41); d41 = fma(s41, b1, d41);
+        let s42 = bc(a5, 2u); c42 = fma(s42, b0, c42); d42 = fma(s42, b1, d42);
+        let s43 = bc(a5, 3u); c43 = fma(s43, b0, c43); d43 = fma(s43, b1, d43);
+        let s44 = bc(a5, 4u); c44 = fma(s44, b0, c44); d44 = fma(s44, b1, d44);
+        let s45 = bc(a5, 5u); c45 = fma(s45, b0, c45); d45 = fma(s45, b1, d45);
+        let s46 = bc(a5, 6u); c46 = fma(s46, b0, c46); d46 = fma(s46, b1, d46);
+        let s47 = bc(a5, 7u); c47 = fma(s47, b0, c47); d47 = fma(s47, b1, d47);
+        let s48 = bc(a6, 0u); c48 = fma(s48, b0, c48); d48 = fma(s48, b1, d48);
+        let s49 = bc(a6, 1u); c49 = fma(s49, b0, c49); d49 = fma(s49, b1, d49);
+        let s50 = bc(a6, 2u); c50 = fma(s50, b0, c50); d50 = fma(s50, b1, d50);
+        let s51 = bc(a6, 3u); c51 = fma(s51, b0, c51); d51 = fma(s51, b1, d51);
+        let s52 = bc(a6, 4u); c52 = fma(s52, b0, c52); d52 = fma(s52, b1, d52);
+        let s53 = bc(a6, 5u); c53 = fma(s53, b0, c53); d53 = fma(s53, b1, d53);
+        let s54 = bc(a6, 6u); c54 = fma(s54, b0, c54); d54 = fma(s54, b1, d54);
+        let s55 = bc(a6, 7u); c55 = fma(s55, b0, c55); d55 = fma(s55, b1, d55);
+        let s56 = bc(a7, 0u); c56 = fma(s56, b0, c56); d56 = fma(s56, b1, d56);
+        let s57 = bc(a7, 1u); c57 = fma(s57, b0, c57); d57 = fma(s57, b1, d57);
+        let s58 = bc(a7, 2u); c58 = fma(s58, b0, c58); d58 = fma(s58, b1, d58);
+        let s59 = bc(a7, 3u); c59 = fma(s59, b0, c59); d59 = fma(s59, b1, d59);
+        let s60 = bc(a7, 4u); c60 = fma(s60, b0, c60); d60 = fma(s60, b1, d60);
+        let s61 = bc(a7, 5u); c61 = fma(s61, b0, c61); d61 = fma(s61, b1, d61);
+        let s62 = bc(a7, 6u); c62 = fma(s62, b0, c62); d62 = fma(s62, b1, d62);
+        let s63 = bc(a7, 7u); c63 = fma(s63, b0, c63); d63 = fma(s63, b1, d63);
     }
     store_row(m0 + 0u, n0, c00, d00);
     store_row(m0 + 1u, n0, c01, d01);
@@ -158,4 +203,36 @@ fn matmul_sg(@builtin(workgroup_id) wid: vec3<u32>,
     store_row(m0 + 29u, n0, c29, d29);
     store_row(m0 + 30u, n0, c30, d30);
     store_row(m0 + 31u, n0, c31, d31);
+    store_row(m0 + 32u, n0, c32, d32);
+    store_row(m0 + 33u, n0, c33, d33);
+    store_row(m0 + 34u, n0, c34, d34);
+    store_row(m0 + 35u, n0, c35, d35);
+    store_row(m0 + 36u, n0, c36, d36);
+    store_row(m0 + 37u, n0, c37, d37);
+    store_row(m0 + 38u, n0, c38, d38);
+    store_row(m0 + 39u, n0, c39, d39);
+    store_row(m0 + 40u, n0, c40, d40);
+    store_row(m0 + 41u, n0, c41, d41);
+    store_row(m0 + 42u, n0, c42, d42);
+    store_row(m0 + 43u, n0, c43, d43);
+    store_row(m0 + 44u, n0, c44, d44);
+    store_row(m0 + 45u, n0, c45, d45);
+    store_row(m0 + 46u, n0, c46, d46);
+    store_row(m0 + 47u, n0, c47, d47);
+    store_row(m0 + 48u, n0, c48, d48);
+    store_row(m0 + 49u, n0, c49, d49);
+    store_row(m0 + 50u, n0, c50, d50);
+    store_row(m0 + 51u, n0, c51, d51);
+    store_row(m0 + 52u, n0, c52, d52);
+    store_row(m0 + 53u, n0, c53, d53);
+    store_row(m0 + 54u, n0, c54, d54);
+    store_row(m0 + 55u, n0, c55, d55);
+    store_row(m0 + 56u, n0, c56, d56);
+    store_row(m0 + 57u, n0, c57, d57);
+    store_row(m0 + 58u, n0, c58, d58);
+    store_row(m0 + 59u, n0, c59, d59);
+    store_row(m0 + 60u, n0, c60, d60);
+    store_row(m0 + 61u, n0, c61, d61);
+    store_row(m0 + 62u, n0, c62, d62);
+    store_row(m0 + 63u, n0, c63, d63);
 }

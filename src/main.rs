@@ -1,8 +1,8 @@
 //! The `taylorcal` command line: thin, every subcommand calls the library.
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use taylorcal::gpu::Gpu;
 use taylorcal::model::{self, teacher::Teacher};
 
@@ -97,18 +97,6 @@ fn load(spec: &str) -> Result<Loaded> {
     Ok(Loaded { teacher, tokenizer, eos: files.config.eos_token_id })
 }
 
-/// Tokenise a text file (no special tokens), keeping at most `max` tokens.
-fn read_tokens(tok: &tokenizers::Tokenizer, path: &Path, max: usize) -> Result<Vec<u32>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading text file {}", path.display()))?;
-    if text.trim().is_empty() {
-        bail!("text file {} is empty", path.display());
-    }
-    let enc = tok.encode(text.as_str(), false).map_err(|e| anyhow::anyhow!("tokenising {}: {e}", path.display()))?;
-    let mut ids = enc.get_ids().to_vec();
-    ids.truncate(max);
-    Ok(ids)
-}
-
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Info { json } => {
@@ -127,7 +115,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Eval { model, text, json } => {
             let m = load(&model.model)?;
-            let ids = read_tokens(&m.tokenizer, &text.text, text.max_tokens)?;
+            let ids = taylorcal::data::tokenize_file(&m.tokenizer, &text.text, text.max_tokens)?;
             let r = taylorcal::eval::perplexity(gpu()?, &m.teacher, &ids)?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
@@ -137,7 +125,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Stats { model, text, json } => {
             let m = load(&model.model)?;
-            let ids = read_tokens(&m.tokenizer, &text.text, text.max_tokens)?;
+            let ids = taylorcal::data::tokenize_file(&m.tokenizer, &text.text, text.max_tokens)?;
             let layers = taylorcal::eval::attention_stats(gpu()?, &m.teacher, &[&ids])?;
             if json {
                 println!("{}", json!({ "tokens": ids.len(), "layers": layers }));

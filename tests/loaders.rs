@@ -524,33 +524,6 @@ fn hf_dir_sharded() {
 // ---------------------------------------------------------------------------
 // GGUF tokenizer (byte-level BPE)
 
-fn tiny_tokenizer_metadata() -> Vec<(String, GgufValue)> {
-    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-    let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-        .map(String::from)
-        .to_vec();
-    let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
-    alphabet.sort();
-    tokens.extend(alphabet.iter().map(|c| c.to_string()));
-    let merges = ["h e", "Ġ t", "Ġt he", "l l", "1 2", "o r"];
-    tokens.extend(merges.iter().map(|m| m.replace(' ', "")));
-    let types: Vec<GgufValue> = (0..tokens.len())
-        .map(|i| GgufValue::I32(if i < 3 { 3 } else { 1 }))
-        .collect();
-    let strings = |v: Vec<String>| GgufValue::Array(v.into_iter().map(GgufValue::String).collect());
-    vec![
-        (
-            "tokenizer.ggml.model".into(),
-            GgufValue::String("gpt2".into()),
-        ),
-        ("tokenizer.ggml.tokens".into(), strings(tokens)),
-        ("tokenizer.ggml.token_type".into(), GgufValue::Array(types)),
-        (
-            "tokenizer.ggml.merges".into(),
-            strings(merges.map(String::from).to_vec()),
-        ),
-    ]
-}
 
 #[test]
 fn gguf_byte_level_bpe_tokenizer() {
@@ -601,27 +574,8 @@ fn saved_hf_dir(dir: &Path) -> PathBuf {
 }
 
 /// 3 special tokens, the 256 byte-level characters and 6 merges.
-const TINY_VOCAB_WITH_TOKENIZER: usize = 265;
 
 /// A tiny Q8_0 llama GGUF, optionally with the tiny tokenizer (metadata before tensors).
-fn tiny_gguf(dir: &Path, with_tokenizer: bool) -> PathBuf {
-    let mut cfg = tiny_config(Arch::Llama);
-    let mut extra = Vec::new();
-    if with_tokenizer {
-        cfg.vocab_size = TINY_VOCAB_WITH_TOKENIZER;
-        extra = tiny_tokenizer_metadata();
-    }
-    let path = dir.join("tiny.gguf");
-    write_model_gguf(
-        &path,
-        &cfg,
-        "llama",
-        &random_tensors(&cfg, 13),
-        GgufTensorData::Q8_0,
-        extra,
-    );
-    path
-}
 
 #[test]
 fn error_truncated_safetensors() {

@@ -186,6 +186,7 @@ impl<'g> Batch<'g> {
             Some(t) if t.next < t.capacity => {
                 let i = t.next;
                 t.next += 1;
+                t.labels.push(kernel.entry);
                 Some(wgpu::ComputePassTimestampWrites {
                     query_set: &t.set,
                     beginning_of_pass_write_index: Some(2 * i),

@@ -8,11 +8,15 @@ pub struct GpuTimer {
     resolve: wgpu::Buffer,
     pub(crate) capacity: u32,
     pub(crate) next: u32,
+    /// The entry point of each timed dispatch, in order.
+    pub labels: Vec<&'static str>,
 }
 
 impl GpuTimer {
     /// `None` when the adapter has no timestamp queries.
     pub fn new(gpu: &Gpu, capacity: u32) -> Option<GpuTimer> {
+        // a query set holds at most 4096 queries (two per timed pass)
+        let capacity = capacity.min(2048);
         if !gpu.info.timestamp_query {
             return None;
         }
@@ -27,11 +31,29 @@ impl GpuTimer {
             usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
-        Some(GpuTimer { set, resolve, capacity, next: 0 })
+        Some(GpuTimer { set, resolve, capacity, next: 0, labels: vec![] })
     }
 
     pub fn reset(&mut self) {
         self.next = 0;
+        self.labels.clear();
+    }
+
+    /// Total seconds per kernel entry point, largest first.
+    pub fn by_label(&mut self, gpu: &Gpu) -> Result<Vec<(&'static str, f64, usize)>> {
+        let times = self.read(gpu)?;
+        let mut acc: Vec<(&'static str, f64, usize)> = vec![];
+        for (l, t) in self.labels.iter().zip(times) {
+            match acc.iter_mut().find(|a| a.0 == *l) {
+                Some(a) => {
+                    a.1 += t;
+                    a.2 += 1
+                }
+                None => acc.push((l, t, 1)),
+            }
+        }
+        acc.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(acc)
     }
 
     /// Durations in seconds of every pass timed since the last reset, in order.

@@ -29,7 +29,7 @@ pub enum MatmulKernel {
     Tiled64,
     /// shaders/matmul.wgsl with 128 x 128 tiles (8 x 8 per invocation), whatever the shape.
     Tiled128,
-    /// shaders/matmul_sg.wgsl: one 8-lane subgroup per 32 x 64 output tile, X shared between
+    /// shaders/matmul_sg.wgsl: one 8-lane subgroup per 64 x 64 output tile, X shared between
     /// lanes by subgroupShuffle. For CPU adapters (lavapipe), where every non-constant load
     /// is a loop over the SIMD lanes and loads per FMA decide the speed.
     Subgroup,
@@ -81,7 +81,7 @@ impl MatmulKernel {
                 let k = Kernel::new("matmul", "matmul").with("BM", tile).with("BN", tile).with("RM", r).with("RN", r).f16(f16);
                 (k, tile as usize, tile as usize)
             }
-            MatmulKernel::Subgroup => (Kernel::new("matmul_sg", "matmul_sg").f16(f16), 32, 64),
+            MatmulKernel::Subgroup => (Kernel::new("matmul_sg", "matmul_sg").f16(f16), 64, 64),
         }
     }
 }

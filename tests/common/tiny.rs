@@ -5,6 +5,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::path::Path;
+use std::path::PathBuf;
 use taylorcal::model::gguf::{write_gguf, GgufTensorData, GgufValue};
 use taylorcal::model::hf::expected_tensors;
 use taylorcal::model::{Arch, HostTensor, ModelConfig};
@@ -176,3 +177,53 @@ pub fn write_model_gguf(
     write_gguf(path, &metadata, &list).unwrap();
 }
 
+
+/// Vocabulary size of the tiny byte-level tokenizer below.
+pub const TINY_VOCAB_WITH_TOKENIZER: usize = 265;
+
+pub fn tiny_tokenizer_metadata() -> Vec<(String, GgufValue)> {
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        .map(String::from)
+        .to_vec();
+    let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+    alphabet.sort();
+    tokens.extend(alphabet.iter().map(|c| c.to_string()));
+    let merges = ["h e", "Ġ t", "Ġt he", "l l", "1 2", "o r"];
+    tokens.extend(merges.iter().map(|m| m.replace(' ', "")));
+    let types: Vec<GgufValue> = (0..tokens.len())
+        .map(|i| GgufValue::I32(if i < 3 { 3 } else { 1 }))
+        .collect();
+    let strings = |v: Vec<String>| GgufValue::Array(v.into_iter().map(GgufValue::String).collect());
+    vec![
+        (
+            "tokenizer.ggml.model".into(),
+            GgufValue::String("gpt2".into()),
+        ),
+        ("tokenizer.ggml.tokens".into(), strings(tokens)),
+        ("tokenizer.ggml.token_type".into(), GgufValue::Array(types)),
+        (
+            "tokenizer.ggml.merges".into(),
+            strings(merges.map(String::from).to_vec()),
+        ),
+    ]
+}
+
+pub fn tiny_gguf(dir: &Path, with_tokenizer: bool) -> PathBuf {
+    let mut cfg = tiny_config(Arch::Llama);
+    let mut extra = Vec::new();
+    if with_tokenizer {
+        cfg.vocab_size = TINY_VOCAB_WITH_TOKENIZER;
+        extra = tiny_tokenizer_metadata();
+    }
+    let path = dir.join("tiny.gguf");
+    write_model_gguf(
+        &path,
+        &cfg,
+        "llama",
+        &random_tensors(&cfg, 13),
+        GgufTensorData::Q8_0,
+        extra,
+    );
+    path
+}

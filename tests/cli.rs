@@ -1,0 +1,68 @@
+//! The `taylorcal` binary end to end on a tiny GGUF model with a tokenizer: JSON output
+//! of eval/stats/generate, and clear errors (not panics) for bad input.
+mod common;
+use common::tiny::*;
+use std::process::Command;
+
+fn taylorcal(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_taylorcal")).args(args).env("XDG_RUNTIME_DIR", "/tmp").output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+#[test]
+fn eval_stats_generate_json_on_a_tiny_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path(), true);
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "the cat sat on the mat. hello world 12 or 21, then the end.").unwrap();
+    let (m, t) = (model.to_str().unwrap(), text.to_str().unwrap());
+
+    let (ok, out, err) = taylorcal(&["eval", "--model", m, "--text", t, "--max-tokens", "40", "--json"]);
+    assert!(ok, "eval failed: {err}");
+    let v = json(&out);
+    let (tokens, nll, ppl) = (v["tokens"].as_u64().unwrap(), v["nll"].as_f64().unwrap(), v["ppl"].as_f64().unwrap());
+    assert!(tokens > 10 && tokens <= 40, "tokens {tokens}");
+    assert!(nll.is_finite() && nll > 0.0 && (ppl - nll.exp()).abs() < 1e-6 * ppl);
+
+    let (ok, out, err) = taylorcal(&["stats", "--model", m, "--text", t, "--json"]);
+    assert!(ok, "stats failed: {err}");
+    let v = json(&out);
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    for l in layers {
+        let d = l["distance"].as_array().unwrap();
+        let e = l["entropy"].as_array().unwrap();
+        assert_eq!((d.len(), e.len()), (4, 4));
+        assert!(d.iter().all(|x| x.as_f64().unwrap() >= 0.5));
+        assert!(e.iter().all(|x| x.as_f64().unwrap() >= -1e-5));
+    }
+
+    let (ok, out, err) = taylorcal(&["generate", "--model", m, "--prompt", "the cat", "--max-new-tokens", "5", "--json"]);
+    assert!(ok, "generate failed: {err}");
+    let v = json(&out);
+    assert!(v["new_tokens"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn empty_text_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path(), true);
+    let text = dir.path().join("empty.txt");
+    std::fs::write(&text, "  \n").unwrap();
+    let (ok, _, err) = taylorcal(&["eval", "--model", model.to_str().unwrap(), "--text", text.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("empty.txt") && err.contains("is empty"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn missing_model_path_is_a_clear_error() {
+    let (ok, _, err) = taylorcal(&["eval", "--model", "/no/such/model.gguf", "--text", "README.md"]);
+    assert!(!ok);
+    assert!(err.contains("/no/such/model.gguf") && err.contains("does not exist"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
