@@ -241,7 +241,7 @@ pub fn bench_matmul_impl(gpu: &Gpu, m: usize, n: usize, k: usize, imp: MatmulImp
 /// Causal GQA attention over T tokens (self-attention, pos0 = 0); GFLOP/s counts
 /// 4 * T * T / 2 * H * d (QK^T and PV over the causal half).
 pub fn bench_attention(gpu: &Gpu, t: usize, heads: usize, kv_heads: usize, dim: usize) -> Result<BenchResult> {
-    if kv_heads == 0 || heads % kv_heads != 0 {
+    if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         bail!("attention: {heads} heads is not a multiple of {kv_heads} kv heads");
     }
     let q = gpu.upload(&[t, heads * dim], &fill(t * heads * dim, 3, 1.0))?;

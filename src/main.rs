@@ -55,6 +55,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmark the kernels (GPU timestamps): GFLOP/s or GB/s per kernel
+    Bench {
+        /// Only benchmarks whose label contains one of these words (e.g. `matmul`, `attention`)
+        what: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Greedy decoding with a KV cache
     Generate {
         #[command(flatten)]
@@ -111,6 +118,18 @@ fn run(cli: Cli) -> Result<()> {
                 println!("limits    max_storage_buffer_binding_size={} max_buffer_size={}", info.max_storage_buffer_binding_size, info.max_buffer_size);
                 println!("          max_compute_workgroup_storage_size={} max_invocations_per_workgroup={}", info.max_compute_workgroup_storage_size, info.max_compute_invocations_per_workgroup);
                 println!("          max_workgroups_per_dimension={} storage_buffers_per_stage={} subgroup_size={}..{}", info.max_compute_workgroups_per_dimension, info.max_storage_buffers_per_shader_stage, info.min_subgroup_size, info.max_subgroup_size);
+            }
+        }
+        Cmd::Bench { what, json } => {
+            let g = gpu()?;
+            let benches: Vec<_> = taylorcal::bench::default_suite(g).into_iter().filter(|b| what.is_empty() || what.iter().any(|w| b.label().contains(w.as_str()))).collect();
+            anyhow::ensure!(!benches.is_empty(), "no benchmark matches {what:?}");
+            eprintln!("adapter: {} ({}, {}); {} benchmarks", g.info.name, g.info.backend, g.info.device_type, benches.len());
+            let report = taylorcal::bench::run_suite(g, &benches, |r| if !json { eprintln!("{}", r.row()) });
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", report.text());
             }
         }
         Cmd::Eval { model, text, json } => {
