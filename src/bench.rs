@@ -190,6 +190,7 @@ fn matmul_name(kernel: Option<MatmulKernel>, f16_weights: bool) -> String {
         Some(MatmulKernel::Tiled64) => "matmul_t64",
         Some(MatmulKernel::Tiled128) => "matmul_t128",
         Some(MatmulKernel::Subgroup) => "matmul_sg",
+        Some(MatmulKernel::Matvec) => "matvec",
     };
     if f16_weights {
         format!("{base}_f16w")

@@ -16,7 +16,8 @@ fn read(t: &Tensor) -> Vec<f32> {
 fn matmul_matches_reference_at_awkward_shapes() {
     let g = gpu();
     let mut r = rng(1);
-    for &(m, n, k) in &[(1, 1, 1), (1, 33, 17), (63, 65, 64), (65, 63, 129), (130, 200, 33), (7, 129, 300)] {
+    // m <= 4 runs the matrix-vector kernel, larger m the tiled one
+    for &(m, n, k) in &[(1, 1, 1), (1, 33, 17), (3, 70, 129), (4, 300, 65), (63, 65, 64), (65, 63, 129), (130, 200, 33), (7, 129, 300)] {
         let x = randn(&mut r, m * k, 1.0);
         let w = randn(&mut r, n * k, 1.0);
         let bias = randn(&mut r, n, 1.0);
@@ -64,20 +65,21 @@ fn matmul_f16_weights_match_reference_of_rounded_weights() {
         return;
     }
     let mut r = rng(3);
-    let (m, n, k) = (65, 70, 99);
-    let x = randn(&mut r, m * k, 1.0);
-    let w = randn(&mut r, n * k, 1.0);
-    let w16: Vec<f64> = w.iter().map(|&v| half::f16::from_f32(v).to_f64()).collect();
-    let tw = g.upload_f16(&[n, k], &w).unwrap();
-    assert_eq!(tw.dtype, DType::F16);
-    let tx = up(&[m, k], &x);
-    let y = g.zeros(&[m, n]).unwrap();
-    g.run(|b| {
-        ops::matmul::linear(b, &tx, &tw, None, &y, false);
-        Ok(())
-    })
-    .unwrap();
-    assert_close("matmul f16", &read(&y), &ops::matmul::cpu::linear(&f64v(&x), &w16, None, k), 1e-5);
+    for (m, n, k) in [(65, 70, 99), (2, 70, 99)] {
+        let x = randn(&mut r, m * k, 1.0);
+        let w = randn(&mut r, n * k, 1.0);
+        let w16: Vec<f64> = w.iter().map(|&v| half::f16::from_f32(v).to_f64()).collect();
+        let tw = g.upload_f16(&[n, k], &w).unwrap();
+        assert_eq!(tw.dtype, DType::F16);
+        let tx = up(&[m, k], &x);
+        let y = g.zeros(&[m, n]).unwrap();
+        g.run(|b| {
+            ops::matmul::linear(b, &tx, &tw, None, &y, false);
+            Ok(())
+        })
+        .unwrap();
+        assert_close(&format!("matmul f16 m={m}"), &read(&y), &ops::matmul::cpu::linear(&f64v(&x), &w16, None, k), 1e-5);
+    }
 }
 
 #[test]

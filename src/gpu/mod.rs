@@ -17,6 +17,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("elementwise", include_str!("../../shaders/elementwise.wgsl")),
     ("matmul", include_str!("../../shaders/matmul.wgsl")),
     ("matmul_naive", include_str!("../../shaders/matmul_naive.wgsl")),
+    ("matvec", include_str!("../../shaders/matvec.wgsl")),
     ("matmul_sg", include_str!("../../shaders/matmul_sg.wgsl")),
     ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
     ("rope", include_str!("../../shaders/rope.wgsl")),

@@ -3,7 +3,7 @@
 //! (shaders/matmul_sg.wgsl); and the naive one-thread-per-output baseline
 //! (shaders/matmul_naive.wgsl).
 use super::dummy;
-use crate::gpu::{Batch, DType, Gpu, Kernel, Tensor};
+use crate::gpu::{grid, Batch, DType, Gpu, Kernel, Tensor};
 use std::sync::OnceLock;
 
 #[repr(C)]
@@ -33,14 +33,20 @@ pub enum MatmulKernel {
     /// lanes by subgroupShuffle. For CPU adapters (lavapipe), where every non-constant load
     /// is a loop over the SIMD lanes and loads per FMA decide the speed.
     Subgroup,
+    /// shaders/matvec.wgsl: one workgroup per output column, for at most
+    /// [`MATVEC_MAX_ROWS`] rows (decoding), where a 64-row tile would be mostly padding.
+    Matvec,
 }
+
+/// Rows up to which [`linear`] uses the matrix-vector kernel (its `MV` constant).
+pub const MATVEC_MAX_ROWS: usize = 4;
 
 impl MatmulKernel {
     /// Whether this adapter can run the kernel: `Subgroup` needs SUBGROUP and subgroups of
     /// exactly 8 invocations (its workgroup is one subgroup).
     pub fn available(self, gpu: &Gpu) -> bool {
         match self {
-            MatmulKernel::Tiled | MatmulKernel::Tiled64 | MatmulKernel::Tiled128 => true,
+            MatmulKernel::Tiled | MatmulKernel::Tiled64 | MatmulKernel::Tiled128 | MatmulKernel::Matvec => true,
             MatmulKernel::Subgroup => gpu.info.subgroup && gpu.info.min_subgroup_size == 8 && gpu.info.max_subgroup_size == 8,
         }
     }
@@ -55,6 +61,7 @@ impl MatmulKernel {
             "tiled64" => Some(MatmulKernel::Tiled64),
             "tiled128" => Some(MatmulKernel::Tiled128),
             "subgroup" | "sg" => Some(MatmulKernel::Subgroup),
+            "matvec" => Some(MatmulKernel::Matvec),
             other => panic!("TAYLORCAL_MATMUL={other:?}: expected tiled, tiled64, tiled128 or subgroup"),
         });
         match forced {
@@ -82,6 +89,8 @@ impl MatmulKernel {
                 (k, tile as usize, tile as usize)
             }
             MatmulKernel::Subgroup => (Kernel::new("matmul_sg", "matmul_sg").f16(f16), 64, 64),
+            // one workgroup per output column; bm is never exceeded (m <= MATVEC_MAX_ROWS)
+            MatmulKernel::Matvec => (Kernel::new("matvec", "matvec").f16(f16), MATVEC_MAX_ROWS, 1),
         }
     }
 }
@@ -90,8 +99,10 @@ impl MatmulKernel {
 /// W may be f32 or f16 (f16 needs SHADER_F16). Tensors larger than the adapter's binding
 /// limit are split over rows of x/y and of W into several dispatches.
 /// Runs the kernel [`MatmulKernel::auto`] picks for the adapter.
+/// A few rows (decoding) go to the matrix-vector kernel instead.
 pub fn linear(b: &mut Batch, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, accumulate: bool) {
-    let kernel = MatmulKernel::auto(b.gpu);
+    let m = x.numel() / w.cols();
+    let kernel = if m <= MATVEC_MAX_ROWS { MatmulKernel::Matvec } else { MatmulKernel::auto(b.gpu) };
     linear_with(b, x, w, bias, y, accumulate, kernel);
 }
 
@@ -127,7 +138,13 @@ pub fn linear_with(b: &mut Batch, x: &Tensor, w: &Tensor, bias: Option<&Tensor>,
                 _pad: 0,
             };
             let binds = [x.rows_binding(m0, mc), w.rows_binding(n0, nc), bias_b, y.rows_binding(m0, mc)];
-            b.dispatch(&kernel, &p, &binds, [nc.div_ceil(bn) as u32, mc.div_ceil(bm) as u32, 1]);
+            let groups = if bn == 1 {
+                assert!(mc <= bm, "matvec takes at most {bm} rows, got {mc}");
+                grid(b.gpu, nc as u32)
+            } else {
+                [nc.div_ceil(bn) as u32, mc.div_ceil(bm) as u32, 1]
+            };
+            b.dispatch(&kernel, &p, &binds, groups);
         }
     }
 }
