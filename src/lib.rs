@@ -2,6 +2,7 @@
 //! Taylor-Calibrate, on hand-written WGSL compute shaders through wgpu.
 
 pub mod bench;
+pub mod calibrate;
 pub mod data;
 pub mod eval;
 pub mod gpu;

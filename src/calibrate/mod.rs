@@ -1,0 +1,3 @@
+//! Taylor-Calibrate: phase 1 closed form, phase 2 alignment, the strategy set.
+
+pub mod phase1;

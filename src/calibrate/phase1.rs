@@ -1,0 +1,149 @@
+//! Phase 1 of Taylor-Calibrate: closed-form settings of a converted layer's decay,
+//! write gate, value scale and output gate from teacher attention statistics
+//! (../shared/docs/ALGORITHM.md, "Phase 1"). Pure host arithmetic on small per-head data.
+use serde::Serialize;
+
+/// Memory timescale: with A_log = 0 and W_a x ~ 0 the per-step decay is
+/// exp(-softplus(dt_bias)) = exp(-r) = 2^(-1/d): the memory half-life equals the head's
+/// mean attention distance d (floored at 0.5), r clamped to [1e-3, 5].
+pub fn decay_rate(distance: f64) -> f64 {
+    (std::f64::consts::LN_2 / distance.max(0.5)).clamp(1e-3, 5.0)
+}
+
+/// Inverse softplus: the x with ln(1 + e^x) = r, written as r + ln(-expm1(-r)).
+pub fn inv_softplus(r: f64) -> f64 {
+    r + (-(-r).exp_m1()).ln()
+}
+
+pub fn softplus(x: f64) -> f64 {
+    if x > 20.0 {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+/// dt_bias per head from mean attention distances (A_log is set to 0 alongside).
+pub fn dt_bias(distances: &[f32]) -> Vec<f32> {
+    distances.iter().map(|&d| inv_softplus(decay_rate(d as f64)) as f32).collect()
+}
+
+/// Target write strengths: concentration c = 1 - (H - min H) / max(max H - min H, 1e-3)
+/// over the layer's heads, beta = 0.3 + 0.4 c (low entropy, focused heads write harder).
+pub fn target_beta(entropies: &[f32]) -> Vec<f32> {
+    let lo = entropies.iter().cloned().fold(f32::INFINITY, f32::min) as f64;
+    let hi = entropies.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let range = (hi - lo).max(1e-3);
+    entropies.iter().map(|&h| (0.3 + 0.4 * (1.0 - (h as f64 - lo) / range)) as f32).collect()
+}
+
+pub fn logit(p: f64) -> f64 {
+    (p / (1.0 - p)).ln()
+}
+
+/// Rescale each row h of W_b [H, D] to logit(beta_h) / sqrt(D) * W_b[h] / mean|W_b[h]|.
+pub fn rescale_wb(wb: &mut [f32], d: usize, betas: &[f32]) {
+    for (row, &beta) in wb.chunks_mut(d).zip(betas) {
+        let mean_abs = row.iter().map(|v| v.abs() as f64).sum::<f64>() / d as f64;
+        let s = logit(beta as f64) / (d as f64).sqrt() / mean_abs.max(1e-12);
+        row.iter_mut().for_each(|v| *v = (*v as f64 * s) as f32);
+    }
+}
+
+/// Value scale per head: sigma_h = sum <c_T, c_S> / sum |c_S|^2 over tokens and the head's
+/// dims, clamped to [0.1, 10]. `teacher`, `student`: contexts [N, H * d].
+pub fn value_scale(teacher: &[f32], student: &[f32], heads: usize, dim: usize) -> Vec<f32> {
+    let mut num = vec![0.0f64; heads];
+    let mut den = vec![0.0f64; heads];
+    for (tr, sr) in teacher.chunks(heads * dim).zip(student.chunks(heads * dim)) {
+        for h in 0..heads {
+            for j in h * dim..(h + 1) * dim {
+                num[h] += tr[j] as f64 * sr[j] as f64;
+                den[h] += sr[j] as f64 * sr[j] as f64;
+            }
+        }
+    }
+    num.iter().zip(&den).map(|(n, d)| if *d > 0.0 { (n / d).clamp(0.1, 10.0) as f32 } else { 1.0 }).collect()
+}
+
+pub fn rms(v: &[f32]) -> f64 {
+    (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt()
+}
+
+/// Output-gate scale alpha = 0.01 * RMS(c_T) / RMS(SiLU(W_v x)); then W_g = alpha * W_v.
+pub fn output_gate_alpha(teacher_ctx: &[f32], silu_v: &[f32]) -> f32 {
+    let r = rms(silu_v);
+    if r == 0.0 {
+        0.0
+    } else {
+        (0.01 * rms(teacher_ctx) / r) as f32
+    }
+}
+
+/// What phase 1 chose for one converted layer, per head (goes into report.json).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Phase1Report {
+    pub distance: Vec<f32>,
+    pub entropy: Vec<f32>,
+    pub target_beta: Vec<f32>,
+    pub dt_bias: Vec<f32>,
+    pub sigma: Vec<f32>,
+    pub alpha: f32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_life_equals_mean_distance() {
+        // d = 4 tokens: r = ln2/4 = 0.1733; decay per step 2^(-1/4) = 0.8409
+        let b = dt_bias(&[4.0])[0] as f64;
+        let r = softplus(b);
+        assert!((r - std::f64::consts::LN_2 / 4.0).abs() < 1e-6);
+        assert!(((-r).exp() - 0.840896).abs() < 1e-5);
+        // by hand: r = 0.173287, 1 - e^-r = 0.159104, ln of it = -1.838200, sum = -1.664913
+        assert!((b - (-1.664913)).abs() < 1e-5, "{b}");
+        // clamps: distance 0.1 -> floored at 0.5 -> r = 1.386; huge distance -> r = 1e-3
+        assert!((softplus(dt_bias(&[0.1])[0] as f64) - 2.0 * std::f64::consts::LN_2).abs() < 1e-5);
+        assert!((softplus(dt_bias(&[1e6])[0] as f64) - 1e-3).abs() < 1e-7);
+    }
+
+    #[test]
+    fn beta_targets_follow_entropy_rank() {
+        // entropies 1, 2, 3: c = 1, 0.5, 0 -> beta 0.7, 0.5, 0.3
+        let b = target_beta(&[1.0, 2.0, 3.0]);
+        for (g, w) in b.iter().zip([0.7, 0.5, 0.3]) {
+            assert!((*g as f64 - w).abs() < 1e-6, "{b:?}");
+        }
+        // equal entropies: range floored at 1e-3, every head c = 1 -> 0.7
+        assert!(target_beta(&[2.0, 2.0]).iter().all(|&x| (x - 0.7).abs() < 1e-6));
+    }
+
+    #[test]
+    fn wb_rows_rescaled_to_logit_over_sqrt_d() {
+        // D = 4, row [1, -2, 3, -2]: mean |.| = 2; beta 0.7: logit = 0.8473, / sqrt 4 = 0.42365
+        let mut wb = vec![1.0, -2.0, 3.0, -2.0];
+        rescale_wb(&mut wb, 4, &[0.7]);
+        let s = (0.7f64 / 0.3).ln() / 2.0 / 2.0;
+        for (g, w) in wb.iter().zip([1.0, -2.0, 3.0, -2.0]) {
+            assert!((*g as f64 - w * s).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn sigma_is_least_squares_scale_clamped() {
+        // 2 tokens, 2 heads of dim 1: head 0 teacher = 3 x student; head 1 would be 100x -> 10
+        let t = [3.0, 100.0, 6.0, 200.0];
+        let s = [1.0, 1.0, 2.0, 2.0];
+        assert_eq!(value_scale(&t, &s, 2, 1), vec![3.0, 10.0]);
+        // opposite sign -> clamped at 0.1
+        assert_eq!(value_scale(&[-1.0], &[1.0], 1, 1), vec![0.1]);
+    }
+
+    #[test]
+    fn alpha_is_one_percent_rms_ratio() {
+        // RMS(c_T) = 2 (all 2s), RMS(silu v) = 4 -> alpha = 0.005
+        assert!((output_gate_alpha(&[2.0, -2.0], &[4.0, 4.0]) - 0.005).abs() < 1e-9);
+    }
+}
