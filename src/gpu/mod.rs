@@ -24,6 +24,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("attention", include_str!("../../shaders/attention.wgsl")),
     ("nll", include_str!("../../shaders/nll.wgsl")),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
+    ("optim", include_str!("../../shaders/optim.wgsl")),
 ];
 
 /// The source of a shader by name; panics on an unknown name (a programming error, not input).

@@ -6,6 +6,7 @@ pub mod elementwise;
 pub mod matmul;
 pub mod nll;
 pub mod norm;
+pub mod optim;
 pub mod reduce;
 pub mod rope;
 
