@@ -6,6 +6,7 @@ pub mod dtype;
 pub mod fetch;
 pub mod gguf;
 pub mod hf;
+pub mod hybrid;
 pub mod reference;
 pub mod teacher;
 pub mod tokenizer;

@@ -1,0 +1,241 @@
+//! The hybrid student on disk and its initial weights: kept softmax layers and Gated
+//! DeltaNet (gdn_v4) layers. A checkpoint is a directory with `model.safetensors`,
+//! `config.json` (the teacher's Llama fields + `"model_type": "taylorcal_hybrid"`,
+//! `attn_layers`, GDN settings), `tokenizer.json` and `report.json`, written into a
+//! temporary directory and renamed into place, so a crash never leaves half a checkpoint.
+use super::{hf, HostTensor, ModelConfig};
+use anyhow::{bail, ensure, Context as _, Result};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const MODEL_TYPE: &str = "taylorcal_hybrid";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HybridConfig {
+    pub base: ModelConfig,
+    /// Layers that keep softmax attention (sorted); every other layer is GDN.
+    pub attn_layers: Vec<usize>,
+    pub gdn_use_silu: bool,
+    pub gdn_norm_eps: f32,
+    pub gdn_chunk_size: usize,
+}
+
+impl HybridConfig {
+    pub fn new(base: ModelConfig, mut attn_layers: Vec<usize>) -> Result<HybridConfig> {
+        attn_layers.sort_unstable();
+        attn_layers.dedup();
+        if let Some(&bad) = attn_layers.iter().find(|&&l| l >= base.num_hidden_layers) {
+            bail!("kept layer {bad} does not exist: the teacher has {} layers (0..={})", base.num_hidden_layers, base.num_hidden_layers - 1);
+        }
+        Ok(HybridConfig { base, attn_layers, gdn_use_silu: true, gdn_norm_eps: 1e-5, gdn_chunk_size: 64 })
+    }
+
+    pub fn is_gdn(&self, layer: usize) -> bool {
+        !self.attn_layers.contains(&layer)
+    }
+
+    pub fn gdn_layers(&self) -> Vec<usize> {
+        (0..self.base.num_hidden_layers).filter(|&l| self.is_gdn(l)).collect()
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut v = hf::hf_config_json(&self.base);
+        let o = v.as_object_mut().expect("config object");
+        o.insert("teacher_model_type".into(), o["model_type"].clone());
+        o.insert("model_type".into(), json!(MODEL_TYPE));
+        o.insert("architectures".into(), json!(["TaylorcalHybridForCausalLM"]));
+        o.insert("attn_layers".into(), json!(self.attn_layers));
+        o.insert("gdn_use_silu".into(), json!(self.gdn_use_silu));
+        o.insert("gdn_norm_eps".into(), json!(self.gdn_norm_eps));
+        o.insert("gdn_chunk_size".into(), json!(self.gdn_chunk_size));
+        o.insert("qk_norm".into(), json!(self.base.qk_norm));
+        v
+    }
+
+    /// Parse a hybrid `config.json` (`path` for error messages).
+    pub fn from_json(text: &str, path: &Path) -> Result<HybridConfig> {
+        let v: Value = serde_json::from_str(text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+        ensure!(v["model_type"] == MODEL_TYPE, "{} is not a taylorcal hybrid checkpoint (model_type {})", path.display(), v["model_type"]);
+        let mut base_json = v.clone();
+        base_json["model_type"] = v.get("teacher_model_type").cloned().unwrap_or(json!("llama"));
+        let mut base = hf::parse_hf_config(&base_json.to_string(), path)?;
+        base.qk_norm = v["qk_norm"].as_bool().unwrap_or(base.qk_norm);
+        let layers = v["attn_layers"].as_array().with_context(|| format!("missing required field 'attn_layers' in {}", path.display()))?;
+        let attn_layers = layers.iter().map(|x| x.as_u64().map(|u| u as usize).with_context(|| format!("{}: attn_layers holds a non-integer {x}", path.display()))).collect::<Result<Vec<_>>>()?;
+        let mut cfg = HybridConfig::new(base, attn_layers).with_context(|| format!("in {}", path.display()))?;
+        cfg.gdn_use_silu = v["gdn_use_silu"].as_bool().unwrap_or(true);
+        cfg.gdn_norm_eps = v["gdn_norm_eps"].as_f64().unwrap_or(1e-5) as f32;
+        cfg.gdn_chunk_size = v["gdn_chunk_size"].as_u64().unwrap_or(64) as usize;
+        Ok(cfg)
+    }
+}
+
+/// `model.layers.{i}.attn.{name}` (flash-linear-attention's GatedDeltaNet naming).
+pub fn gdn_name(layer: usize, name: &str) -> String {
+    format!("model.layers.{layer}.attn.{name}")
+}
+
+/// Repeat GQA kv heads to `heads` heads: head h takes kv head h / (heads / kv_heads).
+/// `w` is [kv_heads * d, cols] (rows per head contiguous).
+pub fn repeat_kv(w: &[f32], kv_heads: usize, heads: usize, d: usize, cols: usize) -> Vec<f32> {
+    let group = heads / kv_heads;
+    (0..heads).flat_map(|h| w[(h / group) * d * cols..(h / group + 1) * d * cols].iter().copied()).collect()
+}
+
+/// Xavier-uniform with flash-linear-attention's gain 2^-2.5 for new projections.
+fn xavier(rng: &mut impl Rng, rows: usize, cols: usize) -> HostTensor {
+    let bound = 2f64.powf(-2.5) * (6.0 / (rows + cols) as f64).sqrt();
+    HostTensor::new(vec![rows, cols], (0..rows * cols).map(|_| rng.random_range(-bound..bound) as f32).collect())
+}
+
+/// The naive student: teacher tensors copied (kept layers whole; converted layers get
+/// Q/O copied and K/V with kv heads repeated), new GDN parameters at fla's defaults:
+/// A ~ U(0, 16), A_log = ln A; dt log-uniform in [1e-3, 0.1] (floor 1e-4),
+/// dt_bias = inverse softplus(dt); W_a, W_b, W_g Xavier-uniform (gain 2^-2.5); o_norm = 1.
+/// Teacher q/k/v biases and q/k norms of converted layers are dropped.
+pub fn init_student(cfg: &HybridConfig, teacher: &HashMap<String, HostTensor>, seed: u64) -> Result<HashMap<String, HostTensor>> {
+    let c = &cfg.base;
+    let (dm, h, hkv, d) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let get = |name: &str| teacher.get(name).cloned().with_context(|| format!("teacher has no tensor {name}"));
+    let mut out = HashMap::new();
+    for name in ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"] {
+        if let Some(t) = teacher.get(name) {
+            out.insert(name.to_string(), t.clone());
+        }
+    }
+    for l in 0..c.num_hidden_layers {
+        let p = |s: &str| format!("model.layers.{l}.{s}");
+        for s in ["input_layernorm.weight", "post_attention_layernorm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"] {
+            out.insert(p(s), get(&p(s))?);
+        }
+        if !cfg.is_gdn(l) {
+            for (k, t) in teacher.iter().filter(|(k, _)| k.starts_with(&p("self_attn."))) {
+                out.insert(k.clone(), t.clone());
+            }
+            continue;
+        }
+        let tq = get(&p("self_attn.q_proj.weight"))?;
+        let tk = get(&p("self_attn.k_proj.weight"))?;
+        let tv = get(&p("self_attn.v_proj.weight"))?;
+        let to = get(&p("self_attn.o_proj.weight"))?;
+        out.insert(gdn_name(l, "q_proj.weight"), tq);
+        out.insert(gdn_name(l, "k_proj.weight"), HostTensor::new(vec![h * d, dm], repeat_kv(&tk.data, hkv, h, d, dm)));
+        out.insert(gdn_name(l, "v_proj.weight"), HostTensor::new(vec![h * d, dm], repeat_kv(&tv.data, hkv, h, d, dm)));
+        out.insert(gdn_name(l, "o_proj.weight"), to);
+        out.insert(gdn_name(l, "a_proj.weight"), xavier(&mut rng, h, dm));
+        out.insert(gdn_name(l, "b_proj.weight"), xavier(&mut rng, h, dm));
+        out.insert(gdn_name(l, "g_proj.weight"), xavier(&mut rng, h * d, dm));
+        let a_log: Vec<f32> = (0..h).map(|_| (rng.random_range(0.0f64..16.0).max(1e-12)).ln() as f32).collect();
+        let dt_bias: Vec<f32> = (0..h)
+            .map(|_| {
+                let dt = (rng.random_range(0.0f64..1.0) * ((0.1f64).ln() - (1e-3f64).ln()) + (1e-3f64).ln()).exp().max(1e-4);
+                crate::calibrate::phase1::inv_softplus(dt) as f32
+            })
+            .collect();
+        out.insert(gdn_name(l, "A_log"), HostTensor::new(vec![h], a_log));
+        out.insert(gdn_name(l, "dt_bias"), HostTensor::new(vec![h], dt_bias));
+        out.insert(gdn_name(l, "o_norm.weight"), HostTensor::new(vec![d], vec![1.0; d]));
+    }
+    Ok(out)
+}
+
+/// Every tensor name and shape a hybrid checkpoint must hold.
+pub fn expected_tensors(cfg: &HybridConfig) -> Vec<(String, Vec<usize>)> {
+    let c = &cfg.base;
+    let (dm, h, d) = (c.hidden_size, c.num_attention_heads, c.head_dim);
+    let mut v: Vec<(String, Vec<usize>)> = hf::expected_tensors(c).into_iter().filter(|(n, _)| !(n.contains(".self_attn.") && cfg.is_gdn(layer_of(n)))).collect();
+    for l in cfg.gdn_layers() {
+        for (n, s) in [
+            ("q_proj.weight", vec![h * d, dm]),
+            ("k_proj.weight", vec![h * d, dm]),
+            ("v_proj.weight", vec![h * d, dm]),
+            ("o_proj.weight", vec![dm, h * d]),
+            ("a_proj.weight", vec![h, dm]),
+            ("b_proj.weight", vec![h, dm]),
+            ("g_proj.weight", vec![h * d, dm]),
+            ("A_log", vec![h]),
+            ("dt_bias", vec![h]),
+            ("o_norm.weight", vec![d]),
+        ] {
+            v.push((gdn_name(l, n), s));
+        }
+    }
+    v
+}
+
+fn layer_of(name: &str) -> usize {
+    name.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|s| s.parse().ok()).unwrap_or(usize::MAX)
+}
+
+pub struct Checkpoint {
+    pub config: HybridConfig,
+    pub tensors: HashMap<String, HostTensor>,
+    pub tokenizer: Option<tokenizers::Tokenizer>,
+    pub report: Value,
+}
+
+/// Write a checkpoint directory atomically: everything goes into `<dir>.tmp-<pid>` first,
+/// which is renamed over `dir` only when complete (an older `dir` is replaced).
+pub fn save_checkpoint(dir: &Path, ck: &Checkpoint) -> Result<()> {
+    save_checkpoint_with(dir, ck, || Ok(()))
+}
+
+/// As [`save_checkpoint`], running `before_publish` between writing and renaming (tests
+/// use it to fail mid-way).
+pub fn save_checkpoint_with(dir: &Path, ck: &Checkpoint, before_publish: impl FnOnce() -> Result<()>) -> Result<()> {
+    let tmp = sibling(dir, &format!(".tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = (|| {
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        hf::write_safetensors(&tmp.join("model.safetensors"), &ck.tensors)?;
+        hf::write_atomic(&tmp.join("config.json"), serde_json::to_string_pretty(&ck.config.to_json())?.as_bytes())?;
+        if let Some(tok) = &ck.tokenizer {
+            let text = tok.to_string(false).map_err(|e| anyhow::anyhow!("serialising the tokenizer: {e}"))?;
+            hf::write_atomic(&tmp.join("tokenizer.json"), text.as_bytes())?;
+        }
+        hf::write_atomic(&tmp.join("report.json"), serde_json::to_string_pretty(&ck.report)?.as_bytes())?;
+        before_publish()?;
+        let old = sibling(dir, &format!(".old-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::rename(dir, &old).with_context(|| format!("moving the previous {} aside", dir.display()))?;
+        }
+        std::fs::rename(&tmp, dir).with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "checkpoint".into());
+    name.push(suffix);
+    dir.with_file_name(name)
+}
+
+pub fn is_checkpoint(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("config.json")).is_ok_and(|t| t.contains(MODEL_TYPE))
+}
+
+pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
+    let cpath = dir.join("config.json");
+    let text = std::fs::read_to_string(&cpath).with_context(|| format!("reading {}", cpath.display()))?;
+    let config = HybridConfig::from_json(&text, &cpath)?;
+    let tensors = hf::read_safetensors(&dir.join("model.safetensors"))?;
+    for (name, shape) in expected_tensors(&config) {
+        match tensors.get(&name) {
+            None => bail!("{}: missing tensor {name}", dir.display()),
+            Some(t) if t.shape != shape => bail!("{}: tensor {name} has shape {:?}, expected {shape:?}", dir.display(), t.shape),
+            _ => {}
+        }
+    }
+    let tok_path = dir.join("tokenizer.json");
+    let tokenizer = if tok_path.is_file() { Some(super::tokenizer::load_tokenizer_json(&tok_path)?) } else { None };
+    let report = std::fs::read_to_string(dir.join("report.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
+    Ok(Checkpoint { config, tensors, tokenizer, report })
+}
