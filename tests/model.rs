@@ -112,3 +112,54 @@ fn perplexity_equals_reference_nll() {
     assert_eq!(r.tokens, toks.len());
     assert!((r.nll - nll).abs() <= 1e-4 * nll.abs(), "nll {} vs reference {nll}", r.nll);
 }
+
+fn tiny_student(keep: Vec<usize>, seed: u64) -> taylorcal::model::hybrid::Checkpoint {
+    use taylorcal::model::hybrid::{init_student, Checkpoint, HybridConfig};
+    let cfg = tiny_config(Arch::Qwen2);
+    let teacher = random_tensors(&cfg, seed);
+    let hc = HybridConfig::new(cfg, keep).unwrap();
+    let tensors = init_student(&hc, &teacher, seed + 1).unwrap();
+    Checkpoint { config: hc, tensors, tokenizer: None, report: serde_json::Value::Null }
+}
+
+fn student_logits(d: &Teacher, ids: &[u32]) -> Vec<f32> {
+    let g = gpu();
+    let cache = d.kv_cache(g, ids.len()).unwrap();
+    let tid = g.upload_u32(&[ids.len()], ids).unwrap();
+    let mut b = g.batch();
+    let hidden = d.forward(&mut b, &cache, &tid, 0, ForwardOpts::default()).unwrap();
+    let logits = d.logits(&mut b, &hidden, 0, ids.len()).unwrap();
+    b.submit();
+    g.read(&logits).unwrap()
+}
+
+#[test]
+fn hybrid_student_gpu_logits_match_cpu_reference() {
+    let ck = tiny_student(vec![1], 51);
+    let d = Teacher::from_checkpoint(gpu(), &ck).unwrap();
+    let toks = ids(70, ck.config.base.vocab_size); // more than one 64-token chunk
+    assert_close("hybrid logits", &student_logits(&d, &toks), &reference::hybrid_logits(&ck, &toks), 1e-4);
+}
+
+#[test]
+fn hybrid_decoding_with_recurrent_state_matches_full_sequence() {
+    let ck = tiny_student(vec![0], 52);
+    let g = gpu();
+    let d = Teacher::from_checkpoint(g, &ck).unwrap();
+    let toks = ids(24, ck.config.base.vocab_size);
+    let full = student_logits(&d, &toks);
+    let cache = d.kv_cache(g, toks.len()).unwrap();
+    let mut last = vec![];
+    let mut pos = 0;
+    for chunk in [&toks[..20], &toks[20..21], &toks[21..22], &toks[22..]] {
+        let tid = g.upload_u32(&[chunk.len()], chunk).unwrap();
+        let mut b = g.batch();
+        let hidden = d.forward(&mut b, &cache, &tid, pos, ForwardOpts::default()).unwrap();
+        let logits = d.logits(&mut b, &hidden, chunk.len() - 1, 1).unwrap();
+        b.submit();
+        last = g.read(&logits).unwrap();
+        pos += chunk.len();
+    }
+    let v = ck.config.base.vocab_size;
+    assert_close("hybrid decode vs prefill", &last, &f64v(&full[(toks.len() - 1) * v..]), 1e-4);
+}

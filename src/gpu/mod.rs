@@ -22,9 +22,17 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
     ("rope", include_str!("../../shaders/rope.wgsl")),
     ("attention", include_str!("../../shaders/attention.wgsl")),
+    ("delta_chunk", include_str!("../../shaders/delta_chunk.wgsl")),
+    ("delta_state", include_str!("../../shaders/delta_state.wgsl")),
+    ("delta_out", include_str!("../../shaders/delta_out.wgsl")),
+    ("delta_bwd", include_str!("../../shaders/delta_bwd.wgsl")),
+    ("delta_step", include_str!("../../shaders/delta_step.wgsl")),
     ("nll", include_str!("../../shaders/nll.wgsl")),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
     ("optim", include_str!("../../shaders/optim.wgsl")),
+    ("matmul_grad", include_str!("../../shaders/matmul_grad.wgsl")),
+    ("gdn_act", include_str!("../../shaders/gdn_act.wgsl")),
+    ("gated_norm", include_str!("../../shaders/gated_norm.wgsl")),
 ];
 
 /// The source of a shader by name; panics on an unknown name (a programming error, not input).

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod dtype;
 pub mod fetch;
+pub mod gdn;
 pub mod gguf;
 pub mod hf;
 pub mod hybrid;

@@ -1,15 +1,18 @@
-//! The teacher: a Llama-family decoder (Llama/SmolLM2/Mistral, Qwen2 biases, Qwen3 q/k
-//! norms) running on the GPU, with a KV cache, fused attention statistics and a hook
-//! that lets calibration capture each layer's activations.
-use super::{ModelConfig, ModelFiles};
+//! The decoder on the GPU: a Llama-family model (Llama/SmolLM2/Mistral, Qwen2 biases,
+//! Qwen3 q/k norms) whose layers mix either softmax attention (the teacher: all of them)
+//! or a Gated DeltaNet block (the hybrid student's converted layers). Prefill runs the
+//! chunked scan, decoding the one-step recurrence; softmax layers keep a KV cache and
+//! report fused attention statistics through a hook calibration uses.
+use super::gdn::{self, GdnActs, GdnParams};
+use super::hybrid::{gdn_name, Checkpoint};
+use super::{HostTensor, ModelConfig, ModelFiles};
 use crate::gpu::{Batch, Gpu, Tensor};
 use crate::ops::{self, attention::AttnShape, rope::RopeTables};
 use anyhow::{anyhow, Context as _, Result};
+use std::collections::HashMap;
 
-/// One decoder layer's weights on the GPU.
-pub struct Layer {
-    pub input_norm: Tensor,
-    pub post_norm: Tensor,
+/// Softmax attention weights of a layer.
+pub struct Attn {
     pub q: Tensor,
     pub k: Tensor,
     pub v: Tensor,
@@ -19,12 +22,28 @@ pub struct Layer {
     pub v_bias: Option<Tensor>,
     pub q_norm: Option<Tensor>,
     pub k_norm: Option<Tensor>,
+}
+
+/// What mixes tokens in a layer.
+pub enum Mixer {
+    Attn(Attn),
+    Gdn(Box<GdnParams>),
+}
+
+/// One decoder layer's weights on the GPU.
+pub struct Layer {
+    pub input_norm: Tensor,
+    pub post_norm: Tensor,
+    pub mixer: Mixer,
     pub gate: Tensor,
     pub up: Tensor,
     pub down: Tensor,
 }
 
-pub struct Teacher {
+/// The teacher is a decoder whose every layer is softmax attention.
+pub type Teacher = Decoder;
+
+pub struct Decoder {
     pub cfg: ModelConfig,
     pub embed: Tensor,
     pub norm: Tensor,
@@ -34,10 +53,12 @@ pub struct Teacher {
     pub rope: RopeTables,
 }
 
-/// Per-layer KV cache, [max_len, kv_heads * head_dim] each.
+/// Per-layer decoding state: a KV cache [max_len, kv_heads * head_dim] for softmax layers,
+/// the recurrent state [H, d, d] for GDN layers.
 pub struct KvCache {
-    pub k: Vec<Tensor>,
-    pub v: Vec<Tensor>,
+    pub k: Vec<Option<Tensor>>,
+    pub v: Vec<Option<Tensor>>,
+    pub state: Vec<Option<Tensor>>,
     pub max_len: usize,
 }
 
@@ -63,52 +84,98 @@ pub struct ForwardOpts<'h> {
     pub hook: Option<&'h mut dyn FnMut(&mut Batch, AttnActs) -> Result<()>>,
 }
 
-fn up(gpu: &Gpu, files: &ModelFiles, name: &str) -> Result<Tensor> {
-    let t = files.tensors.get(name).ok_or_else(|| anyhow!("{}: missing tensor {name}", files.source))?;
-    gpu.upload(&t.shape, &t.data).with_context(|| format!("uploading {name}"))
+/// Uploads named host tensors, with errors naming the source.
+struct Uploader<'a> {
+    gpu: &'a Gpu,
+    tensors: &'a HashMap<String, HostTensor>,
+    source: &'a str,
 }
 
-fn up_opt(gpu: &Gpu, files: &ModelFiles, name: &str) -> Result<Option<Tensor>> {
-    files.tensors.contains_key(name).then(|| up(gpu, files, name)).transpose()
+impl Uploader<'_> {
+    fn get(&self, name: &str) -> Result<Tensor> {
+        let t = self.tensors.get(name).ok_or_else(|| anyhow!("{}: missing tensor {name}", self.source))?;
+        self.gpu.upload(&t.shape, &t.data).with_context(|| format!("uploading {name}"))
+    }
+    fn opt(&self, name: &str) -> Result<Option<Tensor>> {
+        self.tensors.contains_key(name).then(|| self.get(name)).transpose()
+    }
 }
 
-impl Teacher {
-    pub fn new(gpu: &Gpu, files: &ModelFiles) -> Result<Teacher> {
-        let cfg = files.config.clone();
+impl Decoder {
+    /// The teacher: every layer softmax attention.
+    pub fn new(gpu: &Gpu, files: &ModelFiles) -> Result<Decoder> {
+        Self::build(gpu, &files.config, &files.tensors, &files.source, |_| false)
+    }
+
+    /// A hybrid student from its checkpoint.
+    pub fn from_checkpoint(gpu: &Gpu, ck: &Checkpoint) -> Result<Decoder> {
+        let hc = &ck.config;
+        Self::build(gpu, &hc.base, &ck.tensors, "checkpoint", |l| hc.is_gdn(l))
+    }
+
+    /// Build from Hugging Face / taylorcal tensor names; `is_gdn(l)` picks GDN layers.
+    pub fn build(gpu: &Gpu, cfg: &ModelConfig, tensors: &HashMap<String, HostTensor>, source: &str, is_gdn: impl Fn(usize) -> bool) -> Result<Decoder> {
+        let u = Uploader { gpu, tensors, source };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let n = |s: &str| format!("model.layers.{i}.{s}");
+            let mixer = if is_gdn(i) {
+                Mixer::Gdn(Box::new(Self::gdn_params(&u, i)?))
+            } else {
+                Mixer::Attn(Attn {
+                    q: u.get(&n("self_attn.q_proj.weight"))?,
+                    k: u.get(&n("self_attn.k_proj.weight"))?,
+                    v: u.get(&n("self_attn.v_proj.weight"))?,
+                    o: u.get(&n("self_attn.o_proj.weight"))?,
+                    q_bias: u.opt(&n("self_attn.q_proj.bias"))?,
+                    k_bias: u.opt(&n("self_attn.k_proj.bias"))?,
+                    v_bias: u.opt(&n("self_attn.v_proj.bias"))?,
+                    q_norm: u.opt(&n("self_attn.q_norm.weight"))?,
+                    k_norm: u.opt(&n("self_attn.k_norm.weight"))?,
+                })
+            };
             layers.push(Layer {
-                input_norm: up(gpu, files, &n("input_layernorm.weight"))?,
-                post_norm: up(gpu, files, &n("post_attention_layernorm.weight"))?,
-                q: up(gpu, files, &n("self_attn.q_proj.weight"))?,
-                k: up(gpu, files, &n("self_attn.k_proj.weight"))?,
-                v: up(gpu, files, &n("self_attn.v_proj.weight"))?,
-                o: up(gpu, files, &n("self_attn.o_proj.weight"))?,
-                q_bias: up_opt(gpu, files, &n("self_attn.q_proj.bias"))?,
-                k_bias: up_opt(gpu, files, &n("self_attn.k_proj.bias"))?,
-                v_bias: up_opt(gpu, files, &n("self_attn.v_proj.bias"))?,
-                q_norm: up_opt(gpu, files, &n("self_attn.q_norm.weight"))?,
-                k_norm: up_opt(gpu, files, &n("self_attn.k_norm.weight"))?,
-                gate: up(gpu, files, &n("mlp.gate_proj.weight"))?,
-                up: up(gpu, files, &n("mlp.up_proj.weight"))?,
-                down: up(gpu, files, &n("mlp.down_proj.weight"))?,
+                input_norm: u.get(&n("input_layernorm.weight"))?,
+                post_norm: u.get(&n("post_attention_layernorm.weight"))?,
+                mixer,
+                gate: u.get(&n("mlp.gate_proj.weight"))?,
+                up: u.get(&n("mlp.up_proj.weight"))?,
+                down: u.get(&n("mlp.down_proj.weight"))?,
             });
         }
-        let embed = up(gpu, files, "model.embed_tokens.weight")?;
-        let lm_head = if files.tensors.contains_key("lm_head.weight") { up(gpu, files, "lm_head.weight")? } else { embed.clone() };
+        let embed = u.get("model.embed_tokens.weight")?;
+        let lm_head = if tensors.contains_key("lm_head.weight") { u.get("lm_head.weight")? } else { embed.clone() };
         let rope = RopeTables::new(gpu, cfg.rope_theta as f64, cfg.head_dim, cfg.max_position_embeddings.max(1))?;
-        Ok(Teacher { norm: up(gpu, files, "model.norm.weight")?, embed, lm_head, layers, rope, cfg })
+        Ok(Decoder { norm: u.get("model.norm.weight")?, embed, lm_head, layers, rope, cfg: cfg.clone() })
+    }
+
+    fn gdn_params(u: &Uploader, l: usize) -> Result<GdnParams> {
+        let g = |s: &str| u.get(&gdn_name(l, s));
+        Ok(GdnParams {
+            wq: g("q_proj.weight")?,
+            wk: g("k_proj.weight")?,
+            wv: g("v_proj.weight")?,
+            wa: g("a_proj.weight")?,
+            wb: g("b_proj.weight")?,
+            wg: g("g_proj.weight")?,
+            wo: g("o_proj.weight")?,
+            a_log: g("A_log")?,
+            dt_bias: g("dt_bias")?,
+            w_norm: g("o_norm.weight")?,
+        })
     }
 
     pub fn kv_cache(&self, gpu: &Gpu, max_len: usize) -> Result<KvCache> {
-        let w = self.cfg.num_key_value_heads * self.cfg.head_dim;
-        let n = self.cfg.num_hidden_layers;
-        Ok(KvCache {
-            k: (0..n).map(|_| gpu.zeros(&[max_len, w])).collect::<Result<_>>()?,
-            v: (0..n).map(|_| gpu.zeros(&[max_len, w])).collect::<Result<_>>()?,
-            max_len,
-        })
+        let c = &self.cfg;
+        let w = c.num_key_value_heads * c.head_dim;
+        let (mut k, mut v, mut state) = (vec![], vec![], vec![]);
+        for l in &self.layers {
+            let attn = matches!(l.mixer, Mixer::Attn(_));
+            k.push(if attn { Some(gpu.zeros(&[max_len, w])?) } else { None });
+            v.push(if attn { Some(gpu.zeros(&[max_len, w])?) } else { None });
+            state.push(if attn { None } else { Some(gpu.zeros(&[c.num_attention_heads, c.head_dim, c.head_dim])?) });
+        }
+        Ok(KvCache { k, v, state, max_len })
     }
 
     pub fn attn_shape(&self, pos0: usize) -> AttnShape {
@@ -139,28 +206,58 @@ impl Teacher {
         let act = g.zeros(&[t, c.intermediate_size])?;
         let kv_row = (hkv * hd * 4) as u64;
 
+        let mut gdn_acts: Option<GdnActs> = None;
+        let mut gdn_step: Option<GdnStep> = None;
         ops::elementwise::embed(b, ids, &self.embed, &x);
         for (i, l) in self.layers.iter().enumerate() {
             ops::norm::rmsnorm(b, &x, &l.input_norm, c.rms_norm_eps, &hn);
-            ops::matmul::linear(b, &hn, &l.q, l.q_bias.as_ref(), &q, false);
-            ops::matmul::linear(b, &hn, &l.k, l.k_bias.as_ref(), &k, false);
-            ops::matmul::linear(b, &hn, &l.v, l.v_bias.as_ref(), &v, false);
-            let (qr, kr) = match (&qn, &kn, &l.q_norm, &l.k_norm) {
-                (Some(qn), Some(kn), Some(wq), Some(wk)) => {
-                    ops::norm::rmsnorm(b, &q, wq, c.rms_norm_eps, qn);
-                    ops::norm::rmsnorm(b, &k, wk, c.rms_norm_eps, kn);
-                    (qn, kn)
+            match &l.mixer {
+                Mixer::Attn(a) => {
+                    let (kc, vc) = (cache.k[i].as_ref().expect("KV cache"), cache.v[i].as_ref().expect("KV cache"));
+                    ops::matmul::linear(b, &hn, &a.q, a.q_bias.as_ref(), &q, false);
+                    ops::matmul::linear(b, &hn, &a.k, a.k_bias.as_ref(), &k, false);
+                    ops::matmul::linear(b, &hn, &a.v, a.v_bias.as_ref(), &v, false);
+                    let (qr, kr) = match (&qn, &kn, &a.q_norm, &a.k_norm) {
+                        (Some(qn), Some(kn), Some(wq), Some(wk)) => {
+                            ops::norm::rmsnorm(b, &q, wq, c.rms_norm_eps, qn);
+                            ops::norm::rmsnorm(b, &k, wk, c.rms_norm_eps, kn);
+                            (qn, kn)
+                        }
+                        _ => (&q, &k),
+                    };
+                    ops::rope::rope(b, qr, h, &self.rope, pos0);
+                    ops::rope::rope(b, kr, hkv, &self.rope, pos0);
+                    b.copy(kr, 0, kc, pos0 as u64 * kv_row, t as u64 * kv_row);
+                    b.copy(&v, 0, vc, pos0 as u64 * kv_row, t as u64 * kv_row);
+                    ops::attention::attention(b, qr, kc, vc, &ctx, &stats, self.attn_shape(pos0));
+                    ops::matmul::linear(b, &ctx, &a.o, None, &ao, false);
+                    if let Some(hook) = opts.hook.as_deref_mut() {
+                        hook(b, AttnActs { layer: i, normed: &hn, context: &ctx, output: &ao, stats: &stats })?;
+                    }
                 }
-                _ => (&q, &k),
-            };
-            ops::rope::rope(b, qr, h, &self.rope, pos0);
-            ops::rope::rope(b, kr, hkv, &self.rope, pos0);
-            b.copy(kr, 0, &cache.k[i], pos0 as u64 * kv_row, t as u64 * kv_row);
-            b.copy(&v, 0, &cache.v[i], pos0 as u64 * kv_row, t as u64 * kv_row);
-            ops::attention::attention(b, qr, &cache.k[i], &cache.v[i], &ctx, &stats, self.attn_shape(pos0));
-            ops::matmul::linear(b, &ctx, &l.o, None, &ao, false);
-            if let Some(hook) = opts.hook.as_deref_mut() {
-                hook(b, AttnActs { layer: i, normed: &hn, context: &ctx, output: &ao, stats: &stats })?;
+                Mixer::Gdn(p) => {
+                    let state = cache.state[i].as_ref().expect("GDN state");
+                    if t == 1 {
+                        let st = match gdn_step.take() {
+                            Some(s) => s,
+                            None => GdnStep::new(g, p.dims())?,
+                        };
+                        st.run(b, p, &hn, state, &ao)?;
+                        gdn_step = Some(st);
+                    } else {
+                        let acts = match gdn_acts.take() {
+                            Some(a) => a,
+                            None => GdnActs::new(g, p.dims(), (1, t), false)?,
+                        };
+                        gdn::gdn_forward_inputs(b, p, &hn, &acts);
+                        let h0 = (pos0 > 0).then_some(state);
+                        let ht = g.zeros(&state.shape)?;
+                        ops::delta::chunk_forward_ws(b, &acts.scan, &acts.q, &acts.k, &acts.v, &acts.g, &acts.beta, h0, &acts.o, Some(&ht))?;
+                        b.copy(&ht, 0, state, 0, state.bytes());
+                        gdn::gdn_forward_output(b, p, &acts, &ao);
+                        gdn_acts = Some(acts);
+                    }
+                }
             }
             if !opts.skip_attn.contains(&i) {
                 ops::elementwise::add(b, &ao, &x);
@@ -188,5 +285,27 @@ impl Teacher {
     /// Rows of logits that fit one binding (so the NLL over a long text is chunked).
     pub fn logit_rows_per_chunk(&self, gpu: &Gpu) -> usize {
         (gpu.max_binding as usize / (self.cfg.vocab_size * 4)).clamp(1, 512)
+    }
+}
+
+/// Buffers for one decoding step of a GDN layer: the projections of one token and the
+/// one-step recurrence in place of the chunked scan.
+struct GdnStep {
+    acts: GdnActs,
+}
+
+impl GdnStep {
+    fn new(gpu: &Gpu, dims: gdn::GdnDims) -> Result<GdnStep> {
+        Ok(GdnStep { acts: GdnActs::new(gpu, dims, (1, 1), false)? })
+    }
+
+    fn run(&self, b: &mut Batch, p: &GdnParams, x: &Tensor, state: &Tensor, out: &Tensor) -> Result<()> {
+        let a = &self.acts;
+        gdn::gdn_forward_inputs(b, p, x, a);
+        let d = p.dims();
+        let s = ops::delta::DeltaShape::new(1, 1, d.heads, d.head_dim, true);
+        ops::delta::recurrent_step(b, &s, &a.q, &a.k, &a.v, &a.g, &a.beta, state, &a.o)?;
+        gdn::gdn_forward_output(b, p, a, out);
+        Ok(())
     }
 }

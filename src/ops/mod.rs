@@ -1,8 +1,11 @@
 //! Host side of every shader: one module per kernel family, each with its dispatch
 //! wrapper(s) and a plain-Rust f64 CPU reference (`cpu` functions) the tests compare to.
 
+pub mod act;
 pub mod attention;
+pub mod delta;
 pub mod elementwise;
+pub mod grad;
 pub mod matmul;
 pub mod nll;
 pub mod norm;

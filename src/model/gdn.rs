@@ -1,0 +1,555 @@
+//! The Gated DeltaNet student block ("gdn_v4"), forward and backward on the GPU, written
+//! out layer by layer with explicit activation buffers (no autograd tape), plus the f64
+//! reference of the whole block ([`cpu`]).
+//!
+//! For x [N, D] (N = B T tokens, sequences of length T), H heads of dim d:
+//!
+//! ```text
+//! q = silu(x Wq^T), k = silu(x Wk^T), v = silu(x Wv^T)           [N, H, d]
+//! g = -exp(A_log) softplus(x Wa^T + dt_bias),  beta = sigmoid(x Wb^T)   [N, H]
+//! o = delta-rule scan(q, k, v, g, beta), q and k L2-normalised inside, scale 1/sqrt(d)
+//! y = rmsnorm_per_head(o) * w_norm * silu(x Wg^T)                  (eps 1e-5)
+//! out = y Wo^T                                                      [N, D]
+//! ```
+//!
+//! The forward is three stages, [`gdn_forward_inputs`] (projections, activations, gate),
+//! the scan, and [`gdn_forward_output`] (gated norm, output projection); the backward
+//! mirrors them: [`gdn_backward_output`], the scan backward, [`gdn_backward_inputs`].
+//! [`gdn_forward`] and [`gdn_backward`] run all three.
+use crate::gpu::{Batch, Gpu, Tensor};
+use crate::ops::delta::{self, DeltaGrads, DeltaShape, DeltaWorkspace};
+use crate::ops::{act, grad, matmul};
+use anyhow::Result;
+
+/// The epsilon of the gated output RMSNorm.
+pub const NORM_EPS: f32 = 1e-5;
+
+/// Parameters of one block: Wq, Wk, Wv, Wg [H d, D]; Wa, Wb [H, D]; Wo [D, H d];
+/// A_log, dt_bias [H]; w_norm [d] (all f32).
+#[derive(Clone, Debug)]
+pub struct GdnParams {
+    pub wq: Tensor,
+    pub wk: Tensor,
+    pub wv: Tensor,
+    pub wa: Tensor,
+    pub wb: Tensor,
+    pub wg: Tensor,
+    pub wo: Tensor,
+    pub a_log: Tensor,
+    pub dt_bias: Tensor,
+    pub w_norm: Tensor,
+}
+
+/// Gradients of every parameter, shaped as [`GdnParams`].
+#[derive(Clone, Debug)]
+pub struct GdnGrads {
+    pub wq: Tensor,
+    pub wk: Tensor,
+    pub wv: Tensor,
+    pub wa: Tensor,
+    pub wb: Tensor,
+    pub wg: Tensor,
+    pub wo: Tensor,
+    pub a_log: Tensor,
+    pub dt_bias: Tensor,
+    pub w_norm: Tensor,
+}
+
+/// The block's dimensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GdnDims {
+    /// model width D
+    pub d_model: usize,
+    /// heads H
+    pub heads: usize,
+    /// head dim d
+    pub head_dim: usize,
+}
+
+impl GdnDims {
+    /// H d, the width of q, k, v, o, y.
+    pub fn inner(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+/// The parameter names, in the order [`GdnParams::tensors`] lists them.
+pub const PARAM_NAMES: [&str; 10] = ["wq", "wk", "wv", "wa", "wb", "wg", "wo", "a_log", "dt_bias", "w_norm"];
+
+impl GdnParams {
+    /// The dimensions, read off the tensor shapes (and checked for consistency).
+    pub fn dims(&self) -> GdnDims {
+        let dims = GdnDims { d_model: self.wq.cols(), heads: self.a_log.numel(), head_dim: self.w_norm.numel() };
+        let (dm, hd, h) = (dims.d_model, dims.inner(), dims.heads);
+        for (name, t, want) in [
+            ("wq", &self.wq, hd * dm),
+            ("wk", &self.wk, hd * dm),
+            ("wv", &self.wv, hd * dm),
+            ("wg", &self.wg, hd * dm),
+            ("wa", &self.wa, h * dm),
+            ("wb", &self.wb, h * dm),
+            ("wo", &self.wo, dm * hd),
+            ("dt_bias", &self.dt_bias, h),
+        ] {
+            assert_eq!(t.numel(), want, "GDN parameter {name} {:?} does not fit {dims:?}", t.shape);
+        }
+        assert_eq!(self.wo.cols(), hd, "GDN parameter wo {:?} is not [{dm}, {hd}]", self.wo.shape);
+        dims
+    }
+
+    /// Every parameter in [`PARAM_NAMES`] order.
+    pub fn tensors(&self) -> [&Tensor; 10] {
+        [&self.wq, &self.wk, &self.wv, &self.wa, &self.wb, &self.wg, &self.wo, &self.a_log, &self.dt_bias, &self.w_norm]
+    }
+
+    /// Upload host parameters (f64, stored as f32).
+    pub fn upload(gpu: &Gpu, p: &cpu::Params) -> Result<GdnParams> {
+        let dm = p.dims;
+        let (d, h, hd) = (dm.d_model, dm.heads, dm.inner());
+        let up = |shape: &[usize], v: &[f64]| gpu.upload(shape, &v.iter().map(|&x| x as f32).collect::<Vec<_>>());
+        Ok(GdnParams {
+            wq: up(&[hd, d], &p.wq)?,
+            wk: up(&[hd, d], &p.wk)?,
+            wv: up(&[hd, d], &p.wv)?,
+            wa: up(&[h, d], &p.wa)?,
+            wb: up(&[h, d], &p.wb)?,
+            wg: up(&[hd, d], &p.wg)?,
+            wo: up(&[d, hd], &p.wo)?,
+            a_log: up(&[h], &p.a_log)?,
+            dt_bias: up(&[h], &p.dt_bias)?,
+            w_norm: up(&[dm.head_dim], &p.w_norm)?,
+        })
+    }
+}
+
+impl GdnGrads {
+    /// Zero-filled gradients shaped like `p`.
+    pub fn zeros(gpu: &Gpu, p: &GdnParams) -> Result<GdnGrads> {
+        let z = |t: &Tensor| gpu.zeros(&t.shape);
+        Ok(GdnGrads {
+            wq: z(&p.wq)?,
+            wk: z(&p.wk)?,
+            wv: z(&p.wv)?,
+            wa: z(&p.wa)?,
+            wb: z(&p.wb)?,
+            wg: z(&p.wg)?,
+            wo: z(&p.wo)?,
+            a_log: z(&p.a_log)?,
+            dt_bias: z(&p.dt_bias)?,
+            w_norm: z(&p.w_norm)?,
+        })
+    }
+
+    /// Every gradient in [`PARAM_NAMES`] order.
+    pub fn tensors(&self) -> [&Tensor; 10] {
+        [&self.wq, &self.wk, &self.wv, &self.wa, &self.wb, &self.wg, &self.wo, &self.a_log, &self.dt_bias, &self.w_norm]
+    }
+}
+
+/// Activations the forward saves for the backward (N = B T tokens), the scan's workspace
+/// and the backward's buffers. Shapes: [N, H d] for zq..v, zg, o, y and the backward's
+/// d*; [N, H] for za..beta, dg, dbeta; [N H] for rstd.
+pub struct GdnActs {
+    /// (B, T): sequences and their length
+    pub seqs: (usize, usize),
+    pub tokens: usize,
+    /// pre-activations x W^T of q, k, v
+    pub zq: Tensor,
+    pub zk: Tensor,
+    pub zv: Tensor,
+    /// silu of the above: the scan's inputs (L2 normalisation of q, k happens inside it)
+    pub q: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
+    /// x Wa^T, x Wb^T
+    pub za: Tensor,
+    pub zb: Tensor,
+    /// log decay and write strength
+    pub g: Tensor,
+    pub beta: Tensor,
+    /// output-gate pre-activation x Wg^T
+    pub zg: Tensor,
+    /// scan output
+    pub o: Tensor,
+    /// 1 / RMS of each (token, head) row of o
+    pub rstd: Tensor,
+    /// gated-norm output, the input of Wo
+    pub y: Tensor,
+    /// Buffers of the backward (None for a forward-only block).
+    pub back: Option<GdnBackBufs>,
+    /// Scratch of the chunked scan (forward, and backward with `back`).
+    pub scan: DeltaWorkspace,
+}
+
+/// The backward's intermediate gradients. `dy` (dL/dy) is reused for dq once the gated
+/// norm's backward has consumed it; dq, dk, dv become dzq, dzk, dzv in place, dg, dbeta
+/// become dza, dzb.
+#[derive(Clone, Debug)]
+pub struct GdnBackBufs {
+    pub dy: Tensor,
+    pub d_o: Tensor,
+    pub dzg: Tensor,
+    pub dk: Tensor,
+    pub dv: Tensor,
+    pub dg: Tensor,
+    pub dbeta: Tensor,
+    pub scratch: Tensor,
+}
+
+impl GdnBackBufs {
+    /// dL/dq (and then dL/dzq): the `dy` buffer, free once the gated norm backward ran.
+    pub fn dq(&self) -> &Tensor {
+        &self.dy
+    }
+
+    /// The scan's gradient outputs: views of dq (`dy`), dk, dv, dg, dbeta.
+    pub fn scan_grads(&self) -> DeltaGrads {
+        DeltaGrads { dq: self.dy.clone(), dk: self.dk.clone(), dv: self.dv.clone(), dg: self.dg.clone(), dbeta: self.dbeta.clone(), dh0: None }
+    }
+}
+
+impl GdnActs {
+    /// Buffers for `seqs` = (B, T) sequences; `backward` adds the backward's buffers.
+    /// Fails with a clear message for head dims the scan does not take.
+    pub fn new(gpu: &Gpu, dims: GdnDims, seqs: (usize, usize), backward: bool) -> Result<GdnActs> {
+        let tokens = seqs.0 * seqs.1;
+        let scan = DeltaWorkspace::new(gpu, &scan_shape(dims, seqs), backward)?;
+        let (n, h, hd) = (tokens, dims.heads, dims.inner());
+        let wide = || gpu.zeros(&[n, hd]);
+        let narrow = || gpu.zeros(&[n, h]);
+        let back = if backward {
+            Some(GdnBackBufs {
+                dy: wide()?,
+                d_o: wide()?,
+                dzg: wide()?,
+                dk: wide()?,
+                dv: wide()?,
+                dg: narrow()?,
+                dbeta: narrow()?,
+                scratch: wide()?,
+            })
+        } else {
+            None
+        };
+        Ok(GdnActs {
+            seqs,
+            tokens,
+            zq: wide()?,
+            zk: wide()?,
+            zv: wide()?,
+            q: wide()?,
+            k: wide()?,
+            v: wide()?,
+            za: narrow()?,
+            zb: narrow()?,
+            g: narrow()?,
+            beta: narrow()?,
+            zg: wide()?,
+            o: wide()?,
+            rstd: gpu.zeros(&[n * h])?,
+            y: wide()?,
+            back,
+            scan,
+        })
+    }
+}
+
+/// The scan's problem for `seqs` = (B, T) and the block's dims.
+pub fn scan_shape(dims: GdnDims, seqs: (usize, usize)) -> DeltaShape {
+    DeltaShape::new(seqs.0, seqs.1, dims.heads, dims.head_dim, true)
+}
+
+fn check_x(p: &GdnParams, x: &Tensor, acts: &GdnActs) -> GdnDims {
+    let dims = p.dims();
+    assert_eq!(x.numel(), acts.tokens * dims.d_model, "GDN block: x {:?} is not [{}, {}]", x.shape, acts.tokens, dims.d_model);
+    dims
+}
+
+/// Forward, stage 1: q, k, v (pre- and post-SiLU), g, beta and the output-gate
+/// pre-activation zg from x [N, D].
+pub fn gdn_forward_inputs(b: &mut Batch, p: &GdnParams, x: &Tensor, acts: &GdnActs) {
+    check_x(p, x, acts);
+    for (w, z, a) in [(&p.wq, &acts.zq, &acts.q), (&p.wk, &acts.zk, &acts.k), (&p.wv, &acts.zv, &acts.v)] {
+        matmul::linear(b, x, w, None, z, false);
+        act::silu_forward(b, z, a);
+    }
+    matmul::linear(b, x, &p.wa, None, &acts.za, false);
+    matmul::linear(b, x, &p.wb, None, &acts.zb, false);
+    act::gate_forward(b, &acts.za, &acts.zb, &p.a_log, &p.dt_bias, &acts.g, &acts.beta);
+    matmul::linear(b, x, &p.wg, None, &acts.zg, false);
+}
+
+fn check_seqs(p: &GdnParams, seqs: (usize, usize), acts: &GdnActs) {
+    assert_eq!(seqs, acts.seqs, "GDN block: {seqs:?} sequences, but the activations were made for {:?}", acts.seqs);
+    assert_eq!(acts.scan.shape, scan_shape(p.dims(), seqs), "GDN block: the activations were made for another block shape");
+}
+
+/// Forward, stage 2: the chunked delta-rule scan o = scan(q, k, v, g, beta) (q, k
+/// L2-normalised inside, scale 1/sqrt(d)).
+pub fn gdn_scan_forward(b: &mut Batch, p: &GdnParams, seqs: (usize, usize), acts: &GdnActs) -> Result<()> {
+    check_seqs(p, seqs, acts);
+    delta::chunk_forward_ws(b, &acts.scan, &acts.q, &acts.k, &acts.v, &acts.g, &acts.beta, None, &acts.o, None)
+}
+
+/// Forward, stage 3: y = gated_rmsnorm(o, zg), out = y Wo^T.
+pub fn gdn_forward_output(b: &mut Batch, p: &GdnParams, acts: &GdnActs, out: &Tensor) {
+    let dims = p.dims();
+    act::gated_norm_forward(b, &acts.o, &acts.zg, &p.w_norm, NORM_EPS, &acts.y, &acts.rstd);
+    assert_eq!(out.numel(), acts.tokens * dims.d_model, "GDN block: out {:?} is not [{}, {}]", out.shape, acts.tokens, dims.d_model);
+    matmul::linear(b, &acts.y, &p.wo, None, out, false);
+}
+
+/// The whole forward: out [N, D] for x [N, D] holding `seqs` = (B, T) sequences; the
+/// activations the backward needs stay in `acts`.
+pub fn gdn_forward(b: &mut Batch, p: &GdnParams, x: &Tensor, seqs: (usize, usize), acts: &GdnActs, out: &Tensor) -> Result<()> {
+    check_seqs(p, seqs, acts);
+    gdn_forward_inputs(b, p, x, acts);
+    gdn_scan_forward(b, p, seqs, acts)?;
+    gdn_forward_output(b, p, acts, out);
+    Ok(())
+}
+
+fn back(acts: &GdnActs) -> &GdnBackBufs {
+    acts.back.as_ref().expect("GDN backward: the activations were allocated without backward buffers")
+}
+
+/// Backward, stage 3 (first): from dout, dWo, then through the gated norm to d_o, dzg
+/// and dw_norm.
+pub fn gdn_backward_output(b: &mut Batch, p: &GdnParams, acts: &GdnActs, dout: &Tensor, grads: &GdnGrads, accumulate: bool) {
+    let bb = back(acts);
+    grad::linear_backward_weight(b, dout, &acts.y, &grads.wo, accumulate);
+    grad::linear_backward_input(b, dout, &p.wo, &bb.dy, false);
+    act::gated_norm_backward(b, &acts.o, &acts.zg, &p.w_norm, &acts.rstd, &bb.dy, &bb.d_o, &bb.dzg, &grads.w_norm, &bb.scratch, accumulate);
+}
+
+/// Backward, stage 2: the scan's backward from d_o to dq (in the `dy` buffer), dk, dv, dg,
+/// dbeta.
+pub fn gdn_scan_backward(b: &mut Batch, p: &GdnParams, seqs: (usize, usize), acts: &GdnActs) -> Result<()> {
+    check_seqs(p, seqs, acts);
+    let bb = back(acts);
+    let grads = bb.scan_grads();
+    delta::chunk_backward_ws(b, &acts.scan, &acts.q, &acts.k, &acts.v, &acts.g, &acts.beta, None, &bb.d_o, None, &grads)
+}
+
+/// Backward, stage 1 (last): through SiLU and the gate to the pre-activations, then the
+/// projection weights' gradients and dx (`+=` when `accumulate`, like the parameter grads).
+pub fn gdn_backward_inputs(b: &mut Batch, p: &GdnParams, x: &Tensor, acts: &GdnActs, grads: &GdnGrads, dx: Option<&Tensor>, accumulate: bool) {
+    check_x(p, x, acts);
+    let bb = back(acts);
+    act::silu_backward(b, &acts.zq, bb.dq());
+    act::silu_backward(b, &acts.zk, &bb.dk);
+    act::silu_backward(b, &acts.zv, &bb.dv);
+    act::gate_backward(b, &acts.za, &acts.beta, &p.a_log, &p.dt_bias, &bb.dg, &bb.dbeta, &bb.scratch, &grads.a_log, &grads.dt_bias, accumulate);
+    let pairs = [
+        (bb.dq(), &p.wq, &grads.wq),
+        (&bb.dk, &p.wk, &grads.wk),
+        (&bb.dv, &p.wv, &grads.wv),
+        (&bb.dg, &p.wa, &grads.wa),
+        (&bb.dbeta, &p.wb, &grads.wb),
+        (&bb.dzg, &p.wg, &grads.wg),
+    ];
+    for (i, (dz, w, dw)) in pairs.into_iter().enumerate() {
+        grad::linear_backward_weight(b, dz, x, dw, accumulate);
+        if let Some(dx) = dx {
+            grad::linear_backward_input(b, dz, w, dx, accumulate || i > 0);
+        }
+    }
+}
+
+/// The whole backward: every parameter gradient into `grads` and, when given, dx [N, D]
+/// (overwritten, or added to when `accumulate`, which also makes the parameter gradients
+/// accumulate). Needs the `acts` of the forward on the same x, allocated with `backward`.
+#[allow(clippy::too_many_arguments)]
+pub fn gdn_backward(
+    b: &mut Batch,
+    p: &GdnParams,
+    x: &Tensor,
+    seqs: (usize, usize),
+    acts: &GdnActs,
+    dout: &Tensor,
+    grads: &GdnGrads,
+    dx: Option<&Tensor>,
+    accumulate: bool,
+) -> Result<()> {
+    check_seqs(p, seqs, acts);
+    gdn_backward_output(b, p, acts, dout, grads, accumulate);
+    gdn_scan_backward(b, p, seqs, acts)?;
+    gdn_backward_inputs(b, p, x, acts, grads, dx, accumulate);
+    Ok(())
+}
+
+/// Decoding: runs the block over x [B T, D] token by token with the one-step recurrence,
+/// continuing from (and updating in place) `state` [B, H, d, d] (zeros for a fresh
+/// sequence). `acts` is made for (B, T) (normally T = 1) without backward buffers.
+pub fn gdn_recurrent_step(b: &mut Batch, p: &GdnParams, x: &Tensor, acts: &GdnActs, state: &Tensor, out: &Tensor) -> Result<()> {
+    let s = scan_shape(p.dims(), acts.seqs);
+    gdn_forward_inputs(b, p, x, acts);
+    delta::recurrent_step(b, &s, &acts.q, &acts.k, &acts.v, &acts.g, &acts.beta, state, &acts.o)?;
+    gdn_forward_output(b, p, acts, out);
+    Ok(())
+}
+
+/// The f64 reference of the whole block, forward and backward, on the naive recurrence
+/// of [`crate::ops::delta::cpu`].
+pub mod cpu {
+    use super::GdnDims;
+    use crate::ops::act::cpu as act;
+    use crate::ops::delta::{cpu as delta, DeltaShape};
+    use crate::ops::grad::cpu as grad;
+    use crate::ops::matmul::cpu::linear;
+
+    /// Parameters (or their gradients) on the host, laid out like [`super::GdnParams`].
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Params {
+        pub dims: GdnDims,
+        pub wq: Vec<f64>,
+        pub wk: Vec<f64>,
+        pub wv: Vec<f64>,
+        pub wa: Vec<f64>,
+        pub wb: Vec<f64>,
+        pub wg: Vec<f64>,
+        pub wo: Vec<f64>,
+        pub a_log: Vec<f64>,
+        pub dt_bias: Vec<f64>,
+        pub w_norm: Vec<f64>,
+    }
+
+    impl Params {
+        /// fla-like initialisation from a U[0, 1) sampler: every projection
+        /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)), A_log = ln U(1, 16), dt_bias the inverse
+        /// softplus of dt log-uniform in [1e-3, 0.1], w_norm = 1 + U(-0.1, 0.1). Values are
+        /// rounded to f32 so the GPU (f32) and this reference see the same parameters.
+        pub fn init(dims: GdnDims, uniform: &mut impl FnMut() -> f64) -> Params {
+            let (d, h, hd) = (dims.d_model, dims.heads, dims.inner());
+            let f32r = |v: f64| v as f32 as f64;
+            let mut mat = |rows: usize, cols: usize| -> Vec<f64> {
+                let s = 1.0 / (cols as f64).sqrt();
+                (0..rows * cols).map(|_| f32r((2.0 * uniform() - 1.0) * s)).collect()
+            };
+            let (wq, wk, wv, wa, wb, wg, wo) = (mat(hd, d), mat(hd, d), mat(hd, d), mat(h, d), mat(h, d), mat(hd, d), mat(d, hd));
+            let a_log = (0..h).map(|_| f32r((1.0 + 15.0 * uniform()).ln())).collect();
+            let (lo, hi) = (1e-3f64.ln(), 0.1f64.ln());
+            let dt_bias = (0..h).map(|_| f32r(act::inv_softplus((lo + (hi - lo) * uniform()).exp().max(1e-4)))).collect();
+            let w_norm = (0..dims.head_dim).map(|_| f32r(1.0 + 0.2 * (uniform() - 0.5))).collect();
+            Params { dims, wq, wk, wv, wa, wb, wg, wo, a_log, dt_bias, w_norm }
+        }
+
+        /// All zeros (a gradient accumulator).
+        pub fn zeros(dims: GdnDims) -> Params {
+            let (d, h, hd) = (dims.d_model, dims.heads, dims.inner());
+            Params {
+                dims,
+                wq: vec![0.0; hd * d],
+                wk: vec![0.0; hd * d],
+                wv: vec![0.0; hd * d],
+                wa: vec![0.0; h * d],
+                wb: vec![0.0; h * d],
+                wg: vec![0.0; hd * d],
+                wo: vec![0.0; d * hd],
+                a_log: vec![0.0; h],
+                dt_bias: vec![0.0; h],
+                w_norm: vec![0.0; dims.head_dim],
+            }
+        }
+
+        /// Every tensor in [`super::PARAM_NAMES`] order.
+        pub fn tensors(&self) -> [&Vec<f64>; 10] {
+            [&self.wq, &self.wk, &self.wv, &self.wa, &self.wb, &self.wg, &self.wo, &self.a_log, &self.dt_bias, &self.w_norm]
+        }
+
+        /// Every tensor in [`super::PARAM_NAMES`] order, mutable.
+        pub fn tensors_mut(&mut self) -> [&mut Vec<f64>; 10] {
+            [
+                &mut self.wq,
+                &mut self.wk,
+                &mut self.wv,
+                &mut self.wa,
+                &mut self.wb,
+                &mut self.wg,
+                &mut self.wo,
+                &mut self.a_log,
+                &mut self.dt_bias,
+                &mut self.w_norm,
+            ]
+        }
+    }
+
+    /// The forward's intermediate values (same names and layouts as [`super::GdnActs`]).
+    #[derive(Clone, Debug)]
+    pub struct Acts {
+        pub zq: Vec<f64>,
+        pub zk: Vec<f64>,
+        pub zv: Vec<f64>,
+        pub q: Vec<f64>,
+        pub k: Vec<f64>,
+        pub v: Vec<f64>,
+        pub za: Vec<f64>,
+        pub zb: Vec<f64>,
+        pub g: Vec<f64>,
+        pub beta: Vec<f64>,
+        pub zg: Vec<f64>,
+        pub o: Vec<f64>,
+        pub rstd: Vec<f64>,
+        pub y: Vec<f64>,
+    }
+
+    pub fn scan_shape(dims: GdnDims, seqs: (usize, usize)) -> DeltaShape {
+        super::scan_shape(dims, seqs)
+    }
+
+    fn silu_all(z: &[f64]) -> Vec<f64> {
+        z.iter().map(|&v| act::silu(v)).collect()
+    }
+
+    /// out [N, D] for x [N, D] holding `seqs` = (B, T) sequences, and the activations.
+    pub fn forward(p: &Params, x: &[f64], seqs: (usize, usize)) -> (Vec<f64>, Acts) {
+        let d = p.dims.d_model;
+        let n = x.len() / d;
+        assert_eq!(n, seqs.0 * seqs.1, "GDN reference: {seqs:?} sequences vs {n} tokens");
+        let (zq, zk, zv) = (linear(x, &p.wq, None, d), linear(x, &p.wk, None, d), linear(x, &p.wv, None, d));
+        let (q, k, v) = (silu_all(&zq), silu_all(&zk), silu_all(&zv));
+        let (za, zb) = (linear(x, &p.wa, None, d), linear(x, &p.wb, None, d));
+        let (g, beta) = act::gate_forward(&za, &zb, &p.a_log, &p.dt_bias);
+        let s = scan_shape(p.dims, seqs);
+        let (o, _) = delta::forward(&s, &q, &k, &v, &g, &beta, None);
+        let zg = linear(x, &p.wg, None, d);
+        let (y, rstd) = act::gated_norm_forward(&o, &zg, &p.w_norm, super::NORM_EPS as f64);
+        let out = linear(&y, &p.wo, None, p.dims.inner());
+        (out, Acts { zq, zk, zv, q, k, v, za, zb, g, beta, zg, o, rstd, y })
+    }
+
+    /// (parameter gradients, dx) for dL/dout = `dout`.
+    pub fn backward(p: &Params, x: &[f64], seqs: (usize, usize), a: &Acts, dout: &[f64]) -> (Params, Vec<f64>) {
+        let dims = p.dims;
+        let (d, h, hd) = (dims.d_model, dims.heads, dims.inner());
+        let mut gr = Params::zeros(dims);
+        gr.wo = grad::linear_backward_weight(dout, &a.y, d, hd);
+        let dy = grad::linear_backward_input(dout, &p.wo, d, hd);
+        let (d_o, dzg, dw_norm) = act::gated_norm_backward(&a.o, &a.zg, &p.w_norm, super::NORM_EPS as f64, &dy);
+        gr.w_norm = dw_norm;
+        let s = scan_shape(dims, seqs);
+        let sg = delta::backward(&s, &a.q, &a.k, &a.v, &a.g, &a.beta, None, &d_o, None);
+        let through_silu = |dq: &[f64], z: &[f64]| dq.iter().zip(z).map(|(g, &z)| g * act::silu_grad(z)).collect::<Vec<_>>();
+        let dzq = through_silu(&sg.dq, &a.zq);
+        let dzk = through_silu(&sg.dk, &a.zk);
+        let dzv = through_silu(&sg.dv, &a.zv);
+        let (dza, dzb, da_log, ddt) = act::gate_backward(&a.za, &a.zb, &p.a_log, &p.dt_bias, &sg.dg, &sg.dbeta);
+        gr.a_log = da_log;
+        gr.dt_bias = ddt;
+        let mut dx = vec![0.0; x.len()];
+        for (dz, w, rows, slot) in [
+            (&dzq, &p.wq, hd, 0),
+            (&dzk, &p.wk, hd, 1),
+            (&dzv, &p.wv, hd, 2),
+            (&dza, &p.wa, h, 3),
+            (&dzb, &p.wb, h, 4),
+            (&dzg, &p.wg, hd, 5),
+        ] {
+            *gr.tensors_mut()[slot] = grad::linear_backward_weight(dz, x, rows, d);
+            for (a, b) in dx.iter_mut().zip(grad::linear_backward_input(dz, w, rows, d)) {
+                *a += b;
+            }
+        }
+        (gr, dx)
+    }
+}

@@ -1,0 +1,314 @@
+//! Element-wise pieces of the Gated DeltaNet block, forward and backward
+//! (shaders/gdn_act.wgsl, shaders/gated_norm.wgsl): SiLU, the decay gate
+//! `g = -exp(A_log) softplus(za + dt_bias)` with the write strength `beta = sigmoid(zb)`,
+//! the per-head gated RMSNorm `y = rmsnorm(o) * w * silu(z)`, and a two-stage column sum
+//! that reduces per-token parameter gradients over tokens.
+use super::groups_for;
+use crate::gpu::{grid, Batch, Binding, DType, Kernel, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable, Default)]
+struct ActParams {
+    n: u32,
+    heads: u32,
+    rows_per: u32,
+    accumulate: u32,
+    rows: u32,
+    cols: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct NormParams {
+    rows: u32,
+    cols: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+const WG: usize = 256;
+
+/// Row ranges `(row0, nrows)` such that every tensor split along the same rows (with the
+/// given bytes per row) fits one binding and starts at an aligned offset.
+fn row_chunks(b: &Batch, rows: usize, row_bytes: &[u64]) -> Vec<(usize, usize)> {
+    let step = b.gpu.rows_per_binding(row_bytes);
+    (0..rows).step_by(step.max(1)).map(|r0| (r0, step.min(rows - r0))).collect()
+}
+
+/// `t` viewed as [rows, cols] (its buffer may be larger than rows * cols).
+fn view(t: &Tensor, rows: usize, cols: usize) -> Tensor {
+    assert!(rows * cols <= t.numel(), "tensor {:?} is smaller than [{rows}, {cols}]", t.shape);
+    Tensor { buf: t.buf.clone(), shape: vec![rows, cols], dtype: t.dtype }
+}
+
+/// y = silu(z) = z sigmoid(z) (z, the pre-activation, is left as is for the backward).
+pub fn silu_forward(b: &mut Batch, z: &Tensor, y: &Tensor) {
+    assert_eq!(z.numel(), y.numel(), "silu_forward: z {:?} vs y {:?}", z.shape, y.shape);
+    elementwise(b, "silu_fwd", z, y);
+}
+
+/// d = d * silu'(z) in place: the gradient with respect to the output of the SiLU becomes
+/// the gradient with respect to its input z.
+pub fn silu_backward(b: &mut Batch, z: &Tensor, d: &Tensor) {
+    assert_eq!(z.numel(), d.numel(), "silu_backward: z {:?} vs d {:?}", z.shape, d.shape);
+    elementwise(b, "silu_bwd", z, d);
+}
+
+fn elementwise(b: &mut Batch, entry: &'static str, x: &Tensor, y: &Tensor) {
+    let n = x.numel();
+    let (x, y) = (view(x, n, 1), view(y, n, 1));
+    for (r0, rc) in row_chunks(b, n, &[4]) {
+        let p = ActParams { n: rc as u32, ..Default::default() };
+        let binds = [x.rows_binding(r0, rc), y.rows_binding(r0, rc)];
+        b.dispatch(&Kernel::new("gdn_act", entry), &p, &binds, groups_for(b.gpu, rc, WG));
+    }
+}
+
+/// For za, zb viewed as [N, H]: g = -exp(a_log[h]) softplus(za + dt_bias[h]) and
+/// beta = sigmoid(zb).
+pub fn gate_forward(b: &mut Batch, za: &Tensor, zb: &Tensor, a_log: &Tensor, dt_bias: &Tensor, g: &Tensor, beta: &Tensor) {
+    let h = a_log.numel();
+    let n = za.numel();
+    assert!(h > 0 && n % h == 0, "gate_forward: za {:?} is not [N, {h}]", za.shape);
+    assert_eq!(dt_bias.numel(), h, "gate_forward: dt_bias {:?} vs A_log {:?}", dt_bias.shape, a_log.shape);
+    for t in [zb, g, beta] {
+        assert_eq!(t.numel(), n, "gate_forward: {:?} vs za {:?}", t.shape, za.shape);
+    }
+    let rows = n / h;
+    let [za, zb, g, beta] = [za, zb, g, beta].map(|t| view(t, rows, h));
+    for (r0, rc) in row_chunks(b, rows, &[(h * 4) as u64]) {
+        let p = ActParams { n: (rc * h) as u32, heads: h as u32, ..Default::default() };
+        let binds = [za.rows_binding(r0, rc), zb.rows_binding(r0, rc), a_log.into(), dt_bias.into(), g.rows_binding(r0, rc), beta.rows_binding(r0, rc)];
+        b.dispatch(&Kernel::new("gdn_act", "gate_fwd"), &p, &binds, groups_for(b.gpu, rc * h, WG));
+    }
+}
+
+/// Backward of [`gate_forward`]. In place: `dg` (dL/dg) becomes dL/dza and `dbeta` (dL/dbeta)
+/// becomes dL/dzb. `da_log` and `ddt_bias` ([H]) get the sums over tokens
+/// (`+=` when `accumulate`). `scratch` is any tensor of at least N * H elements.
+#[allow(clippy::too_many_arguments)]
+pub fn gate_backward(
+    b: &mut Batch,
+    za: &Tensor,
+    beta: &Tensor,
+    a_log: &Tensor,
+    dt_bias: &Tensor,
+    dg: &Tensor,
+    dbeta: &Tensor,
+    scratch: &Tensor,
+    da_log: &Tensor,
+    ddt_bias: &Tensor,
+    accumulate: bool,
+) {
+    let h = a_log.numel();
+    let n = za.numel();
+    assert!(h > 0 && n % h == 0, "gate_backward: za {:?} is not [N, {h}]", za.shape);
+    for t in [beta, dg, dbeta] {
+        assert_eq!(t.numel(), n, "gate_backward: {:?} vs za {:?}", t.shape, za.shape);
+    }
+    for t in [dt_bias, da_log, ddt_bias] {
+        assert_eq!(t.numel(), h, "gate_backward: {:?} vs A_log {:?}", t.shape, a_log.shape);
+    }
+    assert!(scratch.numel() >= n, "gate_backward: scratch {:?} smaller than {n}", scratch.shape);
+    let rows = n / h;
+    let [za, beta, dg, dbeta, tmp] = [za, beta, dg, dbeta, scratch].map(|t| view(t, rows, h));
+    for (r0, rc) in row_chunks(b, rows, &[(h * 4) as u64]) {
+        let p = ActParams { n: (rc * h) as u32, heads: h as u32, ..Default::default() };
+        let binds = [
+            za.rows_binding(r0, rc),
+            beta.rows_binding(r0, rc),
+            a_log.into(),
+            dt_bias.into(),
+            dg.rows_binding(r0, rc),
+            dbeta.rows_binding(r0, rc),
+            tmp.rows_binding(r0, rc),
+        ];
+        b.dispatch(&Kernel::new("gdn_act", "gate_bwd"), &p, &binds, groups_for(b.gpu, rc * h, WG));
+    }
+    colsum(b, &tmp, da_log, accumulate);
+    colsum(b, &dg, ddt_bias, accumulate);
+}
+
+/// Gated RMSNorm over rows of `w.numel()` elements: y = o rstd w silu(z),
+/// rstd = 1 / sqrt(mean(o^2) + eps) (one row per token and head), also written out.
+pub fn gated_norm_forward(b: &mut Batch, o: &Tensor, z: &Tensor, w: &Tensor, eps: f32, y: &Tensor, rstd: &Tensor) {
+    let cols = w.numel();
+    let rows = o.numel() / cols;
+    assert_eq!(o.numel(), rows * cols, "gated_norm_forward: o {:?} vs w {:?}", o.shape, w.shape);
+    assert_eq!(z.numel(), o.numel(), "gated_norm_forward: z {:?} vs o {:?}", z.shape, o.shape);
+    assert_eq!(y.numel(), o.numel(), "gated_norm_forward: y {:?} vs o {:?}", y.shape, o.shape);
+    assert_eq!(rstd.numel(), rows, "gated_norm_forward: rstd {:?} for {rows} rows", rstd.shape);
+    let [o, z, y] = [o, z, y].map(|t| view(t, rows, cols));
+    let rstd = view(rstd, rows, 1);
+    for (r0, rc) in row_chunks(b, rows, &[(cols * 4) as u64, 4]) {
+        let p = NormParams { rows: rc as u32, cols: cols as u32, eps, _pad: 0 };
+        let binds = [o.rows_binding(r0, rc), z.rows_binding(r0, rc), w.into(), y.rows_binding(r0, rc), rstd.rows_binding(r0, rc)];
+        b.dispatch(&Kernel::new("gated_norm", "gnorm_fwd"), &p, &binds, grid(b.gpu, rc as u32));
+    }
+}
+
+/// Backward of [`gated_norm_forward`]: do and dz from dy (overwritten), dw (+)= the sum
+/// over rows. `scratch` is any tensor of at least `o.numel()` elements.
+#[allow(clippy::too_many_arguments)]
+pub fn gated_norm_backward(
+    b: &mut Batch,
+    o: &Tensor,
+    z: &Tensor,
+    w: &Tensor,
+    rstd: &Tensor,
+    dy: &Tensor,
+    d_o: &Tensor,
+    dz: &Tensor,
+    dw: &Tensor,
+    scratch: &Tensor,
+    accumulate: bool,
+) {
+    let cols = w.numel();
+    let rows = o.numel() / cols;
+    assert_eq!(o.numel(), rows * cols, "gated_norm_backward: o {:?} vs w {:?}", o.shape, w.shape);
+    for t in [z, dy, d_o, dz] {
+        assert_eq!(t.numel(), o.numel(), "gated_norm_backward: {:?} vs o {:?}", t.shape, o.shape);
+    }
+    assert_eq!(rstd.numel(), rows, "gated_norm_backward: rstd {:?} for {rows} rows", rstd.shape);
+    assert_eq!(dw.numel(), cols, "gated_norm_backward: dw {:?} vs w {:?}", dw.shape, w.shape);
+    assert!(scratch.numel() >= o.numel(), "gated_norm_backward: scratch {:?} smaller than o {:?}", scratch.shape, o.shape);
+    let [o, z, dy, d_o, dz, tmp] = [o, z, dy, d_o, dz, scratch].map(|t| view(t, rows, cols));
+    let rstd = view(rstd, rows, 1);
+    for (r0, rc) in row_chunks(b, rows, &[(cols * 4) as u64, 4]) {
+        let p = NormParams { rows: rc as u32, cols: cols as u32, eps: 0.0, _pad: 0 };
+        let binds = [
+            o.rows_binding(r0, rc),
+            z.rows_binding(r0, rc),
+            w.into(),
+            rstd.rows_binding(r0, rc),
+            dy.rows_binding(r0, rc),
+            d_o.rows_binding(r0, rc),
+            dz.rows_binding(r0, rc),
+            tmp.rows_binding(r0, rc),
+        ];
+        b.dispatch(&Kernel::new("gated_norm", "gnorm_bwd"), &p, &binds, grid(b.gpu, rc as u32));
+    }
+    colsum(b, &tmp, dw, accumulate);
+}
+
+/// out[c] (+)= sum_r x[r, c] for x viewed as [rows, out.numel()]: passes sum ranges of
+/// 256 rows in parallel into partial sums until one range is left.
+pub fn colsum(b: &mut Batch, x: &Tensor, out: &Tensor, accumulate: bool) {
+    let cols = out.numel();
+    assert!(cols > 0, "colsum: empty output");
+    let rows = x.numel() / cols;
+    let x = view(x, rows, cols);
+    if rows == 0 {
+        if !accumulate {
+            colsum_binding(b, super::dummy(b), 0, cols, out.into(), false);
+        }
+        return;
+    }
+    for (c, (r0, rc)) in row_chunks(b, rows, &[(cols * 4) as u64]).into_iter().enumerate() {
+        colsum_binding(b, x.rows_binding(r0, rc), rc, cols, out.into(), accumulate || c > 0);
+    }
+}
+
+/// [`colsum`] over bindings: out[c] (+)= sum_r x[r * cols + c] for r < rows.
+pub(crate) fn colsum_binding(b: &mut Batch, x: Binding, rows: usize, cols: usize, out: Binding, accumulate: bool) {
+    let k = Kernel::new("gdn_act", "colsum_partial");
+    let gx = cols.div_ceil(64) as u32;
+    let per = 256usize.max(rows.div_ceil(65535));
+    if rows <= per {
+        let p = ActParams { rows: rows as u32, cols: cols as u32, rows_per: rows.max(1) as u32, accumulate: accumulate as u32, ..Default::default() };
+        b.dispatch(&k, &p, &[x, out], [gx, 1, 1]);
+        return;
+    }
+    let splits = rows.div_ceil(per);
+    let partial = b.gpu.empty(&[splits, cols], DType::F32).expect("colsum: partial sums");
+    let p = ActParams { rows: rows as u32, cols: cols as u32, rows_per: per as u32, accumulate: 0, ..Default::default() };
+    b.dispatch(&k, &p, &[x, (&partial).into()], [gx, splits as u32, 1]);
+    colsum_binding(b, (&partial).into(), splits, cols, out, accumulate);
+}
+
+pub mod cpu {
+    pub fn sigmoid(x: f64) -> f64 {
+        1.0 / (1.0 + (-x).exp())
+    }
+    pub fn silu(x: f64) -> f64 {
+        x * sigmoid(x)
+    }
+    /// d silu / dz
+    pub fn silu_grad(z: f64) -> f64 {
+        let s = sigmoid(z);
+        s * (1.0 + z * (1.0 - s))
+    }
+    pub fn softplus(x: f64) -> f64 {
+        x.max(0.0) + (-x.abs()).exp().ln_1p()
+    }
+    /// inverse of softplus: x + ln(-expm1(-x))
+    pub fn inv_softplus(y: f64) -> f64 {
+        y + (-(-y).exp_m1()).ln()
+    }
+
+    /// (g, beta) for za, zb [N, H].
+    pub fn gate_forward(za: &[f64], zb: &[f64], a_log: &[f64], dt_bias: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let h = a_log.len();
+        let g = za.iter().enumerate().map(|(i, &a)| -a_log[i % h].exp() * softplus(a + dt_bias[i % h])).collect();
+        let beta = zb.iter().map(|&b| sigmoid(b)).collect();
+        (g, beta)
+    }
+
+    /// (dza, dzb, dA_log, ddt_bias) from dg, dbeta.
+    pub fn gate_backward(za: &[f64], zb: &[f64], a_log: &[f64], dt_bias: &[f64], dg: &[f64], dbeta: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let h = a_log.len();
+        let (mut da_log, mut ddt) = (vec![0.0; h], vec![0.0; h]);
+        let mut dza = vec![0.0; za.len()];
+        for i in 0..za.len() {
+            let j = i % h;
+            let a = a_log[j].exp();
+            let u = za[i] + dt_bias[j];
+            dza[i] = -dg[i] * a * sigmoid(u);
+            ddt[j] += dza[i];
+            da_log[j] += dg[i] * (-a * softplus(u));
+        }
+        let dzb = zb.iter().zip(dbeta).map(|(&z, &d)| d * sigmoid(z) * (1.0 - sigmoid(z))).collect();
+        (dza, dzb, da_log, ddt)
+    }
+
+    /// (y, rstd) of the gated RMSNorm over rows of w.len().
+    pub fn gated_norm_forward(o: &[f64], z: &[f64], w: &[f64], eps: f64) -> (Vec<f64>, Vec<f64>) {
+        let c = w.len();
+        let mut y = vec![0.0; o.len()];
+        let mut rstd = vec![0.0; o.len() / c];
+        for (r, row) in o.chunks(c).enumerate() {
+            let rs = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / c as f64 + eps).sqrt();
+            rstd[r] = rs;
+            for j in 0..c {
+                y[r * c + j] = row[j] * rs * w[j] * silu(z[r * c + j]);
+            }
+        }
+        (y, rstd)
+    }
+
+    /// (do, dz, dw) of the gated RMSNorm.
+    pub fn gated_norm_backward(o: &[f64], z: &[f64], w: &[f64], eps: f64, dy: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let c = w.len();
+        let (mut d_o, mut dz, mut dw) = (vec![0.0; o.len()], vec![0.0; o.len()], vec![0.0; c]);
+        for (r, row) in o.chunks(c).enumerate() {
+            let rs = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / c as f64 + eps).sqrt();
+            let mut dot = 0.0;
+            let mut dn = vec![0.0; c];
+            for j in 0..c {
+                let i = r * c + j;
+                let n = row[j] * rs;
+                let s = silu(z[i]);
+                dn[j] = dy[i] * w[j] * s;
+                dot += dn[j] * n;
+                dz[i] = dy[i] * n * w[j] * silu_grad(z[i]);
+                dw[j] += dy[i] * n * s;
+            }
+            for j in 0..c {
+                d_o[r * c + j] = rs * (dn[j] - row[j] * rs * dot / c as f64);
+            }
+        }
+        (d_o, dz, dw)
+    }
+}

@@ -1,0 +1,547 @@
+//! The gated delta rule (Gated DeltaNet's sequence mixer): chunked forward and backward,
+//! one-step recurrent decoding, and the f64 reference ([`cpu`]).
+//!
+//! Per batch b and head h the state S is a [dv, dk] matrix and, token by token,
+//!
+//! ```text
+//! S_t = exp(g_t) S_{t-1} (I - beta_t k_t k_t^T) + beta_t v_t k_t^T,    o_t = scale * S_t q_t
+//! ```
+//!
+//! with q, k [B, T, H, dk], v [B, T, H, dv], log-decay g [B, T, H] (g <= 0),
+//! beta [B, T, H] in [0, 1], optional initial state h0 [B, H, dv, dk]; o [B, T, H, dv],
+//! optional final state ht [B, H, dv, dk]. With `l2norm`, q and k are normalised per head
+//! inside the op as `x / sqrt(sum x^2 + 1e-6)` (flash-linear-attention's convention).
+pub mod chunk_ref;
+pub mod cpu;
+
+/// The epsilon of the in-op L2 normalisation: `x / sqrt(sum x^2 + L2_EPS)`.
+pub const L2_EPS: f64 = 1e-6;
+
+/// The problem: batch, length, heads, key and value head dims, query scale, in-op L2 norm.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DeltaShape {
+    pub b: usize,
+    pub t: usize,
+    pub h: usize,
+    pub dk: usize,
+    pub dv: usize,
+    pub scale: f32,
+    pub l2norm: bool,
+}
+
+impl DeltaShape {
+    /// The GDN block's case: dk = dv = d, scale 1/sqrt(d).
+    pub fn new(b: usize, t: usize, h: usize, d: usize, l2norm: bool) -> DeltaShape {
+        DeltaShape { b, t, h, dk: d, dv: d, scale: 1.0 / (d as f32).sqrt(), l2norm }
+    }
+}
+
+use crate::gpu::{Batch, Binding, DType, Gpu, Kernel, Tensor};
+use anyhow::{bail, Result};
+
+/// Tokens per chunk of the chunked kernels.
+pub const CHUNK: usize = 64;
+
+const F_L2: u32 = 1;
+const F_H0: u32 = 2;
+const F_HT: u32 = 4;
+const F_STORE_T: u32 = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    b: u32,
+    t: u32,
+    h: u32,
+    dk: u32,
+    dv: u32,
+    nt: u32,
+    flags: u32,
+    scale: f32,
+}
+
+impl DeltaShape {
+    /// Number of chunks of [`CHUNK`] tokens.
+    pub fn chunks(&self) -> usize {
+        self.t.div_ceil(CHUNK)
+    }
+    /// Rows (b, t, h) of the [B, T, H, *] tensors.
+    pub fn rows(&self) -> usize {
+        self.b * self.t * self.h
+    }
+
+    fn params(&self, flags: u32) -> Params {
+        Params {
+            b: self.b as u32,
+            t: self.t as u32,
+            h: self.h as u32,
+            dk: self.dk as u32,
+            dv: self.dv as u32,
+            nt: self.chunks() as u32,
+            flags: flags | if self.l2norm { F_L2 } else { 0 },
+            scale: self.scale,
+        }
+    }
+
+    /// Clear errors for shapes the kernels do not take.
+    pub fn check(&self) -> Result<()> {
+        if self.b == 0 || self.t == 0 || self.h == 0 {
+            bail!("delta rule: empty shape {self:?}");
+        }
+        for (name, d) in [("dk", self.dk), ("dv", self.dv)] {
+            if d == 0 || d > 256 || d % 4 != 0 {
+                bail!("delta rule: {name} = {d} is not supported (the kernels take multiples of 4 up to 256)");
+            }
+        }
+        if self.chunks() > 65535 || self.b * self.h > 65535 {
+            bail!("delta rule: {self:?} needs more than 65535 workgroups along one grid dimension");
+        }
+        Ok(())
+    }
+
+    /// dk rounded up to the state kernels' register tiling (64, 128 or 256).
+    fn dk_pad(&self) -> usize {
+        if self.dk <= 64 {
+            64
+        } else if self.dk <= 128 {
+            128
+        } else {
+            256
+        }
+    }
+}
+
+/// Tile choices of the sequential state passes: BV value columns per workgroup
+/// (8, 16, 32 or 64; 4 * BV threads) for the forward and the backward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeltaTiles {
+    pub bv_fwd: usize,
+    pub bv_bwd: usize,
+}
+
+impl DeltaTiles {
+    /// Workgroup memory of `delta_fwd_state` in bytes.
+    pub fn smem_fwd(dk_pad: usize, bv: usize) -> usize {
+        4 * (dk_pad * bv + 512 + 64 * bv + 128)
+    }
+    /// Workgroup memory of `delta_bwd_state` in bytes.
+    pub fn smem_bwd(dk_pad: usize, bv: usize) -> usize {
+        4 * (dk_pad * bv + 512 + 128 * bv + 192)
+    }
+
+    /// The widest column blocks whose workgroup memory fits `budget` bytes (and the
+    /// adapter), no wider than dv needs.
+    pub fn for_budget(gpu: &Gpu, s: &DeltaShape, budget: usize) -> DeltaTiles {
+        let budget = budget.min(gpu.limits.max_compute_workgroup_storage_size as usize);
+        let dkp = s.dk_pad();
+        let widest = s.dv.next_power_of_two().clamp(8, 64);
+        let pick = |f: fn(usize, usize) -> usize| {
+            [64, 32, 16, 8].into_iter().find(|&bv| bv <= widest && f(dkp, bv) <= budget).unwrap_or(8)
+        };
+        DeltaTiles { bv_fwd: pick(Self::smem_fwd), bv_bwd: pick(Self::smem_bwd) }
+    }
+
+    /// The default: every kernel within 16 KiB of workgroup memory (WebGPU's guaranteed
+    /// minimum); `TAYLORCAL_DELTA_SMEM` (bytes) raises or lowers that budget.
+    pub fn auto(gpu: &Gpu, s: &DeltaShape) -> DeltaTiles {
+        let budget = std::env::var("TAYLORCAL_DELTA_SMEM").ok().and_then(|v| v.parse().ok()).unwrap_or(16384);
+        Self::for_budget(gpu, s, budget)
+    }
+}
+
+/// Gradients of the chunked op, shaped as its inputs.
+pub struct DeltaGrads {
+    pub dq: Tensor,
+    pub dk: Tensor,
+    pub dv: Tensor,
+    pub dg: Tensor,
+    pub dbeta: Tensor,
+    /// d(initial state) [B, H, dv, dk], filled when the forward had an initial state.
+    pub dh0: Option<Tensor>,
+}
+
+impl DeltaGrads {
+    pub fn new(gpu: &Gpu, s: &DeltaShape, with_h0: bool) -> Result<DeltaGrads> {
+        Ok(DeltaGrads {
+            dq: gpu.zeros(&[s.b, s.t, s.h, s.dk])?,
+            dk: gpu.zeros(&[s.b, s.t, s.h, s.dk])?,
+            dv: gpu.zeros(&[s.b, s.t, s.h, s.dv])?,
+            dg: gpu.zeros(&[s.b, s.t, s.h])?,
+            dbeta: gpu.zeros(&[s.b, s.t, s.h])?,
+            dh0: if with_h0 { Some(gpu.zeros(&[s.b, s.h, s.dv, s.dk])?) } else { None },
+        })
+    }
+}
+
+/// Scratch of the chunked kernels, reusable across calls of one shape. With R = B*T*H
+/// rows and N = B*H*ceil(T/64) chunks, in f32 elements:
+/// forward  R (4 + dk + 2 dv) + N dk dv (aux, w, u, v_new, per-chunk states);
+/// backward adds R (dk + dv) + N (2 * 64 * 64 + dk dv) (dw, dv_new, T, dS / D, dh).
+pub struct DeltaWorkspace {
+    pub shape: DeltaShape,
+    pub tiles: DeltaTiles,
+    backward: bool,
+    aux: Tensor,
+    w: Tensor,
+    u: Tensor,
+    vn: Tensor,
+    h: Tensor,
+    bwd: Option<BwdScratch>,
+    dummies: [Tensor; 3],
+}
+
+struct BwdScratch {
+    tinv: Tensor,
+    dvn: Tensor,
+    dh: Tensor,
+    ds: Tensor,
+    dw: Tensor,
+}
+
+impl DeltaWorkspace {
+    /// Scratch for the forward (and, with `backward`, the backward) pass of shape `s`.
+    pub fn new(gpu: &Gpu, s: &DeltaShape, backward: bool) -> Result<DeltaWorkspace> {
+        Self::with_tiles(gpu, s, backward, DeltaTiles::auto(gpu, s))
+    }
+
+    pub fn with_tiles(gpu: &Gpu, s: &DeltaShape, backward: bool, tiles: DeltaTiles) -> Result<DeltaWorkspace> {
+        s.check()?;
+        let limit = gpu.limits.max_compute_workgroup_storage_size as usize;
+        for (name, bv, bytes) in [
+            ("forward", tiles.bv_fwd, DeltaTiles::smem_fwd(s.dk_pad(), tiles.bv_fwd)),
+            ("backward", tiles.bv_bwd, DeltaTiles::smem_bwd(s.dk_pad(), tiles.bv_bwd)),
+        ] {
+            if ![8, 16, 32, 64].contains(&bv) {
+                bail!("delta rule: {name} state tile BV = {bv} (must be 8, 16, 32 or 64)");
+            }
+            if bytes > limit {
+                bail!("delta rule: the {name} state pass with BV = {bv} needs {bytes} bytes of workgroup memory; the adapter has {limit}");
+            }
+        }
+        let (r, n) = (s.rows(), s.b * s.h * s.chunks());
+        let mk = |shape: &[usize]| -> Result<Tensor> {
+            let t = gpu.zeros(shape)?;
+            if t.bytes() > gpu.max_binding {
+                bail!(
+                    "delta rule: scratch {shape:?} ({} MiB) exceeds the adapter's largest storage binding ({} MiB); use a shorter sequence or fewer heads per call",
+                    t.bytes() >> 20,
+                    gpu.max_binding >> 20
+                );
+            }
+            Ok(t)
+        };
+        let bwd = if backward {
+            Some(BwdScratch {
+                tinv: mk(&[n, CHUNK, CHUNK])?,
+                dvn: mk(&[r, s.dv])?,
+                dh: mk(&[n, s.dk, s.dv])?,
+                ds: mk(&[n, CHUNK, CHUNK])?,
+                dw: mk(&[r, s.dk])?,
+            })
+        } else {
+            None
+        };
+        Ok(DeltaWorkspace {
+            shape: *s,
+            tiles,
+            backward,
+            aux: mk(&[r, 4])?,
+            w: mk(&[r, s.dk])?,
+            u: mk(&[r, s.dv])?,
+            vn: mk(&[r, s.dv])?,
+            h: mk(&[n, s.dk, s.dv])?,
+            bwd,
+            dummies: [gpu.zeros(&[4])?, gpu.zeros(&[4])?, gpu.zeros(&[4])?],
+        })
+    }
+
+    /// Bytes of GPU memory this workspace holds.
+    pub fn bytes(&self) -> u64 {
+        let mut n = self.aux.bytes() + self.w.bytes() + self.u.bytes() + self.vn.bytes() + self.h.bytes();
+        if let Some(b) = &self.bwd {
+            n += b.tinv.bytes() + b.dvn.bytes() + b.dh.bytes() + b.ds.bytes() + b.dw.bytes();
+        }
+        n
+    }
+
+    /// The per-chunk states h[n] (state entering chunk n) [B*H, NT, dk, dv] and v_new
+    /// [B, T, H, dv] of the last forward (for tests and debugging).
+    pub fn states(&self) -> (&Tensor, &Tensor) {
+        (&self.h, &self.vn)
+    }
+}
+
+fn check_len(what: &str, t: &Tensor, n: usize) -> Result<()> {
+    if t.numel() != n || t.dtype != DType::F32 {
+        bail!("delta rule: {what} has shape {:?} ({:?}), expected {n} f32 elements", t.shape, t.dtype);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_inputs(s: &DeltaShape, q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, beta: &Tensor, h0: Option<&Tensor>) -> Result<()> {
+    s.check()?;
+    let r = s.rows();
+    check_len("q", q, r * s.dk)?;
+    check_len("k", k, r * s.dk)?;
+    check_len("v", v, r * s.dv)?;
+    check_len("g", g, r)?;
+    check_len("beta", beta, r)?;
+    if let Some(h0) = h0 {
+        check_len("initial state", h0, s.b * s.h * s.dv * s.dk)?;
+    }
+    Ok(())
+}
+
+/// aux (gamma, rq, rk), w, u (and T when `store_t`) of every chunk.
+#[allow(clippy::too_many_arguments)]
+fn record_prep(b: &mut Batch, ws: &DeltaWorkspace, q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, beta: &Tensor, tinv: Option<&Tensor>) {
+    let s = &ws.shape;
+    let grid = [s.chunks() as u32, (s.b * s.h) as u32, 1];
+    let p = s.params(if tinv.is_some() { F_STORE_T } else { 0 });
+    b.dispatch(
+        &Kernel::new("delta_chunk", "delta_prep"),
+        &p,
+        &[q.into(), k.into(), g.into(), (&ws.aux).into()],
+        super::groups_for(b.gpu, s.rows(), 64),
+    );
+    let t: Binding = tinv.unwrap_or(&ws.dummies[0]).into();
+    b.dispatch(
+        &Kernel::new("delta_chunk", "delta_intra"),
+        &p,
+        &[k.into(), v.into(), beta.into(), (&ws.aux).into(), (&ws.w).into(), (&ws.u).into(), t],
+        grid,
+    );
+}
+
+/// The forward state pass: h, v_new (and ht).
+fn record_fwd_state(b: &mut Batch, ws: &DeltaWorkspace, k: &Tensor, h0: Option<&Tensor>, ht: Option<&Tensor>) {
+    let s = &ws.shape;
+    let bv = ws.tiles.bv_fwd;
+    let flags = if h0.is_some() { F_H0 } else { 0 } | if ht.is_some() { F_HT } else { 0 };
+    let kernel = Kernel::new("delta_state", "delta_fwd_state").with("DK", s.dk_pad() as u32).with("BV", bv as u32);
+    let h0b: Binding = match h0 {
+        Some(t) => t.into(),
+        None => super::dummy(b),
+    };
+    let htb: Binding = ht.unwrap_or(&ws.dummies[1]).into();
+    b.dispatch(
+        &kernel,
+        &s.params(flags),
+        &[k.into(), (&ws.w).into(), (&ws.u).into(), (&ws.aux).into(), h0b, (&ws.h).into(), (&ws.vn).into(), htb],
+        [s.dv.div_ceil(bv) as u32, (s.b * s.h) as u32, 1],
+    );
+}
+
+/// Chunked forward (chunk 64) with a fresh workspace: o [B, T, H, dv] and, when `ht` is
+/// given, the final state [B, H, dv, dk]. See the module docs for the recurrence.
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_forward(
+    b: &mut Batch,
+    s: &DeltaShape,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    beta: &Tensor,
+    h0: Option<&Tensor>,
+    o: &Tensor,
+    ht: Option<&Tensor>,
+) -> Result<()> {
+    let ws = DeltaWorkspace::new(b.gpu, s, false)?;
+    chunk_forward_ws(b, &ws, q, k, v, g, beta, h0, o, ht)
+}
+
+/// [`chunk_forward`] with a caller-owned workspace (of the same shape).
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_forward_ws(
+    b: &mut Batch,
+    ws: &DeltaWorkspace,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    beta: &Tensor,
+    h0: Option<&Tensor>,
+    o: &Tensor,
+    ht: Option<&Tensor>,
+) -> Result<()> {
+    let s = &ws.shape;
+    check_inputs(s, q, k, v, g, beta, h0)?;
+    check_len("o", o, s.rows() * s.dv)?;
+    if let Some(ht) = ht {
+        check_len("final state", ht, s.b * s.h * s.dv * s.dk)?;
+    }
+    record_prep(b, ws, q, k, v, g, beta, None);
+    record_fwd_state(b, ws, k, h0, ht);
+    b.dispatch(
+        &Kernel::new("delta_out", "delta_fwd_out"),
+        &s.params(0),
+        &[q.into(), k.into(), (&ws.vn).into(), (&ws.h).into(), (&ws.aux).into(), o.into()],
+        [s.chunks() as u32, (s.b * s.h) as u32, 1],
+    );
+    Ok(())
+}
+
+/// Chunked backward with a fresh workspace: recomputes the forward's intermediates
+/// (w, u, T, per-chunk states, v_new), then dq, dk, dv, dg (w.r.t. the per-token g), dbeta
+/// and, when `h0` is given, dh0, from d(o) and optionally d(final state).
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_backward(
+    b: &mut Batch,
+    s: &DeltaShape,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    beta: &Tensor,
+    h0: Option<&Tensor>,
+    do_: &Tensor,
+    dht: Option<&Tensor>,
+    grads: &DeltaGrads,
+) -> Result<()> {
+    let ws = DeltaWorkspace::new(b.gpu, s, true)?;
+    chunk_backward_ws(b, &ws, q, k, v, g, beta, h0, do_, dht, grads)
+}
+
+/// [`chunk_backward`] with a caller-owned workspace made with `backward = true`.
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_backward_ws(
+    b: &mut Batch,
+    ws: &DeltaWorkspace,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    beta: &Tensor,
+    h0: Option<&Tensor>,
+    do_: &Tensor,
+    dht: Option<&Tensor>,
+    grads: &DeltaGrads,
+) -> Result<()> {
+    let s = &ws.shape;
+    check_inputs(s, q, k, v, g, beta, h0)?;
+    let Some(bw) = ws.bwd.as_ref().filter(|_| ws.backward) else {
+        bail!("delta rule: the workspace was made for the forward pass only");
+    };
+    check_len("d(o)", do_, s.rows() * s.dv)?;
+    check_len("dq", &grads.dq, s.rows() * s.dk)?;
+    check_len("dk", &grads.dk, s.rows() * s.dk)?;
+    check_len("dv", &grads.dv, s.rows() * s.dv)?;
+    check_len("dg", &grads.dg, s.rows())?;
+    check_len("dbeta", &grads.dbeta, s.rows())?;
+    if let Some(d) = dht {
+        check_len("d(final state)", d, s.b * s.h * s.dv * s.dk)?;
+    }
+    if h0.is_some() != grads.dh0.is_some() {
+        bail!("delta rule: dh0 must be given exactly when the initial state is");
+    }
+    if let Some(d) = &grads.dh0 {
+        check_len("dh0", d, s.b * s.h * s.dv * s.dk)?;
+    }
+    let grid = [s.chunks() as u32, (s.b * s.h) as u32, 1];
+    record_prep(b, ws, q, k, v, g, beta, Some(&bw.tinv));
+    record_fwd_state(b, ws, k, h0, None);
+    b.dispatch(
+        &Kernel::new("delta_out", "delta_bwd_local"),
+        &s.params(0),
+        &[q.into(), k.into(), (&ws.vn).into(), do_.into(), (&ws.aux).into(), (&bw.ds).into(), (&bw.dvn).into()],
+        grid,
+    );
+    let bv = ws.tiles.bv_bwd;
+    let flags = if h0.is_some() { F_H0 } else { 0 } | if dht.is_some() { F_HT } else { 0 };
+    let dhtb: Binding = match dht {
+        Some(t) => t.into(),
+        None => super::dummy(b),
+    };
+    let dh0b: Binding = grads.dh0.as_ref().unwrap_or(&ws.dummies[2]).into();
+    b.dispatch(
+        &Kernel::new("delta_state", "delta_bwd_state").with("DK", s.dk_pad() as u32).with("BV", bv as u32),
+        &s.params(flags),
+        &[q.into(), k.into(), (&ws.w).into(), do_.into(), (&ws.aux).into(), dhtb, (&bw.dh).into(), (&bw.dvn).into(), dh0b],
+        [s.dv.div_ceil(bv) as u32, (s.b * s.h) as u32, 1],
+    );
+    b.dispatch(
+        &Kernel::new("delta_bwd", "delta_bwd_dqkw"),
+        &s.params(0),
+        &[
+            q.into(),
+            k.into(),
+            do_.into(),
+            (&ws.vn).into(),
+            (&bw.dvn).into(),
+            (&ws.h).into(),
+            (&bw.dh).into(),
+            (&bw.ds).into(),
+            (&ws.aux).into(),
+            (&grads.dq).into(),
+            (&grads.dk).into(),
+            (&bw.dw).into(),
+        ],
+        grid,
+    );
+    b.dispatch(
+        &Kernel::new("delta_bwd", "delta_bwd_wy_a"),
+        &s.params(0),
+        &[
+            k.into(),
+            v.into(),
+            beta.into(),
+            (&bw.tinv).into(),
+            (&bw.dw).into(),
+            (&bw.dvn).into(),
+            (&ws.aux).into(),
+            (&bw.ds).into(),
+            (&grads.dbeta).into(),
+        ],
+        grid,
+    );
+    b.dispatch(
+        &Kernel::new("delta_bwd", "delta_bwd_wy_b"),
+        &s.params(0),
+        &[
+            q.into(),
+            k.into(),
+            v.into(),
+            beta.into(),
+            (&ws.aux).into(),
+            (&bw.tinv).into(),
+            (&bw.ds).into(),
+            (&bw.dw).into(),
+            (&bw.dvn).into(),
+            (&grads.dq).into(),
+            (&grads.dk).into(),
+            (&grads.dv).into(),
+            (&grads.dbeta).into(),
+            (&grads.dg).into(),
+        ],
+        grid,
+    );
+    Ok(())
+}
+
+/// Token-by-token recurrence for decoding, in place on `state` [B, H, dv, dk]: runs the
+/// `s.t` tokens of q, k [B, T, H, dk], v [B, T, H, dv], g, beta [B, T, H] in order
+/// (normally T = 1) and writes o [B, T, H, dv].
+#[allow(clippy::too_many_arguments)]
+pub fn recurrent_step(
+    b: &mut Batch,
+    s: &DeltaShape,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    beta: &Tensor,
+    state: &Tensor,
+    o: &Tensor,
+) -> Result<()> {
+    check_inputs(s, q, k, v, g, beta, Some(state))?;
+    check_len("o", o, s.rows() * s.dv)?;
+    b.dispatch(
+        &Kernel::new("delta_step", "delta_step"),
+        &s.params(0),
+        &[q.into(), k.into(), v.into(), g.into(), beta.into(), state.into(), o.into()],
+        [s.dv.div_ceil(64) as u32, (s.b * s.h) as u32, 1],
+    );
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! Gradients of a linear layer `y[M, N] = x[M, K] W[N, K]^T` (shaders/matmul_grad.wgsl):
+//! `dx = dy W` and `dW = dy^T x`, tiled with workgroup memory and f32 accumulation.
+//! Tensors larger than the adapter's binding limit are split over rows (and the reduction)
+//! into several dispatches, like [`crate::ops::matmul::linear`].
+use super::dummy;
+use crate::gpu::{Batch, DType, Kernel, Tensor};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    ni: u32,
+    nj: u32,
+    nr: u32,
+    lda: u32,
+    acol: u32,
+    ldb: u32,
+    ldc: u32,
+    accumulate: u32,
+    rchunk: u32,
+    cstride: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+impl Params {
+    /// One workgroup layer (no split of the reduction).
+    #[allow(clippy::too_many_arguments)]
+    fn new(ni: usize, nj: usize, nr: usize, lda: usize, acol: usize, ldb: usize, ldc: usize, accumulate: bool) -> Params {
+        Params {
+            ni: ni as u32,
+            nj: nj as u32,
+            nr: nr as u32,
+            lda: lda as u32,
+            acol: acol as u32,
+            ldb: ldb as u32,
+            ldc: ldc as u32,
+            accumulate: accumulate as u32,
+            rchunk: nr.max(1) as u32,
+            cstride: 0,
+            _pad0: 0,
+            _pad1: 0,
+        }
+    }
+}
+
+const TILE: usize = 64;
+
+/// `dx[M, K] (+)= dy[M, N] W[N, K]`: the input gradient of `y = x W^T` (f32 W).
+pub fn linear_backward_input(b: &mut Batch, dy: &Tensor, w: &Tensor, dx: &Tensor, accumulate: bool) {
+    let (n, k) = (w.rows(), w.cols());
+    let m = dx.numel() / k.max(1);
+    assert_eq!(dx.numel(), m * k, "linear_backward_input: dx {:?} vs W {:?}", dx.shape, w.shape);
+    assert_eq!(dy.numel(), m * n, "linear_backward_input: dy {:?} for dx {:?} W {:?}", dy.shape, dx.shape, w.shape);
+    assert_eq!(w.dtype, DType::F32, "linear_backward_input: W must be f32");
+    if m == 0 || k == 0 {
+        return;
+    }
+    let dy = dy.reshape(&[m, n]);
+    let dx = dx.reshape(&[m, k]);
+    let kernel = Kernel::new("matmul_grad", "matmul_grad").with("TA", 0);
+    let mstep = b.gpu.rows_per_binding(&[(n * 4) as u64, (k * 4) as u64]);
+    let nstep = b.gpu.rows_per_binding(&[(k * 4) as u64]);
+    for m0 in (0..m).step_by(mstep) {
+        let mc = mstep.min(m - m0);
+        let groups = [k.div_ceil(TILE) as u32, mc.div_ceil(TILE) as u32, 1];
+        if n == 0 {
+            // an empty reduction still defines dx = 0 (dy and W are empty: bind something valid)
+            if !accumulate {
+                let p = Params::new(mc, k, 0, 1, 0, k, k, false);
+                b.dispatch(&kernel, &p, &[dummy(b), dummy(b), dx.rows_binding(m0, mc)], groups);
+            }
+            continue;
+        }
+        for (s, n0) in (0..n).step_by(nstep).enumerate() {
+            let nc = nstep.min(n - n0);
+            let p = Params::new(mc, k, nc, n, n0, k, k, accumulate || s > 0);
+            let binds = [dy.rows_binding(m0, mc), w.rows_binding(n0, nc), dx.rows_binding(m0, mc)];
+            b.dispatch(&kernel, &p, &binds, groups);
+        }
+    }
+}
+
+/// `dW[N, K] (+)= dy[M, N]^T x[M, K]`: the weight gradient of `y = x W^T`, a reduction
+/// over the M rows (tokens). Where dW has too few 64 x 64 tiles to fill the GPU (a narrow
+/// layer such as the gate's [H, D]) and M is long, the reduction is split over several
+/// workgroups per tile whose partial sums are then added up.
+pub fn linear_backward_weight(b: &mut Batch, dy: &Tensor, x: &Tensor, dw: &Tensor, accumulate: bool) {
+    let (n, k) = (dw.rows(), dw.cols());
+    let m = x.numel() / k.max(1);
+    assert_eq!(x.numel(), m * k, "linear_backward_weight: x {:?} vs dW {:?}", x.shape, dw.shape);
+    assert_eq!(dy.numel(), m * n, "linear_backward_weight: dy {:?} for x {:?} dW {:?}", dy.shape, x.shape, dw.shape);
+    if n == 0 || k == 0 {
+        return;
+    }
+    let dy = dy.reshape(&[m, n]);
+    let x = x.reshape(&[m, k]);
+    let kernel = Kernel::new("matmul_grad", "matmul_grad").with("TA", 1);
+    let mstep = b.gpu.rows_per_binding(&[(n * 4) as u64, (k * 4) as u64]);
+    let nstep = b.gpu.rows_per_binding(&[(k * 4) as u64]);
+    for n0 in (0..n).step_by(nstep) {
+        let nc = nstep.min(n - n0);
+        let groups = [k.div_ceil(TILE) as u32, nc.div_ceil(TILE) as u32, 1];
+        if m == 0 {
+            if !accumulate {
+                let p = Params::new(nc, k, 0, 1, 0, k, k, false);
+                b.dispatch(&kernel, &p, &[dummy(b), dummy(b), dw.rows_binding(n0, nc)], groups);
+            }
+            continue;
+        }
+        for (s, m0) in (0..m).step_by(mstep).enumerate() {
+            let mc = mstep.min(m - m0);
+            let acc = accumulate || s > 0;
+            let binds = [dy.rows_binding(m0, mc), x.rows_binding(m0, mc)];
+            let splits = reduction_splits(b, groups[0] as usize * groups[1] as usize, mc, (nc * k * 4) as u64);
+            if splits <= 1 {
+                let p = Params::new(nc, k, mc, n, n0, k, k, acc);
+                b.dispatch(&kernel, &p, &[binds[0].clone(), binds[1].clone(), dw.rows_binding(n0, nc)], groups);
+                continue;
+            }
+            let rchunk = mc.div_ceil(splits);
+            let splits = mc.div_ceil(rchunk);
+            let partial = b.gpu.empty(&[splits, nc * k], DType::F32).expect("linear_backward_weight: partial sums");
+            let mut p = Params::new(nc, k, mc, n, n0, k, k, false);
+            p.rchunk = rchunk as u32;
+            p.cstride = (nc * k) as u32;
+            b.dispatch(&kernel, &p, &[binds[0].clone(), binds[1].clone(), (&partial).into()], [groups[0], groups[1], splits as u32]);
+            super::act::colsum_binding(b, (&partial).into(), splits, nc * k, dw.rows_binding(n0, nc), acc);
+        }
+    }
+}
+
+/// Workgroups per dW tile for a reduction of `m` rows over `tiles` tiles: enough to have
+/// about 256 workgroups, each over at least 256 rows, within 64 and one binding of partials.
+fn reduction_splits(b: &Batch, tiles: usize, m: usize, tile_bytes: u64) -> usize {
+    const TARGET: usize = 256;
+    if tiles >= TARGET / 2 {
+        return 1;
+    }
+    let by_binding = (b.gpu.max_binding / tile_bytes.max(1)) as usize;
+    TARGET.div_ceil(tiles).min(m / 256).min(64).min(by_binding).min(b.gpu.limits.max_compute_workgroups_per_dimension as usize).max(1)
+}
+
+pub mod cpu {
+    /// dx[M, K] = dy[M, N] W[N, K]
+    pub fn linear_backward_input(dy: &[f64], w: &[f64], n: usize, k: usize) -> Vec<f64> {
+        let m = dy.len() / n.max(1);
+        let mut dx = vec![0.0; m * k];
+        for i in 0..m {
+            for j in 0..n {
+                let g = dy[i * n + j];
+                for c in 0..k {
+                    dx[i * k + c] += g * w[j * k + c];
+                }
+            }
+        }
+        dx
+    }
+
+    /// dW[N, K] = dy[M, N]^T x[M, K]
+    pub fn linear_backward_weight(dy: &[f64], x: &[f64], n: usize, k: usize) -> Vec<f64> {
+        let m = x.len() / k.max(1);
+        let mut dw = vec![0.0; n * k];
+        for i in 0..m {
+            for j in 0..n {
+                let g = dy[i * n + j];
+                for c in 0..k {
+                    dw[j * k + c] += g * x[i * k + c];
+                }
+            }
+        }
+        dw
+    }
+}
