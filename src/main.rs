@@ -15,7 +15,7 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// `smollm2` (the default teacher, fetched on first use), a .gguf file, or a Hugging Face directory
+    /// `smollm2` (the default teacher, fetched on first use), a .gguf file, a Hugging Face directory, or a taylorcal checkpoint directory
     #[arg(long, default_value = model::fetch::DEFAULT_TEACHER)]
     model: String,
 }
@@ -97,11 +97,17 @@ fn load(spec: &str) -> Result<Loaded> {
     let path = model::fetch::resolve_model(spec)?;
     let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", path.display()));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let files = model::load_model(&path)?;
-    let tokenizer = files.tokenizer.clone().with_context(|| format!("{} has no tokenizer", files.source))?;
-    let teacher = Teacher::new(gpu()?, &files)?;
+    let loaded = if model::hybrid::is_checkpoint(&path) {
+        let ck = model::hybrid::load_checkpoint(&path)?;
+        let tokenizer = ck.tokenizer.clone().with_context(|| format!("checkpoint {} has no tokenizer.json", path.display()))?;
+        Loaded { teacher: Teacher::from_checkpoint(gpu()?, &ck)?, tokenizer, eos: ck.config.base.eos_token_id }
+    } else {
+        let files = model::load_model(&path)?;
+        let tokenizer = files.tokenizer.clone().with_context(|| format!("{} has no tokenizer", files.source))?;
+        Loaded { teacher: Teacher::new(gpu()?, &files)?, tokenizer, eos: files.config.eos_token_id }
+    };
     spinner.finish_and_clear();
-    Ok(Loaded { teacher, tokenizer, eos: files.config.eos_token_id })
+    Ok(loaded)
 }
 
 fn run(cli: Cli) -> Result<()> {

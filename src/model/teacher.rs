@@ -207,7 +207,7 @@ impl Decoder {
         let kv_row = (hkv * hd * 4) as u64;
 
         let mut gdn_acts: Option<GdnActs> = None;
-        let mut gdn_step: Option<GdnStep> = None;
+        let mut gdn_step: Option<GdnActs> = None;
         ops::elementwise::embed(b, ids, &self.embed, &x);
         for (i, l) in self.layers.iter().enumerate() {
             ops::norm::rmsnorm(b, &x, &l.input_norm, c.rms_norm_eps, &hn);
@@ -238,12 +238,12 @@ impl Decoder {
                 Mixer::Gdn(p) => {
                     let state = cache.state[i].as_ref().expect("GDN state");
                     if t == 1 {
-                        let st = match gdn_step.take() {
-                            Some(s) => s,
-                            None => GdnStep::new(g, p.dims())?,
+                        let acts = match gdn_step.take() {
+                            Some(a) => a,
+                            None => GdnActs::new(g, p.dims(), (1, 1), false)?,
                         };
-                        st.run(b, p, &hn, state, &ao)?;
-                        gdn_step = Some(st);
+                        gdn::gdn_recurrent_step(b, p, &hn, &acts, state, &ao)?;
+                        gdn_step = Some(acts);
                     } else {
                         let acts = match gdn_acts.take() {
                             Some(a) => a,
@@ -288,24 +288,3 @@ impl Decoder {
     }
 }
 
-/// Buffers for one decoding step of a GDN layer: the projections of one token and the
-/// one-step recurrence in place of the chunked scan.
-struct GdnStep {
-    acts: GdnActs,
-}
-
-impl GdnStep {
-    fn new(gpu: &Gpu, dims: gdn::GdnDims) -> Result<GdnStep> {
-        Ok(GdnStep { acts: GdnActs::new(gpu, dims, (1, 1), false)? })
-    }
-
-    fn run(&self, b: &mut Batch, p: &GdnParams, x: &Tensor, state: &Tensor, out: &Tensor) -> Result<()> {
-        let a = &self.acts;
-        gdn::gdn_forward_inputs(b, p, x, a);
-        let d = p.dims();
-        let s = ops::delta::DeltaShape::new(1, 1, d.heads, d.head_dim, true);
-        ops::delta::recurrent_step(b, &s, &a.q, &a.k, &a.v, &a.g, &a.beta, state, &a.o)?;
-        gdn::gdn_forward_output(b, p, a, out);
-        Ok(())
-    }
-}
