@@ -120,3 +120,18 @@ pub fn generate(gpu: &Gpu, teacher: &Teacher, prompt: &[u32], max_new: usize, eo
     }
     Ok(out)
 }
+
+/// Perplexity over several windows, each its own sequence: exp of the mean NLL over every
+/// scored position of every window.
+pub fn perplexity_windows(gpu: &Gpu, model: &Teacher, windows: &[&[u32]]) -> Result<EvalResult> {
+    let (mut sum, mut count, mut tokens) = (0.0f64, 0usize, 0usize);
+    for w in windows {
+        let v = token_nll(gpu, model, w, ForwardOpts::default())?;
+        sum += v.iter().map(|&x| x as f64).sum::<f64>();
+        count += v.len();
+        tokens += w.len();
+    }
+    ensure!(count > 0, "nothing to evaluate");
+    let nll = sum / count as f64;
+    Ok(EvalResult { tokens, nll, ppl: nll.exp() })
+}

@@ -1,0 +1,83 @@
+//! Taylor-Calibrate conversion on a tiny random teacher: the teacher capture, phase 1's
+//! settings, phase 2 lowering the layer MSE, and every strategy end to end.
+mod common;
+use common::tiny::*;
+use common::*;
+use taylorcal::calibrate::convert::{self, AlignOpts, ConvertOpts, Strategy};
+use taylorcal::calibrate::phase1;
+use taylorcal::eval;
+use taylorcal::model::hybrid::{self, gdn_name, Checkpoint, HybridConfig};
+use taylorcal::model::teacher::Teacher;
+use taylorcal::model::{hf::save_hf_dir, load_model, Arch};
+
+fn setup() -> (taylorcal::model::ModelFiles, HybridConfig, Vec<u32>) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(Arch::Llama);
+    save_hf_dir(dir.path(), &cfg, &random_tensors(&cfg, 61), None).unwrap();
+    let files = load_model(dir.path()).unwrap();
+    let hc = HybridConfig::new(cfg.clone(), vec![0]).unwrap();
+    let mut r = rng(62);
+    let ids: Vec<u32> = (0..400).map(|_| rand::Rng::random_range(&mut r, 0..cfg.vocab_size as u32)).collect();
+    (files, hc, ids)
+}
+
+fn opts(strategy: Strategy, steps: usize) -> ConvertOpts {
+    ConvertOpts { keep: vec![0], strategy, seq_len: 48, calib_tokens: 96, capture_windows: 2, align: AlignOpts { steps, ..Default::default() }, seed: 3 }
+}
+
+#[test]
+fn phase1_sets_decay_from_distance_and_alignment_lowers_the_mse() {
+    let (files, hc, ids) = setup();
+    let g = gpu();
+    let teacher = Teacher::new(g, &files).unwrap();
+    let windows = convert::take_windows(&ids, 48, 3, "text").unwrap();
+    let cap = convert::capture(g, &teacher, &hc.gdn_layers(), &windows, 2, |_| {}).unwrap();
+    assert_eq!(cap.seqs, (2, 48));
+    assert_eq!(cap.stat_tokens, 144);
+    let mut tensors = hybrid::init_student(&hc, &files.tensors, 3).unwrap();
+    let l = cap.layers[0];
+    let rep = convert::phase1_layer(g, &mut tensors, &cap, 0).unwrap();
+    assert!(tensors[&gdn_name(l, "A_log")].data.iter().all(|&a| a == 0.0));
+    for (h, &d) in cap.distance[0].iter().enumerate() {
+        let r = phase1::softplus(tensors[&gdn_name(l, "dt_bias")].data[h] as f64);
+        assert!((r - phase1::decay_rate(d as f64)).abs() < 1e-5, "head {h}");
+    }
+    assert!(rep.sigma.iter().all(|s| (0.1..=10.0).contains(s)));
+    // W_g = alpha W_v after phase 1
+    let (wg, wv) = (&tensors[&gdn_name(l, "g_proj.weight")].data, &tensors[&gdn_name(l, "v_proj.weight")].data);
+    assert!(wg.iter().zip(wv).all(|(g, v)| (g - rep.alpha * v).abs() <= 1e-6 * v.abs().max(1e-3)));
+    let a = convert::align_layer(g, &mut tensors, &cap, 0, &AlignOpts { steps: 30, lr_qkv: 1e-3, lr_gates: 1e-2, ..Default::default() }, |_, _| {}).unwrap();
+    eprintln!("alignment: loss {:.4e} -> {:.4e}, cosine {:.4} -> {:.4}", a.initial_loss, a.final_loss, a.initial_cosine, a.final_cosine);
+    assert!(a.final_loss < 0.9 * a.initial_loss, "{a:?}");
+    assert!(a.final_cosine > a.initial_cosine);
+}
+
+#[test]
+fn every_strategy_converts_and_the_checkpoint_evaluates() {
+    let (files, hc, ids) = setup();
+    let g = gpu();
+    let teacher = Teacher::new(g, &files).unwrap();
+    let eval_windows = convert::take_windows(&ids[300..], 48, 2, "eval").unwrap();
+    let teacher_ppl = eval::perplexity_windows(g, &teacher, &eval_windows).unwrap().ppl;
+    let dir = tempfile::tempdir().unwrap();
+    for s in Strategy::ALL {
+        let (tensors, reports, timings) = convert::convert(g, &hc, &teacher, &files.tensors, &ids[..300], &opts(s, 5), |_| {}).unwrap();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].phase1.is_some(), s.phase1(), "{s:?}");
+        assert_eq!(reports[0].alignment.is_some(), s.phase2(), "{s:?}");
+        let out = dir.path().join(s.name());
+        let ck = Checkpoint { config: hc.clone(), tensors, tokenizer: None, report: serde_json::json!({"strategy": s.name(), "timings": timings}) };
+        hybrid::save_checkpoint(&out, &ck).unwrap();
+        let back = hybrid::load_checkpoint(&out).unwrap();
+        let student = Teacher::from_checkpoint(g, &back).unwrap();
+        let r = eval::perplexity_windows(g, &student, &eval_windows).unwrap();
+        eprintln!("{:16} ppl {:.2} (teacher {teacher_ppl:.2})", s.name(), r.ppl);
+        assert!(r.ppl.is_finite() && r.ppl > 1.0);
+    }
+}
+
+#[test]
+fn unknown_strategy_is_a_clear_error() {
+    let e = Strategy::parse("taylor").unwrap_err().to_string();
+    assert!(e.contains("unknown strategy 'taylor'") && e.contains("taylor-calibrate"), "{e}");
+}
