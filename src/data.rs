@@ -22,3 +22,21 @@ pub fn windows(ids: &[u32], len: usize) -> Vec<&[u32]> {
     }
     ids.chunks_exact(len).collect()
 }
+
+/// The Brown corpus splits shipped in assets/brown (disjoint by source file).
+pub mod brown {
+    pub const CALIBRATION: &str = include_str!("../assets/brown/calibration.txt");
+    pub const TRAIN: &str = include_str!("../assets/brown/train.txt");
+    pub const EVAL: &str = include_str!("../assets/brown/eval.txt");
+}
+
+/// Tokenise `path`, or the built-in text when `path` is None.
+pub fn tokenize_or(tok: &tokenizers::Tokenizer, path: Option<&Path>, builtin: &str, max: usize) -> Result<Vec<u32>> {
+    match path {
+        Some(p) => tokenize_file(tok, p, max),
+        None => {
+            let enc = tok.encode(builtin, false).map_err(|e| anyhow!("tokenising the built-in corpus: {e}"))?;
+            Ok(enc.get_ids().iter().copied().take(max).collect())
+        }
+    }
+}

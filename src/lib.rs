@@ -8,3 +8,4 @@ pub mod eval;
 pub mod gpu;
 pub mod model;
 pub mod ops;
+pub mod report;

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use std::path::PathBuf;
 use taylorcal::gpu::Gpu;
+use taylorcal::calibrate::convert::{self, AlignOpts, ConvertOpts, Strategy};
 use taylorcal::model::{self, teacher::Teacher};
 
 #[derive(Parser)]
@@ -28,6 +29,37 @@ struct TextArgs {
     /// Use at most this many tokens of the text, as one sequence
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
+}
+
+#[derive(clap::Args)]
+struct ConvArgs {
+    /// `smollm2` (default teacher), a .gguf file or a Hugging Face directory
+    #[arg(long, default_value = model::fetch::DEFAULT_TEACHER)]
+    teacher: String,
+    /// Layers that keep softmax attention, e.g. 0,4,8
+    #[arg(long, value_delimiter = ',', conflicts_with = "keep_every")]
+    keep: Option<Vec<usize>>,
+    /// Keep every K-th layer from 0 (the default when --keep is not given: 4)
+    #[arg(long)]
+    keep_every: Option<usize>,
+    /// Calibration text (default: the built-in Brown calibration split)
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    /// Calibration tokens for the attention statistics (streamed; activations for the
+    /// value scale and alignment come from the first 4 windows)
+    #[arg(long, default_value_t = 1024)]
+    calib_tokens: usize,
+    /// Phase 2 AdamW steps per layer
+    #[arg(long, default_value_t = 300)]
+    steps: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Evaluation text (default: the built-in Brown evaluation split)
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// Evaluation windows of 256 tokens
+    #[arg(long, default_value_t = 8)]
+    eval_windows: usize,
 }
 
 #[derive(Subcommand)]
@@ -59,6 +91,30 @@ enum Cmd {
     Bench {
         /// Only benchmarks whose label contains one of these words (e.g. `matmul`, `attention`)
         what: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Convert a teacher into a hybrid GDN student (Taylor-Calibrate by default), save it,
+    /// and report the student's and the teacher's evaluation perplexity
+    Convert {
+        #[command(flatten)]
+        conv: ConvArgs,
+        /// Initialisation strategy: naive, zero-gate, small-gate, taylor-init, alignment-only, taylor-calibrate
+        #[arg(long, default_value = "taylor-calibrate")]
+        strategy: String,
+        /// Output checkpoint directory
+        #[arg(long, default_value = "student")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run all six strategies from one teacher pass and tabulate evaluation perplexity
+    Ablate {
+        #[command(flatten)]
+        conv: ConvArgs,
+        /// Directory for ablation.md, ablation.json and ablation.svg
+        #[arg(long, default_value = "ablation")]
+        out: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -110,6 +166,57 @@ fn load(spec: &str) -> Result<Loaded> {
     Ok(loaded)
 }
 
+/// Teacher, tokenizer, hybrid layout, calibration and evaluation tokens.
+struct ConvSetup {
+    files: model::ModelFiles,
+    teacher: Teacher,
+    tokenizer: tokenizers::Tokenizer,
+    hc: model::hybrid::HybridConfig,
+    calib: Vec<u32>,
+    eval: Vec<u32>,
+}
+
+const WINDOW: usize = 256;
+
+fn conv_setup(a: &ConvArgs) -> Result<ConvSetup> {
+    let path = model::fetch::resolve_model(&a.teacher)?;
+    let files = model::load_model(&path)?;
+    let tokenizer = files.tokenizer.clone().with_context(|| format!("{} has no tokenizer", files.source))?;
+    let layers = files.config.num_hidden_layers;
+    let keep = match (&a.keep, a.keep_every) {
+        (Some(k), _) => k.clone(),
+        (None, every) => {
+            let every = every.unwrap_or(4);
+            anyhow::ensure!(every > 0, "--keep-every must be at least 1");
+            (0..layers).step_by(every).collect()
+        }
+    };
+    let hc = model::hybrid::HybridConfig::new(files.config.clone(), keep)?;
+    let calib = taylorcal::data::tokenize_or(&tokenizer, a.calib.as_deref(), taylorcal::data::brown::CALIBRATION, usize::MAX)?;
+    let eval = taylorcal::data::tokenize_or(&tokenizer, a.eval.as_deref(), taylorcal::data::brown::EVAL, a.eval_windows * WINDOW)?;
+    let teacher = Teacher::new(gpu()?, &files)?;
+    Ok(ConvSetup { files, teacher, tokenizer, hc, calib, eval })
+}
+
+fn conv_opts(a: &ConvArgs, keep: &[usize], strategy: Strategy) -> ConvertOpts {
+    ConvertOpts {
+        keep: keep.to_vec(),
+        strategy,
+        seq_len: WINDOW,
+        calib_tokens: a.calib_tokens,
+        capture_windows: 4,
+        align: AlignOpts { steps: a.steps, ..Default::default() },
+        seed: a.seed,
+    }
+}
+
+fn bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len);
+    pb.set_style(indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}").unwrap().progress_chars("=> "));
+    pb.set_message(what.to_string());
+    pb
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Info { json } => {
@@ -136,6 +243,90 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!("{}", report.text());
+            }
+        }
+        Cmd::Convert { conv, strategy, out, json } => {
+            let strategy = Strategy::parse(&strategy)?;
+            let setup = conv_setup(&conv)?;
+            let g = gpu()?;
+            let o = conv_opts(&conv, &setup.hc.attn_layers, strategy);
+            let n_gdn = setup.hc.gdn_layers().len();
+            let pb = bar(n_gdn as u64, strategy.name());
+            let (tensors, reports, timings) = convert::convert(g, &setup.hc, &setup.teacher, &setup.files.tensors, &setup.calib, &o, |m| {
+                if m.ends_with("done") {
+                    pb.inc(1);
+                }
+                pb.set_message(m.to_string());
+            })?;
+            pb.finish_and_clear();
+            let windows = convert::take_windows(&setup.eval, WINDOW, conv.eval_windows, "the evaluation text")?;
+            let student = Teacher::build(g, &setup.hc.base, &tensors, "student", |l| setup.hc.is_gdn(l))?;
+            let s_eval = taylorcal::eval::perplexity_windows(g, &student, &windows)?;
+            let t_eval = taylorcal::eval::perplexity_windows(g, &setup.teacher, &windows)?;
+            let report = json!({
+                "teacher": setup.files.source, "strategy": strategy.name(), "attn_layers": setup.hc.attn_layers,
+                "calib_tokens": o.calib_tokens.max(o.capture_windows * WINDOW), "align": o.align, "seed": o.seed,
+                "timings_s": timings, "layers": reports,
+                "eval": { "windows": windows.len(), "window_tokens": WINDOW, "student_ppl": s_eval.ppl, "teacher_ppl": t_eval.ppl },
+                "adapter": g.info.name,
+            });
+            let ck = model::hybrid::Checkpoint { config: setup.hc.clone(), tensors, tokenizer: Some(setup.tokenizer.clone()), report: report.clone() };
+            model::hybrid::save_checkpoint(&out, &ck)?;
+            if json {
+                println!("{}", json!({ "out": out, "strategy": strategy.name(), "student_ppl": s_eval.ppl, "teacher_ppl": t_eval.ppl, "timings_s": timings }));
+            } else {
+                println!("converted {} layers to GDN with {} (kept softmax layers {:?}) in {:.1} s", n_gdn, strategy.name(), setup.hc.attn_layers, timings.total);
+                println!("  teacher pass + statistics {:.1} s, phase 1 {:.1} s, phase 2 {:.1} s", timings.teacher_pass_and_statistics, timings.phase1, timings.phase2);
+                println!("saved {}", out.display());
+                println!("evaluation perplexity ({} windows of {WINDOW} tokens): student {:.2}, teacher {:.2}", windows.len(), s_eval.ppl, t_eval.ppl);
+            }
+        }
+        Cmd::Ablate { conv, out, json } => {
+            let setup = conv_setup(&conv)?;
+            let g = gpu()?;
+            let o = conv_opts(&conv, &setup.hc.attn_layers, Strategy::TaylorCalibrate);
+            let windows = convert::take_windows(&setup.eval, WINDOW, conv.eval_windows, "the evaluation text")?;
+            let nwin = o.calib_tokens.div_ceil(WINDOW).max(o.capture_windows);
+            let cwin = convert::take_windows(&setup.calib, WINDOW, nwin, "the calibration text")?;
+            let t0 = std::time::Instant::now();
+            let cap = convert::capture(g, &setup.teacher, &setup.hc.gdn_layers(), &cwin, o.capture_windows, |_| {})?;
+            let t_eval = taylorcal::eval::perplexity_windows(g, &setup.teacher, &windows)?;
+            let mut rows = vec![];
+            let pb = bar(Strategy::ALL.len() as u64, "strategies");
+            for s in Strategy::ALL {
+                pb.set_message(s.name());
+                let mut tensors = model::hybrid::init_student(&setup.hc, &setup.files.tensors, o.seed)?;
+                let t = std::time::Instant::now();
+                let (_, t1, t2) = convert::apply_strategy(g, &setup.hc, &mut tensors, &cap, s, &o.align, |_| {})?;
+                let secs = t.elapsed().as_secs_f64();
+                let student = Teacher::build(g, &setup.hc.base, &tensors, s.name(), |l| setup.hc.is_gdn(l))?;
+                let r = taylorcal::eval::perplexity_windows(g, &student, &windows)?;
+                rows.push(json!({ "strategy": s.name(), "ppl": r.ppl, "nll": r.nll, "seconds": secs, "phase1_s": t1, "phase2_s": t2 }));
+                pb.inc(1);
+            }
+            pb.finish_and_clear();
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let naive = rows[0]["ppl"].as_f64().unwrap_or(f64::NAN);
+            let mut md = format!("| strategy | eval ppl | vs naive |\n| --- | --- | --- |\n| teacher | {} | |\n", taylorcal::report::fmt(t_eval.ppl));
+            let mut chart = vec![("teacher".to_string(), t_eval.ppl)];
+            for r in &rows {
+                let p = r["ppl"].as_f64().unwrap_or(f64::NAN);
+                md += &format!("| {} | {} | {:.1}x |\n", r["strategy"].as_str().unwrap_or(""), taylorcal::report::fmt(p), naive / p);
+                chart.push((r["strategy"].as_str().unwrap_or("").to_string(), p));
+            }
+            let summary = json!({
+                "teacher": setup.files.source, "attn_layers": setup.hc.attn_layers, "calib_tokens": cap.stat_tokens,
+                "eval": { "windows": windows.len(), "window_tokens": WINDOW }, "teacher_ppl": t_eval.ppl, "strategies": rows,
+                "capture_s": cap.seconds, "total_s": t0.elapsed().as_secs_f64(), "adapter": g.info.name,
+            });
+            std::fs::write(out.join("ablation.md"), &md)?;
+            std::fs::write(out.join("ablation.json"), serde_json::to_string_pretty(&summary)?)?;
+            std::fs::write(out.join("ablation.svg"), taylorcal::report::bar_chart_svg("Evaluation perplexity by initialisation strategy", &chart))?;
+            if json {
+                println!("{summary}");
+            } else {
+                print!("{md}");
+                println!("written to {}", out.display());
             }
         }
         Cmd::Eval { model, text, json } => {

@@ -66,3 +66,29 @@ fn missing_model_path_is_a_clear_error() {
     assert!(err.contains("/no/such/model.gguf") && err.contains("does not exist"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn convert_then_eval_reads_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path(), true);
+    let text = dir.path().join("text.txt");
+    let words = ["the", "cat", "sat", "on", "mat", "hello", "world", "12", "or", "then"];
+    let body: Vec<&str> = (0..1200).map(|i| words[(i * 7 + i / 3) % words.len()]).collect();
+    std::fs::write(&text, body.join(" ")).unwrap();
+    let out = dir.path().join("student");
+    let (m, t, o) = (model.to_str().unwrap(), text.to_str().unwrap(), out.to_str().unwrap());
+    for strategy in ["naive", "taylor-calibrate"] {
+        let (ok, stdout, err) = taylorcal(&["convert", "--teacher", m, "--keep", "1", "--strategy", strategy, "--calib", t, "--calib-tokens", "1024", "--steps", "3", "--eval", t, "--eval-windows", "1", "--out", o, "--json"]);
+        assert!(ok, "convert {strategy} failed: {err}");
+        let v = json(&stdout);
+        assert!(v["student_ppl"].as_f64().unwrap().is_finite());
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+        assert_eq!(report["strategy"], strategy);
+        assert_eq!(report["layers"].as_array().unwrap().len(), 1);
+        let (ok, stdout, err) = taylorcal(&["eval", "--model", o, "--text", t, "--max-tokens", "100", "--json"]);
+        assert!(ok, "eval of the checkpoint failed: {err}");
+        assert!(json(&stdout)["ppl"].as_f64().unwrap().is_finite());
+    }
+    let (ok, _, err) = taylorcal(&["convert", "--teacher", m, "--keep", "5", "--calib", t, "--out", o]);
+    assert!(!ok && err.contains("kept layer 5"), "{err}");
+}
