@@ -163,3 +163,16 @@ fn hybrid_decoding_with_recurrent_state_matches_full_sequence() {
     let v = ck.config.base.vocab_size;
     assert_close("hybrid decode vs prefill", &last, &f64v(&full[(toks.len() - 1) * v..]), 1e-4);
 }
+
+#[test]
+fn checkpoint_round_trip_gives_identical_logits() {
+    use taylorcal::model::hybrid;
+    let ck = tiny_student(vec![1], 53);
+    let toks = ids(40, ck.config.base.vocab_size);
+    let before = student_logits(&Teacher::from_checkpoint(gpu(), &ck).unwrap(), &toks);
+    let dir = tempfile::tempdir().unwrap();
+    hybrid::save_checkpoint(&dir.path().join("s"), &ck).unwrap();
+    let back = hybrid::load_checkpoint(&dir.path().join("s")).unwrap();
+    let after = student_logits(&Teacher::from_checkpoint(gpu(), &back).unwrap(), &toks);
+    assert_eq!(before, after, "logits changed across save/load");
+}
