@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use taylorcal::gpu::Gpu;
 use taylorcal::calibrate::convert::{self, AlignOpts, ConvertOpts, Strategy};
 use taylorcal::model::{self, teacher::Teacher};
+use taylorcal::select::{self, Policy, Selection};
 
 #[derive(Parser)]
 #[command(name = "taylorcal", version, about = "Turn a pretrained Transformer into a hybrid Gated DeltaNet model with Taylor-Calibrate, on any GPU wgpu drives")]
@@ -39,9 +40,15 @@ struct ConvArgs {
     /// Layers that keep softmax attention, e.g. 0,4,8
     #[arg(long, value_delimiter = ',', conflicts_with = "keep_every")]
     keep: Option<Vec<usize>>,
-    /// Keep every K-th layer from 0 (the default when --keep is not given: 4)
+    /// Keep every K-th layer from 0 (the default when neither --keep nor --policy is given: 4)
     #[arg(long)]
     keep_every: Option<usize>,
+    /// Choose the kept layers with a retained-layer policy: uniform, ar, ga-s2 (needs --num-keep)
+    #[arg(long, conflicts_with_all = ["keep", "keep_every"], requires = "num_keep")]
+    policy: Option<String>,
+    /// Layers the policy keeps as softmax attention
+    #[arg(long, requires = "policy")]
+    num_keep: Option<usize>,
     /// Calibration text (default: the built-in Brown calibration split)
     #[arg(long)]
     calib: Option<PathBuf>,
@@ -118,6 +125,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Rank the teacher's layers with a retained-layer policy (--policy, --num-keep) and
+    /// print the kept layers and every layer's score
+    Select {
+        #[command(flatten)]
+        conv: ConvArgs,
+        /// Write the report here as JSON, and a per-layer score chart next to it (.svg)
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Greedy decoding with a KV cache
     Generate {
         #[command(flatten)]
@@ -174,28 +192,59 @@ struct ConvSetup {
     hc: model::hybrid::HybridConfig,
     calib: Vec<u32>,
     eval: Vec<u32>,
+    /// The policy's ranking when --policy chose the kept layers.
+    selection: Option<Selection>,
 }
 
 const WINDOW: usize = 256;
+/// Calibration windows whose activations are captured (value scale, alignment).
+const CAPTURE_WINDOWS: usize = 4;
 
 fn conv_setup(a: &ConvArgs) -> Result<ConvSetup> {
     let path = model::fetch::resolve_model(&a.teacher)?;
     let files = model::load_model(&path)?;
     let tokenizer = files.tokenizer.clone().with_context(|| format!("{} has no tokenizer", files.source))?;
     let layers = files.config.num_hidden_layers;
-    let keep = match (&a.keep, a.keep_every) {
-        (Some(k), _) => k.clone(),
-        (None, every) => {
+    let calib = taylorcal::data::tokenize_or(&tokenizer, a.calib.as_deref(), taylorcal::data::brown::CALIBRATION, usize::MAX)?;
+    let eval = taylorcal::data::tokenize_or(&tokenizer, a.eval.as_deref(), taylorcal::data::brown::EVAL, a.eval_windows * WINDOW)?;
+    let teacher = Teacher::new(gpu()?, &files)?;
+    let selection = match (&a.policy, a.num_keep) {
+        (Some(p), Some(n)) => Some(run_policy(a, Policy::parse(p)?, n, &teacher, &files.tensors, &calib, &eval)?),
+        _ => None,
+    };
+    let keep = match (&selection, &a.keep, a.keep_every) {
+        (Some(s), _, _) => s.keep.clone(),
+        (None, Some(k), _) => k.clone(),
+        (None, None, every) => {
             let every = every.unwrap_or(4);
             anyhow::ensure!(every > 0, "--keep-every must be at least 1");
             (0..layers).step_by(every).collect()
         }
     };
     let hc = model::hybrid::HybridConfig::new(files.config.clone(), keep)?;
-    let calib = taylorcal::data::tokenize_or(&tokenizer, a.calib.as_deref(), taylorcal::data::brown::CALIBRATION, usize::MAX)?;
-    let eval = taylorcal::data::tokenize_or(&tokenizer, a.eval.as_deref(), taylorcal::data::brown::EVAL, a.eval_windows * WINDOW)?;
-    let teacher = Teacher::new(gpu()?, &files)?;
-    Ok(ConvSetup { files, teacher, tokenizer, hc, calib, eval })
+    Ok(ConvSetup { files, teacher, tokenizer, hc, calib, eval, selection })
+}
+
+/// Run a retained-layer policy on the evaluation (and, for GA-S2, calibration) windows.
+fn run_policy(a: &ConvArgs, policy: Policy, n: usize, teacher: &Teacher, tensors: &std::collections::HashMap<String, model::HostTensor>, calib: &[u32], eval: &[u32]) -> Result<Selection> {
+    let eval = match policy {
+        Policy::Uniform => vec![],
+        _ => convert::take_windows(eval, WINDOW, a.eval_windows, "the evaluation text")?,
+    };
+    let calib = match policy {
+        Policy::GaS2 => convert::take_windows(calib, WINDOW, a.calib_tokens.div_ceil(WINDOW).max(CAPTURE_WINDOWS), "the calibration text")?,
+        _ => vec![],
+    };
+    let inputs = select::Inputs { teacher, tensors, eval: &eval, calib: &calib, capture_windows: CAPTURE_WINDOWS, seed: a.seed };
+    let pb = bar(teacher.cfg.num_hidden_layers as u64, &format!("{} layer scores", policy.name()));
+    let s = select::select(gpu()?, policy, n, &inputs, |done, _| pb.set_position(done as u64))?;
+    pb.finish_and_clear();
+    Ok(s)
+}
+
+/// The selection as JSON (kept layers, every layer's score, what the score means).
+fn selection_json(s: &Selection) -> serde_json::Value {
+    json!({ "policy": s.policy.name(), "keep": s.keep, "scores": s.scores, "score": s.policy.score_meaning(), "teacher_ppl": s.teacher_ppl, "seconds": s.seconds })
 }
 
 fn conv_opts(a: &ConvArgs, keep: &[usize], strategy: Strategy) -> ConvertOpts {
@@ -204,7 +253,7 @@ fn conv_opts(a: &ConvArgs, keep: &[usize], strategy: Strategy) -> ConvertOpts {
         strategy,
         seq_len: WINDOW,
         calib_tokens: a.calib_tokens,
-        capture_windows: 4,
+        capture_windows: CAPTURE_WINDOWS,
         align: AlignOpts { steps: a.steps, ..Default::default() },
         seed: a.seed,
     }
@@ -266,6 +315,7 @@ fn run(cli: Cli) -> Result<()> {
             let report = json!({
                 "teacher": setup.files.source, "strategy": strategy.name(), "attn_layers": setup.hc.attn_layers,
                 "calib_tokens": o.calib_tokens.max(o.capture_windows * WINDOW), "align": o.align, "seed": o.seed,
+                "selection": setup.selection.as_ref().map(selection_json),
                 "timings_s": timings, "layers": reports,
                 "eval": { "windows": windows.len(), "window_tokens": WINDOW, "student_ppl": s_eval.ppl, "teacher_ppl": t_eval.ppl },
                 "adapter": g.info.name,
@@ -316,6 +366,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let summary = json!({
                 "teacher": setup.files.source, "attn_layers": setup.hc.attn_layers, "calib_tokens": cap.stat_tokens,
+                "selection": setup.selection.as_ref().map(selection_json),
                 "eval": { "windows": windows.len(), "window_tokens": WINDOW }, "teacher_ppl": t_eval.ppl, "strategies": rows,
                 "capture_s": cap.seconds, "total_s": t0.elapsed().as_secs_f64(), "adapter": g.info.name,
             });
@@ -327,6 +378,26 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 print!("{md}");
                 println!("written to {}", out.display());
+            }
+        }
+        Cmd::Select { conv, out, json } => {
+            anyhow::ensure!(conv.policy.is_some(), "select needs --policy (uniform, ar, ga-s2) and --num-keep");
+            let setup = conv_setup(&conv)?;
+            let s = setup.selection.as_ref().expect("a policy was given");
+            let mut report = selection_json(s);
+            report["teacher"] = json!(setup.files.source);
+            if let Some(out) = &out {
+                std::fs::write(out, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", out.display()))?;
+                let title = format!("{} per-layer score: {}", s.policy.name(), s.policy.score_meaning());
+                std::fs::write(out.with_extension("svg"), taylorcal::report::layer_chart_svg(&title, &s.scores, &s.keep))?;
+            }
+            if json {
+                println!("{report}");
+            } else {
+                println!("{} keeps layers {:?} ({:.1} s); score = {}", s.policy.name(), s.keep, s.seconds, s.policy.score_meaning());
+                for (l, v) in s.scores.iter().enumerate() {
+                    println!("layer {l:3}  {v:12.4}{}", if s.keep.contains(&l) { "  kept" } else { "" });
+                }
             }
         }
         Cmd::Eval { model, text, json } => {

@@ -38,7 +38,7 @@ fn phase1_sets_decay_from_distance_and_alignment_lowers_the_mse() {
     let l = cap.layers[0];
     let rep = convert::phase1_layer(g, &mut tensors, &cap, 0).unwrap();
     assert!(tensors[&gdn_name(l, "A_log")].data.iter().all(|&a| a == 0.0));
-    for (h, &d) in cap.distance[0].iter().enumerate() {
+    for (h, &d) in cap.stats[l].distance.iter().enumerate() {
         let r = phase1::softplus(tensors[&gdn_name(l, "dt_bias")].data[h] as f64);
         assert!((r - phase1::decay_rate(d as f64)).abs() < 1e-5, "head {h}");
     }

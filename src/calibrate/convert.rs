@@ -3,9 +3,11 @@
 //! form, phase 2 alignment, or both (Taylor-Calibrate).
 use super::phase1::{self, Phase1Report};
 use crate::gpu::{Batch, Gpu, Tensor};
-use crate::model::gdn::{self, GdnActs, GdnGrads, GdnParams};
+use crate::model::gdn::{self, GdnActs, GdnGrads};
 use crate::model::hybrid::{gdn_name, HybridConfig};
 use crate::model::teacher::{AttnActs, Decoder, ForwardOpts};
+use crate::eval::LayerStats;
+use crate::model::teacher::upload_gdn;
 use crate::model::HostTensor;
 use crate::ops::{self, optim};
 use anyhow::{bail, Result};
@@ -82,31 +84,31 @@ pub struct Capture {
     pub x: Vec<Tensor>,
     pub target: Vec<Tensor>,
     pub context: Vec<Tensor>,
-    pub distance: Vec<Vec<f32>>,
-    pub entropy: Vec<Vec<f32>>,
+    /// Mean attention distance and entropy per head, for every layer of the teacher.
+    pub stats: Vec<LayerStats>,
     /// Calibration tokens the statistics saw.
     pub stat_tokens: usize,
     pub seconds: f64,
 }
 
-/// One teacher pass over `windows` (each its own sequence, all the same length): statistics
-/// from all of them, activations of `layers` from the first `capture` windows.
+/// One teacher pass over `windows` (each its own sequence): statistics from all of them,
+/// activations of `layers` from the first `capture` windows (which must share one length).
 pub fn capture(gpu: &Gpu, teacher: &Decoder, layers: &[usize], windows: &[&[u32]], capture: usize, mut progress: impl FnMut(usize)) -> Result<Capture> {
     let t0 = Instant::now();
     let c = &teacher.cfg;
     let (h, d, dm) = (c.num_attention_heads, c.head_dim, c.hidden_size);
-    anyhow::ensure!(!windows.is_empty(), "no calibration windows");
-    let t = windows[0].len();
-    anyhow::ensure!(windows.iter().all(|w| w.len() == t), "calibration windows differ in length");
+    anyhow::ensure!(!windows.is_empty() && windows.iter().all(|w| !w.is_empty()), "no calibration tokens");
     let cap = capture.min(windows.len());
+    let t = windows[0].len();
+    anyhow::ensure!(windows[..cap].iter().all(|w| w.len() == t), "captured windows differ in length");
     let n = cap * t;
     let mk = |w| layers.iter().map(|_| gpu.zeros(&[n, w])).collect::<Result<Vec<_>>>();
     let (x, target, context) = (mk(dm)?, mk(dm)?, mk(h * d)?);
     let sums: Vec<Tensor> = (0..c.num_hidden_layers).map(|_| gpu.zeros(&[h * 2])).collect::<Result<_>>()?;
     let mut acc = vec![0.0f64; c.num_hidden_layers * h * 2];
-    let cache = teacher.kv_cache(gpu, t)?;
+    let cache = teacher.kv_cache(gpu, windows.iter().map(|w| w.len()).max().unwrap_or(1))?;
     for (wi, w) in windows.iter().enumerate() {
-        let ids = gpu.upload_u32(&[t], w)?;
+        let ids = gpu.upload_u32(&[w.len()], w)?;
         let mut hook = |b: &mut Batch, a: AttnActs| -> Result<()> {
             ops::reduce::colsum(b, a.stats, 1.0, &sums[a.layer]);
             if let (true, Some(li)) = (wi < cap, layers.iter().position(|&l| l == a.layer)) {
@@ -127,38 +129,17 @@ pub fn capture(gpu: &Gpu, teacher: &Decoder, layers: &[usize], windows: &[&[u32]
         }
         progress(wi + 1);
     }
-    let rows = (windows.len() * t) as f64;
-    let per = |l: usize, k: usize| (0..h).map(|hh| (acc[(l * h + hh) * 2 + k] / rows) as f32).collect::<Vec<_>>();
+    let rows: usize = windows.iter().map(|w| w.len()).sum();
+    let per = |l: usize, k: usize| (0..h).map(|hh| (acc[(l * h + hh) * 2 + k] / rows as f64) as f32).collect::<Vec<_>>();
     Ok(Capture {
         seqs: (cap, t),
         layers: layers.to_vec(),
-        distance: layers.iter().map(|&l| per(l, 0)).collect(),
-        entropy: layers.iter().map(|&l| per(l, 1)).collect(),
+        stats: (0..c.num_hidden_layers).map(|l| LayerStats { distance: per(l, 0), entropy: per(l, 1) }).collect(),
         x,
         target,
         context,
-        stat_tokens: windows.len() * t,
+        stat_tokens: rows,
         seconds: t0.elapsed().as_secs_f64(),
-    })
-}
-
-/// The parameters of converted layer `l` in `tensors`, uploaded.
-pub fn upload_gdn(gpu: &Gpu, tensors: &HashMap<String, HostTensor>, l: usize) -> Result<GdnParams> {
-    let g = |s: &str| {
-        let t = &tensors[&gdn_name(l, s)];
-        gpu.upload(&t.shape, &t.data)
-    };
-    Ok(GdnParams {
-        wq: g("q_proj.weight")?,
-        wk: g("k_proj.weight")?,
-        wv: g("v_proj.weight")?,
-        wa: g("a_proj.weight")?,
-        wb: g("b_proj.weight")?,
-        wg: g("g_proj.weight")?,
-        wo: g("o_proj.weight")?,
-        a_log: g("A_log")?,
-        dt_bias: g("dt_bias")?,
-        w_norm: g("o_norm.weight")?,
     })
 }
 
@@ -172,7 +153,7 @@ pub fn scale_output_gate(tensors: &mut HashMap<String, HostTensor>, layers: &[us
 /// Phase 1 on converted layer `li` of the capture: decay, write gate, value scale, output gate.
 pub fn phase1_layer(gpu: &Gpu, tensors: &mut HashMap<String, HostTensor>, cap: &Capture, li: usize) -> Result<Phase1Report> {
     let l = cap.layers[li];
-    let (dist, ent) = (&cap.distance[li], &cap.entropy[li]);
+    let (dist, ent) = (&cap.stats[l].distance, &cap.stats[l].entropy);
     let heads = dist.len();
     let dm = cap.x[li].cols();
     let set = |t: &mut HashMap<String, HostTensor>, name: &str, v: Vec<f32>| t.get_mut(&gdn_name(l, name)).expect("gdn tensor").data = v;
@@ -395,6 +376,25 @@ pub fn convert(gpu: &Gpu, hc: &HybridConfig, teacher: &Decoder, teacher_tensors:
 impl Capture {
     /// No teacher data: for strategies that need none.
     pub fn empty(layers: Vec<usize>) -> Capture {
-        Capture { seqs: (0, 0), layers, x: vec![], target: vec![], context: vec![], distance: vec![], entropy: vec![], stat_tokens: 0, seconds: 0.0 }
+        Capture { seqs: (0, 0), layers, x: vec![], target: vec![], context: vec![], stats: vec![], stat_tokens: 0, seconds: 0.0 }
+    }
+
+    /// The same capture restricted to `layers` (each one it covers); tensors are shared.
+    pub fn subset(&self, layers: &[usize]) -> Result<Capture> {
+        let idx = layers
+            .iter()
+            .map(|l| self.layers.iter().position(|x| x == l).ok_or_else(|| anyhow::anyhow!("the capture does not cover layer {l}")))
+            .collect::<Result<Vec<_>>>()?;
+        let pick = |v: &Vec<Tensor>| if v.is_empty() { vec![] } else { idx.iter().map(|&i| v[i].clone()).collect() };
+        Ok(Capture {
+            seqs: self.seqs,
+            layers: layers.to_vec(),
+            x: pick(&self.x),
+            target: pick(&self.target),
+            context: pick(&self.context),
+            stats: self.stats.clone(),
+            stat_tokens: self.stat_tokens,
+            seconds: self.seconds,
+        })
     }
 }

@@ -1,6 +1,6 @@
 //! Perplexity, attention statistics and greedy generation on a teacher.
-use crate::gpu::{Gpu, Tensor};
-use crate::model::teacher::{AttnActs, ForwardOpts, Teacher};
+use crate::gpu::Gpu;
+use crate::model::teacher::{ForwardOpts, Teacher};
 use crate::ops;
 use anyhow::{ensure, Result};
 use serde::Serialize;
@@ -61,38 +61,7 @@ pub struct LayerStats {
 /// Attention statistics from the fused kernel over `windows` (each one sequence from
 /// position 0), averaged over all query rows of all windows.
 pub fn attention_stats(gpu: &Gpu, teacher: &Teacher, windows: &[&[u32]]) -> Result<Vec<LayerStats>> {
-    let c = &teacher.cfg;
-    let (nl, h) = (c.num_hidden_layers, c.num_attention_heads);
-    let sums: Vec<Tensor> = (0..nl).map(|_| gpu.zeros(&[h * 2])).collect::<Result<_>>()?;
-    let mut acc = vec![0.0f64; nl * h * 2];
-    let mut rows = 0usize;
-    for w in windows {
-        ensure!(!w.is_empty(), "empty window");
-        let cache = teacher.kv_cache(gpu, w.len())?;
-        let tid = gpu.upload_u32(&[w.len()], w)?;
-        let mut hook = |b: &mut crate::gpu::Batch, a: AttnActs| -> Result<()> {
-            ops::reduce::colsum(b, a.stats, 1.0, &sums[a.layer]);
-            Ok(())
-        };
-        let mut b = gpu.batch();
-        teacher.forward(&mut b, &cache, &tid, 0, ForwardOpts { hook: Some(&mut hook), ..Default::default() })?;
-        b.submit();
-        for (l, s) in sums.iter().enumerate() {
-            for (j, v) in gpu.read(s)?.into_iter().enumerate() {
-                acc[l * h * 2 + j] += v as f64;
-            }
-        }
-        rows += w.len();
-    }
-    Ok((0..nl)
-        .map(|l| {
-            let s = &acc[l * h * 2..(l + 1) * h * 2];
-            LayerStats {
-                distance: s.iter().step_by(2).map(|v| (v / rows as f64) as f32).collect(),
-                entropy: s.iter().skip(1).step_by(2).map(|v| (v / rows as f64) as f32).collect(),
-            }
-        })
-        .collect())
+    Ok(crate::calibrate::convert::capture(gpu, teacher, &[], windows, 0, |_| {})?.stats)
 }
 
 /// Greedy decoding with the KV cache: returns the new token ids (stops at `eos`).
@@ -124,9 +93,15 @@ pub fn generate(gpu: &Gpu, teacher: &Teacher, prompt: &[u32], max_new: usize, eo
 /// Perplexity over several windows, each its own sequence: exp of the mean NLL over every
 /// scored position of every window.
 pub fn perplexity_windows(gpu: &Gpu, model: &Teacher, windows: &[&[u32]]) -> Result<EvalResult> {
+    perplexity_windows_skipping(gpu, model, windows, &[])
+}
+
+/// `perplexity_windows` with the attention output of the `skip` layers zeroed (residual
+/// kept): the AR policy's probe.
+pub fn perplexity_windows_skipping(gpu: &Gpu, model: &Teacher, windows: &[&[u32]], skip: &[usize]) -> Result<EvalResult> {
     let (mut sum, mut count, mut tokens) = (0.0f64, 0usize, 0usize);
     for w in windows {
-        let v = token_nll(gpu, model, w, ForwardOpts::default())?;
+        let v = token_nll(gpu, model, w, ForwardOpts { skip_attn: skip.to_vec(), ..Default::default() })?;
         sum += v.iter().map(|&x| x as f64).sum::<f64>();
         count += v.len();
         tokens += w.len();

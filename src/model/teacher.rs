@@ -101,6 +101,28 @@ impl Uploader<'_> {
     }
 }
 
+
+/// The GDN parameters of layer `l` (flash-linear-attention names), uploaded.
+pub fn upload_gdn(gpu: &Gpu, tensors: &HashMap<String, HostTensor>, l: usize) -> Result<GdnParams> {
+    gdn_params(&Uploader { gpu, tensors, source: "student" }, l)
+}
+
+fn gdn_params(u: &Uploader, l: usize) -> Result<GdnParams> {
+    let g = |s: &str| u.get(&gdn_name(l, s));
+    Ok(GdnParams {
+        wq: g("q_proj.weight")?,
+        wk: g("k_proj.weight")?,
+        wv: g("v_proj.weight")?,
+        wa: g("a_proj.weight")?,
+        wb: g("b_proj.weight")?,
+        wg: g("g_proj.weight")?,
+        wo: g("o_proj.weight")?,
+        a_log: g("A_log")?,
+        dt_bias: g("dt_bias")?,
+        w_norm: g("o_norm.weight")?,
+    })
+}
+
 impl Decoder {
     /// The teacher: every layer softmax attention.
     pub fn new(gpu: &Gpu, files: &ModelFiles) -> Result<Decoder> {
@@ -120,7 +142,7 @@ impl Decoder {
         for i in 0..cfg.num_hidden_layers {
             let n = |s: &str| format!("model.layers.{i}.{s}");
             let mixer = if is_gdn(i) {
-                Mixer::Gdn(Box::new(Self::gdn_params(&u, i)?))
+                Mixer::Gdn(Box::new(gdn_params(&u, i)?))
             } else {
                 Mixer::Attn(Attn {
                     q: u.get(&n("self_attn.q_proj.weight"))?,
@@ -147,22 +169,6 @@ impl Decoder {
         let lm_head = if tensors.contains_key("lm_head.weight") { u.get("lm_head.weight")? } else { embed.clone() };
         let rope = RopeTables::new(gpu, cfg.rope_theta as f64, cfg.head_dim, cfg.max_position_embeddings.max(1))?;
         Ok(Decoder { norm: u.get("model.norm.weight")?, embed, lm_head, layers, rope, cfg: cfg.clone() })
-    }
-
-    fn gdn_params(u: &Uploader, l: usize) -> Result<GdnParams> {
-        let g = |s: &str| u.get(&gdn_name(l, s));
-        Ok(GdnParams {
-            wq: g("q_proj.weight")?,
-            wk: g("k_proj.weight")?,
-            wv: g("v_proj.weight")?,
-            wa: g("a_proj.weight")?,
-            wb: g("b_proj.weight")?,
-            wg: g("g_proj.weight")?,
-            wo: g("o_proj.weight")?,
-            a_log: g("A_log")?,
-            dt_bias: g("dt_bias")?,
-            w_norm: g("o_norm.weight")?,
-        })
     }
 
     pub fn kv_cache(&self, gpu: &Gpu, max_len: usize) -> Result<KvCache> {

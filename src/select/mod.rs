@@ -1,0 +1,208 @@
+//! Retained-layer policies: which layers of the teacher keep softmax attention.
+//! - uniform: every k-th layer from 0;
+//! - AR: bypass each teacher attention layer alone (output zeroed, residual kept) and keep
+//!   the layers whose removal raises the evaluation perplexity most;
+//! - GA-S2: for each layer, a Taylor-initialised student that keeps only that softmax layer;
+//!   keep the layers whose students have the lowest zero-shot perplexity. One teacher pass
+//!   captures every layer; each candidate reuses it restricted to its converted layers.
+use crate::calibrate::convert::{self, AlignOpts, Strategy};
+use crate::eval;
+use crate::gpu::Gpu;
+use crate::model::hybrid::{init_student, HybridConfig};
+use crate::model::teacher::Decoder;
+use crate::model::HostTensor;
+use anyhow::{bail, ensure, Result};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    Uniform,
+    Ar,
+    GaS2,
+}
+
+impl Policy {
+    pub const ALL: [Policy; 3] = [Policy::Uniform, Policy::Ar, Policy::GaS2];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Uniform => "uniform",
+            Policy::Ar => "ar",
+            Policy::GaS2 => "ga-s2",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Policy> {
+        match Policy::ALL.iter().find(|p| p.name() == s) {
+            Some(p) => Ok(*p),
+            None => bail!(
+                "unknown policy '{s}' (choose from {})",
+                Policy::ALL.map(|p| p.name()).join(", ")
+            ),
+        }
+    }
+
+    /// What a layer's score means (for reports).
+    pub fn score_meaning(self) -> &'static str {
+        match self {
+            Policy::Uniform => "none (index-based)",
+            Policy::Ar => "perplexity increase when the layer's attention is bypassed (higher = keep)",
+            Policy::GaS2 => "perplexity of the taylor-init student keeping only this softmax layer (lower = keep)",
+        }
+    }
+}
+
+/// The outcome of a policy: kept layers (sorted) and every layer's score.
+#[derive(Clone, Debug, Serialize)]
+pub struct Selection {
+    pub policy: Policy,
+    pub keep: Vec<usize>,
+    /// Per layer: AR the perplexity increase, GA-S2 the student perplexity, uniform NaN.
+    pub scores: Vec<f64>,
+    /// The intact teacher's evaluation perplexity (AR), NaN otherwise.
+    pub teacher_ppl: f64,
+    /// Wall time of the selection, teacher pass included.
+    pub seconds: f64,
+}
+
+fn check_n(num_layers: usize, n: usize) -> Result<()> {
+    ensure!(n > 0, "the number of layers to keep must be at least 1");
+    ensure!(
+        n <= num_layers,
+        "cannot keep {n} layers: the teacher has only {num_layers}"
+    );
+    Ok(())
+}
+
+/// Every k-th layer from 0, `n` of them, k = max(1, num_layers / n).
+pub fn uniform(num_layers: usize, n: usize) -> Result<Vec<usize>> {
+    check_n(num_layers, n)?;
+    let k = (num_layers / n).max(1);
+    Ok((0..n).map(|i| i * k).collect())
+}
+
+/// The `n` best layers by score (`higher` = higher is better; NaN ranks last, ties by
+/// lower index), sorted ascending.
+pub fn top_n(scores: &[f64], n: usize, higher: bool) -> Result<Vec<usize>> {
+    check_n(scores.len(), n)?;
+    let key = |s: f64| match (s.is_nan(), higher) {
+        (true, _) => f64::INFINITY,
+        (false, true) => -s,
+        (false, false) => s,
+    };
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| key(scores[a]).total_cmp(&key(scores[b])).then(a.cmp(&b)));
+    let mut keep = idx[..n].to_vec();
+    keep.sort_unstable();
+    Ok(keep)
+}
+
+/// What the scoring policies read: the teacher, its host tensors (GA-S2 builds students
+/// from them), evaluation windows, and calibration windows (GA-S2's teacher pass).
+pub struct Inputs<'a> {
+    pub teacher: &'a Decoder,
+    pub tensors: &'a HashMap<String, HostTensor>,
+    pub eval: &'a [&'a [u32]],
+    pub calib: &'a [&'a [u32]],
+    /// Calibration windows whose activations are captured (phase 1's value scale).
+    pub capture_windows: usize,
+    pub seed: u64,
+}
+
+/// Run `policy`; `progress(done, total)` after each scored layer.
+pub fn select(
+    gpu: &Gpu,
+    policy: Policy,
+    n: usize,
+    inp: &Inputs,
+    progress: impl FnMut(usize, usize),
+) -> Result<Selection> {
+    let layers = inp.teacher.cfg.num_hidden_layers;
+    match policy {
+        Policy::Uniform => Ok(Selection {
+            policy,
+            keep: uniform(layers, n)?,
+            scores: vec![f64::NAN; layers],
+            teacher_ppl: f64::NAN,
+            seconds: 0.0,
+        }),
+        Policy::Ar => ar(gpu, inp.teacher, n, inp.eval, progress),
+        Policy::GaS2 => ga_s2(gpu, n, inp, progress),
+    }
+}
+
+/// AR: bypass each layer's attention alone; score = perplexity increase over the teacher.
+pub fn ar(
+    gpu: &Gpu,
+    teacher: &Decoder,
+    n: usize,
+    eval: &[&[u32]],
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Selection> {
+    let t0 = Instant::now();
+    let layers = teacher.cfg.num_hidden_layers;
+    check_n(layers, n)?;
+    let base = eval::perplexity_windows(gpu, teacher, eval)?.ppl;
+    let mut scores = Vec::with_capacity(layers);
+    for l in 0..layers {
+        scores.push(eval::perplexity_windows_skipping(gpu, teacher, eval, &[l])?.ppl - base);
+        progress(l + 1, layers);
+    }
+    Ok(Selection {
+        policy: Policy::Ar,
+        keep: top_n(&scores, n, true)?,
+        scores,
+        teacher_ppl: base,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// GA-S2: one teacher pass over every layer, then per layer a taylor-init student keeping
+/// only that layer as softmax; score = its evaluation perplexity.
+pub fn ga_s2(
+    gpu: &Gpu,
+    n: usize,
+    inp: &Inputs,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Selection> {
+    let t0 = Instant::now();
+    let cfg = &inp.teacher.cfg;
+    let layers = cfg.num_hidden_layers;
+    check_n(layers, n)?;
+    let all: Vec<usize> = (0..layers).collect();
+    let cap = convert::capture(
+        gpu,
+        inp.teacher,
+        &all,
+        inp.calib,
+        inp.capture_windows,
+        |_| {},
+    )?;
+    let mut scores = Vec::with_capacity(layers);
+    for l in 0..layers {
+        let hc = HybridConfig::new(cfg.clone(), vec![l])?;
+        let mut tensors = init_student(&hc, inp.tensors, inp.seed)?;
+        convert::apply_strategy(
+            gpu,
+            &hc,
+            &mut tensors,
+            &cap.subset(&hc.gdn_layers())?,
+            Strategy::TaylorInit,
+            &AlignOpts::default(),
+            |_| {},
+        )?;
+        let student = Decoder::build(gpu, cfg, &tensors, "ga-s2 candidate", |j| hc.is_gdn(j))?;
+        scores.push(eval::perplexity_windows(gpu, &student, inp.eval)?.ppl);
+        progress(l + 1, layers);
+    }
+    Ok(Selection {
+        policy: Policy::GaS2,
+        keep: top_n(&scores, n, false)?,
+        scores,
+        teacher_ppl: f64::NAN,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}

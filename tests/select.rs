@@ -1,0 +1,308 @@
+//! Retained-layer policies on tiny random teachers: uniform's index lists, AR finding the
+//! one decisive attention layer, GA-S2 scoring every layer, and `taylorcal select` JSON.
+mod common;
+use common::tiny::*;
+use common::*;
+use std::process::Command;
+use taylorcal::calibrate::convert;
+use taylorcal::eval;
+use taylorcal::model::teacher::Teacher;
+use taylorcal::model::{hf::save_hf_dir, load_model, Arch};
+use taylorcal::select::{self, Inputs, Policy};
+
+#[test]
+fn uniform_takes_every_kth_layer_from_zero() {
+    // k = max(1, layers / n), n layers: 0, k, 2k, ...
+    let cases: [(usize, usize, Vec<usize>); 6] = [
+        (28, 7, vec![0, 4, 8, 12, 16, 20, 24]),
+        (30, 8, vec![0, 3, 6, 9, 12, 15, 18, 21]),
+        (30, 7, vec![0, 4, 8, 12, 16, 20, 24]),
+        (4, 4, vec![0, 1, 2, 3]),
+        (5, 1, vec![0]),
+        (5, 2, vec![0, 2]),
+    ];
+    for (layers, n, want) in cases {
+        assert_eq!(select::uniform(layers, n).unwrap(), want, "({layers}, {n})");
+    }
+    let e = select::uniform(4, 0).unwrap_err().to_string();
+    assert!(e.contains("at least 1"), "{e}");
+    let e = select::uniform(4, 5).unwrap_err().to_string();
+    assert!(e.contains("cannot keep 5") && e.contains("only 4"), "{e}");
+    assert_eq!(Policy::parse("ga-s2").unwrap(), Policy::GaS2);
+    assert_eq!(Policy::parse("ar").unwrap().name(), "ar");
+    let e = Policy::parse("best").unwrap_err().to_string();
+    assert!(
+        e.contains("unknown policy 'best'") && e.contains("ga-s2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn top_n_breaks_ties_by_lower_index_and_ranks_nan_last() {
+    assert_eq!(
+        select::top_n(&[1.0, 3.0, 3.0, 2.0], 2, true).unwrap(),
+        vec![1, 2]
+    );
+    assert_eq!(
+        select::top_n(&[1.0, 3.0, 3.0, 3.0], 2, true).unwrap(),
+        vec![1, 2]
+    );
+    assert_eq!(
+        select::top_n(&[f64::NAN, 3.0, 1.0], 1, false).unwrap(),
+        vec![2]
+    );
+    assert_eq!(
+        select::top_n(&[f64::NAN, 3.0, 1.0], 1, true).unwrap(),
+        vec![1]
+    );
+}
+
+/// A 3-layer teacher whose layer `decisive` carries a large attention output while the
+/// others' W_o are scaled by 1e-3 (their attention is nearly a no-op), with a sharpened LM
+/// head; the evaluation text is the teacher's own greedy continuation, which it predicts
+/// confidently. Bypassing a 1e-3 layer barely moves the hidden states, so its perplexity
+/// increase is ~0; bypassing the decisive layer changes every later hidden state by O(1)
+/// and so the confident predictions: its increase is the largest.
+#[test]
+fn ar_ranks_the_decisive_attention_layer_first() {
+    let g = gpu();
+    let decisive = 1;
+    let mut cfg = tiny_config(Arch::Llama);
+    cfg.num_hidden_layers = 3;
+    let mut tensors = random_tensors(&cfg, 71);
+    for l in 0..3 {
+        let scale = if l == decisive { 4.0 } else { 1e-3 };
+        tensors
+            .get_mut(&format!("model.layers.{l}.self_attn.o_proj.weight"))
+            .unwrap()
+            .data
+            .iter_mut()
+            .for_each(|w| *w *= scale);
+    }
+    tensors
+        .get_mut("lm_head.weight")
+        .unwrap()
+        .data
+        .iter_mut()
+        .for_each(|w| *w *= 4.0);
+    let teacher = Teacher::build(g, &cfg, &tensors, "decisive", |_| false).unwrap();
+    let mut r = rng(72);
+    let prompt: Vec<u32> = (0..8)
+        .map(|_| rand::Rng::random_range(&mut r, 3..cfg.vocab_size as u32))
+        .collect();
+    let mut text = prompt.clone();
+    text.extend(eval::generate(g, &teacher, &prompt, 40, None, |_| {}).unwrap());
+    let windows = vec![&text[..]];
+    let s = select::ar(g, &teacher, 1, &windows, |_, _| {}).unwrap();
+    eprintln!("teacher ppl {:.3}, AR scores {:?}", s.teacher_ppl, s.scores);
+    assert_eq!(s.policy, Policy::Ar);
+    assert_eq!(s.keep, vec![decisive]);
+    assert_eq!(s.scores.len(), 3);
+    assert!(s.scores.iter().all(|v| v.is_finite()));
+    // the near-no-op layers barely matter
+    for l in (0..3).filter(|&l| l != decisive) {
+        assert!(
+            s.scores[l].abs() < 0.1 * s.scores[decisive],
+            "layer {l}: {:?}",
+            s.scores
+        );
+    }
+    // same answer through the generic entry point, and a ranking for N = 2
+    let inp = Inputs {
+        teacher: &teacher,
+        tensors: &tensors,
+        eval: &windows,
+        calib: &[],
+        capture_windows: 1,
+        seed: 0,
+    };
+    assert_eq!(
+        select::select(g, Policy::Ar, 1, &inp, |_, _| {})
+            .unwrap()
+            .keep,
+        vec![decisive]
+    );
+    let two = select::top_n(&s.scores, 2, true).unwrap();
+    assert!(two.contains(&decisive) && two.len() == 2);
+    let u = select::select(g, Policy::Uniform, 2, &inp, |_, _| {}).unwrap();
+    assert_eq!(u.keep, vec![0, 1]);
+    assert!(u.scores.iter().all(|v| v.is_nan()));
+}
+
+#[test]
+fn ga_s2_scores_every_layer_from_one_teacher_pass() {
+    let g = gpu();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config(Arch::Llama);
+    cfg.num_hidden_layers = 3;
+    let tensors = random_tensors(&cfg, 81);
+    save_hf_dir(dir.path(), &cfg, &tensors, None).unwrap();
+    let files = load_model(dir.path()).unwrap();
+    let teacher = Teacher::new(g, &files).unwrap();
+    let mut r = rng(82);
+    let ids: Vec<u32> = (0..240)
+        .map(|_| rand::Rng::random_range(&mut r, 0..cfg.vocab_size as u32))
+        .collect();
+    let calib = convert::take_windows(&ids[..144], 48, 3, "calib").unwrap();
+    let evalw = convert::take_windows(&ids[144..], 48, 2, "eval").unwrap();
+    let inp = Inputs {
+        teacher: &teacher,
+        tensors: &files.tensors,
+        eval: &evalw,
+        calib: &calib,
+        capture_windows: 2,
+        seed: 5,
+    };
+    let mut calls = vec![];
+    let s = select::select(g, Policy::GaS2, 2, &inp, |d, t| calls.push((d, t))).unwrap();
+    eprintln!(
+        "GA-S2 scores {:?}, keep {:?}, {:.2} s",
+        s.scores, s.keep, s.seconds
+    );
+    assert_eq!(calls, vec![(1, 3), (2, 3), (3, 3)]);
+    assert_eq!(s.scores.len(), 3);
+    assert!(
+        s.scores.iter().all(|v| v.is_finite() && *v > 1.0),
+        "{:?}",
+        s.scores
+    );
+    assert_eq!(s.keep.len(), 2);
+    assert!(s.keep.windows(2).all(|w| w[0] < w[1]) && s.keep.iter().all(|&l| l < 3));
+    // the kept layers are the two lowest-perplexity students
+    let worst = (0..3).find(|l| !s.keep.contains(l)).unwrap();
+    assert!(s.keep.iter().all(|&l| s.scores[l] <= s.scores[worst]));
+    assert!(s.seconds > 0.0);
+    assert!(select::select(g, Policy::GaS2, 4, &inp, |_, _| {}).is_err());
+}
+
+fn taylorcal(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_taylorcal"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn select_cli_prints_keep_and_scores_and_convert_uses_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path(), true);
+    let text = dir.path().join("text.txt");
+    let words = [
+        "the", "cat", "sat", "on", "mat", "hello", "world", "12", "or", "then",
+    ];
+    let body: Vec<&str> = (0..1200)
+        .map(|i| words[(i * 7 + i / 3) % words.len()])
+        .collect();
+    std::fs::write(&text, body.join(" ")).unwrap();
+    let report = dir.path().join("sel.json");
+    let (m, t, o) = (
+        model.to_str().unwrap(),
+        text.to_str().unwrap(),
+        report.to_str().unwrap(),
+    );
+    let (ok, stdout, err) = taylorcal(&[
+        "select",
+        "--teacher",
+        m,
+        "--policy",
+        "ar",
+        "--num-keep",
+        "1",
+        "--eval",
+        t,
+        "--eval-windows",
+        "1",
+        "--out",
+        o,
+        "--json",
+    ]);
+    assert!(ok, "select failed: {err}");
+    let v: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    let keep = v["keep"].as_array().unwrap();
+    assert_eq!(keep.len(), 1);
+    assert!(keep[0].as_u64().unwrap() < 2);
+    let scores = v["scores"].as_array().unwrap();
+    assert_eq!(scores.len(), 2);
+    assert!(scores.iter().all(|x| x.as_f64().unwrap().is_finite()));
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(file["keep"], v["keep"]);
+    assert!(std::fs::read_to_string(report.with_extension("svg"))
+        .unwrap()
+        .starts_with("<svg"));
+
+    let out = dir.path().join("student");
+    let (ok, _, err) = taylorcal(&[
+        "convert",
+        "--teacher",
+        m,
+        "--policy",
+        "ar",
+        "--num-keep",
+        "1",
+        "--strategy",
+        "naive",
+        "--calib",
+        t,
+        "--eval",
+        t,
+        "--eval-windows",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "convert --policy failed: {err}");
+    let ck: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(ck["attn_layers"], v["keep"]);
+    assert_eq!(ck["selection"]["keep"], v["keep"]);
+
+    let (ok, _, err) = taylorcal(&[
+        "convert",
+        "--teacher",
+        m,
+        "--policy",
+        "ar",
+        "--num-keep",
+        "1",
+        "--keep",
+        "0",
+    ]);
+    assert!(!ok && err.contains("--keep"), "{err}");
+    let (ok, _, err) = taylorcal(&[
+        "select",
+        "--teacher",
+        m,
+        "--policy",
+        "best",
+        "--num-keep",
+        "1",
+        "--eval",
+        t,
+        "--eval-windows",
+        "1",
+    ]);
+    assert!(!ok && err.contains("unknown policy 'best'"), "{err}");
+    let (ok, _, err) = taylorcal(&[
+        "select",
+        "--teacher",
+        m,
+        "--policy",
+        "ar",
+        "--num-keep",
+        "3",
+        "--eval",
+        t,
+        "--eval-windows",
+        "1",
+    ]);
+    assert!(!ok && err.contains("cannot keep 3"), "{err}");
+}
