@@ -32,6 +32,42 @@ const F_L2: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 
+// A 4 x 4 register tile as named vec4 rows (private arrays indexed in loops end up in
+// memory on some drivers).
+struct T4 {
+    r0: vec4<f32>,
+    r1: vec4<f32>,
+    r2: vec4<f32>,
+    r3: vec4<f32>,
+}
+
+fn t4z() -> T4 {
+    return T4(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+}
+
+// t + outer(a, b): row r gains a[r] * b
+fn t4fma(t: T4, a: vec4<f32>, b: vec4<f32>) -> T4 {
+    return T4(fma(vec4<f32>(a.x), b, t.r0), fma(vec4<f32>(a.y), b, t.r1), fma(vec4<f32>(a.z), b, t.r2), fma(vec4<f32>(a.w), b, t.r3));
+}
+
+// rows scaled by s[r]
+fn t4rows(t: T4, s: vec4<f32>) -> T4 {
+    return T4(t.r0 * s.x, t.r1 * s.y, t.r2 * s.z, t.r3 * s.w);
+}
+
+fn t4row(t: T4, r: u32) -> vec4<f32> {
+    if (r == 0u) {
+        return t.r0;
+    }
+    if (r == 1u) {
+        return t.r1;
+    }
+    if (r == 2u) {
+        return t.r2;
+    }
+    return t.r3;
+}
+
 var<workgroup> tl: array<vec4<f32>, 640>;
 var<workgroup> gsm: array<f32, 64>;
 var<workgroup> qsm: array<f32, 64>;
@@ -56,6 +92,74 @@ fn tri(i: u32) -> u32 {
 @group(0) @binding(10) var<storage, read_write> dq_dq: array<vec4<f32>>;
 @group(0) @binding(11) var<storage, read_write> dq_dk: array<vec4<f32>>;
 @group(0) @binding(12) var<storage, read_write> dq_dw: array<vec4<f32>>;
+
+// Element e of a [8][64]-tile group: tile e / 128 holds, transposed, rows c = (e % 128) / 2
+// at vec4 column e % 2 of its source ([xx][c / 4] with component c % 4).
+fn st_t2(e: u32, xv: vec4<f32>) {
+    let c = (e % 128u) / 2u;
+    let tb = (e / 128u) * 128u + (e % 2u) * 64u + c / 4u;
+    tl[tb][c % 4u] = xv.x;
+    tl[tb + 16u][c % 4u] = xv.y;
+    tl[tb + 32u][c % 4u] = xv.z;
+    tl[tb + 48u][c % 4u] = xv.w;
+}
+
+// the dv-reduction tiles' element e (0..639) at vec4 column v0 + e % 2: dO, v_new, dv_new
+// rows, then H, dH rows kb * 4 + c (zero outside)
+fn dq_ldv(e: u32, v0: u32, kb: u32, len: u32, rbase: u32, hbase: u32, dv4: u32) -> vec4<f32> {
+    let which = e / 128u;
+    let c = (e % 128u) / 2u;
+    let x4 = v0 + e % 2u;
+    let xc = min(x4, dv4 - 1u);
+    var xv: vec4<f32>;
+    var ok = x4 < dv4;
+    if (which < 3u) {
+        let idx = (rbase + min(c, len - 1u) * p.h) * dv4 + xc;
+        ok = ok && c < len;
+        if (which == 0u) {
+            xv = dq_do[idx];
+        } else if (which == 1u) {
+            xv = dq_vn[idx];
+        } else {
+            xv = dq_dvn[idx];
+        }
+    } else {
+        let kc = kb * 4u + c;
+        let idx = (hbase + min(kc, p.dk - 1u)) * dv4 + xc;
+        ok = ok && kc < p.dk;
+        if (which == 3u) {
+            xv = dq_h[idx];
+        } else {
+            xv = dq_dh[idx];
+        }
+    }
+    return select(vec4<f32>(0.0), xv, ok);
+}
+
+// the chunk-reduction tiles' element e (0..511) for rows j0..j0+7: dS row i (for the
+// transposed tile), dS rows j, khat rows j, qhat rows j at vec4 column kb + e % 16
+fn dq_ldj(e: u32, j0: u32, kb: u32, len: u32, rbase: u32, dsbase: u32, dk4: u32) -> vec4<f32> {
+    let which = e / 128u;
+    let f = e % 128u;
+    let jc = min(j0, 56u);
+    if (which == 0u) {
+        return select(vec4<f32>(0.0), dq_ds[(dsbase + f / 2u) * 16u + jc / 4u + f % 2u], j0 < 64u);
+    }
+    let jj = f / 16u;
+    let x4 = f % 16u;
+    if (which == 1u) {
+        return select(vec4<f32>(0.0), dq_ds[(dsbase + jc + jj) * 16u + x4], j0 < 64u);
+    }
+    let j = j0 + jj;
+    let idx = (rbase + min(j, len - 1u) * p.h) * dk4 + min(kb + x4, dk4 - 1u);
+    var xv: vec4<f32>;
+    if (which == 2u) {
+        xv = dq_k[idx] * ksm[min(j, 63u)];
+    } else {
+        xv = dq_q[idx] * qsm[min(j, 63u)];
+    }
+    return select(vec4<f32>(0.0), xv, j < len && kb + x4 < dk4);
+}
 
 @compute @workgroup_size(256)
 fn delta_bwd_dqkw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -86,122 +190,68 @@ fn delta_bwd_dqkw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     var tot = 0.0;
     var hdh = 0.0;
     for (var kb = 0u; kb < dk4; kb += 16u) {
-        var aq: array<vec4<f32>, 4>;
-        var ak: array<vec4<f32>, 4>;
-        var aw: array<vec4<f32>, 4>;
-        for (var r = 0u; r < 4u; r++) {
-            aq[r] = vec4<f32>(0.0);
-            ak[r] = vec4<f32>(0.0);
-            aw[r] = vec4<f32>(0.0);
-        }
+        var aq = t4z();
+        var ak = t4z();
+        var aw = t4z();
         // reductions over dv, 8 columns a step: transposed tiles [vv][x] of
-        // dO (0), v_new (128), dv_new (256) over rows i, and H (384), dH (512) over k
+        // dO (0), v_new (128), dv_new (256) over rows i, and H (384), dH (512) over k;
+        // the next step's values are loaded before this step's products
+        var p0 = dq_ldv(lid, 0u, kb, len, rbase, hbase, dv4);
+        var p1 = dq_ldv(lid + 256u, 0u, kb, len, rbase, hbase, dv4);
+        var p2 = dq_ldv(min(lid + 512u, 639u), 0u, kb, len, rbase, hbase, dv4);
         for (var v0 = 0u; v0 < dv4; v0 += 2u) {
-            for (var e = lid; e < 640u; e += 256u) {
-                let which = e / 128u;
-                let c = (e % 128u) / 2u;
-                let q4 = e % 2u;
-                var xv = vec4<f32>(0.0);
-                if (which < 3u) {
-                    if (c < len && v0 + q4 < dv4) {
-                        let idx = (rbase + c * p.h) * dv4 + v0 + q4;
-                        if (which == 0u) {
-                            xv = dq_do[idx];
-                        } else if (which == 1u) {
-                            xv = dq_vn[idx];
-                        } else {
-                            xv = dq_dvn[idx];
-                        }
-                    }
-                } else {
-                    let kc = kb * 4u + c;
-                    if (kc < p.dk && v0 + q4 < dv4) {
-                        let idx = (hbase + kc) * dv4 + v0 + q4;
-                        if (which == 3u) {
-                            xv = dq_h[idx];
-                        } else {
-                            xv = dq_dh[idx];
-                        }
-                    }
-                }
-                for (var e2 = 0u; e2 < 4u; e2++) {
-                    tl[which * 128u + (q4 * 4u + e2) * 16u + c / 4u][c % 4u] = xv[e2];
-                }
+            st_t2(lid, p0);
+            st_t2(lid + 256u, p1);
+            if (lid < 128u) {
+                st_t2(lid + 512u, p2);
             }
             workgroupBarrier();
+            p0 = dq_ldv(lid, v0 + 2u, kb, len, rbase, hbase, dv4);
+            p1 = dq_ldv(lid + 256u, v0 + 2u, kb, len, rbase, hbase, dv4);
+            p2 = dq_ldv(min(lid + 512u, 639u), v0 + 2u, kb, len, rbase, hbase, dv4);
             if (lid < 128u) {
                 hdh += dot(tl[384u + lid], tl[512u + lid]);
             }
             for (var vv = 0u; vv < 8u; vv++) {
-                let a0 = tl[vv * 16u + ti];
-                let a1 = tl[128u + vv * 16u + ti];
-                let a2 = tl[256u + vv * 16u + ti];
                 let hv = tl[384u + vv * 16u + tj];
-                let dhv = tl[512u + vv * 16u + tj];
-                for (var r = 0u; r < 4u; r++) {
-                    aq[r] += a0[r] * hv;
-                    ak[r] += a1[r] * dhv;
-                    aw[r] += a2[r] * hv;
-                }
+                aq = t4fma(aq, tl[vv * 16u + ti], hv);
+                ak = t4fma(ak, tl[128u + vv * 16u + ti], tl[512u + vv * 16u + tj]);
+                aw = t4fma(aw, tl[256u + vv * 16u + ti], hv);
             }
             workgroupBarrier();
         }
+        let i0 = 4u * ti;
+        let g4 = vec4<f32>(gsm[i0], gsm[i0 + 1u], gsm[i0 + 2u], gsm[i0 + 3u]);
+        aq = t4rows(aq, p.scale * exp(g4));
+        ak = t4rows(ak, exp(gl - g4));
         for (var r = 0u; r < 4u; r++) {
-            let i = 4u * ti + r;
-            aq[r] *= p.scale * exp(gsm[i]);
-            ak[r] *= exp(gl - gsm[i]);
+            let i = i0 + r;
             if (i < len && kb + tj < dk4) {
                 let idx = (rbase + i * p.h) * dk4 + kb + tj;
                 let qv = dq_q[idx] * qsm[i];
                 let kv = dq_k[idx] * ksm[i];
-                let kd = dot(kv, ak[r]);
-                rowg[r] += dot(qv, aq[r]) - kd;
+                let kd = dot(kv, t4row(ak, r));
+                rowg[r] += dot(qv, t4row(aq, r)) - kd;
                 tot += kd;
             }
         }
         // reductions over the chunk, 8 rows a step: dS^T tile [jj][i] = dS[i][j] (0),
         // dS tile [jj][i] = dS[j][i] (128), Khat [jj][k] (256), Qhat [jj][k] (384)
+        var s0 = dq_ldj(lid, 0u, kb, len, rbase, dsbase, dk4);
+        var s1 = dq_ldj(lid + 256u, 0u, kb, len, rbase, dsbase, dk4);
         for (var j0 = 0u; j0 < len; j0 += 8u) {
-            for (var e = lid; e < 512u; e += 256u) {
-                let which = e / 128u;
-                let f = e % 128u;
-                if (which == 0u) {
-                    let i = f / 2u;
-                    let q4 = f % 2u;
-                    let xv = dq_ds[(dsbase + i) * 16u + j0 / 4u + q4];
-                    for (var e2 = 0u; e2 < 4u; e2++) {
-                        tl[(q4 * 4u + e2) * 16u + i / 4u][i % 4u] = xv[e2];
-                    }
-                } else if (which == 1u) {
-                    let jj = f / 16u;
-                    let x4 = f % 16u;
-                    tl[e] = dq_ds[(dsbase + j0 + jj) * 16u + x4];
-                } else {
-                    let jj = f / 16u;
-                    let x4 = f % 16u;
-                    let j = j0 + jj;
-                    var xv = vec4<f32>(0.0);
-                    if (j < len && kb + x4 < dk4) {
-                        let idx = (rbase + j * p.h) * dk4 + kb + x4;
-                        if (which == 2u) {
-                            xv = dq_k[idx] * ksm[j];
-                        } else {
-                            xv = dq_q[idx] * qsm[j];
-                        }
-                    }
-                    tl[e] = xv;
-                }
+            if (lid < 128u) {
+                st_t2(lid, s0);
+            } else {
+                tl[lid] = s0;
             }
+            tl[lid + 256u] = s1;
             workgroupBarrier();
+            s0 = dq_ldj(lid, j0 + 8u, kb, len, rbase, dsbase, dk4);
+            s1 = dq_ldj(lid + 256u, j0 + 8u, kb, len, rbase, dsbase, dk4);
             for (var jj = 0u; jj < 8u; jj++) {
-                let st = tl[jj * 16u + ti];
-                let sn = tl[128u + jj * 16u + ti];
-                let kv = tl[256u + jj * 16u + tj];
-                let qv = tl[384u + jj * 16u + tj];
-                for (var r = 0u; r < 4u; r++) {
-                    aq[r] += st[r] * kv;
-                    ak[r] += sn[r] * qv;
-                }
+                aq = t4fma(aq, tl[jj * 16u + ti], tl[256u + jj * 16u + tj]);
+                ak = t4fma(ak, tl[128u + jj * 16u + ti], tl[384u + jj * 16u + tj]);
             }
             workgroupBarrier();
         }
@@ -209,9 +259,9 @@ fn delta_bwd_dqkw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
             let i = 4u * ti + r;
             if (i < len && kb + tj < dk4) {
                 let idx = (rbase + i * p.h) * dk4 + kb + tj;
-                dq_dq[idx] = aq[r];
-                dq_dk[idx] = ak[r];
-                dq_dw[idx] = -aw[r];
+                dq_dq[idx] = t4row(aq, r);
+                dq_dk[idx] = t4row(ak, r);
+                dq_dw[idx] = -t4row(aw, r);
             }
         }
     }
@@ -248,6 +298,30 @@ fn delta_bwd_dqkw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 @group(0) @binding(8) var<storage, read_write> wa_dd: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read_write> wa_dbeta: array<f32>;
 
+// row c = (lid % 128) / 2 at vec4 column x0 + lid % 2 of khat / dw (ps = 0) or v / du
+// (ps = 1), the first or second by lid / 128 (zero outside)
+fn wa_ld(lid: u32, ps: u32, x0: u32, len: u32, rbase: u32, n4: u32) -> vec4<f32> {
+    let which = lid / 128u;
+    let c = (lid % 128u) / 2u;
+    let x4 = x0 + lid % 2u;
+    let idx = (rbase + min(c, len - 1u) * p.h) * n4 + min(x4, n4 - 1u);
+    var xv: vec4<f32>;
+    if (ps == 0u) {
+        if (which == 0u) {
+            xv = wa_k[idx] * ksm[c];
+        } else {
+            xv = wa_dw[idx];
+        }
+    } else {
+        if (which == 0u) {
+            xv = wa_v[idx];
+        } else {
+            xv = wa_du[idx];
+        }
+    }
+    return select(vec4<f32>(0.0), xv, c < len && x4 < n4);
+}
+
 @compute @workgroup_size(256)
 fn delta_bwd_wy_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let n = wid.x;
@@ -272,55 +346,27 @@ fn delta_bwd_wy_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     let tbase = (bh * p.nt + n) * 64u;
 
     // kk = Khat Khat^T, dwk = dw Khat^T, duv = du V^T on the lower blocks
-    var kk: array<vec4<f32>, 4>;
-    var dwk: array<vec4<f32>, 4>;
-    var duv: array<vec4<f32>, 4>;
-    for (var r = 0u; r < 4u; r++) {
-        kk[r] = vec4<f32>(0.0);
-        dwk[r] = vec4<f32>(0.0);
-        duv[r] = vec4<f32>(0.0);
-    }
+    var kk = t4z();
+    var dwk = t4z();
+    var duv = t4z();
     for (var ps = 0u; ps < 2u; ps++) {
         let n4 = select(dk4, dv4, ps == 1u);
+        // [xx][i] tiles: Khat or V (0), dw or du (128); next step loaded ahead
+        var nx = wa_ld(lid, ps, 0u, len, rbase, n4);
         for (var x0 = 0u; x0 < n4; x0 += 2u) {
-            // [xx][i] tiles: Khat or V (0), dw or du (128)
-            let which = lid / 128u;
-            let c = (lid % 128u) / 2u;
-            let q4 = lid % 2u;
-            var xv = vec4<f32>(0.0);
-            if (c < len && x0 + q4 < n4) {
+            st_t2(lid, nx);
+            workgroupBarrier();
+            nx = wa_ld(lid, ps, x0 + 2u, len, rbase, n4);
+            if (tj <= ti) {
                 if (ps == 0u) {
-                    let idx = (rbase + c * p.h) * dk4 + x0 + q4;
-                    if (which == 0u) {
-                        xv = wa_k[idx] * ksm[c];
-                    } else {
-                        xv = wa_dw[idx];
+                    for (var xx = 0u; xx < 8u; xx++) {
+                        let xj = tl[xx * 16u + tj];
+                        kk = t4fma(kk, tl[xx * 16u + ti], xj);
+                        dwk = t4fma(dwk, tl[128u + xx * 16u + ti], xj);
                     }
                 } else {
-                    let idx = (rbase + c * p.h) * dv4 + x0 + q4;
-                    if (which == 0u) {
-                        xv = wa_v[idx];
-                    } else {
-                        xv = wa_du[idx];
-                    }
-                }
-            }
-            for (var e = 0u; e < 4u; e++) {
-                tl[which * 128u + (q4 * 4u + e) * 16u + c / 4u][c % 4u] = xv[e];
-            }
-            workgroupBarrier();
-            if (tj <= ti) {
-                for (var xx = 0u; xx < 8u; xx++) {
-                    let xi = tl[xx * 16u + ti];
-                    let xj = tl[xx * 16u + tj];
-                    let di = tl[128u + xx * 16u + ti];
-                    for (var r = 0u; r < 4u; r++) {
-                        if (ps == 0u) {
-                            kk[r] += xi[r] * xj;
-                            dwk[r] += di[r] * xj;
-                        } else {
-                            duv[r] += di[r] * xj;
-                        }
+                    for (var xx = 0u; xx < 8u; xx++) {
+                        duv = t4fma(duv, tl[128u + xx * 16u + ti], tl[xx * 16u + tj]);
                     }
                 }
             }
@@ -331,10 +377,12 @@ fn delta_bwd_wy_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     if (tj <= ti) {
         for (var r = 0u; r < 4u; r++) {
             let i = 4u * ti + r;
+            let duvr = t4row(duv, r);
+            let dwkr = t4row(dwk, r);
             for (var cc = 0u; cc < 4u; cc++) {
                 let a = 4u * tj + cc;
                 if (a < i) {
-                    ym[tri(i) + a] = bsm[a] * (duv[r][cc] + exp(gsm[a]) * dwk[r][cc]);
+                    ym[tri(i) + a] = bsm[a] * (duvr[cc] + exp(gsm[a]) * dwkr[cc]);
                 } else if (a == i) {
                     ym[tri(i) + a] = 0.0;
                 }
@@ -344,10 +392,7 @@ fn delta_bwd_wy_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     workgroupBarrier();
 
     // Y = dT T^T: Y_ib = sum_a dT_ia T_ba; tile [aa][b] = T[b][a0 + aa]
-    var y: array<vec4<f32>, 4>;
-    for (var r = 0u; r < 4u; r++) {
-        y[r] = vec4<f32>(0.0);
-    }
+    var y = t4z();
     for (var a0 = 0u; a0 < len; a0 += 16u) {
         let bq = lid / 4u;
         let q4 = lid % 4u;
@@ -357,13 +402,19 @@ fn delta_bwd_wy_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         }
         workgroupBarrier();
         if (tj <= ti) {
+            let i0 = 4u * ti;
+            let b0 = tri(i0);
+            let b1 = tri(i0 + 1u);
+            let b2 = tri(i0 + 2u);
+            let b3 = tri(i0 + 3u);
             for (var aa = 0u; aa < 16u; aa++) {
                 let a = a0 + aa;
-                let tb = tl[aa * 16u + tj];
-                for (var r = 0u; r < 4u; r++) {
-                    let i = 4u * ti + r;
-                    y[r] += select(0.0, ym[tri(i) + a], a < i) * tb;
-                }
+                let dv4v = vec4<f32>(
+                    select(0.0, ym[b0 + a], a < i0),
+                    select(0.0, ym[b1 + a], a < i0 + 1u),
+                    select(0.0, ym[b2 + a], a < i0 + 2u),
+                    select(0.0, ym[b3 + a], a < i0 + 3u));
+                y = t4fma(y, dv4v, tl[aa * 16u + tj]);
             }
         }
         workgroupBarrier();
@@ -371,10 +422,11 @@ fn delta_bwd_wy_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     if (tj <= ti) {
         for (var r = 0u; r < 4u; r++) {
             let i = 4u * ti + r;
+            let yr = t4row(y, r);
             for (var cc = 0u; cc < 4u; cc++) {
                 let bb = 4u * tj + cc;
                 if (bb < i) {
-                    ym[tri(i) + bb] = y[r][cc];
+                    ym[tri(i) + bb] = yr[cc];
                 }
             }
         }
@@ -382,10 +434,7 @@ fn delta_bwd_wy_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     workgroupBarrier();
 
     // dA = -T^T Y: dA_ij = -sum_a T_ai Y_aj; tile [aa][i] = T[a0 + aa][i]
-    var da: array<vec4<f32>, 4>;
-    for (var r = 0u; r < 4u; r++) {
-        da[r] = vec4<f32>(0.0);
-    }
+    var da = t4z();
     for (var a0 = 0u; a0 < len; a0 += 16u) {
         tl[lid] = wa_tinv[(tbase + a0 + lid / 16u) * 16u + lid % 16u];
         workgroupBarrier();
@@ -398,9 +447,7 @@ fn delta_bwd_wy_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
                     let j = 4u * tj + cc;
                     yv[cc] = select(0.0, ym[tri(a) + j], j < a);
                 }
-                for (var r = 0u; r < 4u; r++) {
-                    da[r] += ta[r] * yv;
-                }
+                da = t4fma(da, ta, yv);
             }
         }
         workgroupBarrier();
@@ -413,12 +460,14 @@ fn delta_bwd_wy_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     for (var r = 0u; r < 4u; r++) {
         let i = 4u * ti + r;
         var dv = vec4<f32>(0.0);
+        let dar = t4row(da, r);
+        let kkr = t4row(kk, r);
         for (var cc = 0u; cc < 4u; cc++) {
             let j = 4u * tj + cc;
             if (j < i && i < len) {
                 let m = exp(gsm[i] - gsm[j]);
-                let dav = -da[r][cc];
-                let e = dav * m * kk[r][cc];
+                let dav = -dar[cc];
+                let e = dav * m * kkr[cc];
                 dv[cc] = dav * bsm[i] * m;
                 rowe[r] += e;
                 rowg[r] += bsm[i] * e;
@@ -496,12 +545,8 @@ fn delta_bwd_wy_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     var rkk = vec4<f32>(0.0);
     var rqq = vec4<f32>(0.0);
     for (var kb = 0u; kb < dk4; kb += 16u) {
-        var a1: array<vec4<f32>, 4>;
-        var a2: array<vec4<f32>, 4>;
-        for (var r = 0u; r < 4u; r++) {
-            a1[r] = vec4<f32>(0.0);
-            a2[r] = vec4<f32>(0.0);
-        }
+        var a1 = t4z();
+        var a2 = t4z();
         // tiles over 8 chunk rows j: D^T [jj][i] = D[i][j] (0), D [jj][i] = D[j][i] (128),
         // T [jj][i] = T[j][i] (256), Khat [jj][k] (384), dw [jj][k] (512)
         for (var j0 = 0u; j0 < len; j0 += 8u) {
@@ -537,14 +582,8 @@ fn delta_bwd_wy_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
             }
             workgroupBarrier();
             for (var jj = 0u; jj < 8u; jj++) {
-                let ds = tl[jj * 16u + ti] + tl[128u + jj * 16u + ti];
-                let tn = tl[256u + jj * 16u + ti];
-                let kv = tl[384u + jj * 16u + tj];
-                let wv = tl[512u + jj * 16u + tj];
-                for (var r = 0u; r < 4u; r++) {
-                    a1[r] += ds[r] * kv;
-                    a2[r] += tn[r] * wv;
-                }
+                a1 = t4fma(a1, tl[jj * 16u + ti] + tl[128u + jj * 16u + ti], tl[384u + jj * 16u + tj]);
+                a2 = t4fma(a2, tl[256u + jj * 16u + ti], tl[512u + jj * 16u + tj]);
             }
             workgroupBarrier();
         }
@@ -554,9 +593,10 @@ fn delta_bwd_wy_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
                 let idx = (rbase + i * p.h) * dk4 + kb + tj;
                 let kv = wb_k[idx] * ksm[i];
                 let eg = exp(gsm[i]);
-                let dkt = wb_dk[idx] + a1[r] + (bsm[i] * eg) * a2[r];
+                let a2r = t4row(a2, r);
+                let dkt = wb_dk[idx] + t4row(a1, r) + (bsm[i] * eg) * a2r;
                 wb_dk[idx] = dkt;
-                let kd = eg * dot(kv, a2[r]);
+                let kd = eg * dot(kv, a2r);
                 rdb[r] += kd;
                 rdg[r] += bsm[i] * kd;
                 rkk[r] += dot(kv, dkt);
@@ -565,10 +605,7 @@ fn delta_bwd_wy_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         }
     }
     for (var c0 = 0u; c0 < dv4; c0 += 16u) {
-        var a3: array<vec4<f32>, 4>;
-        for (var r = 0u; r < 4u; r++) {
-            a3[r] = vec4<f32>(0.0);
-        }
+        var a3 = t4z();
         // T [aa][i] = T[a][i] (0), du [aa][v] (256), 16 rows a step
         for (var a0 = 0u; a0 < len; a0 += 16u) {
             let aa = lid / 16u;
@@ -582,11 +619,7 @@ fn delta_bwd_wy_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
             workgroupBarrier();
             if (a0 + 15u >= 4u * ti) {
                 for (var a2i = 0u; a2i < 16u; a2i++) {
-                    let tn = tl[a2i * 16u + ti];
-                    let uv = tl[256u + a2i * 16u + tj];
-                    for (var r = 0u; r < 4u; r++) {
-                        a3[r] += tn[r] * uv;
-                    }
+                    a3 = t4fma(a3, tl[a2i * 16u + ti], tl[256u + a2i * 16u + tj]);
                 }
             }
             workgroupBarrier();
@@ -595,8 +628,9 @@ fn delta_bwd_wy_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
             let i = 4u * ti + r;
             if (i < len && c0 + tj < dv4) {
                 let idx = (rbase + i * p.h) * dv4 + c0 + tj;
-                wb_dv[idx] = a3[r] * bsm[i];
-                rdb[r] += dot(wb_v[idx], a3[r]);
+                let a3r = t4row(a3, r);
+                wb_dv[idx] = a3r * bsm[i];
+                rdb[r] += dot(wb_v[idx], a3r);
             }
         }
     }

@@ -82,14 +82,92 @@ fn delta_prep(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 var<workgroup> gs: array<f32, 64>;
 var<workgroup> bs: array<f32, 64>;
 var<workgroup> ks: array<f32, 64>;
-// T (first A) packed lower-triangular with diagonal: (i, j <= i) at i (i + 1) / 2 + j.
+// A, then T, packed lower-triangular with diagonal: (i, j <= i) at i (i + 1) / 2 + j.
 // Reading (i, j > i) stays inside the array (at most 2079) and is masked by the reader.
 var<workgroup> tm: array<f32, 2080>;
-var<workgroup> arow: array<f32, 64>;
 var<workgroup> tile: array<vec4<f32>, 256>;
+
+// A 4 x 4 register tile as named vec4 rows (private arrays indexed in loops end up in
+// memory on some drivers).
+struct T4 {
+    r0: vec4<f32>,
+    r1: vec4<f32>,
+    r2: vec4<f32>,
+    r3: vec4<f32>,
+}
+
+fn t4z() -> T4 {
+    return T4(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+}
+
+// t + outer(a, b): row r gains a[r] * b
+fn t4fma(t: T4, a: vec4<f32>, b: vec4<f32>) -> T4 {
+    return T4(fma(vec4<f32>(a.x), b, t.r0), fma(vec4<f32>(a.y), b, t.r1), fma(vec4<f32>(a.z), b, t.r2), fma(vec4<f32>(a.w), b, t.r3));
+}
+
+fn t4row(t: T4, r: u32) -> vec4<f32> {
+    if (r == 0u) {
+        return t.r0;
+    }
+    if (r == 1u) {
+        return t.r1;
+    }
+    if (r == 2u) {
+        return t.r2;
+    }
+    return t.r3;
+}
 
 fn tri(i: u32) -> u32 {
     return i * (i + 1u) / 2u;
+}
+
+fn tsc(f: u32) -> f32 {
+    return tile[f / 4u][f % 4u];
+}
+
+// Original A of an off-diagonal 16 x 16 block (bi > bj) during the blocked solve: blocks
+// (2,1), (3,2), (3,1) are kept in `tile` (they are needed after their slot holds T).
+fn a_orig(bi: u32, bj: u32, r: u32, c: u32) -> f32 {
+    if (bi == 2u && bj == 1u) {
+        return tsc(r * 16u + c);
+    }
+    if (bi == 3u && bj == 2u) {
+        return tsc(256u + r * 16u + c);
+    }
+    if (bi == 3u && bj == 1u) {
+        return tsc(512u + r * 16u + c);
+    }
+    return tm[tri(16u * bi + r) + 16u * bj + c];
+}
+
+// the off-diagonal blocks (bi, bj = bi - w) of wave w = 1, 2, 3: block q of the wave
+fn wave_block(w: u32, q: u32) -> vec2<u32> {
+    return vec2<u32>(w + q, q);
+}
+
+// khat row lid / 4 at vec4 column k0 / 4 + lid % 4 (zero outside)
+fn in_kt(lid: u32, k0: u32, len: u32, rbase: u32, dk4: u32) -> vec4<f32> {
+    let c = lid / 4u;
+    let x4 = k0 / 4u + lid % 4u;
+    let v = in_k[(rbase + min(c, len - 1u) * p.h) * dk4 + min(x4, dk4 - 1u)] * ks[c];
+    return select(vec4<f32>(0.0), v, c < len && x4 < dk4);
+}
+
+// row j0 + lid / 16 at vec4 column c0 + lid % 16 of beta exp(gamma) khat (ps = 0) or
+// beta v (ps = 1) (zero outside)
+fn in_x(lid: u32, ps: u32, j0: u32, c0: u32, len: u32, rbase: u32, n4: u32) -> vec4<f32> {
+    let j = j0 + lid / 16u;
+    let x4 = c0 + lid % 16u;
+    let jc = min(j, len - 1u);
+    let idx = (rbase + jc * p.h) * n4 + min(x4, n4 - 1u);
+    var v: vec4<f32>;
+    if (ps == 0u) {
+        v = in_k[idx] * (ks[jc] * bs[jc] * exp(gs[jc]));
+    } else {
+        v = in_v[idx] * bs[jc];
+    }
+    return select(vec4<f32>(0.0), v, j < len && x4 < n4);
 }
 
 @compute @workgroup_size(256)
@@ -123,31 +201,22 @@ fn delta_intra(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     }
     workgroupBarrier();
 
-    // kk = Khat Khat^T on the lower blocks; thread tile rows 4ti.., columns 4tj..
-    var acc: array<vec4<f32>, 4>;
-    for (var r = 0u; r < 4u; r++) {
-        acc[r] = vec4<f32>(0.0);
-    }
+    // kk = Khat Khat^T on the lower blocks; thread tile rows 4ti.., columns 4tj..;
+    // tile[kk * 16 + c / 4][c % 4] = khat[c, k0 + kk], the next step loaded ahead
+    var acc = t4z();
+    var kx = in_kt(lid, 0u, len, rbase, dk4);
     for (var k0 = 0u; k0 < p.dk; k0 += 16u) {
-        // tile[kk * 16 + c / 4][c % 4] = khat[c, k0 + kk]
         let c = lid / 4u;
-        let q4 = lid % 4u;
-        var kv = vec4<f32>(0.0);
-        if (c < len && k0 / 4u + q4 < dk4) {
-            kv = in_k[(rbase + c * p.h) * dk4 + k0 / 4u + q4] * ks[c];
-        }
-        for (var e = 0u; e < 4u; e++) {
-            tile[(q4 * 4u + e) * 16u + c / 4u][c % 4u] = kv[e];
-        }
+        let tb = (lid % 4u) * 64u + c / 4u;
+        tile[tb][c % 4u] = kx.x;
+        tile[tb + 16u][c % 4u] = kx.y;
+        tile[tb + 32u][c % 4u] = kx.z;
+        tile[tb + 48u][c % 4u] = kx.w;
         workgroupBarrier();
+        kx = in_kt(lid, k0 + 16u, len, rbase, dk4);
         if (tj <= ti) {
             for (var kk = 0u; kk < 16u; kk++) {
-                let a = tile[kk * 16u + ti];
-                let bb = tile[kk * 16u + tj];
-                acc[0] += a.x * bb;
-                acc[1] += a.y * bb;
-                acc[2] += a.z * bb;
-                acc[3] += a.w * bb;
+                acc = t4fma(acc, tile[kk * 16u + ti], tile[kk * 16u + tj]);
             }
         }
         workgroupBarrier();
@@ -155,10 +224,11 @@ fn delta_intra(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     if (tj <= ti) {
         for (var r = 0u; r < 4u; r++) {
             let i = 4u * ti + r;
+            let row = t4row(acc, r);
             for (var cc = 0u; cc < 4u; cc++) {
                 let j = 4u * tj + cc;
                 if (j < i) {
-                    tm[tri(i) + j] = bs[i] * exp(gs[i] - gs[j]) * acc[r][cc];
+                    tm[tri(i) + j] = bs[i] * exp(gs[i] - gs[j]) * row[cc];
                 } else if (j == i) {
                     tm[tri(i) + i] = 1.0;
                 }
@@ -167,23 +237,93 @@ fn delta_intra(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     }
     workgroupBarrier();
 
-    // T = (I + A)^-1 row by row: T_ic = -A_ic - sum_{c < j < i} A_ij T_jc (rows past the
-    // chunk's end keep A = 0, i.e. T_i = e_i)
-    for (var i = 1u; i < len; i++) {
-        let ri = tri(i);
-        if (lid < i) {
-            arow[lid] = tm[ri + lid];
-        }
-        workgroupBarrier();
-        if (lid < i) {
-            var acc1 = -arow[lid];
-            for (var j = lid + 1u; j < i; j++) {
-                acc1 -= arow[j] * tm[tri(j) + lid];
+    // T = (I + A)^-1, blocked by 16. Diagonal blocks: a copy of their A in `tile`, then one
+    // invocation per (block, column) by forward substitution down the column.
+    {
+        let kb = lid / 64u;
+        let f = lid % 64u;
+        for (var e = f; e < 256u; e += 64u) {
+            let r = e / 16u;
+            let c = e % 16u;
+            var av = 0.0;
+            if (c < r) {
+                av = tm[tri(16u * kb + r) + 16u * kb + c];
             }
-            tm[ri + lid] = acc1;
+            tile[(kb * 256u + e) / 4u][e % 4u] = av;
         }
-        workgroupBarrier();
     }
+    workgroupBarrier();
+    if (lid < 64u) {
+        let kb = lid / 16u;
+        let c = lid % 16u;
+        let o = 16u * kb;
+        for (var r = c + 1u; r < 16u; r++) {
+            var v = -tsc(kb * 256u + r * 16u + c);
+            for (var j = c + 1u; j < r; j++) {
+                v -= tsc(kb * 256u + r * 16u + j) * tm[tri(o + j) + o + c];
+            }
+            tm[tri(o + r) + o + c] = v;
+        }
+    }
+    workgroupBarrier();
+    // keep A(2,1), A(3,2), A(3,1)
+    for (var e = lid; e < 768u; e += 256u) {
+        let q = e / 256u;
+        let r = (e % 256u) / 16u;
+        let c = e % 16u;
+        let bi = select(3u, 2u, q == 0u);
+        let bj = select(select(1u, 2u, q == 1u), 1u, q == 0u);
+        tile[e / 4u][e % 4u] = tm[tri(16u * bi + r) + 16u * bj + c];
+    }
+    workgroupBarrier();
+    // off-diagonal blocks by distance w: T_ij = -T_ii sum_{m = j}^{i-1} A_im T_mj
+    {
+        let r = lid / 16u;
+        let c = lid % 16u;
+        for (var w = 1u; w < 4u; w++) {
+            let nb = 4u - w;
+            var x = vec3<f32>(0.0);
+            for (var q = 0u; q < nb; q++) {
+                let blk = wave_block(w, q);
+                var s = 0.0;
+                for (var m = blk.y; m < blk.x; m++) {
+                    for (var t = 0u; t < 16u; t++) {
+                        // T_mj (row t, column c); for m = j only t >= c is non-zero
+                        let tv = select(0.0, tm[tri(16u * m + t) + 16u * blk.y + c], m > blk.y || t >= c);
+                        var av = 0.0;
+                        if (m == blk.y) {
+                            av = tm[tri(16u * blk.x + r) + 16u * m + t];
+                        } else {
+                            av = a_orig(blk.x, m, r, t);
+                        }
+                        s += av * tv;
+                    }
+                }
+                x[q] = s;
+            }
+            workgroupBarrier();
+            for (var q = 0u; q < nb; q++) {
+                let blk = wave_block(w, q);
+                tm[tri(16u * blk.x + r) + 16u * blk.y + c] = x[q];
+            }
+            workgroupBarrier();
+            for (var q = 0u; q < nb; q++) {
+                let blk = wave_block(w, q);
+                var s = 0.0;
+                for (var t = 0u; t <= r; t++) {
+                    s += tm[tri(16u * blk.x + r) + 16u * blk.x + t] * tm[tri(16u * blk.x + t) + 16u * blk.y + c];
+                }
+                x[q] = -s;
+            }
+            workgroupBarrier();
+            for (var q = 0u; q < nb; q++) {
+                let blk = wave_block(w, q);
+                tm[tri(16u * blk.x + r) + 16u * blk.y + c] = x[q];
+            }
+            workgroupBarrier();
+        }
+    }
+    // rows past the chunk's end: A = 0 there, so T_i = e_i already
 
     if ((p.flags & F_STORE_T) != 0u) {
         let base = (bh * p.nt + n) * 4096u;
@@ -202,32 +342,26 @@ fn delta_intra(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     for (var ps = 0u; ps < 2u; ps++) {
         let n4 = select(dk4, dv4, ps == 1u);
         for (var c0 = 0u; c0 < n4; c0 += 16u) {
-            var o: array<vec4<f32>, 4>;
-            for (var r = 0u; r < 4u; r++) {
-                o[r] = vec4<f32>(0.0);
-            }
+            var o = t4z();
+            var xv = in_x(lid, ps, 0u, c0, len, rbase, n4);
             for (var j0 = 0u; j0 < len; j0 += 16u) {
-                let jj = lid / 16u;
-                let c4 = lid % 16u;
-                let j = j0 + jj;
-                var xv = vec4<f32>(0.0);
-                if (j < len && c0 + c4 < n4) {
-                    if (ps == 0u) {
-                        xv = in_k[(rbase + j * p.h) * dk4 + c0 + c4] * (ks[j] * bs[j] * exp(gs[j]));
-                    } else {
-                        xv = in_v[(rbase + j * p.h) * dv4 + c0 + c4] * bs[j];
-                    }
-                }
                 tile[lid] = xv;
                 workgroupBarrier();
+                xv = in_x(lid, ps, j0 + 16u, c0, len, rbase, n4);
                 if (j0 <= 4u * ti + 3u) {
+                    let i0 = 4u * ti;
+                    let b0 = tri(i0);
+                    let b1 = tri(i0 + 1u);
+                    let b2 = tri(i0 + 2u);
+                    let b3 = tri(i0 + 3u);
                     for (var j2 = 0u; j2 < 16u; j2++) {
                         let jx = j0 + j2;
-                        let x = tile[j2 * 16u + tj];
-                        for (var r = 0u; r < 4u; r++) {
-                            let i = 4u * ti + r;
-                            o[r] += select(0.0, tm[tri(i) + jx], jx <= i) * x;
-                        }
+                        let tv = vec4<f32>(
+                            select(0.0, tm[b0 + jx], jx <= i0),
+                            select(0.0, tm[b1 + jx], jx <= i0 + 1u),
+                            select(0.0, tm[b2 + jx], jx <= i0 + 2u),
+                            select(0.0, tm[b3 + jx], jx <= i0 + 3u));
+                        o = t4fma(o, tv, tile[j2 * 16u + tj]);
                     }
                 }
                 workgroupBarrier();
@@ -236,9 +370,9 @@ fn delta_intra(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
                 let i = 4u * ti + r;
                 if (i < len && c0 + tj < n4) {
                     if (ps == 0u) {
-                        in_w[(rbase + i * p.h) * dk4 + c0 + tj] = o[r];
+                        in_w[(rbase + i * p.h) * dk4 + c0 + tj] = t4row(o, r);
                     } else {
-                        in_u[(rbase + i * p.h) * dv4 + c0 + tj] = o[r];
+                        in_u[(rbase + i * p.h) * dv4 + c0 + tj] = t4row(o, r);
                     }
                 }
             }

@@ -25,6 +25,42 @@ const F_L2: u32 = 1u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 
+// A 4 x 4 register tile as named vec4 rows (private arrays indexed in loops end up in
+// memory on some drivers).
+struct T4 {
+    r0: vec4<f32>,
+    r1: vec4<f32>,
+    r2: vec4<f32>,
+    r3: vec4<f32>,
+}
+
+fn t4z() -> T4 {
+    return T4(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+}
+
+// t + outer(a, b): row r gains a[r] * b
+fn t4fma(t: T4, a: vec4<f32>, b: vec4<f32>) -> T4 {
+    return T4(fma(vec4<f32>(a.x), b, t.r0), fma(vec4<f32>(a.y), b, t.r1), fma(vec4<f32>(a.z), b, t.r2), fma(vec4<f32>(a.w), b, t.r3));
+}
+
+// rows scaled by s[r]
+fn t4rows(t: T4, s: vec4<f32>) -> T4 {
+    return T4(t.r0 * s.x, t.r1 * s.y, t.r2 * s.z, t.r3 * s.w);
+}
+
+fn t4row(t: T4, r: u32) -> vec4<f32> {
+    if (r == 0u) {
+        return t.r0;
+    }
+    if (r == 1u) {
+        return t.r1;
+    }
+    if (r == 2u) {
+        return t.r2;
+    }
+    return t.r3;
+}
+
 // P packed lower-triangular with diagonal: (i, j <= i) at i (i + 1) / 2 + j
 var<workgroup> pm: array<f32, 2080>;
 var<workgroup> tl: array<vec4<f32>, 256>;
@@ -43,6 +79,50 @@ fn tri(i: u32) -> u32 {
 @group(0) @binding(4) var<storage, read> fo_h: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> fo_aux: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> fo_o: array<vec4<f32>>;
+
+// one invocation's share of a transposed [8][64] tile pair: rows c = (lid % 128) / 2 of
+// the source, vec4 column k0 / 4 + lid % 2; `which` = lid / 128 picks the first or second
+// tile (each 128 vec4s: [kk][c / 4] with component c % 4)
+fn st_t8(lid: u32, xv: vec4<f32>) {
+    let which = lid / 128u;
+    let c = (lid % 128u) / 2u;
+    let tb = which * 128u + (lid % 2u) * 64u + c / 4u;
+    tl[tb][c % 4u] = xv.x;
+    tl[tb + 16u][c % 4u] = xv.y;
+    tl[tb + 32u][c % 4u] = xv.z;
+    tl[tb + 48u][c % 4u] = xv.w;
+}
+
+// qhat (which = 0) or khat (which = 1) row c, vec4 column k0 / 4 + lid % 2 (zero outside)
+fn fo_qk(lid: u32, k0: u32, len: u32, rbase: u32, dk4: u32) -> vec4<f32> {
+    let which = lid / 128u;
+    let c = (lid % 128u) / 2u;
+    let x4 = k0 / 4u + lid % 2u;
+    let idx = (rbase + min(c, len - 1u) * p.h) * dk4 + min(x4, dk4 - 1u);
+    var xv: vec4<f32>;
+    if (which == 0u) {
+        xv = fo_q[idx] * qsm[c];
+    } else {
+        xv = fo_k[idx] * ksm[c];
+    }
+    return select(vec4<f32>(0.0), xv, c < len && x4 < dk4);
+}
+
+// H row k0 + (lid - 128) / 16, vec4 column c0 + lid % 16 (invocations 128..255; zero outside)
+fn fo_hrow(lid: u32, k0: u32, c0: u32, hbase: u32, dv4: u32) -> vec4<f32> {
+    let kk = k0 + (lid - 128u) / 16u;
+    let x4 = c0 + lid % 16u;
+    let v = fo_h[(hbase + min(kk, p.dk - 1u)) * dv4 + min(x4, dv4 - 1u)];
+    return select(vec4<f32>(0.0), v, kk < p.dk && x4 < dv4);
+}
+
+// v_new row j0 + lid / 16, vec4 column c0 + lid % 16 (zero outside)
+fn fo_vrow(lid: u32, j0: u32, c0: u32, len: u32, rbase: u32, dv4: u32) -> vec4<f32> {
+    let j = j0 + lid / 16u;
+    let x4 = c0 + lid % 16u;
+    let v = fo_vn[(rbase + min(j, len - 1u) * p.h) * dv4 + min(x4, dv4 - 1u)];
+    return select(vec4<f32>(0.0), v, j < len && x4 < dv4);
+}
 
 @compute @workgroup_size(256)
 fn delta_fwd_out(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -66,36 +146,17 @@ fn delta_fwd_out(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     }
     workgroupBarrier();
 
-    // Qhat Khat^T on the lower blocks: Q^T tile [kk][i] at 0, K^T tile [kk][j] at 128
-    var acc: array<vec4<f32>, 4>;
-    for (var r = 0u; r < 4u; r++) {
-        acc[r] = vec4<f32>(0.0);
-    }
+    // Qhat Khat^T on the lower blocks: Q^T tile [kk][i] at 0, K^T tile [kk][j] at 128;
+    // the next step's values are loaded into registers before this step's products
+    var acc = t4z();
+    var nx = fo_qk(lid, 0u, len, rbase, dk4);
     for (var k0 = 0u; k0 < p.dk; k0 += 8u) {
-        let which = lid / 128u;
-        let c = (lid % 128u) / 2u;
-        let q4 = lid % 2u;
-        var xv = vec4<f32>(0.0);
-        if (c < len && k0 / 4u + q4 < dk4) {
-            let idx = (rbase + c * p.h) * dk4 + k0 / 4u + q4;
-            if (which == 0u) {
-                xv = fo_q[idx] * qsm[c];
-            } else {
-                xv = fo_k[idx] * ksm[c];
-            }
-        }
-        for (var e = 0u; e < 4u; e++) {
-            tl[which * 128u + (q4 * 4u + e) * 16u + c / 4u][c % 4u] = xv[e];
-        }
+        st_t8(lid, nx);
         workgroupBarrier();
+        nx = fo_qk(lid, k0 + 8u, len, rbase, dk4);
         if (tj <= ti) {
             for (var kk = 0u; kk < 8u; kk++) {
-                let a = tl[kk * 16u + ti];
-                let bb = tl[128u + kk * 16u + tj];
-                acc[0] += a.x * bb;
-                acc[1] += a.y * bb;
-                acc[2] += a.z * bb;
-                acc[3] += a.w * bb;
+                acc = t4fma(acc, tl[kk * 16u + ti], tl[128u + kk * 16u + tj]);
             }
         }
         workgroupBarrier();
@@ -103,10 +164,11 @@ fn delta_fwd_out(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if (tj <= ti) {
         for (var r = 0u; r < 4u; r++) {
             let i = 4u * ti + r;
+            let row = t4row(acc, r);
             for (var cc = 0u; cc < 4u; cc++) {
                 let j = 4u * tj + cc;
                 if (j <= i) {
-                    pm[tri(i) + j] = p.scale * exp(gsm[i] - gsm[j]) * acc[r][cc];
+                    pm[tri(i) + j] = p.scale * exp(gsm[i] - gsm[j]) * row[cc];
                 }
             }
         }
@@ -114,73 +176,61 @@ fn delta_fwd_out(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     workgroupBarrier();
 
     let hbase = (bh * p.nt + n) * p.dk;
+    let i0 = 4u * ti;
     for (var c0 = 0u; c0 < dv4; c0 += 16u) {
-        var o: array<vec4<f32>, 4>;
-        for (var r = 0u; r < 4u; r++) {
-            o[r] = vec4<f32>(0.0);
-        }
+        var o = t4z();
         // inter-chunk: Qhat H, Q^T tile [kk][i] at 0, H tile [kk][v] at 128
+        var hx: vec4<f32>;
+        if (lid < 128u) {
+            hx = fo_qk(lid, 0u, len, rbase, dk4);
+        } else {
+            hx = fo_hrow(lid, 0u, c0, hbase, dv4);
+        }
         for (var k0 = 0u; k0 < p.dk; k0 += 8u) {
             if (lid < 128u) {
-                let c = lid / 2u;
-                let q4 = lid % 2u;
-                var xv = vec4<f32>(0.0);
-                if (c < len && k0 / 4u + q4 < dk4) {
-                    xv = fo_q[(rbase + c * p.h) * dk4 + k0 / 4u + q4] * qsm[c];
-                }
-                for (var e = 0u; e < 4u; e++) {
-                    tl[(q4 * 4u + e) * 16u + c / 4u][c % 4u] = xv[e];
-                }
+                st_t8(lid, hx);
             } else {
-                let e = lid - 128u;
-                let kk = e / 16u;
-                let x4 = e % 16u;
-                var hv = vec4<f32>(0.0);
-                if (k0 + kk < p.dk && c0 + x4 < dv4) {
-                    hv = fo_h[(hbase + k0 + kk) * dv4 + c0 + x4];
-                }
-                tl[lid] = hv;
+                tl[lid] = hx;
             }
             workgroupBarrier();
+            if (lid < 128u) {
+                hx = fo_qk(lid, k0 + 8u, len, rbase, dk4);
+            } else {
+                hx = fo_hrow(lid, k0 + 8u, c0, hbase, dv4);
+            }
             for (var kk = 0u; kk < 8u; kk++) {
-                let a = tl[kk * 16u + ti];
-                let hv = tl[128u + kk * 16u + tj];
-                o[0] += a.x * hv;
-                o[1] += a.y * hv;
-                o[2] += a.z * hv;
-                o[3] += a.w * hv;
+                o = t4fma(o, tl[kk * 16u + ti], tl[128u + kk * 16u + tj]);
             }
             workgroupBarrier();
         }
-        for (var r = 0u; r < 4u; r++) {
-            o[r] *= p.scale * exp(gsm[4u * ti + r]);
-        }
+        o = t4rows(o, p.scale * exp(vec4<f32>(gsm[i0], gsm[i0 + 1u], gsm[i0 + 2u], gsm[i0 + 3u])));
         // intra-chunk: P v_new, v_new tile [jj][v]
+        var vx = fo_vrow(lid, 0u, c0, len, rbase, dv4);
         for (var j0 = 0u; j0 < len; j0 += 16u) {
-            let jj = lid / 16u;
-            let x4 = lid % 16u;
-            var xv = vec4<f32>(0.0);
-            if (j0 + jj < len && c0 + x4 < dv4) {
-                xv = fo_vn[(rbase + (j0 + jj) * p.h) * dv4 + c0 + x4];
-            }
-            tl[lid] = xv;
+            tl[lid] = vx;
             workgroupBarrier();
-            if (j0 <= 4u * ti + 3u) {
+            vx = fo_vrow(lid, j0 + 16u, c0, len, rbase, dv4);
+            if (j0 <= i0 + 3u) {
+                let b0 = tri(i0);
+                let b1 = tri(i0 + 1u);
+                let b2 = tri(i0 + 2u);
+                let b3 = tri(i0 + 3u);
                 for (var j2 = 0u; j2 < 16u; j2++) {
                     let j = j0 + j2;
-                    let x = tl[j2 * 16u + tj];
-                    for (var r = 0u; r < 4u; r++) {
-                        let i = 4u * ti + r;
-                        o[r] += select(0.0, pm[tri(i) + j], j <= i) * x;
-                    }
+                    let pv = vec4<f32>(
+                        select(0.0, pm[b0 + j], j <= i0),
+                        select(0.0, pm[b1 + j], j <= i0 + 1u),
+                        select(0.0, pm[b2 + j], j <= i0 + 2u),
+                        select(0.0, pm[b3 + j], j <= i0 + 3u));
+                    o = t4fma(o, pv, tl[j2 * 16u + tj]);
                 }
             }
             workgroupBarrier();
         }
         for (var r = 0u; r < 4u; r++) {
-            let i = 4u * ti + r;
+            let i = i0 + r;
             if (i < len && c0 + tj < dv4) {
-                fo_o[(rbase + i * p.h) * dv4 + c0 + tj] = o[r];
+                fo_o[(rbase + i * p.h) * dv4 + c0 + tj] = t4row(o, r);
             }
         }
     }
@@ -194,6 +244,30 @@ fn delta_fwd_out(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 @group(0) @binding(5) var<storage, read_write> bl_aux: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> bl_ds: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> bl_dvn: array<vec4<f32>>;
+
+// row c = (lid % 128) / 2 at vec4 column x0 + lid % 2 of qhat / khat (ps = 0) or
+// dO / v_new (ps = 1), the first or second by lid / 128 (zero outside)
+fn bl_ld(lid: u32, ps: u32, x0: u32, len: u32, rbase: u32, n4: u32) -> vec4<f32> {
+    let which = lid / 128u;
+    let c = (lid % 128u) / 2u;
+    let x4 = x0 + lid % 2u;
+    let idx = (rbase + min(c, len - 1u) * p.h) * n4 + min(x4, n4 - 1u);
+    var xv: vec4<f32>;
+    if (ps == 0u) {
+        if (which == 0u) {
+            xv = bl_q[idx] * qsm[c];
+        } else {
+            xv = bl_k[idx] * ksm[c];
+        }
+    } else {
+        if (which == 0u) {
+            xv = bl_do[idx];
+        } else {
+            xv = bl_vn[idx];
+        }
+    }
+    return select(vec4<f32>(0.0), xv, c < len && x4 < n4);
+}
 
 @compute @workgroup_size(256)
 fn delta_bwd_local(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -217,56 +291,26 @@ fn delta_bwd_local(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     }
     workgroupBarrier();
 
-    // qk = Qhat Khat^T and dp = dO v_new^T on the lower blocks
-    var qk: array<vec4<f32>, 4>;
-    var dp: array<vec4<f32>, 4>;
-    for (var r = 0u; r < 4u; r++) {
-        qk[r] = vec4<f32>(0.0);
-        dp[r] = vec4<f32>(0.0);
-    }
+    // qk = Qhat Khat^T and dp = dO v_new^T on the lower blocks, the next step's values
+    // loaded before this step's products
+    var qk = t4z();
+    var dp = t4z();
     for (var ps = 0u; ps < 2u; ps++) {
         let n4 = select(dk4, dv4, ps == 1u);
+        var nx = bl_ld(lid, ps, 0u, len, rbase, n4);
         for (var x0 = 0u; x0 < n4; x0 += 2u) {
-            let which = lid / 128u;
-            let c = (lid % 128u) / 2u;
-            let q4 = lid % 2u;
-            var xv = vec4<f32>(0.0);
-            if (c < len && x0 + q4 < n4) {
-                if (ps == 0u) {
-                    let idx = (rbase + c * p.h) * dk4 + x0 + q4;
-                    if (which == 0u) {
-                        xv = bl_q[idx] * qsm[c];
-                    } else {
-                        xv = bl_k[idx] * ksm[c];
-                    }
-                } else {
-                    let idx = (rbase + c * p.h) * dv4 + x0 + q4;
-                    if (which == 0u) {
-                        xv = bl_do[idx];
-                    } else {
-                        xv = bl_vn[idx];
-                    }
-                }
-            }
-            for (var e = 0u; e < 4u; e++) {
-                tl[which * 128u + (q4 * 4u + e) * 16u + c / 4u][c % 4u] = xv[e];
-            }
+            st_t8(lid, nx);
             workgroupBarrier();
+            nx = bl_ld(lid, ps, x0 + 2u, len, rbase, n4);
             if (tj <= ti) {
+                var t = t4z();
                 for (var kk = 0u; kk < 8u; kk++) {
-                    let a = tl[kk * 16u + ti];
-                    let bb = tl[128u + kk * 16u + tj];
-                    if (ps == 0u) {
-                        qk[0] += a.x * bb;
-                        qk[1] += a.y * bb;
-                        qk[2] += a.z * bb;
-                        qk[3] += a.w * bb;
-                    } else {
-                        dp[0] += a.x * bb;
-                        dp[1] += a.y * bb;
-                        dp[2] += a.z * bb;
-                        dp[3] += a.w * bb;
-                    }
+                    t = t4fma(t, tl[kk * 16u + ti], tl[128u + kk * 16u + tj]);
+                }
+                if (ps == 0u) {
+                    qk = T4(qk.r0 + t.r0, qk.r1 + t.r1, qk.r2 + t.r2, qk.r3 + t.r3);
+                } else {
+                    dp = T4(dp.r0 + t.r0, dp.r1 + t.r1, dp.r2 + t.r2, dp.r3 + t.r3);
                 }
             }
             workgroupBarrier();
@@ -280,13 +324,15 @@ fn delta_bwd_local(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     for (var r = 0u; r < 4u; r++) {
         let i = 4u * ti + r;
         var dsv = vec4<f32>(0.0);
+        let qkr = t4row(qk, r);
+        let dpr = t4row(dp, r);
         for (var cc = 0u; cc < 4u; cc++) {
             let j = 4u * tj + cc;
             if (j <= i && i < len) {
                 let m = p.scale * exp(gsm[i] - gsm[j]);
-                pm[tri(i) + j] = m * qk[r][cc];
-                dsv[cc] = m * dp[r][cc];
-                let gv = dsv[cc] * qk[r][cc];
+                pm[tri(i) + j] = m * qkr[cc];
+                dsv[cc] = m * dpr[cc];
+                let gv = dsv[cc] * qkr[cc];
                 rowp[r] += gv;
                 colp[cc] += gv;
             } else if (j <= i) {
@@ -316,10 +362,8 @@ fn delta_bwd_local(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 
     // dv_new_local[j] = sum_{i >= j} P_ij dO_i; thread rows j = 4ti.., dO tile [ii][v]
     for (var c0 = 0u; c0 < dv4; c0 += 16u) {
-        var o: array<vec4<f32>, 4>;
-        for (var r = 0u; r < 4u; r++) {
-            o[r] = vec4<f32>(0.0);
-        }
+        var o = t4z();
+        let j0 = 4u * ti;
         for (var i0 = 0u; i0 < len; i0 += 16u) {
             let ii = lid / 16u;
             let x4 = lid % 16u;
@@ -329,14 +373,16 @@ fn delta_bwd_local(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             }
             tl[lid] = xv;
             workgroupBarrier();
-            if (i0 + 15u >= 4u * ti) {
+            if (i0 + 15u >= j0) {
                 for (var i2 = 0u; i2 < 16u; i2++) {
                     let i = i0 + i2;
-                    let x = tl[i2 * 16u + tj];
-                    for (var r = 0u; r < 4u; r++) {
-                        let j = 4u * ti + r;
-                        o[r] += select(0.0, pm[tri(i) + j], j <= i) * x;
-                    }
+                    let bi = tri(i) + j0;
+                    let pv = vec4<f32>(
+                        select(0.0, pm[bi], j0 <= i),
+                        select(0.0, pm[bi + 1u], j0 + 1u <= i),
+                        select(0.0, pm[bi + 2u], j0 + 2u <= i),
+                        select(0.0, pm[bi + 3u], j0 + 3u <= i));
+                    o = t4fma(o, pv, tl[i2 * 16u + tj]);
                 }
             }
             workgroupBarrier();
@@ -344,7 +390,7 @@ fn delta_bwd_local(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         for (var r = 0u; r < 4u; r++) {
             let j = 4u * ti + r;
             if (j < len && c0 + tj < dv4) {
-                bl_dvn[(rbase + j * p.h) * dv4 + c0 + tj] = o[r];
+                bl_dvn[(rbase + j * p.h) * dv4 + c0 + tj] = t4row(o, r);
             }
         }
     }

@@ -1,6 +1,6 @@
 // Gated delta rule, the sequential passes over chunks (chunk C = 64), one workgroup per
 // (block of BV value columns, b*H + h). The state H = S^T [dk, dv] (column block) lives
-// in registers (thread tile RB rows x 4 columns) with a copy in workgroup memory.
+// in registers (RB rows x 4 columns per invocation) with a copy in workgroup memory.
 //
 // delta_fwd_state  for each chunk: h[n] = H (state entering the chunk);
 //                  v_new = u - w H;  H <- exp(gamma_L) H + Khat^T diag(exp(gamma_L - gamma)) v_new
@@ -10,10 +10,16 @@
 //                  dH <- exp(gamma_L) dH + s Qhat^T diag(exp(gamma)) dO - w^T dv_new;
 //                  and dh0 = dH at the start, [B, H, dv, dk].
 //
-// DK is dk rounded up to 64, 128 or 256; BV in {8, 16, 32, 64}; the host checks that the
-// workgroup memory (4 * (DK * BV + 512 + 64 * BV + 192) bytes forward,
-// 4 * (DK * BV + 512 + 128 * BV + 192) backward)
-// fits the adapter.
+// The pass is a chain of 2 ceil(T / 64) dependent steps, so it is bound by memory latency:
+// w, k, q rows are read straight from memory (each shared by the BV / 4 invocations of a
+// row group, through the cache), with the next step's values loaded before the current
+// step's products; the only barriers are the two per chunk around the workgroup copies
+// of H and v_new. Part (a) uses 4 x 4 thread tiles (4 chunk rows x 4 value columns),
+// part (b) RB x 4 (state rows x value columns); 4 BV invocations.
+//
+// DK is dk rounded up to 64, 128 or 256; BV in {8, 16, 32}; the host checks that the
+// workgroup memory (4 * (DK * BV + 64 * BV + 128) bytes forward, 4 * (DK * BV + 128 * BV
+// + 192) backward) fits the adapter.
 
 struct Params {
     b: u32,
@@ -31,14 +37,10 @@ const DK: u32 = 128u;
 const BV: u32 = 16u;
 const BV4: u32 = BV / 4u;
 const NTH: u32 = 4u * BV;
-// state rows per thread (16 row groups) and their count in vec4s
+// state rows per invocation (16 row groups) and their count in vec4s
 const RB: u32 = DK / 16u;
 const RB4: u32 = RB / 4u;
-// dk-depth of the transposed w / khat tile in part (a)
-const KT: u32 = 8u;
-const TILE: u32 = 128u;
-// chunk rows per khat / qhat / w tile in part (b)
-const CT: u32 = TILE * 4u / DK;
+const DK4: u32 = DK / 4u;
 
 const F_L2: u32 = 1u;
 const F_H0: u32 = 2u;
@@ -47,7 +49,6 @@ const F_HT: u32 = 4u;
 @group(0) @binding(0) var<uniform> p: Params;
 
 var<workgroup> hs: array<vec4<f32>, DK * BV4>;
-var<workgroup> tl: array<vec4<f32>, TILE>;
 var<workgroup> gsm: array<f32, 64>;
 var<workgroup> qsm: array<f32, 64>;
 var<workgroup> ksm: array<f32, 64>;
@@ -55,6 +56,108 @@ var<workgroup> ksm: array<f32, 64>;
 var<workgroup> fsm: array<vec4<f32>, C * BV4>;
 // backward: s exp(gamma) dO [c][v] then -dv_new [64 + c][v]
 var<workgroup> ysm: array<vec4<f32>, 2u * C * BV4>;
+
+// A 4 x 4 register tile as named vec4 rows (private arrays indexed in loops end up in
+// memory on some drivers).
+struct T4 {
+    r0: vec4<f32>,
+    r1: vec4<f32>,
+    r2: vec4<f32>,
+    r3: vec4<f32>,
+}
+
+fn t4z() -> T4 {
+    return T4(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+}
+
+// t + outer(a, b): row r gains a[r] * b
+fn t4fma(t: T4, a: vec4<f32>, b: vec4<f32>) -> T4 {
+    return T4(fma(vec4<f32>(a.x), b, t.r0), fma(vec4<f32>(a.y), b, t.r1), fma(vec4<f32>(a.z), b, t.r2), fma(vec4<f32>(a.w), b, t.r3));
+}
+
+fn t4scale(t: T4, s: f32) -> T4 {
+    return T4(t.r0 * s, t.r1 * s, t.r2 * s, t.r3 * s);
+}
+
+fn t4row(t: T4, r: u32) -> vec4<f32> {
+    if (r == 0u) {
+        return t.r0;
+    }
+    if (r == 1u) {
+        return t.r1;
+    }
+    if (r == 2u) {
+        return t.r2;
+    }
+    return t.r3;
+}
+
+// acc += (4 rows x 4 ks: r0..r3 are the rows' vec4s along k at vec4 column k4) times H
+fn t4k(acc: T4, x: T4, k4: u32, vg: u32) -> T4 {
+    let hb = 4u * k4 * BV4 + vg;
+    var o = t4fma(acc, vec4<f32>(x.r0.x, x.r1.x, x.r2.x, x.r3.x), hs[hb]);
+    o = t4fma(o, vec4<f32>(x.r0.y, x.r1.y, x.r2.y, x.r3.y), hs[hb + BV4]);
+    o = t4fma(o, vec4<f32>(x.r0.z, x.r1.z, x.r2.z, x.r3.z), hs[hb + 2u * BV4]);
+    return t4fma(o, vec4<f32>(x.r0.w, x.r1.w, x.r2.w, x.r3.w), hs[hb + 3u * BV4]);
+}
+
+// The invocation's state rows cg * RB .. cg * RB + RB - 1 (RB = 4, 8 or 16) in 1, 2 or 4
+// tiles; unused tiles stay zero.
+struct HT {
+    g0: T4,
+    g1: T4,
+    g2: T4,
+    g3: T4,
+}
+
+fn ht_get(h: HT, r: u32) -> vec4<f32> {
+    let g = r / 4u;
+    if (g == 0u) {
+        return t4row(h.g0, r % 4u);
+    }
+    if (g == 1u) {
+        return t4row(h.g1, r % 4u);
+    }
+    if (g == 2u) {
+        return t4row(h.g2, r % 4u);
+    }
+    return t4row(h.g3, r % 4u);
+}
+
+fn ht_scale(h: HT, s: f32) -> HT {
+    var o = h;
+    o.g0 = t4scale(h.g0, s);
+    if (RB4 > 1u) {
+        o.g1 = t4scale(h.g1, s);
+    }
+    if (RB4 > 2u) {
+        o.g2 = t4scale(h.g2, s);
+        o.g3 = t4scale(h.g3, s);
+    }
+    return o;
+}
+
+// one token's values at the invocation's RB state rows (RB4 vec4s; unused ones zero)
+struct KR {
+    a: vec4<f32>,
+    b: vec4<f32>,
+    c: vec4<f32>,
+    d: vec4<f32>,
+}
+
+// h += x outer y
+fn ht_fma(h: HT, x: KR, y: vec4<f32>) -> HT {
+    var o = h;
+    o.g0 = t4fma(h.g0, x.a, y);
+    if (RB4 > 1u) {
+        o.g1 = t4fma(h.g1, x.b, y);
+    }
+    if (RB4 > 2u) {
+        o.g2 = t4fma(h.g2, x.c, y);
+        o.g3 = t4fma(h.g3, x.d, y);
+    }
+    return o;
+}
 
 // ---------------------------------------------------------------- delta_fwd_state
 @group(0) @binding(1) var<storage, read> fs_k: array<vec4<f32>>;
@@ -65,6 +168,41 @@ var<workgroup> ysm: array<vec4<f32>, 2u * C * BV4>;
 @group(0) @binding(6) var<storage, read_write> fs_h: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> fs_vn: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> fs_ht: array<f32>;
+
+// the state [dk, dv] row k (zero past dk), columns 4 v4 .. 4 v4 + 3, of h0 [B, H, dv, dk]
+fn fs_h0_at(bh: u32, v4: u32, k: u32) -> vec4<f32> {
+    let base = (bh * p.dv + v4 * 4u) * p.dk + min(k, p.dk - 1u);
+    let v = vec4<f32>(fs_h0[base], fs_h0[base + p.dk], fs_h0[base + 2u * p.dk], fs_h0[base + 3u * p.dk]);
+    return select(vec4<f32>(0.0), v, k < p.dk);
+}
+
+fn fs_h0_t4(bh: u32, v4: u32, k: u32) -> T4 {
+    return T4(fs_h0_at(bh, v4, k), fs_h0_at(bh, v4, k + 1u), fs_h0_at(bh, v4, k + 2u), fs_h0_at(bh, v4, k + 3u));
+}
+
+// w rows (vec4 offsets w0..w3) at vec4 column k4 (clamped: H rows past dk are zero)
+fn fs_wq(w0: u32, w1: u32, w2: u32, w3: u32, k4: u32, dk4: u32) -> T4 {
+    let kk = min(k4, dk4 - 1u);
+    return T4(fs_w[w0 + kk], fs_w[w1 + kk], fs_w[w2 + kk], fs_w[w3 + kk]);
+}
+
+fn fs_k4(base: u32, k4: u32, dk4: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), fs_k[base + min(k4, dk4 - 1u)], k4 < dk4);
+}
+
+// the invocation's RB4 vec4s of k row c of the chunk (row clamped, zero past dk)
+fn fs_krow(rbase: u32, c: u32, len: u32, k40: u32, dk4: u32) -> KR {
+    let kb = (rbase + min(c, len - 1u) * p.h) * dk4;
+    var x = KR(fs_k4(kb, k40, dk4), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    if (RB4 > 1u) {
+        x.b = fs_k4(kb, k40 + 1u, dk4);
+    }
+    if (RB4 > 2u) {
+        x.c = fs_k4(kb, k40 + 2u, dk4);
+        x.d = fs_k4(kb, k40 + 3u, dk4);
+    }
+    return x;
+}
 
 @compute @workgroup_size(NTH)
 fn delta_fwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -77,15 +215,19 @@ fn delta_fwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     let vg = lid % BV4;
     let v4 = wid.x * BV4 + vg;
     let vok = v4 < dv4;
+    let vc = min(v4, dv4 - 1u);
     let l2 = (p.flags & F_L2) != 0u;
+    let k40 = cg * RB4;
 
-    var hr: array<vec4<f32>, RB>;
-    for (var r = 0u; r < RB; r++) {
-        hr[r] = vec4<f32>(0.0);
-        let k = cg * RB + r;
-        if ((p.flags & F_H0) != 0u && vok && k < p.dk) {
-            let base = (bh * p.dv + v4 * 4u) * p.dk + k;
-            hr[r] = vec4<f32>(fs_h0[base], fs_h0[base + p.dk], fs_h0[base + 2u * p.dk], fs_h0[base + 3u * p.dk]);
+    var hr = HT(t4z(), t4z(), t4z(), t4z());
+    if ((p.flags & F_H0) != 0u && vok) {
+        hr.g0 = fs_h0_t4(bh, v4, cg * RB);
+        if (RB4 > 1u) {
+            hr.g1 = fs_h0_t4(bh, v4, cg * RB + 4u);
+        }
+        if (RB4 > 2u) {
+            hr.g2 = fs_h0_t4(bh, v4, cg * RB + 8u);
+            hr.g3 = fs_h0_t4(bh, v4, cg * RB + 12u);
         }
     }
 
@@ -101,82 +243,119 @@ fn delta_fwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         let hbase = (bh * p.nt + n) * p.dk;
         for (var r = 0u; r < RB; r++) {
             let k = cg * RB + r;
-            hs[k * BV4 + vg] = hr[r];
+            let hv = ht_get(hr, r);
+            hs[k * BV4 + vg] = hv;
             if (vok && k < p.dk) {
-                fs_h[(hbase + k) * dv4 + v4] = hr[r];
+                fs_h[(hbase + k) * dv4 + v4] = hv;
             }
         }
+        // this invocation's u rows, loaded early (clamped; masked below)
+        let c0 = 4u * cg;
+        let r0 = rbase + min(c0, len - 1u) * p.h;
+        let r1 = rbase + min(c0 + 1u, len - 1u) * p.h;
+        let r2 = rbase + min(c0 + 2u, len - 1u) * p.h;
+        let r3 = rbase + min(c0 + 3u, len - 1u) * p.h;
+        let u = T4(fs_u[r0 * dv4 + vc], fs_u[r1 * dv4 + vc], fs_u[r2 * dv4 + vc], fs_u[r3 * dv4 + vc]);
         workgroupBarrier();
 
-        // (a) v_new = u - w H; thread tile rows 4cg.., column vec4 v4
-        var acc: array<vec4<f32>, 4>;
-        for (var r = 0u; r < 4u; r++) {
-            acc[r] = vec4<f32>(0.0);
-        }
-        for (var k0 = 0u; k0 < p.dk; k0 += KT) {
-            for (var e = lid; e < C * (KT / 4u); e += NTH) {
-                let c = e / (KT / 4u);
-                let q4 = e % (KT / 4u);
-                var wv = vec4<f32>(0.0);
-                if (c < len && k0 / 4u + q4 < dk4) {
-                    wv = fs_w[(rbase + c * p.h) * dk4 + k0 / 4u + q4];
-                }
-                for (var e2 = 0u; e2 < 4u; e2++) {
-                    tl[(q4 * 4u + e2) * 16u + c / 4u][c % 4u] = wv[e2];
-                }
-            }
-            workgroupBarrier();
-            for (var kk = 0u; kk < KT; kk++) {
-                let a = tl[kk * 16u + cg];
-                let hv = hs[(k0 + kk) * BV4 + vg];
-                acc[0] += a.x * hv;
-                acc[1] += a.y * hv;
-                acc[2] += a.z * hv;
-                acc[3] += a.w * hv;
-            }
-            workgroupBarrier();
+        // (a) v_new = u - w H; four dk-columns (vec4) a step, the next step's w values
+        // loaded before this step's products
+        let w0 = r0 * dk4;
+        let w1 = r1 * dk4;
+        let w2 = r2 * dk4;
+        let w3 = r3 * dk4;
+        var acc = t4z();
+        var xa = fs_wq(w0, w1, w2, w3, 0u, dk4);
+        var xb = fs_wq(w0, w1, w2, w3, 1u, dk4);
+        var xc = fs_wq(w0, w1, w2, w3, 2u, dk4);
+        var xd = fs_wq(w0, w1, w2, w3, 3u, dk4);
+        for (var k4 = 0u; k4 < DK4; k4 += 4u) {
+            let na = fs_wq(w0, w1, w2, w3, k4 + 4u, dk4);
+            let nb = fs_wq(w0, w1, w2, w3, k4 + 5u, dk4);
+            let nc = fs_wq(w0, w1, w2, w3, k4 + 6u, dk4);
+            let nd = fs_wq(w0, w1, w2, w3, k4 + 7u, dk4);
+            acc = t4k(acc, xa, k4, vg);
+            acc = t4k(acc, xb, k4 + 1u, vg);
+            acc = t4k(acc, xc, k4 + 2u, vg);
+            acc = t4k(acc, xd, k4 + 3u, vg);
+            xa = na;
+            xb = nb;
+            xc = nc;
+            xd = nd;
         }
         let gl = gsm[len - 1u];
         for (var r = 0u; r < 4u; r++) {
-            let c = 4u * cg + r;
+            let c = c0 + r;
             var vn = vec4<f32>(0.0);
             if (c < len && vok) {
-                let idx = (rbase + c * p.h) * dv4 + v4;
-                vn = fs_u[idx] - acc[r];
-                fs_vn[idx] = vn;
+                vn = t4row(u, r) - t4row(acc, r);
+                fs_vn[(rbase + c * p.h) * dv4 + v4] = vn;
             }
-            fsm[c * BV4 + vg] = vn * exp(gl - gsm[c]);
+            // decayed, times the key's norm factor (k rows are read raw below)
+            fsm[c * BV4 + vg] = vn * (exp(gl - gsm[c]) * ksm[c]);
         }
         workgroupBarrier();
 
-        // (b) H <- exp(gamma_L) H + Khat^T (decayed v_new)
-        let eg = exp(gl);
-        for (var r = 0u; r < RB; r++) {
-            hr[r] *= eg;
-        }
-        for (var c0 = 0u; c0 < len; c0 += CT) {
-            for (var e = lid; e < CT * (DK / 4u); e += NTH) {
-                let c = c0 + e / (DK / 4u);
-                let k4 = e % (DK / 4u);
-                var kv = vec4<f32>(0.0);
-                if (c < len && k4 < dk4) {
-                    kv = fs_k[(rbase + c * p.h) * dk4 + k4] * ksm[c];
-                }
-                tl[e] = kv;
+        // (b) H <- exp(gamma_L) H + Khat^T (decayed v_new), all 64 rows (those past the
+        // chunk's end have zero v_new), four a step with the next step's k rows loaded ahead
+        hr = ht_scale(hr, exp(gl));
+        if (RB4 <= 2u) {
+            // eight rows a step (DK <= 128: 16 vec4 in flight)
+            var g0 = fs_krow(rbase, 0u, len, k40, dk4);
+            var g1 = fs_krow(rbase, 1u, len, k40, dk4);
+            var g2 = fs_krow(rbase, 2u, len, k40, dk4);
+            var g3 = fs_krow(rbase, 3u, len, k40, dk4);
+            var g4 = fs_krow(rbase, 4u, len, k40, dk4);
+            var g5 = fs_krow(rbase, 5u, len, k40, dk4);
+            var g6 = fs_krow(rbase, 6u, len, k40, dk4);
+            var g7 = fs_krow(rbase, 7u, len, k40, dk4);
+            for (var c = 0u; c < C; c += 8u) {
+                let n0 = fs_krow(rbase, c + 8u, len, k40, dk4);
+                let n1 = fs_krow(rbase, c + 9u, len, k40, dk4);
+                let n2 = fs_krow(rbase, c + 10u, len, k40, dk4);
+                let n3 = fs_krow(rbase, c + 11u, len, k40, dk4);
+                let n4 = fs_krow(rbase, c + 12u, len, k40, dk4);
+                let n5 = fs_krow(rbase, c + 13u, len, k40, dk4);
+                let n6 = fs_krow(rbase, c + 14u, len, k40, dk4);
+                let n7 = fs_krow(rbase, c + 15u, len, k40, dk4);
+                hr = ht_fma(hr, g0, fsm[c * BV4 + vg]);
+                hr = ht_fma(hr, g1, fsm[(c + 1u) * BV4 + vg]);
+                hr = ht_fma(hr, g2, fsm[(c + 2u) * BV4 + vg]);
+                hr = ht_fma(hr, g3, fsm[(c + 3u) * BV4 + vg]);
+                hr = ht_fma(hr, g4, fsm[(c + 4u) * BV4 + vg]);
+                hr = ht_fma(hr, g5, fsm[(c + 5u) * BV4 + vg]);
+                hr = ht_fma(hr, g6, fsm[(c + 6u) * BV4 + vg]);
+                hr = ht_fma(hr, g7, fsm[(c + 7u) * BV4 + vg]);
+                g0 = n0;
+                g1 = n1;
+                g2 = n2;
+                g3 = n3;
+                g4 = n4;
+                g5 = n5;
+                g6 = n6;
+                g7 = n7;
             }
-            workgroupBarrier();
-            for (var cc = 0u; cc < CT; cc++) {
-                let y = fsm[(c0 + cc) * BV4 + vg];
-                for (var r4 = 0u; r4 < RB4; r4++) {
-                    let kv = tl[cc * (DK / 4u) + cg * RB4 + r4];
-                    hr[r4 * 4u] += kv.x * y;
-                    hr[r4 * 4u + 1u] += kv.y * y;
-                    hr[r4 * 4u + 2u] += kv.z * y;
-                    hr[r4 * 4u + 3u] += kv.w * y;
-                }
+        } else {
+            var g0 = fs_krow(rbase, 0u, len, k40, dk4);
+            var g1 = fs_krow(rbase, 1u, len, k40, dk4);
+            var g2 = fs_krow(rbase, 2u, len, k40, dk4);
+            var g3 = fs_krow(rbase, 3u, len, k40, dk4);
+            for (var c = 0u; c < C; c += 4u) {
+                let n0 = fs_krow(rbase, c + 4u, len, k40, dk4);
+                let n1 = fs_krow(rbase, c + 5u, len, k40, dk4);
+                let n2 = fs_krow(rbase, c + 6u, len, k40, dk4);
+                let n3 = fs_krow(rbase, c + 7u, len, k40, dk4);
+                hr = ht_fma(hr, g0, fsm[c * BV4 + vg]);
+                hr = ht_fma(hr, g1, fsm[(c + 1u) * BV4 + vg]);
+                hr = ht_fma(hr, g2, fsm[(c + 2u) * BV4 + vg]);
+                hr = ht_fma(hr, g3, fsm[(c + 3u) * BV4 + vg]);
+                g0 = n0;
+                g1 = n1;
+                g2 = n2;
+                g3 = n3;
             }
-            workgroupBarrier();
         }
+        workgroupBarrier();
     }
 
     if ((p.flags & F_HT) != 0u && vok) {
@@ -184,10 +363,11 @@ fn delta_fwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             let k = cg * RB + r;
             if (k < p.dk) {
                 let base = (bh * p.dv + v4 * 4u) * p.dk + k;
-                fs_ht[base] = hr[r].x;
-                fs_ht[base + p.dk] = hr[r].y;
-                fs_ht[base + 2u * p.dk] = hr[r].z;
-                fs_ht[base + 3u * p.dk] = hr[r].w;
+                let hv = ht_get(hr, r);
+                fs_ht[base] = hv.x;
+                fs_ht[base + p.dk] = hv.y;
+                fs_ht[base + 2u * p.dk] = hv.z;
+                fs_ht[base + 3u * p.dk] = hv.w;
             }
         }
     }
@@ -204,6 +384,46 @@ fn delta_fwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 @group(0) @binding(8) var<storage, read_write> bs_dvn: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read_write> bs_dh0: array<f32>;
 
+fn bs_dht_at(bh: u32, v4: u32, k: u32) -> vec4<f32> {
+    let base = (bh * p.dv + v4 * 4u) * p.dk + min(k, p.dk - 1u);
+    let v = vec4<f32>(bs_dht[base], bs_dht[base + p.dk], bs_dht[base + 2u * p.dk], bs_dht[base + 3u * p.dk]);
+    return select(vec4<f32>(0.0), v, k < p.dk);
+}
+
+fn bs_dht_t4(bh: u32, v4: u32, k: u32) -> T4 {
+    return T4(bs_dht_at(bh, v4, k), bs_dht_at(bh, v4, k + 1u), bs_dht_at(bh, v4, k + 2u), bs_dht_at(bh, v4, k + 3u));
+}
+
+fn bs_kq(k0: u32, k1: u32, k2: u32, k3: u32, k4: u32, dk4: u32) -> T4 {
+    let kk = min(k4, dk4 - 1u);
+    return T4(bs_k[k0 + kk], bs_k[k1 + kk], bs_k[k2 + kk], bs_k[k3 + kk]);
+}
+
+// q (which = 0) or w (which = 1) at vec4 column k4 of the row at vec4 offset base
+fn bs_x4(which: u32, base: u32, k4: u32, dk4: u32) -> vec4<f32> {
+    let idx = base + min(k4, dk4 - 1u);
+    var v: vec4<f32>;
+    if (which == 0u) {
+        v = bs_q[idx];
+    } else {
+        v = bs_w[idx];
+    }
+    return select(vec4<f32>(0.0), v, k4 < dk4);
+}
+
+fn bs_row(which: u32, rbase: u32, c: u32, len: u32, k40: u32, dk4: u32) -> KR {
+    let kb = (rbase + min(c, len - 1u) * p.h) * dk4;
+    var x = KR(bs_x4(which, kb, k40, dk4), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    if (RB4 > 1u) {
+        x.b = bs_x4(which, kb, k40 + 1u, dk4);
+    }
+    if (RB4 > 2u) {
+        x.c = bs_x4(which, kb, k40 + 2u, dk4);
+        x.d = bs_x4(which, kb, k40 + 3u, dk4);
+    }
+    return x;
+}
+
 @compute @workgroup_size(NTH)
 fn delta_bwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let bh = wid.y;
@@ -215,15 +435,19 @@ fn delta_bwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     let vg = lid % BV4;
     let v4 = wid.x * BV4 + vg;
     let vok = v4 < dv4;
+    let vc = min(v4, dv4 - 1u);
     let l2 = (p.flags & F_L2) != 0u;
+    let k40 = cg * RB4;
 
-    var hr: array<vec4<f32>, RB>;
-    for (var r = 0u; r < RB; r++) {
-        hr[r] = vec4<f32>(0.0);
-        let k = cg * RB + r;
-        if ((p.flags & F_HT) != 0u && vok && k < p.dk) {
-            let base = (bh * p.dv + v4 * 4u) * p.dk + k;
-            hr[r] = vec4<f32>(bs_dht[base], bs_dht[base + p.dk], bs_dht[base + 2u * p.dk], bs_dht[base + 3u * p.dk]);
+    var hr = HT(t4z(), t4z(), t4z(), t4z());
+    if ((p.flags & F_HT) != 0u && vok) {
+        hr.g0 = bs_dht_t4(bh, v4, cg * RB);
+        if (RB4 > 1u) {
+            hr.g1 = bs_dht_t4(bh, v4, cg * RB + 4u);
+        }
+        if (RB4 > 2u) {
+            hr.g2 = bs_dht_t4(bh, v4, cg * RB + 8u);
+            hr.g3 = bs_dht_t4(bh, v4, cg * RB + 12u);
         }
     }
 
@@ -241,92 +465,121 @@ fn delta_bwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         let hbase = (bh * p.nt + n) * p.dk;
         for (var r = 0u; r < RB; r++) {
             let k = cg * RB + r;
-            hs[k * BV4 + vg] = hr[r];
+            let hv = ht_get(hr, r);
+            hs[k * BV4 + vg] = hv;
             if (vok && k < p.dk) {
-                bs_dh[(hbase + k) * dv4 + v4] = hr[r];
+                bs_dh[(hbase + k) * dv4 + v4] = hv;
             }
         }
+        // this invocation's dv_new_local and dO rows, loaded early (clamped; masked below)
+        let c0 = 4u * cg;
+        let r0 = rbase + min(c0, len - 1u) * p.h;
+        let r1 = rbase + min(c0 + 1u, len - 1u) * p.h;
+        let r2 = rbase + min(c0 + 2u, len - 1u) * p.h;
+        let r3 = rbase + min(c0 + 3u, len - 1u) * p.h;
+        let dl = T4(bs_dvn[r0 * dv4 + vc], bs_dvn[r1 * dv4 + vc], bs_dvn[r2 * dv4 + vc], bs_dvn[r3 * dv4 + vc]);
+        let dov = T4(bs_do[r0 * dv4 + vc], bs_do[r1 * dv4 + vc], bs_do[r2 * dv4 + vc], bs_do[r3 * dv4 + vc]);
         workgroupBarrier();
 
-        // (a) dv_new = dv_new_local + diag(exp(gamma_L - gamma)) Khat dH
-        var acc: array<vec4<f32>, 4>;
-        for (var r = 0u; r < 4u; r++) {
-            acc[r] = vec4<f32>(0.0);
-        }
-        for (var k0 = 0u; k0 < p.dk; k0 += KT) {
-            for (var e = lid; e < C * (KT / 4u); e += NTH) {
-                let c = e / (KT / 4u);
-                let q4 = e % (KT / 4u);
-                var kv = vec4<f32>(0.0);
-                if (c < len && k0 / 4u + q4 < dk4) {
-                    kv = bs_k[(rbase + c * p.h) * dk4 + k0 / 4u + q4] * ksm[c];
-                }
-                for (var e2 = 0u; e2 < 4u; e2++) {
-                    tl[(q4 * 4u + e2) * 16u + c / 4u][c % 4u] = kv[e2];
-                }
-            }
-            workgroupBarrier();
-            for (var kk = 0u; kk < KT; kk++) {
-                let a = tl[kk * 16u + cg];
-                let hv = hs[(k0 + kk) * BV4 + vg];
-                acc[0] += a.x * hv;
-                acc[1] += a.y * hv;
-                acc[2] += a.z * hv;
-                acc[3] += a.w * hv;
-            }
-            workgroupBarrier();
+        // (a) dv_new = dv_new_local + diag(exp(gamma_L - gamma)) Khat dH, k rows from memory
+        let k0 = r0 * dk4;
+        let k1 = r1 * dk4;
+        let k2 = r2 * dk4;
+        let k3 = r3 * dk4;
+        var acc = t4z();
+        var xa = bs_kq(k0, k1, k2, k3, 0u, dk4);
+        var xb = bs_kq(k0, k1, k2, k3, 1u, dk4);
+        var xc = bs_kq(k0, k1, k2, k3, 2u, dk4);
+        var xd = bs_kq(k0, k1, k2, k3, 3u, dk4);
+        for (var k4 = 0u; k4 < DK4; k4 += 4u) {
+            let na = bs_kq(k0, k1, k2, k3, k4 + 4u, dk4);
+            let nb = bs_kq(k0, k1, k2, k3, k4 + 5u, dk4);
+            let nc = bs_kq(k0, k1, k2, k3, k4 + 6u, dk4);
+            let nd = bs_kq(k0, k1, k2, k3, k4 + 7u, dk4);
+            acc = t4k(acc, xa, k4, vg);
+            acc = t4k(acc, xb, k4 + 1u, vg);
+            acc = t4k(acc, xc, k4 + 2u, vg);
+            acc = t4k(acc, xd, k4 + 3u, vg);
+            xa = na;
+            xb = nb;
+            xc = nc;
+            xd = nd;
         }
         let gl = gsm[len - 1u];
         for (var r = 0u; r < 4u; r++) {
-            let c = 4u * cg + r;
+            let c = c0 + r;
             var dvn = vec4<f32>(0.0);
-            var dov = vec4<f32>(0.0);
+            var dos = vec4<f32>(0.0);
             if (c < len && vok) {
-                let idx = (rbase + c * p.h) * dv4 + v4;
-                dvn = bs_dvn[idx] + acc[r] * exp(gl - gsm[c]);
-                bs_dvn[idx] = dvn;
-                dov = bs_do[idx] * (p.scale * exp(gsm[c]));
+                dvn = t4row(dl, r) + t4row(acc, r) * (exp(gl - gsm[c]) * ksm[c]);
+                bs_dvn[(rbase + c * p.h) * dv4 + v4] = dvn;
+                // q rows are read raw below: fold in the query's norm factor
+                dos = t4row(dov, r) * (p.scale * exp(gsm[c]) * qsm[c]);
             }
-            ysm[c * BV4 + vg] = dov;
+            ysm[c * BV4 + vg] = dos;
             ysm[(C + c) * BV4 + vg] = -dvn;
         }
         workgroupBarrier();
 
         // (b) dH <- exp(gamma_L) dH + Qhat^T (s exp(gamma) dO) + w^T (-dv_new)
-        let eg = exp(gl);
-        for (var r = 0u; r < RB; r++) {
-            hr[r] *= eg;
-        }
-        for (var ps = 0u; ps < 2u; ps++) {
-            for (var c0 = 0u; c0 < len; c0 += CT) {
-                for (var e = lid; e < CT * (DK / 4u); e += NTH) {
-                    let c = c0 + e / (DK / 4u);
-                    let k4 = e % (DK / 4u);
-                    var xv = vec4<f32>(0.0);
-                    if (c < len && k4 < dk4) {
-                        let idx = (rbase + c * p.h) * dk4 + k4;
-                        if (ps == 0u) {
-                            xv = bs_q[idx] * qsm[c];
-                        } else {
-                            xv = bs_w[idx];
-                        }
-                    }
-                    tl[e] = xv;
-                }
-                workgroupBarrier();
-                for (var cc = 0u; cc < CT; cc++) {
-                    let y = ysm[(ps * C + c0 + cc) * BV4 + vg];
-                    for (var r4 = 0u; r4 < RB4; r4++) {
-                        let kv = tl[cc * (DK / 4u) + cg * RB4 + r4];
-                        hr[r4 * 4u] += kv.x * y;
-                        hr[r4 * 4u + 1u] += kv.y * y;
-                        hr[r4 * 4u + 2u] += kv.z * y;
-                        hr[r4 * 4u + 3u] += kv.w * y;
-                    }
-                }
-                workgroupBarrier();
+        hr = ht_scale(hr, exp(gl));
+        if (RB4 <= 2u) {
+            // four rows of q and of w a step (DK <= 128: 16 vec4 in flight)
+            var q0 = bs_row(0u, rbase, 0u, len, k40, dk4);
+            var q1 = bs_row(0u, rbase, 1u, len, k40, dk4);
+            var q2 = bs_row(0u, rbase, 2u, len, k40, dk4);
+            var q3 = bs_row(0u, rbase, 3u, len, k40, dk4);
+            var w0 = bs_row(1u, rbase, 0u, len, k40, dk4);
+            var w1 = bs_row(1u, rbase, 1u, len, k40, dk4);
+            var w2 = bs_row(1u, rbase, 2u, len, k40, dk4);
+            var w3 = bs_row(1u, rbase, 3u, len, k40, dk4);
+            for (var c = 0u; c < C; c += 4u) {
+                let m0 = bs_row(0u, rbase, c + 4u, len, k40, dk4);
+                let m1 = bs_row(0u, rbase, c + 5u, len, k40, dk4);
+                let m2 = bs_row(0u, rbase, c + 6u, len, k40, dk4);
+                let m3 = bs_row(0u, rbase, c + 7u, len, k40, dk4);
+                let m4 = bs_row(1u, rbase, c + 4u, len, k40, dk4);
+                let m5 = bs_row(1u, rbase, c + 5u, len, k40, dk4);
+                let m6 = bs_row(1u, rbase, c + 6u, len, k40, dk4);
+                let m7 = bs_row(1u, rbase, c + 7u, len, k40, dk4);
+                hr = ht_fma(hr, q0, ysm[c * BV4 + vg]);
+                hr = ht_fma(hr, w0, ysm[(C + c) * BV4 + vg]);
+                hr = ht_fma(hr, q1, ysm[(c + 1u) * BV4 + vg]);
+                hr = ht_fma(hr, w1, ysm[(C + c + 1u) * BV4 + vg]);
+                hr = ht_fma(hr, q2, ysm[(c + 2u) * BV4 + vg]);
+                hr = ht_fma(hr, w2, ysm[(C + c + 2u) * BV4 + vg]);
+                hr = ht_fma(hr, q3, ysm[(c + 3u) * BV4 + vg]);
+                hr = ht_fma(hr, w3, ysm[(C + c + 3u) * BV4 + vg]);
+                q0 = m0;
+                q1 = m1;
+                q2 = m2;
+                q3 = m3;
+                w0 = m4;
+                w1 = m5;
+                w2 = m6;
+                w3 = m7;
+            }
+        } else {
+            var q0 = bs_row(0u, rbase, 0u, len, k40, dk4);
+            var q1 = bs_row(0u, rbase, 1u, len, k40, dk4);
+            var w0 = bs_row(1u, rbase, 0u, len, k40, dk4);
+            var w1 = bs_row(1u, rbase, 1u, len, k40, dk4);
+            for (var c = 0u; c < C; c += 2u) {
+                let m0 = bs_row(0u, rbase, c + 2u, len, k40, dk4);
+                let m1 = bs_row(0u, rbase, c + 3u, len, k40, dk4);
+                let m2 = bs_row(1u, rbase, c + 2u, len, k40, dk4);
+                let m3 = bs_row(1u, rbase, c + 3u, len, k40, dk4);
+                hr = ht_fma(hr, q0, ysm[c * BV4 + vg]);
+                hr = ht_fma(hr, w0, ysm[(C + c) * BV4 + vg]);
+                hr = ht_fma(hr, q1, ysm[(c + 1u) * BV4 + vg]);
+                hr = ht_fma(hr, w1, ysm[(C + c + 1u) * BV4 + vg]);
+                q0 = m0;
+                q1 = m1;
+                w0 = m2;
+                w1 = m3;
             }
         }
+        workgroupBarrier();
     }
 
     if ((p.flags & F_H0) != 0u && vok) {
@@ -334,10 +587,11 @@ fn delta_bwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             let k = cg * RB + r;
             if (k < p.dk) {
                 let base = (bh * p.dv + v4 * 4u) * p.dk + k;
-                bs_dh0[base] = hr[r].x;
-                bs_dh0[base + p.dk] = hr[r].y;
-                bs_dh0[base + 2u * p.dk] = hr[r].z;
-                bs_dh0[base + 3u * p.dk] = hr[r].w;
+                let hv = ht_get(hr, r);
+                bs_dh0[base] = hv.x;
+                bs_dh0[base + p.dk] = hv.y;
+                bs_dh0[base + 2u * p.dk] = hv.z;
+                bs_dh0[base + 3u * p.dk] = hv.w;
             }
         }
     }

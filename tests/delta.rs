@@ -37,32 +37,84 @@ fn inputs(r: &mut impl Rng, s: &DeltaShape, with_h0: bool, glog: (f64, f64)) -> 
         }
     }
     let v = (0..nv).map(|_| r.random_range(-1.0..1.0)).collect();
-    let g = (0..ng).map(|_| -r.random_range(glog.0..glog.1).exp()).collect();
+    let g = (0..ng)
+        .map(|_| -r.random_range(glog.0..glog.1).exp())
+        .collect();
     let beta = (0..ng).map(|_| r.random_range(0.02..0.98)).collect();
-    let h0 = with_h0.then(|| (0..s.b * s.h * s.dv * s.dk).map(|_| r.random_range(-1.0..1.0)).collect());
-    Inputs { q, k, v, g, beta, h0 }
+    let h0 = with_h0.then(|| {
+        (0..s.b * s.h * s.dv * s.dk)
+            .map(|_| r.random_range(-1.0..1.0))
+            .collect()
+    });
+    Inputs {
+        q,
+        k,
+        v,
+        g,
+        beta,
+        h0,
+    }
 }
 
 #[test]
 fn reference_backward_matches_finite_differences() {
     let mut r = rng(11);
-    for &(l2norm, with_h0, with_dht) in &[(false, false, false), (true, true, true), (true, false, true), (false, true, false)] {
-        let s = DeltaShape { b: 2, t: 5, h: 2, dk: 4, dv: 3, scale: 0.7, l2norm };
+    for &(l2norm, with_h0, with_dht) in &[
+        (false, false, false),
+        (true, true, true),
+        (true, false, true),
+        (false, true, false),
+    ] {
+        let s = DeltaShape {
+            b: 2,
+            t: 5,
+            h: 2,
+            dk: 4,
+            dv: 3,
+            scale: 0.7,
+            l2norm,
+        };
         let x = inputs(&mut r, &s, with_h0, (-3.0, 1.0));
-        let w_o: Vec<f64> = (0..s.b * s.t * s.h * s.dv).map(|_| r.random_range(-1.0..1.0)).collect();
-        let w_h: Vec<f64> = (0..s.b * s.h * s.dv * s.dk).map(|_| r.random_range(-1.0..1.0)).collect();
+        let w_o: Vec<f64> = (0..s.b * s.t * s.h * s.dv)
+            .map(|_| r.random_range(-1.0..1.0))
+            .collect();
+        let w_h: Vec<f64> = (0..s.b * s.h * s.dv * s.dk)
+            .map(|_| r.random_range(-1.0..1.0))
+            .collect();
         let loss = |x: &Inputs| {
             let (o, ht) = cpu::forward(&s, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref());
             let lo: f64 = o.iter().zip(&w_o).map(|(a, b)| a * b).sum();
-            let lh: f64 = if with_dht { ht.iter().zip(&w_h).map(|(a, b)| a * b).sum() } else { 0.0 };
+            let lh: f64 = if with_dht {
+                ht.iter().zip(&w_h).map(|(a, b)| a * b).sum()
+            } else {
+                0.0
+            };
             lo + lh
         };
-        let gr = cpu::backward(&s, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref(), &w_o, with_dht.then_some(&w_h[..]));
+        let gr = cpu::backward(
+            &s,
+            &x.q,
+            &x.k,
+            &x.v,
+            &x.g,
+            &x.beta,
+            x.h0.as_deref(),
+            &w_o,
+            with_dht.then_some(&w_h[..]),
+        );
         let eps = 1e-5;
-        let mut check = |name: &str, field: fn(&mut Inputs) -> &mut Vec<f64>, want: &[f64]| {
-            let mut x2 = Inputs { q: x.q.clone(), k: x.k.clone(), v: x.v.clone(), g: x.g.clone(), beta: x.beta.clone(), h0: x.h0.clone() };
+        let check = |name: &str, field: fn(&mut Inputs) -> &mut Vec<f64>, want: &[f64]| {
+            let mut x2 = Inputs {
+                q: x.q.clone(),
+                k: x.k.clone(),
+                v: x.v.clone(),
+                g: x.g.clone(),
+                beta: x.beta.clone(),
+                h0: x.h0.clone(),
+            };
             let n = field(&mut x2).len();
             let mut fd = vec![0.0; n];
+            #[allow(clippy::needless_range_loop)]
             for i in 0..n {
                 let x0 = field(&mut x2)[i];
                 field(&mut x2)[i] = x0 + eps;
@@ -74,7 +126,10 @@ fn reference_backward_matches_finite_differences() {
             }
             let e = rel_rms(want, &fd);
             eprintln!("fd l2norm={l2norm} h0={with_h0} dht={with_dht} {name}: rel rms {e:.2e}");
-            assert!(e < 1e-7, "{name}: analytic vs finite differences rel rms {e:.3e}");
+            assert!(
+                e < 1e-7,
+                "{name}: analytic vs finite differences rel rms {e:.3e}"
+            );
         };
         check("dq", |x| &mut x.q, &gr.dq);
         check("dk", |x| &mut x.k, &gr.dk);
@@ -94,19 +149,46 @@ fn shape(b: usize, t: usize, h: usize, d: usize, l2norm: bool) -> DeltaShape {
 #[test]
 fn chunked_f64_model_matches_naive_recurrence() {
     let mut r = rng(12);
-    for &(t, c, l2norm, with_h0) in &[(1, 4, false, true), (9, 4, true, false), (13, 4, false, true), (70, 16, true, true)] {
+    for &(t, c, l2norm, with_h0) in &[
+        (1, 4, false, true),
+        (9, 4, true, false),
+        (13, 4, false, true),
+        (70, 16, true, true),
+    ] {
         let mut s = shape(2, t, 2, 6, l2norm);
         s.dv = 5;
         let x = inputs(&mut r, &s, with_h0, (-4.0, 1.6));
         let (o, ht) = cpu::forward(&s, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref());
-        let (oc, htc, _) = delta::chunk_ref::forward(&s, c, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref());
+        let (oc, htc, _) =
+            delta::chunk_ref::forward(&s, c, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref());
         let (eo, eh) = (rel_rms(&oc, &o), rel_rms(&htc, &ht));
         eprintln!("chunk model T={t} C={c}: o {eo:.1e} ht {eh:.1e}");
         assert!(eo < 1e-12 && eh < 1e-12);
         let dout: Vec<f64> = (0..o.len()).map(|_| r.random_range(-1.0..1.0)).collect();
         let dht: Vec<f64> = (0..ht.len()).map(|_| r.random_range(-1.0..1.0)).collect();
-        let want = cpu::backward(&s, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref(), &dout, Some(&dht));
-        let got = delta::chunk_ref::backward(&s, c, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref(), &dout, Some(&dht));
+        let want = cpu::backward(
+            &s,
+            &x.q,
+            &x.k,
+            &x.v,
+            &x.g,
+            &x.beta,
+            x.h0.as_deref(),
+            &dout,
+            Some(&dht),
+        );
+        let got = delta::chunk_ref::backward(
+            &s,
+            c,
+            &x.q,
+            &x.k,
+            &x.v,
+            &x.g,
+            &x.beta,
+            x.h0.as_deref(),
+            &dout,
+            Some(&dht),
+        );
         for (name, a, b) in [
             ("dq", &got.dq, &want.dq),
             ("dk", &got.dk, &want.dk),
@@ -135,7 +217,14 @@ fn down(t: &Tensor) -> Vec<f64> {
 /// Inputs rounded to f32 (what the GPU sees), so the f64 reference gets the same values.
 fn rounded(x: &Inputs) -> Inputs {
     let r = |v: &Vec<f64>| v.iter().map(|&a| a as f32 as f64).collect::<Vec<_>>();
-    Inputs { q: r(&x.q), k: r(&x.k), v: r(&x.v), g: r(&x.g), beta: r(&x.beta), h0: x.h0.as_ref().map(r) }
+    Inputs {
+        q: r(&x.q),
+        k: r(&x.k),
+        v: r(&x.v),
+        g: r(&x.g),
+        beta: r(&x.beta),
+        h0: x.h0.as_ref().map(r),
+    }
 }
 
 struct Gpu5 {
@@ -163,22 +252,36 @@ fn gpu_forward(s: &DeltaShape, t: &Gpu5) -> (Vec<f64>, Vec<f64>) {
     let g = gpu();
     let o = g.zeros(&[s.b, s.t, s.h, s.dv]).unwrap();
     let ht = g.zeros(&[s.b, s.h, s.dv, s.dk]).unwrap();
-    g.run(|b| delta::chunk_forward(b, s, &t.q, &t.k, &t.v, &t.g, &t.beta, t.h0.as_ref(), &o, Some(&ht))).unwrap();
+    g.run(|b| {
+        delta::chunk_forward(
+            b,
+            s,
+            &t.q,
+            &t.k,
+            &t.v,
+            &t.g,
+            &t.beta,
+            t.h0.as_ref(),
+            &o,
+            Some(&ht),
+        )
+    })
+    .unwrap();
     (down(&o), down(&ht))
 }
 
 fn check_forward(label: &str, s: &DeltaShape, x: &Inputs) -> (f64, f64) {
     let x = rounded(x);
     let (o, ht) = gpu_forward(s, &upload(s, &x));
-    assert!(o.iter().chain(&ht).all(|v| v.is_finite()), "{label}: non-finite output");
+    assert!(
+        o.iter().chain(&ht).all(|v| v.is_finite()),
+        "{label}: non-finite output"
+    );
     let (wo, wh) = cpu::forward(s, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref());
     let (eo, eh) = (rel_rms(&o, &wo), rel_rms(&ht, &wh));
     eprintln!("forward {label}: o rel rms {eo:.2e}, ht rel rms {eh:.2e}");
     (eo, eh)
 }
-
-
-
 
 /// GPU backward vs the f64 reference; returns the worst rel rms.
 fn check_backward(label: &str, s: &DeltaShape, x: &Inputs, with_dht: bool, seed: u64) -> f64 {
@@ -186,23 +289,102 @@ fn check_backward(label: &str, s: &DeltaShape, x: &Inputs, with_dht: bool, seed:
     let x = rounded(x);
     let mut r = rng(seed);
     let nv = s.rows() * s.dv;
-    let dout: Vec<f64> = (0..nv).map(|_| r.random_range(-1.0f32..1.0) as f64).collect();
-    let dht: Vec<f64> = (0..s.b * s.h * s.dv * s.dk).map(|_| r.random_range(-1.0f32..1.0) as f64).collect();
+    let dout: Vec<f64> = (0..nv)
+        .map(|_| r.random_range(-1.0f32..1.0) as f64)
+        .collect();
+    let dht: Vec<f64> = (0..s.b * s.h * s.dv * s.dk)
+        .map(|_| r.random_range(-1.0f32..1.0) as f64)
+        .collect();
     let t = upload(s, &x);
     let tdo = up(&dout, &[s.b, s.t, s.h, s.dv]);
     let tdht = up(&dht, &[s.b, s.h, s.dv, s.dk]);
     let gr = delta::DeltaGrads::new(g, s, x.h0.is_some()).unwrap();
-    g.run(|b| delta::chunk_backward(b, s, &t.q, &t.k, &t.v, &t.g, &t.beta, t.h0.as_ref(), &tdo, with_dht.then_some(&tdht), &gr)).unwrap();
-    let want = cpu::backward(s, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref(), &dout, with_dht.then_some(&dht[..]));
+    // odd seeds: the backward takes the forward's intermediates from the shared workspace
+    let reuse = seed % 2 == 1;
+    if reuse {
+        let ws = delta::DeltaWorkspace::new(g, s, true).unwrap();
+        let o = g.zeros(&[s.b, s.t, s.h, s.dv]).unwrap();
+        g.run(|b| {
+            delta::chunk_forward_ws(
+                b,
+                &ws,
+                &t.q,
+                &t.k,
+                &t.v,
+                &t.g,
+                &t.beta,
+                t.h0.as_ref(),
+                &o,
+                None,
+            )
+        })
+        .unwrap();
+        g.run(|b| {
+            delta::chunk_backward_after_forward(
+                b,
+                &ws,
+                &t.q,
+                &t.k,
+                &t.v,
+                &t.g,
+                &t.beta,
+                t.h0.as_ref(),
+                &tdo,
+                with_dht.then_some(&tdht),
+                &gr,
+            )
+        })
+        .unwrap();
+    } else {
+        g.run(|b| {
+            delta::chunk_backward(
+                b,
+                s,
+                &t.q,
+                &t.k,
+                &t.v,
+                &t.g,
+                &t.beta,
+                t.h0.as_ref(),
+                &tdo,
+                with_dht.then_some(&tdht),
+                &gr,
+            )
+        })
+        .unwrap();
+    }
+    let want = cpu::backward(
+        s,
+        &x.q,
+        &x.k,
+        &x.v,
+        &x.g,
+        &x.beta,
+        x.h0.as_deref(),
+        &dout,
+        with_dht.then_some(&dht[..]),
+    );
     let mut worst = 0.0f64;
-    let mut line = format!("backward {label}:");
-    let mut all = vec![("dq", &gr.dq, &want.dq), ("dk", &gr.dk, &want.dk), ("dv", &gr.dv, &want.dv), ("dg", &gr.dg, &want.dg), ("dbeta", &gr.dbeta, &want.dbeta)];
+    let mut line = format!(
+        "backward{} {label}:",
+        if reuse { " (after forward)" } else { "" }
+    );
+    let mut all = vec![
+        ("dq", &gr.dq, &want.dq),
+        ("dk", &gr.dk, &want.dk),
+        ("dv", &gr.dv, &want.dv),
+        ("dg", &gr.dg, &want.dg),
+        ("dbeta", &gr.dbeta, &want.dbeta),
+    ];
     if let Some(d) = &gr.dh0 {
         all.push(("dh0", d, &want.dh0));
     }
     for (name, got, want) in all {
         let got = down(got);
-        assert!(got.iter().all(|v| v.is_finite()), "{label} {name}: non-finite");
+        assert!(
+            got.iter().all(|v| v.is_finite()),
+            "{label} {name}: non-finite"
+        );
         let e = rel_rms(&got, want);
         line += &format!(" {name} {e:.1e}");
         worst = worst.max(e);
@@ -210,7 +392,6 @@ fn check_backward(label: &str, s: &DeltaShape, x: &Inputs, with_dht: bool, seed:
     eprintln!("{line}");
     worst
 }
-
 
 /// log-range of -g: g = -exp(U(lo, hi)); weak decay (g in [-0.14, -0.0025]), strong
 /// (g in [-5, -1]) and mixed.
@@ -236,10 +417,24 @@ fn chunk_forward_matches_naive_recurrence() {
     cases.push((1, 64, 1, 128, 128, false, true, STRONG));
     cases.push((1, 1, 1, 128, 128, true, false, WEAK));
     cases.push((2, 100, 2, 32, 48, true, true, MIXED));
+    // dk > 128: the state kernels' 256-row variant, with padding past dk
+    cases.push((1, 70, 1, 160, 96, true, true, MIXED));
     for (b, t, h, dk, dv, l2, h0, gate) in cases {
-        let s = DeltaShape { b, t, h, dk, dv, scale: 1.0 / (dk as f32).sqrt(), l2norm: l2 };
+        let s = DeltaShape {
+            b,
+            t,
+            h,
+            dk,
+            dv,
+            scale: 1.0 / (dk as f32).sqrt(),
+            l2norm: l2,
+        };
         let x = inputs(&mut r, &s, h0, gate);
-        let (eo, eh) = check_forward(&format!("B={b} T={t} H={h} dk={dk} dv={dv} l2={l2} h0={h0} g={gate:?}"), &s, &x);
+        let (eo, eh) = check_forward(
+            &format!("B={b} T={t} H={h} dk={dk} dv={dv} l2={l2} h0={h0} g={gate:?}"),
+            &s,
+            &x,
+        );
         assert!(eo <= 1e-5 && eh <= 1e-5, "o {eo:.2e} ht {eh:.2e}");
         worst = (worst.0.max(eo), worst.1.max(eh));
     }
@@ -258,7 +453,11 @@ fn chunk_forward_equals_chained_steps() {
         // T single-token calls, each on a [B, 1, H, *] slice, state in place
         let st = up(x.h0.as_ref().unwrap(), &[b, h, d, d]);
         let one = DeltaShape { t: 1, ..s };
-        let slice = |v: &[f64], w: usize, tt: usize| -> Vec<f64> { (0..b).flat_map(|bb| v[((bb * t + tt) * h) * w..((bb * t + tt) * h + h) * w].to_vec()).collect() };
+        let slice = |v: &[f64], w: usize, tt: usize| -> Vec<f64> {
+            (0..b)
+                .flat_map(|bb| v[((bb * t + tt) * h) * w..((bb * t + tt) * h + h) * w].to_vec())
+                .collect()
+        };
         let mut steps = vec![];
         for tt in 0..t {
             let ts = Gpu5 {
@@ -282,7 +481,8 @@ fn chunk_forward_equals_chained_steps() {
         for (tt, (_, o)) in steps.iter().enumerate() {
             let ov = down(o);
             for bb in 0..b {
-                o_steps[((bb * t + tt) * h) * d..((bb * t + tt) * h + h) * d].copy_from_slice(&ov[bb * h * d..(bb + 1) * h * d]);
+                o_steps[((bb * t + tt) * h) * d..((bb * t + tt) * h + h) * d]
+                    .copy_from_slice(&ov[bb * h * d..(bb + 1) * h * d]);
             }
         }
         let (eo, eh) = (rel_rms(&o_steps, &o_chunk), rel_rms(&down(&st), &ht_chunk));
@@ -300,16 +500,41 @@ fn chunk_backward_matches_reference_backward() {
     let mut cases = vec![];
     for (i, &t) in [1, 2, 63, 64, 65, 130, 300].iter().enumerate() {
         let gate = [WEAK, STRONG, MIXED][i % 3];
-        cases.push((1 + i % 2, t, 1 + 2 * (i % 2), 16, 16, i % 2 == 0, i % 3 != 1, i % 2 == 1, gate));
+        cases.push((
+            1 + i % 2,
+            t,
+            1 + 2 * (i % 2),
+            16,
+            16,
+            i % 2 == 0,
+            i % 3 != 1,
+            i % 2 == 1,
+            gate,
+        ));
     }
     cases.push((1, 65, 3, 64, 64, true, true, true, MIXED));
     cases.push((2, 300, 1, 64, 64, false, false, false, WEAK));
     cases.push((1, 130, 1, 128, 128, true, true, true, MIXED));
     cases.push((1, 100, 2, 32, 48, true, true, true, STRONG));
+    cases.push((1, 70, 1, 160, 96, true, true, true, MIXED));
     for (i, (b, t, h, dk, dv, l2, h0, dht, gate)) in cases.into_iter().enumerate() {
-        let s = DeltaShape { b, t, h, dk, dv, scale: 1.0 / (dk as f32).sqrt(), l2norm: l2 };
+        let s = DeltaShape {
+            b,
+            t,
+            h,
+            dk,
+            dv,
+            scale: 1.0 / (dk as f32).sqrt(),
+            l2norm: l2,
+        };
         let x = inputs(&mut r, &s, h0, gate);
-        let e = check_backward(&format!("B={b} T={t} H={h} dk={dk} dv={dv} l2={l2} h0={h0} dht={dht} g={gate:?}"), &s, &x, dht, 100 + i as u64);
+        let e = check_backward(
+            &format!("B={b} T={t} H={h} dk={dk} dv={dv} l2={l2} h0={h0} dht={dht} g={gate:?}"),
+            &s,
+            &x,
+            dht,
+            100 + i as u64,
+        );
         assert!(e <= 1e-4, "worst gradient rel rms {e:.2e}");
         worst = worst.max(e);
     }
@@ -318,50 +543,73 @@ fn chunk_backward_matches_reference_backward() {
 
 #[test]
 fn long_sequence_extreme_gates_stay_finite() {
+    // one T = 8192 sequence: beta = 0 on the first quarter, beta = 1 on the second, then
+    // 0 / 1 / random interleaved; strong decay with g = -20 spikes throughout
     let mut r = rng(43);
     let s = shape(1, 8192, 1, 16, true);
-    for (label, beta) in [("beta=0", 0.0), ("beta=1", 1.0), ("beta mixed", -1.0)] {
-        let mut x = inputs(&mut r, &s, true, STRONG);
-        for (i, gv) in x.g.iter_mut().enumerate() {
-            if i % 97 == 13 || i % 1000 == 999 {
-                *gv = -20.0;
-            }
+    let mut x = inputs(&mut r, &s, true, STRONG);
+    for (i, gv) in x.g.iter_mut().enumerate() {
+        if i % 97 == 13 || i % 1000 == 999 {
+            *gv = -20.0;
         }
-        if beta >= 0.0 {
-            x.beta.iter_mut().for_each(|b| *b = beta);
-        } else {
-            for (i, b) in x.beta.iter_mut().enumerate() {
-                *b = [0.0, 1.0, *b][i % 3];
-            }
-        }
-        let (eo, eh) = check_forward(&format!("T=8192 g=-20 spikes {label}"), &s, &x);
-        let e = check_backward(&format!("T=8192 g=-20 spikes {label}"), &s, &x, true, 44);
-        assert!(eo <= 1e-5 && eh <= 1e-5 && e <= 1e-4);
     }
+    for (i, b) in x.beta.iter_mut().enumerate() {
+        *b = match i {
+            0..2048 => 0.0,
+            2048..4096 => 1.0,
+            _ => [0.0, 1.0, *b][i % 3],
+        };
+    }
+    let (eo, eh) = check_forward("T=8192 g=-20 spikes, beta 0 / 1 / mixed", &s, &x);
+    let e = check_backward("T=8192 g=-20 spikes, beta 0 / 1 / mixed", &s, &x, true, 44);
+    assert!(eo <= 1e-5 && eh <= 1e-5 && e <= 1e-4);
 }
 
+/// Real-GPU timing report (run by hand: `cargo test --release --test delta gpu_bench_report
+/// -- --ignored --nocapture`); DELTA_SHAPES="b,t,h,d;..." and DELTA_TILES="fwd,bwd;..."
+/// pick the problems and the state-pass tiles to try.
 #[test]
 #[ignore]
-fn profile_probe() {
-    use taylorcal::gpu::GpuTimer;
+fn gpu_bench_report() {
     let g = gpu();
-    let mut r = rng(21);
-    let (t, h, d) = std::env::var("PROBE").ok().map(|v| { let x: Vec<usize> = v.split(',').map(|a| a.parse().unwrap()).collect(); (x[0], x[1], x[2]) }).unwrap_or((8192, 1, 16));
-    let s = shape(1, t, h, d, true);
-    let x = rounded(&inputs(&mut r, &s, true, MIXED));
-    let tx = upload(&s, &x);
-    let o = g.zeros(&[s.b, s.t, s.h, s.dv]).unwrap();
-    let gr = delta::DeltaGrads::new(g, &s, true).unwrap();
-    let dout = up(&x.v, &[s.b, s.t, s.h, s.dv]);
-    for it in 0..2 {
-        let mut timer = GpuTimer::new(g, 64).unwrap();
-        let mut b = g.batch();
-        b.time_with(&mut timer);
-        delta::chunk_forward(&mut b, &s, &tx.q, &tx.k, &tx.v, &tx.g, &tx.beta, tx.h0.as_ref(), &o, None).unwrap();
-        delta::chunk_backward(&mut b, &s, &tx.q, &tx.k, &tx.v, &tx.g, &tx.beta, tx.h0.as_ref(), &dout, None, &gr).unwrap();
-        b.submit();
-        for (l, secs, n) in timer.by_label(g).unwrap() {
-            eprintln!("it{it} {l}: {:.2} ms x{n}", secs * 1e3);
+    eprintln!("adapter: {} ({})", g.info.name, g.info.backend);
+    let shapes = std::env::var("DELTA_SHAPES")
+        .unwrap_or_else(|_| "1,2048,16,64;4,4096,16,128;1,8192,8,128".into());
+    let tiles_env = std::env::var("DELTA_TILES").unwrap_or_default();
+    for sh in shapes.split(';') {
+        let v: Vec<usize> = sh.split(',').map(|x| x.trim().parse().unwrap()).collect();
+        let s = shape(v[0], v[1], v[2], v[3], true);
+        let mut tiles: Vec<Option<delta::DeltaTiles>> = vec![None];
+        for t in tiles_env.split(';').filter(|t| !t.is_empty()) {
+            let x: Vec<usize> = t.split(',').map(|a| a.trim().parse().unwrap()).collect();
+            tiles.push(Some(delta::DeltaTiles {
+                bv_fwd: x[0],
+                bv_bwd: x[1],
+            }));
+        }
+        for tl in tiles {
+            let tl = tl.unwrap_or_else(|| delta::DeltaTiles::auto(g, &s));
+            let recompute = std::env::var("DELTA_RECOMPUTE").is_ok();
+            for backward in [false, true] {
+                match delta::bench::profile_delta(g, &s, backward, Some(tl), recompute) {
+                    Ok(p) => {
+                        let total: f64 = p.iter().map(|x| x.1).sum();
+                        let parts: Vec<String> = p
+                            .iter()
+                            .map(|(l, t)| {
+                                format!("{}={:.3}", l.trim_start_matches("delta_"), t * 1e3)
+                            })
+                            .collect();
+                        eprintln!(
+                            "{sh} {tl:?} {}: {:.3} ms [{}]",
+                            if backward { "fwd+bwd" } else { "fwd" },
+                            total * 1e3,
+                            parts.join(" ")
+                        );
+                    }
+                    Err(e) => eprintln!("{sh} {tl:?}: {e:#}"),
+                }
+            }
         }
     }
 }

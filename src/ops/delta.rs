@@ -1,5 +1,5 @@
 //! The gated delta rule (Gated DeltaNet's sequence mixer): chunked forward and backward,
-//! one-step recurrent decoding, and the f64 reference ([`cpu`]).
+//! one-step recurrent decoding, and the f64 references ([`cpu`], [`chunk_ref`]).
 //!
 //! Per batch b and head h the state S is a [dv, dk] matrix and, token by token,
 //!
@@ -10,7 +10,39 @@
 //! with q, k [B, T, H, dk], v [B, T, H, dv], log-decay g [B, T, H] (g <= 0),
 //! beta [B, T, H] in [0, 1], optional initial state h0 [B, H, dv, dk]; o [B, T, H, dv],
 //! optional final state ht [B, H, dv, dk]. With `l2norm`, q and k are normalised per head
-//! inside the op as `x / sqrt(sum x^2 + 1e-6)` (flash-linear-attention's convention).
+//! inside the op as `x / sqrt(sum x^2 + 1e-6)` (flash-linear-attention's convention,
+//! [`L2_EPS`]); the scale multiplies the normalised q. dk and dv are independent
+//! multiples of 4 up to 256.
+//!
+//! # API
+//! - [`chunk_forward`] / [`chunk_forward_ws`]: o and optionally ht.
+//! - [`chunk_backward`] / [`chunk_backward_ws`]: dq, dk, dv, dg (w.r.t. the per-token g),
+//!   dbeta, and dh0 when h0 was given, from d(o) and optionally d(ht); recomputes what the
+//!   forward did not keep. [`chunk_backward_after_forward`] takes the forward's
+//!   intermediates from a shared [`DeltaWorkspace`] instead (the training path).
+//! - [`recurrent_step`]: decoding, in place on the state.
+//! - [`bench::bench_delta`], [`bench::profile_delta`]: GPU timings.
+//!
+//! # Kernels (chunk C = 64, flash-linear-attention's chunked algorithm)
+//! `delta_chunk.wgsl`: `delta_prep` (per-token in-chunk cumsum gamma of g, L2-norm
+//! factors), `delta_intra` (A = tril(beta KK^T exp(gamma_i - gamma_j)), T = (I + A)^-1
+//! by a blocked 16 x 16 solve, w = T beta exp(gamma) K, u = T beta V);
+//! `delta_state.wgsl`: the two sequential passes over chunks (forward states `h[n]` and
+//! v_new = u - w h; backward `dh[n]` and dv_new), parallel over (B, H, blocks of dv);
+//! `delta_out.wgsl`: `delta_fwd_out` (o = s [exp(gamma) Q h + tril(QK^T M) v_new]) and
+//! `delta_bwd_local` (the intra-chunk part of dv_new, dS, dgamma); `delta_bwd.wgsl`:
+//! `delta_bwd_dqkw` (dq, dk, dw, dgamma), `delta_bwd_wy_a` / `delta_bwd_wy_b` (back
+//! through T, w, u; reverse cumsum of dgamma; L2-norm backward); `delta_step.wgsl`.
+//! Chunk-parallel kernels run one 256-invocation workgroup per (chunk, b*H + h). Only
+//! exponentials of non-positive differences of gamma are taken. Every kernel fits 16 KiB of
+//! workgroup memory by default ([`DeltaTiles`]).
+//!
+//! # Memory
+//! With R = B*T*H rows and N = B*H*ceil(T/64) chunks, the workspace holds (f32 elements)
+//! R (4 + dk + 2 dv) + N dk dv for the forward and R (dk + dv) + N (2 * 64^2 + dk dv) more
+//! for the backward; see [`DeltaWorkspace::bytes`]. Every buffer must fit one storage
+//! binding of the adapter (a clear error otherwise).
+pub mod bench;
 pub mod chunk_ref;
 pub mod cpu;
 
@@ -32,7 +64,15 @@ pub struct DeltaShape {
 impl DeltaShape {
     /// The GDN block's case: dk = dv = d, scale 1/sqrt(d).
     pub fn new(b: usize, t: usize, h: usize, d: usize, l2norm: bool) -> DeltaShape {
-        DeltaShape { b, t, h, dk: d, dv: d, scale: 1.0 / (d as f32).sqrt(), l2norm }
+        DeltaShape {
+            b,
+            t,
+            h,
+            dk: d,
+            dv: d,
+            scale: 1.0 / (d as f32).sqrt(),
+            l2norm,
+        }
     }
 }
 
@@ -112,7 +152,7 @@ impl DeltaShape {
 }
 
 /// Tile choices of the sequential state passes: BV value columns per workgroup
-/// (8, 16, 32 or 64; 4 * BV threads) for the forward and the backward pass.
+/// (8, 16 or 32; 4 * BV invocations) for the forward and the backward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeltaTiles {
     pub bv_fwd: usize,
@@ -122,11 +162,11 @@ pub struct DeltaTiles {
 impl DeltaTiles {
     /// Workgroup memory of `delta_fwd_state` in bytes.
     pub fn smem_fwd(dk_pad: usize, bv: usize) -> usize {
-        4 * (dk_pad * bv + 512 + 64 * bv + 128)
+        4 * (dk_pad * bv + 64 * bv + 128)
     }
     /// Workgroup memory of `delta_bwd_state` in bytes.
     pub fn smem_bwd(dk_pad: usize, bv: usize) -> usize {
-        4 * (dk_pad * bv + 512 + 128 * bv + 192)
+        4 * (dk_pad * bv + 128 * bv + 192)
     }
 
     /// The widest column blocks whose workgroup memory fits `budget` bytes (and the
@@ -134,17 +174,26 @@ impl DeltaTiles {
     pub fn for_budget(gpu: &Gpu, s: &DeltaShape, budget: usize) -> DeltaTiles {
         let budget = budget.min(gpu.limits.max_compute_workgroup_storage_size as usize);
         let dkp = s.dk_pad();
-        let widest = s.dv.next_power_of_two().clamp(8, 64);
+        let widest = s.dv.next_power_of_two().clamp(8, 32);
         let pick = |f: fn(usize, usize) -> usize| {
-            [64, 32, 16, 8].into_iter().find(|&bv| bv <= widest && f(dkp, bv) <= budget).unwrap_or(8)
+            [32, 16, 8]
+                .into_iter()
+                .find(|&bv| bv <= widest && f(dkp, bv) <= budget)
+                .unwrap_or(8)
         };
-        DeltaTiles { bv_fwd: pick(Self::smem_fwd), bv_bwd: pick(Self::smem_bwd) }
+        DeltaTiles {
+            bv_fwd: pick(Self::smem_fwd),
+            bv_bwd: pick(Self::smem_bwd),
+        }
     }
 
     /// The default: every kernel within 16 KiB of workgroup memory (WebGPU's guaranteed
     /// minimum); `TAYLORCAL_DELTA_SMEM` (bytes) raises or lowers that budget.
     pub fn auto(gpu: &Gpu, s: &DeltaShape) -> DeltaTiles {
-        let budget = std::env::var("TAYLORCAL_DELTA_SMEM").ok().and_then(|v| v.parse().ok()).unwrap_or(16384);
+        let budget = std::env::var("TAYLORCAL_DELTA_SMEM")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(16384);
         Self::for_budget(gpu, s, budget)
     }
 }
@@ -168,7 +217,11 @@ impl DeltaGrads {
             dv: gpu.zeros(&[s.b, s.t, s.h, s.dv])?,
             dg: gpu.zeros(&[s.b, s.t, s.h])?,
             dbeta: gpu.zeros(&[s.b, s.t, s.h])?,
-            dh0: if with_h0 { Some(gpu.zeros(&[s.b, s.h, s.dv, s.dk])?) } else { None },
+            dh0: if with_h0 {
+                Some(gpu.zeros(&[s.b, s.h, s.dv, s.dk])?)
+            } else {
+                None
+            },
         })
     }
 }
@@ -204,15 +257,28 @@ impl DeltaWorkspace {
         Self::with_tiles(gpu, s, backward, DeltaTiles::auto(gpu, s))
     }
 
-    pub fn with_tiles(gpu: &Gpu, s: &DeltaShape, backward: bool, tiles: DeltaTiles) -> Result<DeltaWorkspace> {
+    pub fn with_tiles(
+        gpu: &Gpu,
+        s: &DeltaShape,
+        backward: bool,
+        tiles: DeltaTiles,
+    ) -> Result<DeltaWorkspace> {
         s.check()?;
         let limit = gpu.limits.max_compute_workgroup_storage_size as usize;
         for (name, bv, bytes) in [
-            ("forward", tiles.bv_fwd, DeltaTiles::smem_fwd(s.dk_pad(), tiles.bv_fwd)),
-            ("backward", tiles.bv_bwd, DeltaTiles::smem_bwd(s.dk_pad(), tiles.bv_bwd)),
+            (
+                "forward",
+                tiles.bv_fwd,
+                DeltaTiles::smem_fwd(s.dk_pad(), tiles.bv_fwd),
+            ),
+            (
+                "backward",
+                tiles.bv_bwd,
+                DeltaTiles::smem_bwd(s.dk_pad(), tiles.bv_bwd),
+            ),
         ] {
-            if ![8, 16, 32, 64].contains(&bv) {
-                bail!("delta rule: {name} state tile BV = {bv} (must be 8, 16, 32 or 64)");
+            if ![8, 16, 32].contains(&bv) {
+                bail!("delta rule: {name} state tile BV = {bv} (must be 8, 16 or 32)");
             }
             if bytes > limit {
                 bail!("delta rule: the {name} state pass with BV = {bv} needs {bytes} bytes of workgroup memory; the adapter has {limit}");
@@ -257,14 +323,15 @@ impl DeltaWorkspace {
 
     /// Bytes of GPU memory this workspace holds.
     pub fn bytes(&self) -> u64 {
-        let mut n = self.aux.bytes() + self.w.bytes() + self.u.bytes() + self.vn.bytes() + self.h.bytes();
+        let mut n =
+            self.aux.bytes() + self.w.bytes() + self.u.bytes() + self.vn.bytes() + self.h.bytes();
         if let Some(b) = &self.bwd {
             n += b.tinv.bytes() + b.dvn.bytes() + b.dh.bytes() + b.ds.bytes() + b.dw.bytes();
         }
         n
     }
 
-    /// The per-chunk states h[n] (state entering chunk n) [B*H, NT, dk, dv] and v_new
+    /// The per-chunk states `h[n]` (state entering chunk n, `[B*H, NT, dk, dv]`) and v_new
     /// [B, T, H, dv] of the last forward (for tests and debugging).
     pub fn states(&self) -> (&Tensor, &Tensor) {
         (&self.h, &self.vn)
@@ -273,13 +340,25 @@ impl DeltaWorkspace {
 
 fn check_len(what: &str, t: &Tensor, n: usize) -> Result<()> {
     if t.numel() != n || t.dtype != DType::F32 {
-        bail!("delta rule: {what} has shape {:?} ({:?}), expected {n} f32 elements", t.shape, t.dtype);
+        bail!(
+            "delta rule: {what} has shape {:?} ({:?}), expected {n} f32 elements",
+            t.shape,
+            t.dtype
+        );
     }
     Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
-fn check_inputs(s: &DeltaShape, q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, beta: &Tensor, h0: Option<&Tensor>) -> Result<()> {
+fn check_inputs(
+    s: &DeltaShape,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    beta: &Tensor,
+    h0: Option<&Tensor>,
+) -> Result<()> {
     s.check()?;
     let r = s.rows();
     check_len("q", q, r * s.dk)?;
@@ -295,7 +374,16 @@ fn check_inputs(s: &DeltaShape, q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, 
 
 /// aux (gamma, rq, rk), w, u (and T when `store_t`) of every chunk.
 #[allow(clippy::too_many_arguments)]
-fn record_prep(b: &mut Batch, ws: &DeltaWorkspace, q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, beta: &Tensor, tinv: Option<&Tensor>) {
+fn record_prep(
+    b: &mut Batch,
+    ws: &DeltaWorkspace,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    beta: &Tensor,
+    tinv: Option<&Tensor>,
+) {
     let s = &ws.shape;
     let grid = [s.chunks() as u32, (s.b * s.h) as u32, 1];
     let p = s.params(if tinv.is_some() { F_STORE_T } else { 0 });
@@ -309,17 +397,33 @@ fn record_prep(b: &mut Batch, ws: &DeltaWorkspace, q: &Tensor, k: &Tensor, v: &T
     b.dispatch(
         &Kernel::new("delta_chunk", "delta_intra"),
         &p,
-        &[k.into(), v.into(), beta.into(), (&ws.aux).into(), (&ws.w).into(), (&ws.u).into(), t],
+        &[
+            k.into(),
+            v.into(),
+            beta.into(),
+            (&ws.aux).into(),
+            (&ws.w).into(),
+            (&ws.u).into(),
+            t,
+        ],
         grid,
     );
 }
 
 /// The forward state pass: h, v_new (and ht).
-fn record_fwd_state(b: &mut Batch, ws: &DeltaWorkspace, k: &Tensor, h0: Option<&Tensor>, ht: Option<&Tensor>) {
+fn record_fwd_state(
+    b: &mut Batch,
+    ws: &DeltaWorkspace,
+    k: &Tensor,
+    h0: Option<&Tensor>,
+    ht: Option<&Tensor>,
+) {
     let s = &ws.shape;
     let bv = ws.tiles.bv_fwd;
     let flags = if h0.is_some() { F_H0 } else { 0 } | if ht.is_some() { F_HT } else { 0 };
-    let kernel = Kernel::new("delta_state", "delta_fwd_state").with("DK", s.dk_pad() as u32).with("BV", bv as u32);
+    let kernel = Kernel::new("delta_state", "delta_fwd_state")
+        .with("DK", s.dk_pad() as u32)
+        .with("BV", bv as u32);
     let h0b: Binding = match h0 {
         Some(t) => t.into(),
         None => super::dummy(b),
@@ -328,7 +432,16 @@ fn record_fwd_state(b: &mut Batch, ws: &DeltaWorkspace, k: &Tensor, h0: Option<&
     b.dispatch(
         &kernel,
         &s.params(flags),
-        &[k.into(), (&ws.w).into(), (&ws.u).into(), (&ws.aux).into(), h0b, (&ws.h).into(), (&ws.vn).into(), htb],
+        &[
+            k.into(),
+            (&ws.w).into(),
+            (&ws.u).into(),
+            (&ws.aux).into(),
+            h0b,
+            (&ws.h).into(),
+            (&ws.vn).into(),
+            htb,
+        ],
         [s.dv.div_ceil(bv) as u32, (s.b * s.h) as u32, 1],
     );
 }
@@ -372,12 +485,20 @@ pub fn chunk_forward_ws(
     if let Some(ht) = ht {
         check_len("final state", ht, s.b * s.h * s.dv * s.dk)?;
     }
-    record_prep(b, ws, q, k, v, g, beta, None);
+    // with a backward workspace, keep T too so that the backward can skip recomputing
+    record_prep(b, ws, q, k, v, g, beta, ws.bwd.as_ref().map(|bw| &bw.tinv));
     record_fwd_state(b, ws, k, h0, ht);
     b.dispatch(
         &Kernel::new("delta_out", "delta_fwd_out"),
         &s.params(0),
-        &[q.into(), k.into(), (&ws.vn).into(), (&ws.h).into(), (&ws.aux).into(), o.into()],
+        &[
+            q.into(),
+            k.into(),
+            (&ws.vn).into(),
+            (&ws.h).into(),
+            (&ws.aux).into(),
+            o.into(),
+        ],
         [s.chunks() as u32, (s.b * s.h) as u32, 1],
     );
     Ok(())
@@ -419,6 +540,45 @@ pub fn chunk_backward_ws(
     dht: Option<&Tensor>,
     grads: &DeltaGrads,
 ) -> Result<()> {
+    backward_impl(b, ws, q, k, v, g, beta, h0, do_, dht, grads, true)
+}
+
+/// The backward without recomputing the forward's intermediates: `ws` (made with
+/// `backward = true`) must still hold what [`chunk_forward_ws`] left there for these same
+/// inputs (recorded earlier in this batch or a previous one, with no other use of `ws` in
+/// between). Saves the prep, intra-chunk and forward state passes.
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_backward_after_forward(
+    b: &mut Batch,
+    ws: &DeltaWorkspace,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    beta: &Tensor,
+    h0: Option<&Tensor>,
+    do_: &Tensor,
+    dht: Option<&Tensor>,
+    grads: &DeltaGrads,
+) -> Result<()> {
+    backward_impl(b, ws, q, k, v, g, beta, h0, do_, dht, grads, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_impl(
+    b: &mut Batch,
+    ws: &DeltaWorkspace,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    beta: &Tensor,
+    h0: Option<&Tensor>,
+    do_: &Tensor,
+    dht: Option<&Tensor>,
+    grads: &DeltaGrads,
+    recompute: bool,
+) -> Result<()> {
     let s = &ws.shape;
     check_inputs(s, q, k, v, g, beta, h0)?;
     let Some(bw) = ws.bwd.as_ref().filter(|_| ws.backward) else {
@@ -440,12 +600,22 @@ pub fn chunk_backward_ws(
         check_len("dh0", d, s.b * s.h * s.dv * s.dk)?;
     }
     let grid = [s.chunks() as u32, (s.b * s.h) as u32, 1];
-    record_prep(b, ws, q, k, v, g, beta, Some(&bw.tinv));
-    record_fwd_state(b, ws, k, h0, None);
+    if recompute {
+        record_prep(b, ws, q, k, v, g, beta, Some(&bw.tinv));
+        record_fwd_state(b, ws, k, h0, None);
+    }
     b.dispatch(
         &Kernel::new("delta_out", "delta_bwd_local"),
         &s.params(0),
-        &[q.into(), k.into(), (&ws.vn).into(), do_.into(), (&ws.aux).into(), (&bw.ds).into(), (&bw.dvn).into()],
+        &[
+            q.into(),
+            k.into(),
+            (&ws.vn).into(),
+            do_.into(),
+            (&ws.aux).into(),
+            (&bw.ds).into(),
+            (&bw.dvn).into(),
+        ],
         grid,
     );
     let bv = ws.tiles.bv_bwd;
@@ -456,9 +626,21 @@ pub fn chunk_backward_ws(
     };
     let dh0b: Binding = grads.dh0.as_ref().unwrap_or(&ws.dummies[2]).into();
     b.dispatch(
-        &Kernel::new("delta_state", "delta_bwd_state").with("DK", s.dk_pad() as u32).with("BV", bv as u32),
+        &Kernel::new("delta_state", "delta_bwd_state")
+            .with("DK", s.dk_pad() as u32)
+            .with("BV", bv as u32),
         &s.params(flags),
-        &[q.into(), k.into(), (&ws.w).into(), do_.into(), (&ws.aux).into(), dhtb, (&bw.dh).into(), (&bw.dvn).into(), dh0b],
+        &[
+            q.into(),
+            k.into(),
+            (&ws.w).into(),
+            do_.into(),
+            (&ws.aux).into(),
+            dhtb,
+            (&bw.dh).into(),
+            (&bw.dvn).into(),
+            dh0b,
+        ],
         [s.dv.div_ceil(bv) as u32, (s.b * s.h) as u32, 1],
     );
     b.dispatch(
@@ -540,7 +722,15 @@ pub fn recurrent_step(
     b.dispatch(
         &Kernel::new("delta_step", "delta_step"),
         &s.params(0),
-        &[q.into(), k.into(), v.into(), g.into(), beta.into(), state.into(), o.into()],
+        &[
+            q.into(),
+            k.into(),
+            v.into(),
+            g.into(),
+            beta.into(),
+            state.into(),
+            o.into(),
+        ],
         [s.dv.div_ceil(64) as u32, (s.b * s.h) as u32, 1],
     );
     Ok(())

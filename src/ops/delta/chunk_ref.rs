@@ -16,7 +16,7 @@ use super::{DeltaShape, L2_EPS};
 /// Intermediates of the chunked forward of one (b, h).
 #[derive(Clone, Debug, Default)]
 pub struct Chunks {
-    /// inclusive cumsum of g within each chunk [T]
+    /// inclusive cumsum of g within each chunk, `[T]`
     pub gamma: Vec<f64>,
     /// (I + A)^-1 per chunk [NT, C, C]
     pub tinv: Vec<f64>,
@@ -38,14 +38,36 @@ struct Head {
     rk: Vec<f64>,
 }
 
-fn gather(s: &DeltaShape, b: usize, h: usize, q: &[f64], k: &[f64], v: &[f64], g: &[f64], beta: &[f64]) -> Head {
+#[allow(clippy::too_many_arguments)]
+fn gather(
+    s: &DeltaShape,
+    b: usize,
+    h: usize,
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    g: &[f64],
+    beta: &[f64],
+) -> Head {
     let (dk, dv) = (s.dk, s.dv);
-    let mut hd = Head { q: vec![], k: vec![], v: vec![], g: vec![], beta: vec![], rq: vec![], rk: vec![] };
+    let mut hd = Head {
+        q: vec![],
+        k: vec![],
+        v: vec![],
+        g: vec![],
+        beta: vec![],
+        rq: vec![],
+        rk: vec![],
+    };
     for t in 0..s.t {
         let r = (b * s.t + t) * s.h + h;
         for (src, dst, rr) in [(q, &mut hd.q, &mut hd.rq), (k, &mut hd.k, &mut hd.rk)] {
             let x = &src[r * dk..(r + 1) * dk];
-            let f = if s.l2norm { 1.0 / (x.iter().map(|a| a * a).sum::<f64>() + L2_EPS).sqrt() } else { 1.0 };
+            let f = if s.l2norm {
+                1.0 / (x.iter().map(|a| a * a).sum::<f64>() + L2_EPS).sqrt()
+            } else {
+                1.0
+            };
             dst.extend(x.iter().map(|a| a * f));
             rr.push(f);
         }
@@ -87,7 +109,9 @@ fn head_forward(s: &DeltaShape, c: usize, x: &Head, hs: &mut [f64], o: &mut [f64
         // T = (I + A)^-1 by forward substitution, row by row
         let ti = &mut ch.tinv[n * c * c..(n + 1) * c * c];
         for i in 0..l {
-            let a: Vec<f64> = (0..i).map(|j| x.beta[t0 + i] * (gm[i] - gm[j]).exp() * dot(kr(i), kr(j))).collect();
+            let a: Vec<f64> = (0..i)
+                .map(|j| x.beta[t0 + i] * (gm[i] - gm[j]).exp() * dot(kr(i), kr(j)))
+                .collect();
             for col in 0..i {
                 let mut v = -a[col];
                 for j in col + 1..i {
@@ -136,8 +160,8 @@ fn head_forward(s: &DeltaShape, c: usize, x: &Head, hs: &mut [f64], o: &mut [f64
         for d in 0..dk {
             for e in 0..dv {
                 let mut upd = 0.0;
-                for j in 0..l {
-                    upd += (gl - gm[j]).exp() * kr(j)[d] * ch.vn[(t0 + j) * dv + e];
+                for (j, gj) in gm.iter().enumerate() {
+                    upd += (gl - gj).exp() * kr(j)[d] * ch.vn[(t0 + j) * dv + e];
                 }
                 hs[d * dv + e] = gl.exp() * hs[d * dv + e] + upd;
             }
@@ -163,7 +187,16 @@ fn state_in(s: &DeltaShape, b: usize, h: usize, h0: Option<&[f64]>) -> Vec<f64> 
 /// Chunked forward with chunk size `c`: (o [B, T, H, dv], ht [B, H, dv, dk], per-(b, h)
 /// intermediates).
 #[allow(clippy::too_many_arguments)]
-pub fn forward(s: &DeltaShape, c: usize, q: &[f64], k: &[f64], v: &[f64], g: &[f64], beta: &[f64], h0: Option<&[f64]>) -> (Vec<f64>, Vec<f64>, Vec<Chunks>) {
+pub fn forward(
+    s: &DeltaShape,
+    c: usize,
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    g: &[f64],
+    beta: &[f64],
+    h0: Option<&[f64]>,
+) -> (Vec<f64>, Vec<f64>, Vec<Chunks>) {
     let (dk, dv) = (s.dk, s.dv);
     let mut o = vec![0.0; s.b * s.t * s.h * dv];
     let mut ht = vec![0.0; s.b * s.h * dv * dk];
@@ -353,7 +386,9 @@ pub fn backward(
                 let mut dt = vec![0.0; c * c];
                 for i in 0..l {
                     for a in 0..i {
-                        let du: f64 = (0..dv).map(|e| dvn[(t0 + i) * dv + e] * x.v[(t0 + a) * dv + e]).sum();
+                        let du: f64 = (0..dv)
+                            .map(|e| dvn[(t0 + i) * dv + e] * x.v[(t0 + a) * dv + e])
+                            .sum();
                         let dwk: f64 = (0..dk).map(|d| dw[(t0 + i) * dk + d] * kr(t0 + a)[d]).sum();
                         dt[i * c + a] = bt(a) * (du + gm[a].exp() * dwk);
                     }
@@ -412,7 +447,10 @@ pub fn backward(
                 let r = (b * s.t + tt) * s.h + h;
                 gr.dbeta[r] = dbeta[tt];
                 gr.dv[r * dv..(r + 1) * dv].copy_from_slice(&dvv[tt * dv..(tt + 1) * dv]);
-                for (dst, xh, dxh, rr) in [(&mut gr.dq, &x.q, &dqh, x.rq[tt]), (&mut gr.dk, &x.k, &dkh, x.rk[tt])] {
+                for (dst, xh, dxh, rr) in [
+                    (&mut gr.dq, &x.q, &dqh, x.rq[tt]),
+                    (&mut gr.dk, &x.k, &dkh, x.rk[tt]),
+                ] {
                     let y = &xh[tt * dk..(tt + 1) * dk];
                     let dy = &dxh[tt * dk..(tt + 1) * dk];
                     let dd = if s.l2norm { dot(y, dy) } else { 0.0 };
