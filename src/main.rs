@@ -96,7 +96,8 @@ enum Cmd {
     },
     /// Benchmark the kernels (GPU timestamps): GFLOP/s or GB/s per kernel
     Bench {
-        /// Only benchmarks whose label contains one of these words (e.g. `matmul`, `attention`)
+        /// Only benchmarks whose label contains one of these words (e.g. `matmul`, `attention`);
+        /// `gdn` times the chunked delta-rule scan, forward and forward+backward
         what: Vec<String>,
         #[arg(long)]
         json: bool,
@@ -280,6 +281,25 @@ fn run(cli: Cli) -> Result<()> {
                 println!("limits    max_storage_buffer_binding_size={} max_buffer_size={}", info.max_storage_buffer_binding_size, info.max_buffer_size);
                 println!("          max_compute_workgroup_storage_size={} max_invocations_per_workgroup={}", info.max_compute_workgroup_storage_size, info.max_compute_invocations_per_workgroup);
                 println!("          max_workgroups_per_dimension={} storage_buffers_per_stage={} subgroup_size={}..{}", info.max_compute_workgroups_per_dimension, info.max_storage_buffers_per_shader_stage, info.min_subgroup_size, info.max_subgroup_size);
+            }
+        }
+        Cmd::Bench { what, json } if what.first().is_some_and(|w| w == "gdn") => {
+            let g = gpu()?;
+            let cpu = taylorcal::bench::is_cpu_adapter(g);
+            // the shapes on a GPU; scaled down on a CPU adapter (lavapipe)
+            let shapes: &[(usize, usize, usize, usize)] = if cpu { &[(1, 256, 2, 64), (1, 512, 2, 128)] } else { &[(1, 2048, 16, 64), (4, 4096, 16, 128), (1, 8192, 8, 128)] };
+            let mut rows = vec![];
+            for &(b, t, h, d) in shapes {
+                let fwd = taylorcal::ops::delta::bench::bench_delta(g, b, t, h, d, false)?;
+                let both = taylorcal::ops::delta::bench::bench_delta(g, b, t, h, d, true)?;
+                let toks = (b * t) as f64;
+                rows.push(json!({ "shape": [b, t, h, d], "fwd_ms": fwd * 1e3, "fwd_bwd_ms": both * 1e3, "fwd_tokens_per_s": toks / fwd, "fwd_bwd_tokens_per_s": toks / both }));
+                if !json {
+                    println!("gdn chunked scan B{b} T{t} H{h} d{d}: forward {:.3} ms ({:.0} tok/s), forward+backward {:.3} ms ({:.0} tok/s)", fwd * 1e3, toks / fwd, both * 1e3, toks / both);
+                }
+            }
+            if json {
+                println!("{}", json!({ "adapter": g.info.name, "gdn": rows }));
             }
         }
         Cmd::Bench { what, json } => {
