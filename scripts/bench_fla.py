@@ -11,6 +11,8 @@ from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 chunk_o.TRITON_ABOVE_3_7_1 = True  # timing only (see DEVICE.md): fla refuses the gated backward on Triton < 3.7.1
 out = open(sys.argv[1], "a")
 SHAPES = [(1, 2048, 16, 64), (4, 4096, 16, 128), (1, 8192, 8, 128)]
+if len(sys.argv) > 2:  # e.g. "4,4096,16,128;1,8192,8,128"
+    SHAPES = [tuple(int(x) for x in s.split(",")) for s in sys.argv[2].split(";")]
 
 
 def inputs(b, t, h, d, dtype, grad):
