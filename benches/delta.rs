@@ -25,10 +25,7 @@ fn delta(c: &mut Criterion) {
         group.throughput(Throughput::Elements((b * t * h) as u64)); // tokens x heads
         for backward in [false, true] {
             let pb = DeltaProblem::new(g, &s, backward, None).unwrap();
-            let name = format!(
-                "{}/B{b}_T{t}_H{h}_d{d}",
-                if backward { "fwd+bwd" } else { "fwd" }
-            );
+            let name = format!("{}/B{b}_T{t}_H{h}_d{d}", if backward { "fwd+bwd" } else { "fwd" });
             group.bench_function(name, |bn| {
                 bn.iter(|| {
                     let mut bt = g.batch();

@@ -36,7 +36,11 @@ fn mm(g: &Gpu, m: usize, n: usize, k: usize) -> Mm {
 fn matmul(c: &mut Criterion) {
     let g = gpu();
     let mut group = c.benchmark_group("matmul");
-    group.sampling_mode(SamplingMode::Flat).sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
     let auto = MatmulKernel::auto(g);
     let mut cases: Vec<(String, usize, usize, usize, Option<MatmulKernel>)> = vec![
         (format!("linear[{auto:?}]/256x256x256"), 256, 256, 256, Some(auto)),
@@ -64,7 +68,11 @@ fn matmul(c: &mut Criterion) {
 fn attention(c: &mut Criterion) {
     let g = gpu();
     let mut group = c.benchmark_group("attention");
-    group.sampling_mode(SamplingMode::Flat).sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(5));
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(5));
     let (t, h, hkv, d) = (256, 9, 3, 64);
     let q = g.upload(&[t, h * d], &data(t * h * d, 3)).unwrap();
     let k = g.upload(&[t, hkv * d], &data(t * hkv * d, 4)).unwrap();
@@ -73,7 +81,9 @@ fn attention(c: &mut Criterion) {
     let st = g.zeros(&[t, h, 2]).unwrap();
     let s = AttnShape { heads: h, kv_heads: hkv, dim: d, pos0: 0, scale: 1.0 / (d as f32).sqrt() };
     group.throughput(Throughput::Elements((2 * t * t * h * d) as u64)); // causal flops: 4 T^2/2 H d
-    group.bench_function(format!("causal/T{t}_H{h}_{hkv}_d{d}"), |b| b.iter(|| run(g, |bt| ops::attention::attention(bt, &q, &k, &v, &o, &st, s))));
+    group.bench_function(format!("causal/T{t}_H{h}_{hkv}_d{d}"), |b| {
+        b.iter(|| run(g, |bt| ops::attention::attention(bt, &q, &k, &v, &o, &st, s)))
+    });
     group.finish();
 }
 

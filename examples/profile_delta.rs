@@ -15,8 +15,7 @@ fn shape(b: usize, t: usize, h: usize, d: usize, l2norm: bool) -> DeltaShape {
 fn main() -> anyhow::Result<()> {
     let g = Gpu::shared()?;
     eprintln!("adapter: {} ({})", g.info.name, g.info.backend);
-    let shapes = std::env::var("DELTA_SHAPES")
-        .unwrap_or_else(|_| "1,2048,16,64;4,4096,16,128;1,8192,8,128".into());
+    let shapes = std::env::var("DELTA_SHAPES").unwrap_or_else(|_| "1,2048,16,64;4,4096,16,128;1,8192,8,128".into());
     let tiles_env = std::env::var("DELTA_TILES").unwrap_or_default();
     for sh in shapes.split(';') {
         let v: Vec<usize> = sh.split(',').map(|x| x.trim().parse().unwrap()).collect();
@@ -24,10 +23,7 @@ fn main() -> anyhow::Result<()> {
         let mut tiles: Vec<Option<delta::DeltaTiles>> = vec![None];
         for t in tiles_env.split(';').filter(|t| !t.is_empty()) {
             let x: Vec<usize> = t.split(',').map(|a| a.trim().parse().unwrap()).collect();
-            tiles.push(Some(delta::DeltaTiles {
-                bv_fwd: x[0],
-                bv_bwd: x[1],
-            }));
+            tiles.push(Some(delta::DeltaTiles { bv_fwd: x[0], bv_bwd: x[1] }));
         }
         for tl in tiles {
             let tl = tl.unwrap_or_else(|| delta::DeltaTiles::auto(g, &s));
@@ -36,18 +32,9 @@ fn main() -> anyhow::Result<()> {
                 match delta::bench::profile_delta(g, &s, backward, Some(tl), recompute) {
                     Ok(p) => {
                         let total: f64 = p.iter().map(|x| x.1).sum();
-                        let parts: Vec<String> = p
-                            .iter()
-                            .map(|(l, t)| {
-                                format!("{}={:.3}", l.trim_start_matches("delta_"), t * 1e3)
-                            })
-                            .collect();
-                        eprintln!(
-                            "{sh} {tl:?} {}: {:.3} ms [{}]",
-                            if backward { "fwd+bwd" } else { "fwd" },
-                            total * 1e3,
-                            parts.join(" ")
-                        );
+                        let parts: Vec<String> =
+                            p.iter().map(|(l, t)| format!("{}={:.3}", l.trim_start_matches("delta_"), t * 1e3)).collect();
+                        eprintln!("{sh} {tl:?} {}: {:.3} ms [{}]", if backward { "fwd+bwd" } else { "fwd" }, total * 1e3, parts.join(" "));
                     }
                     Err(e) => eprintln!("{sh} {tl:?}: {e:#}"),
                 }

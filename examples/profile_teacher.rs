@@ -1,7 +1,10 @@
 //! Time every kernel of one teacher forward (GPU timestamps), grouped by kernel.
 //! `cargo run --release --example profile_teacher -- [MODEL] [TOKENS]`
 use taylorcal::gpu::{Gpu, GpuTimer};
-use taylorcal::model::{self, teacher::{ForwardOpts, Teacher}};
+use taylorcal::model::{
+    self,
+    teacher::{ForwardOpts, Teacher},
+};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();

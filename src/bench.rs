@@ -469,10 +469,8 @@ impl BenchResult {
 
 /// A plain-text table of results (header, one row each).
 pub fn table(results: &[BenchResult]) -> String {
-    let mut s = format!(
-        "{:<14} {:<24} {:>12} {:>10} {:>9} {:>5}  {}\n",
-        "kernel", "shape", "ms (median)", "GFLOP/s", "GB/s", "runs", "timing"
-    );
+    let mut s =
+        format!("{:<14} {:<24} {:>12} {:>10} {:>9} {:>5}  {}\n", "kernel", "shape", "ms (median)", "GFLOP/s", "GB/s", "runs", "timing");
     for r in results {
         s.push_str(&r.row());
         s.push('\n');

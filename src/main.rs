@@ -3,13 +3,17 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use std::path::PathBuf;
-use taylorcal::gpu::Gpu;
 use taylorcal::calibrate::convert::{self, AlignOpts, ConvertOpts, Strategy};
+use taylorcal::gpu::Gpu;
 use taylorcal::model::{self, teacher::Teacher};
 use taylorcal::select::{self, Policy, Selection};
 
 #[derive(Parser)]
-#[command(name = "taylorcal", version, about = "Turn a pretrained Transformer into a hybrid Gated DeltaNet model with Taylor-Calibrate, on any GPU wgpu drives")]
+#[command(
+    name = "taylorcal",
+    version,
+    about = "Turn a pretrained Transformer into a hybrid Gated DeltaNet model with Taylor-Calibrate, on any GPU wgpu drives"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -227,7 +231,15 @@ fn conv_setup(a: &ConvArgs) -> Result<ConvSetup> {
 }
 
 /// Run a retained-layer policy on the evaluation (and, for GA-S2, calibration) windows.
-fn run_policy(a: &ConvArgs, policy: Policy, n: usize, teacher: &Teacher, tensors: &std::collections::HashMap<String, model::HostTensor>, calib: &[u32], eval: &[u32]) -> Result<Selection> {
+fn run_policy(
+    a: &ConvArgs,
+    policy: Policy,
+    n: usize,
+    teacher: &Teacher,
+    tensors: &std::collections::HashMap<String, model::HostTensor>,
+    calib: &[u32],
+    eval: &[u32],
+) -> Result<Selection> {
     let eval = match policy {
         Policy::Uniform => vec![],
         _ => convert::take_windows(eval, WINDOW, a.eval_windows, "the evaluation text")?,
@@ -277,17 +289,33 @@ fn run(cli: Cli) -> Result<()> {
                 println!("adapter   {} ({})", info.name, info.device_type);
                 println!("backend   {}", info.backend);
                 println!("driver    {} {}", info.driver, info.driver_info);
-                println!("features  shader_f16={} subgroup={} timestamp_query={} (inside passes: {})", info.shader_f16, info.subgroup, info.timestamp_query, info.timestamp_inside_passes);
-                println!("limits    max_storage_buffer_binding_size={} max_buffer_size={}", info.max_storage_buffer_binding_size, info.max_buffer_size);
-                println!("          max_compute_workgroup_storage_size={} max_invocations_per_workgroup={}", info.max_compute_workgroup_storage_size, info.max_compute_invocations_per_workgroup);
-                println!("          max_workgroups_per_dimension={} storage_buffers_per_stage={} subgroup_size={}..{}", info.max_compute_workgroups_per_dimension, info.max_storage_buffers_per_shader_stage, info.min_subgroup_size, info.max_subgroup_size);
+                println!(
+                    "features  shader_f16={} subgroup={} timestamp_query={} (inside passes: {})",
+                    info.shader_f16, info.subgroup, info.timestamp_query, info.timestamp_inside_passes
+                );
+                println!(
+                    "limits    max_storage_buffer_binding_size={} max_buffer_size={}",
+                    info.max_storage_buffer_binding_size, info.max_buffer_size
+                );
+                println!(
+                    "          max_compute_workgroup_storage_size={} max_invocations_per_workgroup={}",
+                    info.max_compute_workgroup_storage_size, info.max_compute_invocations_per_workgroup
+                );
+                println!(
+                    "          max_workgroups_per_dimension={} storage_buffers_per_stage={} subgroup_size={}..{}",
+                    info.max_compute_workgroups_per_dimension,
+                    info.max_storage_buffers_per_shader_stage,
+                    info.min_subgroup_size,
+                    info.max_subgroup_size
+                );
             }
         }
         Cmd::Bench { what, json } if what.first().is_some_and(|w| w == "gdn") => {
             let g = gpu()?;
             let cpu = taylorcal::bench::is_cpu_adapter(g);
             // the shapes on a GPU; scaled down on a CPU adapter (lavapipe)
-            let shapes: &[(usize, usize, usize, usize)] = if cpu { &[(1, 256, 2, 64), (1, 512, 2, 128)] } else { &[(1, 2048, 16, 64), (4, 4096, 16, 128), (1, 8192, 8, 128)] };
+            let shapes: &[(usize, usize, usize, usize)] =
+                if cpu { &[(1, 256, 2, 64), (1, 512, 2, 128)] } else { &[(1, 2048, 16, 64), (4, 4096, 16, 128), (1, 8192, 8, 128)] };
             let mut rows = vec![];
             for &(b, t, h, d) in shapes {
                 let fwd = taylorcal::ops::delta::bench::bench_delta(g, b, t, h, d, false)?;
@@ -295,7 +323,13 @@ fn run(cli: Cli) -> Result<()> {
                 let toks = (b * t) as f64;
                 rows.push(json!({ "shape": [b, t, h, d], "fwd_ms": fwd * 1e3, "fwd_bwd_ms": both * 1e3, "fwd_tokens_per_s": toks / fwd, "fwd_bwd_tokens_per_s": toks / both }));
                 if !json {
-                    println!("gdn chunked scan B{b} T{t} H{h} d{d}: forward {:.3} ms ({:.0} tok/s), forward+backward {:.3} ms ({:.0} tok/s)", fwd * 1e3, toks / fwd, both * 1e3, toks / both);
+                    println!(
+                        "gdn chunked scan B{b} T{t} H{h} d{d}: forward {:.3} ms ({:.0} tok/s), forward+backward {:.3} ms ({:.0} tok/s)",
+                        fwd * 1e3,
+                        toks / fwd,
+                        both * 1e3,
+                        toks / both
+                    );
                 }
             }
             if json {
@@ -304,10 +338,17 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Bench { what, json } => {
             let g = gpu()?;
-            let benches: Vec<_> = taylorcal::bench::default_suite(g).into_iter().filter(|b| what.is_empty() || what.iter().any(|w| b.label().contains(w.as_str()))).collect();
+            let benches: Vec<_> = taylorcal::bench::default_suite(g)
+                .into_iter()
+                .filter(|b| what.is_empty() || what.iter().any(|w| b.label().contains(w.as_str())))
+                .collect();
             anyhow::ensure!(!benches.is_empty(), "no benchmark matches {what:?}");
             eprintln!("adapter: {} ({}, {}); {} benchmarks", g.info.name, g.info.backend, g.info.device_type, benches.len());
-            let report = taylorcal::bench::run_suite(g, &benches, |r| if !json { eprintln!("{}", r.row()) });
+            let report = taylorcal::bench::run_suite(g, &benches, |r| {
+                if !json {
+                    eprintln!("{}", r.row())
+                }
+            });
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -321,12 +362,13 @@ fn run(cli: Cli) -> Result<()> {
             let o = conv_opts(&conv, &setup.hc.attn_layers, strategy);
             let n_gdn = setup.hc.gdn_layers().len();
             let pb = bar(n_gdn as u64, strategy.name());
-            let (tensors, reports, timings) = convert::convert(g, &setup.hc, &setup.teacher, &setup.files.tensors, &setup.calib, &o, |m| {
-                if m.ends_with("done") {
-                    pb.inc(1);
-                }
-                pb.set_message(m.to_string());
-            })?;
+            let (tensors, reports, timings) =
+                convert::convert(g, &setup.hc, &setup.teacher, &setup.files.tensors, &setup.calib, &o, |m| {
+                    if m.ends_with("done") {
+                        pb.inc(1);
+                    }
+                    pb.set_message(m.to_string());
+                })?;
             pb.finish_and_clear();
             let windows = convert::take_windows(&setup.eval, WINDOW, conv.eval_windows, "the evaluation text")?;
             let student = Teacher::build(g, &setup.hc.base, &tensors, "student", |l| setup.hc.is_gdn(l))?;
@@ -340,15 +382,37 @@ fn run(cli: Cli) -> Result<()> {
                 "eval": { "windows": windows.len(), "window_tokens": WINDOW, "student_ppl": s_eval.ppl, "teacher_ppl": t_eval.ppl },
                 "adapter": g.info.name,
             });
-            let ck = model::hybrid::Checkpoint { config: setup.hc.clone(), tensors, tokenizer: Some(setup.tokenizer.clone()), report: report.clone() };
+            let ck = model::hybrid::Checkpoint {
+                config: setup.hc.clone(),
+                tensors,
+                tokenizer: Some(setup.tokenizer.clone()),
+                report: report.clone(),
+            };
             model::hybrid::save_checkpoint(&out, &ck)?;
             if json {
-                println!("{}", json!({ "out": out, "strategy": strategy.name(), "student_ppl": s_eval.ppl, "teacher_ppl": t_eval.ppl, "timings_s": timings }));
+                println!(
+                    "{}",
+                    json!({ "out": out, "strategy": strategy.name(), "student_ppl": s_eval.ppl, "teacher_ppl": t_eval.ppl, "timings_s": timings })
+                );
             } else {
-                println!("converted {} layers to GDN with {} (kept softmax layers {:?}) in {:.1} s", n_gdn, strategy.name(), setup.hc.attn_layers, timings.total);
-                println!("  teacher pass + statistics {:.1} s, phase 1 {:.1} s, phase 2 {:.1} s", timings.teacher_pass_and_statistics, timings.phase1, timings.phase2);
+                println!(
+                    "converted {} layers to GDN with {} (kept softmax layers {:?}) in {:.1} s",
+                    n_gdn,
+                    strategy.name(),
+                    setup.hc.attn_layers,
+                    timings.total
+                );
+                println!(
+                    "  teacher pass + statistics {:.1} s, phase 1 {:.1} s, phase 2 {:.1} s",
+                    timings.teacher_pass_and_statistics, timings.phase1, timings.phase2
+                );
                 println!("saved {}", out.display());
-                println!("evaluation perplexity ({} windows of {WINDOW} tokens): student {:.2}, teacher {:.2}", windows.len(), s_eval.ppl, t_eval.ppl);
+                println!(
+                    "evaluation perplexity ({} windows of {WINDOW} tokens): student {:.2}, teacher {:.2}",
+                    windows.len(),
+                    s_eval.ppl,
+                    t_eval.ppl
+                );
             }
         }
         Cmd::Ablate { conv, out, json } => {
@@ -377,7 +441,10 @@ fn run(cli: Cli) -> Result<()> {
             pb.finish_and_clear();
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let naive = rows[0]["ppl"].as_f64().unwrap_or(f64::NAN);
-            let mut md = format!("| strategy | eval ppl | vs naive |\n| --- | --- | --- |\n| teacher | {} | |\n", taylorcal::report::fmt(t_eval.ppl));
+            let mut md = format!(
+                "| strategy | eval ppl | vs naive |\n| --- | --- | --- |\n| teacher | {} | |\n",
+                taylorcal::report::fmt(t_eval.ppl)
+            );
             let mut chart = vec![("teacher".to_string(), t_eval.ppl)];
             for r in &rows {
                 let p = r["ppl"].as_f64().unwrap_or(f64::NAN);
@@ -392,7 +459,10 @@ fn run(cli: Cli) -> Result<()> {
             });
             std::fs::write(out.join("ablation.md"), &md)?;
             std::fs::write(out.join("ablation.json"), serde_json::to_string_pretty(&summary)?)?;
-            std::fs::write(out.join("ablation.svg"), taylorcal::report::bar_chart_svg("Evaluation perplexity by initialisation strategy", &chart))?;
+            std::fs::write(
+                out.join("ablation.svg"),
+                taylorcal::report::bar_chart_svg("Evaluation perplexity by initialisation strategy", &chart),
+            )?;
             if json {
                 println!("{summary}");
             } else {

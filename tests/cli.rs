@@ -78,7 +78,28 @@ fn convert_then_eval_reads_the_checkpoint() {
     let out = dir.path().join("student");
     let (m, t, o) = (model.to_str().unwrap(), text.to_str().unwrap(), out.to_str().unwrap());
     for strategy in ["naive", "taylor-calibrate"] {
-        let (ok, stdout, err) = taylorcal(&["convert", "--teacher", m, "--keep", "1", "--strategy", strategy, "--calib", t, "--calib-tokens", "1024", "--steps", "3", "--eval", t, "--eval-windows", "1", "--out", o, "--json"]);
+        let (ok, stdout, err) = taylorcal(&[
+            "convert",
+            "--teacher",
+            m,
+            "--keep",
+            "1",
+            "--strategy",
+            strategy,
+            "--calib",
+            t,
+            "--calib-tokens",
+            "1024",
+            "--steps",
+            "3",
+            "--eval",
+            t,
+            "--eval-windows",
+            "1",
+            "--out",
+            o,
+            "--json",
+        ]);
         assert!(ok, "convert {strategy} failed: {err}");
         let v = json(&stdout);
         assert!(v["student_ppl"].as_f64().unwrap().is_finite());

@@ -22,7 +22,15 @@ fn setup() -> (taylorcal::model::ModelFiles, HybridConfig, Vec<u32>) {
 }
 
 fn opts(strategy: Strategy, steps: usize) -> ConvertOpts {
-    ConvertOpts { keep: vec![0], strategy, seq_len: 48, calib_tokens: 96, capture_windows: 2, align: AlignOpts { steps, ..Default::default() }, seed: 3 }
+    ConvertOpts {
+        keep: vec![0],
+        strategy,
+        seq_len: 48,
+        calib_tokens: 96,
+        capture_windows: 2,
+        align: AlignOpts { steps, ..Default::default() },
+        seed: 3,
+    }
 }
 
 #[test]
@@ -46,7 +54,15 @@ fn phase1_sets_decay_from_distance_and_alignment_lowers_the_mse() {
     // W_g = alpha W_v after phase 1
     let (wg, wv) = (&tensors[&gdn_name(l, "g_proj.weight")].data, &tensors[&gdn_name(l, "v_proj.weight")].data);
     assert!(wg.iter().zip(wv).all(|(g, v)| (g - rep.alpha * v).abs() <= 1e-6 * v.abs().max(1e-3)));
-    let a = convert::align_layer(g, &mut tensors, &cap, 0, &AlignOpts { steps: 30, lr_qkv: 1e-3, lr_gates: 1e-2, ..Default::default() }, |_, _| {}).unwrap();
+    let a = convert::align_layer(
+        g,
+        &mut tensors,
+        &cap,
+        0,
+        &AlignOpts { steps: 30, lr_qkv: 1e-3, lr_gates: 1e-2, ..Default::default() },
+        |_, _| {},
+    )
+    .unwrap();
     eprintln!("alignment: loss {:.4e} -> {:.4e}, cosine {:.4} -> {:.4}", a.initial_loss, a.final_loss, a.initial_cosine, a.final_cosine);
     assert!(a.final_loss < 0.9 * a.initial_loss, "{a:?}");
     assert!(a.final_cosine > a.initial_cosine);
@@ -66,7 +82,12 @@ fn every_strategy_converts_and_the_checkpoint_evaluates() {
         assert_eq!(reports[0].phase1.is_some(), s.phase1(), "{s:?}");
         assert_eq!(reports[0].alignment.is_some(), s.phase2(), "{s:?}");
         let out = dir.path().join(s.name());
-        let ck = Checkpoint { config: hc.clone(), tensors, tokenizer: None, report: serde_json::json!({"strategy": s.name(), "timings": timings}) };
+        let ck = Checkpoint {
+            config: hc.clone(),
+            tensors,
+            tokenizer: None,
+            report: serde_json::json!({"strategy": s.name(), "timings": timings}),
+        };
         hybrid::save_checkpoint(&out, &ck).unwrap();
         let back = hybrid::load_checkpoint(&out).unwrap();
         let student = Teacher::from_checkpoint(g, &back).unwrap();

@@ -37,81 +37,30 @@ fn inputs(r: &mut impl Rng, s: &DeltaShape, with_h0: bool, glog: (f64, f64)) -> 
         }
     }
     let v = (0..nv).map(|_| r.random_range(-1.0..1.0)).collect();
-    let g = (0..ng)
-        .map(|_| -r.random_range(glog.0..glog.1).exp())
-        .collect();
+    let g = (0..ng).map(|_| -r.random_range(glog.0..glog.1).exp()).collect();
     let beta = (0..ng).map(|_| r.random_range(0.02..0.98)).collect();
-    let h0 = with_h0.then(|| {
-        (0..s.b * s.h * s.dv * s.dk)
-            .map(|_| r.random_range(-1.0..1.0))
-            .collect()
-    });
-    Inputs {
-        q,
-        k,
-        v,
-        g,
-        beta,
-        h0,
-    }
+    let h0 = with_h0.then(|| (0..s.b * s.h * s.dv * s.dk).map(|_| r.random_range(-1.0..1.0)).collect());
+    Inputs { q, k, v, g, beta, h0 }
 }
 
 #[test]
 fn reference_backward_matches_finite_differences() {
     let mut r = rng(11);
-    for &(l2norm, with_h0, with_dht) in &[
-        (false, false, false),
-        (true, true, true),
-        (true, false, true),
-        (false, true, false),
-    ] {
-        let s = DeltaShape {
-            b: 2,
-            t: 5,
-            h: 2,
-            dk: 4,
-            dv: 3,
-            scale: 0.7,
-            l2norm,
-        };
+    for &(l2norm, with_h0, with_dht) in &[(false, false, false), (true, true, true), (true, false, true), (false, true, false)] {
+        let s = DeltaShape { b: 2, t: 5, h: 2, dk: 4, dv: 3, scale: 0.7, l2norm };
         let x = inputs(&mut r, &s, with_h0, (-3.0, 1.0));
-        let w_o: Vec<f64> = (0..s.b * s.t * s.h * s.dv)
-            .map(|_| r.random_range(-1.0..1.0))
-            .collect();
-        let w_h: Vec<f64> = (0..s.b * s.h * s.dv * s.dk)
-            .map(|_| r.random_range(-1.0..1.0))
-            .collect();
+        let w_o: Vec<f64> = (0..s.b * s.t * s.h * s.dv).map(|_| r.random_range(-1.0..1.0)).collect();
+        let w_h: Vec<f64> = (0..s.b * s.h * s.dv * s.dk).map(|_| r.random_range(-1.0..1.0)).collect();
         let loss = |x: &Inputs| {
             let (o, ht) = cpu::forward(&s, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref());
             let lo: f64 = o.iter().zip(&w_o).map(|(a, b)| a * b).sum();
-            let lh: f64 = if with_dht {
-                ht.iter().zip(&w_h).map(|(a, b)| a * b).sum()
-            } else {
-                0.0
-            };
+            let lh: f64 = if with_dht { ht.iter().zip(&w_h).map(|(a, b)| a * b).sum() } else { 0.0 };
             lo + lh
         };
-        let gr = cpu::backward(
-            &s,
-            &x.q,
-            &x.k,
-            &x.v,
-            &x.g,
-            &x.beta,
-            x.h0.as_deref(),
-            &w_o,
-            with_dht.then_some(&w_h[..]),
-        );
+        let gr = cpu::backward(&s, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref(), &w_o, with_dht.then_some(&w_h[..]));
         let eps = 1e-5;
         let check = |name: &str, field: fn(&mut Inputs) -> &mut Vec<f64>, want: &[f64]| {
-            let mut x2 = Inputs {
-                q: x.q.clone(),
-                k: x.k.clone(),
-                v: x.v.clone(),
-                g: x.g.clone(),
-                beta: x.beta.clone(),
-                h0: x.h0.clone(),
-            };
+            let mut x2 = Inputs { q: x.q.clone(), k: x.k.clone(), v: x.v.clone(), g: x.g.clone(), beta: x.beta.clone(), h0: x.h0.clone() };
             let n = field(&mut x2).len();
             let mut fd = vec![0.0; n];
             #[allow(clippy::needless_range_loop)]
@@ -126,10 +75,7 @@ fn reference_backward_matches_finite_differences() {
             }
             let e = rel_rms(want, &fd);
             eprintln!("fd l2norm={l2norm} h0={with_h0} dht={with_dht} {name}: rel rms {e:.2e}");
-            assert!(
-                e < 1e-7,
-                "{name}: analytic vs finite differences rel rms {e:.3e}"
-            );
+            assert!(e < 1e-7, "{name}: analytic vs finite differences rel rms {e:.3e}");
         };
         check("dq", |x| &mut x.q, &gr.dq);
         check("dk", |x| &mut x.k, &gr.dk);
@@ -149,46 +95,19 @@ fn shape(b: usize, t: usize, h: usize, d: usize, l2norm: bool) -> DeltaShape {
 #[test]
 fn chunked_f64_model_matches_naive_recurrence() {
     let mut r = rng(12);
-    for &(t, c, l2norm, with_h0) in &[
-        (1, 4, false, true),
-        (9, 4, true, false),
-        (13, 4, false, true),
-        (70, 16, true, true),
-    ] {
+    for &(t, c, l2norm, with_h0) in &[(1, 4, false, true), (9, 4, true, false), (13, 4, false, true), (70, 16, true, true)] {
         let mut s = shape(2, t, 2, 6, l2norm);
         s.dv = 5;
         let x = inputs(&mut r, &s, with_h0, (-4.0, 1.6));
         let (o, ht) = cpu::forward(&s, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref());
-        let (oc, htc, _) =
-            delta::chunk_ref::forward(&s, c, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref());
+        let (oc, htc, _) = delta::chunk_ref::forward(&s, c, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref());
         let (eo, eh) = (rel_rms(&oc, &o), rel_rms(&htc, &ht));
         eprintln!("chunk model T={t} C={c}: o {eo:.1e} ht {eh:.1e}");
         assert!(eo < 1e-12 && eh < 1e-12);
         let dout: Vec<f64> = (0..o.len()).map(|_| r.random_range(-1.0..1.0)).collect();
         let dht: Vec<f64> = (0..ht.len()).map(|_| r.random_range(-1.0..1.0)).collect();
-        let want = cpu::backward(
-            &s,
-            &x.q,
-            &x.k,
-            &x.v,
-            &x.g,
-            &x.beta,
-            x.h0.as_deref(),
-            &dout,
-            Some(&dht),
-        );
-        let got = delta::chunk_ref::backward(
-            &s,
-            c,
-            &x.q,
-            &x.k,
-            &x.v,
-            &x.g,
-            &x.beta,
-            x.h0.as_deref(),
-            &dout,
-            Some(&dht),
-        );
+        let want = cpu::backward(&s, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref(), &dout, Some(&dht));
+        let got = delta::chunk_ref::backward(&s, c, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref(), &dout, Some(&dht));
         for (name, a, b) in [
             ("dq", &got.dq, &want.dq),
             ("dk", &got.dk, &want.dk),
@@ -217,14 +136,7 @@ fn down(t: &Tensor) -> Vec<f64> {
 /// Inputs rounded to f32 (what the GPU sees), so the f64 reference gets the same values.
 fn rounded(x: &Inputs) -> Inputs {
     let r = |v: &Vec<f64>| v.iter().map(|&a| a as f32 as f64).collect::<Vec<_>>();
-    Inputs {
-        q: r(&x.q),
-        k: r(&x.k),
-        v: r(&x.v),
-        g: r(&x.g),
-        beta: r(&x.beta),
-        h0: x.h0.as_ref().map(r),
-    }
+    Inputs { q: r(&x.q), k: r(&x.k), v: r(&x.v), g: r(&x.g), beta: r(&x.beta), h0: x.h0.as_ref().map(r) }
 }
 
 struct Gpu5 {
@@ -252,31 +164,14 @@ fn gpu_forward(s: &DeltaShape, t: &Gpu5) -> (Vec<f64>, Vec<f64>) {
     let g = gpu();
     let o = g.zeros(&[s.b, s.t, s.h, s.dv]).unwrap();
     let ht = g.zeros(&[s.b, s.h, s.dv, s.dk]).unwrap();
-    g.run(|b| {
-        delta::chunk_forward(
-            b,
-            s,
-            &t.q,
-            &t.k,
-            &t.v,
-            &t.g,
-            &t.beta,
-            t.h0.as_ref(),
-            &o,
-            Some(&ht),
-        )
-    })
-    .unwrap();
+    g.run(|b| delta::chunk_forward(b, s, &t.q, &t.k, &t.v, &t.g, &t.beta, t.h0.as_ref(), &o, Some(&ht))).unwrap();
     (down(&o), down(&ht))
 }
 
 fn check_forward(label: &str, s: &DeltaShape, x: &Inputs) -> (f64, f64) {
     let x = rounded(x);
     let (o, ht) = gpu_forward(s, &upload(s, &x));
-    assert!(
-        o.iter().chain(&ht).all(|v| v.is_finite()),
-        "{label}: non-finite output"
-    );
+    assert!(o.iter().chain(&ht).all(|v| v.is_finite()), "{label}: non-finite output");
     let (wo, wh) = cpu::forward(s, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref());
     let (eo, eh) = (rel_rms(&o, &wo), rel_rms(&ht, &wh));
     eprintln!("forward {label}: o rel rms {eo:.2e}, ht rel rms {eh:.2e}");
@@ -289,12 +184,8 @@ fn check_backward(label: &str, s: &DeltaShape, x: &Inputs, with_dht: bool, seed:
     let x = rounded(x);
     let mut r = rng(seed);
     let nv = s.rows() * s.dv;
-    let dout: Vec<f64> = (0..nv)
-        .map(|_| r.random_range(-1.0f32..1.0) as f64)
-        .collect();
-    let dht: Vec<f64> = (0..s.b * s.h * s.dv * s.dk)
-        .map(|_| r.random_range(-1.0f32..1.0) as f64)
-        .collect();
+    let dout: Vec<f64> = (0..nv).map(|_| r.random_range(-1.0f32..1.0) as f64).collect();
+    let dht: Vec<f64> = (0..s.b * s.h * s.dv * s.dk).map(|_| r.random_range(-1.0f32..1.0) as f64).collect();
     let t = upload(s, &x);
     let tdo = up(&dout, &[s.b, s.t, s.h, s.dv]);
     let tdht = up(&dht, &[s.b, s.h, s.dv, s.dk]);
@@ -304,21 +195,7 @@ fn check_backward(label: &str, s: &DeltaShape, x: &Inputs, with_dht: bool, seed:
     if reuse {
         let ws = delta::DeltaWorkspace::new(g, s, true).unwrap();
         let o = g.zeros(&[s.b, s.t, s.h, s.dv]).unwrap();
-        g.run(|b| {
-            delta::chunk_forward_ws(
-                b,
-                &ws,
-                &t.q,
-                &t.k,
-                &t.v,
-                &t.g,
-                &t.beta,
-                t.h0.as_ref(),
-                &o,
-                None,
-            )
-        })
-        .unwrap();
+        g.run(|b| delta::chunk_forward_ws(b, &ws, &t.q, &t.k, &t.v, &t.g, &t.beta, t.h0.as_ref(), &o, None)).unwrap();
         g.run(|b| {
             delta::chunk_backward_after_forward(
                 b,
@@ -336,39 +213,12 @@ fn check_backward(label: &str, s: &DeltaShape, x: &Inputs, with_dht: bool, seed:
         })
         .unwrap();
     } else {
-        g.run(|b| {
-            delta::chunk_backward(
-                b,
-                s,
-                &t.q,
-                &t.k,
-                &t.v,
-                &t.g,
-                &t.beta,
-                t.h0.as_ref(),
-                &tdo,
-                with_dht.then_some(&tdht),
-                &gr,
-            )
-        })
-        .unwrap();
+        g.run(|b| delta::chunk_backward(b, s, &t.q, &t.k, &t.v, &t.g, &t.beta, t.h0.as_ref(), &tdo, with_dht.then_some(&tdht), &gr))
+            .unwrap();
     }
-    let want = cpu::backward(
-        s,
-        &x.q,
-        &x.k,
-        &x.v,
-        &x.g,
-        &x.beta,
-        x.h0.as_deref(),
-        &dout,
-        with_dht.then_some(&dht[..]),
-    );
+    let want = cpu::backward(s, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref(), &dout, with_dht.then_some(&dht[..]));
     let mut worst = 0.0f64;
-    let mut line = format!(
-        "backward{} {label}:",
-        if reuse { " (after forward)" } else { "" }
-    );
+    let mut line = format!("backward{} {label}:", if reuse { " (after forward)" } else { "" });
     let mut all = vec![
         ("dq", &gr.dq, &want.dq),
         ("dk", &gr.dk, &want.dk),
@@ -381,10 +231,7 @@ fn check_backward(label: &str, s: &DeltaShape, x: &Inputs, with_dht: bool, seed:
     }
     for (name, got, want) in all {
         let got = down(got);
-        assert!(
-            got.iter().all(|v| v.is_finite()),
-            "{label} {name}: non-finite"
-        );
+        assert!(got.iter().all(|v| v.is_finite()), "{label} {name}: non-finite");
         let e = rel_rms(&got, want);
         line += &format!(" {name} {e:.1e}");
         worst = worst.max(e);
@@ -420,21 +267,9 @@ fn chunk_forward_matches_naive_recurrence() {
     // dk > 128: the state kernels' 256-row variant, with padding past dk
     cases.push((1, 70, 1, 160, 96, true, true, MIXED));
     for (b, t, h, dk, dv, l2, h0, gate) in cases {
-        let s = DeltaShape {
-            b,
-            t,
-            h,
-            dk,
-            dv,
-            scale: 1.0 / (dk as f32).sqrt(),
-            l2norm: l2,
-        };
+        let s = DeltaShape { b, t, h, dk, dv, scale: 1.0 / (dk as f32).sqrt(), l2norm: l2 };
         let x = inputs(&mut r, &s, h0, gate);
-        let (eo, eh) = check_forward(
-            &format!("B={b} T={t} H={h} dk={dk} dv={dv} l2={l2} h0={h0} g={gate:?}"),
-            &s,
-            &x,
-        );
+        let (eo, eh) = check_forward(&format!("B={b} T={t} H={h} dk={dk} dv={dv} l2={l2} h0={h0} g={gate:?}"), &s, &x);
         assert!(eo <= 1e-5 && eh <= 1e-5, "o {eo:.2e} ht {eh:.2e}");
         worst = (worst.0.max(eo), worst.1.max(eh));
     }
@@ -454,9 +289,7 @@ fn chunk_forward_equals_chained_steps() {
         let st = up(x.h0.as_ref().unwrap(), &[b, h, d, d]);
         let one = DeltaShape { t: 1, ..s };
         let slice = |v: &[f64], w: usize, tt: usize| -> Vec<f64> {
-            (0..b)
-                .flat_map(|bb| v[((bb * t + tt) * h) * w..((bb * t + tt) * h + h) * w].to_vec())
-                .collect()
+            (0..b).flat_map(|bb| v[((bb * t + tt) * h) * w..((bb * t + tt) * h + h) * w].to_vec()).collect()
         };
         let mut steps = vec![];
         for tt in 0..t {
@@ -481,8 +314,7 @@ fn chunk_forward_equals_chained_steps() {
         for (tt, (_, o)) in steps.iter().enumerate() {
             let ov = down(o);
             for bb in 0..b {
-                o_steps[((bb * t + tt) * h) * d..((bb * t + tt) * h + h) * d]
-                    .copy_from_slice(&ov[bb * h * d..(bb + 1) * h * d]);
+                o_steps[((bb * t + tt) * h) * d..((bb * t + tt) * h + h) * d].copy_from_slice(&ov[bb * h * d..(bb + 1) * h * d]);
             }
         }
         let (eo, eh) = (rel_rms(&o_steps, &o_chunk), rel_rms(&down(&st), &ht_chunk));
@@ -500,17 +332,7 @@ fn chunk_backward_matches_reference_backward() {
     let mut cases = vec![];
     for (i, &t) in [1, 2, 63, 64, 65, 130, 300].iter().enumerate() {
         let gate = [WEAK, STRONG, MIXED][i % 3];
-        cases.push((
-            1 + i % 2,
-            t,
-            1 + 2 * (i % 2),
-            16,
-            16,
-            i % 2 == 0,
-            i % 3 != 1,
-            i % 2 == 1,
-            gate,
-        ));
+        cases.push((1 + i % 2, t, 1 + 2 * (i % 2), 16, 16, i % 2 == 0, i % 3 != 1, i % 2 == 1, gate));
     }
     cases.push((1, 65, 3, 64, 64, true, true, true, MIXED));
     cases.push((2, 300, 1, 64, 64, false, false, false, WEAK));
@@ -518,23 +340,10 @@ fn chunk_backward_matches_reference_backward() {
     cases.push((1, 100, 2, 32, 48, true, true, true, STRONG));
     cases.push((1, 70, 1, 160, 96, true, true, true, MIXED));
     for (i, (b, t, h, dk, dv, l2, h0, dht, gate)) in cases.into_iter().enumerate() {
-        let s = DeltaShape {
-            b,
-            t,
-            h,
-            dk,
-            dv,
-            scale: 1.0 / (dk as f32).sqrt(),
-            l2norm: l2,
-        };
+        let s = DeltaShape { b, t, h, dk, dv, scale: 1.0 / (dk as f32).sqrt(), l2norm: l2 };
         let x = inputs(&mut r, &s, h0, gate);
-        let e = check_backward(
-            &format!("B={b} T={t} H={h} dk={dk} dv={dv} l2={l2} h0={h0} dht={dht} g={gate:?}"),
-            &s,
-            &x,
-            dht,
-            100 + i as u64,
-        );
+        let e =
+            check_backward(&format!("B={b} T={t} H={h} dk={dk} dv={dv} l2={l2} h0={h0} dht={dht} g={gate:?}"), &s, &x, dht, 100 + i as u64);
         assert!(e <= 1e-4, "worst gradient rel rms {e:.2e}");
         worst = worst.max(e);
     }
@@ -564,4 +373,3 @@ fn long_sequence_extreme_gates_stay_finite() {
     let e = check_backward("T=8192 g=-20 spikes, beta 0 / 1 / mixed", &s, &x, true, 44);
     assert!(eo <= 1e-5 && eh <= 1e-5 && e <= 1e-4);
 }
-

@@ -16,20 +16,13 @@ fn read(t: &Tensor) -> Vec<f32> {
 /// sqrt(sum (got - want)^2 / sum want^2)
 fn rel_rms(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "length mismatch");
-    let num: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(g, w)| (*g as f64 - w).powi(2))
-        .sum();
+    let num: f64 = got.iter().zip(want).map(|(g, w)| (*g as f64 - w).powi(2)).sum();
     let den: f64 = want.iter().map(|w| w * w).sum::<f64>().max(1e-300);
     (num / den).sqrt()
 }
 
 fn check(what: &str, got: &[f32], want: &[f64], tol: f64) {
-    assert!(
-        got.iter().all(|v| v.is_finite()),
-        "{what}: non-finite output"
-    );
+    assert!(got.iter().all(|v| v.is_finite()), "{what}: non-finite output");
     let e = rel_err(got, want);
     eprintln!("{what:<40} rel max err {e:.2e}");
     assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.1e}");
@@ -39,15 +32,7 @@ fn check(what: &str, got: &[f32], want: &[f64], tol: f64) {
 fn linear_gradients_match_reference_at_awkward_shapes() {
     let g = gpu();
     let mut r = rng(31);
-    for &(m, n, k) in &[
-        (1, 1, 1),
-        (3, 5, 7),
-        (63, 65, 64),
-        (130, 33, 71),
-        (257, 17, 129),
-        (5, 130, 66),
-        (1100, 5, 70),
-    ] {
+    for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (63, 65, 64), (130, 33, 71), (257, 17, 129), (5, 130, 66), (1100, 5, 70)] {
         let x = randn(&mut r, m * k, 1.0);
         let w = randn(&mut r, n * k, 1.0);
         let dy = randn(&mut r, m * n, 1.0);
@@ -70,24 +55,9 @@ fn linear_gradients_match_reference_at_awkward_shapes() {
         let want_dw = ops::grad::cpu::linear_backward_weight(&f64v(&dy), &f64v(&x), n, k);
         check(&format!("dx {m}x{n}x{k}"), &read(&dx), &want_dx, 1e-5);
         check(&format!("dW {m}x{n}x{k}"), &read(&dw), &want_dw, 1e-5);
-        let acc = |a: &[f64], b0: &[f32]| {
-            a.iter()
-                .zip(b0)
-                .map(|(a, b)| a + *b as f64)
-                .collect::<Vec<_>>()
-        };
-        check(
-            &format!("dx += {m}x{n}x{k}"),
-            &read(&dxa),
-            &acc(&want_dx, &dx0),
-            1e-5,
-        );
-        check(
-            &format!("dW += {m}x{n}x{k}"),
-            &read(&dwa),
-            &acc(&want_dw, &dw0),
-            1e-5,
-        );
+        let acc = |a: &[f64], b0: &[f32]| a.iter().zip(b0).map(|(a, b)| a + *b as f64).collect::<Vec<_>>();
+        check(&format!("dx += {m}x{n}x{k}"), &read(&dxa), &acc(&want_dx, &dx0), 1e-5);
+        check(&format!("dW += {m}x{n}x{k}"), &read(&dwa), &acc(&want_dw, &dw0), 1e-5);
     }
 }
 
@@ -126,11 +96,7 @@ fn silu_forward_and_backward_match_reference() {
         })
         .unwrap();
         let want_y: Vec<f64> = z.iter().map(|&v| ops::act::cpu::silu(v as f64)).collect();
-        let want_d: Vec<f64> = z
-            .iter()
-            .zip(&d)
-            .map(|(&v, &dd)| dd as f64 * ops::act::cpu::silu_grad(v as f64))
-            .collect();
+        let want_d: Vec<f64> = z.iter().zip(&d).map(|(&v, &dd)| dd as f64 * ops::act::cpu::silu_grad(v as f64)).collect();
         check(&format!("silu {n}"), &read(&y), &want_y, 1e-5);
         check(&format!("silu backward {n}"), &read(&td), &want_d, 1e-5);
     }
@@ -139,9 +105,7 @@ fn silu_forward_and_backward_match_reference() {
 /// Parameters of the decay gate drawn like fla's initialisation.
 fn gate_params(r: &mut rand::rngs::StdRng, h: usize) -> (Vec<f32>, Vec<f32>) {
     use rand::Rng;
-    let a_log = (0..h)
-        .map(|_| r.random_range(1.0f64..16.0).ln() as f32)
-        .collect();
+    let a_log = (0..h).map(|_| r.random_range(1.0f64..16.0).ln() as f32).collect();
     let dt_bias = (0..h)
         .map(|_| {
             let dt = (r.random_range(1e-3f64.ln()..0.1f64.ln())).exp();
@@ -162,38 +126,20 @@ fn gate_forward_and_backward_match_reference() {
         let dg = randn(&mut r, n * h, 1.0);
         let dbeta = randn(&mut r, n * h, 1.0);
         let da0 = randn(&mut r, h, 1.0);
-        let (tza, tzb, ta, tdt) = (
-            up(&[n, h], &za),
-            up(&[n, h], &zb),
-            up(&[h], &a_log),
-            up(&[h], &dt_bias),
-        );
+        let (tza, tzb, ta, tdt) = (up(&[n, h], &za), up(&[n, h], &zb), up(&[h], &a_log), up(&[h], &dt_bias));
         let (tg, tbeta) = (g.zeros(&[n, h]).unwrap(), g.zeros(&[n, h]).unwrap());
         let (tdg, tdbeta) = (up(&[n, h], &dg), up(&[n, h], &dbeta));
         let scratch = g.zeros(&[n * h + 3]).unwrap();
         let (tda, tddt) = (up(&[h], &da0), up(&[h], &da0));
         g.run(|b| {
             ops::act::gate_forward(b, &tza, &tzb, &ta, &tdt, &tg, &tbeta);
-            ops::act::gate_backward(
-                b,
-                &tza,
-                &tbeta,
-                &ta,
-                &tdt,
-                &tdg,
-                &tdbeta,
-                &scratch,
-                &tda,
-                &tddt,
-                n % 2 == 0,
-            );
+            ops::act::gate_backward(b, &tza, &tbeta, &ta, &tdt, &tdg, &tdbeta, &scratch, &tda, &tddt, n % 2 == 0);
             Ok(())
         })
         .unwrap();
         let (za, zb, a_log, dt_bias) = (f64v(&za), f64v(&zb), f64v(&a_log), f64v(&dt_bias));
         let (want_g, want_beta) = ops::act::cpu::gate_forward(&za, &zb, &a_log, &dt_bias);
-        let (dza, dzb, mut da, mut ddt) =
-            ops::act::cpu::gate_backward(&za, &zb, &a_log, &dt_bias, &f64v(&dg), &f64v(&dbeta));
+        let (dza, dzb, mut da, mut ddt) = ops::act::cpu::gate_backward(&za, &zb, &a_log, &dt_bias, &f64v(&dg), &f64v(&dbeta));
         if n % 2 == 0 {
             for i in 0..h {
                 da[i] += da0[i] as f64;
@@ -201,12 +147,7 @@ fn gate_forward_and_backward_match_reference() {
             }
         }
         check(&format!("gate g {n}x{h}"), &read(&tg), &want_g, 1e-5);
-        check(
-            &format!("gate beta {n}x{h}"),
-            &read(&tbeta),
-            &want_beta,
-            1e-5,
-        );
+        check(&format!("gate beta {n}x{h}"), &read(&tbeta), &want_beta, 1e-5);
         check(&format!("gate dza {n}x{h}"), &read(&tdg), &dza, 1e-5);
         check(&format!("gate dzb {n}x{h}"), &read(&tdbeta), &dzb, 1e-5);
         check(&format!("gate dA_log {n}x{h}"), &read(&tda), &da, 1e-5);
@@ -224,64 +165,27 @@ fn gated_norm_forward_and_backward_match_reference() {
         let w = randn(&mut r, d, 1.0);
         let dy = randn(&mut r, rows * d, 1.0);
         let dw0 = randn(&mut r, d, 1.0);
-        let (to, tz, tw, tdy) = (
-            up(&[rows, d], &o),
-            up(&[rows, d], &z),
-            up(&[d], &w),
-            up(&[rows, d], &dy),
-        );
+        let (to, tz, tw, tdy) = (up(&[rows, d], &o), up(&[rows, d], &z), up(&[d], &w), up(&[rows, d], &dy));
         let (y, rstd) = (g.zeros(&[rows, d]).unwrap(), g.zeros(&[rows]).unwrap());
-        let (d_o, dz, scratch) = (
-            g.zeros(&[rows, d]).unwrap(),
-            g.zeros(&[rows, d]).unwrap(),
-            g.zeros(&[rows * d]).unwrap(),
-        );
+        let (d_o, dz, scratch) = (g.zeros(&[rows, d]).unwrap(), g.zeros(&[rows, d]).unwrap(), g.zeros(&[rows * d]).unwrap());
         let dw = up(&[d], &dw0);
         g.run(|b| {
             ops::act::gated_norm_forward(b, &to, &tz, &tw, 1e-5, &y, &rstd);
-            ops::act::gated_norm_backward(
-                b, &to, &tz, &tw, &rstd, &tdy, &d_o, &dz, &dw, &scratch, true,
-            );
+            ops::act::gated_norm_backward(b, &to, &tz, &tw, &rstd, &tdy, &d_o, &dz, &dw, &scratch, true);
             Ok(())
         })
         .unwrap();
         let (o, z, w) = (f64v(&o), f64v(&z), f64v(&w));
         let (want_y, want_rstd) = ops::act::cpu::gated_norm_forward(&o, &z, &w, 1e-5);
-        let (want_do, want_dz, mut want_dw) =
-            ops::act::cpu::gated_norm_backward(&o, &z, &w, 1e-5, &f64v(&dy));
+        let (want_do, want_dz, mut want_dw) = ops::act::cpu::gated_norm_backward(&o, &z, &w, 1e-5, &f64v(&dy));
         for (a, b) in want_dw.iter_mut().zip(&dw0) {
             *a += *b as f64;
         }
-        check(
-            &format!("gated norm y {rows}x{d}"),
-            &read(&y),
-            &want_y,
-            1e-5,
-        );
-        check(
-            &format!("gated norm rstd {rows}x{d}"),
-            &read(&rstd),
-            &want_rstd,
-            1e-5,
-        );
-        check(
-            &format!("gated norm do {rows}x{d}"),
-            &read(&d_o),
-            &want_do,
-            1e-5,
-        );
-        check(
-            &format!("gated norm dz {rows}x{d}"),
-            &read(&dz),
-            &want_dz,
-            1e-5,
-        );
-        check(
-            &format!("gated norm dw {rows}x{d}"),
-            &read(&dw),
-            &want_dw,
-            1e-5,
-        );
+        check(&format!("gated norm y {rows}x{d}"), &read(&y), &want_y, 1e-5);
+        check(&format!("gated norm rstd {rows}x{d}"), &read(&rstd), &want_rstd, 1e-5);
+        check(&format!("gated norm do {rows}x{d}"), &read(&d_o), &want_do, 1e-5);
+        check(&format!("gated norm dz {rows}x{d}"), &read(&dz), &want_dz, 1e-5);
+        check(&format!("gated norm dw {rows}x{d}"), &read(&dw), &want_dw, 1e-5);
     }
 }
 
@@ -303,12 +207,7 @@ fn colsum_matches_reference() {
         let want = ops::reduce::cpu::colsum(&f64v(&x), cols, 1.0);
         let want_a: Vec<f64> = want.iter().zip(&y0).map(|(a, b)| a + *b as f64).collect();
         check(&format!("colsum {rows}x{cols}"), &read(&y), &want, 1e-5);
-        check(
-            &format!("colsum += {rows}x{cols}"),
-            &read(&ya),
-            &want_a,
-            1e-5,
-        );
+        check(&format!("colsum += {rows}x{cols}"), &read(&ya), &want_a, 1e-5);
     }
 }
 
@@ -316,9 +215,7 @@ fn colsum_matches_reference() {
 // The whole block
 // ---------------------------------------------------------------------------------------
 
-use taylorcal::model::gdn::{
-    self, cpu as gref, GdnActs, GdnDims, GdnGrads, GdnParams, PARAM_NAMES,
-};
+use taylorcal::model::gdn::{self, cpu as gref, GdnActs, GdnDims, GdnGrads, GdnParams, PARAM_NAMES};
 use taylorcal::ops::delta::cpu as dref;
 
 fn block_params(r: &mut rand::rngs::StdRng, dims: GdnDims) -> gref::Params {
@@ -338,11 +235,7 @@ fn f32v(v: &[f64]) -> Vec<f32> {
 #[test]
 fn reference_block_backward_matches_finite_differences() {
     let mut r = rng(41);
-    let dims = GdnDims {
-        d_model: 8,
-        heads: 2,
-        head_dim: 4,
-    };
+    let dims = GdnDims { d_model: 8, heads: 2, head_dim: 4 };
     let seqs = (2, 5);
     let n = seqs.0 * seqs.1;
     let p = block_params(&mut r, dims);
@@ -369,10 +262,7 @@ fn reference_block_backward_matches_finite_differences() {
             .collect();
         let e = rel_rms_f64(gr.tensors()[slot], &num);
         eprintln!("reference d{name:<8} vs finite differences: rel RMS {e:.2e}");
-        assert!(
-            e <= 1e-6,
-            "reference d{name}: rel RMS {e:.3e} against finite differences"
-        );
+        assert!(e <= 1e-6, "reference d{name}: rel RMS {e:.3e} against finite differences");
     }
     let num: Vec<f64> = (0..x.len())
         .map(|i| {
@@ -385,10 +275,7 @@ fn reference_block_backward_matches_finite_differences() {
         .collect();
     let e = rel_rms_f64(&dx, &num);
     eprintln!("reference dx        vs finite differences: rel RMS {e:.2e}");
-    assert!(
-        e <= 1e-6,
-        "reference dx: rel RMS {e:.3e} against finite differences"
-    );
+    assert!(e <= 1e-6, "reference dx: rel RMS {e:.3e} against finite differences");
 }
 
 fn rel_rms_f64(got: &[f64], want: &[f64]) -> f64 {
@@ -435,13 +322,7 @@ fn check_block(dims: GdnDims, seqs: (usize, usize), seed: u64, cpu_scan: bool) {
         })
         .unwrap();
         let rd = |t: &Tensor| f64v(&read(t));
-        let (q, k, v, gg, beta) = (
-            rd(&acts.q),
-            rd(&acts.k),
-            rd(&acts.v),
-            rd(&acts.g),
-            rd(&acts.beta),
-        );
+        let (q, k, v, gg, beta) = (rd(&acts.q), rd(&acts.k), rd(&acts.v), rd(&acts.g), rd(&acts.beta));
         let (o, _) = dref::forward(&s, &q, &k, &v, &gg, &beta, None);
         g.write(&acts.o, &f32v(&o));
         g.run(|b| {
@@ -472,10 +353,7 @@ fn check_block(dims: GdnDims, seqs: (usize, usize), seed: u64, cpu_scan: bool) {
     }
     let got_out = read(&out);
     let e = rel_err(&got_out, &want_out);
-    eprintln!(
-        "block out {tag}: rel max err {e:.2e}, rel RMS {:.2e}",
-        rel_rms(&got_out, &want_out)
-    );
+    eprintln!("block out {tag}: rel max err {e:.2e}, rel RMS {:.2e}", rel_rms(&got_out, &want_out));
     assert!(e <= 1e-4, "block out {tag}: relative error {e:.3e}");
     let mut worst = 0.0f64;
     for (slot, name) in PARAM_NAMES.iter().enumerate() {
@@ -490,24 +368,14 @@ fn check_block(dims: GdnDims, seqs: (usize, usize), seed: u64, cpu_scan: bool) {
     assert!(e <= 1e-4, "block dx {tag}: rel RMS {e:.3e}");
     if !cpu_scan {
         // a second backward with `accumulate` adds the same gradients (and dx) again
-        g.run(|b| gdn::gdn_backward(b, &p, &tx, seqs, &acts, &tdout, &grads, Some(&dx), true))
-            .unwrap();
+        g.run(|b| gdn::gdn_backward(b, &p, &tx, seqs, &acts, &tdout, &grads, Some(&dx), true)).unwrap();
         let twice = |v: &[f64]| v.iter().map(|x| 2.0 * x).collect::<Vec<_>>();
         for (slot, name) in PARAM_NAMES.iter().enumerate() {
-            let e = rel_rms(
-                &read(grads.tensors()[slot]),
-                &twice(want_gr.tensors()[slot]),
-            );
-            assert!(
-                e <= 1e-4,
-                "block d{name} accumulated twice {tag}: rel RMS {e:.3e}"
-            );
+            let e = rel_rms(&read(grads.tensors()[slot]), &twice(want_gr.tensors()[slot]));
+            assert!(e <= 1e-4, "block d{name} accumulated twice {tag}: rel RMS {e:.3e}");
         }
         let e = rel_rms(&read(&dx), &twice(&want_dx));
-        assert!(
-            e <= 1e-4,
-            "block dx accumulated twice {tag}: rel RMS {e:.3e}"
-        );
+        assert!(e <= 1e-4, "block dx accumulated twice {tag}: rel RMS {e:.3e}");
     }
 }
 
@@ -515,36 +383,9 @@ fn check_block(dims: GdnDims, seqs: (usize, usize), seed: u64, cpu_scan: bool) {
 fn block_forward_and_backward_match_reference() {
     // the whole block on the GPU, chunked scan included: T spans several 64-token chunks
     // and ends mid-chunk; H d differs from D
-    check_block(
-        GdnDims {
-            d_model: 40,
-            heads: 3,
-            head_dim: 16,
-        },
-        (2, 37),
-        44,
-        false,
-    );
-    check_block(
-        GdnDims {
-            d_model: 24,
-            heads: 2,
-            head_dim: 20,
-        },
-        (1, 150),
-        45,
-        false,
-    );
-    check_block(
-        GdnDims {
-            d_model: 33,
-            heads: 1,
-            head_dim: 64,
-        },
-        (3, 65),
-        46,
-        false,
-    );
+    check_block(GdnDims { d_model: 40, heads: 3, head_dim: 16 }, (2, 37), 44, false);
+    check_block(GdnDims { d_model: 24, heads: 2, head_dim: 20 }, (1, 150), 45, false);
+    check_block(GdnDims { d_model: 33, heads: 1, head_dim: 64 }, (3, 65), 46, false);
 }
 
 #[test]
@@ -552,11 +393,7 @@ fn block_recurrent_steps_match_reference_forward() {
     // decoding token by token with the one-step recurrence gives the block's forward
     let g = gpu();
     let mut r = rng(47);
-    let dims = GdnDims {
-        d_model: 24,
-        heads: 2,
-        head_dim: 12,
-    };
+    let dims = GdnDims { d_model: 24, heads: 2, head_dim: 12 };
     let seqs = (2, 9);
     let (bsz, t) = seqs;
     let hp = block_params(&mut r, dims);
@@ -564,23 +401,13 @@ fn block_recurrent_steps_match_reference_forward() {
     let (want, _) = gref::forward(&hp, &x, seqs);
     let p = GdnParams::upload(g, &hp).unwrap();
     let acts = GdnActs::new(g, dims, (bsz, 1), false).unwrap();
-    let state = g
-        .zeros(&[bsz, dims.heads, dims.head_dim, dims.head_dim])
-        .unwrap();
-    let (xt, out) = (
-        g.zeros(&[bsz, dims.d_model]).unwrap(),
-        g.zeros(&[bsz, dims.d_model]).unwrap(),
-    );
+    let state = g.zeros(&[bsz, dims.heads, dims.head_dim, dims.head_dim]).unwrap();
+    let (xt, out) = (g.zeros(&[bsz, dims.d_model]).unwrap(), g.zeros(&[bsz, dims.d_model]).unwrap());
     let mut got = vec![0.0f32; bsz * t * dims.d_model];
     for step in 0..t {
-        let rows: Vec<f32> = (0..bsz)
-            .flat_map(|b| {
-                f32v(&x[(b * t + step) * dims.d_model..(b * t + step + 1) * dims.d_model])
-            })
-            .collect();
+        let rows: Vec<f32> = (0..bsz).flat_map(|b| f32v(&x[(b * t + step) * dims.d_model..(b * t + step + 1) * dims.d_model])).collect();
         g.write(&xt, &rows);
-        g.run(|b| gdn::gdn_recurrent_step(b, &p, &xt, &acts, &state, &out))
-            .unwrap();
+        g.run(|b| gdn::gdn_recurrent_step(b, &p, &xt, &acts, &state, &out)).unwrap();
         let o = read(&out);
         for b in 0..bsz {
             got[(b * t + step) * dims.d_model..(b * t + step + 1) * dims.d_model]
@@ -596,25 +423,6 @@ fn block_recurrent_steps_match_reference_forward() {
 fn block_with_reference_scan_matches_reference() {
     // everything but the scan on the GPU (the scan's inputs and output gradients cross to
     // the f64 recurrence and back), so the block's own kernels are checked on their own
-    check_block(
-        GdnDims {
-            d_model: 40,
-            heads: 3,
-            head_dim: 16,
-        },
-        (2, 37),
-        42,
-        true,
-    );
-    check_block(
-        GdnDims {
-            d_model: 24,
-            heads: 2,
-            head_dim: 20,
-        },
-        (1, 70),
-        43,
-        true,
-    );
+    check_block(GdnDims { d_model: 40, heads: 3, head_dim: 16 }, (2, 37), 42, true);
+    check_block(GdnDims { d_model: 24, heads: 2, head_dim: 20 }, (1, 70), 43, true);
 }
-

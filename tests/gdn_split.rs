@@ -14,10 +14,7 @@ fn split_gpu() -> &'static Gpu {
     static SET: Once = Once::new();
     SET.call_once(|| std::env::set_var("TAYLORCAL_MAX_BINDING", MAX_BINDING.to_string()));
     let g = gpu();
-    assert_eq!(
-        g.max_binding, MAX_BINDING,
-        "TAYLORCAL_MAX_BINDING was not applied: nothing would be split"
-    );
+    assert_eq!(g.max_binding, MAX_BINDING, "TAYLORCAL_MAX_BINDING was not applied: nothing would be split");
     g
 }
 
@@ -51,30 +48,11 @@ fn linear_gradients_split_over_bindings() {
         })
         .unwrap();
         let want_dx = ops::grad::cpu::linear_backward_input(&f64v(&dy), &f64v(&w), n, k);
-        let want_dxa: Vec<f64> = want_dx
-            .iter()
-            .zip(&dx0)
-            .map(|(a, b)| a + *b as f64)
-            .collect();
+        let want_dxa: Vec<f64> = want_dx.iter().zip(&dx0).map(|(a, b)| a + *b as f64).collect();
         let want_dw = ops::grad::cpu::linear_backward_weight(&f64v(&dy), &f64v(&x), n, k);
-        check(
-            &format!("split dx {m}x{n}x{k}"),
-            &g.read(&dx).unwrap(),
-            &want_dx,
-            1e-5,
-        );
-        check(
-            &format!("split dx += {m}x{n}x{k}"),
-            &g.read(&dxa).unwrap(),
-            &want_dxa,
-            1e-5,
-        );
-        check(
-            &format!("split dW {m}x{n}x{k}"),
-            &g.read(&dw).unwrap(),
-            &want_dw,
-            1e-5,
-        );
+        check(&format!("split dx {m}x{n}x{k}"), &g.read(&dx).unwrap(), &want_dx, 1e-5);
+        check(&format!("split dx += {m}x{n}x{k}"), &g.read(&dxa).unwrap(), &want_dxa, 1e-5);
+        check(&format!("split dW {m}x{n}x{k}"), &g.read(&dw).unwrap(), &want_dw, 1e-5);
     }
 }
 
@@ -92,11 +70,7 @@ fn activations_gate_norm_and_colsum_split_over_bindings() {
     // SiLU over 2100 * 20 elements
     let z = randn(&mut r, n * h * d, 5.0);
     let dd = randn(&mut r, n * h * d, 1.0);
-    let (tz, td, ty) = (
-        up(g, &[n, h * d], &z),
-        up(g, &[n, h * d], &dd),
-        g.zeros(&[n, h * d]).unwrap(),
-    );
+    let (tz, td, ty) = (up(g, &[n, h * d], &z), up(g, &[n, h * d], &dd), g.zeros(&[n, h * d]).unwrap());
     // gate over [700, 3]
     let za = randn(&mut r, n * h, 3.0);
     let zb = randn(&mut r, n * h, 3.0);
@@ -104,32 +78,14 @@ fn activations_gate_norm_and_colsum_split_over_bindings() {
     let dt: Vec<f32> = vec![-4.0, -2.5, -6.0];
     let dg = randn(&mut r, n * h, 1.0);
     let dbeta = randn(&mut r, n * h, 1.0);
-    let (tza, tzb, ta, tdt) = (
-        up(g, &[n, h], &za),
-        up(g, &[n, h], &zb),
-        up(g, &[h], &a_log),
-        up(g, &[h], &dt),
-    );
-    let (tg, tbeta, tdg, tdbeta) = (
-        g.zeros(&[n, h]).unwrap(),
-        g.zeros(&[n, h]).unwrap(),
-        up(g, &[n, h], &dg),
-        up(g, &[n, h], &dbeta),
-    );
-    let (tda, tddt, scratch) = (
-        g.zeros(&[h]).unwrap(),
-        g.zeros(&[h]).unwrap(),
-        g.zeros(&[n * h * d]).unwrap(),
-    );
+    let (tza, tzb, ta, tdt) = (up(g, &[n, h], &za), up(g, &[n, h], &zb), up(g, &[h], &a_log), up(g, &[h], &dt));
+    let (tg, tbeta, tdg, tdbeta) = (g.zeros(&[n, h]).unwrap(), g.zeros(&[n, h]).unwrap(), up(g, &[n, h], &dg), up(g, &[n, h], &dbeta));
+    let (tda, tddt, scratch) = (g.zeros(&[h]).unwrap(), g.zeros(&[h]).unwrap(), g.zeros(&[n * h * d]).unwrap());
     // gated norm over [2100, 20]
     let o = randn(&mut r, n * h * d, 2.0);
     let w = randn(&mut r, d, 1.0);
     let dy = randn(&mut r, n * h * d, 1.0);
-    let (to, tw, tdy) = (
-        up(g, &[n * h, d], &o),
-        up(g, &[d], &w),
-        up(g, &[n * h, d], &dy),
-    );
+    let (to, tw, tdy) = (up(g, &[n * h, d], &o), up(g, &[d], &w), up(g, &[n * h, d], &dy));
     let (y, rstd, d_o, dz, dw) = (
         g.zeros(&[n * h, d]).unwrap(),
         g.zeros(&[n * h]).unwrap(),
@@ -141,61 +97,31 @@ fn activations_gate_norm_and_colsum_split_over_bindings() {
         ops::act::silu_forward(b, &tz, &ty);
         ops::act::silu_backward(b, &tz, &td);
         ops::act::gate_forward(b, &tza, &tzb, &ta, &tdt, &tg, &tbeta);
-        ops::act::gate_backward(
-            b, &tza, &tbeta, &ta, &tdt, &tdg, &tdbeta, &scratch, &tda, &tddt, false,
-        );
+        ops::act::gate_backward(b, &tza, &tbeta, &ta, &tdt, &tdg, &tdbeta, &scratch, &tda, &tddt, false);
         ops::act::gated_norm_forward(b, &to, &tz, &tw, 1e-5, &y, &rstd);
-        ops::act::gated_norm_backward(
-            b, &to, &tz, &tw, &rstd, &tdy, &d_o, &dz, &dw, &scratch, false,
-        );
+        ops::act::gated_norm_backward(b, &to, &tz, &tw, &rstd, &tdy, &d_o, &dz, &dw, &scratch, false);
         Ok(())
     })
     .unwrap();
     let c = ops::act::cpu::silu;
-    check(
-        "split silu",
-        &g.read(&ty).unwrap(),
-        &z.iter().map(|&v| c(v as f64)).collect::<Vec<_>>(),
-        1e-5,
-    );
-    let want_d: Vec<f64> = z
-        .iter()
-        .zip(&dd)
-        .map(|(&v, &e)| e as f64 * ops::act::cpu::silu_grad(v as f64))
-        .collect();
+    check("split silu", &g.read(&ty).unwrap(), &z.iter().map(|&v| c(v as f64)).collect::<Vec<_>>(), 1e-5);
+    let want_d: Vec<f64> = z.iter().zip(&dd).map(|(&v, &e)| e as f64 * ops::act::cpu::silu_grad(v as f64)).collect();
     check("split silu backward", &g.read(&td).unwrap(), &want_d, 1e-5);
     let (za, zb, a_log, dt) = (f64v(&za), f64v(&zb), f64v(&a_log), f64v(&dt));
     let (want_g, want_beta) = ops::act::cpu::gate_forward(&za, &zb, &a_log, &dt);
-    let (dza, dzb, da, ddt) =
-        ops::act::cpu::gate_backward(&za, &zb, &a_log, &dt, &f64v(&dg), &f64v(&dbeta));
+    let (dza, dzb, da, ddt) = ops::act::cpu::gate_backward(&za, &zb, &a_log, &dt, &f64v(&dg), &f64v(&dbeta));
     check("split gate g", &g.read(&tg).unwrap(), &want_g, 1e-5);
-    check(
-        "split gate beta",
-        &g.read(&tbeta).unwrap(),
-        &want_beta,
-        1e-5,
-    );
+    check("split gate beta", &g.read(&tbeta).unwrap(), &want_beta, 1e-5);
     check("split gate dza", &g.read(&tdg).unwrap(), &dza, 1e-5);
     check("split gate dzb", &g.read(&tdbeta).unwrap(), &dzb, 1e-5);
     check("split gate dA_log", &g.read(&tda).unwrap(), &da, 1e-5);
     check("split gate ddt_bias", &g.read(&tddt).unwrap(), &ddt, 1e-5);
     let (o, z, w) = (f64v(&o), f64v(&z), f64v(&w));
     let (want_y, want_rstd) = ops::act::cpu::gated_norm_forward(&o, &z, &w, 1e-5);
-    let (want_do, want_dz, want_dw) =
-        ops::act::cpu::gated_norm_backward(&o, &z, &w, 1e-5, &f64v(&dy));
+    let (want_do, want_dz, want_dw) = ops::act::cpu::gated_norm_backward(&o, &z, &w, 1e-5, &f64v(&dy));
     check("split gated norm y", &g.read(&y).unwrap(), &want_y, 1e-5);
-    check(
-        "split gated norm rstd",
-        &g.read(&rstd).unwrap(),
-        &want_rstd,
-        1e-5,
-    );
-    check(
-        "split gated norm do",
-        &g.read(&d_o).unwrap(),
-        &want_do,
-        1e-5,
-    );
+    check("split gated norm rstd", &g.read(&rstd).unwrap(), &want_rstd, 1e-5);
+    check("split gated norm do", &g.read(&d_o).unwrap(), &want_do, 1e-5);
     check("split gated norm dz", &g.read(&dz).unwrap(), &want_dz, 1e-5);
     check("split gated norm dw", &g.read(&dw).unwrap(), &want_dw, 1e-5);
 }

@@ -55,7 +55,8 @@ fn checkpoint_round_trips() {
     let tensors = hybrid::init_student(&cfg, &teacher, 7).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("student");
-    let ck = Checkpoint { config: cfg.clone(), tensors: tensors.clone(), tokenizer: None, report: serde_json::json!({"strategy": "naive"}) };
+    let ck =
+        Checkpoint { config: cfg.clone(), tensors: tensors.clone(), tokenizer: None, report: serde_json::json!({"strategy": "naive"}) };
     hybrid::save_checkpoint(&out, &ck).unwrap();
     assert!(hybrid::is_checkpoint(&out));
     let back = hybrid::load_checkpoint(&out).unwrap();
@@ -66,7 +67,21 @@ fn checkpoint_round_trips() {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["model_type"], "taylorcal_hybrid");
     assert_eq!(v["attn_layers"], serde_json::json!([1]));
-    for k in ["hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size", "vocab_size", "rms_norm_eps", "rope_theta", "tie_word_embeddings", "gdn_use_silu", "gdn_norm_eps", "gdn_chunk_size"] {
+    for k in [
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "intermediate_size",
+        "vocab_size",
+        "rms_norm_eps",
+        "rope_theta",
+        "tie_word_embeddings",
+        "gdn_use_silu",
+        "gdn_norm_eps",
+        "gdn_chunk_size",
+    ] {
         assert!(!v[k].is_null(), "config.json lacks {k}");
     }
 }

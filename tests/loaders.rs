@@ -22,10 +22,7 @@ use common::tiny::*;
 fn assert_close(name: &str, got: &[f32], want: &[f32], rel_tol: f32) {
     assert_eq!(got.len(), want.len(), "{name}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= rel_tol * w.abs() + 1e-30,
-            "{name}[{i}]: got {g}, want {w}"
-        );
+        assert!((g - w).abs() <= rel_tol * w.abs() + 1e-30, "{name}[{i}]: got {g}, want {w}");
     }
 }
 
@@ -39,10 +36,7 @@ fn err_text<T>(r: anyhow::Result<T>) -> String {
 fn assert_mentions(msg: &str, parts: &[&str]) {
     eprintln!("error message: {msg}");
     for p in parts {
-        assert!(
-            msg.contains(p),
-            "error message {msg:?} should mention {p:?}"
-        );
+        assert!(msg.contains(p), "error message {msg:?} should mention {p:?}");
     }
 }
 
@@ -71,11 +65,7 @@ fn reference_dequant(ty: GgmlType, bytes: &[u8]) -> (Vec<f32>, Vec<f32>) {
             let x = match ty {
                 GgmlType::Q8_0 => d * (b[2 + e] as i8) as f32,
                 GgmlType::Q4_0 | GgmlType::Q4_1 => {
-                    let qs = if ty == GgmlType::Q4_0 {
-                        &b[2..]
-                    } else {
-                        &b[4..]
-                    };
+                    let qs = if ty == GgmlType::Q4_0 { &b[2..] } else { &b[4..] };
                     let nibble = if e < 16 { qs[e] & 15 } else { qs[e - 16] >> 4 };
                     if ty == GgmlType::Q4_0 {
                         (nibble as f32 - 8.0) * d
@@ -101,26 +91,13 @@ fn check_quant_round_trip(ty: GgmlType, wrap: fn(Vec<f32>) -> GgufTensorData, er
     let mut x = Vec::new();
     for _ in 0..rows * cols / 32 {
         let scale = 10f32.powf(rng.random_range(-2.0..1.5)); // d stays in f16's normal range
-        let offset = if ty == GgmlType::Q4_1 {
-            rng.random_range(-1.0..1.0) * scale
-        } else {
-            0.0
-        };
-        x.extend(
-            random_vec(&mut rng, 32, scale)
-                .into_iter()
-                .map(|v| v + offset),
-        );
+        let offset = if ty == GgmlType::Q4_1 { rng.random_range(-1.0..1.0) * scale } else { 0.0 };
+        x.extend(random_vec(&mut rng, 32, scale).into_iter().map(|v| v + offset));
     }
     x[0..32].iter_mut().for_each(|v| *v = 0.25); // a constant block (d = 0 for Q4_1)
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("q.gguf");
-    write_gguf(
-        &path,
-        &[],
-        &[("t".into(), vec![rows, cols], wrap(x.clone()))],
-    )
-    .unwrap();
+    write_gguf(&path, &[], &[("t".into(), vec![rows, cols], wrap(x.clone()))]).unwrap();
 
     let file = GgufFile::open(&path).unwrap();
     let info = file.tensor_info("t").unwrap();
@@ -129,19 +106,10 @@ fn check_quant_round_trip(ty: GgmlType, wrap: fn(Vec<f32>) -> GgufTensorData, er
     assert_eq!(info.dims, vec![cols, rows]);
     let got = file.tensor_f32(info).unwrap();
     let (want, scales) = reference_dequant(ty, file.tensor_bytes(info).unwrap());
-    assert_eq!(
-        got, want,
-        "{ty:?}: loader differs from the reference dequantisation"
-    );
+    assert_eq!(got, want, "{ty:?}: loader differs from the reference dequantisation");
     for i in 0..x.len() {
         let bound = err_in_scales * scales[i] + 1e-3 * x[i].abs() + 1e-7;
-        assert!(
-            (got[i] - x[i]).abs() <= bound,
-            "{ty:?}[{i}]: {} vs {} (block scale {})",
-            got[i],
-            x[i],
-            scales[i]
-        );
+        assert!((got[i] - x[i]).abs() <= bound, "{ty:?}[{i}]: {} vs {} (block scale {})", got[i], x[i], scales[i]);
     }
 }
 
@@ -167,10 +135,7 @@ fn gguf_quantisers_match_ggml_reference_values() {
     let x: Vec<f32> = (0..32).map(|i| i as f32).collect();
     let b = gguf::quantize_q8_0(&x);
     assert_eq!(b.len(), 34);
-    assert_eq!(
-        f16::from_le_bytes([b[0], b[1]]),
-        f16::from_f32(31.0 / 127.0)
-    );
+    assert_eq!(f16::from_le_bytes([b[0], b[1]]), f16::from_f32(31.0 / 127.0));
     assert_eq!(b[2 + 31] as i8, 127);
     assert_eq!(b[2 + 10] as i8, (10.0f32 * (127.0 / 31.0)).round() as i8);
     // Q4_1 of 0..31: d = 31/15, m = 0; element 0 low nibble of byte 0, element 16 its high nibble
@@ -195,11 +160,7 @@ fn gguf_float_tensor_types() {
     let tensors = [
         ("a".to_string(), vec![3, 10], GgufTensorData::F32(x.clone())),
         ("b".to_string(), vec![3, 10], GgufTensorData::F16(x.clone())),
-        (
-            "c".to_string(),
-            vec![3, 10],
-            GgufTensorData::BF16(x.clone()),
-        ),
+        ("c".to_string(), vec![3, 10], GgufTensorData::BF16(x.clone())),
     ];
     let meta = [("general.alignment".to_string(), GgufValue::U32(64))];
     write_gguf(&path, &meta, &tensors).unwrap();
@@ -236,17 +197,10 @@ fn gguf_llama_qk_rows_come_back_in_hf_order() {
     assert_eq!(loaded.config, cfg);
     assert_eq!(loaded.tensors.len(), tensors.len());
     for (name, t) in &tensors {
-        assert_eq!(
-            &loaded.tensors[name], t,
-            "{name} differs after the GGUF round trip"
-        );
+        assert_eq!(&loaded.tensors[name], t, "{name} differs after the GGUF round trip");
     }
     assert!(loaded.tokenizer.is_none());
-    assert!(
-        loaded.source.contains("tokenizer not loaded"),
-        "{}",
-        loaded.source
-    );
+    assert!(loaded.source.contains("tokenizer not loaded"), "{}", loaded.source);
 }
 
 #[test]
@@ -265,19 +219,10 @@ fn gguf_llama_quantised_and_tied() {
 
     let name = "model.layers.1.self_attn.k_proj.weight";
     let t = &tensors[name];
-    let expected =
-        gguf::dequantize(GgmlType::Q8_0, &gguf::quantize_q8_0(&t.data), t.numel()).unwrap();
+    let expected = gguf::dequantize(GgmlType::Q8_0, &gguf::quantize_q8_0(&t.data), t.numel()).unwrap();
     assert_eq!(loaded.tensors[name].data, expected);
-    let max_err = loaded.tensors[name]
-        .data
-        .iter()
-        .zip(&t.data)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
-    assert!(
-        max_err <= 0.6 * 0.5 / 127.0,
-        "{name}: Q8_0 error {max_err} (values lie in [-0.5, 0.5])"
-    );
+    let max_err = loaded.tensors[name].data.iter().zip(&t.data).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(max_err <= 0.6 * 0.5 / 127.0, "{name}: Q8_0 error {max_err} (values lie in [-0.5, 0.5])");
 }
 
 #[test]
@@ -328,9 +273,7 @@ fn rope_interleaved(x: &[f64], hd: usize, pos: f64, theta: f64) -> Vec<f64> {
 }
 
 fn matvec(w: &[f64], x: &[f64]) -> Vec<f64> {
-    w.chunks(x.len())
-        .map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum())
-        .collect()
+    w.chunks(x.len()).map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum()).collect()
 }
 
 fn numpy_unpermute(w: &[f64], n_head: usize, hd: usize) -> Vec<f64> {
@@ -349,9 +292,7 @@ fn numpy_unpermute(w: &[f64], n_head: usize, hd: usize) -> Vec<f64> {
 fn rope_on_unpermuted_weights_matches_llama_cpp() {
     let mut rng = StdRng::seed_from_u64(5);
     let (n_head, hd, d, theta) = (3, 16, 24, 10000.0);
-    let w_hf: Vec<f64> = (0..n_head * hd * d)
-        .map(|_| rng.random_range(-1.0..1.0))
-        .collect();
+    let w_hf: Vec<f64> = (0..n_head * hd * d).map(|_| rng.random_range(-1.0..1.0)).collect();
     let x: Vec<f64> = (0..d).map(|_| rng.random_range(-1.0..1.0)).collect();
     let w_gguf = numpy_permute(&w_hf, n_head, hd, d);
 
@@ -360,12 +301,7 @@ fn rope_on_unpermuted_weights_matches_llama_cpp() {
         let llama_cpp = rope_interleaved(&matvec(&w_gguf, &x), hd, pos, theta);
         let back = numpy_unpermute(&llama_cpp, n_head, hd);
         for i in 0..hf.len() {
-            assert!(
-                (hf[i] - back[i]).abs() < 1e-12,
-                "pos {pos} row {i}: {} vs {}",
-                hf[i],
-                back[i]
-            );
+            assert!((hf[i] - back[i]).abs() < 1e-12, "pos {pos} row {i}: {} vs {}", hf[i], back[i]);
         }
         // without un-permuting, rotate-half on GGUF-order rows is wrong
         let wrong = rope_rotate_half(&matvec(&w_gguf, &x), hd, pos, theta);
@@ -397,11 +333,7 @@ fn hf_dir_f32_round_trip() {
     let json = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
     assert!(json.contains("\"model_type\": \"llama\""), "{json}");
     let json: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(
-        json["rms_norm_eps"].as_f64(),
-        Some(1e-5),
-        "written as the f32's shortest decimal"
-    );
+    assert_eq!(json["rms_norm_eps"].as_f64(), Some(1e-5), "written as the f32's shortest decimal");
 }
 
 #[test]
@@ -409,32 +341,17 @@ fn hf_config_defaults_and_variants() {
     let p = Path::new("/x/config.json");
     let base = r#""hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
         "intermediate_size": 96, "vocab_size": 100, "rms_norm_eps": 1e-6"#;
-    let cfg = hf::parse_hf_config(
-        &format!(r#"{{"model_type": "mistral", {base}, "eos_token_id": [7, 8]}}"#),
-        p,
-    )
-    .unwrap();
+    let cfg = hf::parse_hf_config(&format!(r#"{{"model_type": "mistral", {base}, "eos_token_id": [7, 8]}}"#), p).unwrap();
     assert_eq!(cfg.arch, Arch::Llama);
     assert_eq!((cfg.num_key_value_heads, cfg.head_dim), (4, 16));
-    assert_eq!(
-        (cfg.rope_theta, cfg.max_position_embeddings),
-        (10000.0, 2048)
-    );
+    assert_eq!((cfg.rope_theta, cfg.max_position_embeddings), (10000.0, 2048));
     assert!(!cfg.tie_word_embeddings && !cfg.attention_bias && !cfg.qk_norm);
     assert_eq!((cfg.bos_token_id, cfg.eos_token_id), (None, Some(7)));
     let q2 = hf::parse_hf_config(&format!(r#"{{"model_type": "qwen2", {base}}}"#), p).unwrap();
     assert!(q2.attention_bias && q2.arch == Arch::Qwen2);
-    let q3 = hf::parse_hf_config(
-        &format!(r#"{{"model_type": "qwen3", {base}, "head_dim": 32}}"#),
-        p,
-    )
-    .unwrap();
+    let q3 = hf::parse_hf_config(&format!(r#"{{"model_type": "qwen3", {base}, "head_dim": 32}}"#), p).unwrap();
     assert!(q3.qk_norm && q3.head_dim == 32 && !q3.attention_bias);
-    let llama_bias = hf::parse_hf_config(
-        &format!(r#"{{"model_type": "llama", {base}, "attention_bias": true}}"#),
-        p,
-    )
-    .unwrap();
+    let llama_bias = hf::parse_hf_config(&format!(r#"{{"model_type": "llama", {base}, "attention_bias": true}}"#), p).unwrap();
     assert!(llama_bias.attention_bias);
 }
 
@@ -443,24 +360,14 @@ fn write_safetensors_as(path: &Path, tensors: &HashMap<String, HostTensor>, dtyp
         .iter()
         .map(|(n, t)| {
             let bytes = match dtype {
-                Dtype::F16 => t
-                    .data
-                    .iter()
-                    .flat_map(|&v| f16::from_f32(v).to_le_bytes())
-                    .collect(),
-                Dtype::BF16 => t
-                    .data
-                    .iter()
-                    .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
-                    .collect(),
+                Dtype::F16 => t.data.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect(),
+                Dtype::BF16 => t.data.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect(),
                 _ => t.data.iter().flat_map(|&v| v.to_le_bytes()).collect(),
             };
             (n.clone(), t.shape.clone(), bytes)
         })
         .collect();
-    let views = encoded
-        .iter()
-        .map(|(n, s, b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap()));
+    let views = encoded.iter().map(|(n, s, b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap()));
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
 
@@ -491,30 +398,15 @@ fn hf_dir_sharded() {
     let (mut a, mut b) = (HashMap::new(), HashMap::new());
     let mut weight_map = serde_json::Map::new();
     for (i, (name, t)) in tensors.iter().enumerate() {
-        let (shard, file) = if i % 2 == 0 {
-            (&mut a, "model-00001-of-00002.safetensors")
-        } else {
-            (&mut b, "model-00002-of-00002.safetensors")
-        };
+        let (shard, file) =
+            if i % 2 == 0 { (&mut a, "model-00001-of-00002.safetensors") } else { (&mut b, "model-00002-of-00002.safetensors") };
         shard.insert(name.clone(), t.clone());
         weight_map.insert(name.clone(), file.into());
     }
-    write_safetensors_as(
-        &dir.path().join("model-00001-of-00002.safetensors"),
-        &a,
-        Dtype::F32,
-    );
-    write_safetensors_as(
-        &dir.path().join("model-00002-of-00002.safetensors"),
-        &b,
-        Dtype::BF16,
-    );
+    write_safetensors_as(&dir.path().join("model-00001-of-00002.safetensors"), &a, Dtype::F32);
+    write_safetensors_as(&dir.path().join("model-00002-of-00002.safetensors"), &b, Dtype::BF16);
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
-    std::fs::write(
-        dir.path().join("model.safetensors.index.json"),
-        index.to_string(),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
     let loaded = load_model(dir.path()).unwrap();
     for (name, t) in &tensors {
         assert_close(name, &loaded.tensors[name].data, &t.data, 1.0 / 256.0);
@@ -523,7 +415,6 @@ fn hf_dir_sharded() {
 
 // ---------------------------------------------------------------------------
 // GGUF tokenizer (byte-level BPE)
-
 
 #[test]
 fn gguf_byte_level_bpe_tokenizer() {
@@ -536,15 +427,9 @@ fn gguf_byte_level_bpe_tokenizer() {
     assert!(pieces.contains(&"Ġthe".to_string()), "{pieces:?}");
     assert!(pieces.contains(&"he".to_string()), "{pieces:?}");
     assert!(pieces.contains(&"ll".to_string()), "{pieces:?}");
-    assert!(
-        !pieces.contains(&"12".to_string()),
-        "digits must stay single: {pieces:?}"
-    );
+    assert!(!pieces.contains(&"12".to_string()), "digits must stay single: {pieces:?}");
     assert_eq!(tok.decode(enc.get_ids(), false).unwrap(), text);
-    assert_eq!(
-        tok.decode(enc.get_ids(), true).unwrap(),
-        "hello the world 12 éè!"
-    );
+    assert_eq!(tok.decode(enc.get_ids(), true).unwrap(), "hello the world 12 éè!");
 
     // written with a model to GGUF, and re-saved as tokenizer.json in an HF dir
     let dir = tempfile::tempdir().unwrap();
@@ -552,10 +437,7 @@ fn gguf_byte_level_bpe_tokenizer() {
     let loaded = load_model(&path).unwrap();
     assert_eq!(loaded.config.vocab_size, TINY_VOCAB_WITH_TOKENIZER);
     let gguf_tok = loaded.tokenizer.expect("tokenizer from GGUF");
-    assert_eq!(
-        gguf_tok.encode(text, false).unwrap().get_ids(),
-        enc.get_ids()
-    );
+    assert_eq!(gguf_tok.encode(text, false).unwrap().get_ids(), enc.get_ids());
 
     let hf_dir = dir.path().join("hf");
     save_hf_dir(&hf_dir, &loaded.config, &loaded.tensors, Some(&gguf_tok)).unwrap();
@@ -595,10 +477,7 @@ fn error_truncated_gguf_tensor_data() {
     let len = std::fs::metadata(&path).unwrap().len() as usize;
     truncate(&path, len - 100);
     let msg = err_text(load_model(&path));
-    assert_mentions(
-        &msg,
-        &[&path.display().to_string(), "truncated", "tensor '"],
-    );
+    assert_mentions(&msg, &[&path.display().to_string(), "truncated", "tensor '"]);
 }
 
 #[test]
@@ -608,14 +487,7 @@ fn error_truncated_gguf_metadata() {
     // the token list starts after the model hyper-parameters: cut inside it
     truncate(&path, 1000);
     let msg = err_text(load_model(&path));
-    assert_mentions(
-        &msg,
-        &[
-            &path.display().to_string(),
-            "truncated",
-            "metadata 'tokenizer.ggml",
-        ],
-    );
+    assert_mentions(&msg, &[&path.display().to_string(), "truncated", "metadata 'tokenizer.ggml"]);
 }
 
 #[test]
@@ -646,10 +518,7 @@ fn error_gguf_absurd_array_length() {
     b.extend(u64::MAX.to_le_bytes());
     std::fs::write(&path, &b).unwrap();
     let msg = err_text(load_model(&path));
-    assert_mentions(
-        &msg,
-        &["absurd.gguf", "metadata 'huge!'", "truncated or corrupt"],
-    );
+    assert_mentions(&msg, &["absurd.gguf", "metadata 'huge!'", "truncated or corrupt"]);
 }
 
 #[test]
@@ -657,23 +526,13 @@ fn error_gguf_unsupported_tensor_type() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tiny_config(Arch::Llama);
     let path = tmp.path().join("q6k.gguf");
-    let mut list: Vec<_> = random_tensors(&cfg, 14)
-        .into_iter()
-        .map(|(n, t)| (gguf_name(&n), t.shape, GgufTensorData::F32(t.data)))
-        .collect();
-    list.iter_mut()
-        .find(|(n, _, _)| n == "blk.0.ffn_up.weight")
-        .unwrap()
-        .2 = GgufTensorData::Raw {
-        type_id: 14,
-        bytes: vec![0; 96 * 64 / 256 * 210],
-    };
+    let mut list: Vec<_> =
+        random_tensors(&cfg, 14).into_iter().map(|(n, t)| (gguf_name(&n), t.shape, GgufTensorData::F32(t.data))).collect();
+    list.iter_mut().find(|(n, _, _)| n == "blk.0.ffn_up.weight").unwrap().2 =
+        GgufTensorData::Raw { type_id: 14, bytes: vec![0; 96 * 64 / 256 * 210] };
     write_gguf(&path, &gguf_metadata(&cfg, "llama"), &list).unwrap();
     let msg = err_text(load_model(&path));
-    assert_mentions(
-        &msg,
-        &["q6k.gguf", "blk.0.ffn_up.weight", "Q6_K", "not supported"],
-    );
+    assert_mentions(&msg, &["q6k.gguf", "blk.0.ffn_up.weight", "Q6_K", "not supported"]);
 }
 
 #[test]
@@ -681,15 +540,11 @@ fn error_config_missing_hidden_size() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = saved_hf_dir(tmp.path());
     let config = dir.join("config.json");
-    let mut json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
     json.as_object_mut().unwrap().remove("hidden_size");
     std::fs::write(&config, json.to_string()).unwrap();
     let msg = err_text(load_model(&dir));
-    assert_mentions(
-        &msg,
-        &[&config.display().to_string(), "hidden_size", "missing"],
-    );
+    assert_mentions(&msg, &[&config.display().to_string(), "hidden_size", "missing"]);
 }
 
 #[test]
@@ -697,19 +552,10 @@ fn error_unsupported_architecture_hf() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = saved_hf_dir(tmp.path());
     let config = dir.join("config.json");
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("\"llama\"", "\"gpt2\"");
+    let text = std::fs::read_to_string(&config).unwrap().replace("\"llama\"", "\"gpt2\"");
     std::fs::write(&config, text).unwrap();
     let msg = err_text(load_model(&dir));
-    assert_mentions(
-        &msg,
-        &[
-            &config.display().to_string(),
-            "unsupported architecture 'gpt2'",
-            "llama, mistral, qwen2, qwen3",
-        ],
-    );
+    assert_mentions(&msg, &[&config.display().to_string(), "unsupported architecture 'gpt2'", "llama, mistral, qwen2, qwen3"]);
 }
 
 #[test]
@@ -728,10 +574,7 @@ fn error_missing_tensor_and_wrong_shape() {
     let cfg = tiny_config(Arch::Llama);
     let mut tensors = random_tensors(&cfg, 15);
     tensors.remove("model.layers.1.mlp.down_proj.weight");
-    tensors.insert(
-        "model.norm.weight".into(),
-        HostTensor::new(vec![63], vec![1.0; 63]),
-    );
+    tensors.insert("model.norm.weight".into(), HostTensor::new(vec![63], vec![1.0; 63]));
     save_hf_dir(tmp.path(), &cfg, &tensors, None).unwrap();
     let msg = err_text(load_model(tmp.path()));
     assert_mentions(
@@ -747,10 +590,7 @@ fn error_missing_tensor_and_wrong_shape() {
 #[test]
 fn error_missing_model_path() {
     let msg = err_text(load_model(Path::new("/definitely/not/here/model.gguf")));
-    assert_mentions(
-        &msg,
-        &["model path '/definitely/not/here/model.gguf' does not exist"],
-    );
+    assert_mentions(&msg, &["model path '/definitely/not/here/model.gguf' does not exist"]);
 }
 
 #[test]

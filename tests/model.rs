@@ -105,10 +105,9 @@ fn perplexity_equals_reference_nll() {
     let r = eval::perplexity(gpu(), &teacher, &toks).unwrap();
     let logits = reference::forward_logits(&files, &toks);
     let v = cfg.vocab_size;
-    let nll: f64 = (0..toks.len() - 1)
-        .map(|i| -taylorcal::ops::nll::cpu::log_softmax(&logits[i * v..(i + 1) * v])[toks[i + 1] as usize])
-        .sum::<f64>()
-        / (toks.len() - 1) as f64;
+    let nll: f64 =
+        (0..toks.len() - 1).map(|i| -taylorcal::ops::nll::cpu::log_softmax(&logits[i * v..(i + 1) * v])[toks[i + 1] as usize]).sum::<f64>()
+            / (toks.len() - 1) as f64;
     assert_eq!(r.tokens, toks.len());
     assert!((r.nll - nll).abs() <= 1e-4 * nll.abs(), "nll {} vs reference {nll}", r.nll);
 }

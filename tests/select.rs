@@ -31,30 +31,15 @@ fn uniform_takes_every_kth_layer_from_zero() {
     assert_eq!(Policy::parse("ga-s2").unwrap(), Policy::GaS2);
     assert_eq!(Policy::parse("ar").unwrap().name(), "ar");
     let e = Policy::parse("best").unwrap_err().to_string();
-    assert!(
-        e.contains("unknown policy 'best'") && e.contains("ga-s2"),
-        "{e}"
-    );
+    assert!(e.contains("unknown policy 'best'") && e.contains("ga-s2"), "{e}");
 }
 
 #[test]
 fn top_n_breaks_ties_by_lower_index_and_ranks_nan_last() {
-    assert_eq!(
-        select::top_n(&[1.0, 3.0, 3.0, 2.0], 2, true).unwrap(),
-        vec![1, 2]
-    );
-    assert_eq!(
-        select::top_n(&[1.0, 3.0, 3.0, 3.0], 2, true).unwrap(),
-        vec![1, 2]
-    );
-    assert_eq!(
-        select::top_n(&[f64::NAN, 3.0, 1.0], 1, false).unwrap(),
-        vec![2]
-    );
-    assert_eq!(
-        select::top_n(&[f64::NAN, 3.0, 1.0], 1, true).unwrap(),
-        vec![1]
-    );
+    assert_eq!(select::top_n(&[1.0, 3.0, 3.0, 2.0], 2, true).unwrap(), vec![1, 2]);
+    assert_eq!(select::top_n(&[1.0, 3.0, 3.0, 3.0], 2, true).unwrap(), vec![1, 2]);
+    assert_eq!(select::top_n(&[f64::NAN, 3.0, 1.0], 1, false).unwrap(), vec![2]);
+    assert_eq!(select::top_n(&[f64::NAN, 3.0, 1.0], 1, true).unwrap(), vec![1]);
 }
 
 /// A 3-layer teacher whose layer `decisive` carries a large attention output while the
@@ -72,24 +57,12 @@ fn ar_ranks_the_decisive_attention_layer_first() {
     let mut tensors = random_tensors(&cfg, 71);
     for l in 0..3 {
         let scale = if l == decisive { 4.0 } else { 1e-3 };
-        tensors
-            .get_mut(&format!("model.layers.{l}.self_attn.o_proj.weight"))
-            .unwrap()
-            .data
-            .iter_mut()
-            .for_each(|w| *w *= scale);
+        tensors.get_mut(&format!("model.layers.{l}.self_attn.o_proj.weight")).unwrap().data.iter_mut().for_each(|w| *w *= scale);
     }
-    tensors
-        .get_mut("lm_head.weight")
-        .unwrap()
-        .data
-        .iter_mut()
-        .for_each(|w| *w *= 4.0);
+    tensors.get_mut("lm_head.weight").unwrap().data.iter_mut().for_each(|w| *w *= 4.0);
     let teacher = Teacher::build(g, &cfg, &tensors, "decisive", |_| false).unwrap();
     let mut r = rng(72);
-    let prompt: Vec<u32> = (0..8)
-        .map(|_| rand::Rng::random_range(&mut r, 3..cfg.vocab_size as u32))
-        .collect();
+    let prompt: Vec<u32> = (0..8).map(|_| rand::Rng::random_range(&mut r, 3..cfg.vocab_size as u32)).collect();
     let mut text = prompt.clone();
     text.extend(eval::generate(g, &teacher, &prompt, 40, None, |_| {}).unwrap());
     let windows = vec![&text[..]];
@@ -101,27 +74,11 @@ fn ar_ranks_the_decisive_attention_layer_first() {
     assert!(s.scores.iter().all(|v| v.is_finite()));
     // the near-no-op layers barely matter
     for l in (0..3).filter(|&l| l != decisive) {
-        assert!(
-            s.scores[l].abs() < 0.1 * s.scores[decisive],
-            "layer {l}: {:?}",
-            s.scores
-        );
+        assert!(s.scores[l].abs() < 0.1 * s.scores[decisive], "layer {l}: {:?}", s.scores);
     }
     // same answer through the generic entry point, and a ranking for N = 2
-    let inp = Inputs {
-        teacher: &teacher,
-        tensors: &tensors,
-        eval: &windows,
-        calib: &[],
-        capture_windows: 1,
-        seed: 0,
-    };
-    assert_eq!(
-        select::select(g, Policy::Ar, 1, &inp, |_, _| {})
-            .unwrap()
-            .keep,
-        vec![decisive]
-    );
+    let inp = Inputs { teacher: &teacher, tensors: &tensors, eval: &windows, calib: &[], capture_windows: 1, seed: 0 };
+    assert_eq!(select::select(g, Policy::Ar, 1, &inp, |_, _| {}).unwrap().keep, vec![decisive]);
     let two = select::top_n(&s.scores, 2, true).unwrap();
     assert!(two.contains(&decisive) && two.len() == 2);
     let u = select::select(g, Policy::Uniform, 2, &inp, |_, _| {}).unwrap();
@@ -140,32 +97,16 @@ fn ga_s2_scores_every_layer_from_one_teacher_pass() {
     let files = load_model(dir.path()).unwrap();
     let teacher = Teacher::new(g, &files).unwrap();
     let mut r = rng(82);
-    let ids: Vec<u32> = (0..240)
-        .map(|_| rand::Rng::random_range(&mut r, 0..cfg.vocab_size as u32))
-        .collect();
+    let ids: Vec<u32> = (0..240).map(|_| rand::Rng::random_range(&mut r, 0..cfg.vocab_size as u32)).collect();
     let calib = convert::take_windows(&ids[..144], 48, 3, "calib").unwrap();
     let evalw = convert::take_windows(&ids[144..], 48, 2, "eval").unwrap();
-    let inp = Inputs {
-        teacher: &teacher,
-        tensors: &files.tensors,
-        eval: &evalw,
-        calib: &calib,
-        capture_windows: 2,
-        seed: 5,
-    };
+    let inp = Inputs { teacher: &teacher, tensors: &files.tensors, eval: &evalw, calib: &calib, capture_windows: 2, seed: 5 };
     let mut calls = vec![];
     let s = select::select(g, Policy::GaS2, 2, &inp, |d, t| calls.push((d, t))).unwrap();
-    eprintln!(
-        "GA-S2 scores {:?}, keep {:?}, {:.2} s",
-        s.scores, s.keep, s.seconds
-    );
+    eprintln!("GA-S2 scores {:?}, keep {:?}, {:.2} s", s.scores, s.keep, s.seconds);
     assert_eq!(calls, vec![(1, 3), (2, 3), (3, 3)]);
     assert_eq!(s.scores.len(), 3);
-    assert!(
-        s.scores.iter().all(|v| v.is_finite() && *v > 1.0),
-        "{:?}",
-        s.scores
-    );
+    assert!(s.scores.iter().all(|v| v.is_finite() && *v > 1.0), "{:?}", s.scores);
     assert_eq!(s.keep.len(), 2);
     assert!(s.keep.windows(2).all(|w| w[0] < w[1]) && s.keep.iter().all(|&l| l < 3));
     // the kept layers are the two lowest-perplexity students
@@ -176,16 +117,8 @@ fn ga_s2_scores_every_layer_from_one_teacher_pass() {
 }
 
 fn taylorcal(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_taylorcal"))
-        .args(args)
-        .env("XDG_RUNTIME_DIR", "/tmp")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = Command::new(env!("CARGO_BIN_EXE_taylorcal")).args(args).env("XDG_RUNTIME_DIR", "/tmp").output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]
@@ -193,19 +126,11 @@ fn select_cli_prints_keep_and_scores_and_convert_uses_the_policy() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_gguf(dir.path(), true);
     let text = dir.path().join("text.txt");
-    let words = [
-        "the", "cat", "sat", "on", "mat", "hello", "world", "12", "or", "then",
-    ];
-    let body: Vec<&str> = (0..1200)
-        .map(|i| words[(i * 7 + i / 3) % words.len()])
-        .collect();
+    let words = ["the", "cat", "sat", "on", "mat", "hello", "world", "12", "or", "then"];
+    let body: Vec<&str> = (0..1200).map(|i| words[(i * 7 + i / 3) % words.len()]).collect();
     std::fs::write(&text, body.join(" ")).unwrap();
     let report = dir.path().join("sel.json");
-    let (m, t, o) = (
-        model.to_str().unwrap(),
-        text.to_str().unwrap(),
-        report.to_str().unwrap(),
-    );
+    let (m, t, o) = (model.to_str().unwrap(), text.to_str().unwrap(), report.to_str().unwrap());
     let (ok, stdout, err) = taylorcal(&[
         "select",
         "--teacher",
@@ -223,20 +148,16 @@ fn select_cli_prints_keep_and_scores_and_convert_uses_the_policy() {
         "--json",
     ]);
     assert!(ok, "select failed: {err}");
-    let v: serde_json::Value =
-        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
     let keep = v["keep"].as_array().unwrap();
     assert_eq!(keep.len(), 1);
     assert!(keep[0].as_u64().unwrap() < 2);
     let scores = v["scores"].as_array().unwrap();
     assert_eq!(scores.len(), 2);
     assert!(scores.iter().all(|x| x.as_f64().unwrap().is_finite()));
-    let file: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(file["keep"], v["keep"]);
-    assert!(std::fs::read_to_string(report.with_extension("svg"))
-        .unwrap()
-        .starts_with("<svg"));
+    assert!(std::fs::read_to_string(report.with_extension("svg")).unwrap().starts_with("<svg"));
 
     let out = dir.path().join("student");
     let (ok, _, err) = taylorcal(&[
@@ -260,49 +181,14 @@ fn select_cli_prints_keep_and_scores_and_convert_uses_the_policy() {
         "--json",
     ]);
     assert!(ok, "convert --policy failed: {err}");
-    let ck: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let ck: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(ck["attn_layers"], v["keep"]);
     assert_eq!(ck["selection"]["keep"], v["keep"]);
 
-    let (ok, _, err) = taylorcal(&[
-        "convert",
-        "--teacher",
-        m,
-        "--policy",
-        "ar",
-        "--num-keep",
-        "1",
-        "--keep",
-        "0",
-    ]);
+    let (ok, _, err) = taylorcal(&["convert", "--teacher", m, "--policy", "ar", "--num-keep", "1", "--keep", "0"]);
     assert!(!ok && err.contains("--keep"), "{err}");
-    let (ok, _, err) = taylorcal(&[
-        "select",
-        "--teacher",
-        m,
-        "--policy",
-        "best",
-        "--num-keep",
-        "1",
-        "--eval",
-        t,
-        "--eval-windows",
-        "1",
-    ]);
+    let (ok, _, err) = taylorcal(&["select", "--teacher", m, "--policy", "best", "--num-keep", "1", "--eval", t, "--eval-windows", "1"]);
     assert!(!ok && err.contains("unknown policy 'best'"), "{err}");
-    let (ok, _, err) = taylorcal(&[
-        "select",
-        "--teacher",
-        m,
-        "--policy",
-        "ar",
-        "--num-keep",
-        "3",
-        "--eval",
-        t,
-        "--eval-windows",
-        "1",
-    ]);
+    let (ok, _, err) = taylorcal(&["select", "--teacher", m, "--policy", "ar", "--num-keep", "3", "--eval", t, "--eval-windows", "1"]);
     assert!(!ok && err.contains("cannot keep 3"), "{err}");
 }

@@ -2,12 +2,12 @@
 //! converted layer the chosen strategy: naive copy, zero/small output gate, phase 1 closed
 //! form, phase 2 alignment, or both (Taylor-Calibrate).
 use super::phase1::{self, Phase1Report};
+use crate::eval::LayerStats;
 use crate::gpu::{Batch, Gpu, Tensor};
 use crate::model::gdn::{self, GdnActs, GdnGrads};
 use crate::model::hybrid::{gdn_name, HybridConfig};
-use crate::model::teacher::{AttnActs, Decoder, ForwardOpts};
-use crate::eval::LayerStats;
 use crate::model::teacher::upload_gdn;
+use crate::model::teacher::{AttnActs, Decoder, ForwardOpts};
 use crate::model::HostTensor;
 use crate::ops::{self, optim};
 use anyhow::{bail, Result};
@@ -27,7 +27,14 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 6] = [Strategy::Naive, Strategy::ZeroGate, Strategy::SmallGate, Strategy::TaylorInit, Strategy::AlignmentOnly, Strategy::TaylorCalibrate];
+    pub const ALL: [Strategy; 6] = [
+        Strategy::Naive,
+        Strategy::ZeroGate,
+        Strategy::SmallGate,
+        Strategy::TaylorInit,
+        Strategy::AlignmentOnly,
+        Strategy::TaylorCalibrate,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -93,7 +100,14 @@ pub struct Capture {
 
 /// One teacher pass over `windows` (each its own sequence): statistics from all of them,
 /// activations of `layers` from the first `capture` windows (which must share one length).
-pub fn capture(gpu: &Gpu, teacher: &Decoder, layers: &[usize], windows: &[&[u32]], capture: usize, mut progress: impl FnMut(usize)) -> Result<Capture> {
+pub fn capture(
+    gpu: &Gpu,
+    teacher: &Decoder,
+    layers: &[usize],
+    windows: &[&[u32]],
+    capture: usize,
+    mut progress: impl FnMut(usize),
+) -> Result<Capture> {
     let t0 = Instant::now();
     let c = &teacher.cfg;
     let (h, d, dm) = (c.num_attention_heads, c.head_dim, c.hidden_size);
@@ -202,7 +216,14 @@ pub struct AlignReport {
 
 /// Phase 2 on converted layer `li`: AdamW on MSE(layer(x), teacher output) for `o.steps`
 /// steps, W_o and w_norm frozen; the lowest-loss parameters seen are kept.
-pub fn align_layer(gpu: &Gpu, tensors: &mut HashMap<String, HostTensor>, cap: &Capture, li: usize, o: &AlignOpts, mut progress: impl FnMut(usize, f64)) -> Result<AlignReport> {
+pub fn align_layer(
+    gpu: &Gpu,
+    tensors: &mut HashMap<String, HostTensor>,
+    cap: &Capture,
+    li: usize,
+    o: &AlignOpts,
+    mut progress: impl FnMut(usize, f64),
+) -> Result<AlignReport> {
     let t0 = Instant::now();
     let l = cap.layers[li];
     let p = upload_gdn(gpu, tensors, l)?;
@@ -216,8 +237,18 @@ pub fn align_layer(gpu: &Gpu, tensors: &mut HashMap<String, HostTensor>, cap: &C
     let pt = p.tensors();
     let gt = grads.tensors();
     // trained: wq wk wv (lr_qkv), wa wb wg a_log dt_bias (lr_gates); wo, w_norm frozen
-    let trained: Vec<(usize, f32)> = vec![(0, o.lr_qkv), (1, o.lr_qkv), (2, o.lr_qkv), (3, o.lr_gates), (4, o.lr_gates), (5, o.lr_gates), (7, o.lr_gates), (8, o.lr_gates)];
-    let mstate: Vec<(Tensor, Tensor)> = trained.iter().map(|&(i, _)| Ok((gpu.zeros(&pt[i].shape)?, gpu.zeros(&pt[i].shape)?))).collect::<Result<_>>()?;
+    let trained: Vec<(usize, f32)> = vec![
+        (0, o.lr_qkv),
+        (1, o.lr_qkv),
+        (2, o.lr_qkv),
+        (3, o.lr_gates),
+        (4, o.lr_gates),
+        (5, o.lr_gates),
+        (7, o.lr_gates),
+        (8, o.lr_gates),
+    ];
+    let mstate: Vec<(Tensor, Tensor)> =
+        trained.iter().map(|&(i, _)| Ok((gpu.zeros(&pt[i].shape)?, gpu.zeros(&pt[i].shape)?))).collect::<Result<_>>()?;
     let best: Vec<Tensor> = trained.iter().map(|&(i, _)| gpu.zeros(&pt[i].shape)).collect::<Result<_>>()?;
     let red_loss = optim::Reducer::new(gpu, n, 1)?;
     let red_norm = optim::Reducer::new(gpu, pt.iter().map(|t| t.numel()).sum(), 1)?;
@@ -258,7 +289,18 @@ pub fn align_layer(gpu: &Gpu, tensors: &mut HashMap<String, HostTensor>, cap: &C
         }
         b.submit();
     }
-    let names = ["q_proj.weight", "k_proj.weight", "v_proj.weight", "a_proj.weight", "b_proj.weight", "g_proj.weight", "o_proj.weight", "A_log", "dt_bias", "o_norm.weight"];
+    let names = [
+        "q_proj.weight",
+        "k_proj.weight",
+        "v_proj.weight",
+        "a_proj.weight",
+        "b_proj.weight",
+        "g_proj.weight",
+        "o_proj.weight",
+        "A_log",
+        "dt_bias",
+        "o_norm.weight",
+    ];
     for (k, &(i, _)) in trained.iter().enumerate() {
         tensors.get_mut(&gdn_name(l, names[i])).expect("gdn tensor").data = gpu.read(&best[k])?;
     }
@@ -302,7 +344,9 @@ pub fn apply_strategy(
         }
         if strategy.phase2() {
             let t = Instant::now();
-            r.alignment = Some(align_layer(gpu, tensors, cap, li, align, |s, loss| progress(&format!("layer {l} step {s}/{} loss {loss:.3e}", align.steps)))?);
+            r.alignment = Some(align_layer(gpu, tensors, cap, li, align, |s, loss| {
+                progress(&format!("layer {l} step {s}/{} loss {loss:.3e}", align.steps))
+            })?);
             t2 += t.elapsed().as_secs_f64();
         }
         progress(&format!("layer {l} done"));
@@ -328,7 +372,15 @@ pub struct ConvertOpts {
 
 impl Default for ConvertOpts {
     fn default() -> Self {
-        ConvertOpts { keep: vec![], strategy: Strategy::TaylorCalibrate, seq_len: 256, calib_tokens: 1024, capture_windows: 4, align: AlignOpts::default(), seed: 0 }
+        ConvertOpts {
+            keep: vec![],
+            strategy: Strategy::TaylorCalibrate,
+            seq_len: 256,
+            calib_tokens: 1024,
+            capture_windows: 4,
+            align: AlignOpts::default(),
+            seed: 0,
+        }
     }
 }
 
@@ -351,7 +403,15 @@ pub fn take_windows<'a>(ids: &'a [u32], len: usize, n: usize, what: &str) -> Res
 }
 
 /// Teacher pass + strategy: the student's tensors and the report of every converted layer.
-pub fn convert(gpu: &Gpu, hc: &HybridConfig, teacher: &Decoder, teacher_tensors: &HashMap<String, HostTensor>, calib: &[u32], o: &ConvertOpts, mut progress: impl FnMut(&str)) -> Result<(HashMap<String, HostTensor>, Vec<LayerReport>, Timings)> {
+pub fn convert(
+    gpu: &Gpu,
+    hc: &HybridConfig,
+    teacher: &Decoder,
+    teacher_tensors: &HashMap<String, HostTensor>,
+    calib: &[u32],
+    o: &ConvertOpts,
+    mut progress: impl FnMut(&str),
+) -> Result<(HashMap<String, HostTensor>, Vec<LayerReport>, Timings)> {
     let t0 = Instant::now();
     let mut tensors = crate::model::hybrid::init_student(hc, teacher_tensors, o.seed)?;
     let needs_teacher = o.strategy.phase1() || o.strategy.phase2();
@@ -359,7 +419,9 @@ pub fn convert(gpu: &Gpu, hc: &HybridConfig, teacher: &Decoder, teacher_tensors:
     let reports = if needs_teacher {
         let nwin = o.calib_tokens.div_ceil(o.seq_len).max(o.capture_windows);
         let windows = take_windows(calib, o.seq_len, nwin, "the calibration text")?;
-        let cap = capture(gpu, teacher, &hc.gdn_layers(), &windows, o.capture_windows, |i| progress(&format!("teacher pass: window {i}/{nwin}")))?;
+        let cap = capture(gpu, teacher, &hc.gdn_layers(), &windows, o.capture_windows, |i| {
+            progress(&format!("teacher pass: window {i}/{nwin}"))
+        })?;
         timings.teacher_pass_and_statistics = cap.seconds;
         let (r, t1, t2) = apply_strategy(gpu, hc, &mut tensors, &cap, o.strategy, &o.align, &mut progress)?;
         timings.phase1 = t1;

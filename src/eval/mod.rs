@@ -65,7 +65,14 @@ pub fn attention_stats(gpu: &Gpu, teacher: &Teacher, windows: &[&[u32]]) -> Resu
 }
 
 /// Greedy decoding with the KV cache: returns the new token ids (stops at `eos`).
-pub fn generate(gpu: &Gpu, teacher: &Teacher, prompt: &[u32], max_new: usize, eos: Option<u32>, mut on_token: impl FnMut(u32)) -> Result<Vec<u32>> {
+pub fn generate(
+    gpu: &Gpu,
+    teacher: &Teacher,
+    prompt: &[u32],
+    max_new: usize,
+    eos: Option<u32>,
+    mut on_token: impl FnMut(u32),
+) -> Result<Vec<u32>> {
     ensure!(!prompt.is_empty(), "the prompt tokenised to nothing");
     let cache = teacher.kv_cache(gpu, prompt.len() + max_new)?;
     let mut out = Vec::new();

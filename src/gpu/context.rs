@@ -61,9 +61,7 @@ impl Gpu {
     /// is slow on software Vulkan.
     pub fn shared() -> Result<&'static Gpu> {
         static GPU: OnceLock<std::result::Result<Gpu, String>> = OnceLock::new();
-        GPU.get_or_init(|| Gpu::new().map_err(|e| format!("{e:#}")))
-            .as_ref()
-            .map_err(|e| anyhow!("{e}"))
+        GPU.get_or_init(|| Gpu::new().map_err(|e| format!("{e:#}"))).as_ref().map_err(|e| anyhow!("{e}"))
     }
 
     async fn new_async() -> Result<Gpu> {
@@ -82,11 +80,7 @@ impl Gpu {
             .collect();
         let adapter = adapters
             .into_iter()
-            .filter(|a| {
-                wanted
-                    .as_ref()
-                    .is_none_or(|w| a.get_info().name.to_lowercase().contains(w))
-            })
+            .filter(|a| wanted.as_ref().is_none_or(|w| a.get_info().name.to_lowercase().contains(w)))
             .max_by_key(|a| rank(a.get_info().device_type));
         let adapter = match adapter {
             Some(a) => a,
@@ -95,11 +89,7 @@ impl Gpu {
                  driver; on Linux without a GPU install Mesa's software Vulkan \
                  (`apt-get install mesa-vulkan-drivers`)"
             ),
-            None => bail!(
-                "WGPU_ADAPTER_NAME={:?} matches none of the adapters found: {}",
-                wanted.unwrap_or_default(),
-                seen.join("; ")
-            ),
+            None => bail!("WGPU_ADAPTER_NAME={:?} matches none of the adapters found: {}", wanted.unwrap_or_default(), seen.join("; ")),
         };
         let ainfo = adapter.get_info();
         let afeat = adapter.features();
@@ -137,8 +127,7 @@ impl Gpu {
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             subgroup: features.contains(wgpu::Features::SUBGROUP),
             timestamp_query: features.contains(wgpu::Features::TIMESTAMP_QUERY),
-            timestamp_inside_passes: features
-                .contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
+            timestamp_inside_passes: features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
             max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,
             max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
@@ -163,9 +152,7 @@ impl Gpu {
 
     /// Block until all submitted work is done.
     pub fn sync(&self) -> Result<()> {
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| anyhow!("GPU poll failed: {e}"))?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| anyhow!("GPU poll failed: {e}"))?;
         Ok(())
     }
 }

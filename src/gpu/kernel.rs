@@ -75,19 +75,15 @@ impl Gpu {
             return p.clone();
         }
         let src = super::specialise(super::shader_source(k.shader), &k.consts, k.f16);
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(k.shader),
-            source: wgpu::ShaderSource::Wgsl(src.into()),
-        });
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(k.shader), source: wgpu::ShaderSource::Wgsl(src.into()) });
         let p = Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(k.entry),
             layout: None,
             module: &module,
             entry_point: Some(k.entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &[],
-                zero_initialize_workgroup_memory: false,
-            },
+            compilation_options: wgpu::PipelineCompilationOptions { constants: &[], zero_initialize_workgroup_memory: false },
             cache: None,
         }));
         self.pipelines.lock().unwrap().insert(key, p.clone());

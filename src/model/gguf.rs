@@ -213,10 +213,7 @@ impl GgmlType {
 
     pub fn name(self) -> String {
         let id = self.id();
-        GGML_TYPE_NAMES
-            .iter()
-            .find(|(i, _)| *i == id)
-            .map_or_else(|| format!("type {id}"), |(_, n)| n.to_string())
+        GGML_TYPE_NAMES.iter().find(|(i, _)| *i == id).map_or_else(|| format!("type {id}"), |(_, n)| n.to_string())
     }
 
     /// (elements per block, bytes per block), for the types this crate decodes.
@@ -243,23 +240,14 @@ impl GgmlType {
 
 /// Bytes a tensor of `dims` (ne0 first) takes, or why it cannot be stored as `ty`.
 fn tensor_nbytes(ty: GgmlType, dims: &[usize]) -> Result<usize> {
-    let (block_elems, block_bytes) = ty.block().ok_or_else(|| {
-        anyhow!(
-            "tensor type {} is not supported (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0)",
-            ty.name()
-        )
-    })?;
+    let (block_elems, block_bytes) =
+        ty.block().ok_or_else(|| anyhow!("tensor type {} is not supported (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0)", ty.name()))?;
     let ne0 = dims.first().copied().unwrap_or(1);
     if ne0 % block_elems != 0 {
-        bail!(
-            "row length {ne0} is not a multiple of the {} block size {block_elems}",
-            ty.name()
-        );
+        bail!("row length {ne0} is not a multiple of the {} block size {block_elems}", ty.name());
     }
     let numel = checked_numel(dims).ok_or_else(|| anyhow!("dimensions {dims:?} overflow"))?;
-    (numel / block_elems)
-        .checked_mul(block_bytes)
-        .ok_or_else(|| anyhow!("dimensions {dims:?} overflow"))
+    (numel / block_elems).checked_mul(block_bytes).ok_or_else(|| anyhow!("dimensions {dims:?} overflow"))
 }
 
 fn checked_numel(dims: &[usize]) -> Option<usize> {
@@ -273,21 +261,14 @@ fn checked_numel(dims: &[usize]) -> Option<usize> {
 pub fn dequantize(ty: GgmlType, bytes: &[u8], numel: usize) -> Result<Vec<f32>> {
     let expected = tensor_nbytes(ty, &[numel])?;
     if bytes.len() != expected {
-        bail!(
-            "{} data of {numel} elements needs {expected} bytes, got {}",
-            ty.name(),
-            bytes.len()
-        );
+        bail!("{} data of {numel} elements needs {expected} bytes, got {}", ty.name(), bytes.len());
     }
     if let Some(float) = ty.float() {
         return Ok(float.decode(bytes));
     }
     let (_, block_bytes) = ty.block().expect("checked by tensor_nbytes");
     let mut out = vec![0.0f32; numel];
-    for (block, y) in bytes
-        .chunks_exact(block_bytes)
-        .zip(out.chunks_exact_mut(QK))
-    {
+    for (block, y) in bytes.chunks_exact(block_bytes).zip(out.chunks_exact_mut(QK)) {
         match ty {
             GgmlType::Q4_0 => dequant_q4_0(block, y),
             GgmlType::Q4_1 => dequant_q4_1(block, y),
@@ -336,9 +317,7 @@ pub fn quantize_q4_0(x: &[f32]) -> Vec<u8> {
     assert_eq!(x.len() % QK, 0, "quantize: length must be a multiple of 32");
     let mut out = Vec::with_capacity(x.len() / QK * 18);
     for block in x.chunks_exact(QK) {
-        let max = block
-            .iter()
-            .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        let max = block.iter().fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
         let d = max / -8.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         push_f16(&mut out, d);
@@ -396,11 +375,7 @@ fn rope_row_pairs(n_head: usize, rows_per_head: usize) -> impl Iterator<Item = (
 }
 
 fn move_rows(w: &[f32], n_head: usize, rows_per_head: usize, cols: usize, to_hf: bool) -> Vec<f32> {
-    assert_eq!(
-        w.len(),
-        n_head * rows_per_head * cols,
-        "permute: shape mismatch"
-    );
+    assert_eq!(w.len(), n_head * rows_per_head * cols, "permute: shape mismatch");
     assert_eq!(rows_per_head % 2, 0, "permute: rows per head must be even");
     let mut out = vec![0.0f32; w.len()];
     for (hf, gg) in rope_row_pairs(n_head, rows_per_head) {
@@ -504,27 +479,17 @@ impl<'a> Reader<'a> {
             10 => GgufValue::U64(self.u64()?),
             11 => GgufValue::I64(i64::from_le_bytes(self.array()?)),
             12 => GgufValue::F64(f64::from_le_bytes(self.array()?)),
-            other => bail!(
-                "corrupt GGUF file {}: {} has unknown value type {other}",
-                self.path.display(),
-                self.section
-            ),
+            other => bail!("corrupt GGUF file {}: {} has unknown value type {other}", self.path.display(), self.section),
         })
     }
 
     fn array_value(&mut self, depth: usize) -> Result<GgufValue> {
         if depth >= MAX_ARRAY_NESTING {
-            bail!(
-                "corrupt GGUF file {}: {} nests arrays too deeply",
-                self.path.display(),
-                self.section
-            );
+            bail!("corrupt GGUF file {}: {} nests arrays too deeply", self.path.display(), self.section);
         }
         let elem_type = self.u32()?;
         let n = self.count("array elements", min_value_bytes(elem_type))?;
-        let items = (0..n)
-            .map(|_| self.value(elem_type, depth + 1))
-            .collect::<Result<Vec<_>>>()?;
+        let items = (0..n).map(|_| self.value(elem_type, depth + 1)).collect::<Result<Vec<_>>>()?;
         Ok(GgufValue::Array(items))
     }
 }
@@ -574,24 +539,13 @@ impl GgufFile {
     /// of a supported type lies inside the file.
     pub fn open(path: &Path) -> Result<Self> {
         let map = map_file(path)?;
-        let mut r = Reader {
-            buf: &map,
-            pos: 0,
-            path,
-            section: "the header".into(),
-        };
+        let mut r = Reader { buf: &map, pos: 0, path, section: "the header".into() };
         if r.take(4).ok() != Some(MAGIC.as_slice()) {
-            bail!(
-                "{} is not a GGUF file (it does not start with 'GGUF')",
-                path.display()
-            );
+            bail!("{} is not a GGUF file (it does not start with 'GGUF')", path.display());
         }
         let version = r.u32()?;
         if !(2..=3).contains(&version) {
-            bail!(
-                "{}: GGUF version {version} is not supported (supported: 2, 3; a huge number means a big-endian file)",
-                path.display()
-            );
+            bail!("{}: GGUF version {version} is not supported (supported: 2, 3; a huge number means a big-endian file)", path.display());
         }
         let n_tensors = r.count("tensors", 24)?;
         let n_kv = r.count("metadata entries", 13)?;
@@ -599,14 +553,7 @@ impl GgufFile {
         let tensors = read_tensor_infos(&mut r, n_tensors)?;
         let alignment = alignment(&metadata, path)?;
         let data_start = r.pos.div_ceil(alignment) * alignment;
-        let file = GgufFile {
-            path: path.to_path_buf(),
-            version,
-            metadata,
-            tensors,
-            data_start,
-            map,
-        };
+        let file = GgufFile { path: path.to_path_buf(), version, metadata, tensors, data_start, map };
         for info in &file.tensors {
             if info.ty.block().is_some() {
                 file.tensor_bytes(info)?;
@@ -621,8 +568,7 @@ impl GgufFile {
 
     /// The raw bytes of a tensor, bounds-checked against the file.
     pub fn tensor_bytes(&self, info: &GgufTensorInfo) -> Result<&[u8]> {
-        let nbytes = tensor_nbytes(info.ty, &info.dims)
-            .with_context(|| format!("{}: tensor '{}'", self.path.display(), info.name))?;
+        let nbytes = tensor_nbytes(info.ty, &info.dims).with_context(|| format!("{}: tensor '{}'", self.path.display(), info.name))?;
         let start = self.data_start.checked_add(info.offset);
         let end = start.and_then(|s| s.checked_add(nbytes));
         match (start, end) {
@@ -643,8 +589,7 @@ impl GgufFile {
     pub fn tensor_f32(&self, info: &GgufTensorInfo) -> Result<Vec<f32>> {
         let bytes = self.tensor_bytes(info)?;
         let numel = checked_numel(&info.dims).expect("checked by tensor_bytes");
-        dequantize(info.ty, bytes, numel)
-            .with_context(|| format!("{}: tensor '{}'", self.path.display(), info.name))
+        dequantize(info.ty, bytes, numel).with_context(|| format!("{}: tensor '{}'", self.path.display(), info.name))
     }
 }
 
@@ -674,27 +619,13 @@ fn read_tensor_infos(r: &mut Reader, n_tensors: usize) -> Result<Vec<GgufTensorI
         let dims = (0..n_dims)
             .map(|_| {
                 let d = r.u64()?;
-                usize::try_from(d).map_err(|_| {
-                    anyhow!(
-                        "corrupt GGUF file {}: tensor '{name}' has dimension {d}",
-                        r.path.display()
-                    )
-                })
+                usize::try_from(d).map_err(|_| anyhow!("corrupt GGUF file {}: tensor '{name}' has dimension {d}", r.path.display()))
             })
             .collect::<Result<Vec<_>>>()?;
         let ty = GgmlType::from_id(r.u32()?);
-        let offset = usize::try_from(r.u64()?).map_err(|_| {
-            anyhow!(
-                "corrupt GGUF file {}: tensor '{name}' offset overflows",
-                r.path.display()
-            )
-        })?;
-        tensors.push(GgufTensorInfo {
-            name,
-            dims,
-            ty,
-            offset,
-        });
+        let offset =
+            usize::try_from(r.u64()?).map_err(|_| anyhow!("corrupt GGUF file {}: tensor '{name}' offset overflows", r.path.display()))?;
+        tensors.push(GgufTensorInfo { name, dims, ty, offset });
     }
     Ok(tensors)
 }
@@ -705,10 +636,7 @@ fn alignment(metadata: &HashMap<String, GgufValue>, path: &Path) -> Result<usize
     };
     match v.as_i64().and_then(|a| usize::try_from(a).ok()) {
         Some(a) if a.is_power_of_two() => Ok(a),
-        _ => bail!(
-            "{}: general.alignment must be a power of two, got {v:?}",
-            path.display()
-        ),
+        _ => bail!("{}: general.alignment must be a power of two, got {v:?}", path.display()),
     }
 }
 
@@ -729,12 +657,7 @@ impl Meta<'_> {
                 .as_i64()
                 .and_then(|x| usize::try_from(x).ok())
                 .map(Some)
-                .ok_or_else(|| {
-                    anyhow!(
-                        "{}: metadata '{key}' must be a non-negative integer, got {v:?}",
-                        self.path.display()
-                    )
-                }),
+                .ok_or_else(|| anyhow!("{}: metadata '{key}' must be a non-negative integer, got {v:?}", self.path.display())),
         }
     }
 
@@ -745,12 +668,10 @@ impl Meta<'_> {
     fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
         match self.map.get(key) {
             None => Ok(None),
-            Some(v) => v.as_f64().map(|x| Some(x as f32)).ok_or_else(|| {
-                anyhow!(
-                    "{}: metadata '{key}' must be a number, got {v:?}",
-                    self.path.display()
-                )
-            }),
+            Some(v) => v
+                .as_f64()
+                .map(|x| Some(x as f32))
+                .ok_or_else(|| anyhow!("{}: metadata '{key}' must be a number, got {v:?}", self.path.display())),
         }
     }
 
@@ -763,10 +684,7 @@ impl Meta<'_> {
     }
 
     fn missing(&self, key: &str) -> anyhow::Error {
-        anyhow!(
-            "{}: required metadata '{key}' is missing",
-            self.path.display()
-        )
+        anyhow!("{}: required metadata '{key}' is missing", self.path.display())
     }
 }
 
@@ -775,39 +693,25 @@ fn arch_of(name: &str, path: &Path) -> Result<Arch> {
         "llama" => Ok(Arch::Llama),
         "qwen2" => Ok(Arch::Qwen2),
         "qwen3" => Ok(Arch::Qwen3),
-        other => bail!(
-            "unsupported architecture '{other}' in {} (supported: llama, qwen2, qwen3)",
-            path.display()
-        ),
+        other => bail!("unsupported architecture '{other}' in {} (supported: llama, qwen2, qwen3)", path.display()),
     }
 }
 
 /// The model configuration a GGUF file's metadata (and tensor list) describes.
 pub fn gguf_config(file: &GgufFile) -> Result<ModelConfig> {
     let path = file.path.as_path();
-    let m = Meta {
-        map: &file.metadata,
-        path,
-    };
-    let arch_name = file
-        .metadata
-        .get("general.architecture")
-        .and_then(GgufValue::as_str)
-        .ok_or_else(|| m.missing("general.architecture"))?;
+    let m = Meta { map: &file.metadata, path };
+    let arch_name =
+        file.metadata.get("general.architecture").and_then(GgufValue::as_str).ok_or_else(|| m.missing("general.architecture"))?;
     let arch = arch_of(arch_name, path)?;
     let key = |k: &str| format!("{arch_name}.{k}");
 
     let hidden_size = m.req_usize(&key("embedding_length"))?;
     let num_attention_heads = m.req_usize(&key("attention.head_count"))?;
-    let head_dim = m
-        .opt_usize(&key("attention.key_length"))?
-        .unwrap_or_else(|| default_head_dim(hidden_size, num_attention_heads));
+    let head_dim = m.opt_usize(&key("attention.key_length"))?.unwrap_or_else(|| default_head_dim(hidden_size, num_attention_heads));
     if let Some(rope_dims) = m.opt_usize(&key("rope.dimension_count"))? {
         if rope_dims != head_dim {
-            bail!(
-                "{}: partial rotary embeddings ({rope_dims} of {head_dim} dims) are not supported",
-                path.display()
-            );
+            bail!("{}: partial rotary embeddings ({rope_dims} of {head_dim} dims) are not supported", path.display());
         }
     }
     Ok(ModelConfig {
@@ -815,9 +719,7 @@ pub fn gguf_config(file: &GgufFile) -> Result<ModelConfig> {
         hidden_size,
         num_hidden_layers: m.req_usize(&key("block_count"))?,
         num_attention_heads,
-        num_key_value_heads: m
-            .opt_usize(&key("attention.head_count_kv"))?
-            .unwrap_or(num_attention_heads),
+        num_key_value_heads: m.opt_usize(&key("attention.head_count_kv"))?.unwrap_or(num_attention_heads),
         head_dim,
         intermediate_size: m.req_usize(&key("feed_forward_length"))?,
         vocab_size: gguf_vocab_size(file, &m, &key("vocab_size"))?,
@@ -834,19 +736,15 @@ pub fn gguf_config(file: &GgufFile) -> Result<ModelConfig> {
 
 /// Vocabulary size: the token list's length, else `{arch}.vocab_size`, else the embedding rows.
 fn gguf_vocab_size(file: &GgufFile, m: &Meta, vocab_key: &str) -> Result<usize> {
-    if let Some(tokens) = file
-        .metadata
-        .get("tokenizer.ggml.tokens")
-        .and_then(GgufValue::as_array)
-    {
+    if let Some(tokens) = file.metadata.get("tokenizer.ggml.tokens").and_then(GgufValue::as_array) {
         return Ok(tokens.len());
     }
     if let Some(v) = m.opt_usize(vocab_key)? {
         return Ok(v);
     }
-    file.tensor_info("token_embd.weight")
-        .and_then(|t| t.dims.get(1).copied())
-        .ok_or_else(|| anyhow!("{}: cannot tell the vocabulary size (no tokenizer.ggml.tokens, {vocab_key} or token_embd.weight)", file.path.display()))
+    file.tensor_info("token_embd.weight").and_then(|t| t.dims.get(1).copied()).ok_or_else(|| {
+        anyhow!("{}: cannot tell the vocabulary size (no tokenizer.ggml.tokens, {vocab_key} or token_embd.weight)", file.path.display())
+    })
 }
 
 /// The Hugging Face name of a GGUF tensor, or None for tensors the model does not use.
@@ -884,14 +782,9 @@ pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
 /// Puts llama.cpp-permuted Q/K weights and biases back into Hugging Face row order.
 fn unpermute_qk(cfg: &ModelConfig, tensors: &mut HashMap<String, HostTensor>) {
     for l in 0..cfg.num_hidden_layers {
-        for (proj, n_head) in [
-            ("q_proj", cfg.num_attention_heads),
-            ("k_proj", cfg.num_key_value_heads),
-        ] {
+        for (proj, n_head) in [("q_proj", cfg.num_attention_heads), ("k_proj", cfg.num_key_value_heads)] {
             for suffix in ["weight", "bias"] {
-                if let Some(t) =
-                    tensors.get_mut(&format!("model.layers.{l}.self_attn.{proj}.{suffix}"))
-                {
+                if let Some(t) = tensors.get_mut(&format!("model.layers.{l}.self_attn.{proj}.{suffix}")) {
                     let cols = t.data.len() / (n_head * cfg.head_dim);
                     t.data = unpermute_rows(&t.data, n_head, cfg.head_dim, cols);
                 }
@@ -926,12 +819,7 @@ pub fn load_gguf(path: &Path) -> Result<ModelFiles> {
             None
         }
     };
-    Ok(ModelFiles {
-        config,
-        tensors,
-        tokenizer,
-        source,
-    })
+    Ok(ModelFiles { config, tensors, tokenizer, source })
 }
 
 // ---------------------------------------------------------------------------
@@ -983,11 +871,7 @@ impl GgufTensorData {
 
 /// Writes a GGUF v3 file. `tensors` are (GGUF name, PyTorch-order shape, data). The data
 /// section is aligned to `general.alignment` from `metadata` (default 32).
-pub fn write_gguf(
-    path: &Path,
-    metadata: &[(String, GgufValue)],
-    tensors: &[(String, Vec<usize>, GgufTensorData)],
-) -> Result<()> {
+pub fn write_gguf(path: &Path, metadata: &[(String, GgufValue)], tensors: &[(String, Vec<usize>, GgufTensorData)]) -> Result<()> {
     let meta_map: HashMap<String, GgufValue> = metadata.iter().cloned().collect();
     let align = alignment(&meta_map, path)?;
     let mut out = Vec::new();
@@ -998,9 +882,7 @@ pub fn write_gguf(
     for (key, value) in metadata {
         write_string(&mut out, key);
         out.extend(value.type_id().to_le_bytes());
-        value
-            .write(&mut out)
-            .with_context(|| format!("metadata '{key}'"))?;
+        value.write(&mut out).with_context(|| format!("metadata '{key}'"))?;
     }
 
     let mut data = Vec::new();
@@ -1009,14 +891,10 @@ pub fn write_gguf(
             if n != shape.iter().product::<usize>() {
                 bail!("tensor '{name}': {n} values do not fill shape {shape:?}");
             }
-            if !matches!(
-                tensor,
-                GgufTensorData::F32(_) | GgufTensorData::F16(_) | GgufTensorData::BF16(_)
-            ) && shape.last().is_some_and(|&ne0| ne0 % QK != 0)
+            if !matches!(tensor, GgufTensorData::F32(_) | GgufTensorData::F16(_) | GgufTensorData::BF16(_))
+                && shape.last().is_some_and(|&ne0| ne0 % QK != 0)
             {
-                bail!(
-                    "tensor '{name}': innermost dimension of {shape:?} is not a multiple of {QK}"
-                );
+                bail!("tensor '{name}': innermost dimension of {shape:?} is not a multiple of {QK}");
             }
         }
         let (type_id, bytes) = tensor.encode();

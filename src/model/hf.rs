@@ -38,11 +38,9 @@ impl JsonFields<'_> {
     fn opt_usize(&self, name: &str) -> Result<Option<usize>> {
         match self.get(name) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .and_then(|x| usize::try_from(x).ok())
-                .map(Some)
-                .ok_or_else(|| self.wrong_type(name, "a non-negative integer")),
+            Some(v) => {
+                v.as_u64().and_then(|x| usize::try_from(x).ok()).map(Some).ok_or_else(|| self.wrong_type(name, "a non-negative integer"))
+            }
         }
     }
 
@@ -53,10 +51,7 @@ impl JsonFields<'_> {
     fn opt_f32(&self, name: &str) -> Result<Option<f32>> {
         match self.get(name) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(|x| Some(x as f32))
-                .ok_or_else(|| self.wrong_type(name, "a number")),
+            Some(v) => v.as_f64().map(|x| Some(x as f32)).ok_or_else(|| self.wrong_type(name, "a number")),
         }
     }
 
@@ -67,10 +62,7 @@ impl JsonFields<'_> {
     fn opt_bool(&self, name: &str) -> Result<Option<bool>> {
         match self.get(name) {
             None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.wrong_type(name, "true or false")),
+            Some(v) => v.as_bool().map(Some).ok_or_else(|| self.wrong_type(name, "true or false")),
         }
     }
 
@@ -91,10 +83,7 @@ impl JsonFields<'_> {
             },
             Some(v) => v,
         };
-        v.as_u64()
-            .and_then(|x| u32::try_from(x).ok())
-            .map(Some)
-            .ok_or_else(|| self.wrong_type(name, "a token id or a list of token ids"))
+        v.as_u64().and_then(|x| u32::try_from(x).ok()).map(Some).ok_or_else(|| self.wrong_type(name, "a token id or a list of token ids"))
     }
 
     fn missing(&self, name: &str) -> anyhow::Error {
@@ -107,10 +96,7 @@ fn arch_from_model_type(model_type: &str, path: &Path) -> Result<Arch> {
         "llama" | "mistral" => Ok(Arch::Llama),
         "qwen2" => Ok(Arch::Qwen2),
         "qwen3" => Ok(Arch::Qwen3),
-        other => bail!(
-            "unsupported architecture '{other}' in {} (supported: llama, mistral, qwen2, qwen3)",
-            path.display()
-        ),
+        other => bail!("unsupported architecture '{other}' in {} (supported: llama, mistral, qwen2, qwen3)", path.display()),
     }
 }
 
@@ -125,11 +111,8 @@ fn model_type_of(arch: Arch) -> (&'static str, &'static str) {
 /// Parses a Hugging Face `config.json` (text in `json`, `path_for_errors` names it in errors).
 pub fn parse_hf_config(json: &str, path_for_errors: &Path) -> Result<ModelConfig> {
     let path = path_for_errors;
-    let value: Value = serde_json::from_str(json)
-        .with_context(|| format!("{} is not valid JSON", path.display()))?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| anyhow!("{} must contain a JSON object", path.display()))?;
+    let value: Value = serde_json::from_str(json).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let obj = value.as_object().ok_or_else(|| anyhow!("{} must contain a JSON object", path.display()))?;
     let f = JsonFields { obj, path };
 
     let arch = arch_from_model_type(f.req_str("model_type")?, path)?;
@@ -148,12 +131,8 @@ pub fn parse_hf_config(json: &str, path_for_errors: &Path) -> Result<ModelConfig
         hidden_size,
         num_hidden_layers,
         num_attention_heads,
-        num_key_value_heads: f
-            .opt_usize("num_key_value_heads")?
-            .unwrap_or(num_attention_heads),
-        head_dim: f
-            .opt_usize("head_dim")?
-            .unwrap_or_else(|| default_head_dim(hidden_size, num_attention_heads)),
+        num_key_value_heads: f.opt_usize("num_key_value_heads")?.unwrap_or(num_attention_heads),
+        head_dim: f.opt_usize("head_dim")?.unwrap_or_else(|| default_head_dim(hidden_size, num_attention_heads)),
         intermediate_size,
         vocab_size,
         rms_norm_eps,
@@ -189,10 +168,7 @@ pub fn check_config(cfg: &ModelConfig, source: &str) -> Result<()> {
     if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
         bail!("{source}: {name} must be positive, got 0");
     }
-    if !cfg
-        .num_attention_heads
-        .is_multiple_of(cfg.num_key_value_heads)
-    {
+    if !cfg.num_attention_heads.is_multiple_of(cfg.num_key_value_heads) {
         bail!(
             "{source}: num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
             cfg.num_attention_heads,
@@ -200,22 +176,13 @@ pub fn check_config(cfg: &ModelConfig, source: &str) -> Result<()> {
         );
     }
     if !cfg.head_dim.is_multiple_of(2) {
-        bail!(
-            "{source}: head_dim must be even for RoPE, got {}",
-            cfg.head_dim
-        );
+        bail!("{source}: head_dim must be even for RoPE, got {}", cfg.head_dim);
     }
     if !(cfg.rms_norm_eps > 0.0 && cfg.rms_norm_eps.is_finite()) {
-        bail!(
-            "{source}: rms_norm_eps must be a positive number, got {}",
-            cfg.rms_norm_eps
-        );
+        bail!("{source}: rms_norm_eps must be a positive number, got {}", cfg.rms_norm_eps);
     }
     if !(cfg.rope_theta > 0.0 && cfg.rope_theta.is_finite()) {
-        bail!(
-            "{source}: rope_theta must be a positive number, got {}",
-            cfg.rope_theta
-        );
+        bail!("{source}: rope_theta must be a positive number, got {}", cfg.rope_theta);
     }
     Ok(())
 }
@@ -225,18 +192,10 @@ pub fn check_config(cfg: &ModelConfig, source: &str) -> Result<()> {
 
 /// Every tensor the configuration needs, by Hugging Face name, with its PyTorch-order shape.
 pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let (d, hd, ff, v) = (
-        cfg.hidden_size,
-        cfg.head_dim,
-        cfg.intermediate_size,
-        cfg.vocab_size,
-    );
+    let (d, hd, ff, v) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size, cfg.vocab_size);
     let q_rows = cfg.num_attention_heads * hd;
     let kv_rows = cfg.num_key_value_heads * hd;
-    let mut out = vec![
-        ("model.embed_tokens.weight".to_string(), vec![v, d]),
-        ("model.norm.weight".to_string(), vec![d]),
-    ];
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d]), ("model.norm.weight".to_string(), vec![d])];
     if !cfg.tie_word_embeddings {
         out.push(("lm_head.weight".to_string(), vec![v, d]));
     }
@@ -267,42 +226,22 @@ pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 
 /// Checks the config is usable and every tensor it implies is present with the right shape.
 /// `source` (a file or directory) starts every error message.
-pub fn validate_tensors(
-    cfg: &ModelConfig,
-    tensors: &HashMap<String, HostTensor>,
-    source: &str,
-) -> Result<()> {
+pub fn validate_tensors(cfg: &ModelConfig, tensors: &HashMap<String, HostTensor>, source: &str) -> Result<()> {
     check_config(cfg, source)?;
     let mut problems = Vec::new();
     for (name, shape) in expected_tensors(cfg) {
         match tensors.get(&name) {
-            None => problems.push(format!(
-                "missing tensor '{name}' (expected shape {shape:?})"
-            )),
-            Some(t) if t.shape != shape => problems.push(format!(
-                "tensor '{name}' has shape {:?}, expected {shape:?}",
-                t.shape
-            )),
-            Some(t) if t.data.iter().any(|x| !x.is_finite()) => {
-                problems.push(format!("tensor '{name}' contains NaN or infinite values"))
-            }
+            None => problems.push(format!("missing tensor '{name}' (expected shape {shape:?})")),
+            Some(t) if t.shape != shape => problems.push(format!("tensor '{name}' has shape {:?}, expected {shape:?}", t.shape)),
+            Some(t) if t.data.iter().any(|x| !x.is_finite()) => problems.push(format!("tensor '{name}' contains NaN or infinite values")),
             Some(_) => {}
         }
     }
     match problems.len() {
         0 => Ok(()),
         n => {
-            let shown = problems
-                .iter()
-                .take(5)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("; ");
-            let more = if n > 5 {
-                format!(" (and {} more)", n - 5)
-            } else {
-                String::new()
-            };
+            let shown = problems.iter().take(5).cloned().collect::<Vec<_>>().join("; ");
+            let more = if n > 5 { format!(" (and {} more)", n - 5) } else { String::new() };
             bail!("{source}: {shown}{more}")
         }
     }
@@ -313,12 +252,8 @@ pub fn validate_tensors(
 
 /// Memory-maps a file read-only, with errors naming it.
 pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let len = file
-        .metadata()
-        .with_context(|| format!("cannot stat {}", path.display()))?
-        .len();
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let len = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?.len();
     if len == 0 {
         bail!("{} is empty", path.display());
     }
@@ -337,31 +272,17 @@ fn float_dtype(dtype: Dtype) -> Option<FloatDtype> {
 }
 
 /// Reads the tensors of one safetensors file whose names pass `keep`, converted to f32.
-pub fn read_safetensors_filtered(
-    path: &Path,
-    keep: impl Fn(&str) -> bool,
-) -> Result<HashMap<String, HostTensor>> {
+pub fn read_safetensors_filtered(path: &Path, keep: impl Fn(&str) -> bool) -> Result<HashMap<String, HostTensor>> {
     let map = map_file(path)?;
-    let st = SafeTensors::deserialize(&map).map_err(|e| {
-        anyhow!(
-            "{} is not a valid safetensors file (truncated or corrupt?): {e}",
-            path.display()
-        )
-    })?;
+    let st = SafeTensors::deserialize(&map)
+        .map_err(|e| anyhow!("{} is not a valid safetensors file (truncated or corrupt?): {e}", path.display()))?;
     let mut out = HashMap::new();
     for (name, view) in st.iter().filter(|(name, _)| keep(name)) {
         let dtype = float_dtype(view.dtype()).ok_or_else(|| {
-            anyhow!(
-                "{}: tensor '{name}' has dtype {:?}; supported dtypes are F32, F16, BF16",
-                path.display(),
-                view.dtype()
-            )
+            anyhow!("{}: tensor '{name}' has dtype {:?}; supported dtypes are F32, F16, BF16", path.display(), view.dtype())
         })?;
         let data = dtype.decode(view.data());
-        out.insert(
-            name.to_string(),
-            HostTensor::new(view.shape().to_vec(), data),
-        );
+        out.insert(name.to_string(), HostTensor::new(view.shape().to_vec(), data));
     }
     Ok(out)
 }
@@ -397,10 +318,8 @@ impl View for F32View<'_> {
 pub fn write_safetensors(path: &Path, tensors: &HashMap<String, HostTensor>) -> Result<()> {
     let tmp = tmp_path(path);
     let views = tensors.iter().map(|(k, t)| (k.clone(), F32View(t)));
-    safetensors::serialize_to_file(views, None, &tmp)
-        .map_err(|e| anyhow!("writing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    safetensors::serialize_to_file(views, None, &tmp).map_err(|e| anyhow!("writing {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
@@ -412,8 +331,7 @@ fn tmp_path(path: &Path) -> PathBuf {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 /// The safetensors files of a directory: `model.safetensors`, or the shards an index names.
@@ -424,27 +342,15 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index = dir.join("model.safetensors.index.json");
     if !index.is_file() {
-        bail!(
-            "{}: found neither model.safetensors nor model.safetensors.index.json",
-            dir.display()
-        );
+        bail!("{}: found neither model.safetensors nor model.safetensors.index.json", dir.display());
     }
-    let text = std::fs::read_to_string(&index)
-        .with_context(|| format!("cannot read {}", index.display()))?;
-    let value: Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not valid JSON", index.display()))?;
-    let weight_map = value
-        .get("weight_map")
-        .and_then(Value::as_object)
-        .ok_or_else(|| anyhow!("{} has no 'weight_map' object", index.display()))?;
+    let text = std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))?;
+    let value: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
+    let weight_map =
+        value.get("weight_map").and_then(Value::as_object).ok_or_else(|| anyhow!("{} has no 'weight_map' object", index.display()))?;
     let mut files = BTreeSet::new();
     for (tensor, file) in weight_map {
-        let file = file.as_str().ok_or_else(|| {
-            anyhow!(
-                "{}: weight_map entry '{tensor}' is not a file name",
-                index.display()
-            )
-        })?;
+        let file = file.as_str().ok_or_else(|| anyhow!("{}: weight_map entry '{tensor}' is not a file name", index.display()))?;
         files.insert(file.to_string());
     }
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
@@ -453,14 +359,10 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Loads a Hugging Face model directory (see the module docs).
 pub fn load_hf_dir(dir: &Path) -> Result<ModelFiles> {
     let config_path = dir.join("config.json");
-    let json = std::fs::read_to_string(&config_path)
-        .with_context(|| format!("cannot read {}", config_path.display()))?;
+    let json = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
     let config = parse_hf_config(&json, &config_path)?;
 
-    let wanted: BTreeSet<String> = expected_tensors(&config)
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    let wanted: BTreeSet<String> = expected_tensors(&config).into_iter().map(|(n, _)| n).collect();
     let mut tensors = HashMap::new();
     for file in safetensors_files(dir)? {
         tensors.extend(read_safetensors_filtered(&file, |n| wanted.contains(n))?);
@@ -473,19 +375,12 @@ pub fn load_hf_dir(dir: &Path) -> Result<ModelFiles> {
         true => Some(load_tokenizer_json(&tokenizer_path)?),
         false => None,
     };
-    Ok(ModelFiles {
-        config,
-        tensors,
-        tokenizer,
-        source,
-    })
+    Ok(ModelFiles { config, tensors, tokenizer, source })
 }
 
 /// A JSON number holding the f32's shortest decimal form (1e-5, not 9.99999974e-6).
 fn json_f32(x: f32) -> Value {
-    x.to_string()
-        .parse::<f64>()
-        .map_or(Value::Null, |v| json!(v))
+    x.to_string().parse::<f64>().map_or(Value::Null, |v| json!(v))
 }
 
 /// The Hugging Face `config.json` describing `cfg`.
@@ -526,9 +421,7 @@ pub fn save_hf_dir(
     write_atomic(&dir.join("config.json"), config.as_bytes())?;
     write_safetensors(&dir.join("model.safetensors"), tensors)?;
     if let Some(tok) = tokenizer {
-        let text = tok
-            .to_string(false)
-            .map_err(|e| anyhow!("serialising the tokenizer: {e}"))?;
+        let text = tok.to_string(false).map_err(|e| anyhow!("serialising the tokenizer: {e}"))?;
         write_atomic(&dir.join("tokenizer.json"), text.as_bytes())?;
     }
     Ok(())

@@ -27,7 +27,11 @@ impl HybridConfig {
         attn_layers.sort_unstable();
         attn_layers.dedup();
         if let Some(&bad) = attn_layers.iter().find(|&&l| l >= base.num_hidden_layers) {
-            bail!("kept layer {bad} does not exist: the teacher has {} layers (0..={})", base.num_hidden_layers, base.num_hidden_layers - 1);
+            bail!(
+                "kept layer {bad} does not exist: the teacher has {} layers (0..={})",
+                base.num_hidden_layers,
+                base.num_hidden_layers - 1
+            );
         }
         Ok(HybridConfig { base, attn_layers, gdn_use_silu: true, gdn_norm_eps: 1e-5, gdn_chunk_size: 64 })
     }
@@ -63,7 +67,10 @@ impl HybridConfig {
         let mut base = hf::parse_hf_config(&base_json.to_string(), path)?;
         base.qk_norm = v["qk_norm"].as_bool().unwrap_or(base.qk_norm);
         let layers = v["attn_layers"].as_array().with_context(|| format!("missing required field 'attn_layers' in {}", path.display()))?;
-        let attn_layers = layers.iter().map(|x| x.as_u64().map(|u| u as usize).with_context(|| format!("{}: attn_layers holds a non-integer {x}", path.display()))).collect::<Result<Vec<_>>>()?;
+        let attn_layers = layers
+            .iter()
+            .map(|x| x.as_u64().map(|u| u as usize).with_context(|| format!("{}: attn_layers holds a non-integer {x}", path.display())))
+            .collect::<Result<Vec<_>>>()?;
         let mut cfg = HybridConfig::new(base, attn_layers).with_context(|| format!("in {}", path.display()))?;
         cfg.gdn_use_silu = v["gdn_use_silu"].as_bool().unwrap_or(true);
         cfg.gdn_norm_eps = v["gdn_norm_eps"].as_f64().unwrap_or(1e-5) as f32;
@@ -108,7 +115,13 @@ pub fn init_student(cfg: &HybridConfig, teacher: &HashMap<String, HostTensor>, s
     }
     for l in 0..c.num_hidden_layers {
         let p = |s: &str| format!("model.layers.{l}.{s}");
-        for s in ["input_layernorm.weight", "post_attention_layernorm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"] {
+        for s in [
+            "input_layernorm.weight",
+            "post_attention_layernorm.weight",
+            "mlp.gate_proj.weight",
+            "mlp.up_proj.weight",
+            "mlp.down_proj.weight",
+        ] {
             out.insert(p(s), get(&p(s))?);
         }
         if !cfg.is_gdn(l) {
@@ -146,7 +159,8 @@ pub fn init_student(cfg: &HybridConfig, teacher: &HashMap<String, HostTensor>, s
 pub fn expected_tensors(cfg: &HybridConfig) -> Vec<(String, Vec<usize>)> {
     let c = &cfg.base;
     let (dm, h, d) = (c.hidden_size, c.num_attention_heads, c.head_dim);
-    let mut v: Vec<(String, Vec<usize>)> = hf::expected_tensors(c).into_iter().filter(|(n, _)| !(n.contains(".self_attn.") && cfg.is_gdn(layer_of(n)))).collect();
+    let mut v: Vec<(String, Vec<usize>)> =
+        hf::expected_tensors(c).into_iter().filter(|(n, _)| !(n.contains(".self_attn.") && cfg.is_gdn(layer_of(n)))).collect();
     for l in cfg.gdn_layers() {
         for (n, s) in [
             ("q_proj.weight", vec![h * d, dm]),

@@ -20,18 +20,13 @@ use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
 fn is_gguf_name(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 /// The `.gguf` files directly inside `dir`, sorted.
 fn gguf_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| anyhow::anyhow!("cannot list {}: {e}", dir.display()))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && is_gguf_name(p))
-        .collect();
+    let entries = std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("cannot list {}: {e}", dir.display()))?;
+    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && is_gguf_name(p)).collect();
     files.sort();
     Ok(files)
 }
@@ -49,28 +44,19 @@ pub fn load_model(path: &Path) -> Result<ModelFiles> {
         if path.file_name().is_some_and(|n| n == "config.json") {
             return hf::load_hf_dir(path.parent().unwrap_or(Path::new(".")));
         }
-        bail!(
-            "model path '{}' is neither a .gguf file nor a Hugging Face model directory",
-            path.display()
-        );
+        bail!("model path '{}' is neither a .gguf file nor a Hugging Face model directory", path.display());
     }
     if path.join("config.json").is_file() {
         return hf::load_hf_dir(path);
     }
     match gguf_files_in(path)?.as_slice() {
         [one] => gguf::load_gguf(one),
-        [] => bail!(
-            "model directory '{}' has no config.json and no .gguf file",
-            path.display()
-        ),
+        [] => bail!("model directory '{}' has no config.json and no .gguf file", path.display()),
         many => bail!(
             "model directory '{}' has no config.json and {} .gguf files ({}); pass one of them",
             path.display(),
             many.len(),
-            many.iter()
-                .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .collect::<Vec<_>>()
-                .join(", ")
+            many.iter().filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).collect::<Vec<_>>().join(", ")
         ),
     }
 }

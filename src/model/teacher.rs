@@ -101,7 +101,6 @@ impl Uploader<'_> {
     }
 }
 
-
 /// The GDN parameters of layer `l` (flash-linear-attention names), uploaded.
 pub fn upload_gdn(gpu: &Gpu, tensors: &HashMap<String, HostTensor>, l: usize) -> Result<GdnParams> {
     gdn_params(&Uploader { gpu, tensors, source: "student" }, l)
@@ -136,7 +135,13 @@ impl Decoder {
     }
 
     /// Build from Hugging Face / taylorcal tensor names; `is_gdn(l)` picks GDN layers.
-    pub fn build(gpu: &Gpu, cfg: &ModelConfig, tensors: &HashMap<String, HostTensor>, source: &str, is_gdn: impl Fn(usize) -> bool) -> Result<Decoder> {
+    pub fn build(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        tensors: &HashMap<String, HostTensor>,
+        source: &str,
+        is_gdn: impl Fn(usize) -> bool,
+    ) -> Result<Decoder> {
         let u = Uploader { gpu, tensors, source };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -186,7 +191,13 @@ impl Decoder {
 
     pub fn attn_shape(&self, pos0: usize) -> AttnShape {
         let c = &self.cfg;
-        AttnShape { heads: c.num_attention_heads, kv_heads: c.num_key_value_heads, dim: c.head_dim, pos0, scale: 1.0 / (c.head_dim as f32).sqrt() }
+        AttnShape {
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            dim: c.head_dim,
+            pos0,
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+        }
     }
 
     /// Run tokens `ids` [T] (u32) at positions pos0.. through all layers, writing K/V into
@@ -258,7 +269,18 @@ impl Decoder {
                         gdn::gdn_forward_inputs(b, p, &hn, &acts);
                         let h0 = (pos0 > 0).then_some(state);
                         let ht = g.zeros(&state.shape)?;
-                        ops::delta::chunk_forward_ws(b, &acts.scan, &acts.q, &acts.k, &acts.v, &acts.g, &acts.beta, h0, &acts.o, Some(&ht))?;
+                        ops::delta::chunk_forward_ws(
+                            b,
+                            &acts.scan,
+                            &acts.q,
+                            &acts.k,
+                            &acts.v,
+                            &acts.g,
+                            &acts.beta,
+                            h0,
+                            &acts.o,
+                            Some(&ht),
+                        )?;
                         b.copy(&ht, 0, state, 0, state.bytes());
                         gdn::gdn_forward_output(b, p, &acts, &ao);
                         gdn_acts = Some(acts);
@@ -293,4 +315,3 @@ impl Decoder {
         (gpu.max_binding as usize / (self.cfg.vocab_size * 4)).clamp(1, 512)
     }
 }
-

@@ -34,48 +34,25 @@ const WG: usize = 256;
 /// given bytes per row) fits one binding and starts at an aligned offset.
 fn row_chunks(b: &Batch, rows: usize, row_bytes: &[u64]) -> Vec<(usize, usize)> {
     let step = b.gpu.rows_per_binding(row_bytes);
-    (0..rows)
-        .step_by(step.max(1))
-        .map(|r0| (r0, step.min(rows - r0)))
-        .collect()
+    (0..rows).step_by(step.max(1)).map(|r0| (r0, step.min(rows - r0))).collect()
 }
 
 /// `t` viewed as [rows, cols] (its buffer may be larger than rows * cols).
 fn view(t: &Tensor, rows: usize, cols: usize) -> Tensor {
-    assert!(
-        rows * cols <= t.numel(),
-        "tensor {:?} is smaller than [{rows}, {cols}]",
-        t.shape
-    );
-    Tensor {
-        buf: t.buf.clone(),
-        shape: vec![rows, cols],
-        dtype: t.dtype,
-    }
+    assert!(rows * cols <= t.numel(), "tensor {:?} is smaller than [{rows}, {cols}]", t.shape);
+    Tensor { buf: t.buf.clone(), shape: vec![rows, cols], dtype: t.dtype }
 }
 
 /// y = silu(z) = z sigmoid(z) (z, the pre-activation, is left as is for the backward).
 pub fn silu_forward(b: &mut Batch, z: &Tensor, y: &Tensor) {
-    assert_eq!(
-        z.numel(),
-        y.numel(),
-        "silu_forward: z {:?} vs y {:?}",
-        z.shape,
-        y.shape
-    );
+    assert_eq!(z.numel(), y.numel(), "silu_forward: z {:?} vs y {:?}", z.shape, y.shape);
     elementwise(b, "silu_fwd", z, y);
 }
 
 /// d = d * silu'(z) in place: the gradient with respect to the output of the SiLU becomes
 /// the gradient with respect to its input z.
 pub fn silu_backward(b: &mut Batch, z: &Tensor, d: &Tensor) {
-    assert_eq!(
-        z.numel(),
-        d.numel(),
-        "silu_backward: z {:?} vs d {:?}",
-        z.shape,
-        d.shape
-    );
+    assert_eq!(z.numel(), d.numel(), "silu_backward: z {:?} vs d {:?}", z.shape, d.shape);
     elementwise(b, "silu_bwd", z, d);
 }
 
@@ -83,62 +60,26 @@ fn elementwise(b: &mut Batch, entry: &'static str, x: &Tensor, y: &Tensor) {
     let n = x.numel();
     let (x, y) = (view(x, n, 1), view(y, n, 1));
     for (r0, rc) in row_chunks(b, n, &[4]) {
-        let p = ActParams {
-            n: rc as u32,
-            ..Default::default()
-        };
+        let p = ActParams { n: rc as u32, ..Default::default() };
         let binds = [x.rows_binding(r0, rc), y.rows_binding(r0, rc)];
-        b.dispatch(
-            &Kernel::new("gdn_act", entry),
-            &p,
-            &binds,
-            groups_for(b.gpu, rc, WG),
-        );
+        b.dispatch(&Kernel::new("gdn_act", entry), &p, &binds, groups_for(b.gpu, rc, WG));
     }
 }
 
 /// For za, zb viewed as [N, H]: g = -exp(a_log[h]) softplus(za + dt_bias[h]) and
 /// beta = sigmoid(zb).
-pub fn gate_forward(
-    b: &mut Batch,
-    za: &Tensor,
-    zb: &Tensor,
-    a_log: &Tensor,
-    dt_bias: &Tensor,
-    g: &Tensor,
-    beta: &Tensor,
-) {
+pub fn gate_forward(b: &mut Batch, za: &Tensor, zb: &Tensor, a_log: &Tensor, dt_bias: &Tensor, g: &Tensor, beta: &Tensor) {
     let h = a_log.numel();
     let n = za.numel();
-    assert!(
-        h > 0 && n.is_multiple_of(h),
-        "gate_forward: za {:?} is not [N, {h}]",
-        za.shape
-    );
-    assert_eq!(
-        dt_bias.numel(),
-        h,
-        "gate_forward: dt_bias {:?} vs A_log {:?}",
-        dt_bias.shape,
-        a_log.shape
-    );
+    assert!(h > 0 && n.is_multiple_of(h), "gate_forward: za {:?} is not [N, {h}]", za.shape);
+    assert_eq!(dt_bias.numel(), h, "gate_forward: dt_bias {:?} vs A_log {:?}", dt_bias.shape, a_log.shape);
     for t in [zb, g, beta] {
-        assert_eq!(
-            t.numel(),
-            n,
-            "gate_forward: {:?} vs za {:?}",
-            t.shape,
-            za.shape
-        );
+        assert_eq!(t.numel(), n, "gate_forward: {:?} vs za {:?}", t.shape, za.shape);
     }
     let rows = n / h;
     let [za, zb, g, beta] = [za, zb, g, beta].map(|t| view(t, rows, h));
     for (r0, rc) in row_chunks(b, rows, &[(h * 4) as u64]) {
-        let p = ActParams {
-            n: (rc * h) as u32,
-            heads: h as u32,
-            ..Default::default()
-        };
+        let p = ActParams { n: (rc * h) as u32, heads: h as u32, ..Default::default() };
         let binds = [
             za.rows_binding(r0, rc),
             zb.rows_binding(r0, rc),
@@ -147,12 +88,7 @@ pub fn gate_forward(
             g.rows_binding(r0, rc),
             beta.rows_binding(r0, rc),
         ];
-        b.dispatch(
-            &Kernel::new("gdn_act", "gate_fwd"),
-            &p,
-            &binds,
-            groups_for(b.gpu, rc * h, WG),
-        );
+        b.dispatch(&Kernel::new("gdn_act", "gate_fwd"), &p, &binds, groups_for(b.gpu, rc * h, WG));
     }
 }
 
@@ -175,42 +111,18 @@ pub fn gate_backward(
 ) {
     let h = a_log.numel();
     let n = za.numel();
-    assert!(
-        h > 0 && n.is_multiple_of(h),
-        "gate_backward: za {:?} is not [N, {h}]",
-        za.shape
-    );
+    assert!(h > 0 && n.is_multiple_of(h), "gate_backward: za {:?} is not [N, {h}]", za.shape);
     for t in [beta, dg, dbeta] {
-        assert_eq!(
-            t.numel(),
-            n,
-            "gate_backward: {:?} vs za {:?}",
-            t.shape,
-            za.shape
-        );
+        assert_eq!(t.numel(), n, "gate_backward: {:?} vs za {:?}", t.shape, za.shape);
     }
     for t in [dt_bias, da_log, ddt_bias] {
-        assert_eq!(
-            t.numel(),
-            h,
-            "gate_backward: {:?} vs A_log {:?}",
-            t.shape,
-            a_log.shape
-        );
+        assert_eq!(t.numel(), h, "gate_backward: {:?} vs A_log {:?}", t.shape, a_log.shape);
     }
-    assert!(
-        scratch.numel() >= n,
-        "gate_backward: scratch {:?} smaller than {n}",
-        scratch.shape
-    );
+    assert!(scratch.numel() >= n, "gate_backward: scratch {:?} smaller than {n}", scratch.shape);
     let rows = n / h;
     let [za, beta, dg, dbeta, tmp] = [za, beta, dg, dbeta, scratch].map(|t| view(t, rows, h));
     for (r0, rc) in row_chunks(b, rows, &[(h * 4) as u64]) {
-        let p = ActParams {
-            n: (rc * h) as u32,
-            heads: h as u32,
-            ..Default::default()
-        };
+        let p = ActParams { n: (rc * h) as u32, heads: h as u32, ..Default::default() };
         let binds = [
             za.rows_binding(r0, rc),
             beta.rows_binding(r0, rc),
@@ -220,12 +132,7 @@ pub fn gate_backward(
             dbeta.rows_binding(r0, rc),
             tmp.rows_binding(r0, rc),
         ];
-        b.dispatch(
-            &Kernel::new("gdn_act", "gate_bwd"),
-            &p,
-            &binds,
-            groups_for(b.gpu, rc * h, WG),
-        );
+        b.dispatch(&Kernel::new("gdn_act", "gate_bwd"), &p, &binds, groups_for(b.gpu, rc * h, WG));
     }
     colsum(b, &tmp, da_log, accumulate);
     colsum(b, &dg, ddt_bias, accumulate);
@@ -233,66 +140,19 @@ pub fn gate_backward(
 
 /// Gated RMSNorm over rows of `w.numel()` elements: y = o rstd w silu(z),
 /// rstd = 1 / sqrt(mean(o^2) + eps) (one row per token and head), also written out.
-pub fn gated_norm_forward(
-    b: &mut Batch,
-    o: &Tensor,
-    z: &Tensor,
-    w: &Tensor,
-    eps: f32,
-    y: &Tensor,
-    rstd: &Tensor,
-) {
+pub fn gated_norm_forward(b: &mut Batch, o: &Tensor, z: &Tensor, w: &Tensor, eps: f32, y: &Tensor, rstd: &Tensor) {
     let cols = w.numel();
     let rows = o.numel() / cols;
-    assert_eq!(
-        o.numel(),
-        rows * cols,
-        "gated_norm_forward: o {:?} vs w {:?}",
-        o.shape,
-        w.shape
-    );
-    assert_eq!(
-        z.numel(),
-        o.numel(),
-        "gated_norm_forward: z {:?} vs o {:?}",
-        z.shape,
-        o.shape
-    );
-    assert_eq!(
-        y.numel(),
-        o.numel(),
-        "gated_norm_forward: y {:?} vs o {:?}",
-        y.shape,
-        o.shape
-    );
-    assert_eq!(
-        rstd.numel(),
-        rows,
-        "gated_norm_forward: rstd {:?} for {rows} rows",
-        rstd.shape
-    );
+    assert_eq!(o.numel(), rows * cols, "gated_norm_forward: o {:?} vs w {:?}", o.shape, w.shape);
+    assert_eq!(z.numel(), o.numel(), "gated_norm_forward: z {:?} vs o {:?}", z.shape, o.shape);
+    assert_eq!(y.numel(), o.numel(), "gated_norm_forward: y {:?} vs o {:?}", y.shape, o.shape);
+    assert_eq!(rstd.numel(), rows, "gated_norm_forward: rstd {:?} for {rows} rows", rstd.shape);
     let [o, z, y] = [o, z, y].map(|t| view(t, rows, cols));
     let rstd = view(rstd, rows, 1);
     for (r0, rc) in row_chunks(b, rows, &[(cols * 4) as u64, 4]) {
-        let p = NormParams {
-            rows: rc as u32,
-            cols: cols as u32,
-            eps,
-            _pad: 0,
-        };
-        let binds = [
-            o.rows_binding(r0, rc),
-            z.rows_binding(r0, rc),
-            w.into(),
-            y.rows_binding(r0, rc),
-            rstd.rows_binding(r0, rc),
-        ];
-        b.dispatch(
-            &Kernel::new("gated_norm", "gnorm_fwd"),
-            &p,
-            &binds,
-            grid(b.gpu, rc as u32),
-        );
+        let p = NormParams { rows: rc as u32, cols: cols as u32, eps, _pad: 0 };
+        let binds = [o.rows_binding(r0, rc), z.rows_binding(r0, rc), w.into(), y.rows_binding(r0, rc), rstd.rows_binding(r0, rc)];
+        b.dispatch(&Kernel::new("gated_norm", "gnorm_fwd"), &p, &binds, grid(b.gpu, rc as u32));
     }
 }
 
@@ -314,50 +174,17 @@ pub fn gated_norm_backward(
 ) {
     let cols = w.numel();
     let rows = o.numel() / cols;
-    assert_eq!(
-        o.numel(),
-        rows * cols,
-        "gated_norm_backward: o {:?} vs w {:?}",
-        o.shape,
-        w.shape
-    );
+    assert_eq!(o.numel(), rows * cols, "gated_norm_backward: o {:?} vs w {:?}", o.shape, w.shape);
     for t in [z, dy, d_o, dz] {
-        assert_eq!(
-            t.numel(),
-            o.numel(),
-            "gated_norm_backward: {:?} vs o {:?}",
-            t.shape,
-            o.shape
-        );
+        assert_eq!(t.numel(), o.numel(), "gated_norm_backward: {:?} vs o {:?}", t.shape, o.shape);
     }
-    assert_eq!(
-        rstd.numel(),
-        rows,
-        "gated_norm_backward: rstd {:?} for {rows} rows",
-        rstd.shape
-    );
-    assert_eq!(
-        dw.numel(),
-        cols,
-        "gated_norm_backward: dw {:?} vs w {:?}",
-        dw.shape,
-        w.shape
-    );
-    assert!(
-        scratch.numel() >= o.numel(),
-        "gated_norm_backward: scratch {:?} smaller than o {:?}",
-        scratch.shape,
-        o.shape
-    );
+    assert_eq!(rstd.numel(), rows, "gated_norm_backward: rstd {:?} for {rows} rows", rstd.shape);
+    assert_eq!(dw.numel(), cols, "gated_norm_backward: dw {:?} vs w {:?}", dw.shape, w.shape);
+    assert!(scratch.numel() >= o.numel(), "gated_norm_backward: scratch {:?} smaller than o {:?}", scratch.shape, o.shape);
     let [o, z, dy, d_o, dz, tmp] = [o, z, dy, d_o, dz, scratch].map(|t| view(t, rows, cols));
     let rstd = view(rstd, rows, 1);
     for (r0, rc) in row_chunks(b, rows, &[(cols * 4) as u64, 4]) {
-        let p = NormParams {
-            rows: rc as u32,
-            cols: cols as u32,
-            eps: 0.0,
-            _pad: 0,
-        };
+        let p = NormParams { rows: rc as u32, cols: cols as u32, eps: 0.0, _pad: 0 };
         let binds = [
             o.rows_binding(r0, rc),
             z.rows_binding(r0, rc),
@@ -368,12 +195,7 @@ pub fn gated_norm_backward(
             dz.rows_binding(r0, rc),
             tmp.rows_binding(r0, rc),
         ];
-        b.dispatch(
-            &Kernel::new("gated_norm", "gnorm_bwd"),
-            &p,
-            &binds,
-            grid(b.gpu, rc as u32),
-        );
+        b.dispatch(&Kernel::new("gated_norm", "gnorm_bwd"), &p, &binds, grid(b.gpu, rc as u32));
     }
     colsum(b, &tmp, dw, accumulate);
 }
@@ -391,30 +213,13 @@ pub fn colsum(b: &mut Batch, x: &Tensor, out: &Tensor, accumulate: bool) {
         }
         return;
     }
-    for (c, (r0, rc)) in row_chunks(b, rows, &[(cols * 4) as u64])
-        .into_iter()
-        .enumerate()
-    {
-        colsum_binding(
-            b,
-            x.rows_binding(r0, rc),
-            rc,
-            cols,
-            out.into(),
-            accumulate || c > 0,
-        );
+    for (c, (r0, rc)) in row_chunks(b, rows, &[(cols * 4) as u64]).into_iter().enumerate() {
+        colsum_binding(b, x.rows_binding(r0, rc), rc, cols, out.into(), accumulate || c > 0);
     }
 }
 
 /// [`colsum`] over bindings: out[c] (+)= sum_r x[r * cols + c] for r < rows.
-pub(crate) fn colsum_binding(
-    b: &mut Batch,
-    x: Binding,
-    rows: usize,
-    cols: usize,
-    out: Binding,
-    accumulate: bool,
-) {
+pub(crate) fn colsum_binding(b: &mut Batch, x: Binding, rows: usize, cols: usize, out: Binding, accumulate: bool) {
     let k = Kernel::new("gdn_act", "colsum_partial");
     let gx = cols.div_ceil(64) as u32;
     let per = 256usize.max(rows.div_ceil(65535));
@@ -430,17 +235,8 @@ pub(crate) fn colsum_binding(
         return;
     }
     let splits = rows.div_ceil(per);
-    let partial = b
-        .gpu
-        .empty(&[splits, cols], DType::F32)
-        .expect("colsum: partial sums");
-    let p = ActParams {
-        rows: rows as u32,
-        cols: cols as u32,
-        rows_per: per as u32,
-        accumulate: 0,
-        ..Default::default()
-    };
+    let partial = b.gpu.empty(&[splits, cols], DType::F32).expect("colsum: partial sums");
+    let p = ActParams { rows: rows as u32, cols: cols as u32, rows_per: per as u32, accumulate: 0, ..Default::default() };
     b.dispatch(&k, &p, &[x, (&partial).into()], [gx, splits as u32, 1]);
     colsum_binding(b, (&partial).into(), splits, cols, out, accumulate);
 }
@@ -466,18 +262,9 @@ pub mod cpu {
     }
 
     /// (g, beta) for za, zb [N, H].
-    pub fn gate_forward(
-        za: &[f64],
-        zb: &[f64],
-        a_log: &[f64],
-        dt_bias: &[f64],
-    ) -> (Vec<f64>, Vec<f64>) {
+    pub fn gate_forward(za: &[f64], zb: &[f64], a_log: &[f64], dt_bias: &[f64]) -> (Vec<f64>, Vec<f64>) {
         let h = a_log.len();
-        let g = za
-            .iter()
-            .enumerate()
-            .map(|(i, &a)| -a_log[i % h].exp() * softplus(a + dt_bias[i % h]))
-            .collect();
+        let g = za.iter().enumerate().map(|(i, &a)| -a_log[i % h].exp() * softplus(a + dt_bias[i % h])).collect();
         let beta = zb.iter().map(|&b| sigmoid(b)).collect();
         (g, beta)
     }
@@ -502,11 +289,7 @@ pub mod cpu {
             ddt[j] += dza[i];
             da_log[j] += dg[i] * (-a * softplus(u));
         }
-        let dzb = zb
-            .iter()
-            .zip(dbeta)
-            .map(|(&z, &d)| d * sigmoid(z) * (1.0 - sigmoid(z)))
-            .collect();
+        let dzb = zb.iter().zip(dbeta).map(|(&z, &d)| d * sigmoid(z) * (1.0 - sigmoid(z))).collect();
         (dza, dzb, da_log, ddt)
     }
 
@@ -526,13 +309,7 @@ pub mod cpu {
     }
 
     /// (do, dz, dw) of the gated RMSNorm.
-    pub fn gated_norm_backward(
-        o: &[f64],
-        z: &[f64],
-        w: &[f64],
-        eps: f64,
-        dy: &[f64],
-    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    pub fn gated_norm_backward(o: &[f64], z: &[f64], w: &[f64], eps: f64, dy: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         let c = w.len();
         let (mut d_o, mut dz, mut dw) = (vec![0.0; o.len()], vec![0.0; o.len()], vec![0.0; c]);
         for (r, row) in o.chunks(c).enumerate() {

@@ -35,7 +35,13 @@ pub fn attention(b: &mut Batch, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, 
     let t = q.numel() / (s.heads * s.dim);
     assert!(k.numel() >= (s.pos0 + t) * s.kv_heads * s.dim, "KV cache too short");
     assert_eq!(stats.numel(), t * s.heads * 2);
-    let dmax = if s.dim <= 64 { 64 } else if s.dim <= 128 { 128 } else { 256 };
+    let dmax = if s.dim <= 64 {
+        64
+    } else if s.dim <= 128 {
+        128
+    } else {
+        256
+    };
     let kernel = Kernel::new("attention", "attention").with("D", dmax).with("BC", 2048 / dmax);
     let p = Params {
         t: t as u32,

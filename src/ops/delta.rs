@@ -64,15 +64,7 @@ pub struct DeltaShape {
 impl DeltaShape {
     /// The GDN block's case: dk = dv = d, scale 1/sqrt(d).
     pub fn new(b: usize, t: usize, h: usize, d: usize, l2norm: bool) -> DeltaShape {
-        DeltaShape {
-            b,
-            t,
-            h,
-            dk: d,
-            dv: d,
-            scale: 1.0 / (d as f32).sqrt(),
-            l2norm,
-        }
+        DeltaShape { b, t, h, dk: d, dv: d, scale: 1.0 / (d as f32).sqrt(), l2norm }
     }
 }
 
@@ -175,25 +167,14 @@ impl DeltaTiles {
         let budget = budget.min(gpu.limits.max_compute_workgroup_storage_size as usize);
         let dkp = s.dk_pad();
         let widest = s.dv.next_power_of_two().clamp(8, 32);
-        let pick = |f: fn(usize, usize) -> usize| {
-            [32, 16, 8]
-                .into_iter()
-                .find(|&bv| bv <= widest && f(dkp, bv) <= budget)
-                .unwrap_or(8)
-        };
-        DeltaTiles {
-            bv_fwd: pick(Self::smem_fwd),
-            bv_bwd: pick(Self::smem_bwd),
-        }
+        let pick = |f: fn(usize, usize) -> usize| [32, 16, 8].into_iter().find(|&bv| bv <= widest && f(dkp, bv) <= budget).unwrap_or(8);
+        DeltaTiles { bv_fwd: pick(Self::smem_fwd), bv_bwd: pick(Self::smem_bwd) }
     }
 
     /// The default: every kernel within 16 KiB of workgroup memory (WebGPU's guaranteed
     /// minimum); `TAYLORCAL_DELTA_SMEM` (bytes) raises or lowers that budget.
     pub fn auto(gpu: &Gpu, s: &DeltaShape) -> DeltaTiles {
-        let budget = std::env::var("TAYLORCAL_DELTA_SMEM")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(16384);
+        let budget = std::env::var("TAYLORCAL_DELTA_SMEM").ok().and_then(|v| v.parse().ok()).unwrap_or(16384);
         Self::for_budget(gpu, s, budget)
     }
 }
@@ -217,11 +198,7 @@ impl DeltaGrads {
             dv: gpu.zeros(&[s.b, s.t, s.h, s.dv])?,
             dg: gpu.zeros(&[s.b, s.t, s.h])?,
             dbeta: gpu.zeros(&[s.b, s.t, s.h])?,
-            dh0: if with_h0 {
-                Some(gpu.zeros(&[s.b, s.h, s.dv, s.dk])?)
-            } else {
-                None
-            },
+            dh0: if with_h0 { Some(gpu.zeros(&[s.b, s.h, s.dv, s.dk])?) } else { None },
         })
     }
 }
@@ -257,25 +234,12 @@ impl DeltaWorkspace {
         Self::with_tiles(gpu, s, backward, DeltaTiles::auto(gpu, s))
     }
 
-    pub fn with_tiles(
-        gpu: &Gpu,
-        s: &DeltaShape,
-        backward: bool,
-        tiles: DeltaTiles,
-    ) -> Result<DeltaWorkspace> {
+    pub fn with_tiles(gpu: &Gpu, s: &DeltaShape, backward: bool, tiles: DeltaTiles) -> Result<DeltaWorkspace> {
         s.check()?;
         let limit = gpu.limits.max_compute_workgroup_storage_size as usize;
         for (name, bv, bytes) in [
-            (
-                "forward",
-                tiles.bv_fwd,
-                DeltaTiles::smem_fwd(s.dk_pad(), tiles.bv_fwd),
-            ),
-            (
-                "backward",
-                tiles.bv_bwd,
-                DeltaTiles::smem_bwd(s.dk_pad(), tiles.bv_bwd),
-            ),
+            ("forward", tiles.bv_fwd, DeltaTiles::smem_fwd(s.dk_pad(), tiles.bv_fwd)),
+            ("backward", tiles.bv_bwd, DeltaTiles::smem_bwd(s.dk_pad(), tiles.bv_bwd)),
         ] {
             if ![8, 16, 32].contains(&bv) {
                 bail!("delta rule: {name} state tile BV = {bv} (must be 8, 16 or 32)");
@@ -323,8 +287,7 @@ impl DeltaWorkspace {
 
     /// Bytes of GPU memory this workspace holds.
     pub fn bytes(&self) -> u64 {
-        let mut n =
-            self.aux.bytes() + self.w.bytes() + self.u.bytes() + self.vn.bytes() + self.h.bytes();
+        let mut n = self.aux.bytes() + self.w.bytes() + self.u.bytes() + self.vn.bytes() + self.h.bytes();
         if let Some(b) = &self.bwd {
             n += b.tinv.bytes() + b.dvn.bytes() + b.dh.bytes() + b.ds.bytes() + b.dw.bytes();
         }
@@ -340,25 +303,13 @@ impl DeltaWorkspace {
 
 fn check_len(what: &str, t: &Tensor, n: usize) -> Result<()> {
     if t.numel() != n || t.dtype != DType::F32 {
-        bail!(
-            "delta rule: {what} has shape {:?} ({:?}), expected {n} f32 elements",
-            t.shape,
-            t.dtype
-        );
+        bail!("delta rule: {what} has shape {:?} ({:?}), expected {n} f32 elements", t.shape, t.dtype);
     }
     Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
-fn check_inputs(
-    s: &DeltaShape,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    g: &Tensor,
-    beta: &Tensor,
-    h0: Option<&Tensor>,
-) -> Result<()> {
+fn check_inputs(s: &DeltaShape, q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, beta: &Tensor, h0: Option<&Tensor>) -> Result<()> {
     s.check()?;
     let r = s.rows();
     check_len("q", q, r * s.dk)?;
@@ -374,16 +325,7 @@ fn check_inputs(
 
 /// aux (gamma, rq, rk), w, u (and T when `store_t`) of every chunk.
 #[allow(clippy::too_many_arguments)]
-fn record_prep(
-    b: &mut Batch,
-    ws: &DeltaWorkspace,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    g: &Tensor,
-    beta: &Tensor,
-    tinv: Option<&Tensor>,
-) {
+fn record_prep(b: &mut Batch, ws: &DeltaWorkspace, q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, beta: &Tensor, tinv: Option<&Tensor>) {
     let s = &ws.shape;
     let grid = [s.chunks() as u32, (s.b * s.h) as u32, 1];
     let p = s.params(if tinv.is_some() { F_STORE_T } else { 0 });
@@ -397,33 +339,17 @@ fn record_prep(
     b.dispatch(
         &Kernel::new("delta_chunk", "delta_intra"),
         &p,
-        &[
-            k.into(),
-            v.into(),
-            beta.into(),
-            (&ws.aux).into(),
-            (&ws.w).into(),
-            (&ws.u).into(),
-            t,
-        ],
+        &[k.into(), v.into(), beta.into(), (&ws.aux).into(), (&ws.w).into(), (&ws.u).into(), t],
         grid,
     );
 }
 
 /// The forward state pass: h, v_new (and ht).
-fn record_fwd_state(
-    b: &mut Batch,
-    ws: &DeltaWorkspace,
-    k: &Tensor,
-    h0: Option<&Tensor>,
-    ht: Option<&Tensor>,
-) {
+fn record_fwd_state(b: &mut Batch, ws: &DeltaWorkspace, k: &Tensor, h0: Option<&Tensor>, ht: Option<&Tensor>) {
     let s = &ws.shape;
     let bv = ws.tiles.bv_fwd;
     let flags = if h0.is_some() { F_H0 } else { 0 } | if ht.is_some() { F_HT } else { 0 };
-    let kernel = Kernel::new("delta_state", "delta_fwd_state")
-        .with("DK", s.dk_pad() as u32)
-        .with("BV", bv as u32);
+    let kernel = Kernel::new("delta_state", "delta_fwd_state").with("DK", s.dk_pad() as u32).with("BV", bv as u32);
     let h0b: Binding = match h0 {
         Some(t) => t.into(),
         None => super::dummy(b),
@@ -432,16 +358,7 @@ fn record_fwd_state(
     b.dispatch(
         &kernel,
         &s.params(flags),
-        &[
-            k.into(),
-            (&ws.w).into(),
-            (&ws.u).into(),
-            (&ws.aux).into(),
-            h0b,
-            (&ws.h).into(),
-            (&ws.vn).into(),
-            htb,
-        ],
+        &[k.into(), (&ws.w).into(), (&ws.u).into(), (&ws.aux).into(), h0b, (&ws.h).into(), (&ws.vn).into(), htb],
         [s.dv.div_ceil(bv) as u32, (s.b * s.h) as u32, 1],
     );
 }
@@ -491,14 +408,7 @@ pub fn chunk_forward_ws(
     b.dispatch(
         &Kernel::new("delta_out", "delta_fwd_out"),
         &s.params(0),
-        &[
-            q.into(),
-            k.into(),
-            (&ws.vn).into(),
-            (&ws.h).into(),
-            (&ws.aux).into(),
-            o.into(),
-        ],
+        &[q.into(), k.into(), (&ws.vn).into(), (&ws.h).into(), (&ws.aux).into(), o.into()],
         [s.chunks() as u32, (s.b * s.h) as u32, 1],
     );
     Ok(())
@@ -607,15 +517,7 @@ fn backward_impl(
     b.dispatch(
         &Kernel::new("delta_out", "delta_bwd_local"),
         &s.params(0),
-        &[
-            q.into(),
-            k.into(),
-            (&ws.vn).into(),
-            do_.into(),
-            (&ws.aux).into(),
-            (&bw.ds).into(),
-            (&bw.dvn).into(),
-        ],
+        &[q.into(), k.into(), (&ws.vn).into(), do_.into(), (&ws.aux).into(), (&bw.ds).into(), (&bw.dvn).into()],
         grid,
     );
     let bv = ws.tiles.bv_bwd;
@@ -626,21 +528,9 @@ fn backward_impl(
     };
     let dh0b: Binding = grads.dh0.as_ref().unwrap_or(&ws.dummies[2]).into();
     b.dispatch(
-        &Kernel::new("delta_state", "delta_bwd_state")
-            .with("DK", s.dk_pad() as u32)
-            .with("BV", bv as u32),
+        &Kernel::new("delta_state", "delta_bwd_state").with("DK", s.dk_pad() as u32).with("BV", bv as u32),
         &s.params(flags),
-        &[
-            q.into(),
-            k.into(),
-            (&ws.w).into(),
-            do_.into(),
-            (&ws.aux).into(),
-            dhtb,
-            (&bw.dh).into(),
-            (&bw.dvn).into(),
-            dh0b,
-        ],
+        &[q.into(), k.into(), (&ws.w).into(), do_.into(), (&ws.aux).into(), dhtb, (&bw.dh).into(), (&bw.dvn).into(), dh0b],
         [s.dv.div_ceil(bv) as u32, (s.b * s.h) as u32, 1],
     );
     b.dispatch(
@@ -722,15 +612,7 @@ pub fn recurrent_step(
     b.dispatch(
         &Kernel::new("delta_step", "delta_step"),
         &s.params(0),
-        &[
-            q.into(),
-            k.into(),
-            v.into(),
-            g.into(),
-            beta.into(),
-            state.into(),
-            o.into(),
-        ],
+        &[q.into(), k.into(), v.into(), g.into(), beta.into(), state.into(), o.into()],
         [s.dv.div_ceil(64) as u32, (s.b * s.h) as u32, 1],
     );
     Ok(())

@@ -25,16 +25,7 @@ struct Params {
 impl Params {
     /// One workgroup layer (no split of the reduction).
     #[allow(clippy::too_many_arguments)]
-    fn new(
-        ni: usize,
-        nj: usize,
-        nr: usize,
-        lda: usize,
-        acol: usize,
-        ldb: usize,
-        ldc: usize,
-        accumulate: bool,
-    ) -> Params {
+    fn new(ni: usize, nj: usize, nr: usize, lda: usize, acol: usize, ldb: usize, ldc: usize, accumulate: bool) -> Params {
         Params {
             ni: ni as u32,
             nj: nj as u32,
@@ -55,30 +46,11 @@ impl Params {
 const TILE: usize = 64;
 
 /// `dx[M, K] (+)= dy[M, N] W[N, K]`: the input gradient of `y = x W^T` (f32 W).
-pub fn linear_backward_input(
-    b: &mut Batch,
-    dy: &Tensor,
-    w: &Tensor,
-    dx: &Tensor,
-    accumulate: bool,
-) {
+pub fn linear_backward_input(b: &mut Batch, dy: &Tensor, w: &Tensor, dx: &Tensor, accumulate: bool) {
     let (n, k) = (w.rows(), w.cols());
     let m = dx.numel() / k.max(1);
-    assert_eq!(
-        dx.numel(),
-        m * k,
-        "linear_backward_input: dx {:?} vs W {:?}",
-        dx.shape,
-        w.shape
-    );
-    assert_eq!(
-        dy.numel(),
-        m * n,
-        "linear_backward_input: dy {:?} for dx {:?} W {:?}",
-        dy.shape,
-        dx.shape,
-        w.shape
-    );
+    assert_eq!(dx.numel(), m * k, "linear_backward_input: dx {:?} vs W {:?}", dx.shape, w.shape);
+    assert_eq!(dy.numel(), m * n, "linear_backward_input: dy {:?} for dx {:?} W {:?}", dy.shape, dx.shape, w.shape);
     assert_eq!(w.dtype, DType::F32, "linear_backward_input: W must be f32");
     if m == 0 || k == 0 {
         return;
@@ -95,23 +67,14 @@ pub fn linear_backward_input(
             // an empty reduction still defines dx = 0 (dy and W are empty: bind something valid)
             if !accumulate {
                 let p = Params::new(mc, k, 0, 1, 0, k, k, false);
-                b.dispatch(
-                    &kernel,
-                    &p,
-                    &[dummy(b), dummy(b), dx.rows_binding(m0, mc)],
-                    groups,
-                );
+                b.dispatch(&kernel, &p, &[dummy(b), dummy(b), dx.rows_binding(m0, mc)], groups);
             }
             continue;
         }
         for (s, n0) in (0..n).step_by(nstep).enumerate() {
             let nc = nstep.min(n - n0);
             let p = Params::new(mc, k, nc, n, n0, k, k, accumulate || s > 0);
-            let binds = [
-                dy.rows_binding(m0, mc),
-                w.rows_binding(n0, nc),
-                dx.rows_binding(m0, mc),
-            ];
+            let binds = [dy.rows_binding(m0, mc), w.rows_binding(n0, nc), dx.rows_binding(m0, mc)];
             b.dispatch(&kernel, &p, &binds, groups);
         }
     }
@@ -121,30 +84,11 @@ pub fn linear_backward_input(
 /// over the M rows (tokens). Where dW has too few 64 x 64 tiles to fill the GPU (a narrow
 /// layer such as the gate's [H, D]) and M is long, the reduction is split over several
 /// workgroups per tile whose partial sums are then added up.
-pub fn linear_backward_weight(
-    b: &mut Batch,
-    dy: &Tensor,
-    x: &Tensor,
-    dw: &Tensor,
-    accumulate: bool,
-) {
+pub fn linear_backward_weight(b: &mut Batch, dy: &Tensor, x: &Tensor, dw: &Tensor, accumulate: bool) {
     let (n, k) = (dw.rows(), dw.cols());
     let m = x.numel() / k.max(1);
-    assert_eq!(
-        x.numel(),
-        m * k,
-        "linear_backward_weight: x {:?} vs dW {:?}",
-        x.shape,
-        dw.shape
-    );
-    assert_eq!(
-        dy.numel(),
-        m * n,
-        "linear_backward_weight: dy {:?} for x {:?} dW {:?}",
-        dy.shape,
-        x.shape,
-        dw.shape
-    );
+    assert_eq!(x.numel(), m * k, "linear_backward_weight: x {:?} vs dW {:?}", x.shape, dw.shape);
+    assert_eq!(dy.numel(), m * n, "linear_backward_weight: dy {:?} for x {:?} dW {:?}", dy.shape, x.shape, dw.shape);
     if n == 0 || k == 0 {
         return;
     }
@@ -159,12 +103,7 @@ pub fn linear_backward_weight(
         if m == 0 {
             if !accumulate {
                 let p = Params::new(nc, k, 0, 1, 0, k, k, false);
-                b.dispatch(
-                    &kernel,
-                    &p,
-                    &[dummy(b), dummy(b), dw.rows_binding(n0, nc)],
-                    groups,
-                );
+                b.dispatch(&kernel, &p, &[dummy(b), dummy(b), dw.rows_binding(n0, nc)], groups);
             }
             continue;
         }
@@ -172,45 +111,20 @@ pub fn linear_backward_weight(
             let mc = mstep.min(m - m0);
             let acc = accumulate || s > 0;
             let binds = [dy.rows_binding(m0, mc), x.rows_binding(m0, mc)];
-            let splits = reduction_splits(
-                b,
-                groups[0] as usize * groups[1] as usize,
-                mc,
-                (nc * k * 4) as u64,
-            );
+            let splits = reduction_splits(b, groups[0] as usize * groups[1] as usize, mc, (nc * k * 4) as u64);
             if splits <= 1 {
                 let p = Params::new(nc, k, mc, n, n0, k, k, acc);
-                b.dispatch(
-                    &kernel,
-                    &p,
-                    &[binds[0].clone(), binds[1].clone(), dw.rows_binding(n0, nc)],
-                    groups,
-                );
+                b.dispatch(&kernel, &p, &[binds[0].clone(), binds[1].clone(), dw.rows_binding(n0, nc)], groups);
                 continue;
             }
             let rchunk = mc.div_ceil(splits);
             let splits = mc.div_ceil(rchunk);
-            let partial = b
-                .gpu
-                .empty(&[splits, nc * k], DType::F32)
-                .expect("linear_backward_weight: partial sums");
+            let partial = b.gpu.empty(&[splits, nc * k], DType::F32).expect("linear_backward_weight: partial sums");
             let mut p = Params::new(nc, k, mc, n, n0, k, k, false);
             p.rchunk = rchunk as u32;
             p.cstride = (nc * k) as u32;
-            b.dispatch(
-                &kernel,
-                &p,
-                &[binds[0].clone(), binds[1].clone(), (&partial).into()],
-                [groups[0], groups[1], splits as u32],
-            );
-            super::act::colsum_binding(
-                b,
-                (&partial).into(),
-                splits,
-                nc * k,
-                dw.rows_binding(n0, nc),
-                acc,
-            );
+            b.dispatch(&kernel, &p, &[binds[0].clone(), binds[1].clone(), (&partial).into()], [groups[0], groups[1], splits as u32]);
+            super::act::colsum_binding(b, (&partial).into(), splits, nc * k, dw.rows_binding(n0, nc), acc);
         }
     }
 }
@@ -223,13 +137,7 @@ fn reduction_splits(b: &Batch, tiles: usize, m: usize, tile_bytes: u64) -> usize
         return 1;
     }
     let by_binding = (b.gpu.max_binding / tile_bytes.max(1)) as usize;
-    TARGET
-        .div_ceil(tiles)
-        .min(m / 256)
-        .min(64)
-        .min(by_binding)
-        .min(b.gpu.limits.max_compute_workgroups_per_dimension as usize)
-        .max(1)
+    TARGET.div_ceil(tiles).min(m / 256).min(64).min(by_binding).min(b.gpu.limits.max_compute_workgroups_per_dimension as usize).max(1)
 }
 
 pub mod cpu {

@@ -26,10 +26,6 @@ pub mod cpu {
         row.iter().map(|v| v - lse).collect()
     }
     pub fn nll(logits: &[f64], vocab: usize, targets: &[u32]) -> Vec<f64> {
-        logits
-            .chunks(vocab)
-            .zip(targets)
-            .map(|(row, &t)| if t == super::IGNORE { 0.0 } else { -log_softmax(row)[t as usize] })
-            .collect()
+        logits.chunks(vocab).zip(targets).map(|(row, &t)| if t == super::IGNORE { 0.0 } else { -log_softmax(row)[t as usize] }).collect()
     }
 }

@@ -96,7 +96,12 @@ pub fn adamw(b: &mut Batch, o: &AdamW, step: u32, param: &Tensor, grad: &Tensor,
         f: [o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, bc1 as f32, bc2 as f32, o.max_norm],
         _pad: [0; 2],
     };
-    b.dispatch(&Kernel::new("optim", "adamw"), &p, &[param.into(), grad.into(), m.into(), v.into(), (&norm.out).into()], groups_for(b.gpu, n, WG));
+    b.dispatch(
+        &Kernel::new("optim", "adamw"),
+        &p,
+        &[param.into(), grad.into(), m.into(), v.into(), (&norm.out).into()],
+        groups_for(b.gpu, n, WG),
+    );
 }
 
 pub mod cpu {
@@ -113,7 +118,8 @@ pub mod cpu {
                 let gi = g[i] * scale;
                 m[i] = b1 * m[i] + (1.0 - b1) * gi;
                 v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
-                p[i] = p[i] * (1.0 - o.lr as f64 * o.weight_decay as f64) - o.lr as f64 * (m[i] / bc1) / ((v[i] / bc2).sqrt() + o.eps as f64);
+                p[i] =
+                    p[i] * (1.0 - o.lr as f64 * o.weight_decay as f64) - o.lr as f64 * (m[i] / bc1) / ((v[i] / bc2).sqrt() + o.eps as f64);
             }
         }
         norm

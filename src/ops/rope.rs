@@ -24,12 +24,7 @@ impl RopeTables {
     pub fn new(gpu: &Gpu, theta: f64, dim: usize, max_pos: usize) -> Result<RopeTables> {
         let (c, s) = cpu::tables(theta, dim, max_pos);
         let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<_>>();
-        Ok(RopeTables {
-            cos: gpu.upload(&[max_pos, dim / 2], &f(c))?,
-            sin: gpu.upload(&[max_pos, dim / 2], &f(s))?,
-            max_pos,
-            dim,
-        })
+        Ok(RopeTables { cos: gpu.upload(&[max_pos, dim / 2], &f(c))?, sin: gpu.upload(&[max_pos, dim / 2], &f(s))?, max_pos, dim })
     }
 }
 

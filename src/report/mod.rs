@@ -5,8 +5,12 @@ pub fn bar_chart_svg(title: &str, rows: &[(String, f64)]) -> String {
     let (w, left, bar_h, gap, top) = (720.0, 170.0, 22.0, 8.0, 40.0);
     let h = top + rows.len() as f64 * (bar_h + gap) + 30.0;
     let max = rows.iter().map(|r| r.1).fold(1.0f64, f64::max).log10().max(1.0);
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"13\">\n");
-    s += &format!("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"22\" font-size=\"15\" font-weight=\"bold\">{}</text>\n", esc(title));
+    let mut s =
+        format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"13\">\n");
+    s += &format!(
+        "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"22\" font-size=\"15\" font-weight=\"bold\">{}</text>\n",
+        esc(title)
+    );
     for (i, (label, v)) in rows.iter().enumerate() {
         let y = top + i as f64 * (bar_h + gap);
         let len = if v.is_finite() && *v > 0.0 { (v.log10().max(0.0) / max) * (w - left - 90.0) } else { 0.0 };
@@ -29,8 +33,12 @@ pub fn layer_chart_svg(title: &str, scores: &[f64], highlight: &[usize]) -> Stri
     let (lo, hi) = finite.fold((0.0f64, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let span = if hi > lo { hi - lo } else { 1.0 };
     let y = |v: f64| top + (hi - v) / span * plot_h;
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n");
-    s += &format!("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"22\" font-size=\"14\" font-weight=\"bold\">{}</text>\n", esc(title));
+    let mut s =
+        format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n");
+    s += &format!(
+        "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"22\" font-size=\"14\" font-weight=\"bold\">{}</text>\n",
+        esc(title)
+    );
     for v in [hi, lo] {
         s += &format!("<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n", left - 6.0, y(v) + 4.0, fmt(v));
     }
@@ -40,7 +48,11 @@ pub fn layer_chart_svg(title: &str, scores: &[f64], highlight: &[usize]) -> Stri
         if v.is_finite() {
             let (y0, y1) = (y(v.max(0.0)), y(v.min(0.0)));
             let fill = if highlight.contains(&l) { "#e07b39" } else { "#4a7ebb" };
-            s += &format!("<rect x=\"{x:.1}\" y=\"{y0:.1}\" width=\"{bar_w}\" height=\"{:.1}\" fill=\"{fill}\"><title>layer {l}: {}</title></rect>\n", (y1 - y0).max(0.5), fmt(*v));
+            s += &format!(
+                "<rect x=\"{x:.1}\" y=\"{y0:.1}\" width=\"{bar_w}\" height=\"{:.1}\" fill=\"{fill}\"><title>layer {l}: {}</title></rect>\n",
+                (y1 - y0).max(0.5),
+                fmt(*v)
+            );
         }
         s += &format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{l}</text>\n", x + bar_w / 2.0, top + plot_h + 16.0);
     }

@@ -38,10 +38,7 @@ impl Policy {
     pub fn parse(s: &str) -> Result<Policy> {
         match Policy::ALL.iter().find(|p| p.name() == s) {
             Some(p) => Ok(*p),
-            None => bail!(
-                "unknown policy '{s}' (choose from {})",
-                Policy::ALL.map(|p| p.name()).join(", ")
-            ),
+            None => bail!("unknown policy '{s}' (choose from {})", Policy::ALL.map(|p| p.name()).join(", ")),
         }
     }
 
@@ -70,10 +67,7 @@ pub struct Selection {
 
 fn check_n(num_layers: usize, n: usize) -> Result<()> {
     ensure!(n > 0, "the number of layers to keep must be at least 1");
-    ensure!(
-        n <= num_layers,
-        "cannot keep {n} layers: the teacher has only {num_layers}"
-    );
+    ensure!(n <= num_layers, "cannot keep {n} layers: the teacher has only {num_layers}");
     Ok(())
 }
 
@@ -113,35 +107,19 @@ pub struct Inputs<'a> {
 }
 
 /// Run `policy`; `progress(done, total)` after each scored layer.
-pub fn select(
-    gpu: &Gpu,
-    policy: Policy,
-    n: usize,
-    inp: &Inputs,
-    progress: impl FnMut(usize, usize),
-) -> Result<Selection> {
+pub fn select(gpu: &Gpu, policy: Policy, n: usize, inp: &Inputs, progress: impl FnMut(usize, usize)) -> Result<Selection> {
     let layers = inp.teacher.cfg.num_hidden_layers;
     match policy {
-        Policy::Uniform => Ok(Selection {
-            policy,
-            keep: uniform(layers, n)?,
-            scores: vec![f64::NAN; layers],
-            teacher_ppl: f64::NAN,
-            seconds: 0.0,
-        }),
+        Policy::Uniform => {
+            Ok(Selection { policy, keep: uniform(layers, n)?, scores: vec![f64::NAN; layers], teacher_ppl: f64::NAN, seconds: 0.0 })
+        }
         Policy::Ar => ar(gpu, inp.teacher, n, inp.eval, progress),
         Policy::GaS2 => ga_s2(gpu, n, inp, progress),
     }
 }
 
 /// AR: bypass each layer's attention alone; score = perplexity increase over the teacher.
-pub fn ar(
-    gpu: &Gpu,
-    teacher: &Decoder,
-    n: usize,
-    eval: &[&[u32]],
-    mut progress: impl FnMut(usize, usize),
-) -> Result<Selection> {
+pub fn ar(gpu: &Gpu, teacher: &Decoder, n: usize, eval: &[&[u32]], mut progress: impl FnMut(usize, usize)) -> Result<Selection> {
     let t0 = Instant::now();
     let layers = teacher.cfg.num_hidden_layers;
     check_n(layers, n)?;
@@ -151,36 +129,18 @@ pub fn ar(
         scores.push(eval::perplexity_windows_skipping(gpu, teacher, eval, &[l])?.ppl - base);
         progress(l + 1, layers);
     }
-    Ok(Selection {
-        policy: Policy::Ar,
-        keep: top_n(&scores, n, true)?,
-        scores,
-        teacher_ppl: base,
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+    Ok(Selection { policy: Policy::Ar, keep: top_n(&scores, n, true)?, scores, teacher_ppl: base, seconds: t0.elapsed().as_secs_f64() })
 }
 
 /// GA-S2: one teacher pass over every layer, then per layer a taylor-init student keeping
 /// only that layer as softmax; score = its evaluation perplexity.
-pub fn ga_s2(
-    gpu: &Gpu,
-    n: usize,
-    inp: &Inputs,
-    mut progress: impl FnMut(usize, usize),
-) -> Result<Selection> {
+pub fn ga_s2(gpu: &Gpu, n: usize, inp: &Inputs, mut progress: impl FnMut(usize, usize)) -> Result<Selection> {
     let t0 = Instant::now();
     let cfg = &inp.teacher.cfg;
     let layers = cfg.num_hidden_layers;
     check_n(layers, n)?;
     let all: Vec<usize> = (0..layers).collect();
-    let cap = convert::capture(
-        gpu,
-        inp.teacher,
-        &all,
-        inp.calib,
-        inp.capture_windows,
-        |_| {},
-    )?;
+    let cap = convert::capture(gpu, inp.teacher, &all, inp.calib, inp.capture_windows, |_| {})?;
     let mut scores = Vec::with_capacity(layers);
     for l in 0..layers {
         let hc = HybridConfig::new(cfg.clone(), vec![l])?;

@@ -32,9 +32,7 @@ pub fn tiny_config(arch: Arch) -> ModelConfig {
 }
 
 pub fn random_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| rng.random_range(-1.0f32..1.0) * scale)
-        .collect()
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0) * scale).collect()
 }
 
 /// Every tensor the config implies, random (norm weights near 1, like real ones).
@@ -91,8 +89,7 @@ pub fn numpy_permute<T: Copy>(w: &[T], n_head: usize, hd: usize, cols: usize) ->
         for i in 0..half {
             for s in 0..2 {
                 for c in 0..cols {
-                    out[((h * half + i) * 2 + s) * cols + c] =
-                        w[((h * 2 + s) * half + i) * cols + c];
+                    out[((h * half + i) * 2 + s) * cols + c] = w[((h * 2 + s) * half + i) * cols + c];
                 }
             }
         }
@@ -103,36 +100,15 @@ pub fn numpy_permute<T: Copy>(w: &[T], n_head: usize, hd: usize, cols: usize) ->
 pub fn gguf_metadata(cfg: &ModelConfig, arch: &str) -> Vec<(String, GgufValue)> {
     let u = |v: usize| GgufValue::U32(v as u32);
     vec![
-        (
-            "general.architecture".into(),
-            GgufValue::String(arch.into()),
-        ),
+        ("general.architecture".into(), GgufValue::String(arch.into())),
         (format!("{arch}.block_count"), u(cfg.num_hidden_layers)),
-        (
-            format!("{arch}.context_length"),
-            u(cfg.max_position_embeddings),
-        ),
+        (format!("{arch}.context_length"), u(cfg.max_position_embeddings)),
         (format!("{arch}.embedding_length"), u(cfg.hidden_size)),
-        (
-            format!("{arch}.feed_forward_length"),
-            u(cfg.intermediate_size),
-        ),
-        (
-            format!("{arch}.attention.head_count"),
-            u(cfg.num_attention_heads),
-        ),
-        (
-            format!("{arch}.attention.head_count_kv"),
-            u(cfg.num_key_value_heads),
-        ),
-        (
-            format!("{arch}.rope.freq_base"),
-            GgufValue::F32(cfg.rope_theta),
-        ),
-        (
-            format!("{arch}.attention.layer_norm_rms_epsilon"),
-            GgufValue::F32(cfg.rms_norm_eps),
-        ),
+        (format!("{arch}.feed_forward_length"), u(cfg.intermediate_size)),
+        (format!("{arch}.attention.head_count"), u(cfg.num_attention_heads)),
+        (format!("{arch}.attention.head_count_kv"), u(cfg.num_key_value_heads)),
+        (format!("{arch}.rope.freq_base"), GgufValue::F32(cfg.rope_theta)),
+        (format!("{arch}.attention.layer_norm_rms_epsilon"), GgufValue::F32(cfg.rms_norm_eps)),
         (format!("{arch}.vocab_size"), u(cfg.vocab_size)),
         ("tokenizer.ggml.bos_token_id".into(), GgufValue::U32(1)),
         ("tokenizer.ggml.eos_token_id".into(), GgufValue::U32(2)),
@@ -164,11 +140,7 @@ pub fn write_model_gguf(
                     data = numpy_permute(&data, cfg.num_key_value_heads, cfg.head_dim, cols);
                 }
             }
-            let encoded = if t.shape.len() == 1 {
-                GgufTensorData::F32(data)
-            } else {
-                quant(data)
-            };
+            let encoded = if t.shape.len() == 1 { GgufTensorData::F32(data) } else { quant(data) };
             (gguf_name(name), t.shape.clone(), encoded)
         })
         .collect();
@@ -177,35 +149,24 @@ pub fn write_model_gguf(
     write_gguf(path, &metadata, &list).unwrap();
 }
 
-
 /// Vocabulary size of the tiny byte-level tokenizer below.
 pub const TINY_VOCAB_WITH_TOKENIZER: usize = 265;
 
 pub fn tiny_tokenizer_metadata() -> Vec<(String, GgufValue)> {
     use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-    let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-        .map(String::from)
-        .to_vec();
+    let mut tokens: Vec<String> = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"].map(String::from).to_vec();
     let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
     alphabet.sort();
     tokens.extend(alphabet.iter().map(|c| c.to_string()));
     let merges = ["h e", "Ġ t", "Ġt he", "l l", "1 2", "o r"];
     tokens.extend(merges.iter().map(|m| m.replace(' ', "")));
-    let types: Vec<GgufValue> = (0..tokens.len())
-        .map(|i| GgufValue::I32(if i < 3 { 3 } else { 1 }))
-        .collect();
+    let types: Vec<GgufValue> = (0..tokens.len()).map(|i| GgufValue::I32(if i < 3 { 3 } else { 1 })).collect();
     let strings = |v: Vec<String>| GgufValue::Array(v.into_iter().map(GgufValue::String).collect());
     vec![
-        (
-            "tokenizer.ggml.model".into(),
-            GgufValue::String("gpt2".into()),
-        ),
+        ("tokenizer.ggml.model".into(), GgufValue::String("gpt2".into())),
         ("tokenizer.ggml.tokens".into(), strings(tokens)),
         ("tokenizer.ggml.token_type".into(), GgufValue::Array(types)),
-        (
-            "tokenizer.ggml.merges".into(),
-            strings(merges.map(String::from).to_vec()),
-        ),
+        ("tokenizer.ggml.merges".into(), strings(merges.map(String::from).to_vec())),
     ]
 }
 
@@ -217,13 +178,6 @@ pub fn tiny_gguf(dir: &Path, with_tokenizer: bool) -> PathBuf {
         extra = tiny_tokenizer_metadata();
     }
     let path = dir.join("tiny.gguf");
-    write_model_gguf(
-        &path,
-        &cfg,
-        "llama",
-        &random_tensors(&cfg, 13),
-        GgufTensorData::Q8_0,
-        extra,
-    );
+    write_model_gguf(&path, &cfg, "llama", &random_tensors(&cfg, 13), GgufTensorData::Q8_0, extra);
     path
 }

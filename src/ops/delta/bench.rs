@@ -1,10 +1,7 @@
 //! Timing of the chunked gated-delta-rule kernels on the GPU (timestamps summed over the
 //! dispatches of one run where the adapter has them, else wall clock), for
 //! `taylorcal bench gdn`, the criterion bench and tuning.
-use super::{
-    chunk_backward_after_forward, chunk_backward_ws, chunk_forward_ws, DeltaGrads, DeltaShape,
-    DeltaTiles, DeltaWorkspace,
-};
+use super::{chunk_backward_after_forward, chunk_backward_ws, chunk_forward_ws, DeltaGrads, DeltaShape, DeltaTiles, DeltaWorkspace};
 use crate::gpu::{Gpu, GpuTimer, Tensor};
 use anyhow::{bail, Result};
 
@@ -39,12 +36,7 @@ fn fill(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
 }
 
 impl DeltaProblem {
-    pub fn new(
-        gpu: &Gpu,
-        s: &DeltaShape,
-        backward: bool,
-        tiles: Option<DeltaTiles>,
-    ) -> Result<DeltaProblem> {
+    pub fn new(gpu: &Gpu, s: &DeltaShape, backward: bool, tiles: Option<DeltaTiles>) -> Result<DeltaProblem> {
         let tiles = tiles.unwrap_or_else(|| DeltaTiles::auto(gpu, s));
         let ws = DeltaWorkspace::with_tiles(gpu, s, backward, tiles)?;
         let (r, dk, dv) = (s.rows(), s.dk, s.dv);
@@ -57,11 +49,7 @@ impl DeltaProblem {
             beta: gpu.upload(&[s.b, s.t, s.h], &fill(r, 5, 0.05, 0.95))?,
             o: gpu.zeros(&[s.b, s.t, s.h, dv])?,
             do_: gpu.upload(&[s.b, s.t, s.h, dv], &fill(r * dv, 6, -1.0, 1.0))?,
-            grads: if backward {
-                Some(DeltaGrads::new(gpu, s, false)?)
-            } else {
-                None
-            },
+            grads: if backward { Some(DeltaGrads::new(gpu, s, false)?) } else { None },
             recompute: false,
             ws,
         })
@@ -69,20 +57,12 @@ impl DeltaProblem {
 
     /// Record the forward and, when made with `backward`, the backward pass.
     pub fn record(&self, b: &mut crate::gpu::Batch) -> Result<()> {
-        chunk_forward_ws(
-            b, &self.ws, &self.q, &self.k, &self.v, &self.g, &self.beta, None, &self.o, None,
-        )?;
+        chunk_forward_ws(b, &self.ws, &self.q, &self.k, &self.v, &self.g, &self.beta, None, &self.o, None)?;
         if let Some(gr) = &self.grads {
             if self.recompute {
-                chunk_backward_ws(
-                    b, &self.ws, &self.q, &self.k, &self.v, &self.g, &self.beta, None, &self.do_,
-                    None, gr,
-                )?;
+                chunk_backward_ws(b, &self.ws, &self.q, &self.k, &self.v, &self.g, &self.beta, None, &self.do_, None, gr)?;
             } else {
-                chunk_backward_after_forward(
-                    b, &self.ws, &self.q, &self.k, &self.v, &self.g, &self.beta, None, &self.do_,
-                    None, gr,
-                )?;
+                chunk_backward_after_forward(b, &self.ws, &self.q, &self.k, &self.v, &self.g, &self.beta, None, &self.do_, None, gr)?;
             }
         }
         Ok(())
@@ -105,20 +85,11 @@ fn runs_for(gpu: &Gpu) -> (usize, usize) {
 /// Median seconds of one chunked forward (or forward + backward, the backward taking the
 /// forward's intermediates from the shared workspace) at B, T, H, d (dk = dv = d, in-op L2
 /// norm, no initial state), with the default tiles.
-pub fn bench_delta(
-    gpu: &Gpu,
-    b: usize,
-    t: usize,
-    h: usize,
-    d: usize,
-    backward: bool,
-) -> Result<f64> {
+pub fn bench_delta(gpu: &Gpu, b: usize, t: usize, h: usize, d: usize, backward: bool) -> Result<f64> {
     let s = DeltaShape::new(b, t, h, d, true);
     let pb = DeltaProblem::new(gpu, &s, backward, None)?;
     let (warmup, runs) = runs_for(gpu);
-    let (secs, _) = crate::bench::time_kernel(gpu, warmup, runs, |bt| {
-        pb.record(bt).expect("delta rule: recording failed")
-    })?;
+    let (secs, _) = crate::bench::time_kernel(gpu, warmup, runs, |bt| pb.record(bt).expect("delta rule: recording failed"))?;
     Ok(secs)
 }
 

@@ -39,35 +39,14 @@ struct Head {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gather(
-    s: &DeltaShape,
-    b: usize,
-    h: usize,
-    q: &[f64],
-    k: &[f64],
-    v: &[f64],
-    g: &[f64],
-    beta: &[f64],
-) -> Head {
+fn gather(s: &DeltaShape, b: usize, h: usize, q: &[f64], k: &[f64], v: &[f64], g: &[f64], beta: &[f64]) -> Head {
     let (dk, dv) = (s.dk, s.dv);
-    let mut hd = Head {
-        q: vec![],
-        k: vec![],
-        v: vec![],
-        g: vec![],
-        beta: vec![],
-        rq: vec![],
-        rk: vec![],
-    };
+    let mut hd = Head { q: vec![], k: vec![], v: vec![], g: vec![], beta: vec![], rq: vec![], rk: vec![] };
     for t in 0..s.t {
         let r = (b * s.t + t) * s.h + h;
         for (src, dst, rr) in [(q, &mut hd.q, &mut hd.rq), (k, &mut hd.k, &mut hd.rk)] {
             let x = &src[r * dk..(r + 1) * dk];
-            let f = if s.l2norm {
-                1.0 / (x.iter().map(|a| a * a).sum::<f64>() + L2_EPS).sqrt()
-            } else {
-                1.0
-            };
+            let f = if s.l2norm { 1.0 / (x.iter().map(|a| a * a).sum::<f64>() + L2_EPS).sqrt() } else { 1.0 };
             dst.extend(x.iter().map(|a| a * f));
             rr.push(f);
         }
@@ -109,9 +88,7 @@ fn head_forward(s: &DeltaShape, c: usize, x: &Head, hs: &mut [f64], o: &mut [f64
         // T = (I + A)^-1 by forward substitution, row by row
         let ti = &mut ch.tinv[n * c * c..(n + 1) * c * c];
         for i in 0..l {
-            let a: Vec<f64> = (0..i)
-                .map(|j| x.beta[t0 + i] * (gm[i] - gm[j]).exp() * dot(kr(i), kr(j)))
-                .collect();
+            let a: Vec<f64> = (0..i).map(|j| x.beta[t0 + i] * (gm[i] - gm[j]).exp() * dot(kr(i), kr(j))).collect();
             for col in 0..i {
                 let mut v = -a[col];
                 for j in col + 1..i {
@@ -386,9 +363,7 @@ pub fn backward(
                 let mut dt = vec![0.0; c * c];
                 for i in 0..l {
                     for a in 0..i {
-                        let du: f64 = (0..dv)
-                            .map(|e| dvn[(t0 + i) * dv + e] * x.v[(t0 + a) * dv + e])
-                            .sum();
+                        let du: f64 = (0..dv).map(|e| dvn[(t0 + i) * dv + e] * x.v[(t0 + a) * dv + e]).sum();
                         let dwk: f64 = (0..dk).map(|d| dw[(t0 + i) * dk + d] * kr(t0 + a)[d]).sum();
                         dt[i * c + a] = bt(a) * (du + gm[a].exp() * dwk);
                     }
@@ -447,10 +422,7 @@ pub fn backward(
                 let r = (b * s.t + tt) * s.h + h;
                 gr.dbeta[r] = dbeta[tt];
                 gr.dv[r * dv..(r + 1) * dv].copy_from_slice(&dvv[tt * dv..(tt + 1) * dv]);
-                for (dst, xh, dxh, rr) in [
-                    (&mut gr.dq, &x.q, &dqh, x.rq[tt]),
-                    (&mut gr.dk, &x.k, &dkh, x.rk[tt]),
-                ] {
+                for (dst, xh, dxh, rr) in [(&mut gr.dq, &x.q, &dqh, x.rq[tt]), (&mut gr.dk, &x.k, &dkh, x.rk[tt])] {
                     let y = &xh[tt * dk..(tt + 1) * dk];
                     let dy = &dxh[tt * dk..(tt + 1) * dk];
                     let dd = if s.l2norm { dot(y, dy) } else { 0.0 };

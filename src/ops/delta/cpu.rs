@@ -24,10 +24,7 @@ fn l2n(x: &[f64]) -> (Vec<f64>, f64) {
 /// Backward of `y = x r, r = 1 / sqrt(|x|^2 + eps)`: dx = r (dy - y (y . dy)).
 fn l2n_bwd(y: &[f64], r: f64, dy: &[f64]) -> Vec<f64> {
     let dot: f64 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
-    y.iter()
-        .zip(dy)
-        .map(|(yv, dyv)| r * (dyv - yv * dot))
-        .collect()
+    y.iter().zip(dy).map(|(yv, dyv)| r * (dyv - yv * dot)).collect()
 }
 
 fn qk_rows(s: &DeltaShape, x: &[f64], b: usize, t: usize, h: usize) -> (Vec<f64>, f64) {
@@ -42,15 +39,7 @@ fn qk_rows(s: &DeltaShape, x: &[f64], b: usize, t: usize, h: usize) -> (Vec<f64>
 
 /// Forward: returns (o [B, T, H, dv], final state [B, H, dv, dk]).
 /// `h0` is the initial state [B, H, dv, dk] (zeros when `None`).
-pub fn forward(
-    s: &DeltaShape,
-    q: &[f64],
-    k: &[f64],
-    v: &[f64],
-    g: &[f64],
-    beta: &[f64],
-    h0: Option<&[f64]>,
-) -> (Vec<f64>, Vec<f64>) {
+pub fn forward(s: &DeltaShape, q: &[f64], k: &[f64], v: &[f64], g: &[f64], beta: &[f64], h0: Option<&[f64]>) -> (Vec<f64>, Vec<f64>) {
     let (dk, dv) = (s.dk, s.dv);
     let scale = s.scale as f64;
     let mut o = vec![0.0; s.b * s.t * s.h * dv];
@@ -206,11 +195,7 @@ pub fn backward(
                 }
                 gr.dbeta[r] = dbeta;
                 gr.dg[r] = da * a;
-                let (dqr, dkr) = if s.l2norm {
-                    (l2n_bwd(qt, *rq, &dqh), l2n_bwd(kt, *rk, &dkh))
-                } else {
-                    (dqh, dkh)
-                };
+                let (dqr, dkr) = if s.l2norm { (l2n_bwd(qt, *rq, &dqh), l2n_bwd(kt, *rk, &dkh)) } else { (dqh, dkh) };
                 gr.dq[r * dk..(r + 1) * dk].copy_from_slice(&dqr);
                 gr.dk[r * dk..(r + 1) * dk].copy_from_slice(&dkr);
             }
