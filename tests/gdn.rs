@@ -204,7 +204,7 @@ fn colsum_matches_reference() {
             Ok(())
         })
         .unwrap();
-        let want = ops::reduce::cpu::colsum(&f64v(&x), cols, 1.0);
+        let want = ops::act::cpu::colsum(&f64v(&x), cols, 1.0);
         let want_a: Vec<f64> = want.iter().zip(&y0).map(|(a, b)| a + *b as f64).collect();
         check(&format!("colsum {rows}x{cols}"), &read(&y), &want, 1e-5);
         check(&format!("colsum += {rows}x{cols}"), &read(&ya), &want_a, 1e-5);

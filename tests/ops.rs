@@ -146,22 +146,6 @@ fn elementwise_kernels_match_reference() {
 }
 
 #[test]
-fn colsum_matches_reference() {
-    let g = gpu();
-    let mut r = rng(7);
-    let (rows, cols) = (131, 18);
-    let x = randn(&mut r, rows * cols, 1.0);
-    let y = g.zeros(&[cols]).unwrap();
-    let tx = up(&[rows, cols], &x);
-    g.run(|b| {
-        ops::reduce::colsum(b, &tx, 0.5, &y);
-        Ok(())
-    })
-    .unwrap();
-    assert_close("colsum", &read(&y), &ops::reduce::cpu::colsum(&f64v(&x), cols, 0.5), 1e-5);
-}
-
-#[test]
 fn nll_matches_reference() {
     let g = gpu();
     let mut r = rng(8);

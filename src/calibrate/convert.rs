@@ -119,12 +119,12 @@ pub fn capture(
     let mk = |w| layers.iter().map(|_| gpu.zeros(&[n, w])).collect::<Result<Vec<_>>>();
     let (x, target, context) = (mk(dm)?, mk(dm)?, mk(h * d)?);
     let sums: Vec<Tensor> = (0..c.num_hidden_layers).map(|_| gpu.zeros(&[h * 2])).collect::<Result<_>>()?;
-    let mut acc = vec![0.0f64; c.num_hidden_layers * h * 2];
     let cache = teacher.kv_cache(gpu, windows.iter().map(|w| w.len()).max().unwrap_or(1))?;
     for (wi, w) in windows.iter().enumerate() {
         let ids = gpu.upload_u32(&[w.len()], w)?;
         let mut hook = |b: &mut Batch, a: AttnActs| -> Result<()> {
-            ops::reduce::colsum(b, a.stats, 1.0, &sums[a.layer]);
+            // per-layer sums accumulate on the GPU across windows; read once at the end
+            ops::act::colsum(b, a.stats, &sums[a.layer], wi > 0);
             if let (true, Some(li)) = (wi < cap, layers.iter().position(|&l| l == a.layer)) {
                 let off = (wi * t * dm * 4) as u64;
                 b.copy(a.normed, 0, &x[li], off, (t * dm * 4) as u64);
@@ -136,13 +136,9 @@ pub fn capture(
         let mut b = gpu.batch();
         teacher.forward(&mut b, &cache, &ids, 0, ForwardOpts { hook: Some(&mut hook), ..Default::default() })?;
         b.submit();
-        for (l, s) in sums.iter().enumerate() {
-            for (j, v) in gpu.read(s)?.into_iter().enumerate() {
-                acc[l * h * 2 + j] += v as f64;
-            }
-        }
         progress(wi + 1);
     }
+    let acc: Vec<f64> = sums.iter().map(|s| gpu.read(s)).collect::<Result<Vec<_>>>()?.into_iter().flatten().map(|v| v as f64).collect();
     let rows: usize = windows.iter().map(|w| w.len()).sum();
     let per = |l: usize, k: usize| (0..h).map(|hh| (acc[(l * h + hh) * 2 + k] / rows as f64) as f32).collect::<Vec<_>>();
     Ok(Capture {

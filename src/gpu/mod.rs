@@ -28,7 +28,6 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("delta_bwd", include_str!("../../shaders/delta_bwd.wgsl")),
     ("delta_step", include_str!("../../shaders/delta_step.wgsl")),
     ("nll", include_str!("../../shaders/nll.wgsl")),
-    ("reduce", include_str!("../../shaders/reduce.wgsl")),
     ("optim", include_str!("../../shaders/optim.wgsl")),
     ("matmul_grad", include_str!("../../shaders/matmul_grad.wgsl")),
     ("gdn_act", include_str!("../../shaders/gdn_act.wgsl")),

@@ -242,6 +242,16 @@ pub(crate) fn colsum_binding(b: &mut Batch, x: Binding, rows: usize, cols: usize
 }
 
 pub mod cpu {
+    pub fn colsum(x: &[f64], cols: usize, scale: f64) -> Vec<f64> {
+        let mut y = vec![0.0; cols];
+        for row in x.chunks(cols) {
+            for (a, v) in y.iter_mut().zip(row) {
+                *a += v;
+            }
+        }
+        y.iter().map(|v| v * scale).collect()
+    }
+
     pub fn sigmoid(x: f64) -> f64 {
         1.0 / (1.0 + (-x).exp())
     }

@@ -10,7 +10,6 @@ pub mod matmul;
 pub mod nll;
 pub mod norm;
 pub mod optim;
-pub mod reduce;
 pub mod rope;
 
 use crate::gpu::{Batch, Binding, Gpu};
