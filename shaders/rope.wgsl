@@ -3,6 +3,7 @@
 //   x[i]       <- x[i] cos - x[i + d/2] sin
 //   x[i + d/2] <- x[i + d/2] cos + x[i] sin
 // cos/sin come from host tables [max_pos, d/2] computed in f64.
+// rope_backward applies the adjoint (the rotation by the negative angle) to a gradient.
 
 const WG: u32 = 256u;
 
@@ -18,10 +19,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> cos_t: array<f32>;
 @group(0) @binding(3) var<storage, read> sin_t: array<f32>;
 
-@compute @workgroup_size(WG)
-fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn rotate(i: u32, sgn: f32) {
     let half = p.dim / 2u;
-    let i = (wid.y * nwg.x + wid.x) * WG + lid.x;
     if (i >= p.tokens * p.heads * half) { return; }
     let j = i % half;
     let th = i / half;          // t * heads + h
@@ -29,9 +28,19 @@ fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let base = th * p.dim;
     let tab = (p.pos0 + t) * half + j;
     let c = cos_t[tab];
-    let s = sin_t[tab];
+    let s = sgn * sin_t[tab];
     let x1 = x[base + j];
     let x2 = x[base + j + half];
     x[base + j] = x1 * c - x2 * s;
     x[base + j + half] = x2 * c + x1 * s;
+}
+
+@compute @workgroup_size(WG)
+fn rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    rotate((wid.y * nwg.x + wid.x) * WG + lid.x, 1.0);
+}
+
+@compute @workgroup_size(WG)
+fn rope_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    rotate((wid.y * nwg.x + wid.x) * WG + lid.x, -1.0);
 }

@@ -9,7 +9,7 @@ fn variants(name: &str, src: &str) -> Vec<(String, String)> {
     if src.contains("f16-switch") {
         v.push((format!("{name}[f16]"), specialise(src, &[], true)));
     }
-    if name == "attention" {
+    if name == "attention" || name == "attention_bwd" {
         for (d, bc) in [(128, 16), (256, 8)] {
             v.push((format!("{name}[D={d}]"), specialise(src, &[("D", d), ("BC", bc)], false)));
         }

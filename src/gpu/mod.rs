@@ -22,6 +22,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("rmsnorm", include_str!("../../shaders/rmsnorm.wgsl")),
     ("rope", include_str!("../../shaders/rope.wgsl")),
     ("attention", include_str!("../../shaders/attention.wgsl")),
+    ("attention_bwd", include_str!("../../shaders/attention_bwd.wgsl")),
     ("delta_chunk", include_str!("../../shaders/delta_chunk.wgsl")),
     ("delta_state", include_str!("../../shaders/delta_state.wgsl")),
     ("delta_out", include_str!("../../shaders/delta_out.wgsl")),

@@ -1,6 +1,8 @@
 //! Causal GQA softmax attention with online softmax and fused attention statistics
-//! (shaders/attention.wgsl). No T x T matrix is ever stored.
-use crate::gpu::{Batch, Kernel, Tensor};
+//! (shaders/attention.wgsl), and its backward for training (shaders/attention_bwd.wgsl).
+//! No T x T matrix is ever stored.
+use crate::gpu::{Batch, Gpu, Kernel, Tensor};
+use anyhow::Result;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -27,6 +29,17 @@ pub struct AttnShape {
 
 const BR: usize = 64;
 
+/// The head-dim specialisation (D constant of the shaders) for a head dim <= 256.
+fn dmax(dim: usize) -> u32 {
+    if dim <= 64 {
+        64
+    } else if dim <= 128 {
+        128
+    } else {
+        256
+    }
+}
+
 /// o [T, H*d] = softmax(q k^T * scale) v over keys 0..=pos, with q [T, H*d] and
 /// k, v [>= pos0 + T, Hkv*d]; stats [T, H, 2] gets each row's (mean distance, entropy).
 pub fn attention(b: &mut Batch, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, stats: &Tensor, s: AttnShape) {
@@ -35,13 +48,7 @@ pub fn attention(b: &mut Batch, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, 
     let t = q.numel() / (s.heads * s.dim);
     assert!(k.numel() >= (s.pos0 + t) * s.kv_heads * s.dim, "KV cache too short");
     assert_eq!(stats.numel(), t * s.heads * 2);
-    let dmax = if s.dim <= 64 {
-        64
-    } else if s.dim <= 128 {
-        128
-    } else {
-        256
-    };
+    let dmax = dmax(s.dim);
     let kernel = Kernel::new("attention", "attention").with("D", dmax).with("BC", 2048 / dmax);
     let p = Params {
         t: t as u32,
@@ -55,6 +62,95 @@ pub fn attention(b: &mut Batch, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, 
     };
     let binds = [q.into(), k.into(), v.into(), o.into(), stats.into()];
     b.dispatch(&kernel, &p, &binds, [t.div_ceil(BR) as u32, s.heads as u32, 1]);
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct BwdParams {
+    t: u32,
+    heads: u32,
+    kv_heads: u32,
+    dim: u32,
+    q_stride: u32,
+    kv_stride: u32,
+    scale: f32,
+    _pad: u32,
+}
+
+/// Per-row scratch of [`attention_backward`]: `stats` [T, H, 2] = (log-sum-exp of the
+/// scaled scores, delta = dO . O) of every query row and head, written by the query pass
+/// and read by the key pass.
+pub struct AttnBwdScratch {
+    pub stats: Tensor,
+}
+
+impl AttnBwdScratch {
+    pub fn new(gpu: &Gpu, t: usize, heads: usize) -> Result<AttnBwdScratch> {
+        Ok(AttnBwdScratch { stats: gpu.zeros(&[t, heads, 2])? })
+    }
+}
+
+/// Backward of causal [`attention`] for training (pos0 = 0, S = T): from q [T, H*d],
+/// k, v [T, Hkv*d] (post-RoPE, as given to the forward), its output o [T, H*d] and the
+/// output gradient dout [T, H*d], OVERWRITE dq [T, H*d], dk, dv [T, Hkv*d]. Two
+/// dispatches: a query-parallel pass (row log-sum-exp and delta into `scratch`, then dq)
+/// and a key-parallel pass (dk, dv, summed over the query heads of each kv head).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    b: &mut Batch,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    dout: &Tensor,
+    dq: &Tensor,
+    dk: &Tensor,
+    dv: &Tensor,
+    scratch: &AttnBwdScratch,
+    s: AttnShape,
+) {
+    assert!(s.dim <= 256, "head dim {} > 256", s.dim);
+    assert_eq!(s.heads % s.kv_heads, 0);
+    assert_eq!(s.pos0, 0, "attention_backward is for training: pos0 must be 0");
+    let t = q.numel() / (s.heads * s.dim);
+    let (qn, kvn) = (t * s.heads * s.dim, t * s.kv_heads * s.dim);
+    assert_eq!(q.numel(), qn);
+    for (name, x) in [("k", k), ("v", v), ("dk", dk), ("dv", dv)] {
+        assert_eq!(x.numel(), kvn, "{name}: expected [T={t}, {}] (S must equal T)", s.kv_heads * s.dim);
+    }
+    for (name, x) in [("o", o), ("dout", dout), ("dq", dq)] {
+        assert_eq!(x.numel(), qn, "{name}: expected [T={t}, {}]", s.heads * s.dim);
+    }
+    assert_eq!(scratch.stats.numel(), t * s.heads * 2, "scratch made for another T or head count");
+    if t == 0 {
+        return;
+    }
+    let dmax = dmax(s.dim);
+    let p = BwdParams {
+        t: t as u32,
+        heads: s.heads as u32,
+        kv_heads: s.kv_heads as u32,
+        dim: s.dim as u32,
+        q_stride: (s.heads * s.dim) as u32,
+        kv_stride: (s.kv_heads * s.dim) as u32,
+        scale: s.scale,
+        _pad: 0,
+    };
+    let kern = |entry| Kernel::new("attention_bwd", entry).with("D", dmax).with("BC", 2048 / dmax);
+    let groups = t.div_ceil(BR) as u32;
+    let st = &scratch.stats;
+    b.dispatch(
+        &kern("attn_bwd_q"),
+        &p,
+        &[q.into(), k.into(), v.into(), dout.into(), st.into(), dq.into(), o.into()],
+        [groups, s.heads as u32, 1],
+    );
+    b.dispatch(
+        &kern("attn_bwd_kv"),
+        &p,
+        &[q.into(), k.into(), v.into(), dout.into(), st.into(), dk.into(), dv.into()],
+        [groups, s.kv_heads as u32, 1],
+    );
 }
 
 pub mod cpu {
@@ -98,5 +194,43 @@ pub mod cpu {
             }
         }
         (o, stats)
+    }
+
+    /// Naive backward of causal attention with the full probability matrix: given the
+    /// output gradient dout [T, H*d], returns (dq [T, H*d], dk [S, Hkv*d], dv [S, Hkv*d]).
+    pub fn attention_backward(q: &[f64], k: &[f64], v: &[f64], dout: &[f64], s: AttnShape) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (h, hkv, d) = (s.heads, s.kv_heads, s.dim);
+        let t = q.len() / (h * d);
+        let scale = s.scale as f64;
+        let mut dq = vec![0.0; q.len()];
+        let mut dk = vec![0.0; k.len()];
+        let mut dv = vec![0.0; v.len()];
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        for i in 0..t {
+            let pi = s.pos0 + i;
+            for hh in 0..h {
+                let g = hh / (h / hkv);
+                let qrow = (i * h + hh) * d..(i * h + hh + 1) * d;
+                let (qi, doi) = (&q[qrow.clone()], &dout[qrow.clone()]);
+                let kvrow = |j: usize| (j * hkv + g) * d..(j * hkv + g + 1) * d;
+                let scores: Vec<f64> = (0..=pi).map(|j| dot(qi, &k[kvrow(j)]) * scale).collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = scores.iter().map(|x| (x - m).exp()).sum();
+                let p: Vec<f64> = scores.iter().map(|x| (x - m).exp() / z).collect();
+                let dp: Vec<f64> = (0..=pi).map(|j| dot(doi, &v[kvrow(j)])).collect();
+                // delta = sum_j p_j dp_j = dO . O
+                let delta: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
+                for j in 0..=pi {
+                    let ds = p[j] * (dp[j] - delta);
+                    let r = kvrow(j);
+                    for c in 0..d {
+                        dq[qrow.start + c] += scale * ds * k[r.start + c];
+                        dk[r.start + c] += scale * ds * qi[c];
+                        dv[r.start + c] += p[j] * doi[c];
+                    }
+                }
+            }
+        }
+        (dq, dk, dv)
     }
 }

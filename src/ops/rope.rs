@@ -30,11 +30,21 @@ impl RopeTables {
 
 /// Rotate x viewed as [tokens, heads, dim] in place; token t sits at position pos0 + t.
 pub fn rope(b: &mut Batch, x: &Tensor, heads: usize, tab: &RopeTables, pos0: usize) {
+    rope_entry(b, "rope", x, heads, tab, pos0);
+}
+
+/// The adjoint of [`rope`], in place on a gradient dx viewed as [tokens, heads, dim]:
+/// each pair is rotated by the negative angle (RoPE is orthogonal, so this is also its inverse).
+pub fn rope_backward(b: &mut Batch, x: &Tensor, heads: usize, tab: &RopeTables, pos0: usize) {
+    rope_entry(b, "rope_backward", x, heads, tab, pos0);
+}
+
+fn rope_entry(b: &mut Batch, entry: &'static str, x: &Tensor, heads: usize, tab: &RopeTables, pos0: usize) {
     let tokens = x.numel() / (heads * tab.dim);
     assert!(pos0 + tokens <= tab.max_pos, "position {} past the RoPE table ({})", pos0 + tokens, tab.max_pos);
     let p = Params { tokens: tokens as u32, heads: heads as u32, dim: tab.dim as u32, pos0: pos0 as u32 };
     let groups = groups_for(b.gpu, tokens * heads * tab.dim / 2, 256);
-    b.dispatch(&Kernel::new("rope", "rope"), &p, &[x.into(), (&tab.cos).into(), (&tab.sin).into()], groups);
+    b.dispatch(&Kernel::new("rope", entry), &p, &[x.into(), (&tab.cos).into(), (&tab.sin).into()], groups);
 }
 
 pub mod cpu {
@@ -54,11 +64,20 @@ pub mod cpu {
 
     /// Rotate-half RoPE on x [tokens, heads, dim] in place.
     pub fn rope(x: &mut [f64], heads: usize, dim: usize, theta: f64, pos0: usize) {
+        rotate(x, heads, dim, theta, pos0, 1.0);
+    }
+
+    /// The adjoint (= inverse) of [`rope`]: rotation by the negative angle, in place.
+    pub fn rope_backward(x: &mut [f64], heads: usize, dim: usize, theta: f64, pos0: usize) {
+        rotate(x, heads, dim, theta, pos0, -1.0);
+    }
+
+    fn rotate(x: &mut [f64], heads: usize, dim: usize, theta: f64, pos0: usize, sign: f64) {
         let half = dim / 2;
         for (th, v) in x.chunks_mut(dim).enumerate() {
             let pos = pos0 + th / heads;
             for i in 0..half {
-                let a = pos as f64 * theta.powf(-2.0 * i as f64 / dim as f64);
+                let a = sign * pos as f64 * theta.powf(-2.0 * i as f64 / dim as f64);
                 let (x1, x2) = (v[i], v[i + half]);
                 v[i] = x1 * a.cos() - x2 * a.sin();
                 v[i + half] = x2 * a.cos() + x1 * a.sin();

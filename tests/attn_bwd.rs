@@ -1,0 +1,177 @@
+//! Backward of causal GQA attention and of RoPE: the f64 references against finite
+//! differences / adjoint identities, the GPU kernels against the f64 references.
+mod common;
+use common::*;
+use taylorcal::gpu::Tensor;
+use taylorcal::ops::attention::{self, AttnBwdScratch, AttnShape};
+use taylorcal::ops::rope;
+
+fn up(shape: &[usize], data: &[f32]) -> Tensor {
+    gpu().upload(shape, data).unwrap()
+}
+fn read(t: &Tensor) -> Vec<f32> {
+    gpu().read(t).unwrap()
+}
+
+fn shape(h: usize, hkv: usize, d: usize) -> AttnShape {
+    AttnShape { heads: h, kv_heads: hkv, dim: d, pos0: 0, scale: 1.0 / (d as f64).sqrt() as f32 }
+}
+
+/// loss = sum(dO * O(q, k, v)) in f64.
+fn loss(q: &[f64], k: &[f64], v: &[f64], dout: &[f64], s: AttnShape) -> f64 {
+    let (o, _) = attention::cpu::attention(q, k, v, s);
+    o.iter().zip(dout).map(|(a, b)| a * b).sum()
+}
+
+#[test]
+fn cpu_backward_matches_finite_differences() {
+    let mut r = rng(100);
+    let (t, h, hkv, d) = (5, 4, 2, 6);
+    let s = shape(h, hkv, d);
+    let q = f64v(&randn(&mut r, t * h * d, 3.0));
+    let k = f64v(&randn(&mut r, t * hkv * d, 1.0));
+    let v = f64v(&randn(&mut r, t * hkv * d, 1.0));
+    let dout = f64v(&randn(&mut r, t * h * d, 1.0));
+    let (dq, dk, dv) = attention::cpu::attention_backward(&q, &k, &v, &dout, s);
+    let eps = 1e-5;
+    for (name, which, grad) in [("dq", 0, &dq), ("dk", 1, &dk), ("dv", 2, &dv)] {
+        let base = [&q, &k, &v][which];
+        let mut fd = vec![0.0; base.len()];
+        for (n, f) in fd.iter_mut().enumerate() {
+            let at = |delta: f64| {
+                let mut x = [q.clone(), k.clone(), v.clone()];
+                x[which][n] += delta;
+                loss(&x[0], &x[1], &x[2], &dout, s)
+            };
+            *f = (at(eps) - at(-eps)) / (2.0 * eps);
+        }
+        let scale = fd.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let err = grad.iter().zip(&fd).fold(0.0f64, |m, (a, b)| m.max((a - b).abs())) / scale;
+        eprintln!("{name}: relative error vs central differences {err:.2e}");
+        assert!(err < 1e-7, "{name}: relative error {err:.2e} vs central differences");
+    }
+}
+
+/// GPU backward (forward on the GPU to get o) vs the f64 reference; returns the worst
+/// relative error of dq, dk, dv.
+fn check_backward(t: usize, h: usize, hkv: usize, d: usize, qscale: f32, seed: u64) -> f64 {
+    let g = gpu();
+    let mut r = rng(seed);
+    let s = shape(h, hkv, d);
+    let q = randn(&mut r, t * h * d, qscale);
+    let k = randn(&mut r, t * hkv * d, 1.0);
+    let v = randn(&mut r, t * hkv * d, 1.0);
+    let dout = randn(&mut r, t * h * d, 1.0);
+    let (tq, tk, tv, tdo) = (up(&[t, h * d], &q), up(&[t, hkv * d], &k), up(&[t, hkv * d], &v), up(&[t, h * d], &dout));
+    let o = g.zeros(&[t, h * d]).unwrap();
+    let st = g.zeros(&[t, h, 2]).unwrap();
+    // gradients start as garbage: the backward must overwrite, not accumulate
+    let dq = up(&[t, h * d], &vec![7.0; t * h * d]);
+    let dk = up(&[t, hkv * d], &vec![7.0; t * hkv * d]);
+    let dv = up(&[t, hkv * d], &vec![7.0; t * hkv * d]);
+    let scratch = AttnBwdScratch::new(g, t, h).unwrap();
+    g.run(|b| {
+        attention::attention(b, &tq, &tk, &tv, &o, &st, s);
+        attention::attention_backward(b, &tq, &tk, &tv, &o, &tdo, &dq, &dk, &dv, &scratch, s);
+        Ok(())
+    })
+    .unwrap();
+    let (wq, wk, wv) = attention::cpu::attention_backward(&f64v(&q), &f64v(&k), &f64v(&v), &f64v(&dout), s);
+    // the softmax must be neither uniform nor one-hot for the test to mean anything: the
+    // mean over rows i >= 1 of entropy / ln(i + 1) (1 = uniform, 0 = one-hot)
+    let stats = read(&st);
+    let ent = if t > 1 {
+        let n = (1..t).map(|i| (0..h).map(|hh| stats[(i * h + hh) * 2 + 1] as f64 / ((i + 1) as f64).ln()).sum::<f64>()).sum::<f64>();
+        let ent = n / ((t - 1) * h) as f64;
+        assert!((0.2..0.9).contains(&ent), "T{t} H{h} d{d}: normalised entropy {ent:.2}: softmax too flat or too peaked");
+        ent
+    } else {
+        0.0
+    };
+    let (gq, gk, gv) = (read(&dq), read(&dk), read(&dv));
+    let tag = format!("attention_backward T{t} H{h}/{hkv} d{d}");
+    let mut worst: f64 = 0.0;
+    for (name, got, want) in [("dq", &gq, &wq), ("dk", &gk, &wk), ("dv", &gv, &wv)] {
+        assert!(got.iter().all(|x| x.is_finite()), "{tag} {name}: non-finite");
+        if want.iter().all(|x| x.abs() < 1e-12) {
+            // T = 1: one key, p = 1, dp = delta, so dq = dk = 0 exactly; f32 leaves rounding
+            let e = got.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            eprintln!("{tag} {name}: exactly zero in f64, max |GPU| {e:.2e}");
+            assert!(e <= 1e-5, "{tag} {name}: should be zero, max |.| {e:.3e}");
+            continue;
+        }
+        let e = rel_err(got, want);
+        worst = worst.max(e);
+        assert!(e <= 1e-4, "{tag} {name}: relative error {e:.3e} > 1e-4");
+    }
+    eprintln!("{tag}: max relative error {worst:.2e} (normalised entropy {ent:.2})");
+    worst
+}
+
+#[test]
+fn gpu_backward_matches_reference_at_awkward_shapes() {
+    let mut worst: f64 = 0.0;
+    for &(t, h, hkv, d, seed) in &[
+        (1, 3, 3, 8, 1),
+        (63, 6, 2, 64, 2),
+        (64, 4, 1, 100, 3),
+        (65, 3, 3, 128, 4),
+        (130, 6, 2, 8, 5),
+        (130, 4, 1, 64, 6),
+        (65, 6, 2, 100, 7),
+    ] {
+        worst = worst.max(check_backward(t, h, hkv, d, 6.0, seed));
+    }
+    eprintln!("worst relative error {worst:.2e}");
+}
+
+#[test]
+fn gpu_backward_head_dim_256() {
+    check_backward(11, 4, 2, 256, 6.0, 8);
+    check_backward(3, 2, 1, 200, 6.0, 9);
+}
+
+#[test]
+fn rope_backward_matches_reference_and_is_the_adjoint() {
+    let g = gpu();
+    let mut r = rng(20);
+    for &(t, h, d, pos0, theta) in &[(1, 1, 2, 0, 10000.0), (7, 3, 64, 5, 100000.0), (65, 2, 16, 0, 10000.0), (3, 4, 128, 100, 1e6)] {
+        let x = randn(&mut r, t * h * d, 1.0);
+        let y = randn(&mut r, t * h * d, 1.0);
+        let tab = rope::RopeTables::new(g, theta, d, 256).unwrap();
+        let ty = up(&[t, h * d], &y);
+        g.run(|b| {
+            rope::rope_backward(b, &ty, h, &tab, pos0);
+            Ok(())
+        })
+        .unwrap();
+        let mut want = f64v(&y);
+        rope::cpu::rope_backward(&mut want, h, d, theta, pos0);
+        assert_close(&format!("rope_backward t{t} h{h} d{d}"), &read(&ty), &want, 1e-5);
+
+        // <rope(x), y> == <x, rope_backward(y)> in f64
+        let mut rx = f64v(&x);
+        rope::cpu::rope(&mut rx, h, d, theta, pos0);
+        let lhs: f64 = rx.iter().zip(&f64v(&y)).map(|(a, b)| a * b).sum();
+        let rhs: f64 = f64v(&x).iter().zip(&want).map(|(a, b)| a * b).sum();
+        let err = (lhs - rhs).abs() / lhs.abs().max(1.0);
+        assert!(err < 1e-12, "rope adjoint t{t} h{h} d{d}: <Rx,y> {lhs} vs <x,R^T y> {rhs}");
+        // and it inverts the forward
+        let mut back = rx.clone();
+        rope::cpu::rope_backward(&mut back, h, d, theta, pos0);
+        let inv = back.iter().zip(&f64v(&x)).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(inv < 1e-12, "rope_backward(rope(x)) != x: {inv:.2e}");
+    }
+}
+
+#[test]
+#[should_panic(expected = "pos0 must be 0")]
+fn backward_refuses_a_kv_cache_offset() {
+    let g = gpu();
+    let (t, h, d) = (4, 2, 8);
+    let x = g.zeros(&[t, h * d]).unwrap();
+    let scratch = AttnBwdScratch::new(g, t, h).unwrap();
+    let s = AttnShape { pos0: 3, ..shape(h, h, d) };
+    let mut b = g.batch();
+    attention::attention_backward(&mut b, &x, &x, &x, &x, &x, &x, &x, &x, &scratch, s);
+}
