@@ -257,6 +257,37 @@ pub fn bench_attention(gpu: &Gpu, t: usize, heads: usize, kv_heads: usize, dim: 
     Ok(result("attention", format!("T{t} H{heads}/{kv_heads} d{dim}"), secs, runs, how, Some(flops), None))
 }
 
+/// Backward of causal GQA attention over T tokens (both passes of
+/// `ops::attention::attention_backward`; o comes from one forward run before timing).
+/// GFLOP/s counts the conventional 10 * T * T / 2 * H * d (QK^T recomputed, dP = dO V^T,
+/// dV = P^T dO, dQ = dS K, dK = dS^T Q over the causal half), 2.5x the forward's count;
+/// the kernels do 16 * T * T / 2 * H * d since the query pass recomputes QK^T twice and
+/// the key pass recomputes QK^T and dO V^T.
+pub fn bench_attention_backward(gpu: &Gpu, t: usize, heads: usize, kv_heads: usize, dim: usize) -> Result<BenchResult> {
+    if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+        bail!("attention_bwd: {heads} heads is not a multiple of {kv_heads} kv heads");
+    }
+    let q = gpu.upload(&[t, heads * dim], &fill(t * heads * dim, 3, 1.0))?;
+    let k = gpu.upload(&[t, kv_heads * dim], &fill(t * kv_heads * dim, 4, 1.0))?;
+    let v = gpu.upload(&[t, kv_heads * dim], &fill(t * kv_heads * dim, 5, 1.0))?;
+    let dout = gpu.upload(&[t, heads * dim], &fill(t * heads * dim, 10, 1.0))?;
+    let o = gpu.zeros(&[t, heads * dim])?;
+    let stats = gpu.zeros(&[t, heads, 2])?;
+    let dq = gpu.zeros(&[t, heads * dim])?;
+    let dk = gpu.zeros(&[t, kv_heads * dim])?;
+    let dv = gpu.zeros(&[t, kv_heads * dim])?;
+    let scratch = ops::attention::AttnBwdScratch::new(gpu, t, heads)?;
+    let s = AttnShape { heads, kv_heads, dim, pos0: 0, scale: 1.0 / (dim as f32).sqrt() };
+    gpu.run(|b| {
+        ops::attention::attention(b, &q, &k, &v, &o, &stats, s);
+        Ok(())
+    })?;
+    let record = |b: &mut Batch| ops::attention::attention_backward(b, &q, &k, &v, &o, &dout, &dq, &dk, &dv, &scratch, s);
+    let (secs, runs, how) = measure(gpu, budget(gpu), &record)?;
+    let flops = 10.0 * (t as f64) * (t as f64) / 2.0 * (heads * dim) as f64;
+    Ok(result("attention_bwd", format!("T{t} H{heads}/{kv_heads} d{dim}"), secs, runs, how, Some(flops), None))
+}
+
 /// RMSNorm of [rows, cols]; GB/s counts reading x and writing y once (the weight is small).
 pub fn bench_rmsnorm(gpu: &Gpu, rows: usize, cols: usize) -> Result<BenchResult> {
     let x = gpu.upload(&[rows, cols], &fill(rows * cols, 6, 2.0))?;
@@ -297,6 +328,7 @@ pub fn bench_nll(gpu: &Gpu, rows: usize, vocab: usize) -> Result<BenchResult> {
 pub enum Bench {
     Matmul { m: usize, n: usize, k: usize, kernel: MatmulImpl, f16_weights: bool },
     Attention { t: usize, heads: usize, kv_heads: usize, dim: usize },
+    AttentionBackward { t: usize, heads: usize, kv_heads: usize, dim: usize },
     RmsNorm { rows: usize, cols: usize },
     Rope { tokens: usize, heads: usize, dim: usize },
     Nll { rows: usize, vocab: usize },
@@ -307,6 +339,7 @@ impl Bench {
         match *self {
             Bench::Matmul { m, n, k, kernel, f16_weights } => bench_matmul_impl(gpu, m, n, k, kernel, f16_weights),
             Bench::Attention { t, heads, kv_heads, dim } => bench_attention(gpu, t, heads, kv_heads, dim),
+            Bench::AttentionBackward { t, heads, kv_heads, dim } => bench_attention_backward(gpu, t, heads, kv_heads, dim),
             Bench::RmsNorm { rows, cols } => bench_rmsnorm(gpu, rows, cols),
             Bench::Rope { tokens, heads, dim } => bench_rope(gpu, tokens, heads, dim),
             Bench::Nll { rows, vocab } => bench_nll(gpu, rows, vocab),
@@ -327,6 +360,7 @@ impl Bench {
                 format!("{name}{f16} {m}x{n}x{k}")
             }
             Bench::Attention { t, heads, kv_heads, dim } => format!("attention T{t} H{heads}/{kv_heads} d{dim}"),
+            Bench::AttentionBackward { t, heads, kv_heads, dim } => format!("attention_bwd T{t} H{heads}/{kv_heads} d{dim}"),
             Bench::RmsNorm { rows, cols } => format!("rmsnorm {rows}x{cols}"),
             Bench::Rope { tokens, heads, dim } => format!("rope T{tokens} H{heads} d{dim}"),
             Bench::Nll { rows, vocab } => format!("nll {rows}x{vocab}"),
@@ -341,9 +375,10 @@ fn mm(s: usize, kernel: MatmulImpl, f16_weights: bool) -> Bench {
 /// The benchmarks worth running on this adapter. On a CPU adapter (lavapipe): matmul
 /// 1024^3 with the adapter's kernel (f32, and f16 weights where supported), with the
 /// generic tiled kernel too when that is not the adapter's choice, and naive; attention
-/// T=512 with SmolLM2-135M's heads (9 / 3, d 64); small norm/rope/NLL. On a GPU: matmul
-/// 4096^3 (f32 and f16 weights), 1024^3, naive at 1024^3 and 4096^3, attention T=4096
-/// H=16/4 at d 64 and 128, and model-sized norm/rope/NLL.
+/// T=512 with SmolLM2-135M's heads (9 / 3, d 64) forward and backward; small
+/// norm/rope/NLL. On a GPU: matmul 4096^3 (f32 and f16 weights), 1024^3, naive at 1024^3
+/// and 4096^3, attention forward and backward T=4096 H=16/4 at d 64 and 128, and
+/// model-sized norm/rope/NLL.
 pub fn default_suite(gpu: &Gpu) -> Vec<Bench> {
     use MatmulImpl::*;
     let f16 = gpu.info.shader_f16;
@@ -359,6 +394,7 @@ pub fn default_suite(gpu: &Gpu) -> Vec<Bench> {
         }
         v.push(mm(1024, Naive, false));
         v.push(Bench::Attention { t: 512, heads: 9, kv_heads: 3, dim: 64 });
+        v.push(Bench::AttentionBackward { t: 512, heads: 9, kv_heads: 3, dim: 64 });
         v.push(Bench::RmsNorm { rows: 512, cols: 576 });
         v.push(Bench::Rope { tokens: 512, heads: 9, dim: 64 });
         v.push(Bench::Nll { rows: 64, vocab: 49152 });
@@ -375,6 +411,8 @@ pub fn default_suite(gpu: &Gpu) -> Vec<Bench> {
         v.push(mm(4096, Naive, false));
         v.push(Bench::Attention { t: 4096, heads: 16, kv_heads: 4, dim: 64 });
         v.push(Bench::Attention { t: 4096, heads: 16, kv_heads: 4, dim: 128 });
+        v.push(Bench::AttentionBackward { t: 4096, heads: 16, kv_heads: 4, dim: 64 });
+        v.push(Bench::AttentionBackward { t: 4096, heads: 16, kv_heads: 4, dim: 128 });
         v.push(Bench::RmsNorm { rows: 4096, cols: 4096 });
         v.push(Bench::Rope { tokens: 4096, heads: 32, dim: 128 });
         v.push(Bench::Nll { rows: 2048, vocab: 49152 });
