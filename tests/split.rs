@@ -127,3 +127,45 @@ fn embed_split_table_matches_reference() {
     .unwrap();
     assert_close("split embed", &g.read(&out).unwrap(), &ops::elementwise::cpu::embed(&ids, &f64v(&table), dim), 0.0);
 }
+
+#[test]
+fn train_ops_split_over_bindings_match_reference() {
+    let g = split_gpu();
+    let mut r = rng(24);
+    // RMSNorm backward: x, dy, dx split over rows
+    let (rows, cols) = (300, 67);
+    assert!(g.rows_per_binding(&[(cols * 4) as u64, 4]) < rows);
+    let (x, w, dy, dw0) =
+        (randn(&mut r, rows * cols, 2.0), randn(&mut r, cols, 1.0), randn(&mut r, rows * cols, 1.0), randn(&mut r, cols, 1.0));
+    let (tx, tw, tdy) = (up(g, &[rows, cols], &x), up(g, &[cols], &w), up(g, &[rows, cols], &dy));
+    let (dx, dw) = (g.zeros(&[rows, cols]).unwrap(), up(g, &[cols], &dw0));
+    // SwiGLU backward: split over elements
+    let n = 3001;
+    let (gate, upv, dact) = (randn(&mut r, n, 6.0), randn(&mut r, n, 2.0), randn(&mut r, n, 1.0));
+    let (tg, tu, td) = (up(g, &[n], &gate), up(g, &[n], &upv), up(g, &[n], &dact));
+    let (dg, du) = (g.zeros(&[n]).unwrap(), g.zeros(&[n]).unwrap());
+    // embedding backward: table split over rows, ids from every part of it
+    let (vocab, dim) = (500, 19);
+    let step = g.rows_per_binding(&[(dim * 4) as u64]);
+    assert!(step < vocab, "no split: {step} table rows per binding");
+    let mut ids: Vec<u32> = (0..40).map(|i| (i * 173 + 11) % vocab as u32).collect();
+    ids.extend([0, vocab as u32 - 1, step as u32 - 1, step as u32, step as u32, 0]);
+    let ddx = randn(&mut r, ids.len() * dim, 1.0);
+    let (tddx, dtable) = (up(g, &[ids.len(), dim], &ddx), g.zeros(&[vocab, dim]).unwrap());
+    g.run(|b| {
+        ops::norm::rmsnorm_backward(b, &tx, &tw, 1e-5, &tdy, &dx, &dw, false);
+        ops::elementwise::swiglu_backward(b, &tg, &tu, &td, &dg, &du);
+        ops::elementwise::embed_backward(b, &ids, &tddx, &dtable);
+        Ok(())
+    })
+    .unwrap();
+    let (wdx, wdw) = ops::norm::cpu::rmsnorm_backward(&f64v(&x), &f64v(&w), 1e-5, &f64v(&dy));
+    let wdw: Vec<f64> = wdw.iter().zip(&dw0).map(|(a, b)| a + *b as f64).collect();
+    assert_close("split rmsnorm_backward dx", &g.read(&dx).unwrap(), &wdx, 1e-5);
+    assert_close("split rmsnorm_backward dw", &g.read(&dw).unwrap(), &wdw, 1e-5);
+    let (wg, wu) = ops::elementwise::cpu::swiglu_backward(&f64v(&gate), &f64v(&upv), &f64v(&dact));
+    assert_close("split swiglu_backward dgate", &g.read(&dg).unwrap(), &wg, 1e-5);
+    assert_close("split swiglu_backward dup", &g.read(&du).unwrap(), &wu, 1e-5);
+    let want = ops::elementwise::cpu::embed_backward(&ids, &f64v(&ddx), vocab, dim);
+    assert_close("split embed_backward", &g.read(&dtable).unwrap(), &want, 1e-6);
+}
