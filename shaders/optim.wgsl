@@ -1,4 +1,4 @@
-// Training kernels: sums of squares (gradient norm), the MSE loss with its gradient and
+// Training kernels: sums of squares (gradient norm), scaled sums (losses), the MSE loss with its gradient and
 // cosine-similarity sums, and the AdamW update with global-norm gradient clipping.
 // Reductions are two-stage: each 256-invocation workgroup writes a partial, then one
 // workgroup adds the partials, so the whole step stays on the GPU without readbacks.
@@ -50,6 +50,20 @@ fn sq_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (i < p.n) { v = sq_x[i] * sq_x[i]; }
     let r = reduce_wg(lid.x, vec4<f32>(v, 0.0, 0.0, 0.0));
     if (lid.x == 0u) { sq_part[p.offset + g] = r; }
+}
+
+// partials[offset + workgroup] = f0 * sum of x over this workgroup's elements
+@group(0) @binding(1) var<storage, read> sm_x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> sm_part: array<vec4<f32>>;
+
+@compute @workgroup_size(WG)
+fn sum_partials_scaled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let g = lin(wid, nwg);
+    let i = g * WG + lid.x;
+    var v = 0.0;
+    if (i < p.n) { v = sm_x[i]; }
+    let r = reduce_wg(lid.x, vec4<f32>(v, 0.0, 0.0, 0.0));
+    if (lid.x == 0u) { sm_part[p.offset + g] = vec4<f32>(p.f0 * r.x, 0.0, 0.0, 0.0); }
 }
 
 // dy = scale * (y - t); partials get (sum (y-t)^2, sum y t, sum y^2, sum t^2)

@@ -169,3 +169,28 @@ fn train_ops_split_over_bindings_match_reference() {
     let want = ops::elementwise::cpu::embed_backward(&ids, &f64v(&ddx), vocab, dim);
     assert_close("split embed_backward", &g.read(&dtable).unwrap(), &want, 1e-6);
 }
+
+#[test]
+fn kl_lm_head_split_over_bindings_matches_reference() {
+    let g = split_gpu();
+    // the heads [V, D] are split over bindings by the matmuls; one logits row per chunk fits
+    let (n, v, d) = (5, 700, 19);
+    assert!((v * d * 4) as u64 > MAX_BINDING && (v * 4) as u64 <= MAX_BINDING);
+    let work = ops::loss::KlWorkspace::new(g, v, d, n, ops::loss::KL_DEFAULT_BUDGET).unwrap();
+    assert_eq!(work.rows, 1, "one {v}-wide logits row per 4 KiB binding");
+    let mut r = rng(25);
+    let a = 6.0 / (d as f32).sqrt();
+    let (hs, ws, ht, wt) = (randn(&mut r, n * d, 1.0), randn(&mut r, v * d, a), randn(&mut r, n * d, 1.0), randn(&mut r, v * d, a));
+    let (ths, tws, tht, twt) = (up(g, &[n, d], &hs), up(g, &[v, d], &ws), up(g, &[n, d], &ht), up(g, &[v, d], &wt));
+    let (loss_rows, dhs, dws) = (g.zeros(&[n]).unwrap(), g.zeros(&[n, d]).unwrap(), g.zeros(&[v, d]).unwrap());
+    g.run(|b| {
+        let out = ops::loss::KlOut { loss_rows: &loss_rows, dhs: Some(&dhs), dws: Some(&dws) };
+        ops::loss::kl_lm_head(b, &ths, &tws, &tht, &twt, &work, out, 0.2);
+        Ok(())
+    })
+    .unwrap();
+    let (wl, wdhs, wdws) = ops::loss::cpu::kl_lm_head(&f64v(&hs), &f64v(&ws), &f64v(&ht), &f64v(&wt), d, 0.2);
+    assert_close("split kl loss", &g.read(&loss_rows).unwrap(), &wl, 1e-5);
+    assert_close("split kl dhs", &g.read(&dhs).unwrap(), &wdhs, 1e-4);
+    assert_close("split kl dws", &g.read(&dws).unwrap(), &wdws, 1e-4);
+}

@@ -33,6 +33,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("matmul_grad", include_str!("../../shaders/matmul_grad.wgsl")),
     ("gdn_act", include_str!("../../shaders/gdn_act.wgsl")),
     ("gated_norm", include_str!("../../shaders/gated_norm.wgsl")),
+    ("kl", include_str!("../../shaders/kl.wgsl")),
 ];
 
 /// The source of a shader by name; panics on an unknown name (a programming error, not input).

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod delta;
 pub mod elementwise;
 pub mod grad;
+pub mod loss;
 pub mod matmul;
 pub mod nll;
 pub mod norm;

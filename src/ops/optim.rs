@@ -1,4 +1,4 @@
-//! Training kernels (shaders/optim.wgsl): gradient global norm, MSE loss + gradient +
+//! Training kernels (shaders/optim.wgsl): gradient global norm, scaled sums, MSE loss + gradient +
 //! cosine sums, AdamW with clipping. Everything stays on the GPU; only the 16-byte loss
 //! summary is read back when the caller wants it.
 use super::groups_for;
@@ -40,6 +40,20 @@ pub fn sum_squares(b: &mut Batch, tensors: &[&Tensor], red: &Reducer, slot: usiz
         let n = t.numel();
         let p = Params { n: n as u32, offset: off as u32, ..Default::default() };
         b.dispatch(&Kernel::new("optim", "sq_partials"), &p, &[(*t).into(), (&red.partials).into()], groups_for(b.gpu, n, WG));
+        off += wgs(n);
+    }
+    assert!(off <= red.partials.rows(), "reducer too small");
+    finish(b, red, off, slot);
+}
+
+/// out[slot].x = scale * sum over `tensors` of their elements (e.g. a mean loss from per-row losses).
+pub fn sum(b: &mut Batch, tensors: &[&Tensor], scale: f32, red: &Reducer, slot: usize) {
+    let mut off = 0;
+    for t in tensors {
+        let n = t.numel();
+        let mut p = Params { n: n as u32, offset: off as u32, ..Default::default() };
+        p.f[0] = scale;
+        b.dispatch(&Kernel::new("optim", "sum_partials_scaled"), &p, &[(*t).into(), (&red.partials).into()], groups_for(b.gpu, n, WG));
         off += wgs(n);
     }
     assert!(off <= red.partials.rows(), "reducer too small");
