@@ -96,5 +96,34 @@ fn attention(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, matmul, attention);
+/// Fused LM heads + KL(teacher || student) with dhs and dws: SmolLM2's head
+/// (N 512, V 49152, D 576) on a GPU, N 64, V 8192 on a CPU adapter.
+fn kl_lm_head(c: &mut Criterion) {
+    let g = gpu();
+    let mut group = c.benchmark_group("kl_lm_head");
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(5));
+    let (n, v, d) = if taylorcal::bench::is_cpu_adapter(g) { (64, 8192, 576) } else { (512, 49152, 576) };
+    let hs = g.upload(&[n, d], &data(n * d, 6)).unwrap();
+    let ht = g.upload(&[n, d], &data(n * d, 7)).unwrap();
+    let ws = g.upload(&[v, d], &data(v * d, 8).iter().map(|x| x * 0.25).collect::<Vec<_>>()).unwrap();
+    let wt = g.upload(&[v, d], &data(v * d, 9).iter().map(|x| x * 0.25).collect::<Vec<_>>()).unwrap();
+    let work = ops::loss::KlWorkspace::new(g, v, d, n, ops::loss::KL_DEFAULT_BUDGET).unwrap();
+    let (loss, dhs, dws) = (g.zeros(&[n]).unwrap(), g.zeros(&[n, d]).unwrap(), g.zeros(&[v, d]).unwrap());
+    group.throughput(Throughput::Elements((8 * n * v * d) as u64)); // flops of the four matmuls
+    group.bench_function(format!("fwd_bwd/N{n}_V{v}_D{d}"), |b| {
+        b.iter(|| {
+            run(g, |bt| {
+                let out = ops::loss::KlOut { loss_rows: &loss, dhs: Some(&dhs), dws: Some(&dws) };
+                ops::loss::kl_lm_head(bt, &hs, &ws, &ht, &wt, &work, out, 1.0 / n as f32)
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, matmul, attention, kl_lm_head);
 criterion_main!(benches);

@@ -322,6 +322,28 @@ pub fn bench_nll(gpu: &Gpu, rows: usize, vocab: usize) -> Result<BenchResult> {
     Ok(result("nll", format!("{rows}x{vocab}"), secs, runs, how, None, Some(bytes)))
 }
 
+/// Fused LM heads + KL(teacher || student) with both gradients ([`ops::loss::kl_lm_head`]):
+/// N rows of hidden states of width D, vocabulary V, chunked by the default memory budget.
+/// GFLOP/s counts the four matmuls (two heads, dhs, dws): 8 N V D.
+pub fn bench_kl_lm_head(gpu: &Gpu, rows: usize, vocab: usize, dim: usize) -> Result<BenchResult> {
+    let a = 6.0 / (dim as f32).sqrt();
+    let hs = gpu.upload(&[rows, dim], &fill(rows * dim, 10, 1.0))?;
+    let ht = gpu.upload(&[rows, dim], &fill(rows * dim, 11, 1.0))?;
+    let ws = gpu.upload(&[vocab, dim], &fill(vocab * dim, 12, a))?;
+    let wt = gpu.upload(&[vocab, dim], &fill(vocab * dim, 13, a))?;
+    let work = ops::loss::KlWorkspace::new(gpu, vocab, dim, rows, ops::loss::KL_DEFAULT_BUDGET)?;
+    let loss_rows = gpu.zeros(&[rows])?;
+    let dhs = gpu.zeros(&[rows, dim])?;
+    let dws = gpu.zeros(&[vocab, dim])?;
+    let record = |b: &mut Batch| {
+        let out = ops::loss::KlOut { loss_rows: &loss_rows, dhs: Some(&dhs), dws: Some(&dws) };
+        ops::loss::kl_lm_head(b, &hs, &ws, &ht, &wt, &work, out, 1.0 / rows as f32)
+    };
+    let (secs, runs, how) = measure(gpu, budget(gpu), &record)?;
+    let flops = 8.0 * (rows * vocab * dim) as f64;
+    Ok(result("kl_lm_head", format!("N{rows} V{vocab} D{dim}"), secs, runs, how, Some(flops), None))
+}
+
 /// One benchmark of a suite.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "bench", rename_all = "snake_case")]
@@ -332,6 +354,7 @@ pub enum Bench {
     RmsNorm { rows: usize, cols: usize },
     Rope { tokens: usize, heads: usize, dim: usize },
     Nll { rows: usize, vocab: usize },
+    KlLmHead { rows: usize, vocab: usize, dim: usize },
 }
 
 impl Bench {
@@ -343,6 +366,7 @@ impl Bench {
             Bench::RmsNorm { rows, cols } => bench_rmsnorm(gpu, rows, cols),
             Bench::Rope { tokens, heads, dim } => bench_rope(gpu, tokens, heads, dim),
             Bench::Nll { rows, vocab } => bench_nll(gpu, rows, vocab),
+            Bench::KlLmHead { rows, vocab, dim } => bench_kl_lm_head(gpu, rows, vocab, dim),
         }
     }
 
@@ -364,6 +388,7 @@ impl Bench {
             Bench::RmsNorm { rows, cols } => format!("rmsnorm {rows}x{cols}"),
             Bench::Rope { tokens, heads, dim } => format!("rope T{tokens} H{heads} d{dim}"),
             Bench::Nll { rows, vocab } => format!("nll {rows}x{vocab}"),
+            Bench::KlLmHead { rows, vocab, dim } => format!("kl_lm_head N{rows} V{vocab} D{dim}"),
         }
     }
 }
@@ -376,9 +401,9 @@ fn mm(s: usize, kernel: MatmulImpl, f16_weights: bool) -> Bench {
 /// 1024^3 with the adapter's kernel (f32, and f16 weights where supported), with the
 /// generic tiled kernel too when that is not the adapter's choice, and naive; attention
 /// T=512 with SmolLM2-135M's heads (9 / 3, d 64) forward and backward; small
-/// norm/rope/NLL. On a GPU: matmul 4096^3 (f32 and f16 weights), 1024^3, naive at 1024^3
-/// and 4096^3, attention forward and backward T=4096 H=16/4 at d 64 and 128, and
-/// model-sized norm/rope/NLL.
+/// norm/rope/NLL/KL head. On a GPU: matmul 4096^3 (f32 and f16 weights), 1024^3, naive at
+/// 1024^3 and 4096^3, attention forward and backward T=4096 H=16/4 at d 64 and 128,
+/// model-sized norm/rope/NLL, and the KL head at SmolLM2's vocabulary (N 512, V 49152, D 576).
 pub fn default_suite(gpu: &Gpu) -> Vec<Bench> {
     use MatmulImpl::*;
     let f16 = gpu.info.shader_f16;
@@ -398,6 +423,7 @@ pub fn default_suite(gpu: &Gpu) -> Vec<Bench> {
         v.push(Bench::RmsNorm { rows: 512, cols: 576 });
         v.push(Bench::Rope { tokens: 512, heads: 9, dim: 64 });
         v.push(Bench::Nll { rows: 64, vocab: 49152 });
+        v.push(Bench::KlLmHead { rows: 64, vocab: 8192, dim: 576 });
     } else {
         v.push(mm(4096, Auto, false));
         if f16 {
@@ -416,6 +442,7 @@ pub fn default_suite(gpu: &Gpu) -> Vec<Bench> {
         v.push(Bench::RmsNorm { rows: 4096, cols: 4096 });
         v.push(Bench::Rope { tokens: 4096, heads: 32, dim: 128 });
         v.push(Bench::Nll { rows: 2048, vocab: 49152 });
+        v.push(Bench::KlLmHead { rows: 512, vocab: 49152, dim: 576 });
     }
     v
 }
