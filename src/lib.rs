@@ -10,3 +10,4 @@ pub mod model;
 pub mod ops;
 pub mod report;
 pub mod select;
+pub mod train;

@@ -8,6 +8,8 @@ use taylorcal::gpu::Gpu;
 use taylorcal::model::{self, teacher::Teacher};
 use taylorcal::select::{self, Policy, Selection};
 
+mod cli_train;
+
 #[derive(Parser)]
 #[command(
     name = "taylorcal",
@@ -37,7 +39,7 @@ struct TextArgs {
 }
 
 #[derive(clap::Args)]
-struct ConvArgs {
+pub(crate) struct ConvArgs {
     /// `smollm2` (default teacher), a .gguf file or a Hugging Face directory
     #[arg(long, default_value = model::fetch::DEFAULT_TEACHER)]
     teacher: String,
@@ -141,6 +143,70 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Distil a converted student from its teacher on the GPU: stage 1 (per-layer
+    /// alignment, converted layers only) or stage 2 (end-to-end KL, every parameter), with
+    /// checkpoints, exact --resume, curve.csv and curve.svg in --out
+    Distill {
+        /// The student checkpoint written by `taylorcal convert` (not needed with --resume)
+        #[arg(long)]
+        student: Option<PathBuf>,
+        /// The teacher it was converted from
+        #[arg(long, default_value = model::fetch::DEFAULT_TEACHER)]
+        teacher: String,
+        /// 1: per-layer alignment; 2: end-to-end KL
+        #[arg(long)]
+        stage: u8,
+        /// Training tokens
+        #[arg(long, default_value_t = 1 << 20)]
+        tokens: usize,
+        #[command(flatten)]
+        train: cli_train::TrainArgs,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Evaluation text (default: the built-in Brown evaluation split)
+        #[arg(long)]
+        eval: Option<PathBuf>,
+        /// Evaluation windows of 256 tokens
+        #[arg(long, default_value_t = 8)]
+        eval_windows: usize,
+        /// Write a checkpoint every N steps (and always at the end)
+        #[arg(long, default_value_t = 100)]
+        checkpoint_every: usize,
+        /// Output checkpoint directory (also what --resume continues from)
+        #[arg(long)]
+        out: PathBuf,
+        /// Continue the run whose checkpoint is in --out (same options)
+        #[arg(long)]
+        resume: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Distillation tokens each initialisation needs to reach a perplexity within R x the
+    /// teacher's: converts with each strategy, distils (optional stage 1, then stage 2) and
+    /// reports the tokens and their ratio, with curves and a chart
+    Recovery {
+        #[command(flatten)]
+        conv: ConvArgs,
+        #[command(flatten)]
+        train: cli_train::TrainArgs,
+        /// Strategies to compare
+        #[arg(long, value_delimiter = ',', default_value = "naive,taylor-calibrate")]
+        strategies: Vec<String>,
+        /// Target: evaluation perplexity <= R x the teacher's
+        #[arg(long, default_value_t = 2.0)]
+        target_ppl_ratio: f64,
+        /// Stage 2 token budget per strategy
+        #[arg(long, default_value_t = 1 << 20)]
+        max_tokens: usize,
+        /// Stage 1 tokens before stage 2 (0: none)
+        #[arg(long, default_value_t = 0)]
+        stage1_tokens: usize,
+        /// Directory for recovery.md, recovery.json, recovery.svg and the curves
+        #[arg(long, default_value = "recovery")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Greedy decoding with a KV cache
     Generate {
         #[command(flatten)]
@@ -190,7 +256,7 @@ fn load(spec: &str) -> Result<Loaded> {
 }
 
 /// Teacher, tokenizer, hybrid layout, calibration and evaluation tokens.
-struct ConvSetup {
+pub(crate) struct ConvSetup {
     files: model::ModelFiles,
     teacher: Teacher,
     tokenizer: tokenizers::Tokenizer,
@@ -201,11 +267,11 @@ struct ConvSetup {
     selection: Option<Selection>,
 }
 
-const WINDOW: usize = 256;
+pub(crate) const WINDOW: usize = 256;
 /// Calibration windows whose activations are captured (value scale, alignment).
 const CAPTURE_WINDOWS: usize = 4;
 
-fn conv_setup(a: &ConvArgs) -> Result<ConvSetup> {
+pub(crate) fn conv_setup(a: &ConvArgs) -> Result<ConvSetup> {
     let path = model::fetch::resolve_model(&a.teacher)?;
     let files = model::load_model(&path)?;
     let tokenizer = files.tokenizer.clone().with_context(|| format!("{} has no tokenizer", files.source))?;
@@ -260,7 +326,7 @@ fn selection_json(s: &Selection) -> serde_json::Value {
     json!({ "policy": s.policy.name(), "keep": s.keep, "scores": s.scores, "score": s.policy.score_meaning(), "teacher_ppl": s.teacher_ppl, "seconds": s.seconds })
 }
 
-fn conv_opts(a: &ConvArgs, keep: &[usize], strategy: Strategy) -> ConvertOpts {
+pub(crate) fn conv_opts(a: &ConvArgs, keep: &[usize], strategy: Strategy) -> ConvertOpts {
     ConvertOpts {
         keep: keep.to_vec(),
         strategy,
@@ -387,6 +453,8 @@ fn run(cli: Cli) -> Result<()> {
                 tensors,
                 tokenizer: Some(setup.tokenizer.clone()),
                 report: report.clone(),
+                optimizer: None,
+                files: vec![],
             };
             model::hybrid::save_checkpoint(&out, &ck)?;
             if json {
@@ -513,6 +581,27 @@ fn run(cli: Cli) -> Result<()> {
                     println!("layer {i:2}  {}", cells.join(" "));
                 }
             }
+        }
+        Cmd::Distill { student, teacher, stage, tokens, train, seed, eval, eval_windows, checkpoint_every, out, resume, json } => {
+            cli_train::distill_cmd(
+                gpu()?,
+                student,
+                &teacher,
+                stage,
+                tokens,
+                seed,
+                &train,
+                eval,
+                eval_windows,
+                checkpoint_every,
+                out,
+                resume,
+                json,
+            )?
+        }
+        Cmd::Recovery { conv, train, strategies, target_ppl_ratio, max_tokens, stage1_tokens, out, json } => {
+            let r = cli_train::RecoveryArgs { strategies, target_ratio: target_ppl_ratio, max_tokens, stage1_tokens, out, json };
+            cli_train::recovery_cmd(gpu()?, &conv, &train, &r)?
         }
         Cmd::Generate { model, prompt, max_new_tokens, json } => {
             let m = load(&model.model)?;

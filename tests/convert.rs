@@ -87,6 +87,8 @@ fn every_strategy_converts_and_the_checkpoint_evaluates() {
             tensors,
             tokenizer: None,
             report: serde_json::json!({"strategy": s.name(), "timings": timings}),
+            optimizer: None,
+            files: vec![],
         };
         hybrid::save_checkpoint(&out, &ck).unwrap();
         let back = hybrid::load_checkpoint(&out).unwrap();

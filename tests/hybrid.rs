@@ -55,8 +55,14 @@ fn checkpoint_round_trips() {
     let tensors = hybrid::init_student(&cfg, &teacher, 7).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("student");
-    let ck =
-        Checkpoint { config: cfg.clone(), tensors: tensors.clone(), tokenizer: None, report: serde_json::json!({"strategy": "naive"}) };
+    let ck = Checkpoint {
+        config: cfg.clone(),
+        tensors: tensors.clone(),
+        tokenizer: None,
+        report: serde_json::json!({"strategy": "naive"}),
+        optimizer: None,
+        files: vec![],
+    };
     hybrid::save_checkpoint(&out, &ck).unwrap();
     assert!(hybrid::is_checkpoint(&out));
     let back = hybrid::load_checkpoint(&out).unwrap();
@@ -92,7 +98,8 @@ fn interrupted_write_leaves_no_half_checkpoint() {
     let tensors = hybrid::init_student(&cfg, &teacher, 7).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("student");
-    let ck = Checkpoint { config: cfg.clone(), tensors, tokenizer: None, report: serde_json::json!({"v": 1}) };
+    let ck =
+        Checkpoint { config: cfg.clone(), tensors, tokenizer: None, report: serde_json::json!({"v": 1}), optimizer: None, files: vec![] };
     // first write fails after the files were written, before publishing: nothing appears
     let r = hybrid::save_checkpoint_with(&out, &ck, || anyhow::bail!("simulated crash"));
     assert!(r.is_err());

@@ -118,7 +118,7 @@ fn tiny_student(keep: Vec<usize>, seed: u64) -> taylorcal::model::hybrid::Checkp
     let teacher = random_tensors(&cfg, seed);
     let hc = HybridConfig::new(cfg, keep).unwrap();
     let tensors = init_student(&hc, &teacher, seed + 1).unwrap();
-    Checkpoint { config: hc, tensors, tokenizer: None, report: serde_json::Value::Null }
+    Checkpoint { config: hc, tensors, tokenizer: None, report: serde_json::Value::Null, optimizer: None, files: vec![] }
 }
 
 fn student_logits(d: &Teacher, ids: &[u32]) -> Vec<f32> {

@@ -5,7 +5,7 @@ use super::phase1::{self, Phase1Report};
 use crate::eval::LayerStats;
 use crate::gpu::{Batch, Gpu, Tensor};
 use crate::model::gdn::{self, GdnActs, GdnGrads};
-use crate::model::hybrid::{gdn_name, HybridConfig};
+use crate::model::hybrid::{gdn_name, HybridConfig, GDN_NAMES};
 use crate::model::teacher::upload_gdn;
 use crate::model::teacher::{AttnActs, Decoder, ForwardOpts};
 use crate::model::HostTensor;
@@ -285,20 +285,8 @@ pub fn align_layer(
         }
         b.submit();
     }
-    let names = [
-        "q_proj.weight",
-        "k_proj.weight",
-        "v_proj.weight",
-        "a_proj.weight",
-        "b_proj.weight",
-        "g_proj.weight",
-        "o_proj.weight",
-        "A_log",
-        "dt_bias",
-        "o_norm.weight",
-    ];
     for (k, &(i, _)) in trained.iter().enumerate() {
-        tensors.get_mut(&gdn_name(l, names[i])).expect("gdn tensor").data = gpu.read(&best[k])?;
+        tensors.get_mut(&gdn_name(l, GDN_NAMES[i])).expect("gdn tensor").data = gpu.read(&best[k])?;
     }
     rep.seconds = t0.elapsed().as_secs_f64();
     Ok(rep)

@@ -203,6 +203,11 @@ impl<'g> Batch<'g> {
         self.enc.as_mut().unwrap().copy_buffer_to_buffer(&src.buf, src_off, &dst.buf, dst_off, bytes);
     }
 
+    /// Zero a tensor inside the batch.
+    pub fn clear(&mut self, t: &Tensor) {
+        self.enc.as_mut().unwrap().clear_buffer(&t.buf, 0, Some(t.bytes()));
+    }
+
     /// Submit everything recorded; the uniform buffers go back to the pool.
     pub fn submit(mut self) -> wgpu::SubmissionIndex {
         self.finish()

@@ -40,6 +40,10 @@ impl Tensor {
     pub fn cols(&self) -> usize {
         *self.shape.last().unwrap_or(&1)
     }
+    /// Whether both tensors are views of one buffer.
+    pub fn same_buffer(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.buf, &other.buf)
+    }
     /// The same buffer under another shape with the same element count.
     pub fn reshape(&self, shape: &[usize]) -> Tensor {
         assert_eq!(shape.iter().product::<usize>(), self.numel(), "reshape {:?} -> {shape:?}", self.shape);

@@ -149,6 +149,7 @@ impl GdnGrads {
 /// Activations the forward saves for the backward (N = B T tokens), the scan's workspace
 /// and the backward's buffers. Shapes: [N, H d] for zq..v, zg, o, y and the backward's
 /// d*; [N, H] for za..beta, dg, dbeta; [N H] for rstd.
+#[derive(Clone)]
 pub struct GdnActs {
     /// (B, T): sequences and their length
     pub seqs: (usize, usize),
@@ -258,6 +259,18 @@ impl GdnActs {
             back,
             scan,
         })
+    }
+}
+
+impl GdnActs {
+    /// GPU bytes of the activations, backward buffers and scan workspace.
+    pub fn bytes(&self) -> u64 {
+        let mut ts = vec![&self.zq, &self.zk, &self.zv, &self.q, &self.k, &self.v, &self.za, &self.zb, &self.g, &self.beta, &self.zg];
+        ts.extend([&self.o, &self.rstd, &self.y]);
+        if let Some(bb) = &self.back {
+            ts.extend([&bb.dy, &bb.d_o, &bb.dzg, &bb.dk, &bb.dv, &bb.dg, &bb.dbeta, &bb.scratch]);
+        }
+        ts.iter().map(|t| t.bytes()).sum::<u64>() + self.scan.bytes()
     }
 }
 

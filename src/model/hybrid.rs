@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub const MODEL_TYPE: &str = "taylorcal_hybrid";
+/// The optimizer state inside a checkpoint directory of a distillation run.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct HybridConfig {
@@ -83,6 +85,20 @@ impl HybridConfig {
 pub fn gdn_name(layer: usize, name: &str) -> String {
     format!("model.layers.{layer}.attn.{name}")
 }
+
+/// The GDN parameter names, in the order of `GdnParams::tensors()` (flash-linear-attention's GatedDeltaNet names).
+pub const GDN_NAMES: [&str; 10] = [
+    "q_proj.weight",
+    "k_proj.weight",
+    "v_proj.weight",
+    "a_proj.weight",
+    "b_proj.weight",
+    "g_proj.weight",
+    "o_proj.weight",
+    "A_log",
+    "dt_bias",
+    "o_norm.weight",
+];
 
 /// Repeat GQA kv heads to `heads` heads: head h takes kv head h / (heads / kv_heads).
 /// `w` is [kv_heads * d, cols] (rows per head contiguous).
@@ -189,6 +205,11 @@ pub struct Checkpoint {
     pub tensors: HashMap<String, HostTensor>,
     pub tokenizer: Option<tokenizers::Tokenizer>,
     pub report: Value,
+    /// Optimizer state of a distillation run (AdamW moments), saved as
+    /// `optimizer.safetensors` so `--resume` continues exactly.
+    pub optimizer: Option<HashMap<String, HostTensor>>,
+    /// Further small files written into the directory (e.g. curve.csv, curve.svg).
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 /// Write a checkpoint directory atomically: everything goes into `<dir>.tmp-<pid>` first,
@@ -211,6 +232,12 @@ pub fn save_checkpoint_with(dir: &Path, ck: &Checkpoint, before_publish: impl Fn
             hf::write_atomic(&tmp.join("tokenizer.json"), text.as_bytes())?;
         }
         hf::write_atomic(&tmp.join("report.json"), serde_json::to_string_pretty(&ck.report)?.as_bytes())?;
+        if let Some(opt) = &ck.optimizer {
+            hf::write_safetensors(&tmp.join(OPTIMIZER_FILE), opt)?;
+        }
+        for (name, bytes) in &ck.files {
+            hf::write_atomic(&tmp.join(name), bytes)?;
+        }
         before_publish()?;
         let old = sibling(dir, &format!(".old-{}", std::process::id()));
         if dir.exists() {
@@ -251,5 +278,7 @@ pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
     let tok_path = dir.join("tokenizer.json");
     let tokenizer = if tok_path.is_file() { Some(super::tokenizer::load_tokenizer_json(&tok_path)?) } else { None };
     let report = std::fs::read_to_string(dir.join("report.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
-    Ok(Checkpoint { config, tensors, tokenizer, report })
+    let opt_path = dir.join(OPTIMIZER_FILE);
+    let optimizer = if opt_path.is_file() { Some(hf::read_safetensors(&opt_path)?) } else { None };
+    Ok(Checkpoint { config, tensors, tokenizer, report, optimizer, files: vec![] })
 }

@@ -3,8 +3,8 @@
 //! or a Gated DeltaNet block (the hybrid student's converted layers). Prefill runs the
 //! chunked scan, decoding the one-step recurrence; softmax layers keep a KV cache and
 //! report fused attention statistics through a hook calibration uses.
-use super::gdn::{self, GdnActs, GdnParams};
-use super::hybrid::{gdn_name, Checkpoint};
+use super::gdn::{self, GdnActs, GdnGrads, GdnParams};
+use super::hybrid::{gdn_name, Checkpoint, GDN_NAMES};
 use super::{HostTensor, ModelConfig, ModelFiles};
 use crate::gpu::{Batch, Gpu, Tensor};
 use crate::ops::{self, attention::AttnShape, rope::RopeTables};
@@ -75,6 +75,55 @@ pub struct AttnActs<'a> {
     pub stats: &'a Tensor,
 }
 
+/// One layer's activation buffers for T tokens. Inference reuses one set for every layer
+/// (and `hn2` is `hn`); training keeps one set per layer for the backward.
+pub struct LayerBufs {
+    /// input RMSNorm output [T, D]
+    pub hn: Tensor,
+    /// post-attention RMSNorm output [T, D] (the same buffer as `hn` in inference)
+    pub hn2: Tensor,
+    /// q [T, H d] (roped in place unless q/k norms exist), k, v [T, Hkv d]
+    pub q: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
+    /// q/k after their per-head norms (Qwen3), roped in place
+    pub qn: Option<Tensor>,
+    pub kn: Option<Tensor>,
+    /// attention context [T, H d], output [T, D], statistics [T, H, 2]
+    pub ctx: Tensor,
+    pub ao: Tensor,
+    pub stats: Tensor,
+    /// MLP gate/up projections and SwiGLU output [T, I]
+    pub gate: Tensor,
+    pub up: Tensor,
+    pub act: Tensor,
+}
+
+impl LayerBufs {
+    /// Buffers for `t` tokens; `shared_norm` makes `hn2` the same buffer as `hn`.
+    pub fn new(g: &Gpu, c: &ModelConfig, t: usize, shared_norm: bool) -> Result<LayerBufs> {
+        let (d, hd, h, hkv, i) = (c.hidden_size, c.head_dim, c.num_attention_heads, c.num_key_value_heads, c.intermediate_size);
+        let hn = g.zeros(&[t, d])?;
+        let hn2 = if shared_norm { hn.clone() } else { g.zeros(&[t, d])? };
+        let (qn, kn) = if c.qk_norm { (Some(g.zeros(&[t, h * hd])?), Some(g.zeros(&[t, hkv * hd])?)) } else { (None, None) };
+        Ok(LayerBufs {
+            hn,
+            hn2,
+            q: g.zeros(&[t, h * hd])?,
+            k: g.zeros(&[t, hkv * hd])?,
+            v: g.zeros(&[t, hkv * hd])?,
+            qn,
+            kn,
+            ctx: g.zeros(&[t, h * hd])?,
+            ao: g.zeros(&[t, d])?,
+            stats: g.zeros(&[t, h, 2])?,
+            gate: g.zeros(&[t, i])?,
+            up: g.zeros(&[t, i])?,
+            act: g.zeros(&[t, i])?,
+        })
+    }
+}
+
 /// What a forward pass should do beyond the plain computation.
 #[derive(Default)]
 pub struct ForwardOpts<'h> {
@@ -107,18 +156,18 @@ pub fn upload_gdn(gpu: &Gpu, tensors: &HashMap<String, HostTensor>, l: usize) ->
 }
 
 fn gdn_params(u: &Uploader, l: usize) -> Result<GdnParams> {
-    let g = |s: &str| u.get(&gdn_name(l, s));
+    let g = |i: usize| u.get(&gdn_name(l, GDN_NAMES[i]));
     Ok(GdnParams {
-        wq: g("q_proj.weight")?,
-        wk: g("k_proj.weight")?,
-        wv: g("v_proj.weight")?,
-        wa: g("a_proj.weight")?,
-        wb: g("b_proj.weight")?,
-        wg: g("g_proj.weight")?,
-        wo: g("o_proj.weight")?,
-        a_log: g("A_log")?,
-        dt_bias: g("dt_bias")?,
-        w_norm: g("o_norm.weight")?,
+        wq: g(0)?,
+        wk: g(1)?,
+        wv: g(2)?,
+        wa: g(3)?,
+        wb: g(4)?,
+        wg: g(5)?,
+        wo: g(6)?,
+        a_log: g(7)?,
+        dt_bias: g(8)?,
+        w_norm: g(9)?,
     })
 }
 
@@ -176,6 +225,103 @@ impl Decoder {
         Ok(Decoder { norm: u.get("model.norm.weight")?, embed, lm_head, layers, rope, cfg: cfg.clone() })
     }
 
+    /// Every parameter under its checkpoint name (Hugging Face Llama names for shared and
+    /// softmax parts, flash-linear-attention names for GDN layers), in a fixed order; a tied
+    /// LM head is listed once, as the embedding.
+    pub fn params(&self) -> Vec<(String, &Tensor)> {
+        let mut v: Vec<(String, &Tensor)> = vec![("model.embed_tokens.weight".into(), &self.embed)];
+        for (i, l) in self.layers.iter().enumerate() {
+            let n = |s: &str| format!("model.layers.{i}.{s}");
+            v.push((n("input_layernorm.weight"), &l.input_norm));
+            match &l.mixer {
+                Mixer::Attn(a) => {
+                    for (s, t) in [("q_proj.weight", &a.q), ("k_proj.weight", &a.k), ("v_proj.weight", &a.v), ("o_proj.weight", &a.o)] {
+                        v.push((n(&format!("self_attn.{s}")), t));
+                    }
+                    for (s, t) in [
+                        ("q_proj.bias", &a.q_bias),
+                        ("k_proj.bias", &a.k_bias),
+                        ("v_proj.bias", &a.v_bias),
+                        ("q_norm.weight", &a.q_norm),
+                        ("k_norm.weight", &a.k_norm),
+                    ] {
+                        if let Some(t) = t {
+                            v.push((n(&format!("self_attn.{s}")), t));
+                        }
+                    }
+                }
+                Mixer::Gdn(p) => {
+                    for (s, t) in GDN_NAMES.iter().zip(p.tensors()) {
+                        v.push((gdn_name(i, s), t));
+                    }
+                }
+            }
+            v.push((n("post_attention_layernorm.weight"), &l.post_norm));
+            v.push((n("mlp.gate_proj.weight"), &l.gate));
+            v.push((n("mlp.up_proj.weight"), &l.up));
+            v.push((n("mlp.down_proj.weight"), &l.down));
+        }
+        v.push(("model.norm.weight".into(), &self.norm));
+        if !self.lm_head.same_buffer(&self.embed) {
+            v.push(("lm_head.weight".into(), &self.lm_head));
+        }
+        v
+    }
+
+    /// A decoder of the same structure with every parameter zero (and a tied head still
+    /// tied): the gradient buffers of training.
+    pub fn zeros_like(&self, gpu: &Gpu) -> Result<Decoder> {
+        let z = |t: &Tensor| gpu.zeros(&t.shape);
+        let zo = |t: &Option<Tensor>| t.as_ref().map(z).transpose();
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let mixer = match &l.mixer {
+                Mixer::Attn(a) => Mixer::Attn(Attn {
+                    q: z(&a.q)?,
+                    k: z(&a.k)?,
+                    v: z(&a.v)?,
+                    o: z(&a.o)?,
+                    q_bias: zo(&a.q_bias)?,
+                    k_bias: zo(&a.k_bias)?,
+                    v_bias: zo(&a.v_bias)?,
+                    q_norm: zo(&a.q_norm)?,
+                    k_norm: zo(&a.k_norm)?,
+                }),
+                Mixer::Gdn(p) => {
+                    let g = GdnGrads::zeros(gpu, p)?;
+                    Mixer::Gdn(Box::new(GdnParams {
+                        wq: g.wq,
+                        wk: g.wk,
+                        wv: g.wv,
+                        wa: g.wa,
+                        wb: g.wb,
+                        wg: g.wg,
+                        wo: g.wo,
+                        a_log: g.a_log,
+                        dt_bias: g.dt_bias,
+                        w_norm: g.w_norm,
+                    }))
+                }
+            };
+            layers.push(Layer {
+                input_norm: z(&l.input_norm)?,
+                post_norm: z(&l.post_norm)?,
+                mixer,
+                gate: z(&l.gate)?,
+                up: z(&l.up)?,
+                down: z(&l.down)?,
+            });
+        }
+        let embed = z(&self.embed)?;
+        let lm_head = if self.lm_head.same_buffer(&self.embed) { embed.clone() } else { z(&self.lm_head)? };
+        Ok(Decoder { cfg: self.cfg.clone(), embed, norm: z(&self.norm)?, lm_head, layers, rope: self.rope.clone() })
+    }
+
+    /// Read every parameter back to the host under its checkpoint name.
+    pub fn to_host(&self, gpu: &Gpu) -> Result<HashMap<String, HostTensor>> {
+        self.params().into_iter().map(|(n, t)| Ok((n, HostTensor::new(t.shape.clone(), gpu.read(t)?)))).collect()
+    }
+
     pub fn kv_cache(&self, gpu: &Gpu, max_len: usize) -> Result<KvCache> {
         let c = &self.cfg;
         let w = c.num_key_value_heads * c.head_dim;
@@ -208,48 +354,19 @@ impl Decoder {
         let t = ids.numel();
         anyhow::ensure!(pos0 + t <= cache.max_len, "sequence of {} tokens exceeds the KV cache ({})", pos0 + t, cache.max_len);
         anyhow::ensure!(pos0 + t <= self.rope.max_pos, "position {} exceeds the model's context ({})", pos0 + t, self.rope.max_pos);
-        let (d, hd, h, hkv) = (c.hidden_size, c.head_dim, c.num_attention_heads, c.num_key_value_heads);
-        let x = g.zeros(&[t, d])?;
-        let hn = g.zeros(&[t, d])?;
-        let q = g.zeros(&[t, h * hd])?;
-        let k = g.zeros(&[t, hkv * hd])?;
-        let v = g.zeros(&[t, hkv * hd])?;
-        let (qn, kn) = if c.qk_norm { (Some(g.zeros(&[t, h * hd])?), Some(g.zeros(&[t, hkv * hd])?)) } else { (None, None) };
-        let ctx = g.zeros(&[t, h * hd])?;
-        let ao = g.zeros(&[t, d])?;
-        let stats = g.zeros(&[t, h, 2])?;
-        let gate = g.zeros(&[t, c.intermediate_size])?;
-        let upb = g.zeros(&[t, c.intermediate_size])?;
-        let act = g.zeros(&[t, c.intermediate_size])?;
-        let kv_row = (hkv * hd * 4) as u64;
-
+        let x = g.zeros(&[t, c.hidden_size])?;
+        let bufs = LayerBufs::new(g, c, t, true)?;
         let mut gdn_acts: Option<GdnActs> = None;
         let mut gdn_step: Option<GdnActs> = None;
         ops::elementwise::embed(b, ids, &self.embed, &x);
         for (i, l) in self.layers.iter().enumerate() {
-            ops::norm::rmsnorm(b, &x, &l.input_norm, c.rms_norm_eps, &hn);
+            ops::norm::rmsnorm(b, &x, &l.input_norm, c.rms_norm_eps, &bufs.hn);
             match &l.mixer {
                 Mixer::Attn(a) => {
                     let (kc, vc) = (cache.k[i].as_ref().expect("KV cache"), cache.v[i].as_ref().expect("KV cache"));
-                    ops::matmul::linear(b, &hn, &a.q, a.q_bias.as_ref(), &q, false);
-                    ops::matmul::linear(b, &hn, &a.k, a.k_bias.as_ref(), &k, false);
-                    ops::matmul::linear(b, &hn, &a.v, a.v_bias.as_ref(), &v, false);
-                    let (qr, kr) = match (&qn, &kn, &a.q_norm, &a.k_norm) {
-                        (Some(qn), Some(kn), Some(wq), Some(wk)) => {
-                            ops::norm::rmsnorm(b, &q, wq, c.rms_norm_eps, qn);
-                            ops::norm::rmsnorm(b, &k, wk, c.rms_norm_eps, kn);
-                            (qn, kn)
-                        }
-                        _ => (&q, &k),
-                    };
-                    ops::rope::rope(b, qr, h, &self.rope, pos0);
-                    ops::rope::rope(b, kr, hkv, &self.rope, pos0);
-                    b.copy(kr, 0, kc, pos0 as u64 * kv_row, t as u64 * kv_row);
-                    b.copy(&v, 0, vc, pos0 as u64 * kv_row, t as u64 * kv_row);
-                    ops::attention::attention(b, qr, kc, vc, &ctx, &stats, self.attn_shape(pos0));
-                    ops::matmul::linear(b, &ctx, &a.o, None, &ao, false);
+                    self.attn_forward(b, a, &bufs, kc, vc, pos0);
                     if let Some(hook) = opts.hook.as_deref_mut() {
-                        hook(b, AttnActs { layer: i, normed: &hn, context: &ctx, output: &ao, stats: &stats })?;
+                        hook(b, AttnActs { layer: i, normed: &bufs.hn, context: &bufs.ctx, output: &bufs.ao, stats: &bufs.stats })?;
                     }
                 }
                 Mixer::Gdn(p) => {
@@ -259,14 +376,14 @@ impl Decoder {
                             Some(a) => a,
                             None => GdnActs::new(g, p.dims(), (1, 1), false)?,
                         };
-                        gdn::gdn_recurrent_step(b, p, &hn, &acts, state, &ao)?;
+                        gdn::gdn_recurrent_step(b, p, &bufs.hn, &acts, state, &bufs.ao)?;
                         gdn_step = Some(acts);
                     } else {
                         let acts = match gdn_acts.take() {
                             Some(a) => a,
                             None => GdnActs::new(g, p.dims(), (1, t), false)?,
                         };
-                        gdn::gdn_forward_inputs(b, p, &hn, &acts);
+                        gdn::gdn_forward_inputs(b, p, &bufs.hn, &acts);
                         let h0 = (pos0 > 0).then_some(state);
                         let ht = g.zeros(&state.shape)?;
                         ops::delta::chunk_forward_ws(
@@ -282,22 +399,62 @@ impl Decoder {
                             Some(&ht),
                         )?;
                         b.copy(&ht, 0, state, 0, state.bytes());
-                        gdn::gdn_forward_output(b, p, &acts, &ao);
+                        gdn::gdn_forward_output(b, p, &acts, &bufs.ao);
                         gdn_acts = Some(acts);
                     }
                 }
             }
             if !opts.skip_attn.contains(&i) {
-                ops::elementwise::add(b, &ao, &x);
+                ops::elementwise::add(b, &bufs.ao, &x);
             }
-            ops::norm::rmsnorm(b, &x, &l.post_norm, c.rms_norm_eps, &hn);
-            ops::matmul::linear(b, &hn, &l.gate, None, &gate, false);
-            ops::matmul::linear(b, &hn, &l.up, None, &upb, false);
-            ops::elementwise::swiglu(b, &gate, &upb, &act);
-            ops::matmul::linear(b, &act, &l.down, None, &x, true);
+            self.mlp_forward(b, l, &x, &bufs, &x);
         }
-        ops::norm::rmsnorm(b, &x, &self.norm, c.rms_norm_eps, &hn);
-        Ok(hn)
+        ops::norm::rmsnorm(b, &x, &self.norm, c.rms_norm_eps, &bufs.hn);
+        Ok(bufs.hn)
+    }
+
+    /// Softmax attention of one layer on `bufs.hn` [T, D] at positions pos0..: q, k, v
+    /// projections (+ biases, q/k norms), RoPE, K/V written into the caches `kc`/`vc` at
+    /// pos0, attention with statistics, W_o; leaves q (roped) in `bufs.q` (or `bufs.qn`),
+    /// the context in `bufs.ctx`, the output in `bufs.ao`.
+    pub fn attn_forward(&self, b: &mut Batch, a: &Attn, bufs: &LayerBufs, kc: &Tensor, vc: &Tensor, pos0: usize) {
+        let c = &self.cfg;
+        let (h, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let t = bufs.hn.rows();
+        let hn = &bufs.hn;
+        ops::matmul::linear(b, hn, &a.q, a.q_bias.as_ref(), &bufs.q, false);
+        ops::matmul::linear(b, hn, &a.k, a.k_bias.as_ref(), &bufs.k, false);
+        ops::matmul::linear(b, hn, &a.v, a.v_bias.as_ref(), &bufs.v, false);
+        let (qr, kr) = match (&bufs.qn, &bufs.kn, &a.q_norm, &a.k_norm) {
+            (Some(qn), Some(kn), Some(wq), Some(wk)) => {
+                ops::norm::rmsnorm(b, &bufs.q, wq, c.rms_norm_eps, qn);
+                ops::norm::rmsnorm(b, &bufs.k, wk, c.rms_norm_eps, kn);
+                (qn, kn)
+            }
+            _ => (&bufs.q, &bufs.k),
+        };
+        ops::rope::rope(b, qr, h, &self.rope, pos0);
+        ops::rope::rope(b, kr, hkv, &self.rope, pos0);
+        let kv_row = (hkv * hd * 4) as u64;
+        b.copy(kr, 0, kc, pos0 as u64 * kv_row, t as u64 * kv_row);
+        b.copy(&bufs.v, 0, vc, pos0 as u64 * kv_row, t as u64 * kv_row);
+        ops::attention::attention(b, qr, kc, vc, &bufs.ctx, &bufs.stats, self.attn_shape(pos0));
+        ops::matmul::linear(b, &bufs.ctx, &a.o, None, &bufs.ao, false);
+    }
+
+    /// The MLP half of a layer: hn2 = RMSNorm(x_mid), gate/up projections, SwiGLU into
+    /// `bufs.act`, and `x_out (+)= act W_down^T` (`x_out` is `x_mid` itself in inference,
+    /// where the residual sum happens in place; otherwise x_mid is copied into x_out first).
+    pub fn mlp_forward(&self, b: &mut Batch, l: &Layer, x_mid: &Tensor, bufs: &LayerBufs, x_out: &Tensor) {
+        let c = &self.cfg;
+        ops::norm::rmsnorm(b, x_mid, &l.post_norm, c.rms_norm_eps, &bufs.hn2);
+        ops::matmul::linear(b, &bufs.hn2, &l.gate, None, &bufs.gate, false);
+        ops::matmul::linear(b, &bufs.hn2, &l.up, None, &bufs.up, false);
+        ops::elementwise::swiglu(b, &bufs.gate, &bufs.up, &bufs.act);
+        if !x_out.same_buffer(x_mid) {
+            b.copy(x_mid, 0, x_out, 0, x_mid.bytes());
+        }
+        ops::matmul::linear(b, &bufs.act, &l.down, None, x_out, true);
     }
 
     /// logits [rows, V] for rows `row0..row0+rows` of the final hidden states.

@@ -207,6 +207,7 @@ impl DeltaGrads {
 /// rows and N = B*H*ceil(T/64) chunks, in f32 elements:
 /// forward  R (4 + dk + 2 dv) + N dk dv (aux, w, u, v_new, per-chunk states);
 /// backward adds R (dk + dv) + N (2 * 64 * 64 + dk dv) (dw, dv_new, T, dS / D, dh).
+#[derive(Clone)]
 pub struct DeltaWorkspace {
     pub shape: DeltaShape,
     pub tiles: DeltaTiles,
@@ -220,6 +221,7 @@ pub struct DeltaWorkspace {
     dummies: [Tensor; 3],
 }
 
+#[derive(Clone)]
 struct BwdScratch {
     tinv: Tensor,
     dvn: Tensor,

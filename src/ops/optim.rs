@@ -67,10 +67,15 @@ fn finish(b: &mut Batch, red: &Reducer, parts: usize, slot: usize) {
 
 /// dy = 2 (y - t) / N; out[slot] = (sum (y-t)^2, sum y t, sum y^2, sum t^2).
 pub fn mse(b: &mut Batch, y: &Tensor, t: &Tensor, dy: &Tensor, red: &Reducer, slot: usize) {
+    mse_scaled(b, y, t, dy, red, slot, 2.0 / y.numel() as f32);
+}
+
+/// As [`mse`] with dy = scale (y - t) (e.g. 2 / (N * micro-batches)).
+pub fn mse_scaled(b: &mut Batch, y: &Tensor, t: &Tensor, dy: &Tensor, red: &Reducer, slot: usize, scale: f32) {
     let n = y.numel();
     assert_eq!(n, t.numel());
     let mut p = Params { n: n as u32, ..Default::default() };
-    p.f[0] = 2.0 / n as f32;
+    p.f[0] = scale;
     b.dispatch(&Kernel::new("optim", "mse"), &p, &[y.into(), t.into(), dy.into(), (&red.partials).into()], groups_for(b.gpu, n, WG));
     finish(b, red, wgs(n), slot);
 }

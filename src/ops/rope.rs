@@ -13,6 +13,7 @@ struct Params {
 }
 
 /// cos/sin tables [max_pos, dim/2], computed in f64: angle = pos * theta^(-2i/dim).
+#[derive(Clone)]
 pub struct RopeTables {
     pub cos: Tensor,
     pub sin: Tensor,

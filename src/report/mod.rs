@@ -60,6 +60,74 @@ pub fn layer_chart_svg(title: &str, scores: &[f64], highlight: &[usize]) -> Stri
     s
 }
 
+/// Line chart of several (x, y) series on shared axes (log-scaled y with `log_y`; points
+/// with y <= 0 are dropped there). Each series gets its own colour and a legend entry.
+pub fn line_chart_svg(title: &str, xlabel: &str, series: &[(String, Vec<(f64, f64)>)], log_y: bool) -> String {
+    const COLOURS: [&str; 8] = ["#4a7ebb", "#e07b39", "#3a9a5b", "#c0392b", "#8e44ad", "#7f8c8d", "#d4ac0d", "#16a085"];
+    let (left, top, pw, ph) = (70.0, 40.0, 560.0, 300.0);
+    let (w, h) = (left + pw + 200.0, top + ph + 60.0);
+    let fy = |v: f64| if log_y { v.log10() } else { v };
+    let pts: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().copied())
+        .filter(|&(x, y)| x.is_finite() && y.is_finite() && (!log_y || y > 0.0))
+        .collect();
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    for &(x, y) in &pts {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(fy(y)), y1.max(fy(y)));
+    }
+    if pts.is_empty() {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    if y1 <= y0 {
+        y1 = y0 + 1.0;
+    }
+    let px = |x: f64| left + (x - x0) / (x1 - x0) * pw;
+    let py = |y: f64| top + (y1 - fy(y)) / (y1 - y0) * ph;
+    let mut s =
+        format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n");
+    s += &format!(
+        "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"22\" font-size=\"14\" font-weight=\"bold\">{}</text>\n",
+        esc(title)
+    );
+    s += &format!("<rect x=\"{left}\" y=\"{top}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#888\"/>\n");
+    for k in 0..=4 {
+        let f = k as f64 / 4.0;
+        let yv = y0 + f * (y1 - y0);
+        let label = if log_y { 10f64.powf(yv) } else { yv };
+        let yy = top + (1.0 - f) * ph;
+        s += &format!("<line x1=\"{left}\" x2=\"{}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\" stroke=\"#eee\"/>\n", left + pw);
+        s += &format!("<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n", left - 6.0, yy + 4.0, fmt(label));
+        let xv = x0 + f * (x1 - x0);
+        s += &format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", left + f * pw, top + ph + 16.0, fmt(xv));
+    }
+    s += &format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\" fill=\"#555\">{}</text>\n", left + pw / 2.0, h - 12.0, esc(xlabel));
+    for (i, (name, p)) in series.iter().enumerate() {
+        let c = COLOURS[i % COLOURS.len()];
+        let line: Vec<String> = p
+            .iter()
+            .filter(|&&(x, y)| x.is_finite() && y.is_finite() && (!log_y || y > 0.0))
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .collect();
+        if !line.is_empty() {
+            s += &format!("<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"1.8\" points=\"{}\"/>\n", line.join(" "));
+        }
+        if line.len() <= 40 {
+            for pt in &line {
+                let (x, y) = pt.split_once(',').unwrap_or(("0", "0"));
+                s += &format!("<circle cx=\"{x}\" cy=\"{y}\" r=\"2.5\" fill=\"{c}\"/>\n");
+            }
+        }
+        let ly = top + 10.0 + i as f64 * 18.0;
+        s += &format!("<rect x=\"{}\" y=\"{:.1}\" width=\"14\" height=\"3\" fill=\"{c}\"/>\n", left + pw + 12.0, ly - 4.0);
+        s += &format!("<text x=\"{}\" y=\"{ly:.1}\">{}</text>\n", left + pw + 30.0, esc(name));
+    }
+    s + "</svg>\n"
+}
+
 pub fn fmt(v: f64) -> String {
     if v >= 1000.0 {
         format!("{v:.0}")
