@@ -59,12 +59,16 @@ fn kl_f64(teacher: &[f64], ck: &Checkpoint, ids: &[u32]) -> f64 {
 
 /// GPU loss and every parameter gradient of one sequence.
 fn gpu_grads(files: &ModelFiles, ck: &Checkpoint, ids: &[u32]) -> (f64, HashMap<String, HostTensor>) {
+    gpu_grads_with(files, ck, ids, false)
+}
+
+fn gpu_grads_with(files: &ModelFiles, ck: &Checkpoint, ids: &[u32], recompute: bool) -> (f64, HashMap<String, HostTensor>) {
     let g = gpu();
     let t = ids.len();
     let teacher = Decoder::new(g, files).unwrap();
     let student = Decoder::from_checkpoint(g, ck).unwrap();
     let grads = student.zeros_like(g).unwrap();
-    let acts = TrainActs::new(g, &student, t, false).unwrap();
+    let acts = TrainActs::new(g, &student, t, recompute).unwrap();
     let ws = KlWorkspace::new(g, student.cfg.vocab_size, student.cfg.hidden_size, t, KL_DEFAULT_BUDGET).unwrap();
     let (rows, dh) = (g.zeros(&[t]).unwrap(), g.zeros(&[t, student.cfg.hidden_size]).unwrap());
     let tid = g.upload_u32(&[t], ids).unwrap();
@@ -139,6 +143,18 @@ fn student_gradients_match_finite_differences_tied_llama() {
 #[test]
 fn student_gradients_match_finite_differences_untied_qwen2_with_biases() {
     check_gradients(Arch::Qwen2, false, vec![0], 50);
+}
+
+#[test]
+fn recomputing_activations_gives_the_same_gradients() {
+    let (files, ck) = tiny_pair(Arch::Qwen2, false, vec![1], 45);
+    let ids = toks(19, files.config.vocab_size, 46);
+    let (l0, g0) = gpu_grads_with(&files, &ck, &ids, false);
+    let (l1, g1) = gpu_grads_with(&files, &ck, &ids, true);
+    assert_eq!(l0, l1);
+    for (n, t) in &g0 {
+        assert_eq!(t.data, g1[n].data, "{n}");
+    }
 }
 
 fn setup_run<'a>(
