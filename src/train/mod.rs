@@ -48,7 +48,8 @@ impl Optimizer {
     /// `params`: (name, parameter, gradient buffer, group).
     pub fn new(gpu: &Gpu, params: Vec<(String, Tensor, Tensor, usize)>, hyper: AdamW) -> Result<Optimizer> {
         ensure!(!params.is_empty(), "nothing to train");
-        let total: usize = params.iter().map(|p| p.1.numel()).sum();
+        // the norm's partial sums round up per tensor: room for one extra workgroup each
+        let total: usize = params.iter().map(|p| p.1.numel() + 256).sum();
         let slots = params
             .into_iter()
             .map(|(name, param, grad, group)| {
