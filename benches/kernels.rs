@@ -87,7 +87,7 @@ fn attention(c: &mut Criterion) {
     // backward (both passes) of the same causal attention, from the forward's o
     let dout = g.upload(&[t, h * d], &data(t * h * d, 6)).unwrap();
     let (dq, dk, dv) = (g.zeros(&[t, h * d]).unwrap(), g.zeros(&[t, hkv * d]).unwrap(), g.zeros(&[t, hkv * d]).unwrap());
-    let scratch = ops::attention::AttnBwdScratch::new(g, t, h).unwrap();
+    let scratch = ops::attention::AttnBwdScratch::new(g, t, h, d).unwrap();
     run(g, |bt| ops::attention::attention(bt, &q, &k, &v, &o, &st, s));
     group.throughput(Throughput::Elements((5 * t * t * h * d) as u64)); // conventional 2.5x the forward
     group.bench_function(format!("causal_backward/T{t}_H{h}_{hkv}_d{d}"), |b| {

@@ -31,7 +31,10 @@ struct Params {
     q_stride: u32,
     kv_stride: u32,
     scale: f32,
-    _pad: u32,
+    // attn_bwd_kv: 0 = one workgroup sums every query head of its kv head into dk/dv;
+    // 1 = workgroup z handles query head z of the group and writes its own partial dk/dv
+    // rows at that head's column (layout [T, q_stride]), summed by attn_bwd_reduce.
+    split: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -217,7 +220,9 @@ fn attn_bwd_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         vr[d4] = vv;
     }
 
-    for (var hh = 0u; hh < group; hh++) {
+    let h_first = select(0u, wid.z, p.split == 1u);
+    let h_count = select(group, 1u, p.split == 1u);
+    for (var hh = h_first; hh < h_first + h_count; hh++) {
         let h = g * group + hh;
         // query tiles from the first row that sees any key of this group (BC divides BR)
         for (var i0 = j0; i0 < p.t; i0 += BC) {
@@ -262,9 +267,37 @@ fn attn_bwd_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     }
 
     if (valid) {
+        let soff = select(koff, j * p.q_stride + (g * group + wid.z) * p.dim, p.split == 1u);
         for (var d4 = 0u; d4 < D4; d4++) {
-            store4(false, koff, d4, dk[d4] * p.scale);
-            store4(true, koff, d4, dv[d4]);
+            store4(false, soff, d4, dk[d4] * p.scale);
+            store4(true, soff, d4, dv[d4]);
         }
     }
+}
+
+// attn_bwd_reduce (after a split attn_bwd_kv): dk/dv [T, kv_stride] = the sums of the
+// per-query-head partials [T, q_stride] over each kv head's group; one thread per element.
+@group(0) @binding(1) var<storage, read> part_k: array<f32>;
+@group(0) @binding(2) var<storage, read> part_v: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out_k: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out_v: array<f32>;
+
+@compute @workgroup_size(256)
+fn attn_bwd_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let idx = (wid.y * nwg.x + wid.x) * 256u + lid.x;
+    if (idx >= p.t * p.kv_heads * p.dim) { return; }
+    let d = idx % p.dim;
+    let jg = idx / p.dim;
+    let g = jg % p.kv_heads;
+    let j = jg / p.kv_heads;
+    let group = p.heads / p.kv_heads;
+    var sk = 0.0;
+    var sv = 0.0;
+    for (var hh = 0u; hh < group; hh++) {
+        let o = j * p.q_stride + (g * group + hh) * p.dim + d;
+        sk += part_k[o];
+        sv += part_v[o];
+    }
+    out_k[j * p.kv_stride + g * p.dim + d] = sk;
+    out_v[j * p.kv_stride + g * p.dim + d] = sv;
 }

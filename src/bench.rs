@@ -276,7 +276,7 @@ pub fn bench_attention_backward(gpu: &Gpu, t: usize, heads: usize, kv_heads: usi
     let dq = gpu.zeros(&[t, heads * dim])?;
     let dk = gpu.zeros(&[t, kv_heads * dim])?;
     let dv = gpu.zeros(&[t, kv_heads * dim])?;
-    let scratch = ops::attention::AttnBwdScratch::new(gpu, t, heads)?;
+    let scratch = ops::attention::AttnBwdScratch::new(gpu, t, heads, dim)?;
     let s = AttnShape { heads, kv_heads, dim, pos0: 0, scale: 1.0 / (dim as f32).sqrt() };
     gpu.run(|b| {
         ops::attention::attention(b, &q, &k, &v, &o, &stats, s);

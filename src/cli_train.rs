@@ -232,41 +232,50 @@ pub fn recovery_cmd(gpu: &Gpu, conv: &crate::ConvArgs, train: &TrainArgs, r: &Re
     let pb = bar(0, "recovery");
     let mut last_ppl = None;
     let mut cur = String::new();
-    let rep = recovery::recovery(&inputs, &o, |s, stage, c| {
-        let key = format!("{s} stage {stage}");
-        if key != cur {
-            cur = key;
-            last_ppl = None;
-            let steps = if stage == 1 { o.stage1.as_ref().map(|x| x.steps()).unwrap_or(0) } else { o.stage2.steps() };
-            pb.set_length(steps as u64);
-        }
-        pb.set_position(c.step as u64);
-        pb.set_message(point_msg(&format!("{cur}  "), c, &mut last_ppl));
-    })?;
-    pb.finish_and_clear();
     std::fs::create_dir_all(&r.out).with_context(|| format!("creating {}", r.out.display()))?;
-    let ratio = rep.ratio("naive", "taylor-calibrate").or_else(|| rep.ratio("zero-gate", "taylor-calibrate"));
-    let mut md = rep.markdown();
-    if let Some((x, lower)) = ratio {
-        md += &format!("\ntokens to target, naive (or zero-gate) / taylor-calibrate: {}{x:.2}x\n", if lower { ">= " } else { "" });
-    }
-    let mut summary = serde_json::to_value(&rep)?;
-    summary["teacher"] = json!(setup.files.source);
-    summary["attn_layers"] = json!(setup.hc.attn_layers);
-    summary["ratio_vs_taylor_calibrate"] = json!(ratio.map(|(x, lower)| json!({ "ratio": x, "lower_bound": lower })));
-    std::fs::write(r.out.join("recovery.md"), &md)?;
-    std::fs::write(r.out.join("recovery.json"), serde_json::to_string_pretty(&summary)?)?;
-    std::fs::write(r.out.join("recovery.svg"), rep.chart_svg())?;
-    for run in &rep.runs {
-        if let Some(s1) = &run.stage1 {
-            std::fs::write(r.out.join(format!("{}_stage1.csv", run.strategy)), distill::curve_csv(&s1.curve))?;
+    let write = |rep: &recovery::RecoveryReport| -> Result<String> {
+        let ratio = rep.ratio("naive", "taylor-calibrate").or_else(|| rep.ratio("zero-gate", "taylor-calibrate"));
+        let mut md = rep.markdown();
+        if let Some((x, lower)) = ratio {
+            md += &format!("\ntokens to target, naive (or zero-gate) / taylor-calibrate: {}{x:.2}x\n", if lower { ">= " } else { "" });
         }
-        std::fs::write(r.out.join(format!("{}_stage2.csv", run.strategy)), distill::curve_csv(&run.stage2.curve))?;
-    }
+        let mut summary = serde_json::to_value(rep)?;
+        summary["teacher"] = json!(setup.files.source);
+        summary["attn_layers"] = json!(setup.hc.attn_layers);
+        summary["ratio_vs_taylor_calibrate"] = json!(ratio.map(|(x, lower)| json!({ "ratio": x, "lower_bound": lower })));
+        std::fs::write(r.out.join("recovery.md"), &md)?;
+        std::fs::write(r.out.join("recovery.json"), serde_json::to_string_pretty(&summary)?)?;
+        std::fs::write(r.out.join("recovery.svg"), rep.chart_svg())?;
+        for run in &rep.runs {
+            if let Some(s1) = &run.stage1 {
+                std::fs::write(r.out.join(format!("{}_stage1.csv", run.strategy)), distill::curve_csv(&s1.curve))?;
+            }
+            std::fs::write(r.out.join(format!("{}_stage2.csv", run.strategy)), distill::curve_csv(&run.stage2.curve))?;
+        }
+        Ok(if r.json { summary.to_string() } else { md })
+    };
+    let rep = recovery::recovery(
+        &inputs,
+        &o,
+        |s, stage, c| {
+            let key = format!("{s} stage {stage}");
+            if key != cur {
+                cur = key;
+                last_ppl = None;
+                let steps = if stage == 1 { o.stage1.as_ref().map(|x| x.steps()).unwrap_or(0) } else { o.stage2.steps() };
+                pb.set_length(steps as u64);
+            }
+            pb.set_position(c.step as u64);
+            pb.set_message(point_msg(&format!("{cur}  "), c, &mut last_ppl));
+        },
+        |rep| write(rep).map(|_| ()),
+    )?;
+    pb.finish_and_clear();
+    let text = write(&rep)?;
     if r.json {
-        println!("{summary}");
+        println!("{text}");
     } else {
-        print!("{md}");
+        print!("{text}");
         println!("written to {}", r.out.display());
     }
     Ok(())

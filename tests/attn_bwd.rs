@@ -54,7 +54,21 @@ fn cpu_backward_matches_finite_differences() {
 
 /// GPU backward (forward on the GPU to get o) vs the f64 reference; returns the worst
 /// relative error of dq, dk, dv.
+/// Both tile heights of the attention kernels (16 and 64 rows per workgroup), forward and
+/// backward; the lock keeps tests of this binary from changing the setting under each other.
 fn check_backward(t: usize, h: usize, hkv: usize, d: usize, qscale: f32, seed: u64) -> f64 {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut worst: f64 = 0.0;
+    for rows in [16, 64] {
+        attention::ROWS_OVERRIDE.store(rows, std::sync::atomic::Ordering::Relaxed);
+        worst = worst.max(check_backward_rows(t, h, hkv, d, qscale, seed));
+    }
+    attention::ROWS_OVERRIDE.store(0, std::sync::atomic::Ordering::Relaxed);
+    worst
+}
+
+fn check_backward_rows(t: usize, h: usize, hkv: usize, d: usize, qscale: f32, seed: u64) -> f64 {
     let g = gpu();
     let mut r = rng(seed);
     let s = shape(h, hkv, d);
@@ -69,7 +83,7 @@ fn check_backward(t: usize, h: usize, hkv: usize, d: usize, qscale: f32, seed: u
     let dq = up(&[t, h * d], &vec![7.0; t * h * d]);
     let dk = up(&[t, hkv * d], &vec![7.0; t * hkv * d]);
     let dv = up(&[t, hkv * d], &vec![7.0; t * hkv * d]);
-    let scratch = AttnBwdScratch::new(g, t, h).unwrap();
+    let scratch = AttnBwdScratch::new(g, t, h, d).unwrap();
     g.run(|b| {
         attention::attention(b, &tq, &tk, &tv, &o, &st, s);
         attention::attention_backward(b, &tq, &tk, &tv, &o, &tdo, &dq, &dk, &dv, &scratch, s);
@@ -88,8 +102,11 @@ fn check_backward(t: usize, h: usize, hkv: usize, d: usize, qscale: f32, seed: u
     } else {
         0.0
     };
+    let (wo, _) = attention::cpu::attention(&f64v(&q), &f64v(&k), &f64v(&v), s);
+    assert_close(&format!("attention forward T{t} H{h}/{hkv} d{d}"), &read(&o), &wo, 1e-5);
     let (gq, gk, gv) = (read(&dq), read(&dk), read(&dv));
-    let tag = format!("attention_backward T{t} H{h}/{hkv} d{d}");
+    let rows = attention::ROWS_OVERRIDE.load(std::sync::atomic::Ordering::Relaxed);
+    let tag = format!("attention_backward T{t} H{h}/{hkv} d{d} rows/workgroup {rows}");
     let mut worst: f64 = 0.0;
     for (name, got, want) in [("dq", &gq, &wq), ("dk", &gk, &wk), ("dv", &gv, &wv)] {
         assert!(got.iter().all(|x| x.is_finite()), "{tag} {name}: non-finite");
@@ -170,7 +187,7 @@ fn backward_refuses_a_kv_cache_offset() {
     let g = gpu();
     let (t, h, d) = (4, 2, 8);
     let x = g.zeros(&[t, h * d]).unwrap();
-    let scratch = AttnBwdScratch::new(g, t, h).unwrap();
+    let scratch = AttnBwdScratch::new(g, t, h, d).unwrap();
     let s = AttnShape { pos0: 3, ..shape(h, h, d) };
     let mut b = g.batch();
     attention::attention_backward(&mut b, &x, &x, &x, &x, &x, &x, &x, &x, &scratch, s);

@@ -95,6 +95,7 @@ impl Gpu {
         Batch {
             gpu: self,
             enc: Some(self.device.create_command_encoder(&Default::default())),
+            pass: None,
             uniforms: vec![],
             used: UNIFORM_CHUNK,
             timer: None,
@@ -115,6 +116,9 @@ impl Gpu {
 pub struct Batch<'g> {
     pub gpu: &'g Gpu,
     enc: Option<wgpu::CommandEncoder>,
+    /// The open compute pass untimed dispatches share (one pass for a run of dispatches
+    /// saves the per-pass cost; WebGPU orders and synchronises dispatches within a pass).
+    pass: Option<wgpu::ComputePass<'static>>,
     uniforms: Vec<wgpu::Buffer>,
     used: u64,
     timer: Option<&'g mut GpuTimer>,
@@ -191,8 +195,23 @@ impl<'g> Batch<'g> {
             }
             _ => None,
         };
-        let enc = self.enc.as_mut().expect("batch already submitted");
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.entry), timestamp_writes });
+        if timestamp_writes.is_some() {
+            // a timed dispatch gets a pass of its own (timestamps are per pass)
+            self.pass = None;
+            let enc = self.enc.as_mut().expect("batch already submitted");
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.entry), timestamp_writes });
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bg, &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+            return;
+        }
+        if self.pass.is_none() {
+            let enc = self.enc.as_mut().expect("batch already submitted");
+            self.pass = Some(
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("batch"), timestamp_writes: None }).forget_lifetime(),
+            );
+        }
+        let pass = self.pass.as_mut().expect("open pass");
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bg, &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -200,11 +219,13 @@ impl<'g> Batch<'g> {
 
     /// Copy `bytes` from one buffer to another inside the batch.
     pub fn copy(&mut self, src: &Tensor, src_off: u64, dst: &Tensor, dst_off: u64, bytes: u64) {
+        self.pass = None;
         self.enc.as_mut().unwrap().copy_buffer_to_buffer(&src.buf, src_off, &dst.buf, dst_off, bytes);
     }
 
     /// Zero a tensor inside the batch.
     pub fn clear(&mut self, t: &Tensor) {
+        self.pass = None;
         self.enc.as_mut().unwrap().clear_buffer(&t.buf, 0, Some(t.bytes()));
     }
 
@@ -214,6 +235,7 @@ impl<'g> Batch<'g> {
     }
 
     fn finish(&mut self) -> wgpu::SubmissionIndex {
+        self.pass = None;
         let enc = self.enc.take().expect("batch already submitted");
         let idx = self.gpu.queue.submit([enc.finish()]);
         self.gpu.uniform_pool.lock().unwrap().append(&mut self.uniforms);

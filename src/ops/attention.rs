@@ -27,8 +27,6 @@ pub struct AttnShape {
     pub scale: f32,
 }
 
-const BR: usize = 64;
-
 /// The head-dim specialisation (D constant of the shaders) for a head dim <= 256.
 fn dmax(dim: usize) -> u32 {
     if dim <= 64 {
@@ -49,7 +47,8 @@ pub fn attention(b: &mut Batch, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, 
     assert!(k.numel() >= (s.pos0 + t) * s.kv_heads * s.dim, "KV cache too short");
     assert_eq!(stats.numel(), t * s.heads * 2);
     let dmax = dmax(s.dim);
-    let kernel = Kernel::new("attention", "attention").with("D", dmax).with("BC", 2048 / dmax);
+    let br = rows_per_group(t, s.heads);
+    let kernel = Kernel::new("attention", "attention").with("D", dmax).with("BC", 2048 / dmax).with("BR", br as u32);
     let p = Params {
         t: t as u32,
         heads: s.heads as u32,
@@ -61,7 +60,7 @@ pub fn attention(b: &mut Batch, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, 
         scale: s.scale,
     };
     let binds = [q.into(), k.into(), v.into(), o.into(), stats.into()];
-    b.dispatch(&kernel, &p, &binds, [t.div_ceil(BR) as u32, s.heads as u32, 1]);
+    b.dispatch(&kernel, &p, &binds, [t.div_ceil(br) as u32, s.heads as u32, 1]);
 }
 
 #[repr(C)]
@@ -74,19 +73,50 @@ struct BwdParams {
     q_stride: u32,
     kv_stride: u32,
     scale: f32,
-    _pad: u32,
+    split: u32,
+}
+
+/// Forces the rows per workgroup of the attention kernels (0: automatic). For tests that
+/// must cover both tile heights; process-wide, so only set it in a test binary of its own.
+pub static ROWS_OVERRIDE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Query (or key) rows per workgroup: 64, or 16 when that leaves too few workgroups to fill
+/// a large GPU (short sequences: T = 512 with 9 heads is only 72 workgroups of 64).
+fn rows_per_group(t: usize, heads: usize) -> usize {
+    match ROWS_OVERRIDE.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => {}
+        r => return r,
+    }
+    if t.div_ceil(64) * heads >= 1024 {
+        64
+    } else {
+        16
+    }
 }
 
 /// Per-row scratch of [`attention_backward`]: `stats` [T, H, 2] = (log-sum-exp of the
 /// scaled scores, delta = dO . O) of every query row and head, written by the query pass
 /// and read by the key pass.
+/// With grouped-query attention, `part_k`/`part_v` [T, H, d] hold each query head's share
+/// of dk/dv (the key pass then runs one workgroup per query head, not per kv head).
 pub struct AttnBwdScratch {
     pub stats: Tensor,
+    pub part_k: Tensor,
+    pub part_v: Tensor,
 }
 
 impl AttnBwdScratch {
-    pub fn new(gpu: &Gpu, t: usize, heads: usize) -> Result<AttnBwdScratch> {
-        Ok(AttnBwdScratch { stats: gpu.zeros(&[t, heads, 2])? })
+    /// For `t` rows of `heads` query heads of dimension `dim`.
+    pub fn new(gpu: &Gpu, t: usize, heads: usize, dim: usize) -> Result<AttnBwdScratch> {
+        Ok(AttnBwdScratch {
+            stats: gpu.zeros(&[t, heads, 2])?,
+            part_k: gpu.zeros(&[t, heads * dim])?,
+            part_v: gpu.zeros(&[t, heads * dim])?,
+        })
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.stats.bytes() + self.part_k.bytes() + self.part_v.bytes()
     }
 }
 
@@ -134,10 +164,11 @@ pub fn attention_backward(
         q_stride: (s.heads * s.dim) as u32,
         kv_stride: (s.kv_heads * s.dim) as u32,
         scale: s.scale,
-        _pad: 0,
+        split: (s.heads > s.kv_heads) as u32,
     };
-    let kern = |entry| Kernel::new("attention_bwd", entry).with("D", dmax).with("BC", 2048 / dmax);
-    let groups = t.div_ceil(BR) as u32;
+    let br = rows_per_group(t, s.heads);
+    let kern = |entry| Kernel::new("attention_bwd", entry).with("D", dmax).with("BC", 2048 / dmax).with("BR", br as u32);
+    let groups = t.div_ceil(br) as u32;
     let st = &scratch.stats;
     b.dispatch(
         &kern("attn_bwd_q"),
@@ -145,12 +176,26 @@ pub fn attention_backward(
         &[q.into(), k.into(), v.into(), dout.into(), st.into(), dq.into(), o.into()],
         [groups, s.heads as u32, 1],
     );
+    if p.split == 0 {
+        b.dispatch(
+            &kern("attn_bwd_kv"),
+            &p,
+            &[q.into(), k.into(), v.into(), dout.into(), st.into(), dk.into(), dv.into()],
+            [groups, s.kv_heads as u32, 1],
+        );
+        return;
+    }
+    assert_eq!(scratch.part_k.numel(), qn, "scratch made for another head dim");
+    let (pk, pv) = (&scratch.part_k, &scratch.part_v);
+    let group = (s.heads / s.kv_heads) as u32;
     b.dispatch(
         &kern("attn_bwd_kv"),
         &p,
-        &[q.into(), k.into(), v.into(), dout.into(), st.into(), dk.into(), dv.into()],
-        [groups, s.kv_heads as u32, 1],
+        &[q.into(), k.into(), v.into(), dout.into(), st.into(), pk.into(), pv.into()],
+        [groups, s.kv_heads as u32, group],
     );
+    let reduce = Kernel::new("attention_bwd", "attn_bwd_reduce").with("D", dmax).with("BC", 2048 / dmax);
+    b.dispatch(&reduce, &p, &[pk.into(), pv.into(), dk.into(), dv.into()], super::groups_for(b.gpu, kvn, 256));
 }
 
 pub mod cpu {

@@ -122,12 +122,18 @@ pub struct Inputs<'a> {
     pub eval: &'a [&'a [u32]],
 }
 
-/// Run every strategy (see the module docs); `progress(strategy, stage, point)`.
-pub fn recovery(inp: &Inputs, o: &RecoveryOpts, mut progress: impl FnMut(&str, u8, &CurvePoint)) -> Result<RecoveryReport> {
+/// Run every strategy (see the module docs); `progress(strategy, stage, point)`;
+/// `done(report so far)` after each strategy (so a long run leaves results as it goes).
+pub fn recovery(
+    inp: &Inputs,
+    o: &RecoveryOpts,
+    mut progress: impl FnMut(&str, u8, &CurvePoint),
+    mut done: impl FnMut(&RecoveryReport) -> Result<()>,
+) -> Result<RecoveryReport> {
     let g = inp.gpu;
     let teacher_ppl = perplexity_windows(g, inp.teacher, inp.eval)?.ppl;
     let target_ppl = teacher_ppl * o.target_ratio;
-    let mut runs = vec![];
+    let mut rep = RecoveryReport { teacher_ppl, target_ratio: o.target_ratio, target_ppl, runs: vec![], adapter: g.info.name.clone() };
     for &strategy in &o.strategies {
         let co = ConvertOpts { strategy, ..o.convert.clone() };
         let (tensors, _, _) = convert::convert(g, inp.config, inp.teacher, inp.teacher_tensors, inp.calib, &co, |_| {})?;
@@ -156,7 +162,8 @@ pub fn recovery(inp: &Inputs, o: &RecoveryOpts, mut progress: impl FnMut(&str, u
         let mut p = |c: &CurvePoint| progress(strategy.name(), 2, c);
         let stage2 = distill::distill(&setup, &s2, None, &mut Hooks { progress: Some(&mut p), kill_after: None })?;
         let tt = tokens_to_target(&stage2, target_ppl);
-        runs.push(StrategyRun { strategy: strategy.name(), init_ppl, stage1, stage2, tokens_to_target: tt });
+        rep.runs.push(StrategyRun { strategy: strategy.name(), init_ppl, stage1, stage2, tokens_to_target: tt });
+        done(&rep)?;
     }
-    Ok(RecoveryReport { teacher_ppl, target_ratio: o.target_ratio, target_ppl, runs, adapter: g.info.name.clone() })
+    Ok(rep)
 }

@@ -121,7 +121,7 @@ impl TrainActs {
             dq: gpu.zeros(&[t, h * hd])?,
             dk: gpu.zeros(&[t, w])?,
             dv: gpu.zeros(&[t, w])?,
-            attn_scratch: AttnBwdScratch::new(gpu, t, h)?,
+            attn_scratch: AttnBwdScratch::new(gpu, t, h, hd)?,
         })
     }
 }
@@ -137,7 +137,7 @@ impl TrainActs {
         }
         ts.extend(self.cache.k.iter().chain(&self.cache.v).flatten());
         let mut seen: Vec<&Tensor> = vec![];
-        let mut total = self.attn_scratch.stats.bytes();
+        let mut total = self.attn_scratch.bytes();
         for t in ts {
             if !seen.iter().any(|s| s.same_buffer(t)) {
                 total += t.bytes();

@@ -1,0 +1,57 @@
+//! Time every kernel of one stage-2 distillation micro-step (teacher forward, student
+//! forward, fused LM-head KL, student backward) with GPU timestamps, grouped by kernel,
+//! beside the wall time (the gap is host-side recording and submission).
+//! `cargo run --release --example profile_distill -- STUDENT_DIR [TEACHER] [SEQ_LEN]`
+use taylorcal::gpu::{Gpu, GpuTimer};
+use taylorcal::model::{self, hybrid, teacher::Decoder, teacher::ForwardOpts};
+use taylorcal::ops::loss::{self, KlOut, KlWorkspace, KL_DEFAULT_BUDGET};
+use taylorcal::train::student::{self, TrainActs};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = args.get(1).ok_or_else(|| anyhow::anyhow!("usage: profile_distill STUDENT_DIR [TEACHER] [SEQ_LEN]"))?;
+    let spec = args.get(2).map(String::as_str).unwrap_or("smollm2");
+    let t: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(512);
+    let gpu = Gpu::shared()?;
+    let files = model::load_model(&model::fetch::resolve_model(spec)?)?;
+    let teacher = Decoder::new(gpu, &files)?;
+    let ck = hybrid::load_checkpoint(std::path::Path::new(dir))?;
+    let student = Decoder::from_checkpoint(gpu, &ck)?;
+    let grads = student.zeros_like(gpu)?;
+    let acts = TrainActs::new(gpu, &student, t, false)?;
+    let c = &student.cfg;
+    let kl = KlWorkspace::new(gpu, c.vocab_size, c.hidden_size, t, KL_DEFAULT_BUDGET)?;
+    let (rows, dh) = (gpu.zeros(&[t])?, gpu.zeros(&[t, c.hidden_size])?);
+    let ids: Vec<u32> = (0..t as u32).map(|i| (i * 7919 + 13) % c.vocab_size as u32).collect();
+    let tid = gpu.upload_u32(&[t], &ids)?;
+    let cache = teacher.kv_cache(gpu, t)?;
+    let mut timer = GpuTimer::new(gpu, 8192).expect("adapter has no timestamp queries");
+    for round in 0..3 {
+        timer.reset();
+        let start = std::time::Instant::now();
+        let mut b = gpu.batch();
+        b.time_with(&mut timer);
+        let ht = teacher.forward(&mut b, &cache, &tid, 0, ForwardOpts::default())?;
+        student::forward(&mut b, &student, &tid, &acts)?;
+        let out = KlOut { loss_rows: &rows, dhs: Some(&dh), dws: Some(&grads.lm_head) };
+        loss::kl_lm_head(&mut b, &acts.hidden, &student.lm_head, &ht, &teacher.lm_head, &kl, out, 1.0 / t as f32);
+        student::backward(&mut b, &student, &acts, &ids, &dh, &grads)?;
+        let recorded = start.elapsed().as_secs_f64();
+        b.submit();
+        gpu.sync()?;
+        let wall = start.elapsed().as_secs_f64();
+        let rows = timer.by_label(gpu)?;
+        let total: f64 = rows.iter().map(|r| r.1).sum();
+        let n: usize = rows.iter().map(|r| r.2).sum();
+        println!(
+            "round {round}: T={t} wall {wall:.3}s (recording {recorded:.3}s), GPU total {total:.3}s, {n} dispatches, {}",
+            gpu.info.name
+        );
+        let mut rows = rows;
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (label, secs, n) in rows.iter().take(25) {
+            println!("  {label:20} {:9.2} ms  {n:5} dispatches  {:5.1}%", secs * 1e3, 100.0 * secs / total);
+        }
+    }
+    Ok(())
+}
