@@ -47,7 +47,7 @@ pub fn attention(b: &mut Batch, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, 
     assert!(k.numel() >= (s.pos0 + t) * s.kv_heads * s.dim, "KV cache too short");
     assert_eq!(stats.numel(), t * s.heads * 2);
     let dmax = dmax(s.dim);
-    let br = rows_per_group(t, s.heads);
+    let br = rows_per_group(t, s.heads, false);
     let kernel = Kernel::new("attention", "attention").with("D", dmax).with("BC", 2048 / dmax).with("BR", br as u32);
     let p = Params {
         t: t as u32,
@@ -80,14 +80,16 @@ struct BwdParams {
 /// must cover both tile heights; process-wide, so only set it in a test binary of its own.
 pub static ROWS_OVERRIDE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Query (or key) rows per workgroup: 64, or 16 when that leaves too few workgroups to fill
-/// a large GPU (short sequences: T = 512 with 9 heads is only 72 workgroups of 64).
-fn rows_per_group(t: usize, heads: usize) -> usize {
+/// Rows per workgroup: 64 for the query-row passes (measured on the H200 at T = 512, 16
+/// rows made the forward slower: each thread's work is unchanged and the tile loads get
+/// fewer hands); for the key pass of the backward 16 when 64 leaves too few workgroups
+/// (T = 512, 9 heads: 72), which took it from 3.8 to 1.6 ms there.
+fn rows_per_group(t: usize, heads: usize, key_pass: bool) -> usize {
     match ROWS_OVERRIDE.load(std::sync::atomic::Ordering::Relaxed) {
         0 => {}
         r => return r,
     }
-    if t.div_ceil(64) * heads >= 1024 {
+    if !key_pass || t.div_ceil(64) * heads >= 1024 {
         64
     } else {
         16
@@ -166,22 +168,22 @@ pub fn attention_backward(
         scale: s.scale,
         split: (s.heads > s.kv_heads) as u32,
     };
-    let br = rows_per_group(t, s.heads);
-    let kern = |entry| Kernel::new("attention_bwd", entry).with("D", dmax).with("BC", 2048 / dmax).with("BR", br as u32);
-    let groups = t.div_ceil(br) as u32;
+    let kern = |entry, br: usize| Kernel::new("attention_bwd", entry).with("D", dmax).with("BC", 2048 / dmax).with("BR", br as u32);
+    let (brq, brk) = (rows_per_group(t, s.heads, false), rows_per_group(t, s.heads, true));
+    let (groups, kgroups) = (t.div_ceil(brq) as u32, t.div_ceil(brk) as u32);
     let st = &scratch.stats;
     b.dispatch(
-        &kern("attn_bwd_q"),
+        &kern("attn_bwd_q", brq),
         &p,
         &[q.into(), k.into(), v.into(), dout.into(), st.into(), dq.into(), o.into()],
         [groups, s.heads as u32, 1],
     );
     if p.split == 0 {
         b.dispatch(
-            &kern("attn_bwd_kv"),
+            &kern("attn_bwd_kv", brk),
             &p,
             &[q.into(), k.into(), v.into(), dout.into(), st.into(), dk.into(), dv.into()],
-            [groups, s.kv_heads as u32, 1],
+            [kgroups, s.kv_heads as u32, 1],
         );
         return;
     }
@@ -189,10 +191,10 @@ pub fn attention_backward(
     let (pk, pv) = (&scratch.part_k, &scratch.part_v);
     let group = (s.heads / s.kv_heads) as u32;
     b.dispatch(
-        &kern("attn_bwd_kv"),
+        &kern("attn_bwd_kv", brk),
         &p,
         &[q.into(), k.into(), v.into(), dout.into(), st.into(), pk.into(), pv.into()],
-        [groups, s.kv_heads as u32, group],
+        [kgroups, s.kv_heads as u32, group],
     );
     let reduce = Kernel::new("attention_bwd", "attn_bwd_reduce").with("D", dmax).with("BC", 2048 / dmax);
     b.dispatch(&reduce, &p, &[pk.into(), pv.into(), dk.into(), dv.into()], super::groups_for(b.gpu, kvn, 256));
