@@ -112,6 +112,7 @@ pub fn distill_cmd(
 ) -> Result<()> {
     let mut opts = args.opts(stage, tokens, seed);
     opts.checkpoint_every = checkpoint_every;
+    opts.check()?;
     let (ck, state) = if resume {
         ensure!(model::hybrid::is_checkpoint(&out), "--resume: {} holds no checkpoint of an earlier run", out.display());
         let ck = model::hybrid::load_checkpoint(&out)?;

@@ -113,3 +113,91 @@ fn convert_then_eval_reads_the_checkpoint() {
     let (ok, _, err) = taylorcal(&["convert", "--teacher", m, "--keep", "5", "--calib", t, "--out", o]);
     assert!(!ok && err.contains("kept layer 5"), "{err}");
 }
+
+#[test]
+fn distill_writes_checkpoints_resumes_and_rejects_changed_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path(), true);
+    let text = dir.path().join("text.txt");
+    let words = ["the", "cat", "sat", "on", "mat", "hello", "world", "12", "or", "then"];
+    let body: Vec<&str> = (0..1200).map(|i| words[(i * 7 + i / 3) % words.len()]).collect();
+    std::fs::write(&text, body.join(" ")).unwrap();
+    let (student, run) = (dir.path().join("student"), dir.path().join("run"));
+    let (m, t, s, r) = (model.to_str().unwrap(), text.to_str().unwrap(), student.to_str().unwrap(), run.to_str().unwrap());
+    let (ok, _, err) =
+        taylorcal(&["convert", "--teacher", m, "--keep", "1", "--strategy", "naive", "--eval", t, "--eval-windows", "1", "--out", s]);
+    assert!(ok, "convert failed: {err}");
+    let common = ["--teacher", m, "--tokens", "192", "--seq-len", "32", "--batch", "2", "--train", t, "--eval", t, "--eval-windows", "1"];
+    let mut args = vec!["distill", "--student", s, "--stage", "2", "--checkpoint-every", "1", "--out", r, "--json"];
+    args.extend(common);
+    let (ok, stdout, err) = taylorcal(&args);
+    assert!(ok, "distill failed: {err}");
+    let v = json(&stdout);
+    assert_eq!(v["steps"], 3);
+    assert!(v["final_ppl"].as_f64().unwrap().is_finite() && v["tokens_per_s"].as_f64().unwrap() > 0.0);
+    let csv = std::fs::read_to_string(run.join("curve.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert!(run.join("optimizer.safetensors").is_file());
+    // the finished run resumes to its end without training again
+    let mut again = vec!["distill", "--stage", "2", "--resume", "--out", r, "--json"];
+    again.extend(common);
+    let (ok, stdout, err) = taylorcal(&again);
+    assert!(ok, "resume failed: {err}");
+    assert_eq!(json(&stdout)["steps"], 3);
+    // changed options are refused, naming the option
+    let mut changed = again.clone();
+    let i = changed.iter().position(|a| *a == "32").unwrap();
+    changed[i] = "16";
+    let (ok, _, err) = taylorcal(&changed);
+    assert!(!ok && err.contains("--seq-len"), "{err}");
+    let (ok, _, err) = taylorcal(&["distill", "--teacher", m, "--student", s, "--stage", "3", "--out", r]);
+    assert!(!ok && err.contains("--stage must be 1 or 2"), "{err}");
+    let (ok, _, err) = taylorcal(&["distill", "--teacher", m, "--student", t, "--stage", "2", "--out", r]);
+    assert!(!ok && err.contains("is not a taylorcal checkpoint"), "{err}");
+    // recovery: both strategies, stage 1 then stage 2, results and chart written
+    let rec = dir.path().join("rec");
+    let (ok, stdout, err) = taylorcal(&[
+        "recovery",
+        "--teacher",
+        m,
+        "--keep",
+        "1",
+        "--strategies",
+        "naive,taylor-calibrate",
+        "--steps",
+        "3",
+        "--calib",
+        t,
+        "--eval",
+        t,
+        "--eval-windows",
+        "1",
+        "--train",
+        t,
+        "--target-ppl-ratio",
+        "1.5",
+        "--max-tokens",
+        "128",
+        "--stage1-tokens",
+        "64",
+        "--seq-len",
+        "32",
+        "--batch",
+        "2",
+        "--eval-every",
+        "1",
+        "--out",
+        rec.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "recovery failed: {err}");
+    let v = json(&stdout);
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        assert_eq!(run["stage1"]["steps"], 1);
+        assert!(run["stage2"]["curve"].as_array().unwrap().iter().all(|c| c["eval_ppl"].as_f64().is_some()));
+    }
+    assert!(std::fs::read_to_string(rec.join("recovery.svg")).unwrap().contains("naive stage 2"));
+    assert!(rec.join("taylor-calibrate_stage1.csv").is_file() && rec.join("recovery.md").is_file());
+}

@@ -160,18 +160,38 @@ pub fn scale_output_gate(tensors: &mut HashMap<String, HostTensor>, layers: &[us
     }
 }
 
+/// Phase 1 components left out, from the research knob `TAYLORCAL_PHASE1_SKIP` (a comma
+/// list of `decay`, `beta`, `sigma`, `gate`; unset: none) for component ablations.
+pub fn phase1_skips() -> Vec<String> {
+    std::env::var("TAYLORCAL_PHASE1_SKIP")
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default()
+}
+
 /// Phase 1 on converted layer `li` of the capture: decay, write gate, value scale, output gate.
 pub fn phase1_layer(gpu: &Gpu, tensors: &mut HashMap<String, HostTensor>, cap: &Capture, li: usize) -> Result<Phase1Report> {
+    let skip = phase1_skips();
+    for s in &skip {
+        anyhow::ensure!(
+            ["decay", "beta", "sigma", "gate"].contains(&s.as_str()),
+            "TAYLORCAL_PHASE1_SKIP: unknown component {s:?} (decay, beta, sigma, gate)"
+        );
+    }
+    let skips = |c: &str| skip.iter().any(|s| s == c);
     let l = cap.layers[li];
     let (dist, ent) = (&cap.stats[l].distance, &cap.stats[l].entropy);
     let heads = dist.len();
     let dm = cap.x[li].cols();
     let set = |t: &mut HashMap<String, HostTensor>, name: &str, v: Vec<f32>| t.get_mut(&gdn_name(l, name)).expect("gdn tensor").data = v;
-    set(tensors, "A_log", vec![0.0; heads]);
     let dt_bias = phase1::dt_bias(dist);
-    set(tensors, "dt_bias", dt_bias.clone());
+    if !skips("decay") {
+        set(tensors, "A_log", vec![0.0; heads]);
+        set(tensors, "dt_bias", dt_bias.clone());
+    }
     let betas = phase1::target_beta(ent);
-    phase1::rescale_wb(&mut tensors.get_mut(&gdn_name(l, "b_proj.weight")).expect("b_proj").data, dm, &betas);
+    if !skips("beta") {
+        phase1::rescale_wb(&mut tensors.get_mut(&gdn_name(l, "b_proj.weight")).expect("b_proj").data, dm, &betas);
+    }
     // value scale: run the recurrence with the calibrated gates on the teacher-forced input
     let p = upload_gdn(gpu, tensors, l)?;
     let dims = p.dims();
@@ -183,7 +203,8 @@ pub fn phase1_layer(gpu: &Gpu, tensors: &mut HashMap<String, HostTensor>, cap: &
     let teacher_ctx = gpu.read(&cap.context[li])?;
     let sigma = phase1::value_scale(&teacher_ctx, &gpu.read(&acts.o)?, heads, dims.head_dim);
     let wv = &mut tensors.get_mut(&gdn_name(l, "v_proj.weight")).expect("v_proj").data;
-    for (h, s) in sigma.iter().enumerate() {
+    let applied = if skips("sigma") { vec![1.0; heads] } else { sigma.clone() };
+    for (h, s) in applied.iter().enumerate() {
         wv[h * dims.head_dim * dm..(h + 1) * dims.head_dim * dm].iter_mut().for_each(|w| *w *= s);
     }
     let wv = wv.clone();
@@ -196,7 +217,9 @@ pub fn phase1_layer(gpu: &Gpu, tensors: &mut HashMap<String, HostTensor>, cap: &
     ops::act::silu_forward(&mut b, &z, &silu_v);
     b.submit();
     let alpha = phase1::output_gate_alpha(&teacher_ctx, &gpu.read(&silu_v)?);
-    set(tensors, "g_proj.weight", wv.iter().map(|w| w * alpha).collect());
+    if !skips("gate") {
+        set(tensors, "g_proj.weight", wv.iter().map(|w| w * alpha).collect());
+    }
     Ok(Phase1Report { distance: dist.clone(), entropy: ent.clone(), target_beta: betas, dt_bias, sigma, alpha })
 }
 

@@ -86,7 +86,8 @@ impl DistillOpts {
         self.warmup.unwrap_or((self.steps() / 20).max(1))
     }
 
-    fn check(&self) -> Result<()> {
+    /// Reject options no run can use (before anything is loaded).
+    pub fn check(&self) -> Result<()> {
         ensure!(self.stage == 1 || self.stage == 2, "--stage must be 1 or 2 (got {})", self.stage);
         ensure!(self.batch >= 1, "--batch must be at least 1");
         ensure!(self.seq_len >= 2, "--seq-len must be at least 2");
