@@ -38,7 +38,8 @@ fn reduce_wg(lid: u32, v: vec4<f32>) -> vec4<f32> {
     return red[0];
 }
 
-// partials[offset + workgroup] = sum of x^2 over this workgroup's elements
+// partials[offset + workgroup] = sum of x^2 (f1 == 0) or f0 * sum of x (f1 != 0) over
+// this workgroup's elements
 @group(0) @binding(1) var<storage, read> sq_x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> sq_part: array<vec4<f32>>;
 
@@ -47,23 +48,12 @@ fn sq_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let g = lin(wid, nwg);
     let i = g * WG + lid.x;
     var v = 0.0;
-    if (i < p.n) { v = sq_x[i] * sq_x[i]; }
+    if (i < p.n) {
+        let x = sq_x[i];
+        v = select(x * x, p.f0 * x, p.f1 != 0.0);
+    }
     let r = reduce_wg(lid.x, vec4<f32>(v, 0.0, 0.0, 0.0));
     if (lid.x == 0u) { sq_part[p.offset + g] = r; }
-}
-
-// partials[offset + workgroup] = f0 * sum of x over this workgroup's elements
-@group(0) @binding(1) var<storage, read> sm_x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> sm_part: array<vec4<f32>>;
-
-@compute @workgroup_size(WG)
-fn sum_partials_scaled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let g = lin(wid, nwg);
-    let i = g * WG + lid.x;
-    var v = 0.0;
-    if (i < p.n) { v = sm_x[i]; }
-    let r = reduce_wg(lid.x, vec4<f32>(v, 0.0, 0.0, 0.0));
-    if (lid.x == 0u) { sm_part[p.offset + g] = vec4<f32>(p.f0 * r.x, 0.0, 0.0, 0.0); }
 }
 
 // dy = scale * (y - t); partials get (sum (y-t)^2, sum y t, sum y^2, sum t^2)

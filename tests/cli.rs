@@ -9,6 +9,15 @@ fn taylorcal(args: &[&str]) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// A 1,200-word text of a small vocabulary (calibration, training and evaluation text).
+fn word_text(dir: &std::path::Path) -> std::path::PathBuf {
+    let text = dir.join("text.txt");
+    let words = ["the", "cat", "sat", "on", "mat", "hello", "world", "12", "or", "then"];
+    let body: Vec<&str> = (0..1200).map(|i| words[(i * 7 + i / 3) % words.len()]).collect();
+    std::fs::write(&text, body.join(" ")).unwrap();
+    text
+}
+
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
@@ -71,10 +80,7 @@ fn missing_model_path_is_a_clear_error() {
 fn convert_then_eval_reads_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_gguf(dir.path(), true);
-    let text = dir.path().join("text.txt");
-    let words = ["the", "cat", "sat", "on", "mat", "hello", "world", "12", "or", "then"];
-    let body: Vec<&str> = (0..1200).map(|i| words[(i * 7 + i / 3) % words.len()]).collect();
-    std::fs::write(&text, body.join(" ")).unwrap();
+    let text = word_text(dir.path());
     let out = dir.path().join("student");
     let (m, t, o) = (model.to_str().unwrap(), text.to_str().unwrap(), out.to_str().unwrap());
     for strategy in ["naive", "taylor-calibrate"] {
@@ -118,10 +124,7 @@ fn convert_then_eval_reads_the_checkpoint() {
 fn distill_writes_checkpoints_resumes_and_rejects_changed_options() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_gguf(dir.path(), true);
-    let text = dir.path().join("text.txt");
-    let words = ["the", "cat", "sat", "on", "mat", "hello", "world", "12", "or", "then"];
-    let body: Vec<&str> = (0..1200).map(|i| words[(i * 7 + i / 3) % words.len()]).collect();
-    std::fs::write(&text, body.join(" ")).unwrap();
+    let text = word_text(dir.path());
     let (student, run) = (dir.path().join("student"), dir.path().join("run"));
     let (m, t, s, r) = (model.to_str().unwrap(), text.to_str().unwrap(), student.to_str().unwrap(), run.to_str().unwrap());
     let (ok, _, err) =

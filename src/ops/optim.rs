@@ -35,25 +35,25 @@ impl Reducer {
 
 /// out[slot].x = sum over `tensors` of sum of squares (the squared global gradient norm).
 pub fn sum_squares(b: &mut Batch, tensors: &[&Tensor], red: &Reducer, slot: usize) {
-    let mut off = 0;
-    for t in tensors {
-        let n = t.numel();
-        let p = Params { n: n as u32, offset: off as u32, ..Default::default() };
-        b.dispatch(&Kernel::new("optim", "sq_partials"), &p, &[(*t).into(), (&red.partials).into()], groups_for(b.gpu, n, WG));
-        off += wgs(n);
-    }
-    assert!(off <= red.partials.rows(), "reducer too small");
-    finish(b, red, off, slot);
+    partial_sums(b, tensors, None, red, slot);
 }
 
 /// out[slot].x = scale * sum over `tensors` of their elements (e.g. a mean loss from per-row losses).
 pub fn sum(b: &mut Batch, tensors: &[&Tensor], scale: f32, red: &Reducer, slot: usize) {
+    partial_sums(b, tensors, Some(scale), red, slot);
+}
+
+/// Sums of squares (`scale` None) or scaled sums over several tensors into out[slot].x.
+fn partial_sums(b: &mut Batch, tensors: &[&Tensor], scale: Option<f32>, red: &Reducer, slot: usize) {
     let mut off = 0;
     for t in tensors {
         let n = t.numel();
         let mut p = Params { n: n as u32, offset: off as u32, ..Default::default() };
-        p.f[0] = scale;
-        b.dispatch(&Kernel::new("optim", "sum_partials_scaled"), &p, &[(*t).into(), (&red.partials).into()], groups_for(b.gpu, n, WG));
+        if let Some(s) = scale {
+            p.f[0] = s;
+            p.f[1] = 1.0;
+        }
+        b.dispatch(&Kernel::new("optim", "sq_partials"), &p, &[(*t).into(), (&red.partials).into()], groups_for(b.gpu, n, WG));
         off += wgs(n);
     }
     assert!(off <= red.partials.rows(), "reducer too small");
