@@ -216,7 +216,11 @@ pub fn phase1_layer(gpu: &Gpu, tensors: &mut HashMap<String, HostTensor>, cap: &
     ops::matmul::linear(&mut b, &cap.x[li], &tv, None, &z, false);
     ops::act::silu_forward(&mut b, &z, &silu_v);
     b.submit();
-    let alpha = phase1::output_gate_alpha(&teacher_ctx, &gpu.read(&silu_v)?);
+    let mut alpha = phase1::output_gate_alpha(&teacher_ctx, &gpu.read(&silu_v)?);
+    // research knob: TAYLORCAL_GATE_SCALE multiplies alpha (the method's 0.01 coefficient)
+    if let Some(k) = std::env::var("TAYLORCAL_GATE_SCALE").ok().and_then(|v| v.parse::<f32>().ok()) {
+        alpha *= k;
+    }
     if !skips("gate") {
         set(tensors, "g_proj.weight", wv.iter().map(|w| w * alpha).collect());
     }
