@@ -16,57 +16,7 @@
 //                 dv = diag(beta) T^T du; dbeta += ...; dgamma += ...;
 //                 dg = reverse cumsum of dgamma in the chunk; L2-norm backward of dq, dk.
 
-struct Params {
-    b: u32,
-    t: u32,
-    h: u32,
-    dk: u32,
-    dv: u32,
-    nt: u32,
-    flags: u32,
-    scale: f32,
-}
-
-const C: u32 = 64u;
-const F_L2: u32 = 1u;
-
-@group(0) @binding(0) var<uniform> p: Params;
-
-// A 4 x 4 register tile as named vec4 rows (private arrays indexed in loops end up in
-// memory on some drivers).
-struct T4 {
-    r0: vec4<f32>,
-    r1: vec4<f32>,
-    r2: vec4<f32>,
-    r3: vec4<f32>,
-}
-
-fn t4z() -> T4 {
-    return T4(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-}
-
-// t + outer(a, b): row r gains a[r] * b
-fn t4fma(t: T4, a: vec4<f32>, b: vec4<f32>) -> T4 {
-    return T4(fma(vec4<f32>(a.x), b, t.r0), fma(vec4<f32>(a.y), b, t.r1), fma(vec4<f32>(a.z), b, t.r2), fma(vec4<f32>(a.w), b, t.r3));
-}
-
-// rows scaled by s[r]
-fn t4rows(t: T4, s: vec4<f32>) -> T4 {
-    return T4(t.r0 * s.x, t.r1 * s.y, t.r2 * s.z, t.r3 * s.w);
-}
-
-fn t4row(t: T4, r: u32) -> vec4<f32> {
-    if (r == 0u) {
-        return t.r0;
-    }
-    if (r == 1u) {
-        return t.r1;
-    }
-    if (r == 2u) {
-        return t.r2;
-    }
-    return t.r3;
-}
+// #include delta_common (Params, C, L2_EPS, F_L2, the uniform p, T4 tiles, tri)
 
 var<workgroup> tl: array<vec4<f32>, 640>;
 var<workgroup> gsm: array<f32, 64>;
@@ -74,10 +24,6 @@ var<workgroup> qsm: array<f32, 64>;
 var<workgroup> ksm: array<f32, 64>;
 var<workgroup> bsm: array<f32, 64>;
 var<workgroup> ym: array<f32, 2080>;
-
-fn tri(i: u32) -> u32 {
-    return i * (i + 1u) / 2u;
-}
 
 // ---------------------------------------------------------------- delta_bwd_dqkw
 @group(0) @binding(1) var<storage, read> dq_q: array<vec4<f32>>;

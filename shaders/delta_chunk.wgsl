@@ -13,23 +13,9 @@
 // beta [B, T, H], aux [B, T, H] x vec4, w/u like k/v, tinv [B*H, NT, 64, 64].
 // Only exponentials of gamma_i - gamma_j (i >= j) and gamma_j (<= 0) are taken.
 
-struct Params {
-    b: u32,
-    t: u32,
-    h: u32,
-    dk: u32,
-    dv: u32,
-    nt: u32,
-    flags: u32,
-    scale: f32,
-}
+// #include delta_common (Params, C, L2_EPS, F_L2, the uniform p, T4 tiles, tri)
 
-const C: u32 = 64u;
-const L2_EPS: f32 = 1e-6;
-const F_L2: u32 = 1u;
 const F_STORE_T: u32 = 8u;
-
-@group(0) @binding(0) var<uniform> p: Params;
 
 // ---------------------------------------------------------------- delta_prep
 @group(0) @binding(1) var<storage, read> pr_q: array<vec4<f32>>;
@@ -86,41 +72,6 @@ var<workgroup> ks: array<f32, 64>;
 // Reading (i, j > i) stays inside the array (at most 2079) and is masked by the reader.
 var<workgroup> tm: array<f32, 2080>;
 var<workgroup> tile: array<vec4<f32>, 256>;
-
-// A 4 x 4 register tile as named vec4 rows (private arrays indexed in loops end up in
-// memory on some drivers).
-struct T4 {
-    r0: vec4<f32>,
-    r1: vec4<f32>,
-    r2: vec4<f32>,
-    r3: vec4<f32>,
-}
-
-fn t4z() -> T4 {
-    return T4(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-}
-
-// t + outer(a, b): row r gains a[r] * b
-fn t4fma(t: T4, a: vec4<f32>, b: vec4<f32>) -> T4 {
-    return T4(fma(vec4<f32>(a.x), b, t.r0), fma(vec4<f32>(a.y), b, t.r1), fma(vec4<f32>(a.z), b, t.r2), fma(vec4<f32>(a.w), b, t.r3));
-}
-
-fn t4row(t: T4, r: u32) -> vec4<f32> {
-    if (r == 0u) {
-        return t.r0;
-    }
-    if (r == 1u) {
-        return t.r1;
-    }
-    if (r == 2u) {
-        return t.r2;
-    }
-    return t.r3;
-}
-
-fn tri(i: u32) -> u32 {
-    return i * (i + 1u) / 2u;
-}
 
 fn tsc(f: u32) -> f32 {
     return tile[f / 4u][f % 4u];

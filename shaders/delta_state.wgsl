@@ -21,18 +21,8 @@
 // workgroup memory (4 * (DK * BV + 64 * BV + 128) bytes forward, 4 * (DK * BV + 128 * BV
 // + 192) backward) fits the adapter.
 
-struct Params {
-    b: u32,
-    t: u32,
-    h: u32,
-    dk: u32,
-    dv: u32,
-    nt: u32,
-    flags: u32,
-    scale: f32,
-}
+// #include delta_common (Params, C, L2_EPS, F_L2, the uniform p, T4 tiles, tri)
 
-const C: u32 = 64u;
 const DK: u32 = 128u;
 const BV: u32 = 16u;
 const BV4: u32 = BV / 4u;
@@ -42,11 +32,8 @@ const RB: u32 = DK / 16u;
 const RB4: u32 = RB / 4u;
 const DK4: u32 = DK / 4u;
 
-const F_L2: u32 = 1u;
 const F_H0: u32 = 2u;
 const F_HT: u32 = 4u;
-
-@group(0) @binding(0) var<uniform> p: Params;
 
 var<workgroup> hs: array<vec4<f32>, DK * BV4>;
 var<workgroup> gsm: array<f32, 64>;
@@ -56,41 +43,6 @@ var<workgroup> ksm: array<f32, 64>;
 var<workgroup> fsm: array<vec4<f32>, C * BV4>;
 // backward: s exp(gamma) dO [c][v] then -dv_new [64 + c][v]
 var<workgroup> ysm: array<vec4<f32>, 2u * C * BV4>;
-
-// A 4 x 4 register tile as named vec4 rows (private arrays indexed in loops end up in
-// memory on some drivers).
-struct T4 {
-    r0: vec4<f32>,
-    r1: vec4<f32>,
-    r2: vec4<f32>,
-    r3: vec4<f32>,
-}
-
-fn t4z() -> T4 {
-    return T4(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-}
-
-// t + outer(a, b): row r gains a[r] * b
-fn t4fma(t: T4, a: vec4<f32>, b: vec4<f32>) -> T4 {
-    return T4(fma(vec4<f32>(a.x), b, t.r0), fma(vec4<f32>(a.y), b, t.r1), fma(vec4<f32>(a.z), b, t.r2), fma(vec4<f32>(a.w), b, t.r3));
-}
-
-fn t4scale(t: T4, s: f32) -> T4 {
-    return T4(t.r0 * s, t.r1 * s, t.r2 * s, t.r3 * s);
-}
-
-fn t4row(t: T4, r: u32) -> vec4<f32> {
-    if (r == 0u) {
-        return t.r0;
-    }
-    if (r == 1u) {
-        return t.r1;
-    }
-    if (r == 2u) {
-        return t.r2;
-    }
-    return t.r3;
-}
 
 // acc += (4 rows x 4 ks: r0..r3 are the rows' vec4s along k at vec4 column k4) times H
 fn t4k(acc: T4, x: T4, k4: u32, vg: u32) -> T4 {

@@ -6,21 +6,8 @@
 // One workgroup per (block of 64 value rows, b*H + h); one invocation per row.
 // q, k [B, T, H, dk], v, o [B, T, H, dv], g, beta [B, T, H], state [B, H, dv, dk].
 
-struct Params {
-    b: u32,
-    t: u32,
-    h: u32,
-    dk: u32,
-    dv: u32,
-    nt: u32,
-    flags: u32,
-    scale: f32,
-}
+// #include delta_common (Params, C, L2_EPS, F_L2, the uniform p, T4 tiles, tri)
 
-const L2_EPS: f32 = 1e-6;
-const F_L2: u32 = 1u;
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> st_q: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> st_k: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> st_v: array<f32>;

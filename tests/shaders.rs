@@ -2,7 +2,7 @@
 //! specialisation the host uses, so a shader that would break on Metal or DX12 fails here.
 use naga::back::{hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
-use taylorcal::gpu::{specialise, SHADERS};
+use taylorcal::gpu::{shader_source, specialise, INCLUDES, SHADERS};
 
 fn variants(name: &str, src: &str) -> Vec<(String, String)> {
     let mut v = vec![(format!("{name}"), src.to_string())];
@@ -12,6 +12,15 @@ fn variants(name: &str, src: &str) -> Vec<(String, String)> {
     if name == "attention" || name == "attention_bwd" {
         for (d, bc) in [(128, 16), (256, 8)] {
             v.push((format!("{name}[D={d}]"), specialise(src, &[("D", d), ("BC", bc)], false)));
+        }
+        v.push((format!("{name}[BR=16]"), specialise(src, &[("BR", 16)], false)));
+    }
+    if name == "delta_state" {
+        // the state-pass tiles the host picks: key dims 64/128/256, value blocks 8/16/32
+        for dk in [64, 128, 256] {
+            for bv in [8, 16, 32] {
+                v.push((format!("{name}[DK={dk},BV={bv}]"), specialise(src, &[("DK", dk), ("BV", bv)], false)));
+            }
         }
     }
     v
@@ -48,9 +57,15 @@ fn every_shader_file_is_registered_validates_and_translates() {
     for path in files {
         let name = path.file_stem().unwrap().to_str().unwrap().to_string();
         let src = std::fs::read_to_string(&path).unwrap();
+        if let Some(inc) = INCLUDES.iter().find(|(n, _)| *n == name) {
+            // an include is checked as part of every shader that pulls it in
+            assert_eq!(inc.1, src, "{name}: registered include differs from the file");
+            assert!(SHADERS.iter().any(|(_, s)| s.contains(&format!("// #include {name}"))), "include {name} is unused");
+            continue;
+        }
         let registered = SHADERS.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("shaders/{name}.wgsl is not in gpu::SHADERS"));
         assert_eq!(registered.1, src, "{name}: registered source differs from the file");
-        for (label, s) in variants(&name, &src) {
+        for (label, s) in variants(&name, shader_source(&name)) {
             check(&label, &s);
         }
     }

@@ -36,9 +36,32 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("kl", include_str!("../../shaders/kl.wgsl")),
 ];
 
-/// The source of a shader by name; panics on an unknown name (a programming error, not input).
+/// Files that shaders pull in with a `// #include NAME` line (not shaders of their own).
+pub const INCLUDES: &[(&str, &str)] = &[("delta_common", include_str!("../../shaders/delta_common.wgsl"))];
+
+/// `src` with every line starting `// #include NAME` replaced by the included file.
+pub fn resolve_includes(src: &str) -> String {
+    let mut out = String::with_capacity(src.len());
+    for line in src.lines() {
+        match line.strip_prefix("// #include ") {
+            Some(rest) => {
+                let name = rest.split_whitespace().next().unwrap_or("");
+                let inc = INCLUDES.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("unknown shader include '{name}'"));
+                out.push_str(inc.1);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The source of a shader by name, includes resolved; panics on an unknown name (a
+/// programming error, not input).
 pub fn shader_source(name: &str) -> &'static str {
-    SHADERS.iter().find(|(n, _)| *n == name).map(|(_, s)| *s).unwrap_or_else(|| panic!("unknown shader '{name}'"))
+    static RESOLVED: std::sync::OnceLock<Vec<(&'static str, String)>> = std::sync::OnceLock::new();
+    let all = RESOLVED.get_or_init(|| SHADERS.iter().map(|(n, s)| (*n, resolve_includes(s))).collect());
+    all.iter().find(|(n, _)| *n == name).map(|(_, s)| s.as_str()).unwrap_or_else(|| panic!("unknown shader '{name}'"))
 }
 
 /// Replace the value of `const NAME: TYPE = VALUE;` declarations in a WGSL source,
