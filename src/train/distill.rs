@@ -165,6 +165,8 @@ trait Stage {
     fn micro(&mut self, b: &mut Batch, ids: &Tensor, ids_host: &[u32], slot: usize) -> Result<()>;
     /// The mean loss of the step from the reducer's slots.
     fn loss(&self, gpu: &Gpu) -> Result<f64>;
+    /// GPU bytes of the stage's activations and scratch.
+    fn bytes(&self) -> u64;
 }
 
 /// Stage 2: KL(teacher || student) through the whole student.
@@ -198,6 +200,11 @@ impl Stage for KlStage<'_> {
         let out = gpu.read(&self.red.out)?;
         let total: f64 = (0..self.batch).map(|j| out[4 * j] as f64).sum();
         Ok(total / (self.batch * self.acts.t) as f64)
+    }
+
+    fn bytes(&self) -> u64 {
+        let kl = (2 * self.kl.rows * self.kl.vocab + 3 * self.kl.rows * self.kl.dim) * 4;
+        self.acts.bytes() + kl as u64 + self.dhidden.bytes() + self.loss_rows.bytes()
     }
 }
 
@@ -245,10 +252,10 @@ impl Stage for AlignStage<'_> {
         let total: f64 = (0..self.batch * self.layers.len()).map(|j| out[4 * j] as f64 / n).sum();
         Ok(total / (self.batch * self.layers.len()) as f64)
     }
-}
 
-fn gpu_bytes(ts: &[&Tensor]) -> u64 {
-    ts.iter().map(|t| t.bytes()).sum()
+    fn bytes(&self) -> u64 {
+        self.xs.iter().chain(&self.ys).chain([&self.out, &self.dout]).map(|t| t.bytes()).sum::<u64>() + self.acts.bytes()
+    }
 }
 
 /// Run a distillation stage (see the module docs). The student's GPU weights are updated
@@ -262,82 +269,68 @@ pub fn distill(s: &Setup, opts: &DistillOpts, resume: Option<ResumeState>, hooks
         AdamW { lr: opts.lr, beta1: opts.beta1, beta2: opts.beta2, eps: 1e-8, weight_decay: opts.weight_decay, max_norm: opts.clip };
     let gdn_layers = s.config.gdn_layers();
     // gradient buffers, the optimizer's slots, and the stage's per-step work
-    let grads_model;
-    let mut stage: Box<dyn Stage + '_>;
-    let mut opt;
-    let mut extra_bytes;
-    if opts.stage == 2 {
-        grads_model = Some(s.student.zeros_like(g)?);
-        let gm = grads_model.as_ref().unwrap();
-        let params: Vec<(String, Tensor, Tensor, usize)> = s
-            .student
-            .params()
-            .into_iter()
-            .zip(gm.params())
-            .map(|((n, p), (_, gr))| {
-                let group = if n.contains(".attn.") || n.contains(".self_attn.") { 0 } else { 1 };
-                (n, p.clone(), gr.clone(), group)
-            })
-            .collect();
-        opt = Optimizer::new(g, params, hyper)?;
-        let acts = TrainActs::new(g, s.student, t, opts.recompute)?;
-        let kl = KlWorkspace::new(g, s.student.cfg.vocab_size, s.student.cfg.hidden_size, t, KL_DEFAULT_BUDGET)?;
-        let st = KlStage {
-            s,
-            teacher_cache: s.teacher.kv_cache(g, t)?,
-            kl,
-            dhidden: g.zeros(&[t, s.student.cfg.hidden_size])?,
-            loss_rows: g.zeros(&[t])?,
-            red: Reducer::new(g, t, batch)?,
-            scale: 1.0 / (t * batch) as f32,
-            batch,
-            acts,
-            grads: gm,
-        };
-        extra_bytes = gpu_bytes(&gm.params().iter().map(|p| p.1).collect::<Vec<_>>()) * 3
-            + st.acts.bytes()
-            + ((2 * st.kl.rows * st.kl.vocab + 3 * st.kl.rows * st.kl.dim) * 4) as u64;
-        stage = Box::new(st);
-    } else {
-        ensure!(!gdn_layers.is_empty(), "stage 1 trains converted layers, but the student has none");
-        let mut params = vec![];
-        let mut grads = vec![];
-        for &l in &gdn_layers {
-            let Mixer::Gdn(p) = &s.student.layers[l].mixer else { bail!("layer {l} is not a GDN layer") };
-            let gr = GdnGrads::zeros(g, p)?;
-            for ((n, pt), gt) in hybrid::GDN_NAMES.iter().zip(p.tensors()).zip(gr.tensors()) {
-                params.push((hybrid::gdn_name(l, n), pt.clone(), gt.clone(), 0));
+    let grads_model = if opts.stage == 2 { Some(s.student.zeros_like(g)?) } else { None };
+    let (mut stage, mut opt): (Box<dyn Stage + '_>, Optimizer) = match &grads_model {
+        Some(gm) => {
+            let params: Vec<(String, Tensor, Tensor, usize)> = s
+                .student
+                .params()
+                .into_iter()
+                .zip(gm.params())
+                .map(|((n, p), (_, gr))| {
+                    let group = if n.contains(".attn.") || n.contains(".self_attn.") { 0 } else { 1 };
+                    (n, p.clone(), gr.clone(), group)
+                })
+                .collect();
+            let st = KlStage {
+                s,
+                acts: TrainActs::new(g, s.student, t, opts.recompute)?,
+                grads: gm,
+                teacher_cache: s.teacher.kv_cache(g, t)?,
+                kl: KlWorkspace::new(g, s.student.cfg.vocab_size, s.student.cfg.hidden_size, t, KL_DEFAULT_BUDGET)?,
+                dhidden: g.zeros(&[t, s.student.cfg.hidden_size])?,
+                loss_rows: g.zeros(&[t])?,
+                red: Reducer::new(g, t, batch)?,
+                scale: 1.0 / (t * batch) as f32,
+                batch,
+            };
+            (Box::new(st), Optimizer::new(g, params, hyper)?)
+        }
+        None => {
+            ensure!(!gdn_layers.is_empty(), "stage 1 trains converted layers, but the student has none");
+            let mut params = vec![];
+            let mut grads = vec![];
+            for &l in &gdn_layers {
+                let Mixer::Gdn(p) = &s.student.layers[l].mixer else { bail!("layer {l} is not a GDN layer") };
+                let gr = GdnGrads::zeros(g, p)?;
+                for ((n, pt), gt) in hybrid::GDN_NAMES.iter().zip(p.tensors()).zip(gr.tensors()) {
+                    params.push((hybrid::gdn_name(l, n), pt.clone(), gt.clone(), 0));
+                }
+                grads.push(gr);
             }
-            grads.push(gr);
+            let Mixer::Gdn(p0) = &s.student.layers[gdn_layers[0]].mixer else { unreachable!() };
+            let d = s.student.cfg.hidden_size;
+            let n = gdn_layers.len();
+            let st = AlignStage {
+                s,
+                acts: GdnActs::new(g, p0.dims(), (1, t), true)?,
+                xs: (0..n).map(|_| g.zeros(&[t, d])).collect::<Result<_>>()?,
+                ys: (0..n).map(|_| g.zeros(&[t, d])).collect::<Result<_>>()?,
+                out: g.zeros(&[t, d])?,
+                dout: g.zeros(&[t, d])?,
+                cache: s.teacher.kv_cache(g, t)?,
+                red: Reducer::new(g, t * d, batch * n)?,
+                scale: 2.0 / (t * d * batch) as f32,
+                batch,
+                t,
+                layers: gdn_layers.clone(),
+                grads,
+            };
+            (Box::new(st), Optimizer::new(g, params, hyper)?)
         }
-        opt = Optimizer::new(g, params, hyper)?;
-        let Mixer::Gdn(p0) = &s.student.layers[gdn_layers[0]].mixer else { unreachable!() };
-        let d = s.student.cfg.hidden_size;
-        let n = gdn_layers.len();
-        let st = AlignStage {
-            s,
-            acts: GdnActs::new(g, p0.dims(), (1, t), true)?,
-            xs: (0..n).map(|_| g.zeros(&[t, d])).collect::<Result<_>>()?,
-            ys: (0..n).map(|_| g.zeros(&[t, d])).collect::<Result<_>>()?,
-            out: g.zeros(&[t, d])?,
-            dout: g.zeros(&[t, d])?,
-            cache: s.teacher.kv_cache(g, t)?,
-            red: Reducer::new(g, t * d, batch * n)?,
-            scale: 2.0 / (t * d * batch) as f32,
-            batch,
-            t,
-            layers: gdn_layers.clone(),
-            grads,
-        };
-        extra_bytes = 0;
-        for sl in &opt.slots {
-            extra_bytes += 3 * sl.param.bytes();
-        }
-        extra_bytes += 2 * (n * t * d * 4) as u64;
-        stage = Box::new(st);
-        grads_model = None;
-    }
-    let _ = &grads_model;
+    };
+    // gradient and both AdamW moments of every trained parameter, plus the stage's buffers
+    let train_bytes = opt.slots.iter().map(|sl| 3 * sl.param.bytes()).sum::<u64>() + stage.bytes();
 
     let total = opts.steps();
     let warmup = opts.warmup_steps();
@@ -433,7 +426,7 @@ pub fn distill(s: &Setup, opts: &DistillOpts, resume: Option<ResumeState>, hooks
         tokens_per_s,
         train_seconds: train_s,
         reached_target: reached,
-        train_buffer_bytes: extra_bytes,
+        train_buffer_bytes: train_bytes,
     })
 }
 
