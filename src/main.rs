@@ -59,9 +59,13 @@ pub(crate) struct ConvArgs {
     #[arg(long)]
     calib: Option<PathBuf>,
     /// Calibration tokens for the attention statistics (streamed; activations for the
-    /// value scale and alignment come from the first 4 windows)
+    /// value scale and alignment come from the first --capture-windows windows)
     #[arg(long, default_value_t = 1024)]
     calib_tokens: usize,
+    /// Calibration windows of 256 tokens whose activations phase 1's value scale and
+    /// phase 2's alignment use (the reference: 4); every alignment step sees all of them
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    capture_windows: u64,
     /// Phase 2 AdamW steps per layer
     #[arg(long, default_value_t = 300)]
     steps: usize,
@@ -268,8 +272,6 @@ pub(crate) struct ConvSetup {
 }
 
 pub(crate) const WINDOW: usize = 256;
-/// Calibration windows whose activations are captured (value scale, alignment).
-const CAPTURE_WINDOWS: usize = 4;
 
 pub(crate) fn conv_setup(a: &ConvArgs) -> Result<ConvSetup> {
     let path = model::fetch::resolve_model(&a.teacher)?;
@@ -311,10 +313,10 @@ fn run_policy(
         _ => convert::take_windows(eval, WINDOW, a.eval_windows, "the evaluation text")?,
     };
     let calib = match policy {
-        Policy::GaS2 => convert::take_windows(calib, WINDOW, a.calib_tokens.div_ceil(WINDOW).max(CAPTURE_WINDOWS), "the calibration text")?,
+        Policy::GaS2 => convert::take_windows(calib, WINDOW, a.calib_tokens.div_ceil(WINDOW).max(a.capture_windows as usize), "the calibration text")?,
         _ => vec![],
     };
-    let inputs = select::Inputs { teacher, tensors, eval: &eval, calib: &calib, capture_windows: CAPTURE_WINDOWS, seed: a.seed };
+    let inputs = select::Inputs { teacher, tensors, eval: &eval, calib: &calib, capture_windows: a.capture_windows as usize, seed: a.seed };
     let pb = bar(teacher.cfg.num_hidden_layers as u64, &format!("{} layer scores", policy.name()));
     let s = select::select(gpu()?, policy, n, &inputs, |done, _| pb.set_position(done as u64))?;
     pb.finish_and_clear();
@@ -332,7 +334,7 @@ pub(crate) fn conv_opts(a: &ConvArgs, keep: &[usize], strategy: Strategy) -> Con
         strategy,
         seq_len: WINDOW,
         calib_tokens: a.calib_tokens,
-        capture_windows: CAPTURE_WINDOWS,
+        capture_windows: a.capture_windows as usize,
         align: AlignOpts { steps: a.steps, ..Default::default() },
         seed: a.seed,
     }
@@ -442,7 +444,8 @@ fn run(cli: Cli) -> Result<()> {
             let t_eval = taylorcal::eval::perplexity_windows(g, &setup.teacher, &windows)?;
             let report = json!({
                 "teacher": setup.files.source, "strategy": strategy.name(), "attn_layers": setup.hc.attn_layers,
-                "calib_tokens": o.calib_tokens.max(o.capture_windows * WINDOW), "align": o.align, "seed": o.seed,
+                "calib_tokens": o.calib_tokens.max(o.capture_windows * WINDOW), "capture_windows": o.capture_windows,
+                "align": o.align, "seed": o.seed,
                 "selection": setup.selection.as_ref().map(selection_json),
                 "timings_s": timings, "layers": reports,
                 "eval": { "windows": windows.len(), "window_tokens": WINDOW, "student_ppl": s_eval.ppl, "teacher_ppl": t_eval.ppl },

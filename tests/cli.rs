@@ -83,7 +83,7 @@ fn convert_then_eval_reads_the_checkpoint() {
     let text = word_text(dir.path());
     let out = dir.path().join("student");
     let (m, t, o) = (model.to_str().unwrap(), text.to_str().unwrap(), out.to_str().unwrap());
-    for strategy in ["naive", "taylor-calibrate"] {
+    for (strategy, capture) in [("naive", "4"), ("taylor-calibrate", "3")] {
         let (ok, stdout, err) = taylorcal(&[
             "convert",
             "--teacher",
@@ -96,6 +96,8 @@ fn convert_then_eval_reads_the_checkpoint() {
             t,
             "--calib-tokens",
             "1024",
+            "--capture-windows",
+            capture,
             "--steps",
             "3",
             "--eval",
@@ -111,6 +113,7 @@ fn convert_then_eval_reads_the_checkpoint() {
         assert!(v["student_ppl"].as_f64().unwrap().is_finite());
         let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
         assert_eq!(report["strategy"], strategy);
+        assert_eq!(report["capture_windows"].as_u64(), capture.parse().ok());
         assert_eq!(report["layers"].as_array().unwrap().len(), 1);
         let (ok, stdout, err) = taylorcal(&["eval", "--model", o, "--text", t, "--max-tokens", "100", "--json"]);
         assert!(ok, "eval of the checkpoint failed: {err}");
@@ -118,6 +121,8 @@ fn convert_then_eval_reads_the_checkpoint() {
     }
     let (ok, _, err) = taylorcal(&["convert", "--teacher", m, "--keep", "5", "--calib", t, "--out", o]);
     assert!(!ok && err.contains("kept layer 5"), "{err}");
+    let (ok, _, err) = taylorcal(&["convert", "--teacher", m, "--capture-windows", "0", "--out", o]);
+    assert!(!ok && err.contains("--capture-windows"), "{err}");
 }
 
 #[test]

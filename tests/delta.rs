@@ -3,7 +3,7 @@
 mod common;
 use common::*;
 use rand::Rng;
-use taylorcal::ops::delta::{self, cpu, DeltaShape};
+use taylorcal::ops::delta::{self, cpu, DeltaShape, DeltaTiles, DeltaWorkspace};
 
 /// sqrt(mean (a - b)^2) / sqrt(mean b^2)
 fn rel_rms(got: &[f64], want: &[f64]) -> f64 {
@@ -161,16 +161,26 @@ fn upload(s: &DeltaShape, x: &Inputs) -> Gpu5 {
 
 /// GPU chunked forward: (o, final state)
 fn gpu_forward(s: &DeltaShape, t: &Gpu5) -> (Vec<f64>, Vec<f64>) {
+    gpu_forward_tiles(s, t, None)
+}
+
+/// GPU chunked forward with the given state-pass tiles (default: the automatic choice).
+fn gpu_forward_tiles(s: &DeltaShape, t: &Gpu5, tiles: Option<DeltaTiles>) -> (Vec<f64>, Vec<f64>) {
     let g = gpu();
     let o = g.zeros(&[s.b, s.t, s.h, s.dv]).unwrap();
     let ht = g.zeros(&[s.b, s.h, s.dv, s.dk]).unwrap();
-    g.run(|b| delta::chunk_forward(b, s, &t.q, &t.k, &t.v, &t.g, &t.beta, t.h0.as_ref(), &o, Some(&ht))).unwrap();
+    let ws = DeltaWorkspace::with_tiles(g, s, false, tiles.unwrap_or_else(|| DeltaTiles::auto(g, s))).unwrap();
+    g.run(|b| delta::chunk_forward_ws(b, &ws, &t.q, &t.k, &t.v, &t.g, &t.beta, t.h0.as_ref(), &o, Some(&ht))).unwrap();
     (down(&o), down(&ht))
 }
 
 fn check_forward(label: &str, s: &DeltaShape, x: &Inputs) -> (f64, f64) {
+    check_forward_tiles(label, s, x, None)
+}
+
+fn check_forward_tiles(label: &str, s: &DeltaShape, x: &Inputs, tiles: Option<DeltaTiles>) -> (f64, f64) {
     let x = rounded(x);
-    let (o, ht) = gpu_forward(s, &upload(s, &x));
+    let (o, ht) = gpu_forward_tiles(s, &upload(s, &x), tiles);
     assert!(o.iter().chain(&ht).all(|v| v.is_finite()), "{label}: non-finite output");
     let (wo, wh) = cpu::forward(s, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref());
     let (eo, eh) = (rel_rms(&o, &wo), rel_rms(&ht, &wh));
@@ -180,7 +190,12 @@ fn check_forward(label: &str, s: &DeltaShape, x: &Inputs) -> (f64, f64) {
 
 /// GPU backward vs the f64 reference; returns the worst rel rms.
 fn check_backward(label: &str, s: &DeltaShape, x: &Inputs, with_dht: bool, seed: u64) -> f64 {
+    check_backward_tiles(label, s, x, with_dht, seed, None)
+}
+
+fn check_backward_tiles(label: &str, s: &DeltaShape, x: &Inputs, with_dht: bool, seed: u64, tiles: Option<DeltaTiles>) -> f64 {
     let g = gpu();
+    let tiles = tiles.unwrap_or_else(|| DeltaTiles::auto(g, s));
     let x = rounded(x);
     let mut r = rng(seed);
     let nv = s.rows() * s.dv;
@@ -193,7 +208,7 @@ fn check_backward(label: &str, s: &DeltaShape, x: &Inputs, with_dht: bool, seed:
     // odd seeds: the backward takes the forward's intermediates from the shared workspace
     let reuse = seed % 2 == 1;
     if reuse {
-        let ws = delta::DeltaWorkspace::new(g, s, true).unwrap();
+        let ws = DeltaWorkspace::with_tiles(g, s, true, tiles).unwrap();
         let o = g.zeros(&[s.b, s.t, s.h, s.dv]).unwrap();
         g.run(|b| delta::chunk_forward_ws(b, &ws, &t.q, &t.k, &t.v, &t.g, &t.beta, t.h0.as_ref(), &o, None)).unwrap();
         g.run(|b| {
@@ -213,7 +228,8 @@ fn check_backward(label: &str, s: &DeltaShape, x: &Inputs, with_dht: bool, seed:
         })
         .unwrap();
     } else {
-        g.run(|b| delta::chunk_backward(b, s, &t.q, &t.k, &t.v, &t.g, &t.beta, t.h0.as_ref(), &tdo, with_dht.then_some(&tdht), &gr))
+        let ws = DeltaWorkspace::with_tiles(g, s, true, tiles).unwrap();
+        g.run(|b| delta::chunk_backward_ws(b, &ws, &t.q, &t.k, &t.v, &t.g, &t.beta, t.h0.as_ref(), &tdo, with_dht.then_some(&tdht), &gr))
             .unwrap();
     }
     let want = cpu::backward(s, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref(), &dout, with_dht.then_some(&dht[..]));
@@ -372,4 +388,28 @@ fn long_sequence_extreme_gates_stay_finite() {
     let (eo, eh) = check_forward("T=8192 g=-20 spikes, beta 0 / 1 / mixed", &s, &x);
     let e = check_backward("T=8192 g=-20 spikes, beta 0 / 1 / mixed", &s, &x, true, 44);
     assert!(eo <= 1e-5 && eh <= 1e-5 && e <= 1e-4);
+}
+
+#[test]
+fn every_state_pass_tile_matches_the_reference() {
+    // each value-column block the state passes take (8, 16, 32 columns per workgroup), at
+    // key dims padded to 64, 128 and 256 and value dims that leave a partial block
+    let mut r = rng(45);
+    for (i, &(dk, dv)) in [(48, 40), (100, 68), (160, 20)].iter().enumerate() {
+        let s = DeltaShape { b: 1, t: 130, h: 2, dk, dv, scale: 1.0 / (dk as f32).sqrt(), l2norm: true };
+        let x = inputs(&mut r, &s, true, MIXED);
+        let limit = gpu().limits.max_compute_workgroup_storage_size as usize;
+        let dk_pad = if dk <= 64 { 64 } else if dk <= 128 { 128 } else { 256 };
+        // every block that fits this adapter (lavapipe: 32 KiB, all but 32 columns at dk 256)
+        let fits: Vec<usize> =
+            [8, 16, 32].into_iter().filter(|&bv| DeltaTiles::smem_fwd(dk_pad, bv).max(DeltaTiles::smem_bwd(dk_pad, bv)) <= limit).collect();
+        assert!(fits.len() >= 2, "dk={dk}: only {fits:?} fit {limit} bytes");
+        for bv in fits {
+            let tiles = DeltaTiles { bv_fwd: bv, bv_bwd: bv };
+            let label = format!("dk={dk} dv={dv} BV={bv}");
+            let (eo, eh) = check_forward_tiles(&label, &s, &x, Some(tiles));
+            let e = check_backward_tiles(&label, &s, &x, true, 200 + i as u64 + bv as u64, Some(tiles));
+            assert!(eo <= 1e-5 && eh <= 1e-5 && e <= 1e-4, "{label}: o {eo:.2e} ht {eh:.2e} grads {e:.2e}");
+        }
+    }
 }
