@@ -24,6 +24,12 @@ var<workgroup> qsm: array<f32, 64>;
 var<workgroup> ksm: array<f32, 64>;
 var<workgroup> bsm: array<f32, 64>;
 var<workgroup> ym: array<f32, 2080>;
+// delta_bwd_wy_b's row sums (dgamma, and the L2-norm backward's row dots): a small array
+// of its own, so that wy_b's workgroup memory stays near 12 KiB (more resident workgroups)
+var<workgroup> rsm: array<f32, 192>;
+// delta_bwd_wy_a's tiles: 256 vec4 (its row sums go to ym once ym is free), so that its
+// workgroup memory stays near 13 KiB
+var<workgroup> wt: array<vec4<f32>, 256>;
 
 // ---------------------------------------------------------------- delta_bwd_dqkw
 @group(0) @binding(1) var<storage, read> dq_q: array<vec4<f32>>;
@@ -42,12 +48,18 @@ var<workgroup> ym: array<f32, 2080>;
 // Element e of a [8][64]-tile group: tile e / 128 holds, transposed, rows c = (e % 128) / 2
 // at vec4 column e % 2 of its source ([xx][c / 4] with component c % 4).
 fn st_t2(e: u32, xv: vec4<f32>) {
+    let at = t2_at(e);
+    tl[at.x][at.y] = xv.x;
+    tl[at.x + 16u][at.y] = xv.y;
+    tl[at.x + 32u][at.y] = xv.z;
+    tl[at.x + 48u][at.y] = xv.w;
+}
+
+// (vec4 slot, component) of element e's first value in that layout; the other three
+// go 16, 32, 48 slots further
+fn t2_at(e: u32) -> vec2<u32> {
     let c = (e % 128u) / 2u;
-    let tb = (e / 128u) * 128u + (e % 2u) * 64u + c / 4u;
-    tl[tb][c % 4u] = xv.x;
-    tl[tb + 16u][c % 4u] = xv.y;
-    tl[tb + 32u][c % 4u] = xv.z;
-    tl[tb + 48u][c % 4u] = xv.w;
+    return vec2<u32>((e / 128u) * 128u + (e % 2u) * 64u + c / 4u, c % 4u);
 }
 
 // the dv-reduction tiles' element e (0..639) at vec4 column v0 + e % 2: dO, v_new, dv_new
@@ -300,19 +312,23 @@ fn delta_bwd_wy_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         // [xx][i] tiles: Khat or V (0), dw or du (128); next step loaded ahead
         var nx = wa_ld(lid, ps, 0u, len, rbase, n4);
         for (var x0 = 0u; x0 < n4; x0 += 2u) {
-            st_t2(lid, nx);
+            let at = t2_at(lid);
+            wt[at.x][at.y] = nx.x;
+            wt[at.x + 16u][at.y] = nx.y;
+            wt[at.x + 32u][at.y] = nx.z;
+            wt[at.x + 48u][at.y] = nx.w;
             workgroupBarrier();
             nx = wa_ld(lid, ps, x0 + 2u, len, rbase, n4);
             if (tj <= ti) {
                 if (ps == 0u) {
                     for (var xx = 0u; xx < 8u; xx++) {
-                        let xj = tl[xx * 16u + tj];
-                        kk = t4fma(kk, tl[xx * 16u + ti], xj);
-                        dwk = t4fma(dwk, tl[128u + xx * 16u + ti], xj);
+                        let xj = wt[xx * 16u + tj];
+                        kk = t4fma(kk, wt[xx * 16u + ti], xj);
+                        dwk = t4fma(dwk, wt[128u + xx * 16u + ti], xj);
                     }
                 } else {
                     for (var xx = 0u; xx < 8u; xx++) {
-                        duv = t4fma(duv, tl[128u + xx * 16u + ti], tl[xx * 16u + tj]);
+                        duv = t4fma(duv, wt[128u + xx * 16u + ti], wt[xx * 16u + tj]);
                     }
                 }
             }
@@ -344,7 +360,7 @@ fn delta_bwd_wy_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         let q4 = lid % 4u;
         let tv = wa_tinv[(tbase + bq) * 16u + a0 / 4u + q4];
         for (var e = 0u; e < 4u; e++) {
-            tl[(q4 * 4u + e) * 16u + bq / 4u][bq % 4u] = tv[e];
+            wt[(q4 * 4u + e) * 16u + bq / 4u][bq % 4u] = tv[e];
         }
         workgroupBarrier();
         if (tj <= ti) {
@@ -360,7 +376,7 @@ fn delta_bwd_wy_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
                     select(0.0, ym[b1 + a], a < i0 + 1u),
                     select(0.0, ym[b2 + a], a < i0 + 2u),
                     select(0.0, ym[b3 + a], a < i0 + 3u));
-                y = t4fma(y, dv4v, tl[aa * 16u + tj]);
+                y = t4fma(y, dv4v, wt[aa * 16u + tj]);
             }
         }
         workgroupBarrier();
@@ -382,12 +398,12 @@ fn delta_bwd_wy_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     // dA = -T^T Y: dA_ij = -sum_a T_ai Y_aj; tile [aa][i] = T[a0 + aa][i]
     var da = t4z();
     for (var a0 = 0u; a0 < len; a0 += 16u) {
-        tl[lid] = wa_tinv[(tbase + a0 + lid / 16u) * 16u + lid % 16u];
+        wt[lid] = wa_tinv[(tbase + a0 + lid / 16u) * 16u + lid % 16u];
         workgroupBarrier();
         if (tj <= ti && a0 + 15u >= 4u * ti) {
             for (var aa = 0u; aa < 16u; aa++) {
                 let a = a0 + aa;
-                let ta = tl[aa * 16u + ti];
+                let ta = wt[aa * 16u + ti];
                 var yv = vec4<f32>(0.0);
                 for (var cc = 0u; cc < 4u; cc++) {
                     let j = 4u * tj + cc;
@@ -422,23 +438,27 @@ fn delta_bwd_wy_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         }
         wa_dd[(tbase + i) * 16u + tj] = dv;
     }
-    tl[tj * 16u + ti] = rowe;
-    tl[256u + tj * 16u + ti] = rowg;
+    wt[tj * 16u + ti] = rowe;
+    let ro = (tj * 16u + ti) * 4u;
+    ym[ro] = rowg.x;
+    ym[ro + 1u] = rowg.y;
+    ym[ro + 2u] = rowg.z;
+    ym[ro + 3u] = rowg.w;
     workgroupBarrier();
     var sb = 0.0;
     var sg = 0.0;
     if (lid < C) {
         for (var x = 0u; x < 16u; x++) {
-            sb += tl[x * 16u + lid / 4u][lid % 4u];
-            sg += tl[256u + x * 16u + lid / 4u][lid % 4u];
+            sb += wt[x * 16u + lid / 4u][lid % 4u];
+            sg += ym[(x * 16u + lid / 4u) * 4u + lid % 4u];
         }
     }
     workgroupBarrier();
-    tl[ti * 16u + tj] = colg;
+    wt[ti * 16u + tj] = colg;
     workgroupBarrier();
     if (lid < len) {
         for (var x = 0u; x < 16u; x++) {
-            sg -= tl[x * 16u + lid / 4u][lid % 4u];
+            sg -= wt[x * 16u + lid / 4u][lid % 4u];
         }
         let ri = rbase + lid * p.h;
         wa_dbeta[ri] = sb;
@@ -614,15 +634,15 @@ fn delta_bwd_wy_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
             dgam = wb_aux[ri].w + sg;
             wb_dbeta[ri] = wb_dbeta[ri] + sb;
         }
-        ym[lid] = dgam;
-        ym[64u + lid] = sk;
-        ym[128u + lid] = sq;
+        rsm[lid] = dgam;
+        rsm[64u + lid] = sk;
+        rsm[128u + lid] = sq;
     }
     workgroupBarrier();
     if (lid < len) {
         var acc = 0.0;
         for (var i = lid; i < len; i++) {
-            acc += ym[i];
+            acc += rsm[i];
         }
         wb_dg[rbase + lid * p.h] = acc;
     }
@@ -633,9 +653,9 @@ fn delta_bwd_wy_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
                 if (i < len && kb + tj < dk4) {
                     let idx = (rbase + i * p.h) * dk4 + kb + tj;
                     let kh = wb_k[idx] * ksm[i];
-                    wb_dk[idx] = ksm[i] * (wb_dk[idx] - kh * ym[64u + i]);
+                    wb_dk[idx] = ksm[i] * (wb_dk[idx] - kh * rsm[64u + i]);
                     let qh = wb_q[idx] * qsm[i];
-                    wb_dq[idx] = qsm[i] * (wb_dq[idx] - qh * ym[128u + i]);
+                    wb_dq[idx] = qsm[i] * (wb_dq[idx] - qh * rsm[128u + i]);
                 }
             }
         }

@@ -13,13 +13,12 @@
 // The pass is a chain of 2 ceil(T / 64) dependent steps, so it is bound by memory latency:
 // w, k, q rows are read straight from memory (each shared by the BV / 4 invocations of a
 // row group, through the cache), with the next step's values loaded before the current
-// step's products; the only barriers are the two per chunk around the workgroup copies
-// of H and v_new. Part (a) uses 4 x 4 thread tiles (4 chunk rows x 4 value columns),
+// step's products; three barriers per chunk around the workgroup copies of H and v_new,
+// which share one array. Part (a) uses 4 x 4 thread tiles (4 chunk rows x 4 value columns),
 // part (b) RB x 4 (state rows x value columns); 4 BV invocations.
 //
 // DK is dk rounded up to 64, 128 or 256; BV in {8, 16, 32}; the host checks that the
-// workgroup memory (4 * (DK * BV + 64 * BV + 128) bytes forward, 4 * (DK * BV + 128 * BV
-// + 192) backward) fits the adapter.
+// workgroup memory (4 * (max(DK, 128) * BV + 192) bytes) fits the adapter.
 
 // #include delta_common (Params, C, L2_EPS, F_L2, the uniform p, T4 tiles, tri)
 
@@ -35,22 +34,25 @@ const DK4: u32 = DK / 4u;
 const F_H0: u32 = 2u;
 const F_HT: u32 = 4u;
 
-var<workgroup> hs: array<vec4<f32>, DK * BV4>;
+// One workgroup array serves both halves of a chunk step: the copy of H [k][v] that part
+// (a) reads, then (after a barrier) what part (b) reads: forward the decayed v_new
+// [c][v], backward s exp(gamma) dO [c][v] and -dv_new [64 + c][v]. Sharing it keeps a
+// workgroup's memory at DK * BV floats (max(DK, 128) * BV backward), so that on a large
+// problem every workgroup of the pass is resident at once: the pass is a chain of
+// dependent steps, and a second wave of workgroups would double its time.
+const SMN: u32 = max(DK, 2u * C) * BV4;
+var<workgroup> sm: array<vec4<f32>, SMN>;
 var<workgroup> gsm: array<f32, 64>;
 var<workgroup> qsm: array<f32, 64>;
 var<workgroup> ksm: array<f32, 64>;
-// forward: decayed v_new [c][v]
-var<workgroup> fsm: array<vec4<f32>, C * BV4>;
-// backward: s exp(gamma) dO [c][v] then -dv_new [64 + c][v]
-var<workgroup> ysm: array<vec4<f32>, 2u * C * BV4>;
 
 // acc += (4 rows x 4 ks: r0..r3 are the rows' vec4s along k at vec4 column k4) times H
 fn t4k(acc: T4, x: T4, k4: u32, vg: u32) -> T4 {
     let hb = 4u * k4 * BV4 + vg;
-    var o = t4fma(acc, vec4<f32>(x.r0.x, x.r1.x, x.r2.x, x.r3.x), hs[hb]);
-    o = t4fma(o, vec4<f32>(x.r0.y, x.r1.y, x.r2.y, x.r3.y), hs[hb + BV4]);
-    o = t4fma(o, vec4<f32>(x.r0.z, x.r1.z, x.r2.z, x.r3.z), hs[hb + 2u * BV4]);
-    return t4fma(o, vec4<f32>(x.r0.w, x.r1.w, x.r2.w, x.r3.w), hs[hb + 3u * BV4]);
+    var o = t4fma(acc, vec4<f32>(x.r0.x, x.r1.x, x.r2.x, x.r3.x), sm[hb]);
+    o = t4fma(o, vec4<f32>(x.r0.y, x.r1.y, x.r2.y, x.r3.y), sm[hb + BV4]);
+    o = t4fma(o, vec4<f32>(x.r0.z, x.r1.z, x.r2.z, x.r3.z), sm[hb + 2u * BV4]);
+    return t4fma(o, vec4<f32>(x.r0.w, x.r1.w, x.r2.w, x.r3.w), sm[hb + 3u * BV4]);
 }
 
 // The invocation's state rows cg * RB .. cg * RB + RB - 1 (RB = 4, 8 or 16) in 1, 2 or 4
@@ -196,7 +198,7 @@ fn delta_fwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         for (var r = 0u; r < RB; r++) {
             let k = cg * RB + r;
             let hv = ht_get(hr, r);
-            hs[k * BV4 + vg] = hv;
+            sm[k * BV4 + vg] = hv;
             if (vok && k < p.dk) {
                 fs_h[(hbase + k) * dv4 + v4] = hv;
             }
@@ -236,6 +238,8 @@ fn delta_fwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             xd = nd;
         }
         let gl = gsm[len - 1u];
+        // the H copy is read: its memory takes the decayed v_new next
+        workgroupBarrier();
         for (var r = 0u; r < 4u; r++) {
             let c = c0 + r;
             var vn = vec4<f32>(0.0);
@@ -244,7 +248,7 @@ fn delta_fwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
                 fs_vn[(rbase + c * p.h) * dv4 + v4] = vn;
             }
             // decayed, times the key's norm factor (k rows are read raw below)
-            fsm[c * BV4 + vg] = vn * (exp(gl - gsm[c]) * ksm[c]);
+            sm[c * BV4 + vg] = vn * (exp(gl - gsm[c]) * ksm[c]);
         }
         workgroupBarrier();
 
@@ -270,14 +274,14 @@ fn delta_fwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
                 let n5 = fs_krow(rbase, c + 13u, len, k40, dk4);
                 let n6 = fs_krow(rbase, c + 14u, len, k40, dk4);
                 let n7 = fs_krow(rbase, c + 15u, len, k40, dk4);
-                hr = ht_fma(hr, g0, fsm[c * BV4 + vg]);
-                hr = ht_fma(hr, g1, fsm[(c + 1u) * BV4 + vg]);
-                hr = ht_fma(hr, g2, fsm[(c + 2u) * BV4 + vg]);
-                hr = ht_fma(hr, g3, fsm[(c + 3u) * BV4 + vg]);
-                hr = ht_fma(hr, g4, fsm[(c + 4u) * BV4 + vg]);
-                hr = ht_fma(hr, g5, fsm[(c + 5u) * BV4 + vg]);
-                hr = ht_fma(hr, g6, fsm[(c + 6u) * BV4 + vg]);
-                hr = ht_fma(hr, g7, fsm[(c + 7u) * BV4 + vg]);
+                hr = ht_fma(hr, g0, sm[c * BV4 + vg]);
+                hr = ht_fma(hr, g1, sm[(c + 1u) * BV4 + vg]);
+                hr = ht_fma(hr, g2, sm[(c + 2u) * BV4 + vg]);
+                hr = ht_fma(hr, g3, sm[(c + 3u) * BV4 + vg]);
+                hr = ht_fma(hr, g4, sm[(c + 4u) * BV4 + vg]);
+                hr = ht_fma(hr, g5, sm[(c + 5u) * BV4 + vg]);
+                hr = ht_fma(hr, g6, sm[(c + 6u) * BV4 + vg]);
+                hr = ht_fma(hr, g7, sm[(c + 7u) * BV4 + vg]);
                 g0 = n0;
                 g1 = n1;
                 g2 = n2;
@@ -297,10 +301,10 @@ fn delta_fwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
                 let n1 = fs_krow(rbase, c + 5u, len, k40, dk4);
                 let n2 = fs_krow(rbase, c + 6u, len, k40, dk4);
                 let n3 = fs_krow(rbase, c + 7u, len, k40, dk4);
-                hr = ht_fma(hr, g0, fsm[c * BV4 + vg]);
-                hr = ht_fma(hr, g1, fsm[(c + 1u) * BV4 + vg]);
-                hr = ht_fma(hr, g2, fsm[(c + 2u) * BV4 + vg]);
-                hr = ht_fma(hr, g3, fsm[(c + 3u) * BV4 + vg]);
+                hr = ht_fma(hr, g0, sm[c * BV4 + vg]);
+                hr = ht_fma(hr, g1, sm[(c + 1u) * BV4 + vg]);
+                hr = ht_fma(hr, g2, sm[(c + 2u) * BV4 + vg]);
+                hr = ht_fma(hr, g3, sm[(c + 3u) * BV4 + vg]);
                 g0 = n0;
                 g1 = n1;
                 g2 = n2;
@@ -418,7 +422,7 @@ fn delta_bwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         for (var r = 0u; r < RB; r++) {
             let k = cg * RB + r;
             let hv = ht_get(hr, r);
-            hs[k * BV4 + vg] = hv;
+            sm[k * BV4 + vg] = hv;
             if (vok && k < p.dk) {
                 bs_dh[(hbase + k) * dv4 + v4] = hv;
             }
@@ -458,6 +462,8 @@ fn delta_bwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             xd = nd;
         }
         let gl = gsm[len - 1u];
+        // the dH copy is read: its memory takes s exp(gamma) dO and -dv_new next
+        workgroupBarrier();
         for (var r = 0u; r < 4u; r++) {
             let c = c0 + r;
             var dvn = vec4<f32>(0.0);
@@ -468,8 +474,8 @@ fn delta_bwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
                 // q rows are read raw below: fold in the query's norm factor
                 dos = t4row(dov, r) * (p.scale * exp(gsm[c]) * qsm[c]);
             }
-            ysm[c * BV4 + vg] = dos;
-            ysm[(C + c) * BV4 + vg] = -dvn;
+            sm[c * BV4 + vg] = dos;
+            sm[(C + c) * BV4 + vg] = -dvn;
         }
         workgroupBarrier();
 
@@ -494,14 +500,14 @@ fn delta_bwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
                 let m5 = bs_row(1u, rbase, c + 5u, len, k40, dk4);
                 let m6 = bs_row(1u, rbase, c + 6u, len, k40, dk4);
                 let m7 = bs_row(1u, rbase, c + 7u, len, k40, dk4);
-                hr = ht_fma(hr, q0, ysm[c * BV4 + vg]);
-                hr = ht_fma(hr, w0, ysm[(C + c) * BV4 + vg]);
-                hr = ht_fma(hr, q1, ysm[(c + 1u) * BV4 + vg]);
-                hr = ht_fma(hr, w1, ysm[(C + c + 1u) * BV4 + vg]);
-                hr = ht_fma(hr, q2, ysm[(c + 2u) * BV4 + vg]);
-                hr = ht_fma(hr, w2, ysm[(C + c + 2u) * BV4 + vg]);
-                hr = ht_fma(hr, q3, ysm[(c + 3u) * BV4 + vg]);
-                hr = ht_fma(hr, w3, ysm[(C + c + 3u) * BV4 + vg]);
+                hr = ht_fma(hr, q0, sm[c * BV4 + vg]);
+                hr = ht_fma(hr, w0, sm[(C + c) * BV4 + vg]);
+                hr = ht_fma(hr, q1, sm[(c + 1u) * BV4 + vg]);
+                hr = ht_fma(hr, w1, sm[(C + c + 1u) * BV4 + vg]);
+                hr = ht_fma(hr, q2, sm[(c + 2u) * BV4 + vg]);
+                hr = ht_fma(hr, w2, sm[(C + c + 2u) * BV4 + vg]);
+                hr = ht_fma(hr, q3, sm[(c + 3u) * BV4 + vg]);
+                hr = ht_fma(hr, w3, sm[(C + c + 3u) * BV4 + vg]);
                 q0 = m0;
                 q1 = m1;
                 q2 = m2;
@@ -521,10 +527,10 @@ fn delta_bwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
                 let m1 = bs_row(0u, rbase, c + 3u, len, k40, dk4);
                 let m2 = bs_row(1u, rbase, c + 2u, len, k40, dk4);
                 let m3 = bs_row(1u, rbase, c + 3u, len, k40, dk4);
-                hr = ht_fma(hr, q0, ysm[c * BV4 + vg]);
-                hr = ht_fma(hr, w0, ysm[(C + c) * BV4 + vg]);
-                hr = ht_fma(hr, q1, ysm[(c + 1u) * BV4 + vg]);
-                hr = ht_fma(hr, w1, ysm[(C + c + 1u) * BV4 + vg]);
+                hr = ht_fma(hr, q0, sm[c * BV4 + vg]);
+                hr = ht_fma(hr, w0, sm[(C + c) * BV4 + vg]);
+                hr = ht_fma(hr, q1, sm[(c + 1u) * BV4 + vg]);
+                hr = ht_fma(hr, w1, sm[(C + c + 1u) * BV4 + vg]);
                 q0 = m0;
                 q1 = m1;
                 w0 = m2;
