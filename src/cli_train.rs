@@ -208,7 +208,7 @@ pub fn recovery_cmd(gpu: &Gpu, conv: &crate::ConvArgs, train: &TrainArgs, r: &Re
     ensure!(!strategies.is_empty(), "--strategies is empty");
     ensure!(r.target_ratio >= 1.0, "--target-ppl-ratio must be at least 1 (got {})", r.target_ratio);
     let data = train.stream(&setup.tokenizer, conv.seed)?;
-    let windows = taylorcal::calibrate::convert::take_windows(&setup.eval, crate::WINDOW, conv.eval_windows, "the evaluation text")?;
+    let windows = setup.eval_windows()?;
     let stage1 = (r.stage1_tokens > 0).then(|| train.opts(1, r.stage1_tokens, conv.seed)).map(|mut o| {
         // stage 1 trains GDN layers only, at the reference's 1e-3 unless --lr says otherwise
         o.lr = train.lr.unwrap_or(1e-3);

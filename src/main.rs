@@ -267,8 +267,24 @@ pub(crate) struct ConvSetup {
     hc: model::hybrid::HybridConfig,
     calib: Vec<u32>,
     eval: Vec<u32>,
+    /// --eval-windows
+    n_eval: usize,
     /// The policy's ranking when --policy chose the kept layers.
     selection: Option<Selection>,
+}
+
+impl ConvSetup {
+    /// The evaluation text cut into --eval-windows windows of [`WINDOW`] tokens.
+    pub(crate) fn eval_windows(&self) -> Result<Vec<&[u32]>> {
+        convert::take_windows(&self.eval, WINDOW, self.n_eval, "the evaluation text")
+    }
+}
+
+impl ConvArgs {
+    /// --capture-windows (parsed as u64 for clap's range check).
+    fn capture(&self) -> usize {
+        self.capture_windows as usize
+    }
 }
 
 pub(crate) const WINDOW: usize = 256;
@@ -295,7 +311,7 @@ pub(crate) fn conv_setup(a: &ConvArgs) -> Result<ConvSetup> {
         }
     };
     let hc = model::hybrid::HybridConfig::new(files.config.clone(), keep)?;
-    Ok(ConvSetup { files, teacher, tokenizer, hc, calib, eval, selection })
+    Ok(ConvSetup { files, teacher, tokenizer, hc, calib, eval, n_eval: a.eval_windows, selection })
 }
 
 /// Run a retained-layer policy on the evaluation (and, for GA-S2, calibration) windows.
@@ -313,10 +329,10 @@ fn run_policy(
         _ => convert::take_windows(eval, WINDOW, a.eval_windows, "the evaluation text")?,
     };
     let calib = match policy {
-        Policy::GaS2 => convert::take_windows(calib, WINDOW, a.calib_tokens.div_ceil(WINDOW).max(a.capture_windows as usize), "the calibration text")?,
+        Policy::GaS2 => convert::take_windows(calib, WINDOW, a.calib_tokens.div_ceil(WINDOW).max(a.capture()), "the calibration text")?,
         _ => vec![],
     };
-    let inputs = select::Inputs { teacher, tensors, eval: &eval, calib: &calib, capture_windows: a.capture_windows as usize, seed: a.seed };
+    let inputs = select::Inputs { teacher, tensors, eval: &eval, calib: &calib, capture_windows: a.capture(), seed: a.seed };
     let pb = bar(teacher.cfg.num_hidden_layers as u64, &format!("{} layer scores", policy.name()));
     let s = select::select(gpu()?, policy, n, &inputs, |done, _| pb.set_position(done as u64))?;
     pb.finish_and_clear();
@@ -334,7 +350,7 @@ pub(crate) fn conv_opts(a: &ConvArgs, keep: &[usize], strategy: Strategy) -> Con
         strategy,
         seq_len: WINDOW,
         calib_tokens: a.calib_tokens,
-        capture_windows: a.capture_windows as usize,
+        capture_windows: a.capture(),
         align: AlignOpts { steps: a.steps, ..Default::default() },
         seed: a.seed,
     }
@@ -438,7 +454,7 @@ fn run(cli: Cli) -> Result<()> {
                     pb.set_message(m.to_string());
                 })?;
             pb.finish_and_clear();
-            let windows = convert::take_windows(&setup.eval, WINDOW, conv.eval_windows, "the evaluation text")?;
+            let windows = setup.eval_windows()?;
             let student = Teacher::build(g, &setup.hc.base, &tensors, "student", |l| setup.hc.is_gdn(l))?;
             let s_eval = taylorcal::eval::perplexity_windows(g, &student, &windows)?;
             let t_eval = taylorcal::eval::perplexity_windows(g, &setup.teacher, &windows)?;
@@ -490,7 +506,7 @@ fn run(cli: Cli) -> Result<()> {
             let setup = conv_setup(&conv)?;
             let g = gpu()?;
             let o = conv_opts(&conv, &setup.hc.attn_layers, Strategy::TaylorCalibrate);
-            let windows = convert::take_windows(&setup.eval, WINDOW, conv.eval_windows, "the evaluation text")?;
+            let windows = setup.eval_windows()?;
             let nwin = o.calib_tokens.div_ceil(WINDOW).max(o.capture_windows);
             let cwin = convert::take_windows(&setup.calib, WINDOW, nwin, "the calibration text")?;
             let t0 = std::time::Instant::now();

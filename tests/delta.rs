@@ -399,7 +399,7 @@ fn every_state_pass_tile_matches_the_reference() {
         let s = DeltaShape { b: 1, t: 130, h: 2, dk, dv, scale: 1.0 / (dk as f32).sqrt(), l2norm: true };
         let x = inputs(&mut r, &s, true, MIXED);
         let limit = gpu().limits.max_compute_workgroup_storage_size as usize;
-        let dk_pad = if dk <= 64 { 64 } else if dk <= 128 { 128 } else { 256 };
+        let dk_pad = s.dk_pad();
         // every block that fits this adapter (lavapipe: 32 KiB, all but 32 columns at dk 256)
         let fits: Vec<usize> =
             [8, 16, 32].into_iter().filter(|&bv| DeltaTiles::smem_fwd(dk_pad, bv).max(DeltaTiles::smem_bwd(dk_pad, bv)) <= limit).collect();

@@ -133,7 +133,7 @@ impl DeltaShape {
     }
 
     /// dk rounded up to the state kernels' register tiling (64, 128 or 256).
-    fn dk_pad(&self) -> usize {
+    pub fn dk_pad(&self) -> usize {
         if self.dk <= 64 {
             64
         } else if self.dk <= 128 {
