@@ -10,7 +10,8 @@
 //                 dgamma_L += sum_i khat_i . (F_i v_new_i dH^T) + exp(gamma_L) <H, dH>.
 // delta_bwd_wy_a  dT = du (beta V)^T + dw (beta exp(gamma) Khat)^T (strictly lower),
 //                 dA = -T^T dT T^T; D = dA o beta_i exp(gamma_i - gamma_j) -> dd;
-//                 E = dA o exp(gamma_i - gamma_j) (Khat Khat^T): dbeta = rowsum(E),
+//                 E = dA o exp(gamma_i - gamma_j) (Khat Khat^T) (the latter kept by delta_intra
+//                 as kkm): dbeta = rowsum(E),
 //                 dgamma += rowsum(beta o E) - colsum(beta o E).
 // delta_bwd_wy_b  dkhat += (D + D^T) Khat + diag(beta exp(gamma)) T^T dw;
 //                 dv = diag(beta) T^T du; dbeta += ...; dgamma += ...;
@@ -207,9 +208,16 @@ fn delta_bwd_dqkw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
             workgroupBarrier();
             s0 = dq_ldj(lid, j0 + 8u, kb, len, rbase, dsbase, dk4);
             s1 = dq_ldj(lid + 256u, j0 + 8u, kb, len, rbase, dsbase, dk4);
-            for (var jj = 0u; jj < 8u; jj++) {
-                aq = t4fma(aq, tl[jj * 16u + ti], tl[256u + jj * 16u + tj]);
-                ak = t4fma(ak, tl[128u + jj * 16u + ti], tl[384u + jj * 16u + tj]);
+            // dS is lower triangular: rows i take j <= i into dq, j >= i into dk
+            if (j0 <= 4u * ti + 3u) {
+                for (var jj = 0u; jj < 8u; jj++) {
+                    aq = t4fma(aq, tl[jj * 16u + ti], tl[256u + jj * 16u + tj]);
+                }
+            }
+            if (j0 + 7u >= 4u * ti) {
+                for (var jj = 0u; jj < 8u; jj++) {
+                    ak = t4fma(ak, tl[128u + jj * 16u + ti], tl[384u + jj * 16u + tj]);
+                }
             }
             workgroupBarrier();
         }
@@ -255,6 +263,7 @@ fn delta_bwd_dqkw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 @group(0) @binding(7) var<storage, read_write> wa_aux: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> wa_dd: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read_write> wa_dbeta: array<f32>;
+@group(0) @binding(10) var<storage, read> wa_kkm: array<vec4<f32>>;
 
 // row c = (lid % 128) / 2 at vec4 column x0 + lid % 2 of khat / dw (ps = 0) or v / du
 // (ps = 1), the first or second by lid / 128 (zero outside)
@@ -289,8 +298,10 @@ fn delta_bwd_wy_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     let t0 = n * C;
     let len = min(C, p.t - t0);
     let rbase = (b * p.t + t0) * p.h + hh;
-    let ti = lid / 16u;
-    let tj = lid % 16u;
+    // every product here is on the lower blocks: permuted thread tiles
+    let at = low_tile(lid);
+    let ti = at.x;
+    let tj = at.y;
     let dk4 = p.dk / 4u;
     let dv4 = p.dv / 4u;
     let l2 = (p.flags & F_L2) != 0u;
@@ -303,8 +314,8 @@ fn delta_bwd_wy_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     workgroupBarrier();
     let tbase = (bh * p.nt + n) * 64u;
 
-    // kk = Khat Khat^T, dwk = dw Khat^T, duv = du V^T on the lower blocks
-    var kk = t4z();
+    // dwk = dw Khat^T, duv = du V^T on the lower blocks (Khat Khat^T comes from the
+    // forward's intra-chunk kernel, in kkm)
     var dwk = t4z();
     var duv = t4z();
     for (var ps = 0u; ps < 2u; ps++) {
@@ -322,9 +333,7 @@ fn delta_bwd_wy_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
             if (tj <= ti) {
                 if (ps == 0u) {
                     for (var xx = 0u; xx < 8u; xx++) {
-                        let xj = wt[xx * 16u + tj];
-                        kk = t4fma(kk, wt[xx * 16u + ti], xj);
-                        dwk = t4fma(dwk, wt[128u + xx * 16u + ti], xj);
+                        dwk = t4fma(dwk, wt[128u + xx * 16u + ti], wt[xx * 16u + tj]);
                     }
                 } else {
                     for (var xx = 0u; xx < 8u; xx++) {
@@ -354,15 +363,22 @@ fn delta_bwd_wy_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     workgroupBarrier();
 
     // Y = dT T^T: Y_ib = sum_a dT_ia T_ba; tile [aa][b] = T[b][a0 + aa]
+    // (the next step's T values load before this step's products; after the last step,
+    // the first of the dA loop below)
     var y = t4z();
+    let bq = lid / 4u;
+    let q4 = lid % 4u;
+    var tv = wa_tinv[(tbase + bq) * 16u + q4];
     for (var a0 = 0u; a0 < len; a0 += 16u) {
-        let bq = lid / 4u;
-        let q4 = lid % 4u;
-        let tv = wa_tinv[(tbase + bq) * 16u + a0 / 4u + q4];
         for (var e = 0u; e < 4u; e++) {
             wt[(q4 * 4u + e) * 16u + bq / 4u][bq % 4u] = tv[e];
         }
         workgroupBarrier();
+        if (a0 + 16u < len) {
+            tv = wa_tinv[(tbase + bq) * 16u + (a0 + 16u) / 4u + q4];
+        } else {
+            tv = wa_tinv[(tbase + lid / 16u) * 16u + lid % 16u];
+        }
         if (tj <= ti) {
             let i0 = 4u * ti;
             let b0 = tri(i0);
@@ -398,8 +414,9 @@ fn delta_bwd_wy_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     // dA = -T^T Y: dA_ij = -sum_a T_ai Y_aj; tile [aa][i] = T[a0 + aa][i]
     var da = t4z();
     for (var a0 = 0u; a0 < len; a0 += 16u) {
-        wt[lid] = wa_tinv[(tbase + a0 + lid / 16u) * 16u + lid % 16u];
+        wt[lid] = tv;
         workgroupBarrier();
+        tv = wa_tinv[(tbase + min(a0 + 16u, 48u) + lid / 16u) * 16u + lid % 16u];
         if (tj <= ti && a0 + 15u >= 4u * ti) {
             for (var aa = 0u; aa < 16u; aa++) {
                 let a = a0 + aa;
@@ -423,13 +440,16 @@ fn delta_bwd_wy_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         let i = 4u * ti + r;
         var dv = vec4<f32>(0.0);
         let dar = t4row(da, r);
-        let kkr = t4row(kk, r);
+        var kkr = vec4<f32>(0.0);
+        if (tj <= ti) {
+            kkr = wa_kkm[(tbase + i) * 16u + tj];
+        }
         for (var cc = 0u; cc < 4u; cc++) {
             let j = 4u * tj + cc;
             if (j < i && i < len) {
                 let m = exp(gsm[i] - gsm[j]);
                 let dav = -dar[cc];
-                let e = dav * m * kkr[cc];
+                let e = dav * kkr[cc];
                 dv[cc] = dav * bsm[i] * m;
                 rowe[r] += e;
                 rowg[r] += bsm[i] * e;
@@ -482,6 +502,57 @@ fn delta_bwd_wy_a(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 @group(0) @binding(13) var<storage, read_write> wb_dbeta: array<f32>;
 @group(0) @binding(14) var<storage, read_write> wb_dg: array<f32>;
 
+// element e (0..639) of wy_b's row-step tiles for rows j0..j0+7 and vec4 columns kb..:
+// D rows i at vec4 column j0 / 4 + e % 2 (for the transposed tile), then rows j of D, T,
+// khat, dw (zero outside)
+fn wb_ld(e: u32, j0: u32, kb: u32, len: u32, rbase: u32, tbase: u32, dk4: u32) -> vec4<f32> {
+    let which = e / 128u;
+    let f = e % 128u;
+    let jc = min(j0, 56u);
+    if (which == 0u) {
+        return wb_dd[(tbase + f / 2u) * 16u + jc / 4u + f % 2u];
+    }
+    let jj = f / 16u;
+    let x4 = f % 16u;
+    if (which == 1u) {
+        return wb_dd[(tbase + jc + jj) * 16u + x4];
+    }
+    if (which == 2u) {
+        return wb_tinv[(tbase + jc + jj) * 16u + x4];
+    }
+    let j = j0 + jj;
+    let idx = (rbase + min(j, len - 1u) * p.h) * dk4 + min(kb + x4, dk4 - 1u);
+    var xv: vec4<f32>;
+    if (which == 3u) {
+        xv = wb_k[idx] * ksm[min(j, 63u)];
+    } else {
+        xv = wb_dw[idx];
+    }
+    return select(vec4<f32>(0.0), xv, j < len && kb + x4 < dk4);
+}
+
+// stores wb_ld's element e: the first tile transposed ([jj][i] = D[i][j]), the rest as is
+fn wb_st(e: u32, xv: vec4<f32>) {
+    if (e < 128u) {
+        let i = e / 2u;
+        let q4 = e % 2u;
+        tl[(q4 * 4u) * 16u + i / 4u][i % 4u] = xv.x;
+        tl[(q4 * 4u + 1u) * 16u + i / 4u][i % 4u] = xv.y;
+        tl[(q4 * 4u + 2u) * 16u + i / 4u][i % 4u] = xv.z;
+        tl[(q4 * 4u + 3u) * 16u + i / 4u][i % 4u] = xv.w;
+    } else {
+        tl[e] = xv;
+    }
+}
+
+// du row a0 + lid / 16 at vec4 column c0 + lid % 16 (zero outside)
+fn wb_du_ld(lid: u32, a0: u32, c0: u32, len: u32, rbase: u32, dv4: u32) -> vec4<f32> {
+    let a = a0 + lid / 16u;
+    let x4 = c0 + lid % 16u;
+    let v = wb_du[(rbase + min(a, len - 1u) * p.h) * dv4 + min(x4, dv4 - 1u)];
+    return select(vec4<f32>(0.0), v, a < len && x4 < dv4);
+}
+
 @compute @workgroup_size(256)
 fn delta_bwd_wy_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let n = wid.x;
@@ -510,46 +581,40 @@ fn delta_bwd_wy_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     var rdg = vec4<f32>(0.0);
     var rkk = vec4<f32>(0.0);
     var rqq = vec4<f32>(0.0);
+    var x0 = wb_ld(lid, 0u, 0u, len, rbase, tbase, dk4);
+    var x1 = wb_ld(lid + 256u, 0u, 0u, len, rbase, tbase, dk4);
+    var x2 = wb_ld(min(lid + 512u, 639u), 0u, 0u, len, rbase, tbase, dk4);
     for (var kb = 0u; kb < dk4; kb += 16u) {
         var a1 = t4z();
         var a2 = t4z();
         // tiles over 8 chunk rows j: D^T [jj][i] = D[i][j] (0), D [jj][i] = D[j][i] (128),
-        // T [jj][i] = T[j][i] (256), Khat [jj][k] (384), dw [jj][k] (512)
+        // T [jj][i] = T[j][i] (256), Khat [jj][k] (384), dw [jj][k] (512); the next step's
+        // values (the next kb block's first after the last row step) load before this
+        // step's products
         for (var j0 = 0u; j0 < len; j0 += 8u) {
-            for (var e = lid; e < 640u; e += 256u) {
-                let which = e / 128u;
-                let f = e % 128u;
-                if (which == 0u) {
-                    let i = f / 2u;
-                    let q4 = f % 2u;
-                    let xv = wb_dd[(tbase + i) * 16u + j0 / 4u + q4];
-                    for (var e2 = 0u; e2 < 4u; e2++) {
-                        tl[(q4 * 4u + e2) * 16u + i / 4u][i % 4u] = xv[e2];
-                    }
-                } else {
-                    let jj = f / 16u;
-                    let x4 = f % 16u;
-                    let j = j0 + jj;
-                    var xv = vec4<f32>(0.0);
-                    if (which == 1u) {
-                        xv = wb_dd[(tbase + j) * 16u + x4];
-                    } else if (which == 2u) {
-                        xv = wb_tinv[(tbase + j) * 16u + x4];
-                    } else if (j < len && kb + x4 < dk4) {
-                        let idx = (rbase + j * p.h) * dk4 + kb + x4;
-                        if (which == 3u) {
-                            xv = wb_k[idx] * ksm[j];
-                        } else {
-                            xv = wb_dw[idx];
-                        }
-                    }
-                    tl[e] = xv;
-                }
+            wb_st(lid, x0);
+            wb_st(lid + 256u, x1);
+            if (lid < 128u) {
+                wb_st(lid + 512u, x2);
             }
             workgroupBarrier();
+            var nj = j0 + 8u;
+            var nk = kb;
+            if (nj >= len) {
+                nj = 0u;
+                nk = kb + 16u;
+            }
+            x0 = wb_ld(lid, nj, nk, len, rbase, tbase, dk4);
+            x1 = wb_ld(lid + 256u, nj, nk, len, rbase, tbase, dk4);
+            x2 = wb_ld(min(lid + 512u, 639u), nj, nk, len, rbase, tbase, dk4);
             for (var jj = 0u; jj < 8u; jj++) {
                 a1 = t4fma(a1, tl[jj * 16u + ti] + tl[128u + jj * 16u + ti], tl[384u + jj * 16u + tj]);
-                a2 = t4fma(a2, tl[256u + jj * 16u + ti], tl[512u + jj * 16u + tj]);
+            }
+            // T^T: rows i take j >= i only
+            if (j0 + 7u >= 4u * ti) {
+                for (var jj = 0u; jj < 8u; jj++) {
+                    a2 = t4fma(a2, tl[256u + jj * 16u + ti], tl[512u + jj * 16u + tj]);
+                }
             }
             workgroupBarrier();
         }
@@ -570,19 +635,23 @@ fn delta_bwd_wy_b(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
             }
         }
     }
+    // T [aa][i] = T[a][i] (0), du [aa][v] (256), 16 rows a step, the next step loaded ahead
+    var tx = wb_tinv[tbase * 16u + lid];
+    var ux = wb_du_ld(lid, 0u, 0u, len, rbase, dv4);
     for (var c0 = 0u; c0 < dv4; c0 += 16u) {
         var a3 = t4z();
-        // T [aa][i] = T[a][i] (0), du [aa][v] (256), 16 rows a step
         for (var a0 = 0u; a0 < len; a0 += 16u) {
-            let aa = lid / 16u;
-            let x4 = lid % 16u;
-            tl[lid] = wb_tinv[(tbase + a0 + aa) * 16u + x4];
-            var xv = vec4<f32>(0.0);
-            if (a0 + aa < len && c0 + x4 < dv4) {
-                xv = wb_du[(rbase + (a0 + aa) * p.h) * dv4 + c0 + x4];
-            }
-            tl[256u + lid] = xv;
+            tl[lid] = tx;
+            tl[256u + lid] = ux;
             workgroupBarrier();
+            var na = a0 + 16u;
+            var nc = c0;
+            if (na >= len) {
+                na = 0u;
+                nc = c0 + 16u;
+            }
+            tx = wb_tinv[(tbase + na + lid / 16u) * 16u + lid % 16u];
+            ux = wb_du_ld(lid, na, nc, len, rbase, dv4);
             if (a0 + 15u >= 4u * ti) {
                 for (var a2i = 0u; a2i < 16u; a2i++) {
                     a3 = t4fma(a3, tl[a2i * 16u + ti], tl[256u + a2i * 16u + tj]);

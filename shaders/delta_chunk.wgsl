@@ -1,13 +1,14 @@
 // Gated delta rule, chunk-parallel preparation (chunk C = 64 tokens):
 //
-// delta_prep   one invocation per row (b, t, h): aux[row] = (gamma, rq, rk, 0), where
+// delta_prep   four invocations per row (b, t, h): aux[row] = (gamma, rq, rk, 0), where
 //              gamma = inclusive cumsum of g inside the token's chunk and rq, rk are the
 //              L2-norm factors 1 / sqrt(sum x^2 + 1e-6) of q and k (1 without l2norm).
 //              The last component is the dgamma accumulator of the backward ps.
 // delta_intra  one workgroup per (chunk, b*H + h):
 //              A_ij = beta_i exp(gamma_i - gamma_j) khat_i . khat_j (i > j),
 //              T = (I + A)^-1 (in-place forward substitution in workgroup memory),
-//              w = T diag(beta exp(gamma)) Khat, u = T diag(beta) V; optionally T itself.
+//              w = T diag(beta exp(gamma)) Khat, u = T diag(beta) V; optionally T itself
+//              and (Khat Khat^T) o exp(gamma_i - gamma_j) (for the backward).
 //
 // Layouts: k [B, T, H, dk], v [B, T, H, dv] (vec4 rows; dk, dv multiples of 4),
 // beta [B, T, H], aux [B, T, H] x vec4, w/u like k/v, tinv [B*H, NT, 64, 64].
@@ -23,37 +24,47 @@ const F_STORE_T: u32 = 8u;
 @group(0) @binding(3) var<storage, read> pr_g: array<f32>;
 @group(0) @binding(4) var<storage, read_write> pr_aux: array<vec4<f32>>;
 
-@compute @workgroup_size(64)
+// 64 rows per workgroup, 4 invocations per row (adjacent rows are adjacent in memory, so
+// the q / k loads of a warp cover whole 64-byte runs); partial sums meet in `tile`.
+@compute @workgroup_size(256)
 fn delta_prep(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let r = (wid.x + wid.y * nwg.x) * 64u + lid;
-    if (r >= p.b * p.t * p.h) {
-        return;
-    }
+    let nrows = p.b * p.t * p.h;
+    let row = (wid.x + wid.y * nwg.x) * 64u + lid / 4u;
+    let part = lid % 4u;
+    let r = min(row, nrows - 1u);
     let hh = r % p.h;
     let bt = r / p.h;
     let t = bt % p.t;
     let b = bt / p.t;
     let t0 = (t / C) * C;
     var gam = 0.0;
-    for (var s = t0; s <= t; s++) {
+    for (var s = t0 + part; s <= t; s += 4u) {
         gam += pr_g[(b * p.t + s) * p.h + hh];
     }
-    var rq = 1.0;
-    var rk = 1.0;
-    if ((p.flags & F_L2) != 0u) {
+    let l2 = (p.flags & F_L2) != 0u;
+    var sq = 0.0;
+    var sk = 0.0;
+    if (l2) {
         let d4 = p.dk / 4u;
-        var sq = 0.0;
-        var sk = 0.0;
-        for (var i = 0u; i < d4; i++) {
+        for (var i = part; i < d4; i += 4u) {
             let a = pr_q[r * d4 + i];
             let c = pr_k[r * d4 + i];
             sq += dot(a, a);
             sk += dot(c, c);
         }
-        rq = 1.0 / sqrt(sq + L2_EPS);
-        rk = 1.0 / sqrt(sk + L2_EPS);
     }
-    pr_aux[r] = vec4<f32>(gam, rq, rk, 0.0);
+    tile[lid] = vec4<f32>(gam, sq, sk, 0.0);
+    workgroupBarrier();
+    if (part == 0u && row < nrows) {
+        let s4 = tile[lid] + tile[lid + 1u] + tile[lid + 2u] + tile[lid + 3u];
+        var rq = 1.0;
+        var rk = 1.0;
+        if (l2) {
+            rq = 1.0 / sqrt(s4.y + L2_EPS);
+            rk = 1.0 / sqrt(s4.z + L2_EPS);
+        }
+        pr_aux[r] = vec4<f32>(s4.x, rq, rk, 0.0);
+    }
 }
 
 // ---------------------------------------------------------------- delta_intra
@@ -64,6 +75,7 @@ fn delta_prep(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 @group(0) @binding(5) var<storage, read_write> in_w: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> in_u: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> in_tinv: array<f32>;
+@group(0) @binding(8) var<storage, read_write> in_kkm: array<vec4<f32>>;
 
 var<workgroup> gs: array<f32, 64>;
 var<workgroup> bs: array<f32, 64>;
@@ -152,8 +164,11 @@ fn delta_intra(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     }
     workgroupBarrier();
 
-    // kk = Khat Khat^T on the lower blocks; thread tile rows 4ti.., columns 4tj..;
-    // tile[kk * 16 + c / 4][c % 4] = khat[c, k0 + kk], the next step loaded ahead
+    // kk = Khat Khat^T on the lower blocks; thread tile (ai, aj) = low_tile(lid): rows 4ai..,
+    // columns 4aj..; tile[kk * 16 + c / 4][c % 4] = khat[c, k0 + kk], the next step loaded ahead
+    let at = low_tile(lid);
+    let ai = at.x;
+    let aj = at.y;
     var acc = t4z();
     var kx = in_kt(lid, 0u, len, rbase, dk4);
     for (var k0 = 0u; k0 < p.dk; k0 += 16u) {
@@ -165,24 +180,34 @@ fn delta_intra(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         tile[tb + 48u][c % 4u] = kx.w;
         workgroupBarrier();
         kx = in_kt(lid, k0 + 16u, len, rbase, dk4);
-        if (tj <= ti) {
+        if (aj <= ai) {
             for (var kk = 0u; kk < 16u; kk++) {
-                acc = t4fma(acc, tile[kk * 16u + ti], tile[kk * 16u + tj]);
+                acc = t4fma(acc, tile[kk * 16u + ai], tile[kk * 16u + aj]);
             }
         }
         workgroupBarrier();
     }
-    if (tj <= ti) {
+    // with F_STORE_T also kkm = (Khat Khat^T) o exp(gamma_i - gamma_j), strictly lower
+    // (lower tiles only), for the backward's WY pass
+    let store_t = (p.flags & F_STORE_T) != 0u;
+    let kbase = (bh * p.nt + n) * 64u;
+    if (aj <= ai) {
         for (var r = 0u; r < 4u; r++) {
-            let i = 4u * ti + r;
+            let i = 4u * ai + r;
             let row = t4row(acc, r);
+            var kv = vec4<f32>(0.0);
             for (var cc = 0u; cc < 4u; cc++) {
-                let j = 4u * tj + cc;
+                let j = 4u * aj + cc;
                 if (j < i) {
-                    tm[tri(i) + j] = bs[i] * exp(gs[i] - gs[j]) * row[cc];
+                    let e = exp(gs[i] - gs[j]) * row[cc];
+                    tm[tri(i) + j] = bs[i] * e;
+                    kv[cc] = e;
                 } else if (j == i) {
                     tm[tri(i) + i] = 1.0;
                 }
+            }
+            if (store_t) {
+                in_kkm[(kbase + i) * 16u + aj] = kv;
             }
         }
     }

@@ -63,3 +63,27 @@ fn t4row(t: T4, r: u32) -> vec4<f32> {
 fn tri(i: u32) -> u32 {
     return i * (i + 1u) / 2u;
 }
+
+// The 4 x 4 thread tile (ti, tj) of invocation lid over a 64 x 64 block, permuted so that
+// the 136 tiles on or below the diagonal (tj <= ti) belong to invocations 0..135 and the
+// 120 above it to 136..255 (transposes of the strictly lower tiles, in order). A product
+// needed on the lower blocks only then runs on 4.25 warps instead of all 8 (with the plain
+// lid / 16, lid % 16 order every warp holds a lower tile and runs the whole loop).
+fn low_tile(lid: u32) -> vec2<u32> {
+    let up = lid >= 136u;
+    let x = select(lid, lid - 136u, up);
+    // row r of the triangle with diagonal that holds index x: tri(r) <= x < tri(r + 1)
+    var r = u32((sqrt(8.0 * f32(x) + 1.0) - 1.0) * 0.5);
+    if (tri(r + 1u) <= x) {
+        r += 1u;
+    }
+    if (tri(r) > x) {
+        r -= 1u;
+    }
+    let c = x - tri(r);
+    if (up) {
+        // strictly lower tile (r + 1, c), transposed
+        return vec2<u32>(c, r + 1u);
+    }
+    return vec2<u32>(r, c);
+}

@@ -4,12 +4,17 @@
 // L2-normalised q, k.
 //
 // delta_fwd_out    o = s [diag(exp(gamma)) Qhat H + (Qhat Khat^T o M) v_new]
-//                  with H = h[n] the state entering the chunk [dk, dv].
-// delta_bwd_local  P = s (Qhat Khat^T o M), dS = s (dO v_new^T) o M:
+//                  with H = h[n] the state entering the chunk [dk, dv]; with F_STORE_P it
+//                  keeps P = s (Qhat Khat^T o M) for the backward.
+// delta_bwd_local  P = s (Qhat Khat^T o M) (or the forward's, F_HAVE_P), dS = s (dO v_new^T) o M:
 //                  dv_new_local = P^T dO, ds[n] = dS, and the intra-chunk part of dgamma:
 //                  aux.w = rowsum(dS o QK^T) - colsum(dS o QK^T) (starts the accumulator).
 
 // #include delta_common (Params, C, L2_EPS, F_L2, the uniform p, T4 tiles, tri)
+
+// flags: the forward keeps P (lower tiles, for the backward); the backward finds it kept
+const F_STORE_P: u32 = 16u;
+const F_HAVE_P: u32 = 32u;
 
 // P packed lower-triangular with diagonal: (i, j <= i) at i (i + 1) / 2 + j
 var<workgroup> pm: array<f32, 2080>;
@@ -25,6 +30,7 @@ var<workgroup> ksm: array<f32, 64>;
 @group(0) @binding(4) var<storage, read> fo_h: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> fo_aux: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> fo_o: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> fo_p: array<vec4<f32>>;
 
 // one invocation's share of a transposed [8][64] tile pair: rows c = (lid % 128) / 2 of
 // the source, vec4 column k0 / 4 + lid % 2; `which` = lid / 128 picks the first or second
@@ -93,29 +99,40 @@ fn delta_fwd_out(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     workgroupBarrier();
 
     // Qhat Khat^T on the lower blocks: Q^T tile [kk][i] at 0, K^T tile [kk][j] at 128;
-    // the next step's values are loaded into registers before this step's products
+    // the next step's values are loaded into registers before this step's products; thread
+    // tiles (ai, aj) = low_tile(lid) for this product
+    let at = low_tile(lid);
+    let ai = at.x;
+    let aj = at.y;
     var acc = t4z();
     var nx = fo_qk(lid, 0u, len, rbase, dk4);
     for (var k0 = 0u; k0 < p.dk; k0 += 8u) {
         st_t8(lid, nx);
         workgroupBarrier();
         nx = fo_qk(lid, k0 + 8u, len, rbase, dk4);
-        if (tj <= ti) {
+        if (aj <= ai) {
             for (var kk = 0u; kk < 8u; kk++) {
-                acc = t4fma(acc, tl[kk * 16u + ti], tl[128u + kk * 16u + tj]);
+                acc = t4fma(acc, tl[kk * 16u + ai], tl[128u + kk * 16u + aj]);
             }
         }
         workgroupBarrier();
     }
-    if (tj <= ti) {
+    let store_p = (p.flags & F_STORE_P) != 0u;
+    let pbase = (bh * p.nt + n) * 64u;
+    if (aj <= ai) {
         for (var r = 0u; r < 4u; r++) {
-            let i = 4u * ti + r;
+            let i = 4u * ai + r;
             let row = t4row(acc, r);
+            var pv = vec4<f32>(0.0);
             for (var cc = 0u; cc < 4u; cc++) {
-                let j = 4u * tj + cc;
+                let j = 4u * aj + cc;
                 if (j <= i) {
-                    pm[tri(i) + j] = p.scale * exp(gsm[i] - gsm[j]) * row[cc];
+                    pv[cc] = p.scale * exp(gsm[i] - gsm[j]) * row[cc];
+                    pm[tri(i) + j] = pv[cc];
                 }
+            }
+            if (store_p) {
+                fo_p[(pbase + i) * 16u + aj] = pv;
             }
         }
     }
@@ -190,6 +207,7 @@ fn delta_fwd_out(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
 @group(0) @binding(5) var<storage, read_write> bl_aux: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read_write> bl_ds: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read_write> bl_dvn: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read> bl_p: array<vec4<f32>>;
 
 // row c = (lid % 128) / 2 at vec4 column x0 + lid % 2 of qhat / khat (ps = 0) or
 // dO / v_new (ps = 1), the first or second by lid / 128 (zero outside)
@@ -238,20 +256,26 @@ fn delta_bwd_local(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     workgroupBarrier();
 
     // qk = Qhat Khat^T and dp = dO v_new^T on the lower blocks, the next step's values
-    // loaded before this step's products
+    // loaded before this step's products; thread tiles (ai, aj) = low_tile(lid) up to the
+    // dgamma sums
+    let at = low_tile(lid);
+    let ai = at.x;
+    let aj = at.y;
+    // with F_HAVE_P the forward's P (lower tiles) replaces the Qhat Khat^T product
+    let have_p = (p.flags & F_HAVE_P) != 0u;
     var qk = t4z();
     var dp = t4z();
-    for (var ps = 0u; ps < 2u; ps++) {
+    for (var ps = select(0u, 1u, have_p); ps < 2u; ps++) {
         let n4 = select(dk4, dv4, ps == 1u);
         var nx = bl_ld(lid, ps, 0u, len, rbase, n4);
         for (var x0 = 0u; x0 < n4; x0 += 2u) {
             st_t8(lid, nx);
             workgroupBarrier();
             nx = bl_ld(lid, ps, x0 + 2u, len, rbase, n4);
-            if (tj <= ti) {
+            if (aj <= ai) {
                 var t = t4z();
                 for (var kk = 0u; kk < 8u; kk++) {
-                    t = t4fma(t, tl[kk * 16u + ti], tl[128u + kk * 16u + tj]);
+                    t = t4fma(t, tl[kk * 16u + ai], tl[128u + kk * 16u + aj]);
                 }
                 if (ps == 0u) {
                     qk = T4(qk.r0 + t.r0, qk.r1 + t.r1, qk.r2 + t.r2, qk.r3 + t.r3);
@@ -268,26 +292,32 @@ fn delta_bwd_local(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     var colp = vec4<f32>(0.0);
     let dsbase = (bh * p.nt + n) * 64u;
     for (var r = 0u; r < 4u; r++) {
-        let i = 4u * ti + r;
+        let i = 4u * ai + r;
         var dsv = vec4<f32>(0.0);
         let qkr = t4row(qk, r);
         let dpr = t4row(dp, r);
+        var pr = vec4<f32>(0.0);
+        if (have_p && aj <= ai) {
+            pr = bl_p[(dsbase + i) * 16u + aj];
+        }
         for (var cc = 0u; cc < 4u; cc++) {
-            let j = 4u * tj + cc;
+            let j = 4u * aj + cc;
             if (j <= i && i < len) {
                 let m = p.scale * exp(gsm[i] - gsm[j]);
-                pm[tri(i) + j] = m * qkr[cc];
+                let pv = select(m * qkr[cc], pr[cc], have_p);
+                pm[tri(i) + j] = pv;
                 dsv[cc] = m * dpr[cc];
-                let gv = dsv[cc] * qkr[cc];
+                // dS o QK^T = dP o P
+                let gv = dpr[cc] * pv;
                 rowp[r] += gv;
                 colp[cc] += gv;
             } else if (j <= i) {
                 pm[tri(i) + j] = 0.0;
             }
         }
-        bl_ds[(dsbase + i) * 16u + tj] = dsv;
+        bl_ds[(dsbase + i) * 16u + aj] = dsv;
     }
-    tl[tj * 16u + ti] = rowp;
+    tl[aj * 16u + ai] = rowp;
     workgroupBarrier();
     var dgam = 0.0;
     if (lid < C) {
@@ -296,7 +326,7 @@ fn delta_bwd_local(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         }
     }
     workgroupBarrier();
-    tl[ti * 16u + tj] = colp;
+    tl[ai * 16u + aj] = colp;
     workgroupBarrier();
     if (lid < len) {
         for (var x = 0u; x < 16u; x++) {

@@ -39,6 +39,9 @@ pub const WALL_CLOCK: &str = "wall-clock";
 /// 4096 queries per set). A run with more falls back to wall-clock.
 const TIMER_CAPACITY: u32 = 2048;
 
+/// Least wall time of the untimed warm-up runs on a GPU adapter.
+const WARM_GPU_SECONDS: f64 = 0.5;
+
 fn median(v: &mut [f64]) -> f64 {
     assert!(!v.is_empty());
     v.sort_by(|a, b| a.total_cmp(b));
@@ -54,11 +57,17 @@ fn median(v: &mut [f64]) -> f64 {
 /// measured. Each run records with `record` into a fresh batch, submits and waits; with
 /// timestamps a run's time is the sum of the durations of all the passes it dispatched.
 fn time_samples(gpu: &Gpu, warmup: usize, runs: usize, record: &dyn Fn(&mut Batch)) -> Result<(Vec<f64>, &'static str)> {
-    for _ in 0..warmup {
+    // on a GPU the warm-up also lasts WARM_GPU_SECONDS (clocks ramp up from idle: the first
+    // benchmark of a process read up to 20% slow with three warm-up runs alone)
+    let warm_for = if warmup > 0 && !is_cpu_adapter(gpu) { WARM_GPU_SECONDS } else { 0.0 };
+    let start = Instant::now();
+    let mut done = 0;
+    while done < warmup || start.elapsed().as_secs_f64() < warm_for {
         let mut b = gpu.batch();
         record(&mut b);
         b.submit();
         gpu.sync()?;
+        done += 1;
     }
     let mut out = Vec::with_capacity(runs);
     let mut timer = GpuTimer::new(gpu, TIMER_CAPACITY);

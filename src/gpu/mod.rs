@@ -41,13 +41,32 @@ pub const INCLUDES: &[(&str, &str)] = &[("delta_common", include_str!("../../sha
 
 /// `src` with every line starting `// #include NAME` replaced by the included file.
 pub fn resolve_includes(src: &str) -> String {
+    resolve_includes_from(src, None)
+}
+
+/// Developer override for kernel tuning: with `TAYLORCAL_SHADER_DIR` set, a file
+/// `NAME.wgsl` there replaces the built-in shader or include of that name (read once, at
+/// the first pipeline). Lets a built binary time shader variants on another machine.
+pub const SHADER_DIR_ENV: &str = "TAYLORCAL_SHADER_DIR";
+
+fn override_source(dir: Option<&std::path::Path>, name: &str) -> Option<String> {
+    let path = dir?.join(format!("{name}.wgsl"));
+    let src = std::fs::read_to_string(&path).ok()?;
+    eprintln!("taylorcal: shader '{name}' from {} ({SHADER_DIR_ENV})", path.display());
+    Some(src)
+}
+
+fn resolve_includes_from(src: &str, dir: Option<&std::path::Path>) -> String {
     let mut out = String::with_capacity(src.len());
     for line in src.lines() {
         match line.strip_prefix("// #include ") {
             Some(rest) => {
                 let name = rest.split_whitespace().next().unwrap_or("");
                 let inc = INCLUDES.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("unknown shader include '{name}'"));
-                out.push_str(inc.1);
+                match override_source(dir, name) {
+                    Some(o) => out.push_str(&o),
+                    None => out.push_str(inc.1),
+                }
             }
             None => out.push_str(line),
         }
@@ -60,7 +79,17 @@ pub fn resolve_includes(src: &str) -> String {
 /// programming error, not input).
 pub fn shader_source(name: &str) -> &'static str {
     static RESOLVED: std::sync::OnceLock<Vec<(&'static str, String)>> = std::sync::OnceLock::new();
-    let all = RESOLVED.get_or_init(|| SHADERS.iter().map(|(n, s)| (*n, resolve_includes(s))).collect());
+    let all = RESOLVED.get_or_init(|| {
+        let dir = std::env::var_os(SHADER_DIR_ENV).map(std::path::PathBuf::from);
+        let dir = dir.as_deref();
+        SHADERS
+            .iter()
+            .map(|(n, s)| {
+                let src = override_source(dir, n).unwrap_or_else(|| s.to_string());
+                (*n, resolve_includes_from(&src, dir))
+            })
+            .collect()
+    });
     all.iter().find(|(n, _)| *n == name).map(|(_, s)| s.as_str()).unwrap_or_else(|| panic!("unknown shader '{name}'"))
 }
 

@@ -79,6 +79,9 @@ const F_L2: u32 = 1;
 const F_H0: u32 = 2;
 const F_HT: u32 = 4;
 const F_STORE_T: u32 = 8;
+/// delta_fwd_out keeps P = s (Q K^T o M) for the backward; delta_bwd_local takes it.
+const F_STORE_P: u32 = 16;
+const F_HAVE_P: u32 = 32;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -215,7 +218,8 @@ impl DeltaGrads {
 /// Scratch of the chunked kernels, reusable across calls of one shape. With R = B*T*H
 /// rows and N = B*H*ceil(T/64) chunks, in f32 elements:
 /// forward  R (4 + dk + 2 dv) + N dk dv (aux, w, u, v_new, per-chunk states);
-/// backward adds R (dk + dv) + N (2 * 64 * 64 + dk dv) (dw, dv_new, T, dS / D, dh).
+/// backward adds R (dk + dv) + N (4 * 64 * 64 + dk dv) (dw, dv_new, T, K K^T o M, P,
+/// dS / D, dh).
 #[derive(Clone)]
 pub struct DeltaWorkspace {
     pub shape: DeltaShape,
@@ -233,6 +237,10 @@ pub struct DeltaWorkspace {
 #[derive(Clone)]
 struct BwdScratch {
     tinv: Tensor,
+    /// (Khat Khat^T) o exp(gamma_i - gamma_j) per chunk (strictly lower), from delta_intra
+    kkm: Tensor,
+    /// the forward's P = s (Qhat Khat^T o M) per chunk (lower), from delta_fwd_out
+    pm: Tensor,
     dvn: Tensor,
     dh: Tensor,
     ds: Tensor,
@@ -274,6 +282,8 @@ impl DeltaWorkspace {
         let bwd = if backward {
             Some(BwdScratch {
                 tinv: mk(&[n, CHUNK, CHUNK])?,
+                kkm: mk(&[n, CHUNK, CHUNK])?,
+                pm: mk(&[n, CHUNK, CHUNK])?,
                 dvn: mk(&[r, s.dv])?,
                 dh: mk(&[n, s.dk, s.dv])?,
                 ds: mk(&[n, CHUNK, CHUNK])?,
@@ -300,7 +310,7 @@ impl DeltaWorkspace {
     pub fn bytes(&self) -> u64 {
         let mut n = self.aux.bytes() + self.w.bytes() + self.u.bytes() + self.vn.bytes() + self.h.bytes();
         if let Some(b) = &self.bwd {
-            n += b.tinv.bytes() + b.dvn.bytes() + b.dh.bytes() + b.ds.bytes() + b.dw.bytes();
+            n += b.tinv.bytes() + b.kkm.bytes() + b.pm.bytes() + b.dvn.bytes() + b.dh.bytes() + b.ds.bytes() + b.dw.bytes();
         }
         n
     }
@@ -336,21 +346,33 @@ fn check_inputs(s: &DeltaShape, q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, 
 
 /// aux (gamma, rq, rk), w, u (and T when `store_t`) of every chunk.
 #[allow(clippy::too_many_arguments)]
-fn record_prep(b: &mut Batch, ws: &DeltaWorkspace, q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, beta: &Tensor, tinv: Option<&Tensor>) {
+/// With `keep` (the backward's scratch) it also keeps T and K K^T o M there.
+#[allow(clippy::too_many_arguments)]
+fn record_prep(
+    b: &mut Batch,
+    ws: &DeltaWorkspace,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    g: &Tensor,
+    beta: &Tensor,
+    keep: Option<&BwdScratch>,
+) {
     let s = &ws.shape;
     let grid = [s.chunks() as u32, (s.b * s.h) as u32, 1];
-    let p = s.params(if tinv.is_some() { F_STORE_T } else { 0 });
+    let p = s.params(if keep.is_some() { F_STORE_T } else { 0 });
     b.dispatch(
         &Kernel::new("delta_chunk", "delta_prep"),
         &p,
         &[q.into(), k.into(), g.into(), (&ws.aux).into()],
         super::groups_for(b.gpu, s.rows(), 64),
     );
-    let t: Binding = tinv.unwrap_or(&ws.dummies[0]).into();
+    let t: Binding = keep.map(|bw| &bw.tinv).unwrap_or(&ws.dummies[0]).into();
+    let kkm: Binding = keep.map(|bw| &bw.kkm).unwrap_or(&ws.dummies[1]).into();
     b.dispatch(
         &Kernel::new("delta_chunk", "delta_intra"),
         &p,
-        &[k.into(), v.into(), beta.into(), (&ws.aux).into(), (&ws.w).into(), (&ws.u).into(), t],
+        &[k.into(), v.into(), beta.into(), (&ws.aux).into(), (&ws.w).into(), (&ws.u).into(), t, kkm],
         grid,
     );
 }
@@ -413,13 +435,15 @@ pub fn chunk_forward_ws(
     if let Some(ht) = ht {
         check_len("final state", ht, s.b * s.h * s.dv * s.dk)?;
     }
-    // with a backward workspace, keep T too so that the backward can skip recomputing
-    record_prep(b, ws, q, k, v, g, beta, ws.bwd.as_ref().map(|bw| &bw.tinv));
+    // with a backward workspace, keep T, K K^T o M and P too so that the backward can
+    // skip recomputing them
+    record_prep(b, ws, q, k, v, g, beta, ws.bwd.as_ref());
     record_fwd_state(b, ws, k, h0, ht);
+    let pm: Binding = ws.bwd.as_ref().map(|bw| &bw.pm).unwrap_or(&ws.dummies[0]).into();
     b.dispatch(
         &Kernel::new("delta_out", "delta_fwd_out"),
-        &s.params(0),
-        &[q.into(), k.into(), (&ws.vn).into(), (&ws.h).into(), (&ws.aux).into(), o.into()],
+        &s.params(if ws.bwd.is_some() { F_STORE_P } else { 0 }),
+        &[q.into(), k.into(), (&ws.vn).into(), (&ws.h).into(), (&ws.aux).into(), o.into(), pm],
         [s.chunks() as u32, (s.b * s.h) as u32, 1],
     );
     Ok(())
@@ -522,13 +546,14 @@ fn backward_impl(
     }
     let grid = [s.chunks() as u32, (s.b * s.h) as u32, 1];
     if recompute {
-        record_prep(b, ws, q, k, v, g, beta, Some(&bw.tinv));
+        record_prep(b, ws, q, k, v, g, beta, Some(bw));
         record_fwd_state(b, ws, k, h0, None);
     }
+    // after the forward, its P is in the workspace; a recomputing backward forms it anew
     b.dispatch(
         &Kernel::new("delta_out", "delta_bwd_local"),
-        &s.params(0),
-        &[q.into(), k.into(), (&ws.vn).into(), do_.into(), (&ws.aux).into(), (&bw.ds).into(), (&bw.dvn).into()],
+        &s.params(if recompute { 0 } else { F_HAVE_P }),
+        &[q.into(), k.into(), (&ws.vn).into(), do_.into(), (&ws.aux).into(), (&bw.ds).into(), (&bw.dvn).into(), (&bw.pm).into()],
         grid,
     );
     let bv = ws.tiles.bv_bwd;
@@ -576,6 +601,7 @@ fn backward_impl(
             (&ws.aux).into(),
             (&bw.ds).into(),
             (&grads.dbeta).into(),
+            (&bw.kkm).into(),
         ],
         grid,
     );
