@@ -344,9 +344,8 @@ fn check_inputs(s: &DeltaShape, q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, 
     Ok(())
 }
 
-/// aux (gamma, rq, rk), w, u (and T when `store_t`) of every chunk.
-#[allow(clippy::too_many_arguments)]
-/// With `keep` (the backward's scratch) it also keeps T and K K^T o M there.
+/// aux (gamma, rq, rk), w, u of every chunk; with `keep` (the backward's scratch) also
+/// T and K K^T o M there.
 #[allow(clippy::too_many_arguments)]
 fn record_prep(
     b: &mut Batch,
