@@ -155,19 +155,13 @@ fn delta_bwd_dqkw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         // reductions over dv, 8 columns a step: transposed tiles [vv][x] of
         // dO (0), v_new (128), dv_new (256) over rows i, and H (384), dH (512) over k;
         // the next step's values are loaded before this step's products
-        var p0 = dq_ldv(lid, 0u, kb, len, rbase, hbase, dv4);
-        var p1 = dq_ldv(lid + 256u, 0u, kb, len, rbase, hbase, dv4);
-        var p2 = dq_ldv(min(lid + 512u, 639u), 0u, kb, len, rbase, hbase, dv4);
         for (var v0 = 0u; v0 < dv4; v0 += 2u) {
-            st_t2(lid, p0);
-            st_t2(lid + 256u, p1);
+            st_t2(lid, dq_ldv(lid, v0, kb, len, rbase, hbase, dv4));
+            st_t2(lid + 256u, dq_ldv(lid + 256u, v0, kb, len, rbase, hbase, dv4));
             if (lid < 128u) {
-                st_t2(lid + 512u, p2);
+                st_t2(lid + 512u, dq_ldv(lid + 512u, v0, kb, len, rbase, hbase, dv4));
             }
             workgroupBarrier();
-            p0 = dq_ldv(lid, v0 + 2u, kb, len, rbase, hbase, dv4);
-            p1 = dq_ldv(lid + 256u, v0 + 2u, kb, len, rbase, hbase, dv4);
-            p2 = dq_ldv(min(lid + 512u, 639u), v0 + 2u, kb, len, rbase, hbase, dv4);
             if (lid < 128u) {
                 hdh += dot(tl[384u + lid], tl[512u + lid]);
             }
@@ -196,18 +190,15 @@ fn delta_bwd_dqkw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         }
         // reductions over the chunk, 8 rows a step: dS^T tile [jj][i] = dS[i][j] (0),
         // dS tile [jj][i] = dS[j][i] (128), Khat [jj][k] (256), Qhat [jj][k] (384)
-        var s0 = dq_ldj(lid, 0u, kb, len, rbase, dsbase, dk4);
-        var s1 = dq_ldj(lid + 256u, 0u, kb, len, rbase, dsbase, dk4);
         for (var j0 = 0u; j0 < len; j0 += 8u) {
+            let s0 = dq_ldj(lid, j0, kb, len, rbase, dsbase, dk4);
             if (lid < 128u) {
                 st_t2(lid, s0);
             } else {
                 tl[lid] = s0;
             }
-            tl[lid + 256u] = s1;
+            tl[lid + 256u] = dq_ldj(lid + 256u, j0, kb, len, rbase, dsbase, dk4);
             workgroupBarrier();
-            s0 = dq_ldj(lid, j0 + 8u, kb, len, rbase, dsbase, dk4);
-            s1 = dq_ldj(lid + 256u, j0 + 8u, kb, len, rbase, dsbase, dk4);
             // dS is lower triangular: rows i take j <= i into dq, j >= i into dk
             if (j0 <= 4u * ti + 3u) {
                 for (var jj = 0u; jj < 8u; jj++) {
