@@ -89,26 +89,6 @@ fn tsc(f: u32) -> f32 {
     return tile[f / 4u][f % 4u];
 }
 
-// Original A of an off-diagonal 16 x 16 block (bi > bj) during the blocked solve: blocks
-// (2,1), (3,2), (3,1) are kept in `tile` (they are needed after their slot holds T).
-fn a_orig(bi: u32, bj: u32, r: u32, c: u32) -> f32 {
-    if (bi == 2u && bj == 1u) {
-        return tsc(r * 16u + c);
-    }
-    if (bi == 3u && bj == 2u) {
-        return tsc(256u + r * 16u + c);
-    }
-    if (bi == 3u && bj == 1u) {
-        return tsc(512u + r * 16u + c);
-    }
-    return tm[tri(16u * bi + r) + 16u * bj + c];
-}
-
-// the off-diagonal blocks (bi, bj = bi - w) of wave w = 1, 2, 3: block q of the wave
-fn wave_block(w: u32, q: u32) -> vec2<u32> {
-    return vec2<u32>(w + q, q);
-}
-
 // khat row lid / 4 at vec4 column k0 / 4 + lid % 4 (zero outside)
 fn in_kt(lid: u32, k0: u32, len: u32, rbase: u32, dk4: u32) -> vec4<f32> {
     let c = lid / 4u;
@@ -242,63 +222,57 @@ fn delta_intra(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         }
     }
     workgroupBarrier();
-    // keep A(2,1), A(3,2), A(3,1)
-    for (var e = lid; e < 768u; e += 256u) {
-        let q = e / 256u;
+    // Off-diagonal blocks by doubling, with M = I + A block lower triangular and
+    // M^-1 = [[T_AA, 0], [-T_BB A_BA T_AA, T_BB]]: first the 16-blocks (1,0) and (3,2),
+    // then the 32-block of rows 32.. and columns ..31. Each X = A T goes through `tile`;
+    // -T X then takes A's slot in tm (A of a block is read only before its slot is written).
+    for (var e = lid; e < 512u; e += 256u) {
+        let ob = 32u * (e / 256u);
         let r = (e % 256u) / 16u;
         let c = e % 16u;
-        let bi = select(3u, 2u, q == 0u);
-        let bj = select(select(1u, 2u, q == 1u), 1u, q == 0u);
-        tile[e / 4u][e % 4u] = tm[tri(16u * bi + r) + 16u * bj + c];
+        let ar = tri(ob + 16u + r) + ob;
+        var s = 0.0;
+        for (var m = c; m < 16u; m++) {
+            s += tm[ar + m] * tm[tri(ob + m) + ob + c];
+        }
+        tile[e / 4u][e % 4u] = s;
     }
     workgroupBarrier();
-    // off-diagonal blocks by distance w: T_ij = -T_ii sum_{m = j}^{i-1} A_im T_mj
-    {
-        let r = lid / 16u;
-        let c = lid % 16u;
-        for (var w = 1u; w < 4u; w++) {
-            let nb = 4u - w;
-            var x = vec3<f32>(0.0);
-            for (var q = 0u; q < nb; q++) {
-                let blk = wave_block(w, q);
-                var s = 0.0;
-                for (var m = blk.y; m < blk.x; m++) {
-                    for (var t = 0u; t < 16u; t++) {
-                        // T_mj (row t, column c); for m = j only t >= c is non-zero
-                        let tv = select(0.0, tm[tri(16u * m + t) + 16u * blk.y + c], m > blk.y || t >= c);
-                        var av = 0.0;
-                        if (m == blk.y) {
-                            av = tm[tri(16u * blk.x + r) + 16u * m + t];
-                        } else {
-                            av = a_orig(blk.x, m, r, t);
-                        }
-                        s += av * tv;
-                    }
-                }
-                x[q] = s;
-            }
-            workgroupBarrier();
-            for (var q = 0u; q < nb; q++) {
-                let blk = wave_block(w, q);
-                tm[tri(16u * blk.x + r) + 16u * blk.y + c] = x[q];
-            }
-            workgroupBarrier();
-            for (var q = 0u; q < nb; q++) {
-                let blk = wave_block(w, q);
-                var s = 0.0;
-                for (var t = 0u; t <= r; t++) {
-                    s += tm[tri(16u * blk.x + r) + 16u * blk.x + t] * tm[tri(16u * blk.x + t) + 16u * blk.y + c];
-                }
-                x[q] = -s;
-            }
-            workgroupBarrier();
-            for (var q = 0u; q < nb; q++) {
-                let blk = wave_block(w, q);
-                tm[tri(16u * blk.x + r) + 16u * blk.y + c] = x[q];
-            }
-            workgroupBarrier();
+    for (var e = lid; e < 512u; e += 256u) {
+        let ob = 32u * (e / 256u);
+        let r = (e % 256u) / 16u;
+        let c = e % 16u;
+        let tr = tri(ob + 16u + r) + ob;
+        var s = 0.0;
+        for (var m = 0u; m <= r; m++) {
+            s += tm[tr + 16u + m] * tsc((e / 256u) * 256u + m * 16u + c);
         }
+        tm[tr + c] = -s;
     }
+    workgroupBarrier();
+    {
+        // rows r = lid / 8 of the 32-block, columns c0 .. c0 + 3
+        let r = lid / 8u;
+        let c0 = 4u * (lid % 8u);
+        let ar = tri(32u + r);
+        var x = vec4<f32>(0.0);
+        for (var m = c0; m < 32u; m++) {
+            let tb = tri(m) + c0;
+            let tv = vec4<f32>(tm[tb], select(0.0, tm[tb + 1u], m >= c0 + 1u), select(0.0, tm[tb + 2u], m >= c0 + 2u), select(0.0, tm[tb + 3u], m >= c0 + 3u));
+            x = fma(vec4<f32>(tm[ar + m]), tv, x);
+        }
+        tile[lid] = x;
+        workgroupBarrier();
+        var y = vec4<f32>(0.0);
+        for (var m = 0u; m <= r; m++) {
+            y = fma(vec4<f32>(tm[ar + 32u + m]), tile[m * 8u + lid % 8u], y);
+        }
+        tm[ar + c0] = -y.x;
+        tm[ar + c0 + 1u] = -y.y;
+        tm[ar + c0 + 2u] = -y.z;
+        tm[ar + c0 + 3u] = -y.w;
+    }
+    workgroupBarrier();
     // rows past the chunk's end: A = 0 there, so T_i = e_i already
 
     if ((p.flags & F_STORE_T) != 0u) {
