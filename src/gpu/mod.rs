@@ -128,3 +128,26 @@ pub fn specialise(src: &str, consts: &[(&str, u32)], f16: bool) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shader_dir_overrides_an_include_and_falls_back_without_one() {
+        let dir = std::env::temp_dir().join(format!("taylorcal-shader-dir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = "// #include delta_common\nfn main_body() {}";
+        // no file in the directory: the built-in include
+        let builtin = resolve_includes_from(src, Some(&dir));
+        assert!(builtin.contains("fn low_tile("), "the built-in delta_common was not included");
+        assert_eq!(builtin, resolve_includes(src));
+        // a file named after the include replaces it
+        std::fs::write(dir.join("delta_common.wgsl"), "const MARKER: u32 = 7u;").unwrap();
+        let over = resolve_includes_from(src, Some(&dir));
+        assert!(over.contains("const MARKER: u32 = 7u;") && !over.contains("fn low_tile("), "override not used: {over}");
+        assert!(over.contains("fn main_body() {}"));
+        assert_eq!(override_source(Some(&dir), "delta_out"), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
