@@ -13,6 +13,9 @@ out = open(sys.argv[1], "a")
 SHAPES = [(1, 2048, 16, 64), (4, 4096, 16, 128), (1, 8192, 8, 128)]
 if len(sys.argv) > 2:  # e.g. "4,4096,16,128;1,8192,8,128"
     SHAPES = [tuple(int(x) for x in s.split(",")) for s in sys.argv[2].split(";")]
+# optional third argument: the dtypes to time ("bfloat16", "float32" or both, comma-separated);
+# "nonaive" in it skips the naive recurrence (Triton autotuning costs minutes per shape and dtype)
+WANT = sys.argv[3].split(",") if len(sys.argv) > 3 else ["bfloat16", "float32"]
 
 
 def inputs(b, t, h, d, dtype, grad):
@@ -55,7 +58,7 @@ def naive(q, k, v, gate, beta, scale):
 
 
 for (b, t, h, d) in SHAPES:
-    for dtype in (torch.bfloat16, torch.float32):
+    for dtype in [d for d in (torch.bfloat16, torch.float32) if str(d).split(".")[-1] in WANT]:
         xs = inputs(b, t, h, d, dtype, True)
         f = lambda: chunk_gated_delta_rule(*xs, scale=d ** -0.5, use_qk_l2norm_in_kernel=True)[0]
         fwd = timeit(lambda: f())
@@ -63,6 +66,8 @@ for (b, t, h, d) in SHAPES:
         fb = timeit(lambda: f().backward(do))
         rec = dict(impl="fla", dtype=str(dtype).split(".")[-1], shape=[b, t, h, d], fwd_ms=fwd, fwd_bwd_ms=fb, gpu=torch.cuda.get_device_name())
         print(rec, flush=True); out.write(json.dumps(rec) + "\n"); out.flush()
+    if "nonaive" in WANT:
+        continue
     xs = inputs(b, t, h, d, torch.float32, False)
     with torch.no_grad():
         nf = timeit(lambda: naive(*xs, d ** -0.5), runs=3, warm=1)
