@@ -26,21 +26,25 @@
 //! # Kernels (chunk C = 64, flash-linear-attention's chunked algorithm)
 //! `delta_chunk.wgsl`: `delta_prep` (per-token in-chunk cumsum gamma of g, L2-norm
 //! factors), `delta_intra` (A = tril(beta KK^T exp(gamma_i - gamma_j)), T = (I + A)^-1
-//! by a blocked 16 x 16 solve, w = T beta exp(gamma) K, u = T beta V);
+//! by 16 x 16 forward substitution and two doubling steps, w = T beta exp(gamma) K,
+//! u = T beta V);
 //! `delta_state.wgsl`: the two sequential passes over chunks (forward states `h[n]` and
 //! v_new = u - w h; backward `dh[n]` and dv_new), parallel over (B, H, blocks of dv);
 //! `delta_out.wgsl`: `delta_fwd_out` (o = s [exp(gamma) Q h + tril(QK^T M) v_new]) and
 //! `delta_bwd_local` (the intra-chunk part of dv_new, dS, dgamma); `delta_bwd.wgsl`:
 //! `delta_bwd_dqkw` (dq, dk, dw, dgamma), `delta_bwd_wy_a` / `delta_bwd_wy_b` (back
 //! through T, w, u; reverse cumsum of dgamma; L2-norm backward); `delta_step.wgsl`.
-//! Chunk-parallel kernels run one 256-invocation workgroup per (chunk, b*H + h). Only
+//! With a backward workspace the forward also keeps T, (K K^T) o exp(gamma_i - gamma_j)
+//! and P = s tril(Q K^T M) per chunk, which the backward after it reuses.
+//! Chunk-parallel kernels run one 256-invocation workgroup per (chunk, b*H + h); products
+//! needed on the lower triangle only run on the first 4.25 warps (`low_tile`). Only
 //! exponentials of non-positive differences of gamma are taken. The chunk-parallel kernels
 //! fit 16 KiB of workgroup memory (WebGPU's guaranteed minimum); the state passes take
 //! wider column blocks where the adapter has more ([`DeltaTiles`]).
 //!
 //! # Memory
 //! With R = B*T*H rows and N = B*H*ceil(T/64) chunks, the workspace holds (f32 elements)
-//! R (4 + dk + 2 dv) + N dk dv for the forward and R (dk + dv) + N (2 * 64^2 + dk dv) more
+//! R (4 + dk + 2 dv) + N dk dv for the forward and R (dk + dv) + N (4 * 64^2 + dk dv) more
 //! for the backward; see [`DeltaWorkspace::bytes`]. Every buffer must fit one storage
 //! binding of the adapter (a clear error otherwise).
 pub mod bench;
