@@ -343,12 +343,13 @@ pub fn gdn_backward_output(b: &mut Batch, p: &GdnParams, acts: &GdnActs, dout: &
 }
 
 /// Backward, stage 2: the scan's backward from d_o to dq (in the `dy` buffer), dk, dv, dg,
-/// dbeta.
+/// dbeta. Takes the forward's intermediates from `acts.scan` (the backward's contract: the
+/// forward on the same input last used these activations), so nothing is recomputed.
 pub fn gdn_scan_backward(b: &mut Batch, p: &GdnParams, seqs: (usize, usize), acts: &GdnActs) -> Result<()> {
     check_seqs(p, seqs, acts);
     let bb = back(acts);
     let grads = bb.scan_grads();
-    delta::chunk_backward_ws(b, &acts.scan, &acts.q, &acts.k, &acts.v, &acts.g, &acts.beta, None, &bb.d_o, None, &grads)
+    delta::chunk_backward_after_forward(b, &acts.scan, &acts.q, &acts.k, &acts.v, &acts.g, &acts.beta, None, &bb.d_o, None, &grads)
 }
 
 /// Backward, stage 1 (last): through SiLU and the gate to the pre-activations, then the
