@@ -455,7 +455,7 @@ fn saved_hf_dir(dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
-/// 3 special tokens, the 256 byte-level characters and 6 merges.
+// 3 special tokens, the 256 byte-level characters and 6 merges (the tiny tokenizer below).
 
 /// A tiny Q8_0 llama GGUF, optionally with the tiny tokenizer (metadata before tensors).
 

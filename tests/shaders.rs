@@ -5,7 +5,7 @@ use naga::valid::{Capabilities, ValidationFlags, Validator};
 use taylorcal::gpu::{shader_source, specialise, INCLUDES, SHADERS};
 
 fn variants(name: &str, src: &str) -> Vec<(String, String)> {
-    let mut v = vec![(format!("{name}"), src.to_string())];
+    let mut v = vec![(name.to_string(), src.to_string())];
     if src.contains("f16-switch") {
         v.push((format!("{name}[f16]"), specialise(src, &[], true)));
     }

@@ -78,7 +78,7 @@ impl Gpu {
     fn upload_bytes(&self, shape: &[usize], dtype: DType, data: &[u8]) -> Result<Tensor> {
         let t = self.empty(shape, dtype)?;
         if !data.is_empty() {
-            if data.len() % 4 == 0 {
+            if data.len().is_multiple_of(4) {
                 self.queue.write_buffer(&t.buf, 0, data);
             } else {
                 let mut padded = data.to_vec();

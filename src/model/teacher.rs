@@ -24,7 +24,9 @@ pub struct Attn {
     pub k_norm: Option<Tensor>,
 }
 
-/// What mixes tokens in a layer.
+/// What mixes tokens in a layer (one per layer, matched everywhere: the size difference
+/// of the variants costs nothing worth an indirection on every softmax layer).
+#[allow(clippy::large_enum_variant)]
 pub enum Mixer {
     Attn(Attn),
     Gdn(Box<GdnParams>),
@@ -125,12 +127,15 @@ impl LayerBufs {
 }
 
 /// What a forward pass should do beyond the plain computation.
+/// A callback run after every layer's attention, inside the same batch.
+pub type AttnHook<'h> = &'h mut dyn FnMut(&mut Batch, AttnActs) -> Result<()>;
+
 #[derive(Default)]
 pub struct ForwardOpts<'h> {
     /// Layers whose attention output is zeroed (residual kept): the AR policy's probe.
     pub skip_attn: Vec<usize>,
     /// Called after every layer's attention, inside the same batch.
-    pub hook: Option<&'h mut dyn FnMut(&mut Batch, AttnActs) -> Result<()>>,
+    pub hook: Option<AttnHook<'h>>,
 }
 
 /// Uploads named host tensors, with errors naming the source.

@@ -105,6 +105,7 @@ impl Default for AdamW {
 
 /// One AdamW step (1-based `step`) on a parameter; `norm` is the Reducer whose out[0].x
 /// holds the squared global gradient norm (from `sum_squares`).
+#[allow(clippy::too_many_arguments)]
 pub fn adamw(b: &mut Batch, o: &AdamW, step: u32, param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, norm: &Reducer) {
     let n = param.numel();
     let bc1 = 1.0 - (o.beta1 as f64).powi(step as i32);
