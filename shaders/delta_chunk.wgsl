@@ -226,30 +226,31 @@ fn delta_intra(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     // M^-1 = [[T_AA, 0], [-T_BB A_BA T_AA, T_BB]]: first the 16-blocks (1,0) and (3,2),
     // then the 32-block of rows 32.. and columns ..31. Each X = A T goes through `tile`;
     // -T X then takes A's slot in tm (A of a block is read only before its slot is written).
-    for (var e = lid; e < 512u; e += 256u) {
-        let ob = 32u * (e / 256u);
-        let r = (e % 256u) / 16u;
-        let c = e % 16u;
-        let ar = tri(ob + 16u + r) + ob;
-        var s = 0.0;
-        for (var m = c; m < 16u; m++) {
-            s += tm[ar + m] * tm[tri(ob + m) + ob + c];
+    // element e of the two 16-blocks: block q = e / 256 (rows 32 q + 16.., columns 32 q..),
+    // row r, column c; X_q in tile floats e
+    for (var stage = 0u; stage < 2u; stage++) {
+        for (var e = lid; e < 512u; e += 256u) {
+            let ob = 32u * (e / 256u);
+            let r = (e % 256u) / 16u;
+            let c = e % 16u;
+            let ar = tri(ob + 16u + r) + ob;
+            var s = 0.0;
+            if (stage == 0u) {
+                // X = A(2q+1, 2q) T(2q, 2q)
+                for (var m = c; m < 16u; m++) {
+                    s += tm[ar + m] * tm[tri(ob + m) + ob + c];
+                }
+                tile[e / 4u][e % 4u] = s;
+            } else {
+                // T(2q+1, 2q) = -T(2q+1, 2q+1) X
+                for (var m = 0u; m <= r; m++) {
+                    s += tm[ar + 16u + m] * tsc(e - r * 16u + m * 16u);
+                }
+                tm[ar + c] = -s;
+            }
         }
-        tile[e / 4u][e % 4u] = s;
+        workgroupBarrier();
     }
-    workgroupBarrier();
-    for (var e = lid; e < 512u; e += 256u) {
-        let ob = 32u * (e / 256u);
-        let r = (e % 256u) / 16u;
-        let c = e % 16u;
-        let tr = tri(ob + 16u + r) + ob;
-        var s = 0.0;
-        for (var m = 0u; m <= r; m++) {
-            s += tm[tr + 16u + m] * tsc((e / 256u) * 256u + m * 16u + c);
-        }
-        tm[tr + c] = -s;
-    }
-    workgroupBarrier();
     {
         // rows r = lid / 8 of the 32-block, columns c0 .. c0 + 3
         let r = lid / 8u;

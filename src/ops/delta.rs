@@ -348,20 +348,11 @@ fn check_inputs(s: &DeltaShape, q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, 
     Ok(())
 }
 
-/// aux (gamma, rq, rk), w, u of every chunk; with `keep` (the backward's scratch) also
-/// T and K K^T o M there.
-#[allow(clippy::too_many_arguments)]
-fn record_prep(
-    b: &mut Batch,
-    ws: &DeltaWorkspace,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    g: &Tensor,
-    beta: &Tensor,
-    keep: Option<&BwdScratch>,
-) {
+/// aux (gamma, rq, rk), w, u of every chunk; with a backward workspace also T and
+/// K K^T o M in its scratch, for the backward.
+fn record_prep(b: &mut Batch, ws: &DeltaWorkspace, q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, beta: &Tensor) {
     let s = &ws.shape;
+    let keep = ws.bwd.as_ref();
     let grid = [s.chunks() as u32, (s.b * s.h) as u32, 1];
     let p = s.params(if keep.is_some() { F_STORE_T } else { 0 });
     b.dispatch(
@@ -440,7 +431,7 @@ pub fn chunk_forward_ws(
     }
     // with a backward workspace, keep T, K K^T o M and P too so that the backward can
     // skip recomputing them
-    record_prep(b, ws, q, k, v, g, beta, ws.bwd.as_ref());
+    record_prep(b, ws, q, k, v, g, beta);
     record_fwd_state(b, ws, k, h0, ht);
     let pm: Binding = ws.bwd.as_ref().map(|bw| &bw.pm).unwrap_or(&ws.dummies[0]).into();
     b.dispatch(
@@ -549,7 +540,7 @@ fn backward_impl(
     }
     let grid = [s.chunks() as u32, (s.b * s.h) as u32, 1];
     if recompute {
-        record_prep(b, ws, q, k, v, g, beta, Some(bw));
+        record_prep(b, ws, q, k, v, g, beta);
         record_fwd_state(b, ws, k, h0, None);
     }
     // after the forward, its P is in the workspace; a recomputing backward forms it anew
