@@ -15,7 +15,8 @@
 // row group, through the cache), with the next step's values loaded before the current
 // step's products; three barriers per chunk around the workgroup copies of H and v_new,
 // which share one array. Part (a) uses 4 x 4 thread tiles (4 chunk rows x 4 value columns),
-// part (b) RB x 4 (state rows x value columns); 4 BV invocations.
+// split over S2 halves of the dk reduction, part (b) RB x 4 (state rows x value columns);
+// 4 BV S2 invocations.
 //
 // DK is dk rounded up to 64, 128 or 256; BV in {8, 16, 32}; the host checks that the
 // workgroup memory (4 * (max(DK, 128) * BV + 192) bytes) fits the adapter.
@@ -25,9 +26,17 @@
 const DK: u32 = 128u;
 const BV: u32 = 16u;
 const BV4: u32 = BV / 4u;
-const NTH: u32 = 4u * BV;
-// state rows per invocation (16 row groups) and their count in vec4s
-const RB: u32 = DK / 16u;
+// At DK >= 128 two invocations share each (4 chunk rows x 4 value columns) tile of part
+// (a), one per half of the dk reduction, and part (b) has 32 row groups: twice the
+// invocations, each with half the work, so that twice the warps hide the latency of the
+// dependent chain (H200, (4, 4096, 16, 128), BV = 32: forward 1.13 -> 1.04 ms, backward
+// 1.51 -> 1.40 ms). It works only while two workgroups fit an SM's registers: part (a)
+// keeps two dk-columns in flight (not four), and the backward loads dv_new_local and dO
+// after its products (with four columns and early loads, the pass took 1.56 / 2.19 ms).
+const S2: u32 = select(1u, 2u, DK >= 128u);
+const NTH: u32 = 4u * BV * S2;
+// state rows per invocation (16 S2 row groups) and their count in vec4s
+const RB: u32 = DK / (16u * S2);
 const RB4: u32 = RB / 4u;
 const DK4: u32 = DK / 4u;
 
@@ -172,6 +181,9 @@ fn delta_fwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     let vc = min(v4, dv4 - 1u);
     let l2 = (p.flags & F_L2) != 0u;
     let k40 = cg * RB4;
+    // part (a): chunk rows 4 (cg % 16) .. + 3, dk half kh (vec4 columns ka .. ka + DK4 / S2)
+    let kh = cg / 16u;
+    let ka = kh * (DK4 / S2);
 
     var hr = HT(t4z(), t4z(), t4z(), t4z());
     if ((p.flags & F_H0) != 0u && vok) {
@@ -204,7 +216,7 @@ fn delta_fwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             }
         }
         // this invocation's u rows, loaded early (clamped; masked below)
-        let c0 = 4u * cg;
+        let c0 = 4u * (cg % 16u);
         let r0 = rbase + min(c0, len - 1u) * p.h;
         let r1 = rbase + min(c0 + 1u, len - 1u) * p.h;
         let r2 = rbase + min(c0 + 2u, len - 1u) * p.h;
@@ -212,43 +224,49 @@ fn delta_fwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         let u = T4(fs_u[r0 * dv4 + vc], fs_u[r1 * dv4 + vc], fs_u[r2 * dv4 + vc], fs_u[r3 * dv4 + vc]);
         workgroupBarrier();
 
-        // (a) v_new = u - w H; four dk-columns (vec4) a step, the next step's w values
+        // (a) v_new = u - w H; two dk-columns (vec4) a step, the next step's w values
         // loaded before this step's products
         let w0 = r0 * dk4;
         let w1 = r1 * dk4;
         let w2 = r2 * dk4;
         let w3 = r3 * dk4;
         var acc = t4z();
-        var xa = fs_wq(w0, w1, w2, w3, 0u, dk4);
-        var xb = fs_wq(w0, w1, w2, w3, 1u, dk4);
-        var xc = fs_wq(w0, w1, w2, w3, 2u, dk4);
-        var xd = fs_wq(w0, w1, w2, w3, 3u, dk4);
-        for (var k4 = 0u; k4 < DK4; k4 += 4u) {
-            let na = fs_wq(w0, w1, w2, w3, k4 + 4u, dk4);
-            let nb = fs_wq(w0, w1, w2, w3, k4 + 5u, dk4);
-            let nc = fs_wq(w0, w1, w2, w3, k4 + 6u, dk4);
-            let nd = fs_wq(w0, w1, w2, w3, k4 + 7u, dk4);
+        var xa = fs_wq(w0, w1, w2, w3, ka, dk4);
+        var xb = fs_wq(w0, w1, w2, w3, ka + 1u, dk4);
+        for (var k4 = ka; k4 < ka + DK4 / S2; k4 += 2u) {
+            let na = fs_wq(w0, w1, w2, w3, k4 + 2u, dk4);
+            let nb = fs_wq(w0, w1, w2, w3, k4 + 3u, dk4);
             acc = t4k(acc, xa, k4, vg);
             acc = t4k(acc, xb, k4 + 1u, vg);
-            acc = t4k(acc, xc, k4 + 2u, vg);
-            acc = t4k(acc, xd, k4 + 3u, vg);
             xa = na;
             xb = nb;
-            xc = nc;
-            xd = nd;
         }
         let gl = gsm[len - 1u];
-        // the H copy is read: its memory takes the decayed v_new next
+        // the H copy is read: its memory takes the second half's partial products, then
+        // (same invocation, same slot) the decayed v_new
         workgroupBarrier();
-        for (var r = 0u; r < 4u; r++) {
-            let c = c0 + r;
-            var vn = vec4<f32>(0.0);
-            if (c < len && vok) {
-                vn = t4row(u, r) - t4row(acc, r);
-                fs_vn[(rbase + c * p.h) * dv4 + v4] = vn;
+        if (S2 > 1u) {
+            if (kh == 1u) {
+                for (var r = 0u; r < 4u; r++) {
+                    sm[(c0 + r) * BV4 + vg] = t4row(acc, r);
+                }
             }
-            // decayed, times the key's norm factor (k rows are read raw below)
-            sm[c * BV4 + vg] = vn * (exp(gl - gsm[c]) * ksm[c]);
+            workgroupBarrier();
+        }
+        if (kh == 0u) {
+            for (var r = 0u; r < 4u; r++) {
+                let c = c0 + r;
+                var vn = vec4<f32>(0.0);
+                if (c < len && vok) {
+                    vn = t4row(u, r) - t4row(acc, r);
+                    if (S2 > 1u) {
+                        vn -= sm[c * BV4 + vg];
+                    }
+                    fs_vn[(rbase + c * p.h) * dv4 + v4] = vn;
+                }
+                // decayed, times the key's norm factor (k rows are read raw below)
+                sm[c * BV4 + vg] = vn * (exp(gl - gsm[c]) * ksm[c]);
+            }
         }
         workgroupBarrier();
 
@@ -394,6 +412,9 @@ fn delta_bwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
     let vc = min(v4, dv4 - 1u);
     let l2 = (p.flags & F_L2) != 0u;
     let k40 = cg * RB4;
+    // part (a): chunk rows 4 (cg % 16) .. + 3, dk half kh (vec4 columns ka .. ka + DK4 / S2)
+    let kh = cg / 16u;
+    let ka = kh * (DK4 / S2);
 
     var hr = HT(t4z(), t4z(), t4z(), t4z());
     if ((p.flags & F_HT) != 0u && vok) {
@@ -428,13 +449,11 @@ fn delta_bwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             }
         }
         // this invocation's dv_new_local and dO rows, loaded early (clamped; masked below)
-        let c0 = 4u * cg;
+        let c0 = 4u * (cg % 16u);
         let r0 = rbase + min(c0, len - 1u) * p.h;
         let r1 = rbase + min(c0 + 1u, len - 1u) * p.h;
         let r2 = rbase + min(c0 + 2u, len - 1u) * p.h;
         let r3 = rbase + min(c0 + 3u, len - 1u) * p.h;
-        let dl = T4(bs_dvn[r0 * dv4 + vc], bs_dvn[r1 * dv4 + vc], bs_dvn[r2 * dv4 + vc], bs_dvn[r3 * dv4 + vc]);
-        let dov = T4(bs_do[r0 * dv4 + vc], bs_do[r1 * dv4 + vc], bs_do[r2 * dv4 + vc], bs_do[r3 * dv4 + vc]);
         workgroupBarrier();
 
         // (a) dv_new = dv_new_local + diag(exp(gamma_L - gamma)) Khat dH, k rows from memory
@@ -443,39 +462,49 @@ fn delta_bwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         let k2 = r2 * dk4;
         let k3 = r3 * dk4;
         var acc = t4z();
-        var xa = bs_kq(k0, k1, k2, k3, 0u, dk4);
-        var xb = bs_kq(k0, k1, k2, k3, 1u, dk4);
-        var xc = bs_kq(k0, k1, k2, k3, 2u, dk4);
-        var xd = bs_kq(k0, k1, k2, k3, 3u, dk4);
-        for (var k4 = 0u; k4 < DK4; k4 += 4u) {
-            let na = bs_kq(k0, k1, k2, k3, k4 + 4u, dk4);
-            let nb = bs_kq(k0, k1, k2, k3, k4 + 5u, dk4);
-            let nc = bs_kq(k0, k1, k2, k3, k4 + 6u, dk4);
-            let nd = bs_kq(k0, k1, k2, k3, k4 + 7u, dk4);
+        var xa = bs_kq(k0, k1, k2, k3, ka, dk4);
+        var xb = bs_kq(k0, k1, k2, k3, ka + 1u, dk4);
+        for (var k4 = ka; k4 < ka + DK4 / S2; k4 += 2u) {
+            let na = bs_kq(k0, k1, k2, k3, k4 + 2u, dk4);
+            let nb = bs_kq(k0, k1, k2, k3, k4 + 3u, dk4);
             acc = t4k(acc, xa, k4, vg);
             acc = t4k(acc, xb, k4 + 1u, vg);
-            acc = t4k(acc, xc, k4 + 2u, vg);
-            acc = t4k(acc, xd, k4 + 3u, vg);
             xa = na;
             xb = nb;
-            xc = nc;
-            xd = nd;
         }
+        // dv_new_local and dO rows, loaded after the products (fewer live registers)
+        let dl = T4(bs_dvn[r0 * dv4 + vc], bs_dvn[r1 * dv4 + vc], bs_dvn[r2 * dv4 + vc], bs_dvn[r3 * dv4 + vc]);
+        let dov = T4(bs_do[r0 * dv4 + vc], bs_do[r1 * dv4 + vc], bs_do[r2 * dv4 + vc], bs_do[r3 * dv4 + vc]);
         let gl = gsm[len - 1u];
-        // the dH copy is read: its memory takes s exp(gamma) dO and -dv_new next
+        // the dH copy is read: its memory takes the second half's partial products, then
+        // (same invocation, same slot) s exp(gamma) dO, and -dv_new
         workgroupBarrier();
-        for (var r = 0u; r < 4u; r++) {
-            let c = c0 + r;
-            var dvn = vec4<f32>(0.0);
-            var dos = vec4<f32>(0.0);
-            if (c < len && vok) {
-                dvn = t4row(dl, r) + t4row(acc, r) * (exp(gl - gsm[c]) * ksm[c]);
-                bs_dvn[(rbase + c * p.h) * dv4 + v4] = dvn;
-                // q rows are read raw below: fold in the query's norm factor
-                dos = t4row(dov, r) * (p.scale * exp(gsm[c]) * qsm[c]);
+        if (S2 > 1u) {
+            if (kh == 1u) {
+                for (var r = 0u; r < 4u; r++) {
+                    sm[(c0 + r) * BV4 + vg] = t4row(acc, r);
+                }
             }
-            sm[c * BV4 + vg] = dos;
-            sm[(C + c) * BV4 + vg] = -dvn;
+            workgroupBarrier();
+        }
+        if (kh == 0u) {
+            for (var r = 0u; r < 4u; r++) {
+                let c = c0 + r;
+                var dvn = vec4<f32>(0.0);
+                var dos = vec4<f32>(0.0);
+                if (c < len && vok) {
+                    var kd = t4row(acc, r);
+                    if (S2 > 1u) {
+                        kd += sm[c * BV4 + vg];
+                    }
+                    dvn = t4row(dl, r) + kd * (exp(gl - gsm[c]) * ksm[c]);
+                    bs_dvn[(rbase + c * p.h) * dv4 + v4] = dvn;
+                    // q rows are read raw below: fold in the query's norm factor
+                    dos = t4row(dov, r) * (p.scale * exp(gsm[c]) * qsm[c]);
+                }
+                sm[c * BV4 + vg] = dos;
+                sm[(C + c) * BV4 + vg] = -dvn;
+            }
         }
         workgroupBarrier();
 

@@ -68,6 +68,60 @@ pub fn grid(gpu: &Gpu, n: u32) -> [u32; 3] {
 
 const UNIFORM_CHUNK: u64 = 1 << 16;
 
+/// The run-time checks wgpu builds into the kernels, from `TAYLORCAL_SHADER_CHECKS`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShaderChecks {
+    /// every check wgpu offers, including a counter in every loop (wgpu's `force_loop_bounding`)
+    /// and guarded integer division (`full`)
+    Full,
+    /// array bounds only (`bounds`, the default): the loop counters and the division guards
+    /// cost instructions in every inner loop and keep the driver from unrolling it
+    Bounds,
+    /// none (`none`): out-of-bounds accesses are undefined, for timing only
+    None,
+}
+
+/// Environment variable choosing [`ShaderChecks`] (`full`, `bounds` or `none`).
+pub const SHADER_CHECKS_ENV: &str = "TAYLORCAL_SHADER_CHECKS";
+
+impl ShaderChecks {
+    pub fn parse(s: &str) -> Option<ShaderChecks> {
+        match s {
+            "full" => Some(ShaderChecks::Full),
+            "bounds" => Some(ShaderChecks::Bounds),
+            "none" => Some(ShaderChecks::None),
+            _ => None,
+        }
+    }
+
+    fn runtime_checks(self) -> wgpu::ShaderRuntimeChecks {
+        match self {
+            ShaderChecks::Full => wgpu::ShaderRuntimeChecks::checked(),
+            ShaderChecks::Bounds => {
+                // SAFETY: see `Gpu::pipeline`
+                let mut c = unsafe { wgpu::ShaderRuntimeChecks::all(false) };
+                c.bounds_checks = true;
+                c
+            }
+            // SAFETY: see `Gpu::pipeline`; `none` is a developer's choice for timing
+            ShaderChecks::None => wgpu::ShaderRuntimeChecks::unchecked(),
+        }
+    }
+}
+
+/// The checks chosen by `TAYLORCAL_SHADER_CHECKS` (default `bounds`); an unknown value
+/// is reported once and the default used.
+pub fn shader_checks() -> ShaderChecks {
+    static CHOICE: std::sync::OnceLock<ShaderChecks> = std::sync::OnceLock::new();
+    *CHOICE.get_or_init(|| match std::env::var(SHADER_CHECKS_ENV) {
+        Ok(v) => ShaderChecks::parse(v.trim()).unwrap_or_else(|| {
+            eprintln!("taylorcal: {SHADER_CHECKS_ENV}={v:?} is not one of full, bounds, none; using bounds");
+            ShaderChecks::Bounds
+        }),
+        Err(_) => ShaderChecks::Bounds,
+    })
+}
+
 impl Gpu {
     pub(crate) fn pipeline(&self, k: &Kernel) -> Arc<wgpu::ComputePipeline> {
         let key = k.key();
@@ -75,9 +129,12 @@ impl Gpu {
             return p.clone();
         }
         let src = super::specialise(super::shader_source(k.shader), &k.consts, k.f16);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(k.shader), source: wgpu::ShaderSource::Wgsl(src.into()) });
+        let desc = wgpu::ShaderModuleDescriptor { label: Some(k.shader), source: wgpu::ShaderSource::Wgsl(src.into()) };
+        // SAFETY: the shaders are this crate's own (or a developer's override of them, see
+        // `SHADER_DIR_ENV`): every loop is bounded by its uniform parameters, no integer
+        // division has a zero divisor, and with `ShaderChecks::Bounds` (the default) wgpu
+        // still keeps every array access in bounds.
+        let module = unsafe { self.device.create_shader_module_trusted(desc, shader_checks().runtime_checks()) };
         let p = Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(k.entry),
             layout: None,
@@ -248,5 +305,26 @@ impl Drop for Batch<'_> {
         if self.enc.is_some() {
             self.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shader_checks_parse_and_map_to_wgpu_checks() {
+        assert_eq!(ShaderChecks::parse("full"), Some(ShaderChecks::Full));
+        assert_eq!(ShaderChecks::parse("bounds"), Some(ShaderChecks::Bounds));
+        assert_eq!(ShaderChecks::parse("none"), Some(ShaderChecks::None));
+        assert_eq!(ShaderChecks::parse("Bounds"), None);
+        assert_eq!(ShaderChecks::parse(""), None);
+        let full = ShaderChecks::Full.runtime_checks();
+        assert!(full.bounds_checks && full.force_loop_bounding && full.int_div_checks);
+        // the default keeps array bounds and drops the loop counters and division guards
+        let b = ShaderChecks::Bounds.runtime_checks();
+        assert!(b.bounds_checks && !b.force_loop_bounding && !b.int_div_checks);
+        let n = ShaderChecks::None.runtime_checks();
+        assert!(!n.bounds_checks && !n.force_loop_bounding && !n.int_div_checks);
     }
 }

@@ -7,7 +7,7 @@ mod tensor;
 mod timer;
 
 pub use context::{Gpu, GpuInfo};
-pub use kernel::{grid, Batch, Binding, Kernel};
+pub use kernel::{grid, shader_checks, Batch, Binding, Kernel, ShaderChecks, SHADER_CHECKS_ENV};
 pub use tensor::{DType, Tensor};
 pub use timer::GpuTimer;
 

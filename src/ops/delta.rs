@@ -155,7 +155,7 @@ impl DeltaShape {
 pub const DEFAULT_STATE_SMEM: usize = 32768;
 
 /// Tile choices of the sequential state passes: BV value columns per workgroup
-/// (8, 16 or 32; 4 * BV invocations) for the forward and the backward pass.
+/// (8, 16 or 32; 4 * BV invocations, 8 * BV at dk > 64) for the forward and the backward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeltaTiles {
     pub bv_fwd: usize,
