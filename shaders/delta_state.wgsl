@@ -122,6 +122,20 @@ fn ht_fma(h: HT, x: KR, y: vec4<f32>) -> HT {
     return o;
 }
 
+// Part (a) at S2 = 2, after the barrier that ends the reads of the state copy: the second
+// dk half's invocation leaves its partial products in the copy's rows c0 .. c0 + 3, where
+// the first half's invocation of the same tile adds them (and then overwrites the slot).
+fn stash_half(acc: T4, kh: u32, c0: u32, vg: u32) {
+    if (S2 > 1u) {
+        if (kh == 1u) {
+            for (var r = 0u; r < 4u; r++) {
+                sm[(c0 + r) * BV4 + vg] = t4row(acc, r);
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
 // ---------------------------------------------------------------- delta_fwd_state
 @group(0) @binding(1) var<storage, read> fs_k: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> fs_w: array<vec4<f32>>;
@@ -245,14 +259,7 @@ fn delta_fwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         // the H copy is read: its memory takes the second half's partial products, then
         // (same invocation, same slot) the decayed v_new
         workgroupBarrier();
-        if (S2 > 1u) {
-            if (kh == 1u) {
-                for (var r = 0u; r < 4u; r++) {
-                    sm[(c0 + r) * BV4 + vg] = t4row(acc, r);
-                }
-            }
-            workgroupBarrier();
-        }
+        stash_half(acc, kh, c0, vg);
         if (kh == 0u) {
             for (var r = 0u; r < 4u; r++) {
                 let c = c0 + r;
@@ -479,14 +486,7 @@ fn delta_bwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         // the dH copy is read: its memory takes the second half's partial products, then
         // (same invocation, same slot) s exp(gamma) dO, and -dv_new
         workgroupBarrier();
-        if (S2 > 1u) {
-            if (kh == 1u) {
-                for (var r = 0u; r < 4u; r++) {
-                    sm[(c0 + r) * BV4 + vg] = t4row(acc, r);
-                }
-            }
-            workgroupBarrier();
-        }
+        stash_half(acc, kh, c0, vg);
         if (kh == 0u) {
             for (var r = 0u; r < 4u; r++) {
                 let c = c0 + r;
