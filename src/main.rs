@@ -66,6 +66,11 @@ pub(crate) struct ConvArgs {
     /// phase 2's alignment use (the reference: 4); every alignment step sees all of them
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=4096))]
     capture_windows: u64,
+    /// Phase 1's value scale: `fit` (ALGORITHM.md: sigma = <c_T, c_S> / |c_S|^2 from the
+    /// recurrence's output) or `linear[:TAU]` (sigma = TAU / RMS(W_v x) per head, SiLU near
+    /// its linear regime; TAU default 0.25), which beats alignment-only on SmolLM2
+    #[arg(long, default_value = "fit", value_parser = parse_value_scale)]
+    value_scale: convert::ValueScale,
     /// Phase 2 AdamW steps per layer
     #[arg(long, default_value_t = 300)]
     steps: usize,
@@ -287,6 +292,10 @@ impl ConvArgs {
     }
 }
 
+fn parse_value_scale(s: &str) -> Result<convert::ValueScale, String> {
+    convert::ValueScale::parse(s)
+}
+
 pub(crate) const WINDOW: usize = 256;
 
 pub(crate) fn conv_setup(a: &ConvArgs) -> Result<ConvSetup> {
@@ -332,7 +341,15 @@ fn run_policy(
         Policy::GaS2 => convert::take_windows(calib, WINDOW, a.calib_tokens.div_ceil(WINDOW).max(a.capture()), "the calibration text")?,
         _ => vec![],
     };
-    let inputs = select::Inputs { teacher, tensors, eval: &eval, calib: &calib, capture_windows: a.capture(), seed: a.seed };
+    let inputs = select::Inputs {
+        teacher,
+        tensors,
+        eval: &eval,
+        calib: &calib,
+        capture_windows: a.capture(),
+        value_scale: a.value_scale,
+        seed: a.seed,
+    };
     let pb = bar(teacher.cfg.num_hidden_layers as u64, &format!("{} layer scores", policy.name()));
     let s = select::select(gpu()?, policy, n, &inputs, |done, _| pb.set_position(done as u64))?;
     pb.finish_and_clear();
@@ -352,6 +369,7 @@ pub(crate) fn conv_opts(a: &ConvArgs, keep: &[usize], strategy: Strategy) -> Con
         calib_tokens: a.calib_tokens,
         capture_windows: a.capture(),
         align: AlignOpts { steps: a.steps, ..Default::default() },
+        value_scale: a.value_scale,
         seed: a.seed,
     }
 }
@@ -461,7 +479,7 @@ fn run(cli: Cli) -> Result<()> {
             let report = json!({
                 "teacher": setup.files.source, "strategy": strategy.name(), "attn_layers": setup.hc.attn_layers,
                 "calib_tokens": o.calib_tokens.max(o.capture_windows * WINDOW), "capture_windows": o.capture_windows,
-                "align": o.align, "seed": o.seed,
+                "align": o.align, "value_scale": o.value_scale.name(), "seed": o.seed,
                 "selection": setup.selection.as_ref().map(selection_json),
                 "timings_s": timings, "layers": reports,
                 "eval": { "windows": windows.len(), "window_tokens": WINDOW, "student_ppl": s_eval.ppl, "teacher_ppl": t_eval.ppl },
@@ -518,7 +536,7 @@ fn run(cli: Cli) -> Result<()> {
                 pb.set_message(s.name());
                 let mut tensors = model::hybrid::init_student(&setup.hc, &setup.files.tensors, o.seed)?;
                 let t = std::time::Instant::now();
-                let (_, t1, t2) = convert::apply_strategy(g, &setup.hc, &mut tensors, &cap, s, &o.align, |_| {})?;
+                let (_, t1, t2) = convert::apply_strategy(g, &setup.hc, &mut tensors, &cap, s, &o.align, o.value_scale, |_| {})?;
                 let secs = t.elapsed().as_secs_f64();
                 let student = Teacher::build(g, &setup.hc.base, &tensors, s.name(), |l| setup.hc.is_gdn(l))?;
                 let r = taylorcal::eval::perplexity_windows(g, &student, &windows)?;

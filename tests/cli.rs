@@ -83,9 +83,13 @@ fn convert_then_eval_reads_the_checkpoint() {
     let text = word_text(dir.path());
     let out = dir.path().join("student");
     let (m, t, o) = (model.to_str().unwrap(), text.to_str().unwrap(), out.to_str().unwrap());
-    for (strategy, capture) in [("naive", "4"), ("taylor-calibrate", "3")] {
+    for (strategy, capture, value_scale) in
+        [("naive", "4", "fit"), ("taylor-calibrate", "3", "fit"), ("taylor-calibrate", "3", "linear:0.3")]
+    {
         let (ok, stdout, err) = taylorcal(&[
             "convert",
+            "--value-scale",
+            value_scale,
             "--teacher",
             m,
             "--keep",
@@ -114,6 +118,21 @@ fn convert_then_eval_reads_the_checkpoint() {
         let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
         assert_eq!(report["strategy"], strategy);
         assert_eq!(report["capture_windows"].as_u64(), capture.parse().ok());
+        assert_eq!(report["value_scale"], value_scale);
+        if strategy == "taylor-calibrate" {
+            let p1 = &report["layers"][0]["phase1"];
+            let (fit, applied) = (p1["sigma"].as_array().unwrap(), p1["sigma_applied"].as_array().unwrap());
+            assert_eq!(fit.len(), applied.len());
+            // fit: the fitted sigma is applied; linear: tau / RMS(W_v x) per head
+            for (h, a) in applied.iter().enumerate() {
+                let want = if value_scale == "fit" {
+                    fit[h].as_f64().unwrap()
+                } else {
+                    (0.3 / p1["value_preact_rms"][h].as_f64().unwrap()).clamp(0.1, 10.0)
+                };
+                assert!((a.as_f64().unwrap() - want).abs() <= 1e-5 * want, "{value_scale} head {h}: {a} vs {want}");
+            }
+        }
         assert_eq!(report["layers"].as_array().unwrap().len(), 1);
         let (ok, stdout, err) = taylorcal(&["eval", "--model", o, "--text", t, "--max-tokens", "100", "--json"]);
         assert!(ok, "eval of the checkpoint failed: {err}");
@@ -123,6 +142,8 @@ fn convert_then_eval_reads_the_checkpoint() {
     assert!(!ok && err.contains("kept layer 5"), "{err}");
     let (ok, _, err) = taylorcal(&["convert", "--teacher", m, "--capture-windows", "0", "--out", o]);
     assert!(!ok && err.contains("--capture-windows"), "{err}");
+    let (ok, _, err) = taylorcal(&["convert", "--teacher", m, "--value-scale", "linear:-1", "--out", o]);
+    assert!(!ok && err.contains("TAU must be a positive number"), "{err}");
 }
 
 #[test]

@@ -29,6 +29,7 @@ fn opts(strategy: Strategy, steps: usize) -> ConvertOpts {
         calib_tokens: 96,
         capture_windows: 2,
         align: AlignOpts { steps, ..Default::default() },
+        value_scale: convert::ValueScale::Fit,
         seed: 3,
     }
 }
@@ -44,7 +45,11 @@ fn phase1_sets_decay_from_distance_and_alignment_lowers_the_mse() {
     assert_eq!(cap.stat_tokens, 144);
     let mut tensors = hybrid::init_student(&hc, &files.tensors, 3).unwrap();
     let l = cap.layers[0];
-    let rep = convert::phase1_layer(g, &mut tensors, &cap, 0).unwrap();
+    let wv0 = tensors[&gdn_name(cap.layers[0], "v_proj.weight")].data.clone();
+    let rep = convert::phase1_layer(g, &mut tensors, &cap, 0, convert::ValueScale::Fit).unwrap();
+    // the fitted scale is what went into W_v
+    assert_eq!(rep.sigma_applied, rep.sigma);
+    assert_rows_scaled(&wv0, &tensors[&gdn_name(cap.layers[0], "v_proj.weight")].data, &rep.sigma);
     assert!(tensors[&gdn_name(l, "A_log")].data.iter().all(|&a| a == 0.0));
     for (h, &d) in cap.stats[l].distance.iter().enumerate() {
         let r = phase1::softplus(tensors[&gdn_name(l, "dt_bias")].data[h] as f64);
@@ -66,6 +71,53 @@ fn phase1_sets_decay_from_distance_and_alignment_lowers_the_mse() {
     eprintln!("alignment: loss {:.4e} -> {:.4e}, cosine {:.4} -> {:.4}", a.initial_loss, a.final_loss, a.initial_cosine, a.final_cosine);
     assert!(a.final_loss < 0.9 * a.initial_loss, "{a:?}");
     assert!(a.final_cosine > a.initial_cosine);
+}
+
+/// W_v's rows of head h (head_dim rows of `before.len() / heads / head_dim` columns each)
+/// equal `before`'s times scale[h].
+fn assert_rows_scaled(before: &[f32], after: &[f32], scale: &[f32]) {
+    let per_head = before.len() / scale.len();
+    for (h, s) in scale.iter().enumerate() {
+        for j in h * per_head..(h + 1) * per_head {
+            assert!((after[j] - before[j] * s).abs() <= 1e-6 * before[j].abs().max(1e-6), "head {h} element {j}");
+        }
+    }
+}
+
+#[test]
+fn linear_value_scale_brings_each_heads_preactivation_to_tau() {
+    let (files, hc, ids) = setup();
+    let g = gpu();
+    let teacher = Teacher::new(g, &files).unwrap();
+    let windows = convert::take_windows(&ids, 48, 3, "text").unwrap();
+    let cap = convert::capture(g, &teacher, &hc.gdn_layers(), &windows, 2, |_| {}).unwrap();
+    let mut tensors = hybrid::init_student(&hc, &files.tensors, 3).unwrap();
+    let l = cap.layers[0];
+    let wv0 = tensors[&gdn_name(l, "v_proj.weight")].data.clone();
+    let tau = 0.3;
+    let rep = convert::phase1_layer(g, &mut tensors, &cap, 0, convert::ValueScale::Linear { tau }).unwrap();
+    // pre-activation RMS per head of W_v x on the captured inputs, on the CPU in f64
+    let x = g.read(&cap.x[0]).unwrap();
+    let (dm, heads) = (cap.x[0].cols(), rep.sigma.len());
+    let hd = wv0.len() / dm / heads;
+    for h in 0..heads {
+        let mut ss = 0.0f64;
+        let mut n = 0usize;
+        for row in x.chunks(dm) {
+            for r in h * hd..(h + 1) * hd {
+                let z: f64 = row.iter().zip(&wv0[r * dm..(r + 1) * dm]).map(|(a, b)| *a as f64 * *b as f64).sum();
+                ss += z * z;
+                n += 1;
+            }
+        }
+        let rms = (ss / n as f64).sqrt();
+        assert!((rep.value_preact_rms[h] as f64 - rms).abs() <= 1e-4 * rms, "head {h}: {} vs {rms}", rep.value_preact_rms[h]);
+        let want = (tau as f64 / rms).clamp(0.1, 10.0);
+        assert!((rep.sigma_applied[h] as f64 - want).abs() <= 1e-4 * want, "head {h}: sigma {} vs {want}", rep.sigma_applied[h]);
+    }
+    // the fit is still computed and reported, but W_v got the linear-regime scale
+    assert!(rep.sigma.iter().all(|s| (0.1..=10.0).contains(s)));
+    assert_rows_scaled(&wv0, &tensors[&gdn_name(l, "v_proj.weight")].data, &rep.sigma_applied);
 }
 
 #[test]

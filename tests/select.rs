@@ -77,7 +77,15 @@ fn ar_ranks_the_decisive_attention_layer_first() {
         assert!(s.scores[l].abs() < 0.1 * s.scores[decisive], "layer {l}: {:?}", s.scores);
     }
     // same answer through the generic entry point, and a ranking for N = 2
-    let inp = Inputs { teacher: &teacher, tensors: &tensors, eval: &windows, calib: &[], capture_windows: 1, seed: 0 };
+    let inp = Inputs {
+        teacher: &teacher,
+        tensors: &tensors,
+        eval: &windows,
+        calib: &[],
+        capture_windows: 1,
+        value_scale: convert::ValueScale::Fit,
+        seed: 0,
+    };
     assert_eq!(select::select(g, Policy::Ar, 1, &inp, |_, _| {}).unwrap().keep, vec![decisive]);
     let two = select::top_n(&s.scores, 2, true).unwrap();
     assert!(two.contains(&decisive) && two.len() == 2);
@@ -100,7 +108,15 @@ fn ga_s2_scores_every_layer_from_one_teacher_pass() {
     let ids: Vec<u32> = (0..240).map(|_| rand::Rng::random_range(&mut r, 0..cfg.vocab_size as u32)).collect();
     let calib = convert::take_windows(&ids[..144], 48, 3, "calib").unwrap();
     let evalw = convert::take_windows(&ids[144..], 48, 2, "eval").unwrap();
-    let inp = Inputs { teacher: &teacher, tensors: &files.tensors, eval: &evalw, calib: &calib, capture_windows: 2, seed: 5 };
+    let inp = Inputs {
+        teacher: &teacher,
+        tensors: &files.tensors,
+        eval: &evalw,
+        calib: &calib,
+        capture_windows: 2,
+        value_scale: convert::ValueScale::Fit,
+        seed: 5,
+    };
     let mut calls = vec![];
     let s = select::select(g, Policy::GaS2, 2, &inp, |d, t| calls.push((d, t))).unwrap();
     eprintln!("GA-S2 scores {:?}, keep {:?}, {:.2} s", s.scores, s.keep, s.seconds);

@@ -1,6 +1,7 @@
 //! `convert`: teacher pass (activations captured, attention statistics streamed), then per
 //! converted layer the chosen strategy: naive copy, zero/small output gate, phase 1 closed
 //! form, phase 2 alignment, or both (Taylor-Calibrate).
+pub use super::phase1::ValueScale;
 use super::phase1::{self, Phase1Report};
 use crate::eval::LayerStats;
 use crate::gpu::{Batch, Gpu, Tensor};
@@ -169,7 +170,13 @@ pub fn phase1_skips() -> Vec<String> {
 }
 
 /// Phase 1 on converted layer `li` of the capture: decay, write gate, value scale, output gate.
-pub fn phase1_layer(gpu: &Gpu, tensors: &mut HashMap<String, HostTensor>, cap: &Capture, li: usize) -> Result<Phase1Report> {
+pub fn phase1_layer(
+    gpu: &Gpu,
+    tensors: &mut HashMap<String, HostTensor>,
+    cap: &Capture,
+    li: usize,
+    value_scale: ValueScale,
+) -> Result<Phase1Report> {
     let skip = phase1_skips();
     for s in &skip {
         anyhow::ensure!(
@@ -202,8 +209,23 @@ pub fn phase1_layer(gpu: &Gpu, tensors: &mut HashMap<String, HostTensor>, cap: &
     b.submit();
     let teacher_ctx = gpu.read(&cap.context[li])?;
     let sigma = phase1::value_scale(&teacher_ctx, &gpu.read(&acts.o)?, heads, dims.head_dim);
+    // per-head RMS of the pre-activation W_v x (before any scale)
+    let wv0 = gpu.upload(&[dims.inner(), dm], &tensors[&gdn_name(l, "v_proj.weight")].data)?;
+    let z0 = gpu.zeros(&[cap.x[li].rows(), dims.inner()])?;
+    let mut b = gpu.batch();
+    ops::matmul::linear(&mut b, &cap.x[li], &wv0, None, &z0, false);
+    b.submit();
+    let preact_rms = phase1::head_rms(&gpu.read(&z0)?, heads, dims.head_dim);
+    // research knob: TAYLORCAL_SIGMA_FIXED=S applies S to every head (the report keeps
+    // the fitted sigma and says what was applied)
+    let fixed = std::env::var("TAYLORCAL_SIGMA_FIXED").ok().and_then(|v| v.parse::<f32>().ok());
+    let applied = match (fixed, value_scale) {
+        _ if skips("sigma") => vec![1.0; heads],
+        (Some(f), _) => vec![f; heads],
+        (None, ValueScale::Linear { tau }) => phase1::linear_regime_scale(&preact_rms, tau),
+        (None, ValueScale::Fit) => sigma.clone(),
+    };
     let wv = &mut tensors.get_mut(&gdn_name(l, "v_proj.weight")).expect("v_proj").data;
-    let applied = if skips("sigma") { vec![1.0; heads] } else { sigma.clone() };
     for (h, s) in applied.iter().enumerate() {
         wv[h * dims.head_dim * dm..(h + 1) * dims.head_dim * dm].iter_mut().for_each(|w| *w *= s);
     }
@@ -224,7 +246,16 @@ pub fn phase1_layer(gpu: &Gpu, tensors: &mut HashMap<String, HostTensor>, cap: &
     if !skips("gate") {
         set(tensors, "g_proj.weight", wv.iter().map(|w| w * alpha).collect());
     }
-    Ok(Phase1Report { distance: dist.clone(), entropy: ent.clone(), target_beta: betas, dt_bias, sigma, alpha })
+    Ok(Phase1Report {
+        distance: dist.clone(),
+        entropy: ent.clone(),
+        target_beta: betas,
+        dt_bias,
+        sigma,
+        sigma_applied: applied,
+        value_preact_rms: preact_rms.iter().map(|r| *r as f32).collect(),
+        alpha,
+    })
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -328,6 +359,7 @@ pub struct LayerReport {
 }
 
 /// Apply `strategy` to a naive student's tensors (from `init_student`), layer by layer.
+#[allow(clippy::too_many_arguments)] // the device, the student, the capture and the method's three settings
 pub fn apply_strategy(
     gpu: &Gpu,
     hc: &HybridConfig,
@@ -335,6 +367,7 @@ pub fn apply_strategy(
     cap: &Capture,
     strategy: Strategy,
     align: &AlignOpts,
+    value_scale: ValueScale,
     mut progress: impl FnMut(&str),
 ) -> Result<(Vec<LayerReport>, f64, f64)> {
     let layers = hc.gdn_layers();
@@ -350,7 +383,7 @@ pub fn apply_strategy(
         let mut r = LayerReport { layer: l, ..Default::default() };
         if strategy.phase1() {
             let t = Instant::now();
-            r.phase1 = Some(phase1_layer(gpu, tensors, cap, li)?);
+            r.phase1 = Some(phase1_layer(gpu, tensors, cap, li, value_scale)?);
             t1 += t.elapsed().as_secs_f64();
         }
         if strategy.phase2() {
@@ -378,6 +411,8 @@ pub struct ConvertOpts {
     /// Windows of activations captured for phase 1's value scale and phase 2 (reference: 4).
     pub capture_windows: usize,
     pub align: AlignOpts,
+    /// Phase 1's value scale (default: the fit of ALGORITHM.md)
+    pub value_scale: ValueScale,
     pub seed: u64,
 }
 
@@ -390,6 +425,7 @@ impl Default for ConvertOpts {
             calib_tokens: 1024,
             capture_windows: 4,
             align: AlignOpts::default(),
+            value_scale: ValueScale::Fit,
             seed: 0,
         }
     }
@@ -434,12 +470,13 @@ pub fn convert(
             progress(&format!("teacher pass: window {i}/{nwin}"))
         })?;
         timings.teacher_pass_and_statistics = cap.seconds;
-        let (r, t1, t2) = apply_strategy(gpu, hc, &mut tensors, &cap, o.strategy, &o.align, &mut progress)?;
+        let (r, t1, t2) = apply_strategy(gpu, hc, &mut tensors, &cap, o.strategy, &o.align, o.value_scale, &mut progress)?;
         timings.phase1 = t1;
         timings.phase2 = t2;
         r
     } else {
-        let (r, _, _) = apply_strategy(gpu, hc, &mut tensors, &Capture::empty(hc.gdn_layers()), o.strategy, &o.align, &mut progress)?;
+        let (r, _, _) =
+            apply_strategy(gpu, hc, &mut tensors, &Capture::empty(hc.gdn_layers()), o.strategy, &o.align, o.value_scale, &mut progress)?;
         r
     };
     timings.total = t0.elapsed().as_secs_f64();

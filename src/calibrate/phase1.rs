@@ -66,6 +66,62 @@ pub fn value_scale(teacher: &[f32], student: &[f32], heads: usize, dim: usize) -
     num.iter().zip(&den).map(|(n, d)| if *d > 0.0 { (n / d).clamp(0.1, 10.0) as f32 } else { 1.0 }).collect()
 }
 
+/// Per-head RMS of rows laid out [tokens][heads * dim].
+pub fn head_rms(z: &[f32], heads: usize, dim: usize) -> Vec<f64> {
+    let mut ss = vec![0.0f64; heads];
+    let mut n = 0usize;
+    for row in z.chunks(heads * dim) {
+        for (h, acc) in ss.iter_mut().enumerate() {
+            *acc += row[h * dim..(h + 1) * dim].iter().map(|x| (*x as f64).powi(2)).sum::<f64>();
+        }
+        n += dim;
+    }
+    ss.iter().map(|s| if n > 0 { (s / n as f64).sqrt() } else { 0.0 }).collect()
+}
+
+/// How phase 1 scales W_v's rows per head.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ValueScale {
+    /// ALGORITHM.md: sigma_h = <c_T, c_S> / |c_S|^2 from the recurrence's output (the default)
+    Fit,
+    /// sigma_h = tau / RMS(W_v x)_h: SiLU's input brought to RMS tau, near SiLU's first-order
+    /// (linear) regime (see [`linear_regime_scale`])
+    Linear { tau: f32 },
+}
+
+/// tau of `--value-scale linear` without one.
+pub const DEFAULT_LINEAR_TAU: f32 = 0.25;
+
+impl ValueScale {
+    /// `fit`, `linear` or `linear:TAU` (TAU > 0).
+    pub fn parse(s: &str) -> Result<ValueScale, String> {
+        match s.split_once(':') {
+            None if s == "fit" => Ok(ValueScale::Fit),
+            None if s == "linear" => Ok(ValueScale::Linear { tau: DEFAULT_LINEAR_TAU }),
+            Some(("linear", t)) => match t.parse::<f32>() {
+                Ok(tau) if tau.is_finite() && tau > 0.0 => Ok(ValueScale::Linear { tau }),
+                _ => Err(format!("value scale {s:?}: TAU must be a positive number")),
+            },
+            _ => Err(format!("value scale {s:?}: expected fit, linear or linear:TAU")),
+        }
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            ValueScale::Fit => "fit".into(),
+            ValueScale::Linear { tau } => format!("linear:{tau}"),
+        }
+    }
+}
+
+/// The `linear` value scale: sigma_h = tau / RMS of head h's pre-activation W_v x, so that
+/// SiLU(sigma W_v x) works near its first-order (linear) regime and keeps the sign of the
+/// teacher's values (the gated RMSNorm after the scan takes out the scale itself); clamped
+/// to [0.1, 10] like the fitted scale (1 where a head's RMS is 0).
+pub fn linear_regime_scale(head_rms: &[f64], tau: f32) -> Vec<f32> {
+    head_rms.iter().map(|r| if *r > 0.0 { (tau as f64 / r).clamp(0.1, 10.0) as f32 } else { 1.0 }).collect()
+}
+
 pub fn rms(v: &[f32]) -> f64 {
     (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt()
 }
@@ -88,12 +144,39 @@ pub struct Phase1Report {
     pub target_beta: Vec<f32>,
     pub dt_bias: Vec<f32>,
     pub sigma: Vec<f32>,
+    /// the value scale multiplied into W_v (sigma, or what a research knob chose instead)
+    pub sigma_applied: Vec<f32>,
+    /// per-head RMS of the pre-activation W_v x on the calibration tokens (before scaling)
+    pub value_preact_rms: Vec<f32>,
     pub alpha: f32,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn linear_regime_scale_by_hand() {
+        // 2 tokens, 2 heads of dim 2: head 0 values 3, 4 | 0, 0 -> RMS sqrt(25 / 4) = 2.5;
+        // head 1 all 1 -> RMS 1
+        let z = [3.0, 4.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0];
+        let r = head_rms(&z, 2, 2);
+        assert!((r[0] - 2.5).abs() < 1e-12 && (r[1] - 1.0).abs() < 1e-12, "{r:?}");
+        assert_eq!(linear_regime_scale(&r, 0.5), vec![0.2, 0.5]);
+        // clamped like the fitted scale; a silent head keeps 1
+        assert_eq!(linear_regime_scale(&[100.0, 0.001, 0.0], 0.5), vec![0.1, 10.0, 1.0]);
+    }
+
+    #[test]
+    fn value_scale_parses() {
+        assert_eq!(ValueScale::parse("fit"), Ok(ValueScale::Fit));
+        assert_eq!(ValueScale::parse("linear"), Ok(ValueScale::Linear { tau: DEFAULT_LINEAR_TAU }));
+        assert_eq!(ValueScale::parse("linear:0.5"), Ok(ValueScale::Linear { tau: 0.5 }));
+        for bad in ["", "lin", "linear:", "linear:0", "linear:-1", "linear:x", "fit:1", "linear:inf"] {
+            assert!(ValueScale::parse(bad).is_err(), "{bad:?} parsed");
+        }
+        assert_eq!(ValueScale::parse(&ValueScale::Linear { tau: 0.25 }.name()), Ok(ValueScale::Linear { tau: 0.25 }));
+    }
 
     #[test]
     fn half_life_equals_mean_distance() {

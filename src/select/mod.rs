@@ -103,6 +103,8 @@ pub struct Inputs<'a> {
     pub calib: &'a [&'a [u32]],
     /// Calibration windows whose activations are captured (phase 1's value scale).
     pub capture_windows: usize,
+    /// Phase 1's value scale for GA-S2's taylor-init candidates.
+    pub value_scale: convert::ValueScale,
     pub seed: u64,
 }
 
@@ -152,6 +154,7 @@ pub fn ga_s2(gpu: &Gpu, n: usize, inp: &Inputs, mut progress: impl FnMut(usize, 
             &cap.subset(&hc.gdn_layers())?,
             Strategy::TaylorInit,
             &AlignOpts::default(),
+            inp.value_scale,
             |_| {},
         )?;
         let student = Decoder::build(gpu, cfg, &tensors, "ga-s2 candidate", |j| hc.is_gdn(j))?;
