@@ -34,16 +34,23 @@ fn opts(strategy: Strategy, steps: usize) -> ConvertOpts {
     }
 }
 
-#[test]
-fn phase1_sets_decay_from_distance_and_alignment_lowers_the_mse() {
+/// The tiny teacher's capture over 3 windows of 48 tokens (activations of the first 2) and
+/// a naive student's tensors.
+fn captured() -> (convert::Capture, std::collections::HashMap<String, taylorcal::model::HostTensor>) {
     let (files, hc, ids) = setup();
     let g = gpu();
     let teacher = Teacher::new(g, &files).unwrap();
     let windows = convert::take_windows(&ids, 48, 3, "text").unwrap();
     let cap = convert::capture(g, &teacher, &hc.gdn_layers(), &windows, 2, |_| {}).unwrap();
+    (cap, hybrid::init_student(&hc, &files.tensors, 3).unwrap())
+}
+
+#[test]
+fn phase1_sets_decay_from_distance_and_alignment_lowers_the_mse() {
+    let g = gpu();
+    let (cap, mut tensors) = captured();
     assert_eq!(cap.seqs, (2, 48));
     assert_eq!(cap.stat_tokens, 144);
-    let mut tensors = hybrid::init_student(&hc, &files.tensors, 3).unwrap();
     let l = cap.layers[0];
     let wv0 = tensors[&gdn_name(cap.layers[0], "v_proj.weight")].data.clone();
     let rep = convert::phase1_layer(g, &mut tensors, &cap, 0, convert::ValueScale::Fit).unwrap();
@@ -86,12 +93,8 @@ fn assert_rows_scaled(before: &[f32], after: &[f32], scale: &[f32]) {
 
 #[test]
 fn linear_value_scale_brings_each_heads_preactivation_to_tau() {
-    let (files, hc, ids) = setup();
     let g = gpu();
-    let teacher = Teacher::new(g, &files).unwrap();
-    let windows = convert::take_windows(&ids, 48, 3, "text").unwrap();
-    let cap = convert::capture(g, &teacher, &hc.gdn_layers(), &windows, 2, |_| {}).unwrap();
-    let mut tensors = hybrid::init_student(&hc, &files.tensors, 3).unwrap();
+    let (cap, mut tensors) = captured();
     let l = cap.layers[0];
     let wv0 = tensors[&gdn_name(l, "v_proj.weight")].data.clone();
     let tau = 0.3;
