@@ -14,7 +14,7 @@
 // w, k, q rows are read straight from memory (each shared by the BV / 4 invocations of a
 // row group, through the cache), with the next step's values loaded before the current
 // step's products; three barriers per chunk around the workgroup copies of H and v_new,
-// which share one array. Part (a) uses 4 x 4 thread tiles (4 chunk rows x 4 value columns),
+// which share one array (four at S2 = 2, for the hand-over of the partial products). Part (a) uses 4 x 4 thread tiles (4 chunk rows x 4 value columns),
 // split over S2 halves of the dk reduction, part (b) RB x 4 (state rows x value columns);
 // 4 BV S2 invocations.
 //
@@ -455,7 +455,7 @@ fn delta_bwd_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
                 bs_dh[(hbase + k) * dv4 + v4] = hv;
             }
         }
-        // this invocation's dv_new_local and dO rows, loaded early (clamped; masked below)
+        // this invocation's chunk rows (clamped; masked below)
         let c0 = 4u * (cg % 16u);
         let r0 = rbase + min(c0, len - 1u) * p.h;
         let r1 = rbase + min(c0 + 1u, len - 1u) * p.h;

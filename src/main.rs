@@ -69,7 +69,7 @@ pub(crate) struct ConvArgs {
     /// Phase 1's value scale: `fit` (ALGORITHM.md: sigma = <c_T, c_S> / |c_S|^2 from the
     /// recurrence's output) or `linear[:TAU]` (sigma = TAU / RMS(W_v x) per head, SiLU near
     /// its linear regime; TAU default 0.25), which beats alignment-only on SmolLM2
-    #[arg(long, default_value = "fit", value_parser = parse_value_scale)]
+    #[arg(long, default_value = "fit", value_parser = convert::ValueScale::parse)]
     value_scale: convert::ValueScale,
     /// Phase 2 AdamW steps per layer
     #[arg(long, default_value_t = 300)]
@@ -290,10 +290,6 @@ impl ConvArgs {
     fn capture(&self) -> usize {
         self.capture_windows as usize
     }
-}
-
-fn parse_value_scale(s: &str) -> Result<convert::ValueScale, String> {
-    convert::ValueScale::parse(s)
 }
 
 pub(crate) const WINDOW: usize = 256;

@@ -209,13 +209,9 @@ pub fn phase1_layer(
     b.submit();
     let teacher_ctx = gpu.read(&cap.context[li])?;
     let sigma = phase1::value_scale(&teacher_ctx, &gpu.read(&acts.o)?, heads, dims.head_dim);
-    // per-head RMS of the pre-activation W_v x (before any scale)
-    let wv0 = gpu.upload(&[dims.inner(), dm], &tensors[&gdn_name(l, "v_proj.weight")].data)?;
-    let z0 = gpu.zeros(&[cap.x[li].rows(), dims.inner()])?;
-    let mut b = gpu.batch();
-    ops::matmul::linear(&mut b, &cap.x[li], &wv0, None, &z0, false);
-    b.submit();
-    let preact_rms = phase1::head_rms(&gpu.read(&z0)?, heads, dims.head_dim);
+    // the pre-activation W_v x (before any scale), which the recurrence's inputs came from
+    let zv = gpu.read(&acts.zv)?;
+    let preact_rms = phase1::head_rms(&zv, heads, dims.head_dim);
     // research knob: TAYLORCAL_SIGMA_FIXED=S applies S to every head (the report keeps
     // the fitted sigma and says what was applied)
     let fixed = std::env::var("TAYLORCAL_SIGMA_FIXED").ok().and_then(|v| v.parse::<f32>().ok());
@@ -230,15 +226,9 @@ pub fn phase1_layer(
         wv[h * dims.head_dim * dm..(h + 1) * dims.head_dim * dm].iter_mut().for_each(|w| *w *= s);
     }
     let wv = wv.clone();
-    // output gate from the rescaled values: W_g = alpha W_v
-    let tv = gpu.upload(&[dims.inner(), dm], &wv)?;
-    let silu_v = gpu.zeros(&[cap.x[li].rows(), dims.inner()])?;
-    let z = gpu.zeros(&[cap.x[li].rows(), dims.inner()])?;
-    let mut b = gpu.batch();
-    ops::matmul::linear(&mut b, &cap.x[li], &tv, None, &z, false);
-    ops::act::silu_forward(&mut b, &z, &silu_v);
-    b.submit();
-    let mut alpha = phase1::output_gate_alpha(&teacher_ctx, &gpu.read(&silu_v)?);
+    // output gate from the rescaled values SiLU(sigma_h W_v x): W_g = alpha W_v
+    let silu_v = phase1::scaled_silu(&zv, &applied, dims.head_dim);
+    let mut alpha = phase1::output_gate_alpha(&teacher_ctx, &silu_v);
     // research knob: TAYLORCAL_GATE_SCALE multiplies alpha (the method's 0.01 coefficient)
     if let Some(k) = std::env::var("TAYLORCAL_GATE_SCALE").ok().and_then(|v| v.parse::<f32>().ok()) {
         alpha *= k;

@@ -122,6 +122,18 @@ pub fn linear_regime_scale(head_rms: &[f64], tau: f32) -> Vec<f32> {
     head_rms.iter().map(|r| if *r > 0.0 { (tau as f64 / r).clamp(0.1, 10.0) as f32 } else { 1.0 }).collect()
 }
 
+/// SiLU(scale[h] z) of pre-activations laid out [tokens][heads * dim] (head h = scale[h]).
+pub fn scaled_silu(z: &[f32], scale: &[f32], dim: usize) -> Vec<f32> {
+    let width = scale.len() * dim;
+    z.iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            let v = (scale[(i % width) / dim] * x) as f64;
+            (v / (1.0 + (-v).exp())) as f32
+        })
+        .collect()
+}
+
 pub fn rms(v: &[f32]) -> f64 {
     (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt()
 }
@@ -165,6 +177,14 @@ mod tests {
         assert_eq!(linear_regime_scale(&r, 0.5), vec![0.2, 0.5]);
         // clamped like the fitted scale; a silent head keeps 1
         assert_eq!(linear_regime_scale(&[100.0, 0.001, 0.0], 0.5), vec![0.1, 10.0, 1.0]);
+    }
+
+    #[test]
+    fn scaled_silu_scales_each_head() {
+        // 1 token, 2 heads of dim 1: SiLU(2 * 1) and SiLU(0.5 * -2)
+        let y = scaled_silu(&[1.0, -2.0], &[2.0, 0.5], 1);
+        let silu = |x: f64| x / (1.0 + (-x).exp());
+        assert!((y[0] as f64 - silu(2.0)).abs() < 1e-6 && (y[1] as f64 - silu(-1.0)).abs() < 1e-6, "{y:?}");
     }
 
     #[test]
