@@ -64,3 +64,14 @@ fn delta_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
         workgroupBarrier();
     }
 }
+
+// ---------------------------------------------------------------- delta_tile_map
+// Test hook for delta_common's `low_tile`: tm_out[lid] = ti * 16 + tj of invocation lid's
+// 4 x 4 tile (plus p.flags, 0 in the call, which keeps the uniform bound).
+@group(0) @binding(1) var<storage, read_write> tm_out: array<u32>;
+
+@compute @workgroup_size(256)
+fn delta_tile_map(@builtin(local_invocation_index) lid: u32) {
+    let t = low_tile(lid);
+    tm_out[lid] = t.x * 16u + t.y + p.flags;
+}

@@ -413,3 +413,23 @@ fn every_state_pass_tile_matches_the_reference() {
         }
     }
 }
+
+#[test]
+fn low_tile_puts_the_lower_tiles_first_and_covers_every_tile_once() {
+    let g = gpu();
+    let map = delta::low_tile_map(g).unwrap();
+    assert_eq!(map.len(), 256);
+    let mut seen = [[false; 16]; 16];
+    for (lid, &(ti, tj)) in map.iter().enumerate() {
+        assert!(ti < 16 && tj < 16, "invocation {lid}: tile ({ti}, {tj})");
+        assert!(!seen[ti as usize][tj as usize], "invocation {lid}: tile ({ti}, {tj}) taken twice");
+        seen[ti as usize][tj as usize] = true;
+        // invocations 0..135 hold the 136 tiles on or below the diagonal, the rest the upper ones
+        assert_eq!(tj <= ti, lid < 136, "invocation {lid}: tile ({ti}, {tj})");
+    }
+    // the upper tiles are the strictly lower ones transposed, in the same order
+    for x in 0..120 {
+        let (ti, tj) = map[136 + x];
+        assert!(map[..136].contains(&(tj, ti)) && tj > ti, "upper invocation {}: ({ti}, {tj})", 136 + x);
+    }
+}

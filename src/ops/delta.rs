@@ -623,6 +623,18 @@ fn backward_impl(
     Ok(())
 }
 
+/// delta_common's `low_tile` on the GPU for invocations 0..255, as (ti, tj): the 4 x 4
+/// thread tile over a 64 x 64 block that each invocation of a chunk-parallel kernel takes
+/// (for tests: the first 136 must be the tiles on or below the diagonal).
+pub fn low_tile_map(gpu: &Gpu) -> Result<Vec<(u32, u32)>> {
+    let out = gpu.upload_u32(&[256], &[0; 256])?;
+    let mut b = gpu.batch();
+    let s = DeltaShape::new(1, 1, 1, 16, false);
+    b.dispatch(&Kernel::new("delta_step", "delta_tile_map"), &s.params(0), &[(&out).into()], [1, 1, 1]);
+    b.submit();
+    Ok(gpu.read_u32(&out)?.into_iter().map(|x| (x / 16, x % 16)).collect())
+}
+
 /// Token-by-token recurrence for decoding, in place on `state` [B, H, dv, dk]: runs the
 /// `s.t` tokens of q, k [B, T, H, dk], v [B, T, H, dv], g, beta [B, T, H] in order
 /// (normally T = 1) and writes o [B, T, H, dv].
