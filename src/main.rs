@@ -66,10 +66,11 @@ pub(crate) struct ConvArgs {
     /// phase 2's alignment use (the reference: 4); every alignment step sees all of them
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=4096))]
     capture_windows: u64,
-    /// Phase 1's value scale: `fit` (ALGORITHM.md: sigma = <c_T, c_S> / |c_S|^2 from the
-    /// recurrence's output) or `linear[:TAU]` (sigma = TAU / RMS(W_v x) per head, SiLU near
-    /// its linear regime; TAU default 0.25), which beats alignment-only on SmolLM2
-    #[arg(long, default_value = "fit", value_parser = convert::ValueScale::parse)]
+    /// Phase 1's value scale: `linear[:TAU]` (the default: sigma = TAU / RMS(W_v x) per
+    /// head, SiLU near its linear regime; TAU 0.25, chosen on the Brown training split) or
+    /// `fit` (ALGORITHM.md as written: sigma = <c_T, c_S> / |c_S|^2 from the recurrence's
+    /// output, which on SmolLM2 hits its clamp and loses to alignment-only)
+    #[arg(long, default_value = "linear", value_parser = convert::ValueScale::parse)]
     value_scale: convert::ValueScale,
     /// Phase 2 AdamW steps per layer
     #[arg(long, default_value_t = 300)]
@@ -527,16 +528,27 @@ fn run(cli: Cli) -> Result<()> {
             let cap = convert::capture(g, &setup.teacher, &setup.hc.gdn_layers(), &cwin, o.capture_windows, |_| {})?;
             let t_eval = taylorcal::eval::perplexity_windows(g, &setup.teacher, &windows)?;
             let mut rows = vec![];
-            let pb = bar(Strategy::ALL.len() as u64, "strategies");
-            for s in Strategy::ALL {
-                pb.set_message(s.name());
+            // the six strategies with the chosen value scale; where that is not ALGORITHM.md's
+            // fitted sigma, taylor-calibrate with the fitted sigma too, as a seventh row
+            let mut runs: Vec<(Strategy, convert::ValueScale)> = Strategy::ALL.iter().map(|&s| (s, o.value_scale)).collect();
+            if o.value_scale != convert::ValueScale::Fit {
+                runs.push((Strategy::TaylorCalibrate, convert::ValueScale::Fit));
+            }
+            let pb = bar(runs.len() as u64, "strategies");
+            for &(s, vs) in &runs {
+                let label = if vs == o.value_scale { s.name().to_string() } else { format!("{} (sigma {})", s.name(), vs.name()) };
+                pb.set_message(label.clone());
                 let mut tensors = model::hybrid::init_student(&setup.hc, &setup.files.tensors, o.seed)?;
                 let t = std::time::Instant::now();
-                let (_, t1, t2) = convert::apply_strategy(g, &setup.hc, &mut tensors, &cap, s, &o.align, o.value_scale, |_| {})?;
+                let (_, t1, t2) = convert::apply_strategy(g, &setup.hc, &mut tensors, &cap, s, &o.align, vs, |_| {})?;
                 let secs = t.elapsed().as_secs_f64();
                 let student = Teacher::build(g, &setup.hc.base, &tensors, s.name(), |l| setup.hc.is_gdn(l))?;
                 let r = taylorcal::eval::perplexity_windows(g, &student, &windows)?;
-                rows.push(json!({ "strategy": s.name(), "ppl": r.ppl, "nll": r.nll, "seconds": secs, "phase1_s": t1, "phase2_s": t2 }));
+                let uses_sigma = matches!(s, Strategy::TaylorInit | Strategy::TaylorCalibrate);
+                rows.push(json!({
+                    "strategy": label, "value_scale": if uses_sigma { Some(vs.name()) } else { None },
+                    "ppl": r.ppl, "nll": r.nll, "seconds": secs, "phase1_s": t1, "phase2_s": t2,
+                }));
                 pb.inc(1);
             }
             pb.finish_and_clear();
@@ -554,6 +566,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let summary = json!({
                 "teacher": setup.files.source, "attn_layers": setup.hc.attn_layers, "calib_tokens": cap.stat_tokens,
+                "value_scale": o.value_scale.name(), "seed": o.seed, "steps": o.align.steps,
                 "selection": setup.selection.as_ref().map(selection_json),
                 "eval": { "windows": windows.len(), "window_tokens": WINDOW }, "teacher_ppl": t_eval.ppl, "strategies": rows,
                 "capture_s": cap.seconds, "total_s": t0.elapsed().as_secs_f64(), "adapter": g.info.name,

@@ -146,6 +146,56 @@ fn convert_then_eval_reads_the_checkpoint() {
     assert!(!ok && err.contains("TAU must be a positive number"), "{err}");
 }
 
+/// `ablate` runs the six strategies (and, since the default value scale is not the fit, the
+/// fitted taylor-calibrate as a seventh row) from one teacher pass; each row's perplexity equals a
+/// separate `convert` of that strategy, and the table, JSON and chart are written.
+#[test]
+fn ablate_rows_match_separate_converts() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path(), true);
+    let text = word_text(dir.path());
+    let (abl, stu) = (dir.path().join("abl"), dir.path().join("student"));
+    let (m, t) = (model.to_str().unwrap(), text.to_str().unwrap());
+    let common =
+        ["--teacher", m, "--keep", "1", "--calib", t, "--capture-windows", "2", "--steps", "2", "--eval", t, "--eval-windows", "1"];
+    // the default value scale is linear with TAU 0.25 (ablate's and convert's)
+    let mut args = vec!["ablate", "--out", abl.to_str().unwrap(), "--json"];
+    args.extend(common);
+    let (ok, stdout, err) = taylorcal(&args);
+    assert!(ok, "ablate failed: {err}");
+    let v = json(&stdout);
+    assert_eq!(v["value_scale"], "linear:0.25");
+    let rows = v["strategies"].as_array().unwrap();
+    let labels: Vec<&str> = rows.iter().map(|r| r["strategy"].as_str().unwrap()).collect();
+    assert_eq!(
+        labels,
+        ["naive", "zero-gate", "small-gate", "taylor-init", "alignment-only", "taylor-calibrate", "taylor-calibrate (sigma fit)"]
+    );
+    for (row, strategy, scale) in [(0, "naive", None), (5, "taylor-calibrate", None), (6, "taylor-calibrate", Some("fit"))] {
+        let mut args = vec!["convert", "--strategy", strategy, "--out", stu.to_str().unwrap(), "--json"];
+        if let Some(scale) = scale {
+            args.extend(["--value-scale", scale]);
+        }
+        args.extend(common);
+        let (ok, stdout, err) = taylorcal(&args);
+        assert!(ok, "convert {strategy} failed: {err}");
+        let c = json(&stdout);
+        let (a, b) = (rows[row]["ppl"].as_f64().unwrap(), c["student_ppl"].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-4 * b, "{strategy} {scale:?}: ablate {a} vs convert {b}");
+        assert!((v["teacher_ppl"].as_f64().unwrap() - c["teacher_ppl"].as_f64().unwrap()).abs() <= 1e-6 * b);
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(stu.join("report.json")).unwrap()).unwrap();
+        assert_eq!(report["value_scale"], scale.unwrap_or("linear:0.25"));
+    }
+    assert_eq!(rows[5]["value_scale"], "linear:0.25");
+    assert_eq!(rows[0]["value_scale"], serde_json::Value::Null);
+    assert_eq!(rows[6]["value_scale"], "fit");
+    let md = std::fs::read_to_string(abl.join("ablation.md")).unwrap();
+    assert!(md.contains("| teacher |") && md.contains("| taylor-calibrate (sigma fit) |") && md.contains("| naive |"), "{md}");
+    assert!(std::fs::read_to_string(abl.join("ablation.svg")).unwrap().starts_with("<svg"));
+    let on_disk: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(abl.join("ablation.json")).unwrap()).unwrap();
+    assert_eq!(on_disk["strategies"], v["strategies"]);
+}
+
 #[test]
 fn distill_writes_checkpoints_resumes_and_rejects_changed_options() {
     let dir = tempfile::tempdir().unwrap();

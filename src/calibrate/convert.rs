@@ -401,7 +401,7 @@ pub struct ConvertOpts {
     /// Windows of activations captured for phase 1's value scale and phase 2 (reference: 4).
     pub capture_windows: usize,
     pub align: AlignOpts,
-    /// Phase 1's value scale (default: the fit of ALGORITHM.md)
+    /// Phase 1's value scale (default: linear, TAU 0.25; `Fit` is ALGORITHM.md as written)
     pub value_scale: ValueScale,
     pub seed: u64,
 }
@@ -415,7 +415,7 @@ impl Default for ConvertOpts {
             calib_tokens: 1024,
             capture_windows: 4,
             align: AlignOpts::default(),
-            value_scale: ValueScale::Fit,
+            value_scale: ValueScale::default(),
             seed: 0,
         }
     }

@@ -82,15 +82,23 @@ pub fn head_rms(z: &[f32], heads: usize, dim: usize) -> Vec<f64> {
 /// How phase 1 scales W_v's rows per head.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ValueScale {
-    /// ALGORITHM.md: sigma_h = <c_T, c_S> / |c_S|^2 from the recurrence's output (the default)
+    /// ALGORITHM.md as written: sigma_h = <c_T, c_S> / |c_S|^2 from the recurrence's output
     Fit,
     /// sigma_h = tau / RMS(W_v x)_h: SiLU's input brought to RMS tau, near SiLU's first-order
-    /// (linear) regime (see [`linear_regime_scale`])
+    /// (linear) regime (see [`linear_regime_scale`]); the default, with [`DEFAULT_LINEAR_TAU`]
     Linear { tau: f32 },
 }
 
-/// tau of `--value-scale linear` without one.
+/// tau of `--value-scale linear` without one, and of the default value scale: the best of
+/// 0.0625 / 0.125 / 0.25 / 0.5 / 1 by perplexity on the Brown training split (SmolLM2,
+/// keep-every 4; README "Taylor-Calibrate on SmolLM2").
 pub const DEFAULT_LINEAR_TAU: f32 = 0.25;
+
+impl Default for ValueScale {
+    fn default() -> Self {
+        ValueScale::Linear { tau: DEFAULT_LINEAR_TAU }
+    }
+}
 
 impl ValueScale {
     /// `fit`, `linear` or `linear:TAU` (TAU > 0).
