@@ -132,7 +132,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Run all six strategies from one teacher pass and tabulate evaluation perplexity
+    /// Run all six strategies from one teacher pass and tabulate evaluation perplexity (plus
+    /// taylor-calibrate with the fitted sigma of ALGORITHM.md when --value-scale is not `fit`)
     Ablate {
         #[command(flatten)]
         conv: ConvArgs,
