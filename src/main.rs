@@ -70,7 +70,7 @@ pub(crate) struct ConvArgs {
     /// head, SiLU near its linear regime; TAU 0.25, chosen on the Brown training split) or
     /// `fit` (ALGORITHM.md as written: sigma = <c_T, c_S> / |c_S|^2 from the recurrence's
     /// output, which on SmolLM2 hits its clamp and loses to alignment-only)
-    #[arg(long, default_value = "linear", value_parser = convert::ValueScale::parse)]
+    #[arg(long, default_value_t = convert::ValueScale::default(), value_parser = convert::ValueScale::parse)]
     value_scale: convert::ValueScale,
     /// Phase 2 AdamW steps per layer
     #[arg(long, default_value_t = 300)]
@@ -545,9 +545,8 @@ fn run(cli: Cli) -> Result<()> {
                 let secs = t.elapsed().as_secs_f64();
                 let student = Teacher::build(g, &setup.hc.base, &tensors, s.name(), |l| setup.hc.is_gdn(l))?;
                 let r = taylorcal::eval::perplexity_windows(g, &student, &windows)?;
-                let uses_sigma = matches!(s, Strategy::TaylorInit | Strategy::TaylorCalibrate);
                 rows.push(json!({
-                    "strategy": label, "value_scale": if uses_sigma { Some(vs.name()) } else { None },
+                    "strategy": label, "value_scale": s.phase1().then(|| vs.name()),
                     "ppl": r.ppl, "nll": r.nll, "seconds": secs, "phase1_s": t1, "phase2_s": t2,
                 }));
                 pb.inc(1);

@@ -94,6 +94,12 @@ pub enum ValueScale {
 /// keep-every 4; README "Taylor-Calibrate on SmolLM2").
 pub const DEFAULT_LINEAR_TAU: f32 = 0.25;
 
+impl std::fmt::Display for ValueScale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
 impl Default for ValueScale {
     fn default() -> Self {
         ValueScale::Linear { tau: DEFAULT_LINEAR_TAU }
