@@ -1,11 +1,11 @@
 //! Criterion benchmarks of the chunked gated delta rule (shaders/delta_*.wgsl): one
 //! iteration = record the forward (or forward + backward) into a batch, submit, wait.
 //! Small shapes so that `cargo bench --bench delta` stays short on lavapipe; real-GPU
-//! numbers come from `taylorcal::ops::delta::bench` (GPU timestamps).
+//! numbers come from `taylorcal::experiments::bench_gdn` (GPU timestamps).
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use std::time::Duration;
+use taylorcal::experiments::bench_gdn::DeltaProblem;
 use taylorcal::gpu::Gpu;
-use taylorcal::ops::delta::bench::DeltaProblem;
 use taylorcal::ops::delta::DeltaShape;
 
 fn gpu() -> &'static Gpu {

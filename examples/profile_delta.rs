@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
             let tl = tl.unwrap_or_else(|| delta::DeltaTiles::auto(g, &s));
             let recompute = std::env::var("DELTA_RECOMPUTE").is_ok();
             for backward in [false, true] {
-                match delta::bench::profile_delta(g, &s, backward, Some(tl), recompute) {
+                match taylorcal::experiments::bench_gdn::profile_delta(g, &s, backward, Some(tl), recompute) {
                     Ok(p) => {
                         let total: f64 = p.iter().map(|x| x.1).sum();
                         let parts: Vec<String> =

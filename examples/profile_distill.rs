@@ -3,9 +3,10 @@
 //! beside the wall time (the gap is host-side recording and submission).
 //! `cargo run --release --example profile_distill -- STUDENT_DIR [TEACHER] [SEQ_LEN]`
 use taylorcal::gpu::{Gpu, GpuTimer};
-use taylorcal::model::{self, hybrid, teacher::Decoder, teacher::ForwardOpts};
-use taylorcal::ops::loss::{self, KlOut, KlWorkspace, KL_DEFAULT_BUDGET};
-use taylorcal::train::student::{self, TrainActs};
+use taylorcal::io::{self, checkpoint};
+use taylorcal::nn::decoder::{Decoder, ForwardOpts};
+use taylorcal::nn::training::{self, TrainActs};
+use taylorcal::ops::kl::{self, KlOut, KlWorkspace, KL_DEFAULT_BUDGET};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -13,9 +14,9 @@ fn main() -> anyhow::Result<()> {
     let spec = args.get(2).map(String::as_str).unwrap_or("smollm2");
     let t: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(512);
     let gpu = Gpu::shared()?;
-    let files = model::load_model(&model::fetch::resolve_model(spec)?)?;
+    let files = io::load_model(&io::fetch::resolve_model(spec)?)?;
     let teacher = Decoder::new(gpu, &files)?;
-    let ck = hybrid::load_checkpoint(std::path::Path::new(dir))?;
+    let ck = checkpoint::load_checkpoint(std::path::Path::new(dir))?;
     let student = Decoder::from_checkpoint(gpu, &ck)?;
     let grads = student.zeros_like(gpu)?;
     let acts = TrainActs::new(gpu, &student, t, false)?;
@@ -32,10 +33,10 @@ fn main() -> anyhow::Result<()> {
         let mut b = gpu.batch();
         b.time_with(&mut timer);
         let ht = teacher.forward(&mut b, &cache, &tid, 0, ForwardOpts::default())?;
-        student::forward(&mut b, &student, &tid, &acts)?;
+        training::forward(&mut b, &student, &tid, &acts)?;
         let out = KlOut { loss_rows: &rows, dhs: Some(&dh), dws: Some(&grads.lm_head) };
-        loss::kl_lm_head(&mut b, &acts.hidden, &student.lm_head, &ht, &teacher.lm_head, &kl, out, 1.0 / t as f32);
-        student::backward(&mut b, &student, &acts, &ids, &dh, &grads)?;
+        kl::kl_lm_head(&mut b, &acts.hidden, &student.lm_head, &ht, &teacher.lm_head, &kl, out, 1.0 / t as f32);
+        training::backward(&mut b, &student, &acts, &ids, &dh, &grads)?;
         let recorded = start.elapsed().as_secs_f64();
         b.submit();
         gpu.sync()?;

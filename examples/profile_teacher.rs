@@ -1,18 +1,16 @@
 //! Time every kernel of one teacher forward (GPU timestamps), grouped by kernel.
 //! `cargo run --release --example profile_teacher -- [MODEL] [TOKENS]`
 use taylorcal::gpu::{Gpu, GpuTimer};
-use taylorcal::model::{
-    self,
-    teacher::{ForwardOpts, Teacher},
-};
+use taylorcal::io;
+use taylorcal::nn::decoder::{Decoder, ForwardOpts};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let spec = args.get(1).map(String::as_str).unwrap_or("smollm2");
     let t: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(256);
     let gpu = Gpu::shared()?;
-    let files = model::load_model(&model::fetch::resolve_model(spec)?)?;
-    let teacher = Teacher::new(gpu, &files)?;
+    let files = io::load_model(&io::fetch::resolve_model(spec)?)?;
+    let teacher = Decoder::new(gpu, &files)?;
     let ids: Vec<u32> = (0..t as u32).map(|i| (i * 7919 + 13) % files.config.vocab_size as u32).collect();
     let cache = teacher.kv_cache(gpu, t)?;
     let tid = gpu.upload_u32(&[t], &ids)?;

@@ -5,10 +5,12 @@ use serde_json::json;
 use std::path::PathBuf;
 use taylorcal::calibrate::convert::{self, AlignOpts, ConvertOpts, Strategy};
 use taylorcal::gpu::Gpu;
-use taylorcal::model::{self, teacher::Teacher};
+use taylorcal::io;
+use taylorcal::nn::decoder::Decoder;
 use taylorcal::select::{self, Policy, Selection};
 
-mod cli_train;
+mod cli;
+use cli::train as cli_train;
 
 #[derive(Parser)]
 #[command(
@@ -24,7 +26,7 @@ struct Cli {
 #[derive(clap::Args)]
 struct ModelArgs {
     /// `smollm2` (the default teacher, fetched on first use), a .gguf file, a Hugging Face directory, or a taylorcal checkpoint directory
-    #[arg(long, default_value = model::fetch::DEFAULT_TEACHER)]
+    #[arg(long, default_value = io::fetch::DEFAULT_TEACHER)]
     model: String,
 }
 
@@ -41,7 +43,7 @@ struct TextArgs {
 #[derive(clap::Args)]
 pub(crate) struct ConvArgs {
     /// `smollm2` (default teacher), a .gguf file or a Hugging Face directory
-    #[arg(long, default_value = model::fetch::DEFAULT_TEACHER)]
+    #[arg(long, default_value = io::fetch::DEFAULT_TEACHER)]
     teacher: String,
     /// Layers that keep softmax attention, e.g. 0,4,8
     #[arg(long, value_delimiter = ',', conflicts_with = "keep_every")]
@@ -162,7 +164,7 @@ enum Cmd {
         #[arg(long)]
         student: Option<PathBuf>,
         /// The teacher it was converted from
-        #[arg(long, default_value = model::fetch::DEFAULT_TEACHER)]
+        #[arg(long, default_value = io::fetch::DEFAULT_TEACHER)]
         teacher: String,
         /// 1: per-layer alignment; 2: end-to-end KL
         #[arg(long)]
@@ -244,34 +246,34 @@ fn gpu() -> Result<&'static Gpu> {
 }
 
 struct Loaded {
-    teacher: Teacher,
+    teacher: Decoder,
     tokenizer: tokenizers::Tokenizer,
     eos: Option<u32>,
 }
 
 fn load(spec: &str) -> Result<Loaded> {
-    let path = model::fetch::resolve_model(spec)?;
+    let path = io::fetch::resolve_model(spec)?;
     let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", path.display()));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let loaded = if model::hybrid::is_checkpoint(&path) {
-        let ck = model::hybrid::load_checkpoint(&path)?;
+    let loaded = if io::checkpoint::is_checkpoint(&path) {
+        let ck = io::checkpoint::load_checkpoint(&path)?;
         let tokenizer = ck.tokenizer.clone().with_context(|| format!("checkpoint {} has no tokenizer.json", path.display()))?;
-        Loaded { teacher: Teacher::from_checkpoint(gpu()?, &ck)?, tokenizer, eos: ck.config.base.eos_token_id }
+        Loaded { teacher: Decoder::from_checkpoint(gpu()?, &ck)?, tokenizer, eos: ck.config.base.eos_token_id }
     } else {
-        let files = model::load_model(&path)?;
+        let files = io::load_model(&path)?;
         let tokenizer = files.tokenizer.clone().with_context(|| format!("{} has no tokenizer", files.source))?;
-        Loaded { teacher: Teacher::new(gpu()?, &files)?, tokenizer, eos: files.config.eos_token_id }
+        Loaded { teacher: Decoder::new(gpu()?, &files)?, tokenizer, eos: files.config.eos_token_id }
     };
     spinner.finish_and_clear();
     Ok(loaded)
 }
 
-/// Teacher, tokenizer, hybrid layout, calibration and evaluation tokens.
+/// Decoder, tokenizer, hybrid layout, calibration and evaluation tokens.
 pub(crate) struct ConvSetup {
-    files: model::ModelFiles,
-    teacher: Teacher,
+    files: io::ModelFiles,
+    teacher: Decoder,
     tokenizer: tokenizers::Tokenizer,
-    hc: model::hybrid::HybridConfig,
+    hc: io::checkpoint::HybridConfig,
     calib: Vec<u32>,
     eval: Vec<u32>,
     /// --eval-windows
@@ -283,7 +285,7 @@ pub(crate) struct ConvSetup {
 impl ConvSetup {
     /// The evaluation text cut into --eval-windows windows of [`WINDOW`] tokens.
     pub(crate) fn eval_windows(&self) -> Result<Vec<&[u32]>> {
-        convert::take_windows(&self.eval, WINDOW, self.n_eval, "the evaluation text")
+        taylorcal::data::windows(&self.eval, WINDOW, self.n_eval, "the evaluation text")
     }
 }
 
@@ -297,13 +299,13 @@ impl ConvArgs {
 pub(crate) const WINDOW: usize = 256;
 
 pub(crate) fn conv_setup(a: &ConvArgs) -> Result<ConvSetup> {
-    let path = model::fetch::resolve_model(&a.teacher)?;
-    let files = model::load_model(&path)?;
+    let path = io::fetch::resolve_model(&a.teacher)?;
+    let files = io::load_model(&path)?;
     let tokenizer = files.tokenizer.clone().with_context(|| format!("{} has no tokenizer", files.source))?;
     let layers = files.config.num_hidden_layers;
     let calib = taylorcal::data::tokenize_or(&tokenizer, a.calib.as_deref(), taylorcal::data::brown::CALIBRATION, usize::MAX)?;
     let eval = taylorcal::data::tokenize_or(&tokenizer, a.eval.as_deref(), taylorcal::data::brown::EVAL, a.eval_windows * WINDOW)?;
-    let teacher = Teacher::new(gpu()?, &files)?;
+    let teacher = Decoder::new(gpu()?, &files)?;
     let selection = match (&a.policy, a.num_keep) {
         (Some(p), Some(n)) => Some(run_policy(a, Policy::parse(p)?, n, &teacher, &files.tensors, &calib, &eval)?),
         _ => None,
@@ -317,7 +319,7 @@ pub(crate) fn conv_setup(a: &ConvArgs) -> Result<ConvSetup> {
             (0..layers).step_by(every).collect()
         }
     };
-    let hc = model::hybrid::HybridConfig::new(files.config.clone(), keep)?;
+    let hc = io::checkpoint::HybridConfig::new(files.config.clone(), keep)?;
     Ok(ConvSetup { files, teacher, tokenizer, hc, calib, eval, n_eval: a.eval_windows, selection })
 }
 
@@ -326,17 +328,17 @@ fn run_policy(
     a: &ConvArgs,
     policy: Policy,
     n: usize,
-    teacher: &Teacher,
-    tensors: &std::collections::HashMap<String, model::HostTensor>,
+    teacher: &Decoder,
+    tensors: &std::collections::HashMap<String, io::HostTensor>,
     calib: &[u32],
     eval: &[u32],
 ) -> Result<Selection> {
     let eval = match policy {
         Policy::Uniform => vec![],
-        _ => convert::take_windows(eval, WINDOW, a.eval_windows, "the evaluation text")?,
+        _ => taylorcal::data::windows(eval, WINDOW, a.eval_windows, "the evaluation text")?,
     };
     let calib = match policy {
-        Policy::GaS2 => convert::take_windows(calib, WINDOW, a.calib_tokens.div_ceil(WINDOW).max(a.capture()), "the calibration text")?,
+        Policy::GaS2 => taylorcal::data::windows(calib, WINDOW, a.calib_tokens.div_ceil(WINDOW).max(a.capture()), "the calibration text")?,
         _ => vec![],
     };
     let inputs = select::Inputs {
@@ -412,14 +414,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Bench { what, json } if what.first().is_some_and(|w| w == "gdn") => {
             let g = gpu()?;
-            let cpu = taylorcal::bench::is_cpu_adapter(g);
+            let cpu = taylorcal::experiments::bench::is_cpu_adapter(g);
             // the shapes on a GPU; scaled down on a CPU adapter (lavapipe)
             let shapes: &[(usize, usize, usize, usize)] =
                 if cpu { &[(1, 256, 2, 64), (1, 512, 2, 128)] } else { &[(1, 2048, 16, 64), (4, 4096, 16, 128), (1, 8192, 8, 128)] };
             let mut rows = vec![];
             for &(b, t, h, d) in shapes {
-                let fwd = taylorcal::ops::delta::bench::bench_delta(g, b, t, h, d, false)?;
-                let both = taylorcal::ops::delta::bench::bench_delta(g, b, t, h, d, true)?;
+                let fwd = taylorcal::experiments::bench_gdn::bench_delta(g, b, t, h, d, false)?;
+                let both = taylorcal::experiments::bench_gdn::bench_delta(g, b, t, h, d, true)?;
                 let toks = (b * t) as f64;
                 rows.push(json!({ "shape": [b, t, h, d], "fwd_ms": fwd * 1e3, "fwd_bwd_ms": both * 1e3, "fwd_tokens_per_s": toks / fwd, "fwd_bwd_tokens_per_s": toks / both }));
                 if !json {
@@ -438,13 +440,13 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Bench { what, json } => {
             let g = gpu()?;
-            let benches: Vec<_> = taylorcal::bench::default_suite(g)
+            let benches: Vec<_> = taylorcal::experiments::bench::default_suite(g)
                 .into_iter()
                 .filter(|b| what.is_empty() || what.iter().any(|w| b.label().contains(w.as_str())))
                 .collect();
             anyhow::ensure!(!benches.is_empty(), "no benchmark matches {what:?}");
             eprintln!("adapter: {} ({}, {}); {} benchmarks", g.info.name, g.info.backend, g.info.device_type, benches.len());
-            let report = taylorcal::bench::run_suite(g, &benches, |r| {
+            let report = taylorcal::experiments::bench::run_suite(g, &benches, |r| {
                 if !json {
                     eprintln!("{}", r.row())
                 }
@@ -471,7 +473,7 @@ fn run(cli: Cli) -> Result<()> {
                 })?;
             pb.finish_and_clear();
             let windows = setup.eval_windows()?;
-            let student = Teacher::build(g, &setup.hc.base, &tensors, "student", |l| setup.hc.is_gdn(l))?;
+            let student = Decoder::build(g, &setup.hc.base, &tensors, "student", |l| setup.hc.is_gdn(l))?;
             let s_eval = taylorcal::eval::perplexity_windows(g, &student, &windows)?;
             let t_eval = taylorcal::eval::perplexity_windows(g, &setup.teacher, &windows)?;
             let report = json!({
@@ -483,7 +485,7 @@ fn run(cli: Cli) -> Result<()> {
                 "eval": { "windows": windows.len(), "window_tokens": WINDOW, "student_ppl": s_eval.ppl, "teacher_ppl": t_eval.ppl },
                 "adapter": g.info.name,
             });
-            let ck = model::hybrid::Checkpoint {
+            let ck = io::checkpoint::Checkpoint {
                 config: setup.hc.clone(),
                 tensors,
                 tokenizer: Some(setup.tokenizer.clone()),
@@ -491,7 +493,7 @@ fn run(cli: Cli) -> Result<()> {
                 optimizer: None,
                 files: vec![],
             };
-            model::hybrid::save_checkpoint(&out, &ck)?;
+            io::checkpoint::save_checkpoint(&out, &ck)?;
             if json {
                 println!(
                     "{}",
@@ -524,7 +526,7 @@ fn run(cli: Cli) -> Result<()> {
             let o = conv_opts(&conv, &setup.hc.attn_layers, Strategy::TaylorCalibrate);
             let windows = setup.eval_windows()?;
             let nwin = o.calib_tokens.div_ceil(WINDOW).max(o.capture_windows);
-            let cwin = convert::take_windows(&setup.calib, WINDOW, nwin, "the calibration text")?;
+            let cwin = taylorcal::data::windows(&setup.calib, WINDOW, nwin, "the calibration text")?;
             let t0 = std::time::Instant::now();
             let cap = convert::capture(g, &setup.teacher, &setup.hc.gdn_layers(), &cwin, o.capture_windows, |_| {})?;
             let t_eval = taylorcal::eval::perplexity_windows(g, &setup.teacher, &windows)?;
@@ -539,11 +541,11 @@ fn run(cli: Cli) -> Result<()> {
             for &(s, vs) in &runs {
                 let label = if vs == o.value_scale { s.name().to_string() } else { format!("{} (sigma {})", s.name(), vs.name()) };
                 pb.set_message(label.clone());
-                let mut tensors = model::hybrid::init_student(&setup.hc, &setup.files.tensors, o.seed)?;
+                let mut tensors = taylorcal::calibrate::init::init_student(&setup.hc, &setup.files.tensors, o.seed)?;
                 let t = std::time::Instant::now();
                 let (_, t1, t2) = convert::apply_strategy(g, &setup.hc, &mut tensors, &cap, s, &o.align, vs, |_| {})?;
                 let secs = t.elapsed().as_secs_f64();
-                let student = Teacher::build(g, &setup.hc.base, &tensors, s.name(), |l| setup.hc.is_gdn(l))?;
+                let student = Decoder::build(g, &setup.hc.base, &tensors, s.name(), |l| setup.hc.is_gdn(l))?;
                 let r = taylorcal::eval::perplexity_windows(g, &student, &windows)?;
                 rows.push(json!({
                     "strategy": label, "value_scale": s.phase1().then(|| vs.name()),
@@ -617,7 +619,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Stats { model, text, json } => {
             let m = load(&model.model)?;
             let ids = taylorcal::data::tokenize_file(&m.tokenizer, &text.text, text.max_tokens)?;
-            let layers = taylorcal::eval::attention_stats(gpu()?, &m.teacher, &[&ids])?;
+            let layers = taylorcal::calibrate::capture::attention_stats(gpu()?, &m.teacher, &[&ids])?;
             if json {
                 println!("{}", json!({ "tokens": ids.len(), "layers": layers }));
             } else {

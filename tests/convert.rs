@@ -6,11 +6,11 @@ use common::*;
 use taylorcal::calibrate::convert::{self, AlignOpts, ConvertOpts, Strategy};
 use taylorcal::calibrate::phase1;
 use taylorcal::eval;
-use taylorcal::model::hybrid::{self, gdn_name, Checkpoint, HybridConfig};
-use taylorcal::model::teacher::Teacher;
-use taylorcal::model::{hf::save_hf_dir, load_model, Arch};
+use taylorcal::io::checkpoint::{self, gdn_name, Checkpoint, HybridConfig};
+use taylorcal::io::{hf::save_hf_dir, load_model, Arch};
+use taylorcal::nn::decoder::Decoder;
 
-fn setup() -> (taylorcal::model::ModelFiles, HybridConfig, Vec<u32>) {
+fn setup() -> (taylorcal::io::ModelFiles, HybridConfig, Vec<u32>) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(Arch::Llama);
     save_hf_dir(dir.path(), &cfg, &random_tensors(&cfg, 61), None).unwrap();
@@ -36,13 +36,13 @@ fn opts(strategy: Strategy, steps: usize) -> ConvertOpts {
 
 /// The tiny teacher's capture over 3 windows of 48 tokens (activations of the first 2) and
 /// a naive student's tensors.
-fn captured() -> (convert::Capture, std::collections::HashMap<String, taylorcal::model::HostTensor>) {
+fn captured() -> (convert::Capture, std::collections::HashMap<String, taylorcal::io::HostTensor>) {
     let (files, hc, ids) = setup();
     let g = gpu();
-    let teacher = Teacher::new(g, &files).unwrap();
-    let windows = convert::take_windows(&ids, 48, 3, "text").unwrap();
+    let teacher = Decoder::new(g, &files).unwrap();
+    let windows = taylorcal::data::windows(&ids, 48, 3, "text").unwrap();
     let cap = convert::capture(g, &teacher, &hc.gdn_layers(), &windows, 2, |_| {}).unwrap();
-    (cap, hybrid::init_student(&hc, &files.tensors, 3).unwrap())
+    (cap, taylorcal::calibrate::init::init_student(&hc, &files.tensors, 3).unwrap())
 }
 
 #[test]
@@ -53,7 +53,7 @@ fn phase1_sets_decay_from_distance_and_alignment_lowers_the_mse() {
     assert_eq!(cap.stat_tokens, 144);
     let l = cap.layers[0];
     let wv0 = tensors[&gdn_name(cap.layers[0], "v_proj.weight")].data.clone();
-    let rep = convert::phase1_layer(g, &mut tensors, &cap, 0, convert::ValueScale::Fit).unwrap();
+    let rep = taylorcal::calibrate::phase1::phase1_layer(g, &mut tensors, &cap, 0, convert::ValueScale::Fit).unwrap();
     // the fitted scale is what went into W_v
     assert_eq!(rep.sigma_applied, rep.sigma);
     assert_rows_scaled(&wv0, &tensors[&gdn_name(cap.layers[0], "v_proj.weight")].data, &rep.sigma);
@@ -66,7 +66,7 @@ fn phase1_sets_decay_from_distance_and_alignment_lowers_the_mse() {
     // W_g = alpha W_v after phase 1
     let (wg, wv) = (&tensors[&gdn_name(l, "g_proj.weight")].data, &tensors[&gdn_name(l, "v_proj.weight")].data);
     assert!(wg.iter().zip(wv).all(|(g, v)| (g - rep.alpha * v).abs() <= 1e-6 * v.abs().max(1e-3)));
-    let a = convert::align_layer(
+    let a = taylorcal::calibrate::phase2::align_layer(
         g,
         &mut tensors,
         &cap,
@@ -98,7 +98,7 @@ fn linear_value_scale_brings_each_heads_preactivation_to_tau() {
     let l = cap.layers[0];
     let wv0 = tensors[&gdn_name(l, "v_proj.weight")].data.clone();
     let tau = 0.3;
-    let rep = convert::phase1_layer(g, &mut tensors, &cap, 0, convert::ValueScale::Linear { tau }).unwrap();
+    let rep = taylorcal::calibrate::phase1::phase1_layer(g, &mut tensors, &cap, 0, convert::ValueScale::Linear { tau }).unwrap();
     // pre-activation RMS per head of W_v x on the captured inputs, on the CPU in f64
     let x = g.read(&cap.x[0]).unwrap();
     let (dm, heads) = (cap.x[0].cols(), rep.sigma.len());
@@ -127,8 +127,8 @@ fn linear_value_scale_brings_each_heads_preactivation_to_tau() {
 fn every_strategy_converts_and_the_checkpoint_evaluates() {
     let (files, hc, ids) = setup();
     let g = gpu();
-    let teacher = Teacher::new(g, &files).unwrap();
-    let eval_windows = convert::take_windows(&ids[300..], 48, 2, "eval").unwrap();
+    let teacher = Decoder::new(g, &files).unwrap();
+    let eval_windows = taylorcal::data::windows(&ids[300..], 48, 2, "eval").unwrap();
     let teacher_ppl = eval::perplexity_windows(g, &teacher, &eval_windows).unwrap().ppl;
     let dir = tempfile::tempdir().unwrap();
     for s in Strategy::ALL {
@@ -145,9 +145,9 @@ fn every_strategy_converts_and_the_checkpoint_evaluates() {
             optimizer: None,
             files: vec![],
         };
-        hybrid::save_checkpoint(&out, &ck).unwrap();
-        let back = hybrid::load_checkpoint(&out).unwrap();
-        let student = Teacher::from_checkpoint(g, &back).unwrap();
+        checkpoint::save_checkpoint(&out, &ck).unwrap();
+        let back = checkpoint::load_checkpoint(&out).unwrap();
+        let student = Decoder::from_checkpoint(g, &back).unwrap();
         let r = eval::perplexity_windows(g, &student, &eval_windows).unwrap();
         eprintln!("{:16} ppl {:.2} (teacher {teacher_ppl:.2})", s.name(), r.ppl);
         assert!(r.ppl.is_finite() && r.ppl > 1.0);

@@ -44,15 +44,15 @@ fn linear_gradients_match_reference_at_awkward_shapes() {
         let dw = up(&[n, k], &dw0); // overwritten
         let dwa = up(&[n, k], &dw0);
         g.run(|b| {
-            ops::grad::linear_backward_input(b, &tdy, &tw, &dx, false);
-            ops::grad::linear_backward_input(b, &tdy, &tw, &dxa, true);
-            ops::grad::linear_backward_weight(b, &tdy, &tx, &dw, false);
-            ops::grad::linear_backward_weight(b, &tdy, &tx, &dwa, true);
+            ops::matmul_grad::linear_backward_input(b, &tdy, &tw, &dx, false);
+            ops::matmul_grad::linear_backward_input(b, &tdy, &tw, &dxa, true);
+            ops::matmul_grad::linear_backward_weight(b, &tdy, &tx, &dw, false);
+            ops::matmul_grad::linear_backward_weight(b, &tdy, &tx, &dwa, true);
             Ok(())
         })
         .unwrap();
-        let want_dx = ops::grad::cpu::linear_backward_input(&f64v(&dy), &f64v(&w), n, k);
-        let want_dw = ops::grad::cpu::linear_backward_weight(&f64v(&dy), &f64v(&x), n, k);
+        let want_dx = ops::matmul_grad::cpu::linear_backward_input(&f64v(&dy), &f64v(&w), n, k);
+        let want_dw = ops::matmul_grad::cpu::linear_backward_weight(&f64v(&dy), &f64v(&x), n, k);
         check(&format!("dx {m}x{n}x{k}"), &read(&dx), &want_dx, 1e-5);
         check(&format!("dW {m}x{n}x{k}"), &read(&dw), &want_dw, 1e-5);
         let acc = |a: &[f64], b0: &[f32]| a.iter().zip(b0).map(|(a, b)| a + *b as f64).collect::<Vec<_>>();
@@ -72,11 +72,11 @@ fn linear_weight_gradient_over_many_tokens() {
     let dw = g.zeros(&[n, k]).unwrap();
     let (tx, tdy) = (up(&[m, k], &x), up(&[m, n], &dy));
     g.run(|b| {
-        ops::grad::linear_backward_weight(b, &tdy, &tx, &dw, false);
+        ops::matmul_grad::linear_backward_weight(b, &tdy, &tx, &dw, false);
         Ok(())
     })
     .unwrap();
-    let want = ops::grad::cpu::linear_backward_weight(&f64v(&dy), &f64v(&x), n, k);
+    let want = ops::matmul_grad::cpu::linear_backward_weight(&f64v(&dy), &f64v(&x), n, k);
     check(&format!("dW {m}x{n}x{k}"), &read(&dw), &want, 1e-5);
 }
 
@@ -215,7 +215,7 @@ fn colsum_matches_reference() {
 // The whole block
 // ---------------------------------------------------------------------------------------
 
-use taylorcal::model::gdn::{self, cpu as gref, GdnActs, GdnDims, GdnGrads, GdnParams, PARAM_NAMES};
+use taylorcal::nn::gdn::{self, cpu as gref, GdnActs, GdnDims, GdnGrads, GdnParams, PARAM_NAMES};
 use taylorcal::ops::delta::cpu as dref;
 
 fn block_params(r: &mut rand::rngs::StdRng, dims: GdnDims) -> gref::Params {

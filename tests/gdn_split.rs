@@ -41,15 +41,15 @@ fn linear_gradients_split_over_bindings() {
         let (dx, dxa) = (g.zeros(&[m, k]).unwrap(), up(g, &[m, k], &dx0));
         let dw = g.zeros(&[n, k]).unwrap();
         g.run(|b| {
-            ops::grad::linear_backward_input(b, &tdy, &tw, &dx, false);
-            ops::grad::linear_backward_input(b, &tdy, &tw, &dxa, true);
-            ops::grad::linear_backward_weight(b, &tdy, &tx, &dw, false);
+            ops::matmul_grad::linear_backward_input(b, &tdy, &tw, &dx, false);
+            ops::matmul_grad::linear_backward_input(b, &tdy, &tw, &dxa, true);
+            ops::matmul_grad::linear_backward_weight(b, &tdy, &tx, &dw, false);
             Ok(())
         })
         .unwrap();
-        let want_dx = ops::grad::cpu::linear_backward_input(&f64v(&dy), &f64v(&w), n, k);
+        let want_dx = ops::matmul_grad::cpu::linear_backward_input(&f64v(&dy), &f64v(&w), n, k);
         let want_dxa: Vec<f64> = want_dx.iter().zip(&dx0).map(|(a, b)| a + *b as f64).collect();
-        let want_dw = ops::grad::cpu::linear_backward_weight(&f64v(&dy), &f64v(&x), n, k);
+        let want_dw = ops::matmul_grad::cpu::linear_backward_weight(&f64v(&dy), &f64v(&x), n, k);
         check(&format!("split dx {m}x{n}x{k}"), &g.read(&dx).unwrap(), &want_dx, 1e-5);
         check(&format!("split dx += {m}x{n}x{k}"), &g.read(&dxa).unwrap(), &want_dxa, 1e-5);
         check(&format!("split dW {m}x{n}x{k}"), &g.read(&dw).unwrap(), &want_dw, 1e-5);

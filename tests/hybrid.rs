@@ -2,10 +2,10 @@
 mod common;
 use common::tiny::*;
 use taylorcal::calibrate::phase1::softplus;
-use taylorcal::model::hybrid::{self, Checkpoint, HybridConfig};
-use taylorcal::model::Arch;
+use taylorcal::io::checkpoint::{self, Checkpoint, HybridConfig};
+use taylorcal::io::Arch;
 
-fn setup() -> (HybridConfig, std::collections::HashMap<String, taylorcal::model::HostTensor>) {
+fn setup() -> (HybridConfig, std::collections::HashMap<String, taylorcal::io::HostTensor>) {
     let cfg = tiny_config(Arch::Qwen2); // GQA 4/2 heads, q/k/v biases
     let teacher = random_tensors(&cfg, 41);
     (HybridConfig::new(cfg, vec![1]).unwrap(), teacher)
@@ -14,7 +14,7 @@ fn setup() -> (HybridConfig, std::collections::HashMap<String, taylorcal::model:
 #[test]
 fn converted_layer_starts_from_the_teacher_q_o_and_repeated_kv() {
     let (cfg, teacher) = setup();
-    let s = hybrid::init_student(&cfg, &teacher, 7).unwrap();
+    let s = taylorcal::calibrate::init::init_student(&cfg, &teacher, 7).unwrap();
     let c = &cfg.base;
     let (dm, h, hkv, d) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim);
     // layer 0 is converted: Q and O copied
@@ -41,7 +41,7 @@ fn converted_layer_starts_from_the_teacher_q_o_and_repeated_kv() {
     assert!(dt.iter().all(|&x| (0.99e-3..=0.1001).contains(&x)), "dt {dt:?}");
     assert!(s["model.layers.0.attn.A_log"].data.iter().all(|&a| a < 16f32.ln()));
     assert!(s["model.layers.0.attn.o_norm.weight"].data.iter().all(|&w| w == 1.0));
-    let names: Vec<_> = hybrid::expected_tensors(&cfg).into_iter().map(|(n, _)| n).collect();
+    let names: Vec<_> = checkpoint::expected_tensors(&cfg).into_iter().map(|(n, _)| n).collect();
     let mut have: Vec<_> = s.keys().cloned().collect();
     let mut want = names.clone();
     have.sort();
@@ -52,7 +52,7 @@ fn converted_layer_starts_from_the_teacher_q_o_and_repeated_kv() {
 #[test]
 fn checkpoint_round_trips() {
     let (cfg, teacher) = setup();
-    let tensors = hybrid::init_student(&cfg, &teacher, 7).unwrap();
+    let tensors = taylorcal::calibrate::init::init_student(&cfg, &teacher, 7).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("student");
     let ck = Checkpoint {
@@ -63,9 +63,9 @@ fn checkpoint_round_trips() {
         optimizer: None,
         files: vec![],
     };
-    hybrid::save_checkpoint(&out, &ck).unwrap();
-    assert!(hybrid::is_checkpoint(&out));
-    let back = hybrid::load_checkpoint(&out).unwrap();
+    checkpoint::save_checkpoint(&out, &ck).unwrap();
+    assert!(checkpoint::is_checkpoint(&out));
+    let back = checkpoint::load_checkpoint(&out).unwrap();
     assert_eq!(back.config, cfg);
     assert_eq!(back.tensors, tensors);
     assert_eq!(back.report["strategy"], "naive");
@@ -95,23 +95,23 @@ fn checkpoint_round_trips() {
 #[test]
 fn interrupted_write_leaves_no_half_checkpoint() {
     let (cfg, teacher) = setup();
-    let tensors = hybrid::init_student(&cfg, &teacher, 7).unwrap();
+    let tensors = taylorcal::calibrate::init::init_student(&cfg, &teacher, 7).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("student");
     let ck =
         Checkpoint { config: cfg.clone(), tensors, tokenizer: None, report: serde_json::json!({"v": 1}), optimizer: None, files: vec![] };
     // first write fails after the files were written, before publishing: nothing appears
-    let r = hybrid::save_checkpoint_with(&out, &ck, || anyhow::bail!("simulated crash"));
+    let r = checkpoint::save_checkpoint_with(&out, &ck, || anyhow::bail!("simulated crash"));
     assert!(r.is_err());
     assert!(!out.exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "temporary files left behind");
     // a good checkpoint, then a failed overwrite: the old one survives intact
-    hybrid::save_checkpoint(&out, &ck).unwrap();
+    checkpoint::save_checkpoint(&out, &ck).unwrap();
     let ck2 = Checkpoint { report: serde_json::json!({"v": 2}), ..ck };
-    assert!(hybrid::save_checkpoint_with(&out, &ck2, || anyhow::bail!("simulated crash")).is_err());
-    assert_eq!(hybrid::load_checkpoint(&out).unwrap().report["v"], 1);
-    hybrid::save_checkpoint(&out, &ck2).unwrap();
-    assert_eq!(hybrid::load_checkpoint(&out).unwrap().report["v"], 2);
+    assert!(checkpoint::save_checkpoint_with(&out, &ck2, || anyhow::bail!("simulated crash")).is_err());
+    assert_eq!(checkpoint::load_checkpoint(&out).unwrap().report["v"], 1);
+    checkpoint::save_checkpoint(&out, &ck2).unwrap();
+    assert_eq!(checkpoint::load_checkpoint(&out).unwrap().report["v"], 2);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
 

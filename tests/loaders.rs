@@ -8,10 +8,10 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use taylorcal::model::gguf::{self, write_gguf, GgmlType, GgufFile, GgufTensorData, GgufValue};
-use taylorcal::model::hf::{self, save_hf_dir};
-use taylorcal::model::tokenizer::tokenizer_from_gguf;
-use taylorcal::model::{load_model, Arch, HostTensor};
+use taylorcal::io::gguf::tokenizer_from_gguf;
+use taylorcal::io::gguf::{self, write_gguf, GgmlType, GgufFile, GgufTensorData, GgufValue};
+use taylorcal::io::hf::{self, save_hf_dir};
+use taylorcal::io::{load_model, Arch, HostTensor};
 
 mod common;
 use common::tiny::*;

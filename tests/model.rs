@@ -5,13 +5,14 @@ mod common;
 use common::tiny::*;
 use common::*;
 use taylorcal::eval;
-use taylorcal::model::gguf::GgufTensorData;
-use taylorcal::model::teacher::{ForwardOpts, Teacher};
-use taylorcal::model::{hf::save_hf_dir, load_model, reference, Arch, ModelFiles};
+use taylorcal::io::gguf::GgufTensorData;
+use taylorcal::io::{hf::save_hf_dir, load_model, Arch, ModelFiles};
+use taylorcal::nn::decoder::{Decoder, ForwardOpts};
+use taylorcal::nn::reference;
 
 fn gpu_logits(files: &ModelFiles, ids: &[u32]) -> Vec<f32> {
     let g = gpu();
-    let teacher = Teacher::new(g, files).unwrap();
+    let teacher = Decoder::new(g, files).unwrap();
     let cache = teacher.kv_cache(g, ids.len()).unwrap();
     let tid = g.upload_u32(&[ids.len()], ids).unwrap();
     let mut b = g.batch();
@@ -75,7 +76,7 @@ fn kv_cache_decoding_matches_full_sequence() {
     save_hf_dir(dir.path(), &cfg, &random_tensors(&cfg, 25), None).unwrap();
     let files = load_model(dir.path()).unwrap();
     let g = gpu();
-    let teacher = Teacher::new(g, &files).unwrap();
+    let teacher = Decoder::new(g, &files).unwrap();
     let toks = ids(20, cfg.vocab_size);
     let full = gpu_logits(&files, &toks);
     let cache = teacher.kv_cache(g, toks.len()).unwrap();
@@ -100,7 +101,7 @@ fn perplexity_equals_reference_nll() {
     let cfg = tiny_config(Arch::Qwen2);
     save_hf_dir(dir.path(), &cfg, &random_tensors(&cfg, 26), None).unwrap();
     let files = load_model(dir.path()).unwrap();
-    let teacher = Teacher::new(gpu(), &files).unwrap();
+    let teacher = Decoder::new(gpu(), &files).unwrap();
     let toks = ids(31, cfg.vocab_size);
     let r = eval::perplexity(gpu(), &teacher, &toks).unwrap();
     let logits = reference::forward_logits(&files, &toks);
@@ -112,8 +113,9 @@ fn perplexity_equals_reference_nll() {
     assert!((r.nll - nll).abs() <= 1e-4 * nll.abs(), "nll {} vs reference {nll}", r.nll);
 }
 
-fn tiny_student(keep: Vec<usize>, seed: u64) -> taylorcal::model::hybrid::Checkpoint {
-    use taylorcal::model::hybrid::{init_student, Checkpoint, HybridConfig};
+fn tiny_student(keep: Vec<usize>, seed: u64) -> taylorcal::io::checkpoint::Checkpoint {
+    use taylorcal::calibrate::init::init_student;
+    use taylorcal::io::checkpoint::{Checkpoint, HybridConfig};
     let cfg = tiny_config(Arch::Qwen2);
     let teacher = random_tensors(&cfg, seed);
     let hc = HybridConfig::new(cfg, keep).unwrap();
@@ -121,7 +123,7 @@ fn tiny_student(keep: Vec<usize>, seed: u64) -> taylorcal::model::hybrid::Checkp
     Checkpoint { config: hc, tensors, tokenizer: None, report: serde_json::Value::Null, optimizer: None, files: vec![] }
 }
 
-fn student_logits(d: &Teacher, ids: &[u32]) -> Vec<f32> {
+fn student_logits(d: &Decoder, ids: &[u32]) -> Vec<f32> {
     let g = gpu();
     let cache = d.kv_cache(g, ids.len()).unwrap();
     let tid = g.upload_u32(&[ids.len()], ids).unwrap();
@@ -135,7 +137,7 @@ fn student_logits(d: &Teacher, ids: &[u32]) -> Vec<f32> {
 #[test]
 fn hybrid_student_gpu_logits_match_cpu_reference() {
     let ck = tiny_student(vec![1], 51);
-    let d = Teacher::from_checkpoint(gpu(), &ck).unwrap();
+    let d = Decoder::from_checkpoint(gpu(), &ck).unwrap();
     let toks = ids(70, ck.config.base.vocab_size); // more than one 64-token chunk
     assert_close("hybrid logits", &student_logits(&d, &toks), &reference::hybrid_logits(&ck, &toks), 1e-4);
 }
@@ -144,7 +146,7 @@ fn hybrid_student_gpu_logits_match_cpu_reference() {
 fn hybrid_decoding_with_recurrent_state_matches_full_sequence() {
     let ck = tiny_student(vec![0], 52);
     let g = gpu();
-    let d = Teacher::from_checkpoint(g, &ck).unwrap();
+    let d = Decoder::from_checkpoint(g, &ck).unwrap();
     let toks = ids(24, ck.config.base.vocab_size);
     let full = student_logits(&d, &toks);
     let cache = d.kv_cache(g, toks.len()).unwrap();
@@ -165,13 +167,13 @@ fn hybrid_decoding_with_recurrent_state_matches_full_sequence() {
 
 #[test]
 fn checkpoint_round_trip_gives_identical_logits() {
-    use taylorcal::model::hybrid;
+    use taylorcal::io::checkpoint;
     let ck = tiny_student(vec![1], 53);
     let toks = ids(40, ck.config.base.vocab_size);
-    let before = student_logits(&Teacher::from_checkpoint(gpu(), &ck).unwrap(), &toks);
+    let before = student_logits(&Decoder::from_checkpoint(gpu(), &ck).unwrap(), &toks);
     let dir = tempfile::tempdir().unwrap();
-    hybrid::save_checkpoint(&dir.path().join("s"), &ck).unwrap();
-    let back = hybrid::load_checkpoint(&dir.path().join("s")).unwrap();
-    let after = student_logits(&Teacher::from_checkpoint(gpu(), &back).unwrap(), &toks);
+    checkpoint::save_checkpoint(&dir.path().join("s"), &ck).unwrap();
+    let back = checkpoint::load_checkpoint(&dir.path().join("s")).unwrap();
+    let after = student_logits(&Decoder::from_checkpoint(gpu(), &back).unwrap(), &toks);
     assert_eq!(before, after, "logits changed across save/load");
 }

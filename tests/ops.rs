@@ -92,11 +92,11 @@ fn rmsnorm_matches_reference() {
         let y = g.zeros(&[rows, cols]).unwrap();
         let (tx, tw) = (up(&[rows, cols], &x), up(&[cols], &w));
         g.run(|b| {
-            ops::norm::rmsnorm(b, &tx, &tw, 1e-5, &y);
+            ops::rmsnorm::rmsnorm(b, &tx, &tw, 1e-5, &y);
             Ok(())
         })
         .unwrap();
-        assert_close(&format!("rmsnorm {rows}x{cols}"), &read(&y), &ops::norm::cpu::rmsnorm(&f64v(&x), &f64v(&w), 1e-5), 1e-5);
+        assert_close(&format!("rmsnorm {rows}x{cols}"), &read(&y), &ops::rmsnorm::cpu::rmsnorm(&f64v(&x), &f64v(&w), 1e-5), 1e-5);
     }
 }
 

@@ -6,8 +6,8 @@ use common::*;
 use std::process::Command;
 use taylorcal::calibrate::convert;
 use taylorcal::eval;
-use taylorcal::model::teacher::Teacher;
-use taylorcal::model::{hf::save_hf_dir, load_model, Arch};
+use taylorcal::io::{hf::save_hf_dir, load_model, Arch};
+use taylorcal::nn::decoder::Decoder;
 use taylorcal::select::{self, Inputs, Policy};
 
 #[test]
@@ -60,7 +60,7 @@ fn ar_ranks_the_decisive_attention_layer_first() {
         tensors.get_mut(&format!("model.layers.{l}.self_attn.o_proj.weight")).unwrap().data.iter_mut().for_each(|w| *w *= scale);
     }
     tensors.get_mut("lm_head.weight").unwrap().data.iter_mut().for_each(|w| *w *= 4.0);
-    let teacher = Teacher::build(g, &cfg, &tensors, "decisive", |_| false).unwrap();
+    let teacher = Decoder::build(g, &cfg, &tensors, "decisive", |_| false).unwrap();
     let mut r = rng(72);
     let prompt: Vec<u32> = (0..8).map(|_| rand::Rng::random_range(&mut r, 3..cfg.vocab_size as u32)).collect();
     let mut text = prompt.clone();
@@ -103,11 +103,11 @@ fn ga_s2_scores_every_layer_from_one_teacher_pass() {
     let tensors = random_tensors(&cfg, 81);
     save_hf_dir(dir.path(), &cfg, &tensors, None).unwrap();
     let files = load_model(dir.path()).unwrap();
-    let teacher = Teacher::new(g, &files).unwrap();
+    let teacher = Decoder::new(g, &files).unwrap();
     let mut r = rng(82);
     let ids: Vec<u32> = (0..240).map(|_| rand::Rng::random_range(&mut r, 0..cfg.vocab_size as u32)).collect();
-    let calib = convert::take_windows(&ids[..144], 48, 3, "calib").unwrap();
-    let evalw = convert::take_windows(&ids[144..], 48, 2, "eval").unwrap();
+    let calib = taylorcal::data::windows(&ids[..144], 48, 3, "calib").unwrap();
+    let evalw = taylorcal::data::windows(&ids[144..], 48, 2, "eval").unwrap();
     let inp = Inputs {
         teacher: &teacher,
         tensors: &files.tensors,

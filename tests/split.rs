@@ -153,13 +153,13 @@ fn train_ops_split_over_bindings_match_reference() {
     let ddx = randn(&mut r, ids.len() * dim, 1.0);
     let (tddx, dtable) = (up(g, &[ids.len(), dim], &ddx), g.zeros(&[vocab, dim]).unwrap());
     g.run(|b| {
-        ops::norm::rmsnorm_backward(b, &tx, &tw, 1e-5, &tdy, &dx, &dw, false);
+        ops::rmsnorm::rmsnorm_backward(b, &tx, &tw, 1e-5, &tdy, &dx, &dw, false);
         ops::elementwise::swiglu_backward(b, &tg, &tu, &td, &dg, &du);
         ops::elementwise::embed_backward(b, &ids, &tddx, &dtable);
         Ok(())
     })
     .unwrap();
-    let (wdx, wdw) = ops::norm::cpu::rmsnorm_backward(&f64v(&x), &f64v(&w), 1e-5, &f64v(&dy));
+    let (wdx, wdw) = ops::rmsnorm::cpu::rmsnorm_backward(&f64v(&x), &f64v(&w), 1e-5, &f64v(&dy));
     let wdw: Vec<f64> = wdw.iter().zip(&dw0).map(|(a, b)| a + *b as f64).collect();
     assert_close("split rmsnorm_backward dx", &g.read(&dx).unwrap(), &wdx, 1e-5);
     assert_close("split rmsnorm_backward dw", &g.read(&dw).unwrap(), &wdw, 1e-5);
@@ -176,7 +176,7 @@ fn kl_lm_head_split_over_bindings_matches_reference() {
     // the heads [V, D] are split over bindings by the matmuls; one logits row per chunk fits
     let (n, v, d) = (5, 700, 19);
     assert!((v * d * 4) as u64 > MAX_BINDING && (v * 4) as u64 <= MAX_BINDING);
-    let work = ops::loss::KlWorkspace::new(g, v, d, n, ops::loss::KL_DEFAULT_BUDGET).unwrap();
+    let work = ops::kl::KlWorkspace::new(g, v, d, n, ops::kl::KL_DEFAULT_BUDGET).unwrap();
     assert_eq!(work.rows, 1, "one {v}-wide logits row per 4 KiB binding");
     let mut r = rng(25);
     let a = 6.0 / (d as f32).sqrt();
@@ -184,12 +184,12 @@ fn kl_lm_head_split_over_bindings_matches_reference() {
     let (ths, tws, tht, twt) = (up(g, &[n, d], &hs), up(g, &[v, d], &ws), up(g, &[n, d], &ht), up(g, &[v, d], &wt));
     let (loss_rows, dhs, dws) = (g.zeros(&[n]).unwrap(), g.zeros(&[n, d]).unwrap(), g.zeros(&[v, d]).unwrap());
     g.run(|b| {
-        let out = ops::loss::KlOut { loss_rows: &loss_rows, dhs: Some(&dhs), dws: Some(&dws) };
-        ops::loss::kl_lm_head(b, &ths, &tws, &tht, &twt, &work, out, 0.2);
+        let out = ops::kl::KlOut { loss_rows: &loss_rows, dhs: Some(&dhs), dws: Some(&dws) };
+        ops::kl::kl_lm_head(b, &ths, &tws, &tht, &twt, &work, out, 0.2);
         Ok(())
     })
     .unwrap();
-    let (wl, wdhs, wdws) = ops::loss::cpu::kl_lm_head(&f64v(&hs), &f64v(&ws), &f64v(&ht), &f64v(&wt), d, 0.2);
+    let (wl, wdhs, wdws) = ops::kl::cpu::kl_lm_head(&f64v(&hs), &f64v(&ws), &f64v(&ht), &f64v(&wt), d, 0.2);
     assert_close("split kl loss", &g.read(&loss_rows).unwrap(), &wl, 1e-5);
     assert_close("split kl dhs", &g.read(&dhs).unwrap(), &wdhs, 1e-4);
     assert_close("split kl dws", &g.read(&dws).unwrap(), &wdws, 1e-4);

@@ -7,13 +7,15 @@ mod common;
 use common::tiny::*;
 use common::*;
 use std::collections::HashMap;
-use taylorcal::model::hybrid::{self, init_student, Checkpoint, HybridConfig};
-use taylorcal::model::teacher::{Decoder, ForwardOpts};
-use taylorcal::model::{reference, Arch, HostTensor, ModelFiles};
-use taylorcal::ops::loss::{self, KlOut, KlWorkspace, KL_DEFAULT_BUDGET};
-use taylorcal::train::data::TokenStream;
+use taylorcal::calibrate::init::init_student;
+use taylorcal::data::TokenStream;
+use taylorcal::io::checkpoint::{self, Checkpoint, HybridConfig};
+use taylorcal::io::{Arch, HostTensor, ModelFiles};
+use taylorcal::nn::decoder::{Decoder, ForwardOpts};
+use taylorcal::nn::reference;
+use taylorcal::nn::training::{self, TrainActs};
+use taylorcal::ops::kl::{self, KlOut, KlWorkspace, KL_DEFAULT_BUDGET};
 use taylorcal::train::distill::{self, DistillOpts, Hooks, Setup};
-use taylorcal::train::student::{self, TrainActs};
 
 fn tiny_pair(arch: Arch, tied: bool, keep: Vec<usize>, seed: u64) -> (ModelFiles, Checkpoint) {
     let mut cfg = tiny_config(arch);
@@ -75,10 +77,10 @@ fn gpu_grads_with(files: &ModelFiles, ck: &Checkpoint, ids: &[u32], recompute: b
     let cache = teacher.kv_cache(g, t).unwrap();
     g.run(|b| {
         let ht = teacher.forward(b, &cache, &tid, 0, ForwardOpts::default())?;
-        student::forward(b, &student, &tid, &acts)?;
+        training::forward(b, &student, &tid, &acts)?;
         let out = KlOut { loss_rows: &rows, dhs: Some(&dh), dws: Some(&grads.lm_head) };
-        loss::kl_lm_head(b, &acts.hidden, &student.lm_head, &ht, &teacher.lm_head, &ws, out, 1.0 / t as f32);
-        student::backward(b, &student, &acts, ids, &dh, &grads)
+        kl::kl_lm_head(b, &acts.hidden, &student.lm_head, &ht, &teacher.lm_head, &ws, out, 1.0 / t as f32);
+        training::backward(b, &student, &acts, ids, &dh, &grads)
     })
     .unwrap();
     let l = g.read(&rows).unwrap().iter().map(|&x| x as f64).sum::<f64>() / t as f64;
@@ -243,7 +245,7 @@ fn a_killed_run_resumes_to_the_same_weights() {
         )
         .unwrap_err();
         assert!(format!("{err}").contains("killed"), "{err}");
-        let saved = hybrid::load_checkpoint(&out).unwrap();
+        let saved = checkpoint::load_checkpoint(&out).unwrap();
         let state = distill::resume_state(&saved, &o).unwrap();
         assert_eq!(state.step, kill / 2 * 2, "the last checkpoint before the kill");
         let resumed = Decoder::from_checkpoint(g, &saved).unwrap();
@@ -259,7 +261,7 @@ fn a_killed_run_resumes_to_the_same_weights() {
             assert_eq!((a.step, a.loss, a.eval_ppl), (b.step, b.loss, b.eval_ppl), "stage {stage}: curves differ");
         }
         // the final checkpoint holds the final weights and the curve files
-        let fin = hybrid::load_checkpoint(&out).unwrap();
+        let fin = checkpoint::load_checkpoint(&out).unwrap();
         assert_eq!(fin.tensors[&"model.norm.weight".to_string()].data, want["model.norm.weight"].data);
         let csv = std::fs::read_to_string(out.join("curve.csv")).unwrap();
         assert_eq!(csv.lines().count(), total + 1, "{csv}");
@@ -295,7 +297,7 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     .unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("step 3: the loss became NaN") && msg.contains("last good checkpoint (step 2)"), "{msg}");
-    let saved = hybrid::load_checkpoint(&out).unwrap();
+    let saved = checkpoint::load_checkpoint(&out).unwrap();
     assert_eq!(saved.report["train"]["step"], 2);
     assert!(saved.tensors.values().all(|t| t.data.iter().all(|x| x.is_finite())), "the kept checkpoint is finite");
 }

@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use taylorcal::gpu::{Gpu, Tensor};
-use taylorcal::ops::loss::{self, KlOut, KlWorkspace};
+use taylorcal::ops::kl::{self, KlOut, KlWorkspace};
 use taylorcal::ops::{self, optim::Reducer};
 
 fn up(shape: &[usize], data: &[f32]) -> Tensor {
@@ -76,7 +76,7 @@ fn check_kl(g: &Gpu, n: usize, v: usize, d: usize, chunk: Option<usize>, seed: u
     let scale = 1.0 / n as f32;
     let work = match chunk {
         Some(rows) => KlWorkspace::with_rows(g, v, d, rows).unwrap(),
-        None => KlWorkspace::new(g, v, d, n, loss::KL_DEFAULT_BUDGET).unwrap(),
+        None => KlWorkspace::new(g, v, d, n, kl::KL_DEFAULT_BUDGET).unwrap(),
     };
     let (ths, tws, tht, twt) = (up(&[n, d], &c.hs), up(&[v, d], &c.ws), up(&[n, d], &c.ht), up(&[v, d], &c.wt));
     let loss_rows = up(&[n], &vec![7.0; n]);
@@ -85,13 +85,13 @@ fn check_kl(g: &Gpu, n: usize, v: usize, d: usize, chunk: Option<usize>, seed: u
     let call = |g: &Gpu| {
         g.run(|b| {
             let out = KlOut { loss_rows: &loss_rows, dhs: Some(&dhs), dws: Some(&dws) };
-            loss::kl_lm_head(b, &ths, &tws, &tht, &twt, &work, out, scale);
+            kl::kl_lm_head(b, &ths, &tws, &tht, &twt, &work, out, scale);
             Ok(())
         })
         .unwrap()
     };
     call(g);
-    let (wl, wdhs, wdws) = loss::cpu::kl_lm_head(&f64v(&c.hs), &f64v(&c.ws), &f64v(&c.ht), &f64v(&c.wt), d, scale as f64);
+    let (wl, wdhs, wdws) = kl::cpu::kl_lm_head(&f64v(&c.hs), &f64v(&c.ws), &f64v(&c.ht), &f64v(&c.wt), d, scale as f64);
     let label = format!("kl N{n} V{v} D{d} R{}", work.rows);
     check(&format!("{label} loss"), &read(&loss_rows), &wl, 1e-5);
     check(&format!("{label} dhs"), &read(&dhs), &wdhs, 1e-4);
@@ -131,12 +131,12 @@ fn kl_lm_head_loss_only_and_total() {
     let loss_rows = g.zeros(&[n]).unwrap();
     let red = Reducer::new(g, n, 2).unwrap();
     g.run(|b| {
-        loss::kl_lm_head(b, &ths, &tws, &tht, &twt, &work, KlOut { loss_rows: &loss_rows, dhs: None, dws: None }, 1.0);
-        loss::kl_total(b, &loss_rows, 1.0 / n as f32, &red, 1);
+        kl::kl_lm_head(b, &ths, &tws, &tht, &twt, &work, KlOut { loss_rows: &loss_rows, dhs: None, dws: None }, 1.0);
+        kl::kl_total(b, &loss_rows, 1.0 / n as f32, &red, 1);
         Ok(())
     })
     .unwrap();
-    let (wl, _, _) = loss::cpu::kl_lm_head(&f64v(&c.hs), &f64v(&c.ws), &f64v(&c.ht), &f64v(&c.wt), d, 1.0);
+    let (wl, _, _) = kl::cpu::kl_lm_head(&f64v(&c.hs), &f64v(&c.ws), &f64v(&c.ht), &f64v(&c.wt), d, 1.0);
     check("kl loss only", &read(&loss_rows), &wl, 1e-5);
     let mean = wl.iter().sum::<f64>() / n as f64;
     check("kl mean (Reducer)", &read(&red.out)[4..5], &[mean], 1e-5);
@@ -153,7 +153,7 @@ fn kl_is_zero_when_student_equals_teacher() {
     let dhs = up(&[n, d], &vec![1.0; n * d]);
     let dws = g.zeros(&[v, d]).unwrap();
     g.run(|b| {
-        loss::kl_lm_head(b, &ths, &tws, &tht, &twt, &work, KlOut { loss_rows: &loss_rows, dhs: Some(&dhs), dws: Some(&dws) }, 1.0);
+        kl::kl_lm_head(b, &ths, &tws, &tht, &twt, &work, KlOut { loss_rows: &loss_rows, dhs: Some(&dhs), dws: Some(&dws) }, 1.0);
         Ok(())
     })
     .unwrap();
@@ -178,11 +178,11 @@ fn kl_f16_teacher_head_matches_reference_of_rounded_weights() {
     let twt = g.upload_f16(&[v, d], &c.wt).unwrap();
     let (loss_rows, dhs, dws) = (g.zeros(&[n]).unwrap(), g.zeros(&[n, d]).unwrap(), g.zeros(&[v, d]).unwrap());
     g.run(|b| {
-        loss::kl_lm_head(b, &ths, &tws, &tht, &twt, &work, KlOut { loss_rows: &loss_rows, dhs: Some(&dhs), dws: Some(&dws) }, 0.5);
+        kl::kl_lm_head(b, &ths, &tws, &tht, &twt, &work, KlOut { loss_rows: &loss_rows, dhs: Some(&dhs), dws: Some(&dws) }, 0.5);
         Ok(())
     })
     .unwrap();
-    let (wl, wdhs, wdws) = loss::cpu::kl_lm_head(&f64v(&c.hs), &f64v(&c.ws), &f64v(&c.ht), &wt16, d, 0.5);
+    let (wl, wdhs, wdws) = kl::cpu::kl_lm_head(&f64v(&c.hs), &f64v(&c.ws), &f64v(&c.ht), &wt16, d, 0.5);
     check("kl f16 teacher loss", &read(&loss_rows), &wl, 1e-5);
     check("kl f16 teacher dhs", &read(&dhs), &wdhs, 1e-4);
     check("kl f16 teacher dws", &read(&dws), &wdws, 1e-4);
@@ -194,8 +194,8 @@ fn kl_reference_gradient_matches_finite_differences() {
     let c = kl_case(n, v, d, 11);
     let (hs, ws, ht, wt) = (f64v(&c.hs), f64v(&c.ws), f64v(&c.ht), f64v(&c.wt));
     let scale = 0.37;
-    let lossf = |hs: &[f64], ws: &[f64]| scale * loss::cpu::kl_lm_head(hs, ws, &ht, &wt, d, scale).0.iter().sum::<f64>();
-    let (_, dhs, dws) = loss::cpu::kl_lm_head(&hs, &ws, &ht, &wt, d, scale);
+    let lossf = |hs: &[f64], ws: &[f64]| scale * kl::cpu::kl_lm_head(hs, ws, &ht, &wt, d, scale).0.iter().sum::<f64>();
+    let (_, dhs, dws) = kl::cpu::kl_lm_head(&hs, &ws, &ht, &wt, d, scale);
     let nh = numeric_grad(&hs, 1e-5, |x| lossf(x, &ws));
     let nw = numeric_grad(&ws, 1e-5, |x| lossf(&hs, x));
     let (eh, ew) = (err64(&dhs, &nh), err64(&dws, &nw));
@@ -220,12 +220,12 @@ fn rmsnorm_backward_matches_reference() {
         let dxa = up(&[rows, cols], &dx0); // accumulated
         let dw = up(&[cols], &dw0);
         g.run(|b| {
-            ops::norm::rmsnorm_backward(b, &tx, &tw, eps, &tdy, &dx, &dw, false);
-            ops::norm::rmsnorm_backward(b, &tx, &tw, eps, &tdy, &dxa, &dw, true);
+            ops::rmsnorm::rmsnorm_backward(b, &tx, &tw, eps, &tdy, &dx, &dw, false);
+            ops::rmsnorm::rmsnorm_backward(b, &tx, &tw, eps, &tdy, &dxa, &dw, true);
             Ok(())
         })
         .unwrap();
-        let (wdx, wdw) = ops::norm::cpu::rmsnorm_backward(&f64v(&x), &f64v(&w), eps as f64, &f64v(&dy));
+        let (wdx, wdw) = ops::rmsnorm::cpu::rmsnorm_backward(&f64v(&x), &f64v(&w), eps as f64, &f64v(&dy));
         let label = format!("rmsnorm_backward {rows}x{cols}");
         check(&format!("{label} dx"), &read(&dx), &wdx, 1e-5);
         let wdxa: Vec<f64> = wdx.iter().zip(&dx0).map(|(a, b)| a + *b as f64).collect();
@@ -248,11 +248,11 @@ fn rmsnorm_backward_per_head_weight() {
     let (tx, tw, tdy) = (up(&[t, h * d], &x), up(&[d], &w), up(&[t, h * d], &dy));
     let (dx, dw) = (g.zeros(&[t, h * d]).unwrap(), g.zeros(&[d]).unwrap());
     g.run(|b| {
-        ops::norm::rmsnorm_backward(b, &tx, &tw, 1e-6, &tdy, &dx, &dw, false);
+        ops::rmsnorm::rmsnorm_backward(b, &tx, &tw, 1e-6, &tdy, &dx, &dw, false);
         Ok(())
     })
     .unwrap();
-    let (wdx, wdw) = ops::norm::cpu::rmsnorm_backward(&f64v(&x), &f64v(&w), 1e-6, &f64v(&dy));
+    let (wdx, wdw) = ops::rmsnorm::cpu::rmsnorm_backward(&f64v(&x), &f64v(&w), 1e-6, &f64v(&dy));
     check("rmsnorm_backward per head dx", &read(&dx), &wdx, 1e-5);
     check("rmsnorm_backward per head dw", &read(&dw), &wdw, 1e-5);
 }
@@ -262,8 +262,8 @@ fn rmsnorm_reference_gradient_matches_finite_differences() {
     let mut r = rng(22);
     let (rows, cols, eps) = (3, 5, 1e-3);
     let (x, w, dy) = (f64v(&randn(&mut r, rows * cols, 1.0)), f64v(&randn(&mut r, cols, 1.0)), f64v(&randn(&mut r, rows * cols, 1.0)));
-    let f = |x: &[f64], w: &[f64]| ops::norm::cpu::rmsnorm(x, w, eps).iter().zip(&dy).map(|(a, b)| a * b).sum::<f64>();
-    let (dx, dw) = ops::norm::cpu::rmsnorm_backward(&x, &w, eps, &dy);
+    let f = |x: &[f64], w: &[f64]| ops::rmsnorm::cpu::rmsnorm(x, w, eps).iter().zip(&dy).map(|(a, b)| a * b).sum::<f64>();
+    let (dx, dw) = ops::rmsnorm::cpu::rmsnorm_backward(&x, &w, eps, &dy);
     let (ex, ew) = (err64(&dx, &numeric_grad(&x, 1e-5, |v| f(v, &w))), err64(&dw, &numeric_grad(&w, 1e-5, |v| f(&x, v))));
     eprintln!("rmsnorm f64 gradient vs finite differences: dx {ex:.1e}, dw {ew:.1e}");
     assert!(ex < 1e-7 && ew < 1e-7, "rmsnorm reference gradient vs finite differences: dx {ex:.2e}, dw {ew:.2e}");

@@ -1,7 +1,15 @@
 //! Phase 1 of Taylor-Calibrate: closed-form settings of a converted layer's decay,
 //! write gate, value scale and output gate from teacher attention statistics
 //! (../shared/docs/ALGORITHM.md, "Phase 1"). Pure host arithmetic on small per-head data.
+use super::capture::Capture;
+use crate::gpu::Gpu;
+use crate::io::checkpoint::gdn_name;
+use crate::io::HostTensor;
+use crate::nn::decoder::upload_gdn;
+use crate::nn::gdn::{self, GdnActs};
+use anyhow::Result;
 use serde::Serialize;
+use std::collections::HashMap;
 
 /// Memory timescale: with A_log = 0 and W_a x ~ 0 the per-step decay is
 /// exp(-softplus(dt_bias)) = exp(-r) = 2^(-1/d): the memory half-life equals the head's
@@ -175,6 +183,95 @@ pub struct Phase1Report {
     /// per-head RMS of the pre-activation W_v x on the calibration tokens (before scaling)
     pub value_preact_rms: Vec<f32>,
     pub alpha: f32,
+}
+
+// ---- phase 1 on a converted layer (GPU) ----
+
+/// Phase 1 components left out, from the research knob `TAYLORCAL_PHASE1_SKIP` (a comma
+/// list of `decay`, `beta`, `sigma`, `gate`; unset: none) for component ablations.
+pub fn phase1_skips() -> Vec<String> {
+    std::env::var("TAYLORCAL_PHASE1_SKIP")
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default()
+}
+
+/// Phase 1 on converted layer `li` of the capture: decay, write gate, value scale, output gate.
+pub fn phase1_layer(
+    gpu: &Gpu,
+    tensors: &mut HashMap<String, HostTensor>,
+    cap: &Capture,
+    li: usize,
+    value_scale: ValueScale,
+) -> Result<Phase1Report> {
+    let skip = phase1_skips();
+    for s in &skip {
+        anyhow::ensure!(
+            ["decay", "beta", "sigma", "gate"].contains(&s.as_str()),
+            "TAYLORCAL_PHASE1_SKIP: unknown component {s:?} (decay, beta, sigma, gate)"
+        );
+    }
+    let skips = |c: &str| skip.iter().any(|s| s == c);
+    let l = cap.layers[li];
+    let (dist, ent) = (&cap.stats[l].distance, &cap.stats[l].entropy);
+    let heads = dist.len();
+    let dm = cap.x[li].cols();
+    let set = |t: &mut HashMap<String, HostTensor>, name: &str, v: Vec<f32>| t.get_mut(&gdn_name(l, name)).expect("gdn tensor").data = v;
+    let dt_bias = dt_bias(dist);
+    if !skips("decay") {
+        set(tensors, "A_log", vec![0.0; heads]);
+        set(tensors, "dt_bias", dt_bias.clone());
+    }
+    let betas = target_beta(ent);
+    if !skips("beta") {
+        rescale_wb(&mut tensors.get_mut(&gdn_name(l, "b_proj.weight")).expect("b_proj").data, dm, &betas);
+    }
+    // value scale: run the recurrence with the calibrated gates on the teacher-forced input
+    let p = upload_gdn(gpu, tensors, l)?;
+    let dims = p.dims();
+    let acts = GdnActs::new(gpu, dims, cap.seqs, false)?;
+    let mut b = gpu.batch();
+    gdn::gdn_forward_inputs(&mut b, &p, &cap.x[li], &acts);
+    gdn::gdn_scan_forward(&mut b, &p, cap.seqs, &acts)?;
+    b.submit();
+    let teacher_ctx = gpu.read(&cap.context[li])?;
+    let sigma = self::value_scale(&teacher_ctx, &gpu.read(&acts.o)?, heads, dims.head_dim);
+    // the pre-activation W_v x (before any scale), which the recurrence's inputs came from
+    let zv = gpu.read(&acts.zv)?;
+    let preact_rms = head_rms(&zv, heads, dims.head_dim);
+    // research knob: TAYLORCAL_SIGMA_FIXED=S applies S to every head (the report keeps
+    // the fitted sigma and says what was applied)
+    let fixed = std::env::var("TAYLORCAL_SIGMA_FIXED").ok().and_then(|v| v.parse::<f32>().ok());
+    let applied = match (fixed, value_scale) {
+        _ if skips("sigma") => vec![1.0; heads],
+        (Some(f), _) => vec![f; heads],
+        (None, ValueScale::Linear { tau }) => linear_regime_scale(&preact_rms, tau),
+        (None, ValueScale::Fit) => sigma.clone(),
+    };
+    let wv = &mut tensors.get_mut(&gdn_name(l, "v_proj.weight")).expect("v_proj").data;
+    for (h, s) in applied.iter().enumerate() {
+        wv[h * dims.head_dim * dm..(h + 1) * dims.head_dim * dm].iter_mut().for_each(|w| *w *= s);
+    }
+    let wv = wv.clone();
+    // output gate from the rescaled values SiLU(sigma_h W_v x): W_g = alpha W_v
+    let silu_v = scaled_silu(&zv, &applied, dims.head_dim);
+    let mut alpha = output_gate_alpha(&teacher_ctx, &silu_v);
+    // research knob: TAYLORCAL_GATE_SCALE multiplies alpha (the method's 0.01 coefficient)
+    if let Some(k) = std::env::var("TAYLORCAL_GATE_SCALE").ok().and_then(|v| v.parse::<f32>().ok()) {
+        alpha *= k;
+    }
+    if !skips("gate") {
+        set(tensors, "g_proj.weight", wv.iter().map(|w| w * alpha).collect());
+    }
+    Ok(Phase1Report {
+        distance: dist.clone(),
+        entropy: ent.clone(),
+        target_beta: betas,
+        dt_bias,
+        sigma,
+        sigma_applied: applied,
+        value_preact_rms: preact_rms.iter().map(|r| *r as f32).collect(),
+        alpha,
+    })
 }
 
 #[cfg(test)]

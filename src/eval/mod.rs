@@ -1,6 +1,6 @@
 //! Perplexity, attention statistics and greedy generation on a teacher.
 use crate::gpu::Gpu;
-use crate::model::teacher::{ForwardOpts, Teacher};
+use crate::nn::decoder::{Decoder, ForwardOpts};
 use crate::ops;
 use anyhow::{ensure, Result};
 use serde::Serialize;
@@ -15,7 +15,7 @@ pub struct EvalResult {
 }
 
 /// Next-token NLL per position of `ids` as one sequence (position T-1 scores nothing).
-pub fn token_nll(gpu: &Gpu, teacher: &Teacher, ids: &[u32], opts: ForwardOpts) -> Result<Vec<f32>> {
+pub fn token_nll(gpu: &Gpu, teacher: &Decoder, ids: &[u32], opts: ForwardOpts) -> Result<Vec<f32>> {
     ensure!(ids.len() >= 2, "need at least 2 tokens to score next-token predictions, got {}", ids.len());
     let t = ids.len();
     let cache = teacher.kv_cache(gpu, t)?;
@@ -41,33 +41,20 @@ pub fn token_nll(gpu: &Gpu, teacher: &Teacher, ids: &[u32], opts: ForwardOpts) -
     Ok(v)
 }
 
-pub fn perplexity(gpu: &Gpu, teacher: &Teacher, ids: &[u32]) -> Result<EvalResult> {
+pub fn perplexity(gpu: &Gpu, teacher: &Decoder, ids: &[u32]) -> Result<EvalResult> {
     perplexity_with(gpu, teacher, ids, ForwardOpts::default())
 }
 
-pub fn perplexity_with(gpu: &Gpu, teacher: &Teacher, ids: &[u32], opts: ForwardOpts) -> Result<EvalResult> {
+pub fn perplexity_with(gpu: &Gpu, teacher: &Decoder, ids: &[u32], opts: ForwardOpts) -> Result<EvalResult> {
     let v = token_nll(gpu, teacher, ids, opts)?;
     let nll = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
     Ok(EvalResult { tokens: ids.len(), nll, ppl: nll.exp() })
 }
 
-/// Per-layer, per-head mean attention distance and entropy, averaged over query rows.
-#[derive(Clone, Debug, Serialize)]
-pub struct LayerStats {
-    pub distance: Vec<f32>,
-    pub entropy: Vec<f32>,
-}
-
-/// Attention statistics from the fused kernel over `windows` (each one sequence from
-/// position 0), averaged over all query rows of all windows.
-pub fn attention_stats(gpu: &Gpu, teacher: &Teacher, windows: &[&[u32]]) -> Result<Vec<LayerStats>> {
-    Ok(crate::calibrate::convert::capture(gpu, teacher, &[], windows, 0, |_| {})?.stats)
-}
-
 /// Greedy decoding with the KV cache: returns the new token ids (stops at `eos`).
 pub fn generate(
     gpu: &Gpu,
-    teacher: &Teacher,
+    teacher: &Decoder,
     prompt: &[u32],
     max_new: usize,
     eos: Option<u32>,
@@ -99,13 +86,13 @@ pub fn generate(
 
 /// Perplexity over several windows, each its own sequence: exp of the mean NLL over every
 /// scored position of every window.
-pub fn perplexity_windows(gpu: &Gpu, model: &Teacher, windows: &[&[u32]]) -> Result<EvalResult> {
+pub fn perplexity_windows(gpu: &Gpu, model: &Decoder, windows: &[&[u32]]) -> Result<EvalResult> {
     perplexity_windows_skipping(gpu, model, windows, &[])
 }
 
 /// `perplexity_windows` with the attention output of the `skip` layers zeroed (residual
 /// kept): the AR policy's probe.
-pub fn perplexity_windows_skipping(gpu: &Gpu, model: &Teacher, windows: &[&[u32]], skip: &[usize]) -> Result<EvalResult> {
+pub fn perplexity_windows_skipping(gpu: &Gpu, model: &Decoder, windows: &[&[u32]], skip: &[usize]) -> Result<EvalResult> {
     let (mut sum, mut count, mut tokens) = (0.0f64, 0usize, 0usize);
     for w in windows {
         let v = token_nll(gpu, model, w, ForwardOpts { skip_attn: skip.to_vec(), ..Default::default() })?;

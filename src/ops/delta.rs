@@ -47,7 +47,6 @@
 //! R (4 + dk + 2 dv) + N dk dv for the forward and R (dk + dv) + N (4 * 64^2 + dk dv) more
 //! for the backward; see [`DeltaWorkspace::bytes`]. Every buffer must fit one storage
 //! binding of the adapter (a clear error otherwise).
-pub mod bench;
 pub mod chunk_ref;
 pub mod cpu;
 

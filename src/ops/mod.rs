@@ -5,12 +5,12 @@ pub mod act;
 pub mod attention;
 pub mod delta;
 pub mod elementwise;
-pub mod grad;
-pub mod loss;
+pub mod kl;
 pub mod matmul;
+pub mod matmul_grad;
 pub mod nll;
-pub mod norm;
 pub mod optim;
+pub mod rmsnorm;
 pub mod rope;
 
 use crate::gpu::{Batch, Binding, Gpu, Tensor};

@@ -6,11 +6,12 @@
 //!   keep the layers whose students have the lowest zero-shot perplexity. One teacher pass
 //!   captures every layer; each candidate reuses it restricted to its converted layers.
 use crate::calibrate::convert::{self, AlignOpts, Strategy};
+use crate::calibrate::init::init_student;
 use crate::eval;
 use crate::gpu::Gpu;
-use crate::model::hybrid::{init_student, HybridConfig};
-use crate::model::teacher::Decoder;
-use crate::model::HostTensor;
+use crate::io::checkpoint::HybridConfig;
+use crate::io::HostTensor;
+use crate::nn::decoder::Decoder;
 use anyhow::{bail, ensure, Result};
 use serde::Serialize;
 use std::collections::HashMap;

@@ -4,15 +4,15 @@
 //! groups). Both use AdamW with a global gradient-norm clip, warmup + cosine schedule,
 //! gradient accumulation over `batch` sequences per step, periodic evaluation and
 //! atomic checkpoints that hold the optimizer state, so a killed run resumes exactly.
-use super::data::TokenStream;
-use super::student::{self, TrainActs};
-use super::{cosine_lr, Optimizer};
+use crate::data::TokenStream;
 use crate::eval::perplexity_windows;
 use crate::gpu::{Batch, Gpu, Tensor};
-use crate::model::gdn::{self, GdnActs, GdnGrads};
-use crate::model::hybrid::{self, Checkpoint, HybridConfig};
-use crate::model::teacher::{AttnActs, Decoder, ForwardOpts, KvCache, Mixer};
-use crate::ops::loss::{self, KlOut, KlWorkspace, KL_DEFAULT_BUDGET};
+use crate::io::checkpoint::{self, Checkpoint, HybridConfig};
+use crate::nn::decoder::{AttnActs, Decoder, ForwardOpts, KvCache, Mixer};
+use crate::nn::gdn::{self, GdnActs, GdnGrads};
+use crate::nn::optim::{cosine_lr, Optimizer};
+use crate::nn::training::{self, TrainActs};
+use crate::ops::kl::{self, KlOut, KlWorkspace, KL_DEFAULT_BUDGET};
 use crate::ops::optim::{self, AdamW, Reducer};
 use anyhow::{bail, ensure, Context as _, Result};
 use serde::{Deserialize, Serialize};
@@ -132,7 +132,7 @@ pub struct DistillReport {
 pub struct ResumeState {
     pub step: usize,
     pub curve: Vec<CurvePoint>,
-    pub optimizer: std::collections::HashMap<String, crate::model::HostTensor>,
+    pub optimizer: std::collections::HashMap<String, crate::io::HostTensor>,
     pub initial_ppl: Option<f64>,
 }
 
@@ -187,11 +187,11 @@ impl Stage for KlStage<'_> {
     fn micro(&mut self, b: &mut Batch, ids: &Tensor, ids_host: &[u32], slot: usize) -> Result<()> {
         let (s, t) = (self.s, ids.numel());
         let ht = s.teacher.forward(b, &self.teacher_cache, ids, 0, ForwardOpts::default())?;
-        student::forward(b, s.student, ids, &self.acts)?;
+        training::forward(b, s.student, ids, &self.acts)?;
         let out = KlOut { loss_rows: &self.loss_rows, dhs: Some(&self.dhidden), dws: Some(&self.grads.lm_head) };
-        loss::kl_lm_head(b, &self.acts.hidden, &s.student.lm_head, &ht, &s.teacher.lm_head, &self.kl, out, self.scale);
+        kl::kl_lm_head(b, &self.acts.hidden, &s.student.lm_head, &ht, &s.teacher.lm_head, &self.kl, out, self.scale);
         optim::sum(b, &[&self.loss_rows], 1.0, &self.red, slot);
-        student::backward(b, s.student, &self.acts, ids_host, &self.dhidden, self.grads)?;
+        training::backward(b, s.student, &self.acts, ids_host, &self.dhidden, self.grads)?;
         debug_assert_eq!(t, self.acts.t);
         Ok(())
     }
@@ -303,8 +303,8 @@ pub fn distill(s: &Setup, opts: &DistillOpts, resume: Option<ResumeState>, hooks
             for &l in &gdn_layers {
                 let Mixer::Gdn(p) = &s.student.layers[l].mixer else { bail!("layer {l} is not a GDN layer") };
                 let gr = GdnGrads::zeros(g, p)?;
-                for ((n, pt), gt) in hybrid::GDN_NAMES.iter().zip(p.tensors()).zip(gr.tensors()) {
-                    params.push((hybrid::gdn_name(l, n), pt.clone(), gt.clone(), 0));
+                for ((n, pt), gt) in checkpoint::GDN_NAMES.iter().zip(p.tensors()).zip(gr.tensors()) {
+                    params.push((checkpoint::gdn_name(l, n), pt.clone(), gt.clone(), 0));
                 }
                 grads.push(gr);
             }
@@ -480,7 +480,7 @@ fn save(
             ("curve.svg".into(), curve_svg(&format!("stage {} distillation", opts.stage), curve, initial_ppl).into_bytes()),
         ],
     };
-    hybrid::save_checkpoint(dir, &ck).with_context(|| format!("writing the checkpoint at step {step}"))
+    checkpoint::save_checkpoint(dir, &ck).with_context(|| format!("writing the checkpoint at step {step}"))
 }
 
 /// The resume state of a checkpoint a previous `distill` wrote with the same options.
@@ -500,6 +500,6 @@ pub fn resume_state(ck: &Checkpoint, opts: &DistillOpts) -> Result<ResumeState> 
     }
     let step = train["step"].as_u64().ok_or_else(|| anyhow::anyhow!("report.json train.step missing"))? as usize;
     let curve: Vec<CurvePoint> = serde_json::from_value(train["curve"].clone()).context("report.json train.curve")?;
-    let optimizer = ck.optimizer.clone().ok_or_else(|| anyhow::anyhow!("the checkpoint has no {}", hybrid::OPTIMIZER_FILE))?;
+    let optimizer = ck.optimizer.clone().ok_or_else(|| anyhow::anyhow!("the checkpoint has no {}", checkpoint::OPTIMIZER_FILE))?;
     Ok(ResumeState { step, curve, optimizer, initial_ppl: train["initial_ppl"].as_f64() })
 }

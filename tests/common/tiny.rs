@@ -6,9 +6,9 @@ use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::path::Path;
 use std::path::PathBuf;
-use taylorcal::model::gguf::{write_gguf, GgufTensorData, GgufValue};
-use taylorcal::model::hf::expected_tensors;
-use taylorcal::model::{Arch, HostTensor, ModelConfig};
+use taylorcal::io::gguf::{write_gguf, GgufTensorData, GgufValue};
+use taylorcal::io::weights::expected_tensors;
+use taylorcal::io::{Arch, HostTensor, ModelConfig};
 
 pub fn tiny_config(arch: Arch) -> ModelConfig {
     ModelConfig {

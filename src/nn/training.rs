@@ -4,9 +4,9 @@
 //! style, RoPE, GQA) or GDN block, and the (tied) embedding. No autograd tape: each piece
 //! calls its op's backward.
 use crate::gpu::{Batch, Gpu, Tensor};
-use crate::model::gdn::{self, GdnActs, GdnGrads, GdnParams};
-use crate::model::teacher::{Decoder, KvCache, Layer, LayerBufs, Mixer};
-use crate::ops::{self, attention::AttnBwdScratch, grad};
+use crate::nn::decoder::{Decoder, KvCache, Layer, LayerBufs, Mixer};
+use crate::nn::gdn::{self, GdnActs, GdnGrads, GdnParams};
+use crate::ops::{self, attention::AttnBwdScratch, matmul_grad};
 use anyhow::{bail, Result};
 
 /// Activations and gradient scratch of one training sequence of `t` tokens.
@@ -177,7 +177,7 @@ fn layer_forward(b: &mut Batch, m: &Decoder, a: &TrainActs, l: usize, x_out: &Te
     let layer = &m.layers[l];
     let s = slot(a.recompute, l);
     let bufs = &a.bufs[s];
-    ops::norm::rmsnorm(b, &a.x[l], &layer.input_norm, c.rms_norm_eps, &bufs.hn);
+    ops::rmsnorm::rmsnorm(b, &a.x[l], &layer.input_norm, c.rms_norm_eps, &bufs.hn);
     match &layer.mixer {
         Mixer::Attn(at) => {
             let (kc, vc) = (a.cache.k[l].as_ref().expect("K"), a.cache.v[l].as_ref().expect("V"));
@@ -200,7 +200,7 @@ pub fn forward(b: &mut Batch, m: &Decoder, ids: &Tensor, a: &TrainActs) -> Resul
     for l in 0..m.layers.len() {
         layer_forward(b, m, a, l, &a.x[l + 1])?;
     }
-    ops::norm::rmsnorm(b, &a.x[m.layers.len()], &m.norm, m.cfg.rms_norm_eps, &a.hidden);
+    ops::rmsnorm::rmsnorm(b, &a.x[m.layers.len()], &m.norm, m.cfg.rms_norm_eps, &a.hidden);
     Ok(())
 }
 
@@ -211,7 +211,7 @@ pub fn backward(b: &mut Batch, m: &Decoder, a: &TrainActs, ids_host: &[u32], dhi
     let c = &m.cfg;
     let eps = c.rms_norm_eps;
     let nl = m.layers.len();
-    ops::norm::rmsnorm_backward(b, &a.x[nl], &m.norm, eps, dhidden, &a.dx, &gr.norm, false);
+    ops::rmsnorm::rmsnorm_backward(b, &a.x[nl], &m.norm, eps, dhidden, &a.dx, &gr.norm, false);
     for l in (0..nl).rev() {
         if a.recompute {
             layer_forward(b, m, a, l, &a.x_out)?;
@@ -220,7 +220,7 @@ pub fn backward(b: &mut Batch, m: &Decoder, a: &TrainActs, ids_host: &[u32], dhi
         let (bufs, x_mid) = (&a.bufs[s], &a.x_mid[s]);
         let (layer, gl) = (&m.layers[l], &gr.layers[l]);
         mlp_backward(b, layer, gl, bufs, a);
-        ops::norm::rmsnorm_backward(b, x_mid, &layer.post_norm, eps, &a.dhn, &a.dx, &gl.post_norm, true);
+        ops::rmsnorm::rmsnorm_backward(b, x_mid, &layer.post_norm, eps, &a.dhn, &a.dx, &gl.post_norm, true);
         // the mixer's output gradient is the residual gradient dx
         match (&layer.mixer, &gl.mixer) {
             (Mixer::Attn(at), Mixer::Attn(ga)) => attn_backward(b, m, at, ga, bufs, a, l),
@@ -231,7 +231,7 @@ pub fn backward(b: &mut Batch, m: &Decoder, a: &TrainActs, ids_host: &[u32], dhi
             }
             _ => bail!("layer {l}: gradient buffers do not match the model"),
         }
-        ops::norm::rmsnorm_backward(b, &a.x[l], &layer.input_norm, eps, &a.dhn, &a.dx, &gl.input_norm, true);
+        ops::rmsnorm::rmsnorm_backward(b, &a.x[l], &layer.input_norm, eps, &a.dhn, &a.dx, &gl.input_norm, true);
     }
     ops::elementwise::embed_backward(b, ids_host, &a.dx, &gr.embed);
     Ok(())
@@ -240,28 +240,28 @@ pub fn backward(b: &mut Batch, m: &Decoder, a: &TrainActs, ids_host: &[u32], dhi
 /// x_out = x_mid + swiglu(hn2 Wg^T, hn2 Wu^T) Wd^T: from dx (= d x_out) to dhn (d hn2) and
 /// the three weight gradients.
 fn mlp_backward(b: &mut Batch, layer: &Layer, gl: &Layer, bufs: &LayerBufs, a: &TrainActs) {
-    grad::linear_backward_input(b, &a.dx, &layer.down, &a.dact, false);
-    grad::linear_backward_weight(b, &a.dx, &bufs.act, &gl.down, true);
+    matmul_grad::linear_backward_input(b, &a.dx, &layer.down, &a.dact, false);
+    matmul_grad::linear_backward_weight(b, &a.dx, &bufs.act, &gl.down, true);
     ops::elementwise::swiglu_backward(b, &bufs.gate, &bufs.up, &a.dact, &a.dgate, &a.dup);
-    grad::linear_backward_input(b, &a.dgate, &layer.gate, &a.dhn, false);
-    grad::linear_backward_input(b, &a.dup, &layer.up, &a.dhn, true);
-    grad::linear_backward_weight(b, &a.dgate, &bufs.hn2, &gl.gate, true);
-    grad::linear_backward_weight(b, &a.dup, &bufs.hn2, &gl.up, true);
+    matmul_grad::linear_backward_input(b, &a.dgate, &layer.gate, &a.dhn, false);
+    matmul_grad::linear_backward_input(b, &a.dup, &layer.up, &a.dhn, true);
+    matmul_grad::linear_backward_weight(b, &a.dgate, &bufs.hn2, &gl.gate, true);
+    matmul_grad::linear_backward_weight(b, &a.dup, &bufs.hn2, &gl.up, true);
 }
 
 /// Softmax attention of layer `l`: from dx (= d ao) to dhn and the projection gradients.
 fn attn_backward(
     b: &mut Batch,
     m: &Decoder,
-    at: &crate::model::teacher::Attn,
-    ga: &crate::model::teacher::Attn,
+    at: &crate::nn::decoder::Attn,
+    ga: &crate::nn::decoder::Attn,
     bufs: &LayerBufs,
     a: &TrainActs,
     l: usize,
 ) {
     let c = &m.cfg;
-    grad::linear_backward_input(b, &a.dx, &at.o, &a.dctx, false);
-    grad::linear_backward_weight(b, &a.dx, &bufs.ctx, &ga.o, true);
+    matmul_grad::linear_backward_input(b, &a.dx, &at.o, &a.dctx, false);
+    matmul_grad::linear_backward_weight(b, &a.dx, &bufs.ctx, &ga.o, true);
     let (kc, vc) = (a.cache.k[l].as_ref().expect("K"), a.cache.v[l].as_ref().expect("V"));
     ops::attention::attention_backward(b, &bufs.q, kc, vc, &bufs.ctx, &a.dctx, &a.dq, &a.dk, &a.dv, &a.attn_scratch, m.attn_shape(0));
     ops::rope::rope_backward(b, &a.dq, c.num_attention_heads, &m.rope, 0);
@@ -269,8 +269,8 @@ fn attn_backward(
     for (i, (dz, w, gw, gbias)) in
         [(&a.dq, &at.q, &ga.q, &ga.q_bias), (&a.dk, &at.k, &ga.k, &ga.k_bias), (&a.dv, &at.v, &ga.v, &ga.v_bias)].into_iter().enumerate()
     {
-        grad::linear_backward_input(b, dz, w, &a.dhn, i > 0);
-        grad::linear_backward_weight(b, dz, &bufs.hn, gw, true);
+        matmul_grad::linear_backward_input(b, dz, w, &a.dhn, i > 0);
+        matmul_grad::linear_backward_weight(b, dz, &bufs.hn, gw, true);
         if let Some(gb) = gbias {
             ops::act::colsum(b, dz, gb, true);
         }

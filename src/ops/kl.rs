@@ -5,8 +5,8 @@
 //! Per chunk of R rows: `zs = hs ws^T`, `zt = ht wt^T` ([`linear`]); the KL kernel writes
 //! the per-row loss and overwrites `zs` with `g = scale (p_s - p_t)`; then
 //! `dhs = g ws` ([`linear_backward_input`]) and `dws += g^T hs` ([`linear_backward_weight`]).
-use super::grad::{linear_backward_input, linear_backward_weight};
 use super::matmul::linear;
+use super::matmul_grad::{linear_backward_input, linear_backward_weight};
 use super::optim::{self, Reducer};
 use super::view;
 use crate::gpu::{grid, Batch, DType, Gpu, Kernel, Tensor};
@@ -152,8 +152,8 @@ pub fn kl_total(b: &mut Batch, loss_rows: &Tensor, scale: f32, red: &Reducer, sl
 }
 
 pub mod cpu {
-    use super::super::grad::cpu::{linear_backward_input, linear_backward_weight};
     use super::super::matmul::cpu::linear;
+    use super::super::matmul_grad::cpu::{linear_backward_input, linear_backward_weight};
     use super::super::nll::cpu::log_softmax;
 
     /// Per-row KL(teacher || student) of logits rows and the gradient `scale (p_s - p_t)`

@@ -18,7 +18,7 @@
 //! [`gdn_forward`] and [`gdn_backward`] run all three.
 use crate::gpu::{Batch, Gpu, Tensor};
 use crate::ops::delta::{self, DeltaGrads, DeltaShape, DeltaWorkspace};
-use crate::ops::{act, grad, matmul};
+use crate::ops::{act, matmul, matmul_grad};
 use anyhow::Result;
 
 /// The epsilon of the gated output RMSNorm.
@@ -337,8 +337,8 @@ fn back(acts: &GdnActs) -> &GdnBackBufs {
 /// and dw_norm.
 pub fn gdn_backward_output(b: &mut Batch, p: &GdnParams, acts: &GdnActs, dout: &Tensor, grads: &GdnGrads, accumulate: bool) {
     let bb = back(acts);
-    grad::linear_backward_weight(b, dout, &acts.y, &grads.wo, accumulate);
-    grad::linear_backward_input(b, dout, &p.wo, &bb.dy, false);
+    matmul_grad::linear_backward_weight(b, dout, &acts.y, &grads.wo, accumulate);
+    matmul_grad::linear_backward_input(b, dout, &p.wo, &bb.dy, false);
     act::gated_norm_backward(b, &acts.o, &acts.zg, &p.w_norm, &acts.rstd, &bb.dy, &bb.d_o, &bb.dzg, &grads.w_norm, &bb.scratch, accumulate);
 }
 
@@ -390,9 +390,9 @@ pub fn gdn_backward_inputs(
         (&bb.dzg, &p.wg, &grads.wg),
     ];
     for (i, (dz, w, dw)) in pairs.into_iter().enumerate() {
-        grad::linear_backward_weight(b, dz, x, dw, accumulate);
+        matmul_grad::linear_backward_weight(b, dz, x, dw, accumulate);
         if let Some(dx) = dx {
-            grad::linear_backward_input(b, dz, w, dx, accumulate || i > 0);
+            matmul_grad::linear_backward_input(b, dz, w, dx, accumulate || i > 0);
         }
     }
 }
@@ -436,8 +436,8 @@ pub mod cpu {
     use super::GdnDims;
     use crate::ops::act::cpu as act;
     use crate::ops::delta::{cpu as delta, DeltaShape};
-    use crate::ops::grad::cpu as grad;
     use crate::ops::matmul::cpu::linear;
+    use crate::ops::matmul_grad::cpu as matmul_grad;
 
     /// Parameters (or their gradients) on the host, laid out like [`super::GdnParams`].
     #[derive(Clone, Debug, PartialEq)]
@@ -564,8 +564,8 @@ pub mod cpu {
         let dims = p.dims;
         let (d, h, hd) = (dims.d_model, dims.heads, dims.inner());
         let mut gr = Params::zeros(dims);
-        gr.wo = grad::linear_backward_weight(dout, &a.y, d, hd);
-        let dy = grad::linear_backward_input(dout, &p.wo, d, hd);
+        gr.wo = matmul_grad::linear_backward_weight(dout, &a.y, d, hd);
+        let dy = matmul_grad::linear_backward_input(dout, &p.wo, d, hd);
         let (d_o, dzg, dw_norm) = act::gated_norm_backward(&a.o, &a.zg, &p.w_norm, super::NORM_EPS as f64, &dy);
         gr.w_norm = dw_norm;
         let s = scan_shape(dims, seqs);
@@ -586,8 +586,8 @@ pub mod cpu {
             (&dzb, &p.wb, h, 4),
             (&dzg, &p.wg, hd, 5),
         ] {
-            *gr.tensors_mut()[slot] = grad::linear_backward_weight(dz, x, rows, d);
-            for (a, b) in dx.iter_mut().zip(grad::linear_backward_input(dz, w, rows, d)) {
+            *gr.tensors_mut()[slot] = matmul_grad::linear_backward_weight(dz, x, rows, d);
+            for (a, b) in dx.iter_mut().zip(matmul_grad::linear_backward_input(dz, w, rows, d)) {
                 *a += b;
             }
         }

@@ -1,8 +1,10 @@
 //! Timing of the chunked gated-delta-rule kernels on the GPU (timestamps summed over the
 //! dispatches of one run where the adapter has them, else wall clock), for
 //! `taylorcal bench gdn`, the criterion bench and tuning.
-use super::{chunk_backward_after_forward, chunk_backward_ws, chunk_forward_ws, DeltaGrads, DeltaShape, DeltaTiles, DeltaWorkspace};
 use crate::gpu::{Gpu, GpuTimer, Tensor};
+use crate::ops::delta::{
+    chunk_backward_after_forward, chunk_backward_ws, chunk_forward_ws, DeltaGrads, DeltaShape, DeltaTiles, DeltaWorkspace,
+};
 use anyhow::{bail, Result};
 
 /// Inputs of one benchmark problem, deterministic pseudo-random data in GDN's regime:
@@ -75,7 +77,7 @@ impl DeltaProblem {
 }
 
 fn runs_for(gpu: &Gpu) -> (usize, usize) {
-    if crate::bench::is_cpu_adapter(gpu) {
+    if crate::experiments::bench::is_cpu_adapter(gpu) {
         (1, 3)
     } else {
         (3, 10)
@@ -89,7 +91,7 @@ pub fn bench_delta(gpu: &Gpu, b: usize, t: usize, h: usize, d: usize, backward: 
     let s = DeltaShape::new(b, t, h, d, true);
     let pb = DeltaProblem::new(gpu, &s, backward, None)?;
     let (warmup, runs) = runs_for(gpu);
-    let (secs, _) = crate::bench::time_kernel(gpu, warmup, runs, |bt| pb.record(bt).expect("delta rule: recording failed"))?;
+    let (secs, _) = crate::experiments::bench::time_kernel(gpu, warmup, runs, |bt| pb.record(bt).expect("delta rule: recording failed"))?;
     Ok(secs)
 }
 

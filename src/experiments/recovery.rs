@@ -1,14 +1,14 @@
 //! Token efficiency: initialise students with several strategies, distil each (optional
 //! stage 1, then stage 2) until its evaluation perplexity is within R x the teacher's, and
 //! compare the tokens each needed — the paper's "fewer distillation tokens" claim.
-use super::data::TokenStream;
-use super::distill::{self, CurvePoint, DistillOpts, DistillReport, Hooks, Setup};
 use crate::calibrate::convert::{self, ConvertOpts, Strategy};
+use crate::data::TokenStream;
 use crate::eval::perplexity_windows;
 use crate::gpu::Gpu;
-use crate::model::hybrid::HybridConfig;
-use crate::model::teacher::Decoder;
-use crate::model::HostTensor;
+use crate::io::checkpoint::HybridConfig;
+use crate::io::HostTensor;
+use crate::nn::decoder::Decoder;
+use crate::train::distill::{self, CurvePoint, DistillOpts, DistillReport, Hooks, Setup};
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::HashMap;

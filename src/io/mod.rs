@@ -1,16 +1,14 @@
-//! Model description, weight loading (Hugging Face safetensors, GGUF), tokenizer,
-//! and the teacher transformer that runs on the GPU.
+//! File formats only: model descriptions (config), GGUF, safetensors / Hugging Face
+//! directories, tokenizers, fetching the default teacher, and taylorcal's own checkpoint
+//! directory. Nothing here touches the GPU; everything returns host tensors under
+//! Hugging Face Llama names.
 
+pub mod checkpoint;
 pub mod config;
 pub mod dtype;
 pub mod fetch;
-pub mod gdn;
 pub mod gguf;
 pub mod hf;
-pub mod hybrid;
-pub mod reference;
-pub mod teacher;
-pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};

@@ -4,11 +4,12 @@ use anyhow::{ensure, Context as _, Result};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use taylorcal::calibrate::convert::Strategy;
+use taylorcal::data::TokenStream;
+use taylorcal::experiments::recovery::{self, RecoveryOpts};
 use taylorcal::gpu::Gpu;
-use taylorcal::model::{self, teacher::Decoder};
-use taylorcal::train::data::TokenStream;
+use taylorcal::io;
+use taylorcal::nn::decoder::Decoder;
 use taylorcal::train::distill::{self, CurvePoint, DistillOpts, Hooks, Setup};
-use taylorcal::train::recovery::{self, RecoveryOpts};
 
 /// Settings shared by `distill` and `recovery`.
 #[derive(clap::Args, Clone)]
@@ -114,17 +115,17 @@ pub fn distill_cmd(
     opts.checkpoint_every = checkpoint_every;
     opts.check()?;
     let (ck, state) = if resume {
-        ensure!(model::hybrid::is_checkpoint(&out), "--resume: {} holds no checkpoint of an earlier run", out.display());
-        let ck = model::hybrid::load_checkpoint(&out)?;
+        ensure!(io::checkpoint::is_checkpoint(&out), "--resume: {} holds no checkpoint of an earlier run", out.display());
+        let ck = io::checkpoint::load_checkpoint(&out)?;
         let st = distill::resume_state(&ck, &opts).with_context(|| format!("resuming from {}", out.display()))?;
         (ck, Some(st))
     } else {
         let dir = student_dir.context("distill needs --student DIR (a checkpoint written by `taylorcal convert`), or --resume")?;
-        ensure!(model::hybrid::is_checkpoint(&dir), "{} is not a taylorcal checkpoint (run `taylorcal convert` first)", dir.display());
-        (model::hybrid::load_checkpoint(&dir)?, None)
+        ensure!(io::checkpoint::is_checkpoint(&dir), "{} is not a taylorcal checkpoint (run `taylorcal convert` first)", dir.display());
+        (io::checkpoint::load_checkpoint(&dir)?, None)
     };
-    let tpath = model::fetch::resolve_model(teacher_spec)?;
-    let files = model::load_model(&tpath)?;
+    let tpath = io::fetch::resolve_model(teacher_spec)?;
+    let files = io::load_model(&tpath)?;
     let (tc, sc) = (&files.config, &ck.config.base);
     ensure!(
         tc.vocab_size == sc.vocab_size && tc.hidden_size == sc.hidden_size && tc.num_hidden_layers == sc.num_hidden_layers,
@@ -143,7 +144,7 @@ pub fn distill_cmd(
     let student = Decoder::from_checkpoint(gpu, &ck)?;
     let data = args.stream(&tokenizer, seed)?;
     let eval_tokens = eval_ids(&tokenizer, eval.as_deref(), eval_windows)?;
-    let windows = taylorcal::calibrate::convert::take_windows(&eval_tokens, crate::WINDOW, eval_windows, "the evaluation text")?;
+    let windows = taylorcal::data::windows(&eval_tokens, crate::WINDOW, eval_windows, "the evaluation text")?;
     let meta = json!({ "teacher": files.source, "student_from": ck.report.get("strategy"), "attn_layers": ck.config.attn_layers, "adapter": gpu.info.name });
     let setup = Setup {
         gpu,

@@ -1,11 +1,9 @@
-//! The hybrid student on disk and its initial weights: kept softmax layers and Gated
-//! DeltaNet (gdn_v4) layers. A checkpoint is a directory with `model.safetensors`,
+//! The hybrid student on disk: kept softmax layers and Gated DeltaNet (gdn_v4) layers. A checkpoint is a directory with `model.safetensors`,
 //! `config.json` (the teacher's Llama fields + `"model_type": "taylorcal_hybrid"`,
 //! `attn_layers`, GDN settings), `tokenizer.json` and `report.json`, written into a
 //! temporary directory and renamed into place, so a crash never leaves half a checkpoint.
-use super::{hf, HostTensor, ModelConfig};
+use super::{hf, weights, HostTensor, ModelConfig};
 use anyhow::{bail, ensure, Context as _, Result};
-use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -100,83 +98,12 @@ pub const GDN_NAMES: [&str; 10] = [
     "o_norm.weight",
 ];
 
-/// Repeat GQA kv heads to `heads` heads: head h takes kv head h / (heads / kv_heads).
-/// `w` is [kv_heads * d, cols] (rows per head contiguous).
-pub fn repeat_kv(w: &[f32], kv_heads: usize, heads: usize, d: usize, cols: usize) -> Vec<f32> {
-    let group = heads / kv_heads;
-    (0..heads).flat_map(|h| w[(h / group) * d * cols..(h / group + 1) * d * cols].iter().copied()).collect()
-}
-
-/// Xavier-uniform with flash-linear-attention's gain 2^-2.5 for new projections.
-fn xavier(rng: &mut impl Rng, rows: usize, cols: usize) -> HostTensor {
-    let bound = 2f64.powf(-2.5) * (6.0 / (rows + cols) as f64).sqrt();
-    HostTensor::new(vec![rows, cols], (0..rows * cols).map(|_| rng.random_range(-bound..bound) as f32).collect())
-}
-
-/// The naive student: teacher tensors copied (kept layers whole; converted layers get
-/// Q/O copied and K/V with kv heads repeated), new GDN parameters at fla's defaults:
-/// A ~ U(0, 16), A_log = ln A; dt log-uniform in [1e-3, 0.1] (floor 1e-4),
-/// dt_bias = inverse softplus(dt); W_a, W_b, W_g Xavier-uniform (gain 2^-2.5); o_norm = 1.
-/// Teacher q/k/v biases and q/k norms of converted layers are dropped.
-pub fn init_student(cfg: &HybridConfig, teacher: &HashMap<String, HostTensor>, seed: u64) -> Result<HashMap<String, HostTensor>> {
-    let c = &cfg.base;
-    let (dm, h, hkv, d) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let get = |name: &str| teacher.get(name).cloned().with_context(|| format!("teacher has no tensor {name}"));
-    let mut out = HashMap::new();
-    for name in ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"] {
-        if let Some(t) = teacher.get(name) {
-            out.insert(name.to_string(), t.clone());
-        }
-    }
-    for l in 0..c.num_hidden_layers {
-        let p = |s: &str| format!("model.layers.{l}.{s}");
-        for s in [
-            "input_layernorm.weight",
-            "post_attention_layernorm.weight",
-            "mlp.gate_proj.weight",
-            "mlp.up_proj.weight",
-            "mlp.down_proj.weight",
-        ] {
-            out.insert(p(s), get(&p(s))?);
-        }
-        if !cfg.is_gdn(l) {
-            for (k, t) in teacher.iter().filter(|(k, _)| k.starts_with(&p("self_attn."))) {
-                out.insert(k.clone(), t.clone());
-            }
-            continue;
-        }
-        let tq = get(&p("self_attn.q_proj.weight"))?;
-        let tk = get(&p("self_attn.k_proj.weight"))?;
-        let tv = get(&p("self_attn.v_proj.weight"))?;
-        let to = get(&p("self_attn.o_proj.weight"))?;
-        out.insert(gdn_name(l, "q_proj.weight"), tq);
-        out.insert(gdn_name(l, "k_proj.weight"), HostTensor::new(vec![h * d, dm], repeat_kv(&tk.data, hkv, h, d, dm)));
-        out.insert(gdn_name(l, "v_proj.weight"), HostTensor::new(vec![h * d, dm], repeat_kv(&tv.data, hkv, h, d, dm)));
-        out.insert(gdn_name(l, "o_proj.weight"), to);
-        out.insert(gdn_name(l, "a_proj.weight"), xavier(&mut rng, h, dm));
-        out.insert(gdn_name(l, "b_proj.weight"), xavier(&mut rng, h, dm));
-        out.insert(gdn_name(l, "g_proj.weight"), xavier(&mut rng, h * d, dm));
-        let a_log: Vec<f32> = (0..h).map(|_| (rng.random_range(0.0f64..16.0).max(1e-12)).ln() as f32).collect();
-        let dt_bias: Vec<f32> = (0..h)
-            .map(|_| {
-                let dt = (rng.random_range(0.0f64..1.0) * ((0.1f64).ln() - (1e-3f64).ln()) + (1e-3f64).ln()).exp().max(1e-4);
-                crate::calibrate::phase1::inv_softplus(dt) as f32
-            })
-            .collect();
-        out.insert(gdn_name(l, "A_log"), HostTensor::new(vec![h], a_log));
-        out.insert(gdn_name(l, "dt_bias"), HostTensor::new(vec![h], dt_bias));
-        out.insert(gdn_name(l, "o_norm.weight"), HostTensor::new(vec![d], vec![1.0; d]));
-    }
-    Ok(out)
-}
-
 /// Every tensor name and shape a hybrid checkpoint must hold.
 pub fn expected_tensors(cfg: &HybridConfig) -> Vec<(String, Vec<usize>)> {
     let c = &cfg.base;
     let (dm, h, d) = (c.hidden_size, c.num_attention_heads, c.head_dim);
     let mut v: Vec<(String, Vec<usize>)> =
-        hf::expected_tensors(c).into_iter().filter(|(n, _)| !(n.contains(".self_attn.") && cfg.is_gdn(layer_of(n)))).collect();
+        weights::expected_tensors(c).into_iter().filter(|(n, _)| !(n.contains(".self_attn.") && cfg.is_gdn(layer_of(n)))).collect();
     for l in cfg.gdn_layers() {
         for (n, s) in [
             ("q_proj.weight", vec![h * d, dm]),
@@ -276,7 +203,7 @@ pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
         }
     }
     let tok_path = dir.join("tokenizer.json");
-    let tokenizer = if tok_path.is_file() { Some(super::tokenizer::load_tokenizer_json(&tok_path)?) } else { None };
+    let tokenizer = if tok_path.is_file() { Some(super::hf::load_tokenizer_json(&tok_path)?) } else { None };
     let report = std::fs::read_to_string(dir.join("report.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
     let opt_path = dir.join(OPTIMIZER_FILE);
     let optimizer = if opt_path.is_file() { Some(hf::read_safetensors(&opt_path)?) } else { None };

@@ -1,9 +1,9 @@
 //! A plain-Rust f64 forward of the teacher, written independently of the GPU path from
 //! the CPU references of each op: the oracle for the whole-model tests.
 use super::gdn::{self, GdnDims};
-use super::hybrid::{gdn_name, Checkpoint};
-use super::{HostTensor, ModelConfig, ModelFiles};
-use crate::ops::{attention, elementwise, matmul, norm, rope};
+use crate::io::checkpoint::{gdn_name, Checkpoint};
+use crate::io::{HostTensor, ModelConfig, ModelFiles};
+use crate::ops::{attention, elementwise, matmul, rmsnorm, rope};
 use std::collections::HashMap;
 
 type Tensors = HashMap<String, HostTensor>;
@@ -50,17 +50,17 @@ fn decoder_logits(c: &ModelConfig, files: &Tensors, is_gdn: impl Fn(usize) -> bo
     let mut x = elementwise::cpu::embed(ids, &w(files, "model.embed_tokens.weight"), d);
     for i in 0..c.num_hidden_layers {
         let n = |s: &str| format!("model.layers.{i}.{s}");
-        let hn = norm::cpu::rmsnorm(&x, &w(files, &n("input_layernorm.weight")), eps);
+        let hn = rmsnorm::cpu::rmsnorm(&x, &w(files, &n("input_layernorm.weight")), eps);
         let ao = if is_gdn(i) { gdn_block(files, c, i, &hn, ids.len()) } else { attn_block(files, c, i, &hn) };
         x.iter_mut().zip(&ao).for_each(|(a, b)| *a += b);
-        let hn = norm::cpu::rmsnorm(&x, &w(files, &n("post_attention_layernorm.weight")), eps);
+        let hn = rmsnorm::cpu::rmsnorm(&x, &w(files, &n("post_attention_layernorm.weight")), eps);
         let gate = matmul::cpu::linear(&hn, &w(files, &n("mlp.gate_proj.weight")), None, d);
         let upv = matmul::cpu::linear(&hn, &w(files, &n("mlp.up_proj.weight")), None, d);
         let act = elementwise::cpu::swiglu(&gate, &upv);
         let down = matmul::cpu::linear(&act, &w(files, &n("mlp.down_proj.weight")), None, c.intermediate_size);
         x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
     }
-    let hn = norm::cpu::rmsnorm(&x, &w(files, "model.norm.weight"), eps);
+    let hn = rmsnorm::cpu::rmsnorm(&x, &w(files, "model.norm.weight"), eps);
     let head = if files.contains_key("lm_head.weight") { "lm_head.weight" } else { "model.embed_tokens.weight" };
     matmul::cpu::linear(&hn, &w(files, head), None, d)
 }
@@ -77,8 +77,8 @@ fn attn_block(files: &Tensors, c: &ModelConfig, i: usize, hn: &[f64]) -> Vec<f64
         };
         let (mut q, mut k, v) = (proj("q"), proj("k"), proj("v"));
         if let (Some(qw), Some(kw)) = (wo(files, &n("self_attn.q_norm.weight")), wo(files, &n("self_attn.k_norm.weight"))) {
-            q = norm::cpu::rmsnorm(&q, &qw, eps);
-            k = norm::cpu::rmsnorm(&k, &kw, eps);
+            q = rmsnorm::cpu::rmsnorm(&q, &qw, eps);
+            k = rmsnorm::cpu::rmsnorm(&k, &kw, eps);
         }
         rope::cpu::rope(&mut q, h, hd, c.rope_theta as f64, 0);
         rope::cpu::rope(&mut k, hkv, hd, c.rope_theta as f64, 0);

@@ -4,9 +4,9 @@
 //! chunked scan, decoding the one-step recurrence; softmax layers keep a KV cache and
 //! report fused attention statistics through a hook calibration uses.
 use super::gdn::{self, GdnActs, GdnGrads, GdnParams};
-use super::hybrid::{gdn_name, Checkpoint, GDN_NAMES};
-use super::{HostTensor, ModelConfig, ModelFiles};
 use crate::gpu::{Batch, Gpu, Tensor};
+use crate::io::checkpoint::{gdn_name, Checkpoint, GDN_NAMES};
+use crate::io::{HostTensor, ModelConfig, ModelFiles};
 use crate::ops::{self, attention::AttnShape, rope::RopeTables};
 use anyhow::{anyhow, Context as _, Result};
 use std::collections::HashMap;
@@ -43,7 +43,6 @@ pub struct Layer {
 }
 
 /// The teacher is a decoder whose every layer is softmax attention.
-pub type Teacher = Decoder;
 
 pub struct Decoder {
     pub cfg: ModelConfig,
@@ -365,7 +364,7 @@ impl Decoder {
         let mut gdn_step: Option<GdnActs> = None;
         ops::elementwise::embed(b, ids, &self.embed, &x);
         for (i, l) in self.layers.iter().enumerate() {
-            ops::norm::rmsnorm(b, &x, &l.input_norm, c.rms_norm_eps, &bufs.hn);
+            ops::rmsnorm::rmsnorm(b, &x, &l.input_norm, c.rms_norm_eps, &bufs.hn);
             match &l.mixer {
                 Mixer::Attn(a) => {
                     let (kc, vc) = (cache.k[i].as_ref().expect("KV cache"), cache.v[i].as_ref().expect("KV cache"));
@@ -414,7 +413,7 @@ impl Decoder {
             }
             self.mlp_forward(b, l, &x, &bufs, &x);
         }
-        ops::norm::rmsnorm(b, &x, &self.norm, c.rms_norm_eps, &bufs.hn);
+        ops::rmsnorm::rmsnorm(b, &x, &self.norm, c.rms_norm_eps, &bufs.hn);
         Ok(bufs.hn)
     }
 
@@ -432,8 +431,8 @@ impl Decoder {
         ops::matmul::linear(b, hn, &a.v, a.v_bias.as_ref(), &bufs.v, false);
         let (qr, kr) = match (&bufs.qn, &bufs.kn, &a.q_norm, &a.k_norm) {
             (Some(qn), Some(kn), Some(wq), Some(wk)) => {
-                ops::norm::rmsnorm(b, &bufs.q, wq, c.rms_norm_eps, qn);
-                ops::norm::rmsnorm(b, &bufs.k, wk, c.rms_norm_eps, kn);
+                ops::rmsnorm::rmsnorm(b, &bufs.q, wq, c.rms_norm_eps, qn);
+                ops::rmsnorm::rmsnorm(b, &bufs.k, wk, c.rms_norm_eps, kn);
                 (qn, kn)
             }
             _ => (&bufs.q, &bufs.k),
@@ -452,7 +451,7 @@ impl Decoder {
     /// where the residual sum happens in place; otherwise x_mid is copied into x_out first).
     pub fn mlp_forward(&self, b: &mut Batch, l: &Layer, x_mid: &Tensor, bufs: &LayerBufs, x_out: &Tensor) {
         let c = &self.cfg;
-        ops::norm::rmsnorm(b, x_mid, &l.post_norm, c.rms_norm_eps, &bufs.hn2);
+        ops::rmsnorm::rmsnorm(b, x_mid, &l.post_norm, c.rms_norm_eps, &bufs.hn2);
         ops::matmul::linear(b, &bufs.hn2, &l.gate, None, &bufs.gate, false);
         ops::matmul::linear(b, &bufs.hn2, &l.up, None, &bufs.up, false);
         ops::elementwise::swiglu(b, &bufs.gate, &bufs.up, &bufs.act);

@@ -335,7 +335,7 @@ pub fn bench_rmsnorm(gpu: &Gpu, rows: usize, cols: usize) -> Result<BenchResult>
     let x = gpu.upload(&[rows, cols], &fill(rows * cols, 6, 2.0))?;
     let w = gpu.upload(&[cols], &fill(cols, 7, 1.0))?;
     let y = gpu.zeros(&[rows, cols])?;
-    let record = |b: &mut Batch| ops::norm::rmsnorm(b, &x, &w, 1e-5, &y);
+    let record = |b: &mut Batch| ops::rmsnorm::rmsnorm(b, &x, &w, 1e-5, &y);
     let (secs, runs, how) = measure(gpu, budget(gpu), &record)?;
     let bytes = (2 * rows * cols + cols) as f64 * 4.0;
     Ok(result("rmsnorm", format!("{rows}x{cols}"), secs, runs, how, None, Some(bytes)))
@@ -364,7 +364,7 @@ pub fn bench_nll(gpu: &Gpu, rows: usize, vocab: usize) -> Result<BenchResult> {
     Ok(result("nll", format!("{rows}x{vocab}"), secs, runs, how, None, Some(bytes)))
 }
 
-/// Fused LM heads + KL(teacher || student) with both gradients ([`ops::loss::kl_lm_head`]):
+/// Fused LM heads + KL(teacher || student) with both gradients ([`ops::kl::kl_lm_head`]):
 /// N rows of hidden states of width D, vocabulary V, chunked by the default memory budget.
 /// GFLOP/s counts the four matmuls (two heads, dhs, dws): 8 N V D.
 pub fn bench_kl_lm_head(gpu: &Gpu, rows: usize, vocab: usize, dim: usize) -> Result<BenchResult> {
@@ -373,13 +373,13 @@ pub fn bench_kl_lm_head(gpu: &Gpu, rows: usize, vocab: usize, dim: usize) -> Res
     let ht = gpu.upload(&[rows, dim], &fill(rows * dim, 11, 1.0))?;
     let ws = gpu.upload(&[vocab, dim], &fill(vocab * dim, 12, a))?;
     let wt = gpu.upload(&[vocab, dim], &fill(vocab * dim, 13, a))?;
-    let work = ops::loss::KlWorkspace::new(gpu, vocab, dim, rows, ops::loss::KL_DEFAULT_BUDGET)?;
+    let work = ops::kl::KlWorkspace::new(gpu, vocab, dim, rows, ops::kl::KL_DEFAULT_BUDGET)?;
     let loss_rows = gpu.zeros(&[rows])?;
     let dhs = gpu.zeros(&[rows, dim])?;
     let dws = gpu.zeros(&[vocab, dim])?;
     let record = |b: &mut Batch| {
-        let out = ops::loss::KlOut { loss_rows: &loss_rows, dhs: Some(&dhs), dws: Some(&dws) };
-        ops::loss::kl_lm_head(b, &hs, &ws, &ht, &wt, &work, out, 1.0 / rows as f32)
+        let out = ops::kl::KlOut { loss_rows: &loss_rows, dhs: Some(&dhs), dws: Some(&dws) };
+        ops::kl::kl_lm_head(b, &hs, &ws, &ht, &wt, &work, out, 1.0 / rows as f32)
     };
     let (secs, runs, how) = measure(gpu, budget(gpu), &record)?;
     let flops = 8.0 * (rows * vocab * dim) as f64;

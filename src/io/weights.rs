@@ -1,0 +1,143 @@
+//! Host-side weights: every loader returns tensors under Hugging Face Llama names,
+//! dequantised to f32, rows in Hugging Face order (GGUF's permuted Q/K rows undone).
+//! Also what every loader shares: the config checks, the tensor set a config implies and
+//! its validation, and read-only file maps.
+use super::config::ModelConfig;
+use anyhow::{bail, Context as _, Result};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// A dense row-major f32 tensor on the host. `shape` is in PyTorch order:
+/// a linear layer's weight is `[out_features, in_features]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "shape/data mismatch");
+        Self { shape, data }
+    }
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Everything a loader produces: config, tensors by Hugging Face name, tokenizer if the source has one.
+pub struct ModelFiles {
+    pub config: ModelConfig,
+    pub tensors: HashMap<String, HostTensor>,
+    pub tokenizer: Option<tokenizers::Tokenizer>,
+    /// Human-readable description of where it came from (path, format).
+    pub source: String,
+}
+
+/// `hidden / heads`, or 0 when `heads` is 0 (which `check_config` then reports).
+pub(crate) fn default_head_dim(hidden: usize, heads: usize) -> usize {
+    hidden.checked_div(heads).unwrap_or(0)
+}
+
+/// Rejects configurations the teacher forward cannot run (zero sizes, heads that do not
+/// group, odd head_dim for RoPE, non-positive epsilon).
+pub fn check_config(cfg: &ModelConfig, source: &str) -> Result<()> {
+    let sizes = [
+        ("hidden_size", cfg.hidden_size),
+        ("num_hidden_layers", cfg.num_hidden_layers),
+        ("num_attention_heads", cfg.num_attention_heads),
+        ("num_key_value_heads", cfg.num_key_value_heads),
+        ("head_dim", cfg.head_dim),
+        ("intermediate_size", cfg.intermediate_size),
+        ("vocab_size", cfg.vocab_size),
+    ];
+    if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+        bail!("{source}: {name} must be positive, got 0");
+    }
+    if !cfg.num_attention_heads.is_multiple_of(cfg.num_key_value_heads) {
+        bail!(
+            "{source}: num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads
+        );
+    }
+    if !cfg.head_dim.is_multiple_of(2) {
+        bail!("{source}: head_dim must be even for RoPE, got {}", cfg.head_dim);
+    }
+    if !(cfg.rms_norm_eps > 0.0 && cfg.rms_norm_eps.is_finite()) {
+        bail!("{source}: rms_norm_eps must be a positive number, got {}", cfg.rms_norm_eps);
+    }
+    if !(cfg.rope_theta > 0.0 && cfg.rope_theta.is_finite()) {
+        bail!("{source}: rope_theta must be a positive number, got {}", cfg.rope_theta);
+    }
+    Ok(())
+}
+
+/// Every tensor the configuration needs, by Hugging Face name, with its PyTorch-order shape.
+pub fn expected_tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (d, hd, ff, v) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size, cfg.vocab_size);
+    let q_rows = cfg.num_attention_heads * hd;
+    let kv_rows = cfg.num_key_value_heads * hd;
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d]), ("model.norm.weight".to_string(), vec![d])];
+    if !cfg.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![v, d]));
+    }
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}.");
+        let mut push = |name: &str, shape: Vec<usize>| out.push((format!("{p}{name}"), shape));
+        push("input_layernorm.weight", vec![d]);
+        push("post_attention_layernorm.weight", vec![d]);
+        push("self_attn.q_proj.weight", vec![q_rows, d]);
+        push("self_attn.k_proj.weight", vec![kv_rows, d]);
+        push("self_attn.v_proj.weight", vec![kv_rows, d]);
+        push("self_attn.o_proj.weight", vec![d, q_rows]);
+        if cfg.attention_bias {
+            push("self_attn.q_proj.bias", vec![q_rows]);
+            push("self_attn.k_proj.bias", vec![kv_rows]);
+            push("self_attn.v_proj.bias", vec![kv_rows]);
+        }
+        if cfg.qk_norm {
+            push("self_attn.q_norm.weight", vec![hd]);
+            push("self_attn.k_norm.weight", vec![hd]);
+        }
+        push("mlp.gate_proj.weight", vec![ff, d]);
+        push("mlp.up_proj.weight", vec![ff, d]);
+        push("mlp.down_proj.weight", vec![d, ff]);
+    }
+    out
+}
+
+/// Checks the config is usable and every tensor it implies is present with the right shape.
+/// `source` (a file or directory) starts every error message.
+pub fn validate_tensors(cfg: &ModelConfig, tensors: &HashMap<String, HostTensor>, source: &str) -> Result<()> {
+    check_config(cfg, source)?;
+    let mut problems = Vec::new();
+    for (name, shape) in expected_tensors(cfg) {
+        match tensors.get(&name) {
+            None => problems.push(format!("missing tensor '{name}' (expected shape {shape:?})")),
+            Some(t) if t.shape != shape => problems.push(format!("tensor '{name}' has shape {:?}, expected {shape:?}", t.shape)),
+            Some(t) if t.data.iter().any(|x| !x.is_finite()) => problems.push(format!("tensor '{name}' contains NaN or infinite values")),
+            Some(_) => {}
+        }
+    }
+    match problems.len() {
+        0 => Ok(()),
+        n => {
+            let shown = problems.iter().take(5).cloned().collect::<Vec<_>>().join("; ");
+            let more = if n > 5 { format!(" (and {} more)", n - 5) } else { String::new() };
+            bail!("{source}: {shown}{more}")
+        }
+    }
+}
+
+/// Memory-maps a file read-only, with errors naming it.
+pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let len = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?.len();
+    if len == 0 {
+        bail!("{} is empty", path.display());
+    }
+    // SAFETY: the map is read-only; a file changed underneath us while mapped is outside
+    // what any loader can defend against (same contract as safetensors/llama.cpp).
+    unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))
+}
