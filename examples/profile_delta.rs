@@ -5,15 +5,22 @@
 //!
 //! DELTA_SHAPES="b,t,h,d;..." picks the problems, DELTA_TILES="fwd,bwd;..." the state-pass
 //! tiles to try, DELTA_RECOMPUTE=1 makes the backward recompute the forward's intermediates.
+//! The CLI's variables apply too (README, "Environment"): `TAYLORCAL_SHADER_DIR` loads
+//! kernel variants, `TAYLORCAL_DELTA_SMEM` sets the default tiles' budget.
 use taylorcal::gpu::Gpu;
 use taylorcal::ops::delta::{self, DeltaShape};
+
+/// The CLI's environment reader (GPU options, cache directory); this program uses part of it.
+#[allow(dead_code)]
+#[path = "../src/cli/env.rs"]
+mod env;
 
 fn shape(b: usize, t: usize, h: usize, d: usize, l2norm: bool) -> DeltaShape {
     DeltaShape::new(b, t, h, d, l2norm)
 }
 
 fn main() -> anyhow::Result<()> {
-    let g = Gpu::shared()?;
+    let g = Gpu::shared_with(env::gpu_options_from_env()?)?;
     eprintln!("adapter: {} ({})", g.info.name, g.info.backend);
     let shapes = std::env::var("DELTA_SHAPES").unwrap_or_else(|_| "1,2048,16,64;4,4096,16,128;1,8192,8,128".into());
     let tiles_env = std::env::var("DELTA_TILES").unwrap_or_default();

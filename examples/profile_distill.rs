@@ -8,13 +8,18 @@ use taylorcal::nn::decoder::{Decoder, ForwardOpts};
 use taylorcal::nn::training::{self, TrainActs};
 use taylorcal::ops::kl::{self, KlOut, KlWorkspace, KL_DEFAULT_BUDGET};
 
+/// The CLI's environment reader (GPU options, cache directory); this program uses part of it.
+#[allow(dead_code)]
+#[path = "../src/cli/env.rs"]
+mod env;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let dir = args.get(1).ok_or_else(|| anyhow::anyhow!("usage: profile_distill STUDENT_DIR [TEACHER] [SEQ_LEN]"))?;
     let spec = args.get(2).map(String::as_str).unwrap_or("smollm2");
     let t: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(512);
-    let gpu = Gpu::shared()?;
-    let files = io::load_model(&io::fetch::resolve_model(spec)?)?;
+    let gpu = Gpu::shared_with(env::gpu_options_from_env()?)?;
+    let files = io::load_model(&io::fetch::resolve_model(spec, &env::cache_dir_from_env())?)?;
     let teacher = Decoder::new(gpu, &files)?;
     let ck = checkpoint::load_checkpoint(std::path::Path::new(dir))?;
     let student = Decoder::from_checkpoint(gpu, &ck)?;

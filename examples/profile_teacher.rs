@@ -4,12 +4,17 @@ use taylorcal::gpu::{Gpu, GpuTimer};
 use taylorcal::io;
 use taylorcal::nn::decoder::{Decoder, ForwardOpts};
 
+/// The CLI's environment reader (GPU options, cache directory); this program uses part of it.
+#[allow(dead_code)]
+#[path = "../src/cli/env.rs"]
+mod env;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let spec = args.get(1).map(String::as_str).unwrap_or("smollm2");
     let t: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(256);
-    let gpu = Gpu::shared()?;
-    let files = io::load_model(&io::fetch::resolve_model(spec)?)?;
+    let gpu = Gpu::shared_with(env::gpu_options_from_env()?)?;
+    let files = io::load_model(&io::fetch::resolve_model(spec, &env::cache_dir_from_env())?)?;
     let teacher = Decoder::new(gpu, &files)?;
     let ids: Vec<u32> = (0..t as u32).map(|i| (i * 7919 + 13) % files.config.vocab_size as u32).collect();
     let cache = teacher.kv_cache(gpu, t)?;

@@ -241,8 +241,9 @@ fn main() {
     }
 }
 
+/// The process's GPU context, with the options the environment sets.
 fn gpu() -> Result<&'static Gpu> {
-    Gpu::shared()
+    Gpu::shared_with(cli::env::gpu_options_from_env()?)
 }
 
 struct Loaded {
@@ -252,7 +253,7 @@ struct Loaded {
 }
 
 fn load(spec: &str) -> Result<Loaded> {
-    let path = io::fetch::resolve_model(spec)?;
+    let path = io::fetch::resolve_model(spec, &cli::env::cache_dir_from_env())?;
     let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", path.display()));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     let loaded = if io::checkpoint::is_checkpoint(&path) {
@@ -299,7 +300,7 @@ impl ConvArgs {
 pub(crate) const WINDOW: usize = 256;
 
 pub(crate) fn conv_setup(a: &ConvArgs) -> Result<ConvSetup> {
-    let path = io::fetch::resolve_model(&a.teacher)?;
+    let path = io::fetch::resolve_model(&a.teacher, &cli::env::cache_dir_from_env())?;
     let files = io::load_model(&path)?;
     let tokenizer = files.tokenizer.clone().with_context(|| format!("{} has no tokenizer", files.source))?;
     let layers = files.config.num_hidden_layers;
@@ -348,6 +349,7 @@ fn run_policy(
         calib: &calib,
         capture_windows: a.capture(),
         value_scale: a.value_scale,
+        phase1_knobs: cli::env::phase1_knobs_from_env()?,
         seed: a.seed,
     };
     let pb = bar(teacher.cfg.num_hidden_layers as u64, &format!("{} layer scores", policy.name()));
@@ -361,8 +363,8 @@ fn selection_json(s: &Selection) -> serde_json::Value {
     json!({ "policy": s.policy.name(), "keep": s.keep, "scores": s.scores, "score": s.policy.score_meaning(), "teacher_ppl": s.teacher_ppl, "seconds": s.seconds })
 }
 
-pub(crate) fn conv_opts(a: &ConvArgs, keep: &[usize], strategy: Strategy) -> ConvertOpts {
-    ConvertOpts {
+pub(crate) fn conv_opts(a: &ConvArgs, keep: &[usize], strategy: Strategy) -> Result<ConvertOpts> {
+    Ok(ConvertOpts {
         keep: keep.to_vec(),
         strategy,
         seq_len: WINDOW,
@@ -370,8 +372,9 @@ pub(crate) fn conv_opts(a: &ConvArgs, keep: &[usize], strategy: Strategy) -> Con
         capture_windows: a.capture(),
         align: AlignOpts { steps: a.steps, ..Default::default() },
         value_scale: a.value_scale,
+        phase1_knobs: cli::env::phase1_knobs_from_env()?,
         seed: a.seed,
-    }
+    })
 }
 
 fn bar(len: u64, what: &str) -> indicatif::ProgressBar {
@@ -461,7 +464,7 @@ fn run(cli: Cli) -> Result<()> {
             let strategy = Strategy::parse(&strategy)?;
             let setup = conv_setup(&conv)?;
             let g = gpu()?;
-            let o = conv_opts(&conv, &setup.hc.attn_layers, strategy);
+            let o = conv_opts(&conv, &setup.hc.attn_layers, strategy)?;
             let n_gdn = setup.hc.gdn_layers().len();
             let pb = bar(n_gdn as u64, strategy.name());
             let (tensors, reports, timings) =
@@ -523,7 +526,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Ablate { conv, out, json } => {
             let setup = conv_setup(&conv)?;
             let g = gpu()?;
-            let o = conv_opts(&conv, &setup.hc.attn_layers, Strategy::TaylorCalibrate);
+            let o = conv_opts(&conv, &setup.hc.attn_layers, Strategy::TaylorCalibrate)?;
             let windows = setup.eval_windows()?;
             let nwin = o.calib_tokens.div_ceil(WINDOW).max(o.capture_windows);
             let cwin = taylorcal::data::windows(&setup.calib, WINDOW, nwin, "the calibration text")?;
@@ -543,7 +546,7 @@ fn run(cli: Cli) -> Result<()> {
                 pb.set_message(label.clone());
                 let mut tensors = taylorcal::calibrate::init::init_student(&setup.hc, &setup.files.tensors, o.seed)?;
                 let t = std::time::Instant::now();
-                let (_, t1, t2) = convert::apply_strategy(g, &setup.hc, &mut tensors, &cap, s, &o.align, vs, |_| {})?;
+                let (_, t1, t2) = convert::apply_strategy(g, &setup.hc, &mut tensors, &cap, s, &o.align, vs, &o.phase1_knobs, |_| {})?;
                 let secs = t.elapsed().as_secs_f64();
                 let student = Decoder::build(g, &setup.hc.base, &tensors, s.name(), |l| setup.hc.is_gdn(l))?;
                 let r = taylorcal::eval::perplexity_windows(g, &student, &windows)?;

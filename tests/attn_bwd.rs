@@ -2,15 +2,15 @@
 //! differences / adjoint identities, the GPU kernels against the f64 references.
 mod common;
 use common::*;
-use taylorcal::gpu::Tensor;
+use taylorcal::gpu::{Gpu, GpuOptions, Tensor};
 use taylorcal::ops::attention::{self, AttnBwdScratch, AttnShape};
 use taylorcal::ops::rope;
 
-fn up(shape: &[usize], data: &[f32]) -> Tensor {
-    gpu().upload(shape, data).unwrap()
+fn up(g: &Gpu, shape: &[usize], data: &[f32]) -> Tensor {
+    g.upload(shape, data).unwrap()
 }
-fn read(t: &Tensor) -> Vec<f32> {
-    gpu().read(t).unwrap()
+fn read(g: &Gpu, t: &Tensor) -> Vec<f32> {
+    g.read(t).unwrap()
 }
 
 fn shape(h: usize, hkv: usize, d: usize) -> AttnShape {
@@ -55,34 +55,30 @@ fn cpu_backward_matches_finite_differences() {
 /// GPU backward (forward on the GPU to get o) vs the f64 reference; returns the worst
 /// relative error of dq, dk, dv.
 /// Both tile heights of the attention kernels (16 and 64 rows per workgroup), forward and
-/// backward; the lock keeps tests of this binary from changing the setting under each other.
+/// backward, each on a context whose options force it.
 fn check_backward(t: usize, h: usize, hkv: usize, d: usize, qscale: f32, seed: u64) -> f64 {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut worst: f64 = 0.0;
     for rows in [16, 64] {
-        attention::ROWS_OVERRIDE.store(rows, std::sync::atomic::Ordering::Relaxed);
-        worst = worst.max(check_backward_rows(t, h, hkv, d, qscale, seed));
+        worst = worst.max(check_backward_rows(rows, t, h, hkv, d, qscale, seed));
     }
-    attention::ROWS_OVERRIDE.store(0, std::sync::atomic::Ordering::Relaxed);
     worst
 }
 
-fn check_backward_rows(t: usize, h: usize, hkv: usize, d: usize, qscale: f32, seed: u64) -> f64 {
-    let g = gpu();
+fn check_backward_rows(rows: usize, t: usize, h: usize, hkv: usize, d: usize, qscale: f32, seed: u64) -> f64 {
+    let g = gpu_with(GpuOptions { attention_rows: Some(rows), ..Default::default() });
     let mut r = rng(seed);
     let s = shape(h, hkv, d);
     let q = randn(&mut r, t * h * d, qscale);
     let k = randn(&mut r, t * hkv * d, 1.0);
     let v = randn(&mut r, t * hkv * d, 1.0);
     let dout = randn(&mut r, t * h * d, 1.0);
-    let (tq, tk, tv, tdo) = (up(&[t, h * d], &q), up(&[t, hkv * d], &k), up(&[t, hkv * d], &v), up(&[t, h * d], &dout));
+    let (tq, tk, tv, tdo) = (up(g, &[t, h * d], &q), up(g, &[t, hkv * d], &k), up(g, &[t, hkv * d], &v), up(g, &[t, h * d], &dout));
     let o = g.zeros(&[t, h * d]).unwrap();
     let st = g.zeros(&[t, h, 2]).unwrap();
     // gradients start as garbage: the backward must overwrite, not accumulate
-    let dq = up(&[t, h * d], &vec![7.0; t * h * d]);
-    let dk = up(&[t, hkv * d], &vec![7.0; t * hkv * d]);
-    let dv = up(&[t, hkv * d], &vec![7.0; t * hkv * d]);
+    let dq = up(g, &[t, h * d], &vec![7.0; t * h * d]);
+    let dk = up(g, &[t, hkv * d], &vec![7.0; t * hkv * d]);
+    let dv = up(g, &[t, hkv * d], &vec![7.0; t * hkv * d]);
     let scratch = AttnBwdScratch::new(g, t, h, d).unwrap();
     g.run(|b| {
         attention::attention(b, &tq, &tk, &tv, &o, &st, s);
@@ -93,7 +89,7 @@ fn check_backward_rows(t: usize, h: usize, hkv: usize, d: usize, qscale: f32, se
     let (wq, wk, wv) = attention::cpu::attention_backward(&f64v(&q), &f64v(&k), &f64v(&v), &f64v(&dout), s);
     // the softmax must be neither uniform nor one-hot for the test to mean anything: the
     // mean over rows i >= 1 of entropy / ln(i + 1) (1 = uniform, 0 = one-hot)
-    let stats = read(&st);
+    let stats = read(g, &st);
     let ent = if t > 1 {
         let n = (1..t).map(|i| (0..h).map(|hh| stats[(i * h + hh) * 2 + 1] as f64 / ((i + 1) as f64).ln()).sum::<f64>()).sum::<f64>();
         let ent = n / ((t - 1) * h) as f64;
@@ -103,9 +99,8 @@ fn check_backward_rows(t: usize, h: usize, hkv: usize, d: usize, qscale: f32, se
         0.0
     };
     let (wo, _) = attention::cpu::attention(&f64v(&q), &f64v(&k), &f64v(&v), s);
-    assert_close(&format!("attention forward T{t} H{h}/{hkv} d{d}"), &read(&o), &wo, 1e-5);
-    let (gq, gk, gv) = (read(&dq), read(&dk), read(&dv));
-    let rows = attention::ROWS_OVERRIDE.load(std::sync::atomic::Ordering::Relaxed);
+    assert_close(&format!("attention forward T{t} H{h}/{hkv} d{d}"), &read(g, &o), &wo, 1e-5);
+    let (gq, gk, gv) = (read(g, &dq), read(g, &dk), read(g, &dv));
     let tag = format!("attention_backward T{t} H{h}/{hkv} d{d} rows/workgroup {rows}");
     let mut worst: f64 = 0.0;
     for (name, got, want) in [("dq", &gq, &wq), ("dk", &gk, &wk), ("dv", &gv, &wv)] {
@@ -156,7 +151,7 @@ fn rope_backward_matches_reference_and_is_the_adjoint() {
         let x = randn(&mut r, t * h * d, 1.0);
         let y = randn(&mut r, t * h * d, 1.0);
         let tab = rope::RopeTables::new(g, theta, d, 256).unwrap();
-        let ty = up(&[t, h * d], &y);
+        let ty = up(g, &[t, h * d], &y);
         g.run(|b| {
             rope::rope_backward(b, &ty, h, &tab, pos0);
             Ok(())
@@ -164,7 +159,7 @@ fn rope_backward_matches_reference_and_is_the_adjoint() {
         .unwrap();
         let mut want = f64v(&y);
         rope::cpu::rope_backward(&mut want, h, d, theta, pos0);
-        assert_close(&format!("rope_backward t{t} h{h} d{d}"), &read(&ty), &want, 1e-5);
+        assert_close(&format!("rope_backward t{t} h{h} d{d}"), &read(g, &ty), &want, 1e-5);
 
         // <rope(x), y> == <x, rope_backward(y)> in f64
         let mut rx = f64v(&x);

@@ -30,6 +30,7 @@ fn opts(strategy: Strategy, steps: usize) -> ConvertOpts {
         capture_windows: 2,
         align: AlignOpts { steps, ..Default::default() },
         value_scale: convert::ValueScale::Fit,
+        phase1_knobs: Default::default(),
         seed: 3,
     }
 }
@@ -53,7 +54,7 @@ fn phase1_sets_decay_from_distance_and_alignment_lowers_the_mse() {
     assert_eq!(cap.stat_tokens, 144);
     let l = cap.layers[0];
     let wv0 = tensors[&gdn_name(cap.layers[0], "v_proj.weight")].data.clone();
-    let rep = taylorcal::calibrate::phase1::phase1_layer(g, &mut tensors, &cap, 0, convert::ValueScale::Fit).unwrap();
+    let rep = taylorcal::calibrate::phase1::phase1_layer(g, &mut tensors, &cap, 0, convert::ValueScale::Fit, &Default::default()).unwrap();
     // the fitted scale is what went into W_v
     assert_eq!(rep.sigma_applied, rep.sigma);
     assert_rows_scaled(&wv0, &tensors[&gdn_name(cap.layers[0], "v_proj.weight")].data, &rep.sigma);
@@ -98,7 +99,9 @@ fn linear_value_scale_brings_each_heads_preactivation_to_tau() {
     let l = cap.layers[0];
     let wv0 = tensors[&gdn_name(l, "v_proj.weight")].data.clone();
     let tau = 0.3;
-    let rep = taylorcal::calibrate::phase1::phase1_layer(g, &mut tensors, &cap, 0, convert::ValueScale::Linear { tau }).unwrap();
+    let rep =
+        taylorcal::calibrate::phase1::phase1_layer(g, &mut tensors, &cap, 0, convert::ValueScale::Linear { tau }, &Default::default())
+            .unwrap();
     // pre-activation RMS per head of W_v x on the captured inputs, on the CPU in f64
     let x = g.read(&cap.x[0]).unwrap();
     let (dm, heads) = (cap.x[0].cols(), rep.sigma.len());

@@ -1,20 +1,18 @@
-//! The GDN block's kernels with every tensor over 4 KiB bound in pieces
-//! (`TAYLORCAL_MAX_BINDING=4096`, set before the process's GPU context exists), so the
-//! split paths of the linear-layer gradients, the element-wise ops and the column sums
-//! run on any adapter, against the same f64 references as tests/gdn.rs.
+//! The GDN block's kernels with every tensor over 4 KiB bound in pieces (a context whose
+//! binding limit is lowered to 4096 bytes, `GpuOptions::max_binding`), so the split paths
+//! of the linear-layer gradients, the element-wise ops and the column sums run on any
+//! adapter, against the same f64 references as tests/gdn.rs.
 mod common;
 use common::*;
-use std::sync::Once;
-use taylorcal::gpu::{Gpu, Tensor};
+use taylorcal::gpu::{Gpu, GpuOptions, Tensor};
 use taylorcal::ops;
 
 const MAX_BINDING: u64 = 4096;
 
+/// The shared context with the binding limit lowered to 4096 bytes.
 fn split_gpu() -> &'static Gpu {
-    static SET: Once = Once::new();
-    SET.call_once(|| std::env::set_var("TAYLORCAL_MAX_BINDING", MAX_BINDING.to_string()));
-    let g = gpu();
-    assert_eq!(g.max_binding, MAX_BINDING, "TAYLORCAL_MAX_BINDING was not applied: nothing would be split");
+    let g = gpu_with(GpuOptions { max_binding: Some(MAX_BINDING), ..Default::default() });
+    assert_eq!(g.max_binding, MAX_BINDING, "the lowered binding limit was not applied: nothing would be split");
     g
 }
 

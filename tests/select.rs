@@ -84,6 +84,7 @@ fn ar_ranks_the_decisive_attention_layer_first() {
         calib: &[],
         capture_windows: 1,
         value_scale: convert::ValueScale::Fit,
+        phase1_knobs: Default::default(),
         seed: 0,
     };
     assert_eq!(select::select(g, Policy::Ar, 1, &inp, |_, _| {}).unwrap().keep, vec![decisive]);
@@ -115,6 +116,7 @@ fn ga_s2_scores_every_layer_from_one_teacher_pass() {
         calib: &calib,
         capture_windows: 2,
         value_scale: convert::ValueScale::Fit,
+        phase1_knobs: Default::default(),
         seed: 5,
     };
     let mut calls = vec![];

@@ -2,7 +2,7 @@
 //! specialisation the host uses, so a shader that would break on Metal or DX12 fails here.
 use naga::back::{hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
-use taylorcal::gpu::{shader_source, specialise, INCLUDES, SHADERS};
+use taylorcal::gpu::{resolve_includes, specialise, INCLUDES, SHADERS};
 
 fn variants(name: &str, src: &str) -> Vec<(String, String)> {
     let mut v = vec![(name.to_string(), src.to_string())];
@@ -65,7 +65,7 @@ fn every_shader_file_is_registered_validates_and_translates() {
         }
         let registered = SHADERS.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("shaders/{name}.wgsl is not in gpu::SHADERS"));
         assert_eq!(registered.1, src, "{name}: registered source differs from the file");
-        for (label, s) in variants(&name, shader_source(&name)) {
+        for (label, s) in variants(&name, &resolve_includes(registered.1)) {
             check(&label, &s);
         }
     }

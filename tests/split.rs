@@ -1,24 +1,18 @@
-//! Tensor splitting over several bindings: with `TAYLORCAL_MAX_BINDING=4096` every tensor
-//! over 4 KiB is bound in pieces, so the split paths of `linear` and `embed` run on any
-//! adapter. The variable is set before the process's shared GPU context is created (it is
-//! read once, in `Gpu::new`), and every test checks that it took effect.
+//! Tensor splitting over several bindings: on a context whose binding limit is lowered to
+//! 4096 bytes (`GpuOptions::max_binding`) every tensor over 4 KiB is bound in pieces, so the
+//! split paths of `linear` and `embed` run on any adapter. Every test checks that the limit
+//! took effect.
 mod common;
 use common::*;
-use std::sync::Once;
-use taylorcal::gpu::{Gpu, Tensor};
+use taylorcal::gpu::{Gpu, GpuOptions, Tensor};
 use taylorcal::ops::{self, matmul::MatmulKernel};
 
 const MAX_BINDING: u64 = 4096;
 
-/// The shared context, created with the binding limit lowered to 4096 bytes.
+/// The shared context with the binding limit lowered to 4096 bytes.
 fn split_gpu() -> &'static Gpu {
-    static SET: Once = Once::new();
-    SET.call_once(|| {
-        // before any test touches the GPU: Once makes the other test threads wait here
-        std::env::set_var("TAYLORCAL_MAX_BINDING", MAX_BINDING.to_string());
-    });
-    let g = gpu();
-    assert_eq!(g.max_binding, MAX_BINDING, "TAYLORCAL_MAX_BINDING was not applied: nothing would be split");
+    let g = gpu_with(GpuOptions { max_binding: Some(MAX_BINDING), ..Default::default() });
+    assert_eq!(g.max_binding, MAX_BINDING, "the lowered binding limit was not applied: nothing would be split");
     g
 }
 

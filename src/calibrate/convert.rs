@@ -3,8 +3,8 @@
 //! form, phase 2 alignment, or both (Taylor-Calibrate).
 pub use super::capture::{capture, Capture};
 use super::init::scale_output_gate;
-pub use super::phase1::ValueScale;
 use super::phase1::{phase1_layer, Phase1Report};
+pub use super::phase1::{Phase1Knobs, ValueScale};
 pub use super::phase2::AlignOpts;
 use super::phase2::{align_layer, AlignReport};
 pub use super::strategy::Strategy;
@@ -27,7 +27,7 @@ pub struct LayerReport {
 }
 
 /// Apply `strategy` to a naive student's tensors (from `init_student`), layer by layer.
-#[allow(clippy::too_many_arguments)] // the device, the student, the capture and the method's three settings
+#[allow(clippy::too_many_arguments)] // the device, the student, the capture and the method's four settings
 pub fn apply_strategy(
     gpu: &Gpu,
     hc: &HybridConfig,
@@ -36,6 +36,7 @@ pub fn apply_strategy(
     strategy: Strategy,
     align: &AlignOpts,
     value_scale: ValueScale,
+    knobs: &Phase1Knobs,
     mut progress: impl FnMut(&str),
 ) -> Result<(Vec<LayerReport>, f64, f64)> {
     let layers = hc.gdn_layers();
@@ -51,7 +52,7 @@ pub fn apply_strategy(
         let mut r = LayerReport { layer: l, ..Default::default() };
         if strategy.phase1() {
             let t = Instant::now();
-            r.phase1 = Some(phase1_layer(gpu, tensors, cap, li, value_scale)?);
+            r.phase1 = Some(phase1_layer(gpu, tensors, cap, li, value_scale, knobs)?);
             t1 += t.elapsed().as_secs_f64();
         }
         if strategy.phase2() {
@@ -81,6 +82,8 @@ pub struct ConvertOpts {
     pub align: AlignOpts,
     /// Phase 1's value scale (default: linear, TAU 0.25; `Fit` is ALGORITHM.md as written)
     pub value_scale: ValueScale,
+    /// Phase 1's research knobs (default: none, the method).
+    pub phase1_knobs: Phase1Knobs,
     pub seed: u64,
 }
 
@@ -94,6 +97,7 @@ impl Default for ConvertOpts {
             capture_windows: 4,
             align: AlignOpts::default(),
             value_scale: ValueScale::default(),
+            phase1_knobs: Phase1Knobs::default(),
             seed: 0,
         }
     }
@@ -129,13 +133,13 @@ pub fn convert(
             progress(&format!("teacher pass: window {i}/{nwin}"))
         })?;
         timings.teacher_pass_and_statistics = cap.seconds;
-        let (r, t1, t2) = apply_strategy(gpu, hc, &mut tensors, &cap, o.strategy, &o.align, o.value_scale, &mut progress)?;
+        let (r, t1, t2) = apply_strategy(gpu, hc, &mut tensors, &cap, o.strategy, &o.align, o.value_scale, &o.phase1_knobs, &mut progress)?;
         timings.phase1 = t1;
         timings.phase2 = t2;
         r
     } else {
-        let (r, _, _) =
-            apply_strategy(gpu, hc, &mut tensors, &Capture::empty(hc.gdn_layers()), o.strategy, &o.align, o.value_scale, &mut progress)?;
+        let empty = Capture::empty(hc.gdn_layers());
+        let (r, _, _) = apply_strategy(gpu, hc, &mut tensors, &empty, o.strategy, &o.align, o.value_scale, &o.phase1_knobs, &mut progress)?;
         r
     };
     timings.total = t0.elapsed().as_secs_f64();

@@ -187,12 +187,51 @@ pub struct Phase1Report {
 
 // ---- phase 1 on a converted layer (GPU) ----
 
-/// Phase 1 components left out, from the research knob `TAYLORCAL_PHASE1_SKIP` (a comma
-/// list of `decay`, `beta`, `sigma`, `gate`; unset: none) for component ablations.
-pub fn phase1_skips() -> Vec<String> {
-    std::env::var("TAYLORCAL_PHASE1_SKIP")
-        .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
-        .unwrap_or_default()
+/// A part of phase 1 that a component ablation can leave out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase1Component {
+    /// A_log = 0 and dt_bias from the mean attention distances
+    Decay,
+    /// W_b rescaled to the target write strengths
+    Beta,
+    /// the value scale multiplied into W_v (skipped: 1 on every head)
+    Sigma,
+    /// W_g = alpha W_v
+    Gate,
+}
+
+impl Phase1Component {
+    /// The names [`Phase1Component::parse_list`] takes, in order.
+    pub const NAMES: [&str; 4] = ["decay", "beta", "sigma", "gate"];
+
+    /// A comma list of `decay`, `beta`, `sigma`, `gate` (blank entries ignored).
+    pub fn parse_list(list: &str) -> Result<Vec<Phase1Component>> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| match s {
+                "decay" => Ok(Phase1Component::Decay),
+                "beta" => Ok(Phase1Component::Beta),
+                "sigma" => Ok(Phase1Component::Sigma),
+                "gate" => Ok(Phase1Component::Gate),
+                _ => anyhow::bail!("unknown component {s:?} ({})", Self::NAMES.join(", ")),
+            })
+            .collect()
+    }
+}
+
+/// Phase 1's research knobs (README, "Taylor-Calibrate on SmolLM2 (ablation)"); the
+/// default, none set, is the method. The CLI reads them from `TAYLORCAL_PHASE1_SKIP`,
+/// `TAYLORCAL_SIGMA_FIXED` and `TAYLORCAL_GATE_SCALE`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Phase1Knobs {
+    /// Components left out (component ablations).
+    pub skip: Vec<Phase1Component>,
+    /// Apply this value scale to every head instead of the chosen one (the report keeps the
+    /// fitted sigma and says what was applied).
+    pub sigma_fixed: Option<f32>,
+    /// Multiplies the output gate's alpha (the method's 0.01 coefficient).
+    pub gate_scale: Option<f32>,
 }
 
 /// Phase 1 on converted layer `li` of the capture: decay, write gate, value scale, output gate.
@@ -202,27 +241,21 @@ pub fn phase1_layer(
     cap: &Capture,
     li: usize,
     value_scale: ValueScale,
+    knobs: &Phase1Knobs,
 ) -> Result<Phase1Report> {
-    let skip = phase1_skips();
-    for s in &skip {
-        anyhow::ensure!(
-            ["decay", "beta", "sigma", "gate"].contains(&s.as_str()),
-            "TAYLORCAL_PHASE1_SKIP: unknown component {s:?} (decay, beta, sigma, gate)"
-        );
-    }
-    let skips = |c: &str| skip.iter().any(|s| s == c);
+    let skips = |c: Phase1Component| knobs.skip.contains(&c);
     let l = cap.layers[li];
     let (dist, ent) = (&cap.stats[l].distance, &cap.stats[l].entropy);
     let heads = dist.len();
     let dm = cap.x[li].cols();
     let set = |t: &mut HashMap<String, HostTensor>, name: &str, v: Vec<f32>| t.get_mut(&gdn_name(l, name)).expect("gdn tensor").data = v;
     let dt_bias = dt_bias(dist);
-    if !skips("decay") {
+    if !skips(Phase1Component::Decay) {
         set(tensors, "A_log", vec![0.0; heads]);
         set(tensors, "dt_bias", dt_bias.clone());
     }
     let betas = target_beta(ent);
-    if !skips("beta") {
+    if !skips(Phase1Component::Beta) {
         rescale_wb(&mut tensors.get_mut(&gdn_name(l, "b_proj.weight")).expect("b_proj").data, dm, &betas);
     }
     // value scale: run the recurrence with the calibrated gates on the teacher-forced input
@@ -238,11 +271,8 @@ pub fn phase1_layer(
     // the pre-activation W_v x (before any scale), which the recurrence's inputs came from
     let zv = gpu.read(&acts.zv)?;
     let preact_rms = head_rms(&zv, heads, dims.head_dim);
-    // research knob: TAYLORCAL_SIGMA_FIXED=S applies S to every head (the report keeps
-    // the fitted sigma and says what was applied)
-    let fixed = std::env::var("TAYLORCAL_SIGMA_FIXED").ok().and_then(|v| v.parse::<f32>().ok());
-    let applied = match (fixed, value_scale) {
-        _ if skips("sigma") => vec![1.0; heads],
+    let applied = match (knobs.sigma_fixed, value_scale) {
+        _ if skips(Phase1Component::Sigma) => vec![1.0; heads],
         (Some(f), _) => vec![f; heads],
         (None, ValueScale::Linear { tau }) => linear_regime_scale(&preact_rms, tau),
         (None, ValueScale::Fit) => sigma.clone(),
@@ -255,11 +285,10 @@ pub fn phase1_layer(
     // output gate from the rescaled values SiLU(sigma_h W_v x): W_g = alpha W_v
     let silu_v = scaled_silu(&zv, &applied, dims.head_dim);
     let mut alpha = output_gate_alpha(&teacher_ctx, &silu_v);
-    // research knob: TAYLORCAL_GATE_SCALE multiplies alpha (the method's 0.01 coefficient)
-    if let Some(k) = std::env::var("TAYLORCAL_GATE_SCALE").ok().and_then(|v| v.parse::<f32>().ok()) {
+    if let Some(k) = knobs.gate_scale {
         alpha *= k;
     }
-    if !skips("gate") {
+    if !skips(Phase1Component::Gate) {
         set(tensors, "g_proj.weight", wv.iter().map(|w| w * alpha).collect());
     }
     Ok(Phase1Report {
@@ -277,6 +306,17 @@ pub fn phase1_layer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skip_lists_parse_and_unknown_components_are_refused() {
+        assert_eq!(Phase1Component::parse_list("").unwrap(), vec![]);
+        assert_eq!(
+            Phase1Component::parse_list(" gate, decay ,,sigma,beta").unwrap(),
+            vec![Phase1Component::Gate, Phase1Component::Decay, Phase1Component::Sigma, Phase1Component::Beta]
+        );
+        let e = Phase1Component::parse_list("decay,alpha").unwrap_err().to_string();
+        assert!(e.contains("\"alpha\"") && e.contains("decay, beta, sigma, gate"), "{e}");
+    }
 
     #[test]
     fn linear_regime_scale_by_hand() {

@@ -124,7 +124,7 @@ pub fn distill_cmd(
         ensure!(io::checkpoint::is_checkpoint(&dir), "{} is not a taylorcal checkpoint (run `taylorcal convert` first)", dir.display());
         (io::checkpoint::load_checkpoint(&dir)?, None)
     };
-    let tpath = io::fetch::resolve_model(teacher_spec)?;
+    let tpath = io::fetch::resolve_model(teacher_spec, &super::env::cache_dir_from_env())?;
     let files = io::load_model(&tpath)?;
     let (tc, sc) = (&files.config, &ck.config.base);
     ensure!(
@@ -220,7 +220,7 @@ pub fn recovery_cmd(gpu: &Gpu, conv: &crate::ConvArgs, train: &TrainArgs, r: &Re
         stage1,
         stage2: train.opts(2, r.max_tokens, conv.seed),
         target_ratio: r.target_ratio,
-        convert: crate::conv_opts(conv, &setup.hc.attn_layers, Strategy::TaylorCalibrate),
+        convert: crate::conv_opts(conv, &setup.hc.attn_layers, Strategy::TaylorCalibrate)?,
     };
     let inputs = recovery::Inputs {
         gpu,

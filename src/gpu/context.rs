@@ -1,3 +1,5 @@
+use super::options::GpuOptions;
+use super::ShaderSources;
 use anyhow::{anyhow, bail, Context as _, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -24,7 +26,8 @@ pub struct GpuInfo {
     pub max_subgroup_size: u32,
 }
 
-/// The one GPU context: instance, adapter, device, queue, limits, pipeline cache.
+/// A GPU context: adapter, device, queue, limits, the options it was created with, and
+/// everything cached per device (pipelines, shader sources, uniform buffers, a dummy buffer).
 pub struct Gpu {
     pub adapter: wgpu::Adapter,
     pub device: wgpu::Device,
@@ -32,11 +35,16 @@ pub struct Gpu {
     pub info: GpuInfo,
     pub features: wgpu::Features,
     pub limits: wgpu::Limits,
-    /// Largest binding the kernels use; the adapter's limit, or lower via
-    /// `TAYLORCAL_MAX_BINDING` (bytes) to exercise tensor splitting in tests.
+    /// Largest binding the kernels use; the adapter's limit, or lower through
+    /// [`GpuOptions::max_binding`] to exercise tensor splitting in tests.
     pub max_binding: u64,
+    options: GpuOptions,
     pub(crate) pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     pub(crate) uniform_pool: Mutex<Vec<wgpu::Buffer>>,
+    /// Every shader's source, resolved at the first pipeline from `options.shader_dir`.
+    pub(crate) shaders: OnceLock<ShaderSources>,
+    /// A 16-byte buffer bound where a kernel's optional input is absent.
+    pub(crate) dummy: Arc<wgpu::Buffer>,
 }
 
 fn rank(t: wgpu::DeviceType) -> u8 {
@@ -50,27 +58,49 @@ fn rank(t: wgpu::DeviceType) -> u8 {
 }
 
 impl Gpu {
-    /// Create a context on the best adapter: `WGPU_ADAPTER_NAME` (substring, case-insensitive)
-    /// if set, else the highest-performance one (discrete > integrated > virtual > CPU).
-    /// `WGPU_BACKEND` (vulkan, metal, dx12, gl) restricts the backends searched.
-    pub fn new() -> Result<Gpu> {
-        pollster::block_on(Self::new_async())
+    /// Create a context with `opts`: on the best adapter among `opts.backends` (the
+    /// highest-performance one, discrete > integrated > virtual > CPU, whose name contains
+    /// `opts.adapter_name` if that is set).
+    pub fn new(opts: GpuOptions) -> Result<Gpu> {
+        pollster::block_on(Self::new_async(opts))
     }
 
-    /// One context shared by everything in this process (tests, CLI): creating devices
-    /// is slow on software Vulkan.
+    /// One context per distinct [`GpuOptions`], shared by everything in this process (tests,
+    /// CLI): creating devices is slow on software Vulkan. A failure is kept and returned to
+    /// every later caller with the same options.
+    pub fn shared_with(opts: GpuOptions) -> Result<&'static Gpu> {
+        type Entry = (GpuOptions, &'static std::result::Result<Gpu, String>);
+        static GPUS: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+        let mut all = GPUS.lock().unwrap_or_else(|e| e.into_inner());
+        let gpu = match all.iter().find(|(o, _)| *o == opts) {
+            Some((_, g)) => *g,
+            None => {
+                // leaked on purpose: a shared context lives as long as the process
+                let g: &'static _ = Box::leak(Box::new(Gpu::new(opts.clone()).map_err(|e| format!("{e:#}"))));
+                all.push((opts, g));
+                g
+            }
+        };
+        gpu.as_ref().map_err(|e| anyhow!("{e}"))
+    }
+
+    /// The shared context with the default options ([`Gpu::shared_with`]).
     pub fn shared() -> Result<&'static Gpu> {
-        static GPU: OnceLock<std::result::Result<Gpu, String>> = OnceLock::new();
-        GPU.get_or_init(|| Gpu::new().map_err(|e| format!("{e:#}"))).as_ref().map_err(|e| anyhow!("{e}"))
+        Self::shared_with(GpuOptions::default())
     }
 
-    async fn new_async() -> Result<Gpu> {
-        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
+    /// The options this context was created with.
+    pub fn options(&self) -> &GpuOptions {
+        &self.options
+    }
+
+    async fn new_async(opts: GpuOptions) -> Result<Gpu> {
+        let backends = opts.backends;
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = backends;
         let instance = wgpu::Instance::new(desc);
         let adapters = instance.enumerate_adapters(backends).await;
-        let wanted = std::env::var("WGPU_ADAPTER_NAME").ok().map(|s| s.to_lowercase());
+        let wanted = opts.adapter_name.as_ref().map(|s| s.to_lowercase());
         let seen: Vec<String> = adapters
             .iter()
             .map(|a| {
@@ -89,7 +119,11 @@ impl Gpu {
                  driver; on Linux without a GPU install Mesa's software Vulkan \
                  (`apt-get install mesa-vulkan-drivers`)"
             ),
-            None => bail!("WGPU_ADAPTER_NAME={:?} matches none of the adapters found: {}", wanted.unwrap_or_default(), seen.join("; ")),
+            None => bail!(
+                "the adapter name filter {:?} (WGPU_ADAPTER_NAME in the CLI) matches none of the adapters found: {}",
+                wanted.unwrap_or_default(),
+                seen.join("; ")
+            ),
         };
         let ainfo = adapter.get_info();
         let afeat = adapter.features();
@@ -111,13 +145,8 @@ impl Gpu {
             })
             .await
             .with_context(|| format!("requesting a device on adapter '{}'", ainfo.name))?;
-        let max_binding = match std::env::var("TAYLORCAL_MAX_BINDING") {
-            Ok(v) => v
-                .parse::<u64>()
-                .with_context(|| format!("TAYLORCAL_MAX_BINDING={v:?} is not a byte count"))?
-                .clamp(256, limits.max_storage_buffer_binding_size),
-            Err(_) => limits.max_storage_buffer_binding_size,
-        };
+        let max_binding =
+            opts.max_binding.map_or(limits.max_storage_buffer_binding_size, |b| b.clamp(256, limits.max_storage_buffer_binding_size));
         let info = GpuInfo {
             name: ainfo.name.clone(),
             backend: format!("{:?}", ainfo.backend),
@@ -137,6 +166,12 @@ impl Gpu {
             min_subgroup_size: ainfo.subgroup_min_size,
             max_subgroup_size: ainfo.subgroup_max_size,
         };
+        let dummy = Arc::new(device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dummy"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        }));
         Ok(Gpu {
             adapter,
             device,
@@ -145,8 +180,11 @@ impl Gpu {
             features,
             limits,
             max_binding,
+            options: opts,
             pipelines: Mutex::new(HashMap::new()),
             uniform_pool: Mutex::new(Vec::new()),
+            shaders: OnceLock::new(),
+            dummy,
         })
     }
 

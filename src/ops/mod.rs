@@ -20,19 +20,9 @@ pub(crate) fn groups_for(gpu: &Gpu, n: usize, wg: usize) -> [u32; 3] {
     crate::gpu::grid(gpu, n.div_ceil(wg) as u32)
 }
 
-/// A 4-byte buffer bound where a kernel's optional input is absent.
+/// The device's 16-byte dummy buffer, bound where a kernel's optional input is absent.
 pub(crate) fn dummy(b: &Batch) -> Binding {
-    use std::sync::OnceLock;
-    static DUMMY: OnceLock<std::sync::Arc<wgpu::Buffer>> = OnceLock::new();
-    let buf = DUMMY.get_or_init(|| {
-        std::sync::Arc::new(b.gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("dummy"),
-            size: 16,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        }))
-    });
-    Binding { buf: buf.clone(), offset: 0, size: None }
+    Binding { buf: b.gpu.dummy.clone(), offset: 0, size: None }
 }
 
 /// `t` viewed as [rows, cols] (its buffer may be larger than rows * cols).

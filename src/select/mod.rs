@@ -106,6 +106,8 @@ pub struct Inputs<'a> {
     pub capture_windows: usize,
     /// Phase 1's value scale for GA-S2's taylor-init candidates.
     pub value_scale: convert::ValueScale,
+    /// Phase 1's research knobs for GA-S2's taylor-init candidates (default: none).
+    pub phase1_knobs: convert::Phase1Knobs,
     pub seed: u64,
 }
 
@@ -156,6 +158,7 @@ pub fn ga_s2(gpu: &Gpu, n: usize, inp: &Inputs, mut progress: impl FnMut(usize, 
             Strategy::TaylorInit,
             &AlignOpts::default(),
             inp.value_scale,
+            &inp.phase1_knobs,
             |_| {},
         )?;
         let student = Decoder::build(gpu, cfg, &tensors, "ga-s2 candidate", |j| hc.is_gdn(j))?;

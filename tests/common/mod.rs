@@ -4,11 +4,17 @@
 pub mod tiny;
 
 use rand::{Rng, SeedableRng};
-use taylorcal::gpu::Gpu;
+use taylorcal::gpu::{Gpu, GpuOptions};
 
-/// The process-wide GPU context. Fails loudly (never skips) when no adapter exists.
+/// The process-wide GPU context with the default options. Fails loudly (never skips) when
+/// no adapter exists.
 pub fn gpu() -> &'static Gpu {
-    match Gpu::shared() {
+    gpu_with(GpuOptions::default())
+}
+
+/// The process-wide GPU context for `opts` (one per distinct options, created on first use).
+pub fn gpu_with(opts: GpuOptions) -> &'static Gpu {
+    match Gpu::shared_with(opts) {
         Ok(g) => g,
         Err(e) => panic!("GPU tests need a wgpu adapter (install mesa-vulkan-drivers for lavapipe): {e:#}"),
     }
