@@ -2,10 +2,10 @@
 //! (MSE on the captured activations), AdamW on the decoder's optimizer.
 use super::capture::Capture;
 use crate::gpu::{Gpu, Tensor};
-use crate::io::checkpoint::{gdn_name, GDN_NAMES};
+use crate::io::checkpoint::{gdn_name, GDN_PARAMS};
 use crate::io::HostTensor;
 use crate::nn::decoder::upload_gdn;
-use crate::nn::gdn::{self, GdnActs, GdnGrads};
+use crate::nn::gdn::{self, GdnActs};
 use crate::ops::optim;
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -57,7 +57,7 @@ pub fn align_layer(
     let (x, target) = (&cap.x[li], &cap.target[li]);
     let n = x.numel();
     let acts = GdnActs::new(gpu, dims, cap.seqs, true)?;
-    let grads = GdnGrads::zeros(gpu, &p)?;
+    let grads = p.zeros_like(gpu)?;
     let out = gpu.zeros(&x.shape)?;
     let dout = gpu.zeros(&x.shape)?;
     let pt = p.tensors();
@@ -116,7 +116,7 @@ pub fn align_layer(
         b.submit();
     }
     for (k, &(i, _)) in trained.iter().enumerate() {
-        tensors.get_mut(&gdn_name(l, GDN_NAMES[i])).expect("gdn tensor").data = gpu.read(&best[k])?;
+        tensors.get_mut(&gdn_name(l, GDN_PARAMS[i].name)).expect("gdn tensor").data = gpu.read(&best[k])?;
     }
     rep.seconds = t0.elapsed().as_secs_f64();
     Ok(rep)
