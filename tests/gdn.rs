@@ -215,7 +215,8 @@ fn colsum_matches_reference() {
 // The whole block
 // ---------------------------------------------------------------------------------------
 
-use taylorcal::nn::gdn::{self, cpu as gref, GdnActs, GdnDims, GdnGrads, GdnParams, PARAM_NAMES};
+use taylorcal::io::checkpoint::GDN_PARAMS;
+use taylorcal::nn::gdn::{self, cpu as gref, GdnActs, GdnDims, GdnParams};
 use taylorcal::ops::delta::cpu as dref;
 
 fn block_params(r: &mut rand::rngs::StdRng, dims: GdnDims) -> gref::Params {
@@ -249,7 +250,7 @@ fn reference_block_backward_matches_finite_differences() {
     let (gr, dx) = gref::backward(&p, &x, seqs, &acts, &w_out);
     let eps = 1e-5;
     let fd = |f: &mut dyn FnMut(f64) -> f64| (f(eps) - f(-eps)) / (2.0 * eps);
-    for (slot, name) in PARAM_NAMES.iter().enumerate() {
+    for (slot, name) in GDN_PARAMS.iter().map(|q| q.name).enumerate() {
         let len = p.tensors()[slot].len();
         let num: Vec<f64> = (0..len)
             .map(|i| {
@@ -261,7 +262,7 @@ fn reference_block_backward_matches_finite_differences() {
             })
             .collect();
         let e = rel_rms_f64(gr.tensors()[slot], &num);
-        eprintln!("reference d{name:<8} vs finite differences: rel RMS {e:.2e}");
+        eprintln!("reference d{name:<14} vs finite differences: rel RMS {e:.2e}");
         assert!(e <= 1e-6, "reference d{name}: rel RMS {e:.3e} against finite differences");
     }
     let num: Vec<f64> = (0..x.len())
@@ -274,7 +275,7 @@ fn reference_block_backward_matches_finite_differences() {
         })
         .collect();
     let e = rel_rms_f64(&dx, &num);
-    eprintln!("reference dx        vs finite differences: rel RMS {e:.2e}");
+    eprintln!("reference dx              vs finite differences: rel RMS {e:.2e}");
     assert!(e <= 1e-6, "reference dx: rel RMS {e:.3e} against finite differences");
 }
 
@@ -303,7 +304,7 @@ fn check_block(dims: GdnDims, seqs: (usize, usize), seed: u64, cpu_scan: bool) {
     let tdout = up(&[n, dims.d_model], &f32v(&dout));
     let acts = GdnActs::new(g, dims, seqs, true).unwrap();
     let out = g.zeros(&[n, dims.d_model]).unwrap();
-    let grads = GdnGrads::zeros(g, &p).unwrap();
+    let grads = p.zeros_like(g).unwrap();
     let dx = g.zeros(&[n, dims.d_model]).unwrap();
     let s = gdn::scan_shape(dims, seqs);
     let tag = format!(
@@ -356,21 +357,21 @@ fn check_block(dims: GdnDims, seqs: (usize, usize), seed: u64, cpu_scan: bool) {
     eprintln!("block out {tag}: rel max err {e:.2e}, rel RMS {:.2e}", rel_rms(&got_out, &want_out));
     assert!(e <= 1e-4, "block out {tag}: relative error {e:.3e}");
     let mut worst = 0.0f64;
-    for (slot, name) in PARAM_NAMES.iter().enumerate() {
+    for (slot, name) in GDN_PARAMS.iter().map(|q| q.name).enumerate() {
         let got = read(grads.tensors()[slot]);
         let e = rel_rms(&got, want_gr.tensors()[slot]);
-        eprintln!("block d{name:<8} {tag}: rel RMS {e:.2e}");
+        eprintln!("block d{name:<14} {tag}: rel RMS {e:.2e}");
         worst = worst.max(e);
         assert!(e <= 1e-4, "block d{name} {tag}: rel RMS {e:.3e}");
     }
     let e = rel_rms(&read(&dx), &want_dx);
-    eprintln!("block dx        {tag}: rel RMS {e:.2e} (worst parameter {worst:.2e})");
+    eprintln!("block dx              {tag}: rel RMS {e:.2e} (worst parameter {worst:.2e})");
     assert!(e <= 1e-4, "block dx {tag}: rel RMS {e:.3e}");
     if !cpu_scan {
         // a second backward with `accumulate` adds the same gradients (and dx) again
         g.run(|b| gdn::gdn_backward(b, &p, &tx, seqs, &acts, &tdout, &grads, Some(&dx), true)).unwrap();
         let twice = |v: &[f64]| v.iter().map(|x| 2.0 * x).collect::<Vec<_>>();
-        for (slot, name) in PARAM_NAMES.iter().enumerate() {
+        for (slot, name) in GDN_PARAMS.iter().map(|q| q.name).enumerate() {
             let e = rel_rms(&read(grads.tensors()[slot]), &twice(want_gr.tensors()[slot]));
             assert!(e <= 1e-4, "block d{name} accumulated twice {tag}: rel RMS {e:.3e}");
         }

@@ -2,11 +2,12 @@
 //! (MSE on the captured activations), AdamW on the decoder's optimizer.
 use super::capture::Capture;
 use crate::gpu::{Gpu, Tensor};
-use crate::io::checkpoint::{gdn_name, GDN_NAMES};
+use crate::io::checkpoint::{gdn_name, AlignGroup, GDN_PARAMS};
 use crate::io::HostTensor;
 use crate::nn::decoder::upload_gdn;
-use crate::nn::gdn::{self, GdnActs, GdnGrads};
-use crate::ops::optim;
+use crate::nn::gdn::{self, GdnActs};
+use crate::nn::optim::Optimizer;
+use crate::ops::optim::{self, AdamW};
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -57,27 +58,28 @@ pub fn align_layer(
     let (x, target) = (&cap.x[li], &cap.target[li]);
     let n = x.numel();
     let acts = GdnActs::new(gpu, dims, cap.seqs, true)?;
-    let grads = GdnGrads::zeros(gpu, &p)?;
+    let grads = p.zeros_like(gpu)?;
     let out = gpu.zeros(&x.shape)?;
     let dout = gpu.zeros(&x.shape)?;
-    let pt = p.tensors();
-    let gt = grads.tensors();
-    // trained: wq wk wv (lr_qkv), wa wb wg a_log dt_bias (lr_gates); wo, w_norm frozen
-    let trained: Vec<(usize, f32)> = vec![
-        (0, o.lr_qkv),
-        (1, o.lr_qkv),
-        (2, o.lr_qkv),
-        (3, o.lr_gates),
-        (4, o.lr_gates),
-        (5, o.lr_gates),
-        (7, o.lr_gates),
-        (8, o.lr_gates),
-    ];
-    let mstate: Vec<(Tensor, Tensor)> =
-        trained.iter().map(|&(i, _)| Ok((gpu.zeros(&pt[i].shape)?, gpu.zeros(&pt[i].shape)?))).collect::<Result<_>>()?;
-    let best: Vec<Tensor> = trained.iter().map(|&(i, _)| gpu.zeros(&pt[i].shape)).collect::<Result<_>>()?;
+    // the trained parameters with their learning-rate group (0: lr_qkv, 1: lr_gates); the
+    // frozen ones (W_o, w_norm) stay out
+    let params: Vec<(String, Tensor, Tensor, usize)> = GDN_PARAMS
+        .iter()
+        .zip(p.tensors())
+        .zip(grads.tensors())
+        .filter_map(|((q, pt), gt)| {
+            let group = match q.group {
+                AlignGroup::Qkv => 0,
+                AlignGroup::Gates => 1,
+                AlignGroup::Frozen => return None,
+            };
+            Some((gdn_name(l, q.name), pt.clone(), gt.clone(), group))
+        })
+        .collect();
+    let lrs = [o.lr_qkv, o.lr_gates];
+    let mut opt = Optimizer::new(gpu, params, AdamW { weight_decay: o.weight_decay, max_norm: o.max_norm, ..Default::default() })?;
+    let best: Vec<Tensor> = opt.slots.iter().map(|s| gpu.zeros(&s.param.shape)).collect::<Result<_>>()?;
     let red_loss = optim::Reducer::new(gpu, n, 1)?;
-    let red_norm = optim::Reducer::new(gpu, pt.iter().map(|t| t.numel()).sum(), 1)?;
     let mut rep = AlignReport { initial_loss: f64::NAN, final_loss: f64::INFINITY, ..Default::default() };
     for step in 0..=o.steps {
         let mut b = gpu.batch();
@@ -98,8 +100,8 @@ pub fn align_layer(
             rep.final_loss = loss;
             rep.final_cosine = cos;
             rep.best_step = step;
-            for (k, &(i, _)) in trained.iter().enumerate() {
-                b.copy(pt[i], 0, &best[k], 0, pt[i].bytes());
+            for (s, kept) in opt.slots.iter().zip(&best) {
+                b.copy(&s.param, 0, kept, 0, s.param.bytes());
             }
         }
         progress(step, loss);
@@ -108,15 +110,11 @@ pub fn align_layer(
             break;
         }
         gdn::gdn_backward(&mut b, &p, x, cap.seqs, &acts, &dout, &grads, None, false)?;
-        optim::sum_squares(&mut b, &trained.iter().map(|&(i, _)| gt[i]).collect::<Vec<_>>(), &red_norm, 0);
-        for (k, &(i, lr)) in trained.iter().enumerate() {
-            let ao = optim::AdamW { lr, weight_decay: o.weight_decay, max_norm: o.max_norm, ..Default::default() };
-            optim::adamw(&mut b, &ao, step as u32 + 1, pt[i], gt[i], &mstate[k].0, &mstate[k].1, &red_norm);
-        }
+        opt.step(&mut b, &lrs);
         b.submit();
     }
-    for (k, &(i, _)) in trained.iter().enumerate() {
-        tensors.get_mut(&gdn_name(l, GDN_NAMES[i])).expect("gdn tensor").data = gpu.read(&best[k])?;
+    for (s, kept) in opt.slots.iter().zip(&best) {
+        tensors.get_mut(&s.name).expect("gdn tensor").data = gpu.read(kept)?;
     }
     rep.seconds = t0.elapsed().as_secs_f64();
     Ok(rep)

@@ -84,19 +84,54 @@ pub fn gdn_name(layer: usize, name: &str) -> String {
     format!("model.layers.{layer}.attn.{name}")
 }
 
-/// The GDN parameter names, in the order of `GdnParams::tensors()` (flash-linear-attention's GatedDeltaNet names).
-pub const GDN_NAMES: [&str; 10] = [
-    "q_proj.weight",
-    "k_proj.weight",
-    "v_proj.weight",
-    "a_proj.weight",
-    "b_proj.weight",
-    "g_proj.weight",
-    "o_proj.weight",
-    "A_log",
-    "dt_bias",
-    "o_norm.weight",
-];
+/// Where a GDN parameter stands in phase 2 alignment (per-layer MSE against the teacher's
+/// attention output): which learning rate it trains with, or that it stays frozen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlignGroup {
+    /// The q, k, v projections (phase 2's `lr_qkv`).
+    Qkv,
+    /// The gates: the a, b, g projections, A_log and dt_bias (phase 2's `lr_gates`).
+    Gates,
+    /// Frozen in alignment: the output projection and the output norm's weight.
+    Frozen,
+}
+
+/// One parameter of a Gated DeltaNet block.
+#[derive(Clone, Copy, Debug)]
+pub struct GdnParam {
+    /// flash-linear-attention's name, stored as `model.layers.{l}.attn.{name}` ([`gdn_name`]).
+    pub name: &'static str,
+    /// The shape for (hidden size D, heads H, head dim d).
+    pub shape: fn(usize, usize, usize) -> Vec<usize>,
+    /// Its group in phase 2 alignment.
+    pub group: AlignGroup,
+}
+
+impl GdnParam {
+    /// The shape for hidden size `hidden`, `heads` heads of dim `head_dim`.
+    pub fn shape(&self, hidden: usize, heads: usize, head_dim: usize) -> Vec<usize> {
+        (self.shape)(hidden, heads, head_dim)
+    }
+}
+
+/// The ten parameters of a GDN block, in the order of the block's tensor type
+/// (`nn::gdn::GdnTensors`): Wq, Wk, Wv [H d, D]; Wa, Wb [H, D]; Wg [H d, D]; Wo [D, H d];
+/// A_log, dt_bias [H]; w_norm [d].
+pub const GDN_PARAMS: [GdnParam; 10] = {
+    use AlignGroup::{Frozen, Gates, Qkv};
+    [
+        GdnParam { name: "q_proj.weight", shape: |dm, h, d| vec![h * d, dm], group: Qkv },
+        GdnParam { name: "k_proj.weight", shape: |dm, h, d| vec![h * d, dm], group: Qkv },
+        GdnParam { name: "v_proj.weight", shape: |dm, h, d| vec![h * d, dm], group: Qkv },
+        GdnParam { name: "a_proj.weight", shape: |dm, h, _| vec![h, dm], group: Gates },
+        GdnParam { name: "b_proj.weight", shape: |dm, h, _| vec![h, dm], group: Gates },
+        GdnParam { name: "g_proj.weight", shape: |dm, h, d| vec![h * d, dm], group: Gates },
+        GdnParam { name: "o_proj.weight", shape: |dm, h, d| vec![dm, h * d], group: Frozen },
+        GdnParam { name: "A_log", shape: |_, h, _| vec![h], group: Gates },
+        GdnParam { name: "dt_bias", shape: |_, h, _| vec![h], group: Gates },
+        GdnParam { name: "o_norm.weight", shape: |_, _, d| vec![d], group: Frozen },
+    ]
+};
 
 /// Every tensor name and shape a hybrid checkpoint must hold.
 pub fn expected_tensors(cfg: &HybridConfig) -> Vec<(String, Vec<usize>)> {
@@ -105,20 +140,7 @@ pub fn expected_tensors(cfg: &HybridConfig) -> Vec<(String, Vec<usize>)> {
     let mut v: Vec<(String, Vec<usize>)> =
         weights::expected_tensors(c).into_iter().filter(|(n, _)| !(n.contains(".self_attn.") && cfg.is_gdn(layer_of(n)))).collect();
     for l in cfg.gdn_layers() {
-        for (n, s) in [
-            ("q_proj.weight", vec![h * d, dm]),
-            ("k_proj.weight", vec![h * d, dm]),
-            ("v_proj.weight", vec![h * d, dm]),
-            ("o_proj.weight", vec![dm, h * d]),
-            ("a_proj.weight", vec![h, dm]),
-            ("b_proj.weight", vec![h, dm]),
-            ("g_proj.weight", vec![h * d, dm]),
-            ("A_log", vec![h]),
-            ("dt_bias", vec![h]),
-            ("o_norm.weight", vec![d]),
-        ] {
-            v.push((gdn_name(l, n), s));
-        }
+        v.extend(GDN_PARAMS.iter().map(|p| (gdn_name(l, p.name), p.shape(dm, h, d))));
     }
     v
 }

@@ -3,9 +3,9 @@
 //! or a Gated DeltaNet block (the hybrid student's converted layers). Prefill runs the
 //! chunked scan, decoding the one-step recurrence; softmax layers keep a KV cache and
 //! report fused attention statistics through a hook calibration uses.
-use super::gdn::{self, GdnActs, GdnGrads, GdnParams};
+use super::gdn::{self, GdnActs, GdnParams};
 use crate::gpu::{Batch, Gpu, Tensor};
-use crate::io::checkpoint::{gdn_name, Checkpoint, GDN_NAMES};
+use crate::io::checkpoint::{gdn_name, Checkpoint, GDN_PARAMS};
 use crate::io::{HostTensor, ModelConfig, ModelFiles};
 use crate::ops::{self, attention::AttnShape, rope::RopeTables};
 use anyhow::{anyhow, Context as _, Result};
@@ -160,19 +160,7 @@ pub fn upload_gdn(gpu: &Gpu, tensors: &HashMap<String, HostTensor>, l: usize) ->
 }
 
 fn gdn_params(u: &Uploader, l: usize) -> Result<GdnParams> {
-    let g = |i: usize| u.get(&gdn_name(l, GDN_NAMES[i]));
-    Ok(GdnParams {
-        wq: g(0)?,
-        wk: g(1)?,
-        wv: g(2)?,
-        wa: g(3)?,
-        wb: g(4)?,
-        wg: g(5)?,
-        wo: g(6)?,
-        a_log: g(7)?,
-        dt_bias: g(8)?,
-        w_norm: g(9)?,
-    })
+    GDN_PARAMS.iter().map(|q| u.get(&gdn_name(l, q.name))).collect()
 }
 
 impl Decoder {
@@ -255,8 +243,8 @@ impl Decoder {
                     }
                 }
                 Mixer::Gdn(p) => {
-                    for (s, t) in GDN_NAMES.iter().zip(p.tensors()) {
-                        v.push((gdn_name(i, s), t));
+                    for (q, t) in GDN_PARAMS.iter().zip(p.tensors()) {
+                        v.push((gdn_name(i, q.name), t));
                     }
                 }
             }
@@ -291,21 +279,7 @@ impl Decoder {
                     q_norm: zo(&a.q_norm)?,
                     k_norm: zo(&a.k_norm)?,
                 }),
-                Mixer::Gdn(p) => {
-                    let g = GdnGrads::zeros(gpu, p)?;
-                    Mixer::Gdn(Box::new(GdnParams {
-                        wq: g.wq,
-                        wk: g.wk,
-                        wv: g.wv,
-                        wa: g.wa,
-                        wb: g.wb,
-                        wg: g.wg,
-                        wo: g.wo,
-                        a_log: g.a_log,
-                        dt_bias: g.dt_bias,
-                        w_norm: g.w_norm,
-                    }))
-                }
+                Mixer::Gdn(p) => Mixer::Gdn(Box::new(p.zeros_like(gpu)?)),
             };
             layers.push(Layer {
                 input_norm: z(&l.input_norm)?,

@@ -17,6 +17,7 @@
 //! mirrors them: [`gdn_backward_output`], the scan backward, [`gdn_backward_inputs`].
 //! [`gdn_forward`] and [`gdn_backward`] run all three.
 use crate::gpu::{Batch, Gpu, Tensor};
+use crate::io::checkpoint::{GdnParam, GDN_PARAMS};
 use crate::ops::delta::{self, DeltaGrads, DeltaShape, DeltaWorkspace};
 use crate::ops::{act, matmul, matmul_grad};
 use anyhow::Result;
@@ -24,35 +25,50 @@ use anyhow::Result;
 /// The epsilon of the gated output RMSNorm.
 pub const NORM_EPS: f32 = 1e-5;
 
-/// Parameters of one block: Wq, Wk, Wv, Wg [H d, D]; Wa, Wb [H, D]; Wo [D, H d];
-/// A_log, dt_bias [H]; w_norm [d] (all f32).
-#[derive(Clone, Debug)]
-pub struct GdnParams {
-    pub wq: Tensor,
-    pub wk: Tensor,
-    pub wv: Tensor,
-    pub wa: Tensor,
-    pub wb: Tensor,
-    pub wg: Tensor,
-    pub wo: Tensor,
-    pub a_log: Tensor,
-    pub dt_bias: Tensor,
-    pub w_norm: Tensor,
+/// The ten tensors of one block in [`GDN_PARAMS`] order (that table names and shapes
+/// them): its parameters, or their gradients, which are shaped alike. `T` is a GPU
+/// [`Tensor`] ([`GdnParams`]) or, in the f64 reference, a host vector ([`cpu::Params`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GdnTensors<T> {
+    pub wq: T,
+    pub wk: T,
+    pub wv: T,
+    pub wa: T,
+    pub wb: T,
+    pub wg: T,
+    pub wo: T,
+    pub a_log: T,
+    pub dt_bias: T,
+    pub w_norm: T,
 }
 
-/// Gradients of every parameter, shaped as [`GdnParams`].
-#[derive(Clone, Debug)]
-pub struct GdnGrads {
-    pub wq: Tensor,
-    pub wk: Tensor,
-    pub wv: Tensor,
-    pub wa: Tensor,
-    pub wb: Tensor,
-    pub wg: Tensor,
-    pub wo: Tensor,
-    pub a_log: Tensor,
-    pub dt_bias: Tensor,
-    pub w_norm: Tensor,
+/// A block's parameters, or their gradients, on the GPU (f32).
+pub type GdnParams = GdnTensors<Tensor>;
+
+impl<T> GdnTensors<T> {
+    /// Every tensor in [`GDN_PARAMS`] order.
+    pub fn tensors(&self) -> [&T; 10] {
+        [&self.wq, &self.wk, &self.wv, &self.wa, &self.wb, &self.wg, &self.wo, &self.a_log, &self.dt_bias, &self.w_norm]
+    }
+
+    /// Every tensor in [`GDN_PARAMS`] order, mutable.
+    pub fn tensors_mut(&mut self) -> [&mut T; 10] {
+        let GdnTensors { wq, wk, wv, wa, wb, wg, wo, a_log, dt_bias, w_norm } = self;
+        [wq, wk, wv, wa, wb, wg, wo, a_log, dt_bias, w_norm]
+    }
+}
+
+/// Collects exactly ten tensors given in [`GDN_PARAMS`] order (panics on another count);
+/// through `Result`'s `FromIterator`, fallible makers collect into `Result<GdnTensors<T>, E>`.
+impl<T> FromIterator<T> for GdnTensors<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(items: I) -> Self {
+        let items: Vec<T> = items.into_iter().collect();
+        let n = items.len();
+        let Ok([wq, wk, wv, wa, wb, wg, wo, a_log, dt_bias, w_norm]) = <[T; 10]>::try_from(items) else {
+            panic!("a GDN block has {} tensors, not {n}", GDN_PARAMS.len())
+        };
+        GdnTensors { wq, wk, wv, wa, wb, wg, wo, a_log, dt_bias, w_norm }
+    }
 }
 
 /// The block's dimensions.
@@ -71,78 +87,36 @@ impl GdnDims {
     pub fn inner(&self) -> usize {
         self.heads * self.head_dim
     }
-}
 
-/// The parameter names, in the order [`GdnParams::tensors`] lists them.
-pub const PARAM_NAMES: [&str; 10] = ["wq", "wk", "wv", "wa", "wb", "wg", "wo", "a_log", "dt_bias", "w_norm"];
+    /// The shape of parameter `p` in a block of these dimensions.
+    pub fn shape(&self, p: &GdnParam) -> Vec<usize> {
+        p.shape(self.d_model, self.heads, self.head_dim)
+    }
+}
 
 impl GdnParams {
     /// The dimensions, read off the tensor shapes (and checked for consistency).
     pub fn dims(&self) -> GdnDims {
         let dims = GdnDims { d_model: self.wq.cols(), heads: self.a_log.numel(), head_dim: self.w_norm.numel() };
-        let (dm, hd, h) = (dims.d_model, dims.inner(), dims.heads);
-        for (name, t, want) in [
-            ("wq", &self.wq, hd * dm),
-            ("wk", &self.wk, hd * dm),
-            ("wv", &self.wv, hd * dm),
-            ("wg", &self.wg, hd * dm),
-            ("wa", &self.wa, h * dm),
-            ("wb", &self.wb, h * dm),
-            ("wo", &self.wo, dm * hd),
-            ("dt_bias", &self.dt_bias, h),
-        ] {
-            assert_eq!(t.numel(), want, "GDN parameter {name} {:?} does not fit {dims:?}", t.shape);
+        for (q, t) in GDN_PARAMS.iter().zip(self.tensors()) {
+            let want: usize = dims.shape(q).iter().product();
+            assert_eq!(t.numel(), want, "GDN parameter {} {:?} does not fit {dims:?}", q.name, t.shape);
         }
+        let (dm, hd) = (dims.d_model, dims.inner());
         assert_eq!(self.wo.cols(), hd, "GDN parameter wo {:?} is not [{dm}, {hd}]", self.wo.shape);
         dims
     }
 
-    /// Every parameter in [`PARAM_NAMES`] order.
-    pub fn tensors(&self) -> [&Tensor; 10] {
-        [&self.wq, &self.wk, &self.wv, &self.wa, &self.wb, &self.wg, &self.wo, &self.a_log, &self.dt_bias, &self.w_norm]
-    }
-
     /// Upload host parameters (f64, stored as f32).
     pub fn upload(gpu: &Gpu, p: &cpu::Params) -> Result<GdnParams> {
-        let dm = p.dims;
-        let (d, h, hd) = (dm.d_model, dm.heads, dm.inner());
-        let up = |shape: &[usize], v: &[f64]| gpu.upload(shape, &v.iter().map(|&x| x as f32).collect::<Vec<_>>());
-        Ok(GdnParams {
-            wq: up(&[hd, d], &p.wq)?,
-            wk: up(&[hd, d], &p.wk)?,
-            wv: up(&[hd, d], &p.wv)?,
-            wa: up(&[h, d], &p.wa)?,
-            wb: up(&[h, d], &p.wb)?,
-            wg: up(&[hd, d], &p.wg)?,
-            wo: up(&[d, hd], &p.wo)?,
-            a_log: up(&[h], &p.a_log)?,
-            dt_bias: up(&[h], &p.dt_bias)?,
-            w_norm: up(&[dm.head_dim], &p.w_norm)?,
-        })
-    }
-}
-
-impl GdnGrads {
-    /// Zero-filled gradients shaped like `p`.
-    pub fn zeros(gpu: &Gpu, p: &GdnParams) -> Result<GdnGrads> {
-        let z = |t: &Tensor| gpu.zeros(&t.shape);
-        Ok(GdnGrads {
-            wq: z(&p.wq)?,
-            wk: z(&p.wk)?,
-            wv: z(&p.wv)?,
-            wa: z(&p.wa)?,
-            wb: z(&p.wb)?,
-            wg: z(&p.wg)?,
-            wo: z(&p.wo)?,
-            a_log: z(&p.a_log)?,
-            dt_bias: z(&p.dt_bias)?,
-            w_norm: z(&p.w_norm)?,
-        })
+        let dims = p.dims();
+        let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+        GDN_PARAMS.iter().zip(p.tensors()).map(|(q, v)| gpu.upload(&dims.shape(q), &f32s(v))).collect()
     }
 
-    /// Every gradient in [`PARAM_NAMES`] order.
-    pub fn tensors(&self) -> [&Tensor; 10] {
-        [&self.wq, &self.wk, &self.wv, &self.wa, &self.wb, &self.wg, &self.wo, &self.a_log, &self.dt_bias, &self.w_norm]
+    /// Zero-filled tensors shaped like these (gradient buffers).
+    pub fn zeros_like(&self, gpu: &Gpu) -> Result<GdnParams> {
+        self.tensors().into_iter().map(|t| gpu.zeros(&t.shape)).collect()
     }
 }
 
@@ -335,7 +309,7 @@ fn back(acts: &GdnActs) -> &GdnBackBufs {
 
 /// Backward, stage 3 (first): from dout, dWo, then through the gated norm to d_o, dzg
 /// and dw_norm.
-pub fn gdn_backward_output(b: &mut Batch, p: &GdnParams, acts: &GdnActs, dout: &Tensor, grads: &GdnGrads, accumulate: bool) {
+pub fn gdn_backward_output(b: &mut Batch, p: &GdnParams, acts: &GdnActs, dout: &Tensor, grads: &GdnParams, accumulate: bool) {
     let bb = back(acts);
     matmul_grad::linear_backward_weight(b, dout, &acts.y, &grads.wo, accumulate);
     matmul_grad::linear_backward_input(b, dout, &p.wo, &bb.dy, false);
@@ -359,7 +333,7 @@ pub fn gdn_backward_inputs(
     p: &GdnParams,
     x: &Tensor,
     acts: &GdnActs,
-    grads: &GdnGrads,
+    grads: &GdnParams,
     dx: Option<&Tensor>,
     accumulate: bool,
 ) {
@@ -408,7 +382,7 @@ pub fn gdn_backward(
     seqs: (usize, usize),
     acts: &GdnActs,
     dout: &Tensor,
-    grads: &GdnGrads,
+    grads: &GdnParams,
     dx: Option<&Tensor>,
     accumulate: bool,
 ) -> Result<()> {
@@ -433,27 +407,15 @@ pub fn gdn_recurrent_step(b: &mut Batch, p: &GdnParams, x: &Tensor, acts: &GdnAc
 /// The f64 reference of the whole block, forward and backward, on the naive recurrence
 /// of [`crate::ops::delta::cpu`].
 pub mod cpu {
-    use super::GdnDims;
+    use super::{GdnDims, GdnTensors};
+    use crate::io::checkpoint::GDN_PARAMS;
     use crate::ops::act::cpu as act;
     use crate::ops::delta::{cpu as delta, DeltaShape};
     use crate::ops::matmul::cpu::linear;
     use crate::ops::matmul_grad::cpu as matmul_grad;
 
-    /// Parameters (or their gradients) on the host, laid out like [`super::GdnParams`].
-    #[derive(Clone, Debug, PartialEq)]
-    pub struct Params {
-        pub dims: GdnDims,
-        pub wq: Vec<f64>,
-        pub wk: Vec<f64>,
-        pub wv: Vec<f64>,
-        pub wa: Vec<f64>,
-        pub wb: Vec<f64>,
-        pub wg: Vec<f64>,
-        pub wo: Vec<f64>,
-        pub a_log: Vec<f64>,
-        pub dt_bias: Vec<f64>,
-        pub w_norm: Vec<f64>,
-    }
+    /// Parameters (or their gradients) on the host, in f64.
+    pub type Params = GdnTensors<Vec<f64>>;
 
     impl Params {
         /// fla-like initialisation from a U[0, 1) sampler: every projection
@@ -472,46 +434,18 @@ pub mod cpu {
             let (lo, hi) = (1e-3f64.ln(), 0.1f64.ln());
             let dt_bias = (0..h).map(|_| f32r(act::inv_softplus((lo + (hi - lo) * uniform()).exp().max(1e-4)))).collect();
             let w_norm = (0..dims.head_dim).map(|_| f32r(1.0 + 0.2 * (uniform() - 0.5))).collect();
-            Params { dims, wq, wk, wv, wa, wb, wg, wo, a_log, dt_bias, w_norm }
+            Params { wq, wk, wv, wa, wb, wg, wo, a_log, dt_bias, w_norm }
         }
 
         /// All zeros (a gradient accumulator).
         pub fn zeros(dims: GdnDims) -> Params {
-            let (d, h, hd) = (dims.d_model, dims.heads, dims.inner());
-            Params {
-                dims,
-                wq: vec![0.0; hd * d],
-                wk: vec![0.0; hd * d],
-                wv: vec![0.0; hd * d],
-                wa: vec![0.0; h * d],
-                wb: vec![0.0; h * d],
-                wg: vec![0.0; hd * d],
-                wo: vec![0.0; d * hd],
-                a_log: vec![0.0; h],
-                dt_bias: vec![0.0; h],
-                w_norm: vec![0.0; dims.head_dim],
-            }
+            GDN_PARAMS.iter().map(|q| vec![0.0; dims.shape(q).iter().product()]).collect()
         }
 
-        /// Every tensor in [`super::PARAM_NAMES`] order.
-        pub fn tensors(&self) -> [&Vec<f64>; 10] {
-            [&self.wq, &self.wk, &self.wv, &self.wa, &self.wb, &self.wg, &self.wo, &self.a_log, &self.dt_bias, &self.w_norm]
-        }
-
-        /// Every tensor in [`super::PARAM_NAMES`] order, mutable.
-        pub fn tensors_mut(&mut self) -> [&mut Vec<f64>; 10] {
-            [
-                &mut self.wq,
-                &mut self.wk,
-                &mut self.wv,
-                &mut self.wa,
-                &mut self.wb,
-                &mut self.wg,
-                &mut self.wo,
-                &mut self.a_log,
-                &mut self.dt_bias,
-                &mut self.w_norm,
-            ]
+        /// The dimensions, read off the lengths: H of A_log, d of w_norm, D of Wq [H d, D].
+        pub fn dims(&self) -> GdnDims {
+            let (heads, head_dim) = (self.a_log.len(), self.w_norm.len());
+            GdnDims { d_model: self.wq.len() / (heads * head_dim), heads, head_dim }
         }
     }
 
@@ -544,24 +478,24 @@ pub mod cpu {
 
     /// out [N, D] for x [N, D] holding `seqs` = (B, T) sequences, and the activations.
     pub fn forward(p: &Params, x: &[f64], seqs: (usize, usize)) -> (Vec<f64>, Acts) {
-        let d = p.dims.d_model;
+        let d = p.dims().d_model;
         let n = x.len() / d;
         assert_eq!(n, seqs.0 * seqs.1, "GDN reference: {seqs:?} sequences vs {n} tokens");
         let (zq, zk, zv) = (linear(x, &p.wq, None, d), linear(x, &p.wk, None, d), linear(x, &p.wv, None, d));
         let (q, k, v) = (silu_all(&zq), silu_all(&zk), silu_all(&zv));
         let (za, zb) = (linear(x, &p.wa, None, d), linear(x, &p.wb, None, d));
         let (g, beta) = act::gate_forward(&za, &zb, &p.a_log, &p.dt_bias);
-        let s = scan_shape(p.dims, seqs);
+        let s = scan_shape(p.dims(), seqs);
         let (o, _) = delta::forward(&s, &q, &k, &v, &g, &beta, None);
         let zg = linear(x, &p.wg, None, d);
         let (y, rstd) = act::gated_norm_forward(&o, &zg, &p.w_norm, super::NORM_EPS as f64);
-        let out = linear(&y, &p.wo, None, p.dims.inner());
+        let out = linear(&y, &p.wo, None, p.dims().inner());
         (out, Acts { zq, zk, zv, q, k, v, za, zb, g, beta, zg, o, rstd, y })
     }
 
     /// (parameter gradients, dx) for dL/dout = `dout`.
     pub fn backward(p: &Params, x: &[f64], seqs: (usize, usize), a: &Acts, dout: &[f64]) -> (Params, Vec<f64>) {
-        let dims = p.dims;
+        let dims = p.dims();
         let (d, h, hd) = (dims.d_model, dims.heads, dims.inner());
         let mut gr = Params::zeros(dims);
         gr.wo = matmul_grad::linear_backward_weight(dout, &a.y, d, hd);
@@ -578,19 +512,48 @@ pub mod cpu {
         gr.a_log = da_log;
         gr.dt_bias = ddt;
         let mut dx = vec![0.0; x.len()];
-        for (dz, w, rows, slot) in [
-            (&dzq, &p.wq, hd, 0),
-            (&dzk, &p.wk, hd, 1),
-            (&dzv, &p.wv, hd, 2),
-            (&dza, &p.wa, h, 3),
-            (&dzb, &p.wb, h, 4),
-            (&dzg, &p.wg, hd, 5),
+        for (dz, w, rows, dw) in [
+            (&dzq, &p.wq, hd, &mut gr.wq),
+            (&dzk, &p.wk, hd, &mut gr.wk),
+            (&dzv, &p.wv, hd, &mut gr.wv),
+            (&dza, &p.wa, h, &mut gr.wa),
+            (&dzb, &p.wb, h, &mut gr.wb),
+            (&dzg, &p.wg, hd, &mut gr.wg),
         ] {
-            *gr.tensors_mut()[slot] = matmul_grad::linear_backward_weight(dz, x, rows, d);
+            *dw = matmul_grad::linear_backward_weight(dz, x, rows, d);
             for (a, b) in dx.iter_mut().zip(matmul_grad::linear_backward_input(dz, w, rows, d)) {
                 *a += b;
             }
         }
         (gr, dx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GdnTensors;
+    use crate::io::checkpoint::GDN_PARAMS;
+
+    #[test]
+    fn the_fields_follow_the_parameter_table() {
+        let mut t: GdnTensors<usize> = (0..GDN_PARAMS.len()).collect();
+        let at = |name: &str| GDN_PARAMS.iter().position(|q| q.name == name).unwrap();
+        let fields = [
+            (t.wq, "q_proj.weight"),
+            (t.wk, "k_proj.weight"),
+            (t.wv, "v_proj.weight"),
+            (t.wa, "a_proj.weight"),
+            (t.wb, "b_proj.weight"),
+            (t.wg, "g_proj.weight"),
+            (t.wo, "o_proj.weight"),
+            (t.a_log, "A_log"),
+            (t.dt_bias, "dt_bias"),
+            (t.w_norm, "o_norm.weight"),
+        ];
+        for (got, name) in fields {
+            assert_eq!(got, at(name), "{name}");
+        }
+        assert_eq!(t.tensors().map(|&i| i), std::array::from_fn(|i| i));
+        assert_eq!(t.tensors_mut().map(|i| *i), std::array::from_fn(|i| i));
     }
 }

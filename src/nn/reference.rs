@@ -1,7 +1,7 @@
 //! A plain-Rust f64 forward of the teacher, written independently of the GPU path from
 //! the CPU references of each op: the oracle for the whole-model tests.
-use super::gdn::{self, GdnDims};
-use crate::io::checkpoint::{gdn_name, Checkpoint};
+use super::gdn;
+use crate::io::checkpoint::{gdn_name, Checkpoint, GDN_PARAMS};
 use crate::io::{HostTensor, ModelConfig, ModelFiles};
 use crate::ops::{attention, elementwise, matmul, rmsnorm, rope};
 use std::collections::HashMap;
@@ -26,21 +26,8 @@ pub fn hybrid_logits(ck: &Checkpoint, ids: &[u32]) -> Vec<f64> {
     decoder_logits(&ck.config.base, &ck.tensors, |l| ck.config.is_gdn(l), ids)
 }
 
-fn gdn_block(files: &Tensors, c: &ModelConfig, l: usize, x: &[f64], t: usize) -> Vec<f64> {
-    let g = |s: &str| w(files, &gdn_name(l, s));
-    let p = gdn::cpu::Params {
-        dims: GdnDims { d_model: c.hidden_size, heads: c.num_attention_heads, head_dim: c.head_dim },
-        wq: g("q_proj.weight"),
-        wk: g("k_proj.weight"),
-        wv: g("v_proj.weight"),
-        wa: g("a_proj.weight"),
-        wb: g("b_proj.weight"),
-        wg: g("g_proj.weight"),
-        wo: g("o_proj.weight"),
-        a_log: g("A_log"),
-        dt_bias: g("dt_bias"),
-        w_norm: g("o_norm.weight"),
-    };
+fn gdn_block(files: &Tensors, l: usize, x: &[f64], t: usize) -> Vec<f64> {
+    let p: gdn::cpu::Params = GDN_PARAMS.iter().map(|q| w(files, &gdn_name(l, q.name))).collect();
     gdn::cpu::forward(&p, x, (1, t)).0
 }
 
@@ -51,7 +38,7 @@ fn decoder_logits(c: &ModelConfig, files: &Tensors, is_gdn: impl Fn(usize) -> bo
     for i in 0..c.num_hidden_layers {
         let n = |s: &str| format!("model.layers.{i}.{s}");
         let hn = rmsnorm::cpu::rmsnorm(&x, &w(files, &n("input_layernorm.weight")), eps);
-        let ao = if is_gdn(i) { gdn_block(files, c, i, &hn, ids.len()) } else { attn_block(files, c, i, &hn) };
+        let ao = if is_gdn(i) { gdn_block(files, i, &hn, ids.len()) } else { attn_block(files, c, i, &hn) };
         x.iter_mut().zip(&ao).for_each(|(a, b)| *a += b);
         let hn = rmsnorm::cpu::rmsnorm(&x, &w(files, &n("post_attention_layernorm.weight")), eps);
         let gate = matmul::cpu::linear(&hn, &w(files, &n("mlp.gate_proj.weight")), None, d);

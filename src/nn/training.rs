@@ -5,7 +5,7 @@
 //! calls its op's backward.
 use crate::gpu::{Batch, Gpu, Tensor};
 use crate::nn::decoder::{Decoder, KvCache, Layer, LayerBufs, Mixer};
-use crate::nn::gdn::{self, GdnActs, GdnGrads, GdnParams};
+use crate::nn::gdn::{self, GdnActs};
 use crate::ops::{self, attention::AttnBwdScratch, matmul_grad};
 use anyhow::{bail, Result};
 
@@ -155,22 +155,6 @@ impl TrainActs {
     }
 }
 
-/// The gradient buffers of a GDN layer held in a gradient decoder's `GdnParams`.
-pub fn as_grads(p: &GdnParams) -> GdnGrads {
-    GdnGrads {
-        wq: p.wq.clone(),
-        wk: p.wk.clone(),
-        wv: p.wv.clone(),
-        wa: p.wa.clone(),
-        wb: p.wb.clone(),
-        wg: p.wg.clone(),
-        wo: p.wo.clone(),
-        a_log: p.a_log.clone(),
-        dt_bias: p.dt_bias.clone(),
-        w_norm: p.w_norm.clone(),
-    }
-}
-
 /// Layer `l`'s forward from acts.x[l] into the layer's buffers; the output goes to `x_out`.
 fn layer_forward(b: &mut Batch, m: &Decoder, a: &TrainActs, l: usize, x_out: &Tensor) -> Result<()> {
     let c = &m.cfg;
@@ -227,7 +211,7 @@ pub fn backward(b: &mut Batch, m: &Decoder, a: &TrainActs, ids_host: &[u32], dhi
             (Mixer::Gdn(p), Mixer::Gdn(gp)) => {
                 b.clear(&a.dhn);
                 let acts = a.gdn[l].as_ref().expect("GDN acts");
-                gdn::gdn_backward(b, p, &bufs.hn, (1, a.t), acts, &a.dx, &as_grads(gp), Some(&a.dhn), true)?;
+                gdn::gdn_backward(b, p, &bufs.hn, (1, a.t), acts, &a.dx, gp, Some(&a.dhn), true)?;
             }
             _ => bail!("layer {l}: gradient buffers do not match the model"),
         }

@@ -9,7 +9,7 @@ use crate::eval::perplexity_windows;
 use crate::gpu::{Batch, Gpu, Tensor};
 use crate::io::checkpoint::{self, Checkpoint, HybridConfig};
 use crate::nn::decoder::{AttnActs, Decoder, ForwardOpts, KvCache, Mixer};
-use crate::nn::gdn::{self, GdnActs, GdnGrads};
+use crate::nn::gdn::{self, GdnActs, GdnParams};
 use crate::nn::optim::{cosine_lr, Optimizer};
 use crate::nn::training::{self, TrainActs};
 use crate::ops::kl::{self, KlOut, KlWorkspace, KL_DEFAULT_BUDGET};
@@ -213,7 +213,7 @@ impl Stage for KlStage<'_> {
 struct AlignStage<'a> {
     s: &'a Setup<'a>,
     layers: Vec<usize>,
-    grads: Vec<GdnGrads>,
+    grads: Vec<GdnParams>,
     acts: GdnActs,
     xs: Vec<Tensor>,
     ys: Vec<Tensor>,
@@ -302,9 +302,9 @@ pub fn distill(s: &Setup, opts: &DistillOpts, resume: Option<ResumeState>, hooks
             let mut grads = vec![];
             for &l in &gdn_layers {
                 let Mixer::Gdn(p) = &s.student.layers[l].mixer else { bail!("layer {l} is not a GDN layer") };
-                let gr = GdnGrads::zeros(g, p)?;
-                for ((n, pt), gt) in checkpoint::GDN_NAMES.iter().zip(p.tensors()).zip(gr.tensors()) {
-                    params.push((checkpoint::gdn_name(l, n), pt.clone(), gt.clone(), 0));
+                let gr = p.zeros_like(g)?;
+                for ((q, pt), gt) in checkpoint::GDN_PARAMS.iter().zip(p.tensors()).zip(gr.tensors()) {
+                    params.push((checkpoint::gdn_name(l, q.name), pt.clone(), gt.clone(), 0));
                 }
                 grads.push(gr);
             }
