@@ -323,7 +323,8 @@ fn check_block(dims: GdnDims, seqs: (usize, usize), seed: u64, cpu_scan: bool) {
         .unwrap();
         let rd = |t: &Tensor| f64v(&read(t));
         let (q, k, v, gg, beta) = (rd(&acts.q), rd(&acts.k), rd(&acts.v), rd(&acts.g), rd(&acts.beta));
-        let (o, _) = dref::forward(&s, &q, &k, &v, &gg, &beta, None);
+        let x = dref::Inputs { q: &q, k: &k, v: &v, g: &gg, beta: &beta, h0: None };
+        let (o, _) = dref::forward(&s, &x);
         g.write(&acts.o, &f32v(&o));
         g.run(|b| {
             gdn::gdn_forward_output(b, &p, &acts, &out);
@@ -332,7 +333,7 @@ fn check_block(dims: GdnDims, seqs: (usize, usize), seed: u64, cpu_scan: bool) {
         })
         .unwrap();
         let d_o = rd(&acts.back.as_ref().unwrap().d_o);
-        let sg = dref::backward(&s, &q, &k, &v, &gg, &beta, None, &d_o, None);
+        let sg = dref::backward(&s, &x, &d_o, None);
         let bb = acts.back.as_ref().unwrap();
         g.write(bb.dq(), &f32v(&sg.dq));
         g.write(&bb.dk, &f32v(&sg.dk));

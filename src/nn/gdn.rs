@@ -17,7 +17,7 @@
 //! mirrors them: [`gdn_backward_output`], the scan backward, [`gdn_backward_inputs`].
 //! [`gdn_forward`] and [`gdn_backward`] run all three.
 use crate::gpu::{Batch, Gpu, Tensor};
-use crate::ops::delta::{self, DeltaGrads, DeltaShape, DeltaWorkspace};
+use crate::ops::delta::{self, DeltaGrads, DeltaInputs, DeltaShape, DeltaWorkspace};
 use crate::ops::{gated_norm, gdn_act, matmul, matmul_grad};
 use anyhow::Result;
 
@@ -304,11 +304,18 @@ fn check_seqs(p: &GdnParams, seqs: (usize, usize), acts: &GdnActs) {
     assert_eq!(acts.scan.shape, scan_shape(p.dims(), seqs), "GDN block: the activations were made for another block shape");
 }
 
+impl GdnActs {
+    /// The scan's inputs q, k, v, g, beta (no initial state).
+    pub fn scan_inputs(&self) -> DeltaInputs<'_> {
+        DeltaInputs { q: &self.q, k: &self.k, v: &self.v, g: &self.g, beta: &self.beta, h0: None }
+    }
+}
+
 /// Forward, stage 2: the chunked delta-rule scan o = scan(q, k, v, g, beta) (q, k
 /// L2-normalised inside, scale 1/sqrt(d)).
 pub fn gdn_scan_forward(b: &mut Batch, p: &GdnParams, seqs: (usize, usize), acts: &GdnActs) -> Result<()> {
     check_seqs(p, seqs, acts);
-    delta::chunk_forward_ws(b, &acts.scan, &acts.q, &acts.k, &acts.v, &acts.g, &acts.beta, None, &acts.o, None)
+    delta::chunk_forward_ws(b, &acts.scan, &acts.scan_inputs(), &acts.o, None)
 }
 
 /// Forward, stage 3: y = gated_rmsnorm(o, zg), out = y Wo^T.
@@ -361,7 +368,7 @@ pub fn gdn_scan_backward(b: &mut Batch, p: &GdnParams, seqs: (usize, usize), act
     check_seqs(p, seqs, acts);
     let bb = back(acts);
     let grads = bb.scan_grads();
-    delta::chunk_backward_after_forward(b, &acts.scan, &acts.q, &acts.k, &acts.v, &acts.g, &acts.beta, None, &bb.d_o, None, &grads)
+    delta::chunk_backward_after_forward(b, &acts.scan, &acts.scan_inputs(), &bb.d_o, None, &grads)
 }
 
 /// Backward, stage 1 (last): through SiLU and the gate to the pre-activations, then the
@@ -437,7 +444,7 @@ pub fn gdn_backward(
 pub fn gdn_recurrent_step(b: &mut Batch, p: &GdnParams, x: &Tensor, acts: &GdnActs, state: &Tensor, out: &Tensor) -> Result<()> {
     let s = scan_shape(p.dims(), acts.seqs);
     gdn_forward_inputs(b, p, x, acts);
-    delta::recurrent_step(b, &s, &acts.q, &acts.k, &acts.v, &acts.g, &acts.beta, state, &acts.o)?;
+    delta::recurrent_step(b, &s, &acts.scan_inputs(), state, &acts.o)?;
     gdn_forward_output(b, p, acts, out);
     Ok(())
 }
@@ -446,7 +453,7 @@ pub fn gdn_recurrent_step(b: &mut Batch, p: &GdnParams, x: &Tensor, acts: &GdnAc
 /// of [`crate::ops::delta::cpu`].
 pub mod cpu {
     use super::GdnDims;
-    use crate::ops::delta::{cpu as delta, DeltaShape};
+    use crate::ops::delta::{cpu as delta, DeltaInputs, DeltaShape};
     use crate::ops::gated_norm::cpu as gated_norm;
     use crate::ops::gdn_act::cpu as act;
     use crate::ops::matmul::cpu::linear;
@@ -565,7 +572,7 @@ pub mod cpu {
         let (za, zb) = (linear(x, &p.wa, None, d), linear(x, &p.wb, None, d));
         let (g, beta) = act::gate_forward(&za, &zb, &p.a_log, &p.dt_bias);
         let s = scan_shape(p.dims, seqs);
-        let (o, _) = delta::forward(&s, &q, &k, &v, &g, &beta, None);
+        let (o, _) = delta::forward(&s, &DeltaInputs { q: &q, k: &k, v: &v, g: &g, beta: &beta, h0: None });
         let zg = linear(x, &p.wg, None, d);
         let (y, rstd) = gated_norm::gated_norm_forward(&o, &zg, &p.w_norm, super::NORM_EPS as f64);
         let out = linear(&y, &p.wo, None, p.dims.inner());
@@ -582,7 +589,7 @@ pub mod cpu {
         let (d_o, dzg, dw_norm) = gated_norm::gated_norm_backward(&a.o, &a.zg, &p.w_norm, super::NORM_EPS as f64, &dy);
         gr.w_norm = dw_norm;
         let s = scan_shape(dims, seqs);
-        let sg = delta::backward(&s, &a.q, &a.k, &a.v, &a.g, &a.beta, None, &d_o, None);
+        let sg = delta::backward(&s, &DeltaInputs { q: &a.q, k: &a.k, v: &a.v, g: &a.g, beta: &a.beta, h0: None }, &d_o, None);
         let through_silu = |dq: &[f64], z: &[f64]| dq.iter().zip(z).map(|(g, &z)| g * act::silu_grad(z)).collect::<Vec<_>>();
         let dzq = through_silu(&sg.dq, &a.zq);
         let dzk = through_silu(&sg.dk, &a.zk);
