@@ -1,4 +1,4 @@
-// Gated RMSNorm per head (the output norm of the Gated DeltaNet block, src/ops/act.rs):
+// Gated RMSNorm per head (the output norm of the Gated DeltaNet block, src/ops/gated_norm.rs):
 //   y = o * rstd * w * silu(z),   rstd = 1 / sqrt(mean(o^2) + eps)
 // over rows of length d (one row per token and head). One workgroup per row; rows are
 // folded over a 2-D grid.

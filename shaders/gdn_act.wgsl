@@ -1,4 +1,4 @@
-// Element-wise pieces of the Gated DeltaNet block (src/ops/act.rs), forward and backward:
+// Element-wise pieces of the Gated DeltaNet block (src/ops/gdn_act.rs), forward and backward:
 //   silu_fwd        y = silu(z)                       (z, the pre-activation, is kept)
 //   silu_bwd        d = d * silu'(z)                  (in place: dy becomes dz)
 //   gate_fwd        g = -exp(A_log[h]) softplus(za + dt_bias[h]),  beta = sigmoid(zb)

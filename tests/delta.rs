@@ -3,7 +3,7 @@
 mod common;
 use common::*;
 use rand::Rng;
-use taylorcal::ops::delta::{self, cpu, DeltaShape, DeltaTiles, DeltaWorkspace};
+use taylorcal::ops::delta::{self, cpu, DeltaInputs, DeltaShape, DeltaTiles, DeltaWorkspace};
 
 /// sqrt(mean (a - b)^2) / sqrt(mean b^2)
 fn rel_rms(got: &[f64], want: &[f64]) -> f64 {
@@ -20,6 +20,13 @@ struct Inputs {
     g: Vec<f64>,
     beta: Vec<f64>,
     h0: Option<Vec<f64>>,
+}
+
+impl Inputs {
+    /// The inputs as the references take them.
+    fn refs(&self) -> cpu::Inputs<'_> {
+        DeltaInputs { q: &self.q, k: &self.k, v: &self.v, g: &self.g, beta: &self.beta, h0: self.h0.as_deref() }
+    }
 }
 
 /// Random inputs: g = -exp(U(lo, hi)) (weak to strong decay), beta in (0, 1); without
@@ -52,12 +59,12 @@ fn reference_backward_matches_finite_differences() {
         let w_o: Vec<f64> = (0..s.b * s.t * s.h * s.dv).map(|_| r.random_range(-1.0..1.0)).collect();
         let w_h: Vec<f64> = (0..s.b * s.h * s.dv * s.dk).map(|_| r.random_range(-1.0..1.0)).collect();
         let loss = |x: &Inputs| {
-            let (o, ht) = cpu::forward(&s, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref());
+            let (o, ht) = cpu::forward(&s, &x.refs());
             let lo: f64 = o.iter().zip(&w_o).map(|(a, b)| a * b).sum();
             let lh: f64 = if with_dht { ht.iter().zip(&w_h).map(|(a, b)| a * b).sum() } else { 0.0 };
             lo + lh
         };
-        let gr = cpu::backward(&s, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref(), &w_o, with_dht.then_some(&w_h[..]));
+        let gr = cpu::backward(&s, &x.refs(), &w_o, with_dht.then_some(&w_h[..]));
         let eps = 1e-5;
         let check = |name: &str, field: fn(&mut Inputs) -> &mut Vec<f64>, want: &[f64]| {
             let mut x2 = Inputs { q: x.q.clone(), k: x.k.clone(), v: x.v.clone(), g: x.g.clone(), beta: x.beta.clone(), h0: x.h0.clone() };
@@ -99,15 +106,15 @@ fn chunked_f64_model_matches_naive_recurrence() {
         let mut s = shape(2, t, 2, 6, l2norm);
         s.dv = 5;
         let x = inputs(&mut r, &s, with_h0, (-4.0, 1.6));
-        let (o, ht) = cpu::forward(&s, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref());
-        let (oc, htc, _) = delta::chunk_ref::forward(&s, c, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref());
+        let (o, ht) = cpu::forward(&s, &x.refs());
+        let (oc, htc, _) = delta::chunk_ref::forward(&s, c, &x.refs());
         let (eo, eh) = (rel_rms(&oc, &o), rel_rms(&htc, &ht));
         eprintln!("chunk model T={t} C={c}: o {eo:.1e} ht {eh:.1e}");
         assert!(eo < 1e-12 && eh < 1e-12);
         let dout: Vec<f64> = (0..o.len()).map(|_| r.random_range(-1.0..1.0)).collect();
         let dht: Vec<f64> = (0..ht.len()).map(|_| r.random_range(-1.0..1.0)).collect();
-        let want = cpu::backward(&s, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref(), &dout, Some(&dht));
-        let got = delta::chunk_ref::backward(&s, c, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref(), &dout, Some(&dht));
+        let want = cpu::backward(&s, &x.refs(), &dout, Some(&dht));
+        let got = delta::chunk_ref::backward(&s, c, &x.refs(), &dout, Some(&dht));
         for (name, a, b) in [
             ("dq", &got.dq, &want.dq),
             ("dk", &got.dk, &want.dk),
@@ -148,6 +155,12 @@ struct Gpu5 {
     h0: Option<Tensor>,
 }
 
+impl Gpu5 {
+    fn inputs(&self) -> DeltaInputs<'_> {
+        DeltaInputs { q: &self.q, k: &self.k, v: &self.v, g: &self.g, beta: &self.beta, h0: self.h0.as_ref() }
+    }
+}
+
 fn upload(s: &DeltaShape, x: &Inputs) -> Gpu5 {
     Gpu5 {
         q: up(&x.q, &[s.b, s.t, s.h, s.dk]),
@@ -170,7 +183,7 @@ fn gpu_forward_tiles(s: &DeltaShape, t: &Gpu5, tiles: Option<DeltaTiles>) -> (Ve
     let o = g.zeros(&[s.b, s.t, s.h, s.dv]).unwrap();
     let ht = g.zeros(&[s.b, s.h, s.dv, s.dk]).unwrap();
     let ws = DeltaWorkspace::with_tiles(g, s, false, tiles.unwrap_or_else(|| DeltaTiles::auto(g, s))).unwrap();
-    g.run(|b| delta::chunk_forward_ws(b, &ws, &t.q, &t.k, &t.v, &t.g, &t.beta, t.h0.as_ref(), &o, Some(&ht))).unwrap();
+    g.run(|b| delta::chunk_forward_ws(b, &ws, &t.inputs(), &o, Some(&ht))).unwrap();
     (down(&o), down(&ht))
 }
 
@@ -182,7 +195,7 @@ fn check_forward_tiles(label: &str, s: &DeltaShape, x: &Inputs, tiles: Option<De
     let x = rounded(x);
     let (o, ht) = gpu_forward_tiles(s, &upload(s, &x), tiles);
     assert!(o.iter().chain(&ht).all(|v| v.is_finite()), "{label}: non-finite output");
-    let (wo, wh) = cpu::forward(s, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref());
+    let (wo, wh) = cpu::forward(s, &x.refs());
     let (eo, eh) = (rel_rms(&o, &wo), rel_rms(&ht, &wh));
     eprintln!("forward {label}: o rel rms {eo:.2e}, ht rel rms {eh:.2e}");
     (eo, eh)
@@ -210,29 +223,13 @@ fn check_backward_tiles(label: &str, s: &DeltaShape, x: &Inputs, with_dht: bool,
     if reuse {
         let ws = DeltaWorkspace::with_tiles(g, s, true, tiles).unwrap();
         let o = g.zeros(&[s.b, s.t, s.h, s.dv]).unwrap();
-        g.run(|b| delta::chunk_forward_ws(b, &ws, &t.q, &t.k, &t.v, &t.g, &t.beta, t.h0.as_ref(), &o, None)).unwrap();
-        g.run(|b| {
-            delta::chunk_backward_after_forward(
-                b,
-                &ws,
-                &t.q,
-                &t.k,
-                &t.v,
-                &t.g,
-                &t.beta,
-                t.h0.as_ref(),
-                &tdo,
-                with_dht.then_some(&tdht),
-                &gr,
-            )
-        })
-        .unwrap();
+        g.run(|b| delta::chunk_forward_ws(b, &ws, &t.inputs(), &o, None)).unwrap();
+        g.run(|b| delta::chunk_backward_after_forward(b, &ws, &t.inputs(), &tdo, with_dht.then_some(&tdht), &gr)).unwrap();
     } else {
         let ws = DeltaWorkspace::with_tiles(g, s, true, tiles).unwrap();
-        g.run(|b| delta::chunk_backward_ws(b, &ws, &t.q, &t.k, &t.v, &t.g, &t.beta, t.h0.as_ref(), &tdo, with_dht.then_some(&tdht), &gr))
-            .unwrap();
+        g.run(|b| delta::chunk_backward_ws(b, &ws, &t.inputs(), &tdo, with_dht.then_some(&tdht), &gr)).unwrap();
     }
-    let want = cpu::backward(s, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref(), &dout, with_dht.then_some(&dht[..]));
+    let want = cpu::backward(s, &x.refs(), &dout, with_dht.then_some(&dht[..]));
     let mut worst = 0.0f64;
     let mut line = format!("backward{} {label}:", if reuse { " (after forward)" } else { "" });
     let mut all = vec![
@@ -321,7 +318,7 @@ fn chunk_forward_equals_chained_steps() {
         }
         g.run(|bt| {
             for (ts, o) in &steps {
-                delta::recurrent_step(bt, &one, &ts.q, &ts.k, &ts.v, &ts.g, &ts.beta, &st, o)?;
+                delta::recurrent_step(bt, &one, &ts.inputs(), &st, o)?;
             }
             Ok(())
         })
@@ -334,7 +331,7 @@ fn chunk_forward_equals_chained_steps() {
             }
         }
         let (eo, eh) = (rel_rms(&o_steps, &o_chunk), rel_rms(&down(&st), &ht_chunk));
-        let (wo, wh) = cpu::forward(&s, &x.q, &x.k, &x.v, &x.g, &x.beta, x.h0.as_deref());
+        let (wo, wh) = cpu::forward(&s, &x.refs());
         let (ro, rh) = (rel_rms(&o_steps, &wo), rel_rms(&down(&st), &wh));
         eprintln!("{t} chained steps vs chunked (B={b} H={h} d={d} l2={l2}): o {eo:.2e} ht {eh:.2e}; steps vs f64: o {ro:.2e} ht {rh:.2e}");
         assert!(eo <= 1e-5 && eh <= 1e-5 && ro <= 1e-5 && rh <= 1e-5);

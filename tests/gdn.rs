@@ -90,13 +90,13 @@ fn silu_forward_and_backward_match_reference() {
         let (tz, td) = (up(&[n], &z), up(&[n], &d));
         let y = g.zeros(&[n]).unwrap();
         g.run(|b| {
-            ops::act::silu_forward(b, &tz, &y);
-            ops::act::silu_backward(b, &tz, &td);
+            ops::gdn_act::silu_forward(b, &tz, &y);
+            ops::gdn_act::silu_backward(b, &tz, &td);
             Ok(())
         })
         .unwrap();
-        let want_y: Vec<f64> = z.iter().map(|&v| ops::act::cpu::silu(v as f64)).collect();
-        let want_d: Vec<f64> = z.iter().zip(&d).map(|(&v, &dd)| dd as f64 * ops::act::cpu::silu_grad(v as f64)).collect();
+        let want_y: Vec<f64> = z.iter().map(|&v| ops::gdn_act::cpu::silu(v as f64)).collect();
+        let want_d: Vec<f64> = z.iter().zip(&d).map(|(&v, &dd)| dd as f64 * ops::gdn_act::cpu::silu_grad(v as f64)).collect();
         check(&format!("silu {n}"), &read(&y), &want_y, 1e-5);
         check(&format!("silu backward {n}"), &read(&td), &want_d, 1e-5);
     }
@@ -109,7 +109,7 @@ fn gate_params(r: &mut rand::rngs::StdRng, h: usize) -> (Vec<f32>, Vec<f32>) {
     let dt_bias = (0..h)
         .map(|_| {
             let dt = (r.random_range(1e-3f64.ln()..0.1f64.ln())).exp();
-            ops::act::cpu::inv_softplus(dt) as f32
+            ops::gdn_act::cpu::inv_softplus(dt) as f32
         })
         .collect();
     (a_log, dt_bias)
@@ -132,14 +132,14 @@ fn gate_forward_and_backward_match_reference() {
         let scratch = g.zeros(&[n * h + 3]).unwrap();
         let (tda, tddt) = (up(&[h], &da0), up(&[h], &da0));
         g.run(|b| {
-            ops::act::gate_forward(b, &tza, &tzb, &ta, &tdt, &tg, &tbeta);
-            ops::act::gate_backward(b, &tza, &tbeta, &ta, &tdt, &tdg, &tdbeta, &scratch, &tda, &tddt, n % 2 == 0);
+            ops::gdn_act::gate_forward(b, &tza, &tzb, &ta, &tdt, &tg, &tbeta);
+            ops::gdn_act::gate_backward(b, &tza, &tbeta, &ta, &tdt, &tdg, &tdbeta, &scratch, &tda, &tddt, n % 2 == 0);
             Ok(())
         })
         .unwrap();
         let (za, zb, a_log, dt_bias) = (f64v(&za), f64v(&zb), f64v(&a_log), f64v(&dt_bias));
-        let (want_g, want_beta) = ops::act::cpu::gate_forward(&za, &zb, &a_log, &dt_bias);
-        let (dza, dzb, mut da, mut ddt) = ops::act::cpu::gate_backward(&za, &zb, &a_log, &dt_bias, &f64v(&dg), &f64v(&dbeta));
+        let (want_g, want_beta) = ops::gdn_act::cpu::gate_forward(&za, &zb, &a_log, &dt_bias);
+        let (dza, dzb, mut da, mut ddt) = ops::gdn_act::cpu::gate_backward(&za, &zb, &a_log, &dt_bias, &f64v(&dg), &f64v(&dbeta));
         if n % 2 == 0 {
             for i in 0..h {
                 da[i] += da0[i] as f64;
@@ -170,14 +170,14 @@ fn gated_norm_forward_and_backward_match_reference() {
         let (d_o, dz, scratch) = (g.zeros(&[rows, d]).unwrap(), g.zeros(&[rows, d]).unwrap(), g.zeros(&[rows * d]).unwrap());
         let dw = up(&[d], &dw0);
         g.run(|b| {
-            ops::act::gated_norm_forward(b, &to, &tz, &tw, 1e-5, &y, &rstd);
-            ops::act::gated_norm_backward(b, &to, &tz, &tw, &rstd, &tdy, &d_o, &dz, &dw, &scratch, true);
+            ops::gated_norm::gated_norm_forward(b, &to, &tz, &tw, 1e-5, &y, &rstd);
+            ops::gated_norm::gated_norm_backward(b, &to, &tz, &tw, &rstd, &tdy, &d_o, &dz, &dw, &scratch, true);
             Ok(())
         })
         .unwrap();
         let (o, z, w) = (f64v(&o), f64v(&z), f64v(&w));
-        let (want_y, want_rstd) = ops::act::cpu::gated_norm_forward(&o, &z, &w, 1e-5);
-        let (want_do, want_dz, mut want_dw) = ops::act::cpu::gated_norm_backward(&o, &z, &w, 1e-5, &f64v(&dy));
+        let (want_y, want_rstd) = ops::gated_norm::cpu::gated_norm_forward(&o, &z, &w, 1e-5);
+        let (want_do, want_dz, mut want_dw) = ops::gated_norm::cpu::gated_norm_backward(&o, &z, &w, 1e-5, &f64v(&dy));
         for (a, b) in want_dw.iter_mut().zip(&dw0) {
             *a += *b as f64;
         }
@@ -199,12 +199,12 @@ fn colsum_matches_reference() {
         let tx = up(&[rows, cols], &x);
         let (y, ya) = (up(&[cols], &y0), up(&[cols], &y0));
         g.run(|b| {
-            ops::act::colsum(b, &tx, &y, false);
-            ops::act::colsum(b, &tx, &ya, true);
+            ops::gdn_act::colsum(b, &tx, &y, false);
+            ops::gdn_act::colsum(b, &tx, &ya, true);
             Ok(())
         })
         .unwrap();
-        let want = ops::act::cpu::colsum(&f64v(&x), cols, 1.0);
+        let want = ops::gdn_act::cpu::colsum(&f64v(&x), cols, 1.0);
         let want_a: Vec<f64> = want.iter().zip(&y0).map(|(a, b)| a + *b as f64).collect();
         check(&format!("colsum {rows}x{cols}"), &read(&y), &want, 1e-5);
         check(&format!("colsum += {rows}x{cols}"), &read(&ya), &want_a, 1e-5);
@@ -324,7 +324,8 @@ fn check_block(dims: GdnDims, seqs: (usize, usize), seed: u64, cpu_scan: bool) {
         .unwrap();
         let rd = |t: &Tensor| f64v(&read(t));
         let (q, k, v, gg, beta) = (rd(&acts.q), rd(&acts.k), rd(&acts.v), rd(&acts.g), rd(&acts.beta));
-        let (o, _) = dref::forward(&s, &q, &k, &v, &gg, &beta, None);
+        let x = dref::Inputs { q: &q, k: &k, v: &v, g: &gg, beta: &beta, h0: None };
+        let (o, _) = dref::forward(&s, &x);
         g.write(&acts.o, &f32v(&o));
         g.run(|b| {
             gdn::gdn_forward_output(b, &p, &acts, &out);
@@ -333,7 +334,7 @@ fn check_block(dims: GdnDims, seqs: (usize, usize), seed: u64, cpu_scan: bool) {
         })
         .unwrap();
         let d_o = rd(&acts.back.as_ref().unwrap().d_o);
-        let sg = dref::backward(&s, &q, &k, &v, &gg, &beta, None, &d_o, None);
+        let sg = dref::backward(&s, &x, &d_o, None);
         let bb = acts.back.as_ref().unwrap();
         g.write(bb.dq(), &f32v(&sg.dq));
         g.write(&bb.dk, &f32v(&sg.dk));

@@ -92,22 +92,22 @@ fn activations_gate_norm_and_colsum_split_over_bindings() {
         g.zeros(&[d]).unwrap(),
     );
     g.run(|b| {
-        ops::act::silu_forward(b, &tz, &ty);
-        ops::act::silu_backward(b, &tz, &td);
-        ops::act::gate_forward(b, &tza, &tzb, &ta, &tdt, &tg, &tbeta);
-        ops::act::gate_backward(b, &tza, &tbeta, &ta, &tdt, &tdg, &tdbeta, &scratch, &tda, &tddt, false);
-        ops::act::gated_norm_forward(b, &to, &tz, &tw, 1e-5, &y, &rstd);
-        ops::act::gated_norm_backward(b, &to, &tz, &tw, &rstd, &tdy, &d_o, &dz, &dw, &scratch, false);
+        ops::gdn_act::silu_forward(b, &tz, &ty);
+        ops::gdn_act::silu_backward(b, &tz, &td);
+        ops::gdn_act::gate_forward(b, &tza, &tzb, &ta, &tdt, &tg, &tbeta);
+        ops::gdn_act::gate_backward(b, &tza, &tbeta, &ta, &tdt, &tdg, &tdbeta, &scratch, &tda, &tddt, false);
+        ops::gated_norm::gated_norm_forward(b, &to, &tz, &tw, 1e-5, &y, &rstd);
+        ops::gated_norm::gated_norm_backward(b, &to, &tz, &tw, &rstd, &tdy, &d_o, &dz, &dw, &scratch, false);
         Ok(())
     })
     .unwrap();
-    let c = ops::act::cpu::silu;
+    let c = ops::gdn_act::cpu::silu;
     check("split silu", &g.read(&ty).unwrap(), &z.iter().map(|&v| c(v as f64)).collect::<Vec<_>>(), 1e-5);
-    let want_d: Vec<f64> = z.iter().zip(&dd).map(|(&v, &e)| e as f64 * ops::act::cpu::silu_grad(v as f64)).collect();
+    let want_d: Vec<f64> = z.iter().zip(&dd).map(|(&v, &e)| e as f64 * ops::gdn_act::cpu::silu_grad(v as f64)).collect();
     check("split silu backward", &g.read(&td).unwrap(), &want_d, 1e-5);
     let (za, zb, a_log, dt) = (f64v(&za), f64v(&zb), f64v(&a_log), f64v(&dt));
-    let (want_g, want_beta) = ops::act::cpu::gate_forward(&za, &zb, &a_log, &dt);
-    let (dza, dzb, da, ddt) = ops::act::cpu::gate_backward(&za, &zb, &a_log, &dt, &f64v(&dg), &f64v(&dbeta));
+    let (want_g, want_beta) = ops::gdn_act::cpu::gate_forward(&za, &zb, &a_log, &dt);
+    let (dza, dzb, da, ddt) = ops::gdn_act::cpu::gate_backward(&za, &zb, &a_log, &dt, &f64v(&dg), &f64v(&dbeta));
     check("split gate g", &g.read(&tg).unwrap(), &want_g, 1e-5);
     check("split gate beta", &g.read(&tbeta).unwrap(), &want_beta, 1e-5);
     check("split gate dza", &g.read(&tdg).unwrap(), &dza, 1e-5);
@@ -115,8 +115,8 @@ fn activations_gate_norm_and_colsum_split_over_bindings() {
     check("split gate dA_log", &g.read(&tda).unwrap(), &da, 1e-5);
     check("split gate ddt_bias", &g.read(&tddt).unwrap(), &ddt, 1e-5);
     let (o, z, w) = (f64v(&o), f64v(&z), f64v(&w));
-    let (want_y, want_rstd) = ops::act::cpu::gated_norm_forward(&o, &z, &w, 1e-5);
-    let (want_do, want_dz, want_dw) = ops::act::cpu::gated_norm_backward(&o, &z, &w, 1e-5, &f64v(&dy));
+    let (want_y, want_rstd) = ops::gated_norm::cpu::gated_norm_forward(&o, &z, &w, 1e-5);
+    let (want_do, want_dz, want_dw) = ops::gated_norm::cpu::gated_norm_backward(&o, &z, &w, 1e-5, &f64v(&dy));
     check("split gated norm y", &g.read(&y).unwrap(), &want_y, 1e-5);
     check("split gated norm rstd", &g.read(&rstd).unwrap(), &want_rstd, 1e-5);
     check("split gated norm do", &g.read(&d_o).unwrap(), &want_do, 1e-5);

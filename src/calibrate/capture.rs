@@ -64,7 +64,7 @@ pub fn capture(
         let ids = gpu.upload_u32(&[w.len()], w)?;
         let mut hook = |b: &mut Batch, a: AttnActs| -> Result<()> {
             // per-layer sums accumulate on the GPU across windows; read once at the end
-            ops::act::colsum(b, a.stats, &sums[a.layer], wi > 0);
+            ops::gdn_act::colsum(b, a.stats, &sums[a.layer], wi > 0);
             if let (true, Some(li)) = (wi < cap, layers.iter().position(|&l| l == a.layer)) {
                 let off = (wi * t * dm * 4) as u64;
                 b.copy(a.normed, 0, &x[li], off, (t * dm * 4) as u64);

@@ -3,7 +3,7 @@
 //! `taylorcal bench gdn`, the criterion bench and tuning.
 use crate::gpu::{Gpu, GpuTimer, Tensor};
 use crate::ops::delta::{
-    chunk_backward_after_forward, chunk_backward_ws, chunk_forward_ws, DeltaGrads, DeltaShape, DeltaTiles, DeltaWorkspace,
+    chunk_backward_after_forward, chunk_backward_ws, chunk_forward_ws, DeltaGrads, DeltaInputs, DeltaShape, DeltaTiles, DeltaWorkspace,
 };
 use anyhow::{bail, Result};
 
@@ -59,12 +59,13 @@ impl DeltaProblem {
 
     /// Record the forward and, when made with `backward`, the backward pass.
     pub fn record(&self, b: &mut crate::gpu::Batch) -> Result<()> {
-        chunk_forward_ws(b, &self.ws, &self.q, &self.k, &self.v, &self.g, &self.beta, None, &self.o, None)?;
+        let x = DeltaInputs { q: &self.q, k: &self.k, v: &self.v, g: &self.g, beta: &self.beta, h0: None };
+        chunk_forward_ws(b, &self.ws, &x, &self.o, None)?;
         if let Some(gr) = &self.grads {
             if self.recompute {
-                chunk_backward_ws(b, &self.ws, &self.q, &self.k, &self.v, &self.g, &self.beta, None, &self.do_, None, gr)?;
+                chunk_backward_ws(b, &self.ws, &x, &self.do_, None, gr)?;
             } else {
-                chunk_backward_after_forward(b, &self.ws, &self.q, &self.k, &self.v, &self.g, &self.beta, None, &self.do_, None, gr)?;
+                chunk_backward_after_forward(b, &self.ws, &x, &self.do_, None, gr)?;
             }
         }
         Ok(())

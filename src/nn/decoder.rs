@@ -364,18 +364,8 @@ impl Decoder {
                         gdn::gdn_forward_inputs(b, p, &bufs.hn, &acts);
                         let h0 = (pos0 > 0).then_some(state);
                         let ht = g.zeros(&state.shape)?;
-                        ops::delta::chunk_forward_ws(
-                            b,
-                            &acts.scan,
-                            &acts.q,
-                            &acts.k,
-                            &acts.v,
-                            &acts.g,
-                            &acts.beta,
-                            h0,
-                            &acts.o,
-                            Some(&ht),
-                        )?;
+                        let x = ops::delta::DeltaInputs { h0, ..acts.scan_inputs() };
+                        ops::delta::chunk_forward_ws(b, &acts.scan, &x, &acts.o, Some(&ht))?;
                         b.copy(&ht, 0, state, 0, state.bytes());
                         gdn::gdn_forward_output(b, p, &acts, &bufs.ao);
                         gdn_acts = Some(acts);

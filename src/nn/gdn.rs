@@ -18,8 +18,8 @@
 //! [`gdn_forward`] and [`gdn_backward`] run all three.
 use crate::gpu::{Batch, Gpu, Tensor};
 use crate::io::checkpoint::{GdnParam, GDN_PARAMS};
-use crate::ops::delta::{self, DeltaGrads, DeltaShape, DeltaWorkspace};
-use crate::ops::{act, matmul, matmul_grad};
+use crate::ops::delta::{self, DeltaGrads, DeltaInputs, DeltaShape, DeltaWorkspace};
+use crate::ops::{gated_norm, gdn_act, matmul, matmul_grad};
 use anyhow::Result;
 
 /// The epsilon of the gated output RMSNorm.
@@ -265,11 +265,11 @@ pub fn gdn_forward_inputs(b: &mut Batch, p: &GdnParams, x: &Tensor, acts: &GdnAc
     check_x(p, x, acts);
     for (w, z, a) in [(&p.wq, &acts.zq, &acts.q), (&p.wk, &acts.zk, &acts.k), (&p.wv, &acts.zv, &acts.v)] {
         matmul::linear(b, x, w, None, z, false);
-        act::silu_forward(b, z, a);
+        gdn_act::silu_forward(b, z, a);
     }
     matmul::linear(b, x, &p.wa, None, &acts.za, false);
     matmul::linear(b, x, &p.wb, None, &acts.zb, false);
-    act::gate_forward(b, &acts.za, &acts.zb, &p.a_log, &p.dt_bias, &acts.g, &acts.beta);
+    gdn_act::gate_forward(b, &acts.za, &acts.zb, &p.a_log, &p.dt_bias, &acts.g, &acts.beta);
     matmul::linear(b, x, &p.wg, None, &acts.zg, false);
 }
 
@@ -278,17 +278,24 @@ fn check_seqs(p: &GdnParams, seqs: (usize, usize), acts: &GdnActs) {
     assert_eq!(acts.scan.shape, scan_shape(p.dims(), seqs), "GDN block: the activations were made for another block shape");
 }
 
+impl GdnActs {
+    /// The scan's inputs q, k, v, g, beta (no initial state).
+    pub fn scan_inputs(&self) -> DeltaInputs<'_> {
+        DeltaInputs { q: &self.q, k: &self.k, v: &self.v, g: &self.g, beta: &self.beta, h0: None }
+    }
+}
+
 /// Forward, stage 2: the chunked delta-rule scan o = scan(q, k, v, g, beta) (q, k
 /// L2-normalised inside, scale 1/sqrt(d)).
 pub fn gdn_scan_forward(b: &mut Batch, p: &GdnParams, seqs: (usize, usize), acts: &GdnActs) -> Result<()> {
     check_seqs(p, seqs, acts);
-    delta::chunk_forward_ws(b, &acts.scan, &acts.q, &acts.k, &acts.v, &acts.g, &acts.beta, None, &acts.o, None)
+    delta::chunk_forward_ws(b, &acts.scan, &acts.scan_inputs(), &acts.o, None)
 }
 
 /// Forward, stage 3: y = gated_rmsnorm(o, zg), out = y Wo^T.
 pub fn gdn_forward_output(b: &mut Batch, p: &GdnParams, acts: &GdnActs, out: &Tensor) {
     let dims = p.dims();
-    act::gated_norm_forward(b, &acts.o, &acts.zg, &p.w_norm, NORM_EPS, &acts.y, &acts.rstd);
+    gated_norm::gated_norm_forward(b, &acts.o, &acts.zg, &p.w_norm, NORM_EPS, &acts.y, &acts.rstd);
     assert_eq!(out.numel(), acts.tokens * dims.d_model, "GDN block: out {:?} is not [{}, {}]", out.shape, acts.tokens, dims.d_model);
     matmul::linear(b, &acts.y, &p.wo, None, out, false);
 }
@@ -313,7 +320,19 @@ pub fn gdn_backward_output(b: &mut Batch, p: &GdnParams, acts: &GdnActs, dout: &
     let bb = back(acts);
     matmul_grad::linear_backward_weight(b, dout, &acts.y, &grads.wo, accumulate);
     matmul_grad::linear_backward_input(b, dout, &p.wo, &bb.dy, false);
-    act::gated_norm_backward(b, &acts.o, &acts.zg, &p.w_norm, &acts.rstd, &bb.dy, &bb.d_o, &bb.dzg, &grads.w_norm, &bb.scratch, accumulate);
+    gated_norm::gated_norm_backward(
+        b,
+        &acts.o,
+        &acts.zg,
+        &p.w_norm,
+        &acts.rstd,
+        &bb.dy,
+        &bb.d_o,
+        &bb.dzg,
+        &grads.w_norm,
+        &bb.scratch,
+        accumulate,
+    );
 }
 
 /// Backward, stage 2: the scan's backward from d_o to dq (in the `dy` buffer), dk, dv, dg,
@@ -323,7 +342,7 @@ pub fn gdn_scan_backward(b: &mut Batch, p: &GdnParams, seqs: (usize, usize), act
     check_seqs(p, seqs, acts);
     let bb = back(acts);
     let grads = bb.scan_grads();
-    delta::chunk_backward_after_forward(b, &acts.scan, &acts.q, &acts.k, &acts.v, &acts.g, &acts.beta, None, &bb.d_o, None, &grads)
+    delta::chunk_backward_after_forward(b, &acts.scan, &acts.scan_inputs(), &bb.d_o, None, &grads)
 }
 
 /// Backward, stage 1 (last): through SiLU and the gate to the pre-activations, then the
@@ -339,10 +358,10 @@ pub fn gdn_backward_inputs(
 ) {
     check_x(p, x, acts);
     let bb = back(acts);
-    act::silu_backward(b, &acts.zq, bb.dq());
-    act::silu_backward(b, &acts.zk, &bb.dk);
-    act::silu_backward(b, &acts.zv, &bb.dv);
-    act::gate_backward(
+    gdn_act::silu_backward(b, &acts.zq, bb.dq());
+    gdn_act::silu_backward(b, &acts.zk, &bb.dk);
+    gdn_act::silu_backward(b, &acts.zv, &bb.dv);
+    gdn_act::gate_backward(
         b,
         &acts.za,
         &acts.beta,
@@ -399,7 +418,7 @@ pub fn gdn_backward(
 pub fn gdn_recurrent_step(b: &mut Batch, p: &GdnParams, x: &Tensor, acts: &GdnActs, state: &Tensor, out: &Tensor) -> Result<()> {
     let s = scan_shape(p.dims(), acts.seqs);
     gdn_forward_inputs(b, p, x, acts);
-    delta::recurrent_step(b, &s, &acts.q, &acts.k, &acts.v, &acts.g, &acts.beta, state, &acts.o)?;
+    delta::recurrent_step(b, &s, &acts.scan_inputs(), state, &acts.o)?;
     gdn_forward_output(b, p, acts, out);
     Ok(())
 }
@@ -409,8 +428,9 @@ pub fn gdn_recurrent_step(b: &mut Batch, p: &GdnParams, x: &Tensor, acts: &GdnAc
 pub mod cpu {
     use super::{GdnDims, GdnTensors};
     use crate::io::checkpoint::GDN_PARAMS;
-    use crate::ops::act::cpu as act;
-    use crate::ops::delta::{cpu as delta, DeltaShape};
+    use crate::ops::delta::{cpu as delta, DeltaInputs, DeltaShape};
+    use crate::ops::gated_norm::cpu as gated_norm;
+    use crate::ops::gdn_act::cpu as act;
     use crate::ops::matmul::cpu::linear;
     use crate::ops::matmul_grad::cpu as matmul_grad;
 
@@ -486,9 +506,9 @@ pub mod cpu {
         let (za, zb) = (linear(x, &p.wa, None, d), linear(x, &p.wb, None, d));
         let (g, beta) = act::gate_forward(&za, &zb, &p.a_log, &p.dt_bias);
         let s = scan_shape(p.dims(), seqs);
-        let (o, _) = delta::forward(&s, &q, &k, &v, &g, &beta, None);
+        let (o, _) = delta::forward(&s, &DeltaInputs { q: &q, k: &k, v: &v, g: &g, beta: &beta, h0: None });
         let zg = linear(x, &p.wg, None, d);
-        let (y, rstd) = act::gated_norm_forward(&o, &zg, &p.w_norm, super::NORM_EPS as f64);
+        let (y, rstd) = gated_norm::gated_norm_forward(&o, &zg, &p.w_norm, super::NORM_EPS as f64);
         let out = linear(&y, &p.wo, None, p.dims().inner());
         (out, Acts { zq, zk, zv, q, k, v, za, zb, g, beta, zg, o, rstd, y })
     }
@@ -500,10 +520,10 @@ pub mod cpu {
         let mut gr = Params::zeros(dims);
         gr.wo = matmul_grad::linear_backward_weight(dout, &a.y, d, hd);
         let dy = matmul_grad::linear_backward_input(dout, &p.wo, d, hd);
-        let (d_o, dzg, dw_norm) = act::gated_norm_backward(&a.o, &a.zg, &p.w_norm, super::NORM_EPS as f64, &dy);
+        let (d_o, dzg, dw_norm) = gated_norm::gated_norm_backward(&a.o, &a.zg, &p.w_norm, super::NORM_EPS as f64, &dy);
         gr.w_norm = dw_norm;
         let s = scan_shape(dims, seqs);
-        let sg = delta::backward(&s, &a.q, &a.k, &a.v, &a.g, &a.beta, None, &d_o, None);
+        let sg = delta::backward(&s, &DeltaInputs { q: &a.q, k: &a.k, v: &a.v, g: &a.g, beta: &a.beta, h0: None }, &d_o, None);
         let through_silu = |dq: &[f64], z: &[f64]| dq.iter().zip(z).map(|(g, &z)| g * act::silu_grad(z)).collect::<Vec<_>>();
         let dzq = through_silu(&sg.dq, &a.zq);
         let dzk = through_silu(&sg.dk, &a.zk);

@@ -256,7 +256,7 @@ fn attn_backward(
         matmul_grad::linear_backward_input(b, dz, w, &a.dhn, i > 0);
         matmul_grad::linear_backward_weight(b, dz, &bufs.hn, gw, true);
         if let Some(gb) = gbias {
-            ops::act::colsum(b, dz, gb, true);
+            ops::gdn_act::colsum(b, dz, gb, true);
         }
     }
 }

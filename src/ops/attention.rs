@@ -1,16 +1,24 @@
 //! Causal GQA softmax attention with online softmax and fused attention statistics
 //! (shaders/attention.wgsl), and its backward for training (shaders/attention_bwd.wgsl).
-//! No T x T matrix is ever stored.
+//! No T x T matrix is ever stored. Tested in tests/ops.rs (forward) and tests/attn_bwd.rs
+//! (backward).
 use crate::gpu::{Batch, Gpu, Kernel, Tensor};
 use anyhow::Result;
 
+/// The fields both shaders' parameters start with: query rows, query and kv heads, head dim.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
+struct Dims {
     t: u32,
     heads: u32,
     kv_heads: u32,
     dim: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    dims: Dims,
     pos0: u32,
     q_stride: u32,
     kv_stride: u32,
@@ -25,6 +33,12 @@ pub struct AttnShape {
     /// Absolute position of the first query row (keys 0 ..= pos0 + i are visible to row i).
     pub pos0: usize,
     pub scale: f32,
+}
+
+impl AttnShape {
+    fn dims(&self, t: usize) -> Dims {
+        Dims { t: t as u32, heads: self.heads as u32, kv_heads: self.kv_heads as u32, dim: self.dim as u32 }
+    }
 }
 
 /// The head-dim specialisation (D constant of the shaders) for a head dim <= 256.
@@ -50,10 +64,7 @@ pub fn attention(b: &mut Batch, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, 
     let br = rows_per_group(b.gpu, t, s.heads, false);
     let kernel = Kernel::new("attention", "attention").with("D", dmax).with("BC", 2048 / dmax).with("BR", br as u32);
     let p = Params {
-        t: t as u32,
-        heads: s.heads as u32,
-        kv_heads: s.kv_heads as u32,
-        dim: s.dim as u32,
+        dims: s.dims(t),
         pos0: s.pos0 as u32,
         q_stride: (s.heads * s.dim) as u32,
         kv_stride: (s.kv_heads * s.dim) as u32,
@@ -66,10 +77,7 @@ pub fn attention(b: &mut Batch, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct BwdParams {
-    t: u32,
-    heads: u32,
-    kv_heads: u32,
-    dim: u32,
+    dims: Dims,
     q_stride: u32,
     kv_stride: u32,
     scale: f32,
@@ -155,10 +163,7 @@ pub fn attention_backward(
     }
     let dmax = dmax(s.dim);
     let p = BwdParams {
-        t: t as u32,
-        heads: s.heads as u32,
-        kv_heads: s.kv_heads as u32,
-        dim: s.dim as u32,
+        dims: s.dims(t),
         q_stride: (s.heads * s.dim) as u32,
         kv_stride: (s.kv_heads * s.dim) as u32,
         scale: s.scale,

@@ -1,5 +1,8 @@
-//! The gated delta rule (Gated DeltaNet's sequence mixer): chunked forward and backward,
-//! one-step recurrent decoding, and the f64 references ([`cpu`], [`chunk_ref`]).
+//! The gated delta rule (Gated DeltaNet's sequence mixer) on shaders/delta_chunk.wgsl,
+//! delta_state.wgsl, delta_out.wgsl, delta_bwd.wgsl and delta_step.wgsl (with
+//! delta_common.wgsl): chunked forward and backward, one-step recurrent decoding, and the
+//! f64 references ([`cpu`], [`chunk_ref`]). Tested in tests/delta.rs, and inside the GDN
+//! block in tests/gdn.rs.
 //!
 //! Per batch b and head h the state S is a [dv, dk] matrix and, token by token,
 //!
@@ -15,13 +18,16 @@
 //! multiples of 4 up to 256.
 //!
 //! # API
+//! The inputs travel as one [`DeltaInputs`] (over [`Tensor`]s for the GPU entry points,
+//! over `[f64]` for the references).
 //! - [`chunk_forward`] / [`chunk_forward_ws`]: o and optionally ht.
 //! - [`chunk_backward`] / [`chunk_backward_ws`]: dq, dk, dv, dg (w.r.t. the per-token g),
 //!   dbeta, and dh0 when h0 was given, from d(o) and optionally d(ht); recomputes what the
 //!   forward did not keep. [`chunk_backward_after_forward`] takes the forward's
 //!   intermediates from a shared [`DeltaWorkspace`] instead (the training path).
 //! - [`recurrent_step`]: decoding, in place on the state.
-//! - [`bench::bench_delta`], [`bench::profile_delta`]: GPU timings.
+//! - GPU timings: `experiments::bench_gdn` (`taylorcal bench gdn`, benches/delta.rs,
+//!   examples/profile_delta.rs).
 //!
 //! # Kernels (chunk C = 64, flash-linear-attention's chunked algorithm)
 //! `delta_chunk.wgsl`: `delta_prep` (per-token in-chunk cumsum gamma of g, L2-norm
@@ -75,6 +81,26 @@ impl DeltaShape {
 use crate::gpu::{Batch, Binding, DType, Gpu, Kernel, Tensor};
 use anyhow::{bail, Result};
 
+/// The inputs of the delta rule: q, k [B, T, H, dk], v [B, T, H, dv], log-decay g and
+/// beta [B, T, H], and the optional initial state h0 [B, H, dv, dk]. `T` is [`Tensor`] for
+/// the GPU entry points and `[f64]` for the references ([`cpu`], [`chunk_ref`]).
+pub struct DeltaInputs<'a, T: ?Sized = Tensor> {
+    pub q: &'a T,
+    pub k: &'a T,
+    pub v: &'a T,
+    pub g: &'a T,
+    pub beta: &'a T,
+    pub h0: Option<&'a T>,
+}
+
+// by hand: derived impls would ask for `T: Clone` / `T: Copy`, which `[f64]` is not
+impl<T: ?Sized> Clone for DeltaInputs<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: ?Sized> Copy for DeltaInputs<'_, T> {}
+
 /// Tokens per chunk of the chunked kernels.
 pub const CHUNK: usize = 64;
 
@@ -107,6 +133,14 @@ impl DeltaShape {
     /// Rows (b, t, h) of the [B, T, H, *] tensors.
     pub fn rows(&self) -> usize {
         self.b * self.t * self.h
+    }
+    /// Index of row (b, t, h) of a [B, T, H, *] tensor.
+    pub fn row(&self, b: usize, t: usize, h: usize) -> usize {
+        (b * self.t + t) * self.h + h
+    }
+    /// Elements of one state [B, H, dv, dk].
+    pub fn state_len(&self) -> usize {
+        self.b * self.h * self.dv * self.dk
     }
 
     fn params(&self, flags: u32) -> Params {
@@ -329,46 +363,46 @@ fn check_len(what: &str, t: &Tensor, n: usize) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn check_inputs(s: &DeltaShape, q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, beta: &Tensor, h0: Option<&Tensor>) -> Result<()> {
+fn check_inputs(s: &DeltaShape, x: &DeltaInputs) -> Result<()> {
     s.check()?;
     let r = s.rows();
-    check_len("q", q, r * s.dk)?;
-    check_len("k", k, r * s.dk)?;
-    check_len("v", v, r * s.dv)?;
-    check_len("g", g, r)?;
-    check_len("beta", beta, r)?;
-    if let Some(h0) = h0 {
-        check_len("initial state", h0, s.b * s.h * s.dv * s.dk)?;
+    check_len("q", x.q, r * s.dk)?;
+    check_len("k", x.k, r * s.dk)?;
+    check_len("v", x.v, r * s.dv)?;
+    check_len("g", x.g, r)?;
+    check_len("beta", x.beta, r)?;
+    if let Some(h0) = x.h0 {
+        check_len("initial state", h0, s.state_len())?;
     }
     Ok(())
 }
 
+/// One workgroup of `shader`'s kernel `entry` per (chunk, b*H + h), binding `tensors` in order.
+fn chunk_pass(b: &mut Batch, s: &DeltaShape, (shader, entry): (&'static str, &'static str), flags: u32, tensors: &[&Tensor]) {
+    let binds: Vec<Binding> = tensors.iter().map(|&t| t.into()).collect();
+    b.dispatch(&Kernel::new(shader, entry), &s.params(flags), &binds, [s.chunks() as u32, (s.b * s.h) as u32, 1]);
+}
+
 /// aux (gamma, rq, rk), w, u of every chunk; with a backward workspace also T and
 /// K K^T o M in its scratch, for the backward.
-fn record_prep(b: &mut Batch, ws: &DeltaWorkspace, q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor, beta: &Tensor) {
+fn record_prep(b: &mut Batch, ws: &DeltaWorkspace, x: &DeltaInputs) {
     let s = &ws.shape;
     let keep = ws.bwd.as_ref();
-    let grid = [s.chunks() as u32, (s.b * s.h) as u32, 1];
-    let p = s.params(if keep.is_some() { F_STORE_T } else { 0 });
+    let flags = if keep.is_some() { F_STORE_T } else { 0 };
     b.dispatch(
         &Kernel::new("delta_chunk", "delta_prep"),
-        &p,
-        &[q.into(), k.into(), g.into(), (&ws.aux).into()],
+        &s.params(flags),
+        &[x.q.into(), x.k.into(), x.g.into(), (&ws.aux).into()],
         super::groups_for(b.gpu, s.rows(), 64),
     );
-    let t: Binding = keep.map(|bw| &bw.tinv).unwrap_or(&ws.dummies[0]).into();
-    let kkm: Binding = keep.map(|bw| &bw.kkm).unwrap_or(&ws.dummies[1]).into();
-    b.dispatch(
-        &Kernel::new("delta_chunk", "delta_intra"),
-        &p,
-        &[k.into(), v.into(), beta.into(), (&ws.aux).into(), (&ws.w).into(), (&ws.u).into(), t, kkm],
-        grid,
-    );
+    let t = keep.map(|bw| &bw.tinv).unwrap_or(&ws.dummies[0]);
+    let kkm = keep.map(|bw| &bw.kkm).unwrap_or(&ws.dummies[1]);
+    chunk_pass(b, s, ("delta_chunk", "delta_intra"), flags, &[x.k, x.v, x.beta, &ws.aux, &ws.w, &ws.u, t, kkm]);
 }
 
 /// The forward state pass: h, v_new (and ht).
-fn record_fwd_state(b: &mut Batch, ws: &DeltaWorkspace, k: &Tensor, h0: Option<&Tensor>, ht: Option<&Tensor>) {
+fn record_fwd_state(b: &mut Batch, ws: &DeltaWorkspace, x: &DeltaInputs, ht: Option<&Tensor>) {
+    let (k, h0) = (x.k, x.h0);
     let s = &ws.shape;
     let bv = ws.tiles.bv_fwd;
     let flags = if h0.is_some() { F_H0 } else { 0 } | if ht.is_some() { F_HT } else { 0 };
@@ -388,134 +422,82 @@ fn record_fwd_state(b: &mut Batch, ws: &DeltaWorkspace, k: &Tensor, h0: Option<&
 
 /// Chunked forward (chunk 64) with a fresh workspace: o [B, T, H, dv] and, when `ht` is
 /// given, the final state [B, H, dv, dk]. See the module docs for the recurrence.
-#[allow(clippy::too_many_arguments)]
-pub fn chunk_forward(
-    b: &mut Batch,
-    s: &DeltaShape,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    g: &Tensor,
-    beta: &Tensor,
-    h0: Option<&Tensor>,
-    o: &Tensor,
-    ht: Option<&Tensor>,
-) -> Result<()> {
+pub fn chunk_forward(b: &mut Batch, s: &DeltaShape, x: &DeltaInputs, o: &Tensor, ht: Option<&Tensor>) -> Result<()> {
     let ws = DeltaWorkspace::new(b.gpu, s, false)?;
-    chunk_forward_ws(b, &ws, q, k, v, g, beta, h0, o, ht)
+    chunk_forward_ws(b, &ws, x, o, ht)
 }
 
 /// [`chunk_forward`] with a caller-owned workspace (of the same shape).
-#[allow(clippy::too_many_arguments)]
-pub fn chunk_forward_ws(
-    b: &mut Batch,
-    ws: &DeltaWorkspace,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    g: &Tensor,
-    beta: &Tensor,
-    h0: Option<&Tensor>,
-    o: &Tensor,
-    ht: Option<&Tensor>,
-) -> Result<()> {
+pub fn chunk_forward_ws(b: &mut Batch, ws: &DeltaWorkspace, x: &DeltaInputs, o: &Tensor, ht: Option<&Tensor>) -> Result<()> {
     let s = &ws.shape;
-    check_inputs(s, q, k, v, g, beta, h0)?;
+    check_inputs(s, x)?;
     check_len("o", o, s.rows() * s.dv)?;
     if let Some(ht) = ht {
-        check_len("final state", ht, s.b * s.h * s.dv * s.dk)?;
+        check_len("final state", ht, s.state_len())?;
     }
     // with a backward workspace, keep T, K K^T o M and P too so that the backward can
     // skip recomputing them
-    record_prep(b, ws, q, k, v, g, beta);
-    record_fwd_state(b, ws, k, h0, ht);
-    let pm: Binding = ws.bwd.as_ref().map(|bw| &bw.pm).unwrap_or(&ws.dummies[0]).into();
-    b.dispatch(
-        &Kernel::new("delta_out", "delta_fwd_out"),
-        &s.params(if ws.bwd.is_some() { F_STORE_P } else { 0 }),
-        &[q.into(), k.into(), (&ws.vn).into(), (&ws.h).into(), (&ws.aux).into(), o.into(), pm],
-        [s.chunks() as u32, (s.b * s.h) as u32, 1],
-    );
+    record_prep(b, ws, x);
+    record_fwd_state(b, ws, x, ht);
+    let pm = ws.bwd.as_ref().map(|bw| &bw.pm).unwrap_or(&ws.dummies[0]);
+    let flags = if ws.bwd.is_some() { F_STORE_P } else { 0 };
+    chunk_pass(b, s, ("delta_out", "delta_fwd_out"), flags, &[x.q, x.k, &ws.vn, &ws.h, &ws.aux, o, pm]);
     Ok(())
 }
 
 /// Chunked backward with a fresh workspace: recomputes the forward's intermediates
 /// (w, u, T, per-chunk states, v_new), then dq, dk, dv, dg (w.r.t. the per-token g), dbeta
-/// and, when `h0` is given, dh0, from d(o) and optionally d(final state).
-#[allow(clippy::too_many_arguments)]
+/// and, when `x.h0` is given, dh0, from d(o) and optionally d(final state).
 pub fn chunk_backward(
     b: &mut Batch,
     s: &DeltaShape,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    g: &Tensor,
-    beta: &Tensor,
-    h0: Option<&Tensor>,
+    x: &DeltaInputs,
     do_: &Tensor,
     dht: Option<&Tensor>,
     grads: &DeltaGrads,
 ) -> Result<()> {
     let ws = DeltaWorkspace::new(b.gpu, s, true)?;
-    chunk_backward_ws(b, &ws, q, k, v, g, beta, h0, do_, dht, grads)
+    chunk_backward_ws(b, &ws, x, do_, dht, grads)
 }
 
 /// [`chunk_backward`] with a caller-owned workspace made with `backward = true`.
-#[allow(clippy::too_many_arguments)]
 pub fn chunk_backward_ws(
     b: &mut Batch,
     ws: &DeltaWorkspace,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    g: &Tensor,
-    beta: &Tensor,
-    h0: Option<&Tensor>,
+    x: &DeltaInputs,
     do_: &Tensor,
     dht: Option<&Tensor>,
     grads: &DeltaGrads,
 ) -> Result<()> {
-    backward_impl(b, ws, q, k, v, g, beta, h0, do_, dht, grads, true)
+    backward_impl(b, ws, x, do_, dht, grads, true)
 }
 
 /// The backward without recomputing the forward's intermediates: `ws` (made with
 /// `backward = true`) must still hold what [`chunk_forward_ws`] left there for these same
 /// inputs (recorded earlier in this batch or a previous one, with no other use of `ws` in
 /// between). Saves the prep, intra-chunk and forward state passes.
-#[allow(clippy::too_many_arguments)]
 pub fn chunk_backward_after_forward(
     b: &mut Batch,
     ws: &DeltaWorkspace,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    g: &Tensor,
-    beta: &Tensor,
-    h0: Option<&Tensor>,
+    x: &DeltaInputs,
     do_: &Tensor,
     dht: Option<&Tensor>,
     grads: &DeltaGrads,
 ) -> Result<()> {
-    backward_impl(b, ws, q, k, v, g, beta, h0, do_, dht, grads, false)
+    backward_impl(b, ws, x, do_, dht, grads, false)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn backward_impl(
     b: &mut Batch,
     ws: &DeltaWorkspace,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    g: &Tensor,
-    beta: &Tensor,
-    h0: Option<&Tensor>,
+    x: &DeltaInputs,
     do_: &Tensor,
     dht: Option<&Tensor>,
     grads: &DeltaGrads,
     recompute: bool,
 ) -> Result<()> {
     let s = &ws.shape;
-    check_inputs(s, q, k, v, g, beta, h0)?;
+    check_inputs(s, x)?;
     let Some(bw) = ws.bwd.as_ref().filter(|_| ws.backward) else {
         bail!("delta rule: the workspace was made for the forward pass only");
     };
@@ -526,28 +508,23 @@ fn backward_impl(
     check_len("dg", &grads.dg, s.rows())?;
     check_len("dbeta", &grads.dbeta, s.rows())?;
     if let Some(d) = dht {
-        check_len("d(final state)", d, s.b * s.h * s.dv * s.dk)?;
+        check_len("d(final state)", d, s.state_len())?;
     }
-    if h0.is_some() != grads.dh0.is_some() {
+    if x.h0.is_some() != grads.dh0.is_some() {
         bail!("delta rule: dh0 must be given exactly when the initial state is");
     }
     if let Some(d) = &grads.dh0 {
-        check_len("dh0", d, s.b * s.h * s.dv * s.dk)?;
+        check_len("dh0", d, s.state_len())?;
     }
-    let grid = [s.chunks() as u32, (s.b * s.h) as u32, 1];
     if recompute {
-        record_prep(b, ws, q, k, v, g, beta);
-        record_fwd_state(b, ws, k, h0, None);
+        record_prep(b, ws, x);
+        record_fwd_state(b, ws, x, None);
     }
     // after the forward, its P is in the workspace; a recomputing backward forms it anew
-    b.dispatch(
-        &Kernel::new("delta_out", "delta_bwd_local"),
-        &s.params(if recompute { 0 } else { F_HAVE_P }),
-        &[q.into(), k.into(), (&ws.vn).into(), do_.into(), (&ws.aux).into(), (&bw.ds).into(), (&bw.dvn).into(), (&bw.pm).into()],
-        grid,
-    );
+    let flags = if recompute { 0 } else { F_HAVE_P };
+    chunk_pass(b, s, ("delta_out", "delta_bwd_local"), flags, &[x.q, x.k, &ws.vn, do_, &ws.aux, &bw.ds, &bw.dvn, &bw.pm]);
     let bv = ws.tiles.bv_bwd;
-    let flags = if h0.is_some() { F_H0 } else { 0 } | if dht.is_some() { F_HT } else { 0 };
+    let flags = if x.h0.is_some() { F_H0 } else { 0 } | if dht.is_some() { F_HT } else { 0 };
     let dhtb: Binding = match dht {
         Some(t) => t.into(),
         None => super::dummy(b),
@@ -556,66 +533,16 @@ fn backward_impl(
     b.dispatch(
         &Kernel::new("delta_state", "delta_bwd_state").with("DK", s.dk_pad() as u32).with("BV", bv as u32),
         &s.params(flags),
-        &[q.into(), k.into(), (&ws.w).into(), do_.into(), (&ws.aux).into(), dhtb, (&bw.dh).into(), (&bw.dvn).into(), dh0b],
+        &[x.q.into(), x.k.into(), (&ws.w).into(), do_.into(), (&ws.aux).into(), dhtb, (&bw.dh).into(), (&bw.dvn).into(), dh0b],
         [s.dv.div_ceil(bv) as u32, (s.b * s.h) as u32, 1],
     );
-    b.dispatch(
-        &Kernel::new("delta_bwd", "delta_bwd_dqkw"),
-        &s.params(0),
-        &[
-            q.into(),
-            k.into(),
-            do_.into(),
-            (&ws.vn).into(),
-            (&bw.dvn).into(),
-            (&ws.h).into(),
-            (&bw.dh).into(),
-            (&bw.ds).into(),
-            (&ws.aux).into(),
-            (&grads.dq).into(),
-            (&grads.dk).into(),
-            (&bw.dw).into(),
-        ],
-        grid,
-    );
-    b.dispatch(
-        &Kernel::new("delta_bwd", "delta_bwd_wy_a"),
-        &s.params(0),
-        &[
-            k.into(),
-            v.into(),
-            beta.into(),
-            (&bw.tinv).into(),
-            (&bw.dw).into(),
-            (&bw.dvn).into(),
-            (&ws.aux).into(),
-            (&bw.ds).into(),
-            (&grads.dbeta).into(),
-            (&bw.kkm).into(),
-        ],
-        grid,
-    );
-    b.dispatch(
-        &Kernel::new("delta_bwd", "delta_bwd_wy_b"),
-        &s.params(0),
-        &[
-            q.into(),
-            k.into(),
-            v.into(),
-            beta.into(),
-            (&ws.aux).into(),
-            (&bw.tinv).into(),
-            (&bw.ds).into(),
-            (&bw.dw).into(),
-            (&bw.dvn).into(),
-            (&grads.dq).into(),
-            (&grads.dk).into(),
-            (&grads.dv).into(),
-            (&grads.dbeta).into(),
-            (&grads.dg).into(),
-        ],
-        grid,
-    );
+    let (q, k, v, beta) = (x.q, x.k, x.v, x.beta);
+    let dqkw = [q, k, do_, &ws.vn, &bw.dvn, &ws.h, &bw.dh, &bw.ds, &ws.aux, &grads.dq, &grads.dk, &bw.dw];
+    chunk_pass(b, s, ("delta_bwd", "delta_bwd_dqkw"), 0, &dqkw);
+    let wy_a = [k, v, beta, &bw.tinv, &bw.dw, &bw.dvn, &ws.aux, &bw.ds, &grads.dbeta, &bw.kkm];
+    chunk_pass(b, s, ("delta_bwd", "delta_bwd_wy_a"), 0, &wy_a);
+    let wy_b = [q, k, v, beta, &ws.aux, &bw.tinv, &bw.ds, &bw.dw, &bw.dvn, &grads.dq, &grads.dk, &grads.dv, &grads.dbeta, &grads.dg];
+    chunk_pass(b, s, ("delta_bwd", "delta_bwd_wy_b"), 0, &wy_b);
     Ok(())
 }
 
@@ -632,26 +559,18 @@ pub fn low_tile_map(gpu: &Gpu) -> Result<Vec<(u32, u32)>> {
 }
 
 /// Token-by-token recurrence for decoding, in place on `state` [B, H, dv, dk]: runs the
-/// `s.t` tokens of q, k [B, T, H, dk], v [B, T, H, dv], g, beta [B, T, H] in order
-/// (normally T = 1) and writes o [B, T, H, dv].
-#[allow(clippy::too_many_arguments)]
-pub fn recurrent_step(
-    b: &mut Batch,
-    s: &DeltaShape,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    g: &Tensor,
-    beta: &Tensor,
-    state: &Tensor,
-    o: &Tensor,
-) -> Result<()> {
-    check_inputs(s, q, k, v, g, beta, Some(state))?;
+/// `s.t` tokens of `x` (without `h0`: the state is the initial one) in order (normally
+/// T = 1) and writes o [B, T, H, dv].
+pub fn recurrent_step(b: &mut Batch, s: &DeltaShape, x: &DeltaInputs, state: &Tensor, o: &Tensor) -> Result<()> {
+    if x.h0.is_some() {
+        bail!("delta rule: the one-step recurrence starts from `state`; h0 must be None");
+    }
+    check_inputs(s, &DeltaInputs { h0: Some(state), ..*x })?;
     check_len("o", o, s.rows() * s.dv)?;
     b.dispatch(
         &Kernel::new("delta_step", "delta_step"),
         &s.params(0),
-        &[q.into(), k.into(), v.into(), g.into(), beta.into(), state.into(), o.into()],
+        &[x.q.into(), x.k.into(), x.v.into(), x.g.into(), x.beta.into(), state.into(), o.into()],
         [s.dv.div_ceil(64) as u32, (s.b * s.h) as u32, 1],
     );
     Ok(())

@@ -1,6 +1,7 @@
 //! Embedding gather, residual add, SwiGLU, and the backward of SwiGLU and of the
-//! embedding gather (shaders/elementwise.wgsl).
-use super::{groups_for, row_chunks, view};
+//! embedding gather (shaders/elementwise.wgsl). Tested in tests/ops.rs (forward),
+//! tests/train_ops.rs (backward) and tests/split.rs (split over small bindings).
+use super::{groups_for, row_split, view};
 use crate::gpu::{grid, Batch, Kernel, Tensor};
 
 #[repr(C)]
@@ -21,13 +22,12 @@ const WG: usize = 256;
 pub fn embed(b: &mut Batch, ids: &Tensor, table: &Tensor, out: &Tensor) {
     let (n, cols) = (ids.numel(), table.cols());
     assert_eq!(out.numel(), n * cols);
-    let step = b.gpu.rows_per_binding(&[(cols * 4) as u64]);
     let k = Kernel::new("elementwise", "embed");
     let groups = groups_for(b.gpu, n * cols, WG);
-    for row0 in (0..table.rows()).step_by(step) {
-        let nrows = step.min(table.rows() - row0);
-        let p = Params { n: n as u32, cols: cols as u32, row0: row0 as u32, nrows: nrows as u32, ..Default::default() };
-        b.dispatch(&k, &p, &[ids.into(), table.rows_binding(row0, nrows), out.into()], groups);
+    for c in row_split(b.gpu, table.rows(), [table]) {
+        let p = Params { n: n as u32, cols: cols as u32, row0: c.row0 as u32, nrows: c.rows as u32, ..Default::default() };
+        let [part] = c.binds;
+        b.dispatch(&k, &p, &[ids.into(), part, out.into()], groups);
     }
 }
 
@@ -57,16 +57,9 @@ pub fn swiglu_backward(b: &mut Batch, gate: &Tensor, up: &Tensor, dact: &Tensor,
     }
     let [gate, up, dact, dgate, dup] = [gate, up, dact, dgate, dup].map(|t| view(t, n, 1));
     let k = Kernel::new("elementwise", "swiglu_bwd");
-    for (r0, rc) in row_chunks(b, n, &[4]) {
-        let p = Params { n: rc as u32, ..Default::default() };
-        let binds = [
-            gate.rows_binding(r0, rc),
-            up.rows_binding(r0, rc),
-            dact.rows_binding(r0, rc),
-            dgate.rows_binding(r0, rc),
-            dup.rows_binding(r0, rc),
-        ];
-        b.dispatch(&k, &p, &binds, groups_for(b.gpu, rc, WG));
+    for c in row_split(b.gpu, n, [&gate, &up, &dact, &dgate, &dup]) {
+        let p = Params { n: c.rows as u32, ..Default::default() };
+        b.dispatch(&k, &p, &c.binds, groups_for(b.gpu, c.rows, WG));
     }
 }
 
@@ -113,7 +106,8 @@ pub fn embed_backward(b: &mut Batch, ids: &[u32], dx: &Tensor, dtable: &Tensor) 
     let csr: Vec<u32> = uniq.iter().chain(&offsets).chain(&order).copied().collect();
     let csr = b.gpu.upload_u32(&[csr.len()], &csr).expect("embed_backward: id groups");
     let k = Kernel::new("elementwise", "embed_bwd");
-    for (row0, nrows) in row_chunks(b, vocab, &[(cols * 4) as u64]) {
+    for c in row_split(b.gpu, vocab, [dtable]) {
+        let (row0, nrows) = (c.row0, c.rows);
         let u0 = uniq.partition_point(|&id| (id as usize) < row0);
         let u1 = uniq.partition_point(|&id| (id as usize) < row0 + nrows);
         if u1 == u0 {
@@ -128,7 +122,8 @@ pub fn embed_backward(b: &mut Batch, ids: &[u32], dx: &Tensor, dtable: &Tensor) 
             nuniq: nuniq as u32,
             _pad: [0; 2],
         };
-        b.dispatch(&k, &p, &[(&csr).into(), dx.into(), dtable.rows_binding(row0, nrows)], grid(b.gpu, (u1 - u0) as u32));
+        let [part] = c.binds;
+        b.dispatch(&k, &p, &[(&csr).into(), dx.into(), part], grid(b.gpu, (u1 - u0) as u32));
     }
 }
 

@@ -1,8 +1,9 @@
 //! Linear layers: y = x W^T (+ bias) (+= y) with the tiled kernel (shaders/matmul.wgsl)
 //! or, on CPU adapters with 8-lane subgroups (lavapipe), the subgroup-broadcast kernel
 //! (shaders/matmul_sg.wgsl); and the naive one-thread-per-output baseline
-//! (shaders/matmul_naive.wgsl).
-use super::dummy;
+//! (shaders/matmul_naive.wgsl). Tested in tests/ops.rs and, split over small bindings,
+//! tests/split.rs.
+use super::{dummy, row_split, RowChunk};
 use crate::gpu::{grid, Batch, DType, Gpu, Kernel, Tensor};
 
 #[repr(C)]
@@ -92,16 +93,15 @@ pub fn linear_with(b: &mut Batch, x: &Tensor, w: &Tensor, bias: Option<&Tensor>,
     let y = y.reshape(&[m, n]);
     let f16 = w.dtype == DType::F16;
     let (kernel, bm, bn) = kernel.kernel(b.gpu, m, n, f16);
-    let mstep = b.gpu.rows_per_binding(&[(k * 4) as u64, (n * 4) as u64]);
-    let nstep = b.gpu.rows_per_binding(&[(k * w.dtype.size()) as u64, 4]);
-    for m0 in (0..m).step_by(mstep) {
-        let mc = mstep.min(m - m0);
-        for n0 in (0..n).step_by(nstep) {
-            let nc = nstep.min(n - n0);
-            let bias_b = match bias {
-                Some(bv) => bv.reshape(&[n, 1]).rows_binding(n0, nc),
-                None => dummy(b),
-            };
+    // row ranges of W, each with its part of the bias (the dummy binding where there is none)
+    let wparts: Vec<RowChunk<2>> = match bias.map(|bv| bv.reshape(&[n, 1])) {
+        Some(bv) => row_split(b.gpu, n, [w, &bv]).collect(),
+        None => row_split(b.gpu, n, [w]).map(|c| RowChunk { row0: c.row0, rows: c.rows, binds: [c.binds[0].clone(), dummy(b)] }).collect(),
+    };
+    for xy in row_split(b.gpu, m, [&x, &y]) {
+        let [xb, yb] = xy.binds;
+        for wc in &wparts {
+            let (mc, n0, nc) = (xy.rows, wc.row0, wc.rows);
             let p = Params {
                 m: mc as u32,
                 n: nc as u32,
@@ -112,7 +112,8 @@ pub fn linear_with(b: &mut Batch, x: &Tensor, w: &Tensor, bias: Option<&Tensor>,
                 accumulate: accumulate as u32,
                 _pad: 0,
             };
-            let binds = [x.rows_binding(m0, mc), w.rows_binding(n0, nc), bias_b, y.rows_binding(m0, mc)];
+            let [wb, bias_b] = wc.binds.clone();
+            let binds = [xb.clone(), wb, bias_b, yb.clone()];
             let groups = if bn == 1 {
                 assert!(mc <= bm, "matvec takes at most {bm} rows, got {mc}");
                 grid(b.gpu, nc as u32)

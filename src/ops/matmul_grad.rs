@@ -1,8 +1,9 @@
 //! Gradients of a linear layer `y[M, N] = x[M, K] W[N, K]^T` (shaders/matmul_grad.wgsl):
 //! `dx = dy W` and `dW = dy^T x`, tiled with workgroup memory and f32 accumulation.
 //! Tensors larger than the adapter's binding limit are split over rows (and the reduction)
-//! into several dispatches, like [`crate::ops::matmul::linear`].
-use super::dummy;
+//! into several dispatches, like [`crate::ops::matmul::linear`]. Tested in tests/gdn.rs
+//! and, split over small bindings, tests/gdn_split.rs.
+use super::{dummy, row_split};
 use crate::gpu::{Batch, DType, Kernel, Tensor};
 
 #[repr(C)]
@@ -58,24 +59,21 @@ pub fn linear_backward_input(b: &mut Batch, dy: &Tensor, w: &Tensor, dx: &Tensor
     let dy = dy.reshape(&[m, n]);
     let dx = dx.reshape(&[m, k]);
     let kernel = Kernel::new("matmul_grad", "matmul_grad").with("TA", 0);
-    let mstep = b.gpu.rows_per_binding(&[(n * 4) as u64, (k * 4) as u64]);
-    let nstep = b.gpu.rows_per_binding(&[(k * 4) as u64]);
-    for m0 in (0..m).step_by(mstep) {
-        let mc = mstep.min(m - m0);
-        let groups = [k.div_ceil(TILE) as u32, mc.div_ceil(TILE) as u32, 1];
+    for ms in row_split(b.gpu, m, [&dy, &dx]) {
+        let [dyb, dxb] = ms.binds;
+        let groups = [k.div_ceil(TILE) as u32, ms.rows.div_ceil(TILE) as u32, 1];
         if n == 0 {
             // an empty reduction still defines dx = 0 (dy and W are empty: bind something valid)
             if !accumulate {
-                let p = Params::new(mc, k, 0, 1, 0, k, k, false);
-                b.dispatch(&kernel, &p, &[dummy(b), dummy(b), dx.rows_binding(m0, mc)], groups);
+                let p = Params::new(ms.rows, k, 0, 1, 0, k, k, false);
+                b.dispatch(&kernel, &p, &[dummy(b), dummy(b), dxb], groups);
             }
             continue;
         }
-        for (s, n0) in (0..n).step_by(nstep).enumerate() {
-            let nc = nstep.min(n - n0);
-            let p = Params::new(mc, k, nc, n, n0, k, k, accumulate || s > 0);
-            let binds = [dy.rows_binding(m0, mc), w.rows_binding(n0, nc), dx.rows_binding(m0, mc)];
-            b.dispatch(&kernel, &p, &binds, groups);
+        for (s, ns) in row_split(b.gpu, n, [w]).enumerate() {
+            let p = Params::new(ms.rows, k, ns.rows, n, ns.row0, k, k, accumulate || s > 0);
+            let [wb] = ns.binds;
+            b.dispatch(&kernel, &p, &[dyb.clone(), wb, dxb.clone()], groups);
         }
     }
 }
@@ -95,26 +93,25 @@ pub fn linear_backward_weight(b: &mut Batch, dy: &Tensor, x: &Tensor, dw: &Tenso
     let dy = dy.reshape(&[m, n]);
     let x = x.reshape(&[m, k]);
     let kernel = Kernel::new("matmul_grad", "matmul_grad").with("TA", 1);
-    let mstep = b.gpu.rows_per_binding(&[(n * 4) as u64, (k * 4) as u64]);
-    let nstep = b.gpu.rows_per_binding(&[(k * 4) as u64]);
-    for n0 in (0..n).step_by(nstep) {
-        let nc = nstep.min(n - n0);
+    for ns in row_split(b.gpu, n, [dw]) {
+        let (n0, nc) = (ns.row0, ns.rows);
+        let [dwb] = ns.binds;
         let groups = [k.div_ceil(TILE) as u32, nc.div_ceil(TILE) as u32, 1];
         if m == 0 {
             if !accumulate {
                 let p = Params::new(nc, k, 0, 1, 0, k, k, false);
-                b.dispatch(&kernel, &p, &[dummy(b), dummy(b), dw.rows_binding(n0, nc)], groups);
+                b.dispatch(&kernel, &p, &[dummy(b), dummy(b), dwb], groups);
             }
             continue;
         }
-        for (s, m0) in (0..m).step_by(mstep).enumerate() {
-            let mc = mstep.min(m - m0);
+        for (s, ms) in row_split(b.gpu, m, [&dy, &x]).enumerate() {
+            let mc = ms.rows;
             let acc = accumulate || s > 0;
-            let binds = [dy.rows_binding(m0, mc), x.rows_binding(m0, mc)];
+            let [dyb, xb] = ms.binds;
             let splits = reduction_splits(b, groups[0] as usize * groups[1] as usize, mc, (nc * k * 4) as u64);
             if splits <= 1 {
                 let p = Params::new(nc, k, mc, n, n0, k, k, acc);
-                b.dispatch(&kernel, &p, &[binds[0].clone(), binds[1].clone(), dw.rows_binding(n0, nc)], groups);
+                b.dispatch(&kernel, &p, &[dyb, xb, dwb.clone()], groups);
                 continue;
             }
             let rchunk = mc.div_ceil(splits);
@@ -123,8 +120,8 @@ pub fn linear_backward_weight(b: &mut Batch, dy: &Tensor, x: &Tensor, dw: &Tenso
             let mut p = Params::new(nc, k, mc, n, n0, k, k, false);
             p.rchunk = rchunk as u32;
             p.cstride = (nc * k) as u32;
-            b.dispatch(&kernel, &p, &[binds[0].clone(), binds[1].clone(), (&partial).into()], [groups[0], groups[1], splits as u32]);
-            super::act::colsum_binding(b, (&partial).into(), splits, nc * k, dw.rows_binding(n0, nc), acc);
+            b.dispatch(&kernel, &p, &[dyb, xb, (&partial).into()], [groups[0], groups[1], splits as u32]);
+            super::gdn_act::colsum_binding(b, (&partial).into(), splits, nc * k, dwb.clone(), acc);
         }
     }
 }

@@ -1,10 +1,13 @@
 //! Host side of every shader: one module per kernel family, each with its dispatch
 //! wrapper(s) and a plain-Rust f64 CPU reference (`cpu` functions) the tests compare to.
+//! Kernels over rows split tensors larger than one storage binding with `row_split`
+//! (tested in tests/split.rs and tests/gdn_split.rs).
 
-pub mod act;
 pub mod attention;
 pub mod delta;
 pub mod elementwise;
+pub mod gated_norm;
+pub mod gdn_act;
 pub mod kl;
 pub mod matmul;
 pub mod matmul_grad;
@@ -31,9 +34,26 @@ pub(crate) fn view(t: &Tensor, rows: usize, cols: usize) -> Tensor {
     Tensor { buf: t.buf.clone(), shape: vec![rows, cols], dtype: t.dtype }
 }
 
-/// Row ranges `(row0, nrows)` such that every tensor split along the same rows (with the
-/// given bytes per row) fits one binding and starts at an aligned offset.
-pub(crate) fn row_chunks(b: &Batch, rows: usize, row_bytes: &[u64]) -> Vec<(usize, usize)> {
-    let step = b.gpu.rows_per_binding(row_bytes).max(1);
-    (0..rows).step_by(step).map(|r0| (r0, step.min(rows - r0))).collect()
+/// Rows `row0 .. row0 + rows` of every tensor given to [`row_split`], bound in the order given.
+pub(crate) struct RowChunk<const N: usize> {
+    pub row0: usize,
+    pub rows: usize,
+    pub binds: [Binding; N],
+}
+
+/// The first `rows` rows of `tensors` (each split along its rows of `cols() * dtype.size()`
+/// bytes, all along the same rows) in ranges whose part of every tensor fits one storage
+/// binding and starts at an aligned offset, with those parts' bindings. Kernels over rows
+/// run one dispatch per range, so a tensor larger than the adapter's largest binding is
+/// split, not refused.
+pub(crate) fn row_split<'t, const N: usize>(gpu: &Gpu, rows: usize, tensors: [&'t Tensor; N]) -> impl Iterator<Item = RowChunk<N>> + 't {
+    let row_bytes = tensors.map(|t| {
+        debug_assert!(t.rows() >= rows, "row_split: tensor {:?} has fewer than {rows} rows", t.shape);
+        (t.cols() * t.dtype.size()) as u64
+    });
+    let step = gpu.rows_per_binding(&row_bytes).max(1);
+    (0..rows).step_by(step).map(move |row0| {
+        let n = step.min(rows - row0);
+        RowChunk { row0, rows: n, binds: tensors.map(|t| t.rows_binding(row0, n)) }
+    })
 }

@@ -1,5 +1,7 @@
-//! RMSNorm over the last dimension, forward and backward (shaders/rmsnorm.wgsl).
-use super::{row_chunks, view};
+//! RMSNorm over the last dimension, forward and backward (shaders/rmsnorm.wgsl). Tested in
+//! tests/ops.rs (forward), tests/train_ops.rs (backward) and tests/split.rs (split over
+//! small bindings).
+use super::{row_split, view};
 use crate::gpu::{grid, Batch, DType, Kernel, Tensor};
 
 #[repr(C)]
@@ -47,23 +49,23 @@ pub fn rmsnorm_backward(b: &mut Batch, x: &Tensor, w: &Tensor, eps: f32, dy: &Te
     let inv = b.gpu.empty(&[rows, 1], DType::F32).expect("rmsnorm_backward: inverse rms");
     let bwd = Kernel::new("rmsnorm", "rmsnorm_bwd");
     let dwk = Kernel::new("rmsnorm", "rmsnorm_dw");
-    for (r0, rc) in row_chunks(b, rows, &[(cols * 4) as u64, 4]) {
+    for c in row_split(b.gpu, rows, [&x, &dy, &dx, &inv]) {
+        let rc = c.rows;
         let p = Params { rows: rc as u32, cols: cols as u32, eps, accumulate: dx_accumulate as u32, ..Default::default() };
-        let binds = [x.rows_binding(r0, rc), w.into(), dy.rows_binding(r0, rc), dx.rows_binding(r0, rc), inv.rows_binding(r0, rc)];
-        b.dispatch(&bwd, &p, &binds, grid(b.gpu, rc as u32));
+        let [x, dy, dx, inv] = c.binds;
+        b.dispatch(&bwd, &p, &[x.clone(), w.into(), dy.clone(), dx, inv.clone()], grid(b.gpu, rc as u32));
 
         let per = DW_ROWS_PER.max(rc.div_ceil(65535));
         let splits = rc.div_ceil(per);
         let gx = cols.div_ceil(64) as u32;
         let mut p = Params { rows: rc as u32, cols: cols as u32, rows_per: per as u32, accumulate: 1, ..Default::default() };
-        let binds = [x.rows_binding(r0, rc), dy.rows_binding(r0, rc), inv.rows_binding(r0, rc)];
         if splits == 1 {
-            b.dispatch(&dwk, &p, &[binds[0].clone(), binds[1].clone(), binds[2].clone(), dw.into()], [gx, 1, 1]);
+            b.dispatch(&dwk, &p, &[x, dy, inv, dw.into()], [gx, 1, 1]);
         } else {
             let partial = b.gpu.empty(&[splits, cols], DType::F32).expect("rmsnorm_backward: partial sums");
             p.accumulate = 0;
-            b.dispatch(&dwk, &p, &[binds[0].clone(), binds[1].clone(), binds[2].clone(), (&partial).into()], [gx, splits as u32, 1]);
-            super::act::colsum_binding(b, (&partial).into(), splits, cols, dw.into(), true);
+            b.dispatch(&dwk, &p, &[x, dy, inv, (&partial).into()], [gx, splits as u32, 1]);
+            super::gdn_act::colsum_binding(b, (&partial).into(), splits, cols, dw.into(), true);
         }
     }
 }

@@ -1,5 +1,6 @@
 //! An f64 model of the chunked algorithm the WGSL kernels run (same decomposition, same
 //! intermediates, any chunk size), for tests and for debugging the kernels one by one.
+//! Checked against the naive recurrence ([`super::cpu`]) in tests/delta.rs.
 //! Within a chunk, rows are tokens; H = S^T is the [dk, dv] state entering the chunk.
 //!
 //! Forward, per chunk, gamma = inclusive cumsum of g, L = last valid row:
@@ -10,8 +11,8 @@
 //! H <- exp(gamma_L) H + K^T diag(exp(gamma_L - gamma)) Vn
 //! ```
 //! Backward: see [`backward`].
-use super::cpu::Grads;
-use super::{DeltaShape, L2_EPS};
+use super::cpu::{l2n_bwd, qk_rows, Grads, Inputs};
+use super::DeltaShape;
 
 /// Intermediates of the chunked forward of one (b, h).
 #[derive(Clone, Debug, Default)]
@@ -38,21 +39,20 @@ struct Head {
     rk: Vec<f64>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn gather(s: &DeltaShape, b: usize, h: usize, q: &[f64], k: &[f64], v: &[f64], g: &[f64], beta: &[f64]) -> Head {
-    let (dk, dv) = (s.dk, s.dv);
+/// The inputs of head (b, h), q and k L2-normalised when `s.l2norm`.
+fn gather(s: &DeltaShape, b: usize, h: usize, x: &Inputs) -> Head {
+    let dv = s.dv;
     let mut hd = Head { q: vec![], k: vec![], v: vec![], g: vec![], beta: vec![], rq: vec![], rk: vec![] };
     for t in 0..s.t {
-        let r = (b * s.t + t) * s.h + h;
-        for (src, dst, rr) in [(q, &mut hd.q, &mut hd.rq), (k, &mut hd.k, &mut hd.rk)] {
-            let x = &src[r * dk..(r + 1) * dk];
-            let f = if s.l2norm { 1.0 / (x.iter().map(|a| a * a).sum::<f64>() + L2_EPS).sqrt() } else { 1.0 };
-            dst.extend(x.iter().map(|a| a * f));
+        let r = s.row(b, t, h);
+        for (src, dst, rr) in [(x.q, &mut hd.q, &mut hd.rq), (x.k, &mut hd.k, &mut hd.rk)] {
+            let (y, f) = qk_rows(s, src, b, t, h);
+            dst.extend(y);
             rr.push(f);
         }
-        hd.v.extend_from_slice(&v[r * dv..(r + 1) * dv]);
-        hd.g.push(g[r]);
-        hd.beta.push(beta[r]);
+        hd.v.extend_from_slice(&x.v[r * dv..(r + 1) * dv]);
+        hd.g.push(x.g[r]);
+        hd.beta.push(x.beta[r]);
     }
     hd
 }
@@ -147,11 +147,13 @@ fn head_forward(s: &DeltaShape, c: usize, x: &Head, hs: &mut [f64], o: &mut [f64
     ch
 }
 
-fn state_in(s: &DeltaShape, b: usize, h: usize, h0: Option<&[f64]>) -> Vec<f64> {
+/// Head (b, h)'s part of a state [B, H, dv, dk] transposed to the [dk, dv] layout of the
+/// chunked model (zeros without a state).
+fn head_state(s: &DeltaShape, b: usize, h: usize, state: Option<&[f64]>) -> Vec<f64> {
     let (dk, dv) = (s.dk, s.dv);
     let mut hs = vec![0.0; dk * dv];
-    if let Some(h0) = h0 {
-        let st = &h0[(b * s.h + h) * dv * dk..];
+    if let Some(state) = state {
+        let st = &state[(b * s.h + h) * dv * dk..];
         for e in 0..dv {
             for d in 0..dk {
                 hs[d * dv + e] = st[e * dk + d];
@@ -161,38 +163,43 @@ fn state_in(s: &DeltaShape, b: usize, h: usize, h0: Option<&[f64]>) -> Vec<f64> 
     hs
 }
 
+/// The inverse of [`head_state`]: writes `hs` [dk, dv] into head (b, h) of `out` [B, H, dv, dk].
+fn put_head_state(s: &DeltaShape, b: usize, h: usize, hs: &[f64], out: &mut [f64]) {
+    let (dk, dv) = (s.dk, s.dv);
+    let st = &mut out[(b * s.h + h) * dv * dk..];
+    for e in 0..dv {
+        for d in 0..dk {
+            st[e * dk + d] = hs[d * dv + e];
+        }
+    }
+}
+
+/// The chunked forward of head (b, h): its inputs, final state [dk, dv], o [T, dv] and
+/// intermediates.
+fn run_head(s: &DeltaShape, c: usize, x: &Inputs, b: usize, h: usize) -> (Head, Vec<f64>, Vec<f64>, Chunks) {
+    let hd = gather(s, b, h, x);
+    let mut hs = head_state(s, b, h, x.h0);
+    let mut oh = vec![0.0; s.t * s.dv];
+    let ch = head_forward(s, c, &hd, &mut hs, &mut oh);
+    (hd, hs, oh, ch)
+}
+
 /// Chunked forward with chunk size `c`: (o [B, T, H, dv], ht [B, H, dv, dk], per-(b, h)
 /// intermediates).
-#[allow(clippy::too_many_arguments)]
-pub fn forward(
-    s: &DeltaShape,
-    c: usize,
-    q: &[f64],
-    k: &[f64],
-    v: &[f64],
-    g: &[f64],
-    beta: &[f64],
-    h0: Option<&[f64]>,
-) -> (Vec<f64>, Vec<f64>, Vec<Chunks>) {
-    let (dk, dv) = (s.dk, s.dv);
-    let mut o = vec![0.0; s.b * s.t * s.h * dv];
-    let mut ht = vec![0.0; s.b * s.h * dv * dk];
+pub fn forward(s: &DeltaShape, c: usize, x: &Inputs) -> (Vec<f64>, Vec<f64>, Vec<Chunks>) {
+    let dv = s.dv;
+    let mut o = vec![0.0; s.rows() * dv];
+    let mut ht = vec![0.0; s.state_len()];
     let mut all = vec![];
     for b in 0..s.b {
         for h in 0..s.h {
-            let x = gather(s, b, h, q, k, v, g, beta);
-            let mut hs = state_in(s, b, h, h0);
-            let mut oh = vec![0.0; s.t * dv];
-            all.push(head_forward(s, c, &x, &mut hs, &mut oh));
+            let (_, hs, oh, ch) = run_head(s, c, x, b, h);
+            all.push(ch);
             for t in 0..s.t {
-                let r = (b * s.t + t) * s.h + h;
+                let r = s.row(b, t, h);
                 o[r * dv..(r + 1) * dv].copy_from_slice(&oh[t * dv..(t + 1) * dv]);
             }
-            for e in 0..dv {
-                for d in 0..dk {
-                    ht[(b * s.h + h) * dv * dk + e * dk + d] = hs[d * dv + e];
-                }
-            }
+            put_head_state(s, b, h, &hs, &mut ht);
         }
     }
     (o, ht, all)
@@ -207,39 +214,17 @@ pub fn forward(
 /// dT = dU (beta V)^T + dW (beta exp(gamma) K)^T;  dA = -T^T tril(dT) T^T (strict)
 /// then dK, dV, dbeta, dgamma through A, W, U;  dg = reverse cumsum of dgamma; L2 norm.
 /// ```
-#[allow(clippy::too_many_arguments)]
-pub fn backward(
-    s: &DeltaShape,
-    c: usize,
-    q: &[f64],
-    k: &[f64],
-    v: &[f64],
-    g: &[f64],
-    beta: &[f64],
-    h0: Option<&[f64]>,
-    do_: &[f64],
-    dht: Option<&[f64]>,
-) -> Grads {
+pub fn backward(s: &DeltaShape, c: usize, x: &Inputs, do_: &[f64], dht: Option<&[f64]>) -> Grads {
     let (dk, dv, t) = (s.dk, s.dv, s.t);
     let sc = s.scale as f64;
     let nt = t.div_ceil(c);
-    let mut gr = Grads {
-        dq: vec![0.0; q.len()],
-        dk: vec![0.0; k.len()],
-        dv: vec![0.0; v.len()],
-        dg: vec![0.0; g.len()],
-        dbeta: vec![0.0; beta.len()],
-        dh0: vec![0.0; s.b * s.h * dv * dk],
-    };
+    let mut gr = Grads::zeros(s);
     for b in 0..s.b {
         for h in 0..s.h {
-            let x = gather(s, b, h, q, k, v, g, beta);
-            let mut hs = state_in(s, b, h, h0);
-            let mut oh = vec![0.0; t * dv];
-            let ch = head_forward(s, c, &x, &mut hs, &mut oh);
+            let (x, _, _, ch) = run_head(s, c, x, b, h);
             let mut dout = vec![0.0; t * dv];
             for tt in 0..t {
-                let r = (b * s.t + tt) * s.h + h;
+                let r = s.row(b, tt, h);
                 dout[tt * dv..(tt + 1) * dv].copy_from_slice(&do_[r * dv..(r + 1) * dv]);
             }
             let kr = |i: usize| &x.k[i * dk..(i + 1) * dk];
@@ -269,14 +254,7 @@ pub fn backward(
                 }
             }
             // reverse state pass
-            let mut dhe = vec![0.0; dk * dv];
-            if let Some(dht) = dht {
-                for e in 0..dv {
-                    for d in 0..dk {
-                        dhe[d * dv + e] = dht[(b * s.h + h) * dv * dk + e * dk + d];
-                    }
-                }
-            }
+            let mut dhe = head_state(s, b, h, dht);
             let mut dh = vec![0.0; nt * dk * dv];
             for n in (0..nt).rev() {
                 let t0 = n * c;
@@ -305,11 +283,7 @@ pub fn backward(
                     }
                 }
             }
-            for e in 0..dv {
-                for d in 0..dk {
-                    gr.dh0[(b * s.h + h) * dv * dk + e * dk + d] = dhe[d * dv + e];
-                }
-            }
+            put_head_state(s, b, h, &dhe, &mut gr.dh0);
             // dq, dk, dw and their dgamma
             let mut dqh = vec![0.0; t * dk];
             let mut dkh = vec![0.0; t * dk];
@@ -414,21 +388,19 @@ pub fn backward(
                 let mut acc = 0.0;
                 for i in (0..l).rev() {
                     acc += dgam[t0 + i];
-                    let r = (b * s.t + t0 + i) * s.h + h;
+                    let r = s.row(b, t0 + i, h);
                     gr.dg[r] = acc;
                 }
             }
             for tt in 0..t {
-                let r = (b * s.t + tt) * s.h + h;
+                let r = s.row(b, tt, h);
                 gr.dbeta[r] = dbeta[tt];
                 gr.dv[r * dv..(r + 1) * dv].copy_from_slice(&dvv[tt * dv..(tt + 1) * dv]);
                 for (dst, xh, dxh, rr) in [(&mut gr.dq, &x.q, &dqh, x.rq[tt]), (&mut gr.dk, &x.k, &dkh, x.rk[tt])] {
                     let y = &xh[tt * dk..(tt + 1) * dk];
                     let dy = &dxh[tt * dk..(tt + 1) * dk];
-                    let dd = if s.l2norm { dot(y, dy) } else { 0.0 };
-                    for d in 0..dk {
-                        dst[r * dk + d] = rr * (dy[d] - y[d] * dd);
-                    }
+                    let dx = if s.l2norm { l2n_bwd(y, rr, dy) } else { dy.to_vec() };
+                    dst[r * dk..(r + 1) * dk].copy_from_slice(&dx);
                 }
             }
         }

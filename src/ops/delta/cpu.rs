@@ -1,5 +1,6 @@
 //! The f64 naive per-token gated delta rule and its hand-written reverse-mode backward:
-//! the reference every GPU kernel of this family is tested against.
+//! the reference every GPU kernel of this family is tested against (tests/delta.rs, whose
+//! first test checks it against finite differences).
 //!
 //! Per (b, h), with state S [dv, dk] (row v, column k), optional L2 normalisation of q and
 //! k (`x / sqrt(sum x^2 + 1e-6)`, fla's convention) and query scale s:
@@ -8,12 +9,10 @@
 //! S' = exp(g_t) S_{t-1};  p = S' k_t;  delta = beta_t (v_t - p);  S_t = S' + delta k_t^T
 //! o_t = s S_t q_t
 //! ```
-use super::{DeltaShape, L2_EPS};
+use super::{DeltaInputs, DeltaShape, L2_EPS};
 
-/// Index of row (b, t, h) of a [B, T, H, *] tensor.
-fn row(s: &DeltaShape, b: usize, t: usize, h: usize) -> usize {
-    (b * s.t + t) * s.h + h
-}
+/// The inputs of the references, as f64 slices.
+pub type Inputs<'a> = DeltaInputs<'a, [f64]>;
 
 /// `x / sqrt(sum x^2 + eps)` and the factor `1 / sqrt(sum x^2 + eps)`.
 fn l2n(x: &[f64]) -> (Vec<f64>, f64) {
@@ -22,13 +21,15 @@ fn l2n(x: &[f64]) -> (Vec<f64>, f64) {
 }
 
 /// Backward of `y = x r, r = 1 / sqrt(|x|^2 + eps)`: dx = r (dy - y (y . dy)).
-fn l2n_bwd(y: &[f64], r: f64, dy: &[f64]) -> Vec<f64> {
+pub(super) fn l2n_bwd(y: &[f64], r: f64, dy: &[f64]) -> Vec<f64> {
     let dot: f64 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
     y.iter().zip(dy).map(|(yv, dyv)| r * (dyv - yv * dot)).collect()
 }
 
-fn qk_rows(s: &DeltaShape, x: &[f64], b: usize, t: usize, h: usize) -> (Vec<f64>, f64) {
-    let r = row(s, b, t, h);
+/// Row (b, t, h) of q or k [B, T, H, dk], L2-normalised when `s.l2norm`, and its factor
+/// (1 without the norm).
+pub(super) fn qk_rows(s: &DeltaShape, x: &[f64], b: usize, t: usize, h: usize) -> (Vec<f64>, f64) {
+    let r = s.row(b, t, h);
     let xr = &x[r * s.dk..(r + 1) * s.dk];
     if s.l2norm {
         l2n(xr)
@@ -39,11 +40,12 @@ fn qk_rows(s: &DeltaShape, x: &[f64], b: usize, t: usize, h: usize) -> (Vec<f64>
 
 /// Forward: returns (o [B, T, H, dv], final state [B, H, dv, dk]).
 /// `h0` is the initial state [B, H, dv, dk] (zeros when `None`).
-pub fn forward(s: &DeltaShape, q: &[f64], k: &[f64], v: &[f64], g: &[f64], beta: &[f64], h0: Option<&[f64]>) -> (Vec<f64>, Vec<f64>) {
+pub fn forward(s: &DeltaShape, x: &Inputs) -> (Vec<f64>, Vec<f64>) {
+    let Inputs { q, k, v, g, beta, h0 } = *x;
     let (dk, dv) = (s.dk, s.dv);
     let scale = s.scale as f64;
     let mut o = vec![0.0; s.b * s.t * s.h * dv];
-    let mut ht = vec![0.0; s.b * s.h * dv * dk];
+    let mut ht = vec![0.0; s.state_len()];
     for b in 0..s.b {
         for h in 0..s.h {
             let st = &mut ht[(b * s.h + h) * dv * dk..(b * s.h + h + 1) * dv * dk];
@@ -51,7 +53,7 @@ pub fn forward(s: &DeltaShape, q: &[f64], k: &[f64], v: &[f64], g: &[f64], beta:
                 st.copy_from_slice(&h0[(b * s.h + h) * dv * dk..(b * s.h + h + 1) * dv * dk]);
             }
             for t in 0..s.t {
-                let r = row(s, b, t, h);
+                let r = s.row(b, t, h);
                 let (qt, _) = qk_rows(s, q, b, t, h);
                 let (kt, _) = qk_rows(s, k, b, t, h);
                 let a = g[r].exp();
@@ -90,30 +92,28 @@ pub struct Grads {
     pub dh0: Vec<f64>,
 }
 
+impl Grads {
+    /// Zeros, shaped as the inputs of shape `s` (and dh0 as the state).
+    pub fn zeros(s: &DeltaShape) -> Grads {
+        let r = s.rows();
+        Grads {
+            dq: vec![0.0; r * s.dk],
+            dk: vec![0.0; r * s.dk],
+            dv: vec![0.0; r * s.dv],
+            dg: vec![0.0; r],
+            dbeta: vec![0.0; r],
+            dh0: vec![0.0; s.state_len()],
+        }
+    }
+}
+
 /// Reverse-mode backward of [`forward`] given d(o) and optionally d(final state).
-#[allow(clippy::too_many_arguments)]
-pub fn backward(
-    s: &DeltaShape,
-    q: &[f64],
-    k: &[f64],
-    v: &[f64],
-    g: &[f64],
-    beta: &[f64],
-    h0: Option<&[f64]>,
-    do_: &[f64],
-    dht: Option<&[f64]>,
-) -> Grads {
+pub fn backward(s: &DeltaShape, x: &Inputs, do_: &[f64], dht: Option<&[f64]>) -> Grads {
+    let Inputs { q, k, v, g, beta, h0 } = *x;
     let (dk, dv) = (s.dk, s.dv);
     let n = dv * dk;
     let scale = s.scale as f64;
-    let mut gr = Grads {
-        dq: vec![0.0; q.len()],
-        dk: vec![0.0; k.len()],
-        dv: vec![0.0; v.len()],
-        dg: vec![0.0; g.len()],
-        dbeta: vec![0.0; beta.len()],
-        dh0: vec![0.0; s.b * s.h * n],
-    };
+    let mut gr = Grads::zeros(s);
     for b in 0..s.b {
         for h in 0..s.h {
             let bh = b * s.h + h;
@@ -127,7 +127,7 @@ pub fn backward(
             let mut qs = Vec::with_capacity(s.t);
             let mut ks = Vec::with_capacity(s.t);
             for t in 0..s.t {
-                let r = row(s, b, t, h);
+                let r = s.row(b, t, h);
                 let (qt, rq) = qk_rows(s, q, b, t, h);
                 let (kt, rk) = qk_rows(s, k, b, t, h);
                 let a = g[r].exp();
@@ -156,7 +156,7 @@ pub fn backward(
                 None => vec![0.0; n],
             };
             for t in (0..s.t).rev() {
-                let r = row(s, b, t, h);
+                let r = s.row(b, t, h);
                 let (qt, rq) = &qs[t];
                 let (kt, rk) = &ks[t];
                 let a = g[r].exp();
