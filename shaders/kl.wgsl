@@ -1,4 +1,4 @@
-// KL(teacher || student) over the vocabulary from a chunk of logits rows (src/ops/loss.rs):
+// KL(teacher || student) over the vocabulary from a chunk of logits rows (src/ops/kl.rs):
 //   loss[row0 + r] = sum_v p_t (log p_t - log p_s),   p = softmax(logits[r, :])
 // and, when p.grad != 0, the student logits row is overwritten with its gradient
 //   zs[r, v] = scale * (p_s - p_t).
