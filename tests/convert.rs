@@ -135,7 +135,8 @@ fn every_strategy_converts_and_the_checkpoint_evaluates() {
     let teacher_ppl = eval::perplexity_windows(g, &teacher, &eval_windows).unwrap().ppl;
     let dir = tempfile::tempdir().unwrap();
     for s in Strategy::ALL {
-        let (tensors, reports, timings) = convert::convert(g, &hc, &teacher, &files.tensors, &ids[..300], &opts(s, 5), |_| {}).unwrap();
+        let convert::Conversion { tensors, layers: reports, timings } =
+            convert::convert(g, &hc, &teacher, &files.tensors, &ids[..300], &opts(s, 5), |_| {}).unwrap();
         assert_eq!(reports.len(), 1);
         assert_eq!(reports[0].phase1.is_some(), s.phase1(), "{s:?}");
         assert_eq!(reports[0].alignment.is_some(), s.phase2(), "{s:?}");
@@ -155,6 +156,16 @@ fn every_strategy_converts_and_the_checkpoint_evaluates() {
         eprintln!("{:16} ppl {:.2} (teacher {teacher_ppl:.2})", s.name(), r.ppl);
         assert!(r.ppl.is_finite() && r.ppl > 1.0);
     }
+}
+
+#[test]
+fn calibration_windows_cover_the_tokens_and_the_captured_windows() {
+    let o = |calib_tokens, capture_windows| ConvertOpts { calib_tokens, capture_windows, ..ConvertOpts::default() };
+    assert_eq!(o(1024, 4).calib_windows(), 4);
+    assert_eq!(o(1025, 4).calib_windows(), 5);
+    assert_eq!(o(100, 4).calib_windows(), 4);
+    assert_eq!(o(65536, 4).calib_windows(), 256);
+    assert_eq!(ConvertOpts { seq_len: 48, ..o(96, 2) }.calib_windows(), 2);
 }
 
 #[test]

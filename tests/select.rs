@@ -42,6 +42,24 @@ fn top_n_breaks_ties_by_lower_index_and_ranks_nan_last() {
     assert_eq!(select::top_n(&[f64::NAN, 3.0, 1.0], 1, true).unwrap(), vec![1]);
 }
 
+#[test]
+fn kept_layers_prefer_the_policy_then_the_list_then_every_kth() {
+    let s = select::Selection { policy: Policy::Ar, keep: vec![2], scores: vec![0.5, f64::NAN, 2.0], teacher_ppl: 9.0, seconds: 1.5 };
+    assert_eq!(select::kept_layers(10, Some(&s), None, None).unwrap(), vec![2]);
+    assert_eq!(select::kept_layers(10, None, Some(&[1, 3]), Some(2)).unwrap(), vec![1, 3]);
+    assert_eq!(select::kept_layers(10, None, None, Some(3)).unwrap(), vec![0, 3, 6, 9]);
+    assert_eq!(select::kept_layers(10, None, None, None).unwrap(), vec![0, 4, 8]);
+    assert_eq!(select::DEFAULT_KEEP_EVERY, 4);
+    let e = select::kept_layers(10, None, None, Some(0)).unwrap_err().to_string();
+    assert!(e.contains("--keep-every must be at least 1"), "{e}");
+    // the selection serialises as the reports write it: NaN as null, with what a score means
+    let v = serde_json::to_value(&s).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({ "policy": "ar", "keep": [2], "scores": [0.5, null, 2.0], "score": Policy::Ar.score_meaning(), "teacher_ppl": 9.0, "seconds": 1.5 })
+    );
+}
+
 /// A 3-layer teacher whose layer `decisive` carries a large attention output while the
 /// others' W_o are scaled by 1e-3 (their attention is nearly a no-op), with a sharpened LM
 /// head; the evaluation text is the teacher's own greedy continuation, which it predicts

@@ -1,6 +1,7 @@
 //! `convert`: teacher pass (activations captured, attention statistics streamed), then per
 //! converted layer the chosen strategy: naive copy, zero/small output gate, phase 1 closed
-//! form, phase 2 alignment, or both (Taylor-Calibrate).
+//! form, phase 2 alignment, or both (Taylor-Calibrate); [`convert_and_save`] evaluates the
+//! student against the teacher and saves it as a checkpoint with its `report.json`.
 pub use super::capture::{capture, Capture};
 use super::init::scale_output_gate;
 use super::phase1::{phase1_layer, Phase1Report};
@@ -9,13 +10,16 @@ pub use super::phase2::AlignOpts;
 use super::phase2::{align_layer, AlignReport};
 pub use super::strategy::Strategy;
 use crate::data;
+use crate::eval::perplexity_windows;
 use crate::gpu::Gpu;
-use crate::io::checkpoint::HybridConfig;
+use crate::io::checkpoint::{save_checkpoint, Checkpoint, HybridConfig};
 use crate::io::HostTensor;
 use crate::nn::decoder::Decoder;
 use anyhow::Result;
 use serde::Serialize;
+use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Instant;
 
 /// Everything `convert` reports about one converted layer.
@@ -92,7 +96,7 @@ impl Default for ConvertOpts {
         ConvertOpts {
             keep: vec![],
             strategy: Strategy::TaylorCalibrate,
-            seq_len: 256,
+            seq_len: data::WINDOW,
             calib_tokens: 1024,
             capture_windows: 4,
             align: AlignOpts::default(),
@@ -100,6 +104,14 @@ impl Default for ConvertOpts {
             phase1_knobs: Phase1Knobs::default(),
             seed: 0,
         }
+    }
+}
+
+impl ConvertOpts {
+    /// Calibration windows of `seq_len` tokens the teacher pass reads: enough for
+    /// `calib_tokens`, and at least the `capture_windows` whose activations are captured.
+    pub fn calib_windows(&self) -> usize {
+        self.calib_tokens.div_ceil(self.seq_len).max(self.capture_windows)
     }
 }
 
@@ -112,6 +124,13 @@ pub struct Timings {
     pub total: f64,
 }
 
+/// A converted student: its tensors, the report of every converted layer, the timings.
+pub struct Conversion {
+    pub tensors: HashMap<String, HostTensor>,
+    pub layers: Vec<LayerReport>,
+    pub timings: Timings,
+}
+
 /// Decoder pass + strategy: the student's tensors and the report of every converted layer.
 pub fn convert(
     gpu: &Gpu,
@@ -121,13 +140,13 @@ pub fn convert(
     calib: &[u32],
     o: &ConvertOpts,
     mut progress: impl FnMut(&str),
-) -> Result<(HashMap<String, HostTensor>, Vec<LayerReport>, Timings)> {
+) -> Result<Conversion> {
     let t0 = Instant::now();
     let mut tensors = super::init::init_student(hc, teacher_tensors, o.seed)?;
     let needs_teacher = o.strategy.phase1() || o.strategy.phase2();
     let mut timings = Timings::default();
-    let reports = if needs_teacher {
-        let nwin = o.calib_tokens.div_ceil(o.seq_len).max(o.capture_windows);
+    let layers = if needs_teacher {
+        let nwin = o.calib_windows();
         let windows = data::windows(calib, o.seq_len, nwin, "the calibration text")?;
         let cap = capture(gpu, teacher, &hc.gdn_layers(), &windows, o.capture_windows, |i| {
             progress(&format!("teacher pass: window {i}/{nwin}"))
@@ -143,5 +162,83 @@ pub fn convert(
         r
     };
     timings.total = t0.elapsed().as_secs_f64();
-    Ok((tensors, reports, timings))
+    Ok(Conversion { tensors, layers, timings })
+}
+
+/// What a conversion reads besides its settings: the teacher, the student's layout, the
+/// calibration tokens and the evaluation windows, and for the reports where they came from.
+/// `convert_and_save`, the ablation and the recovery experiment share it.
+pub struct Inputs<'a> {
+    pub gpu: &'a Gpu,
+    pub teacher: &'a Decoder,
+    /// The teacher's host tensors (the naive student copies them).
+    pub teacher_tensors: &'a HashMap<String, HostTensor>,
+    /// Where the teacher came from (the model files' description), for the reports.
+    pub teacher_source: &'a str,
+    /// The student's layout: the layers that keep softmax attention.
+    pub config: &'a HybridConfig,
+    /// The retained-layer policy's selection when one chose the kept layers, as its reports
+    /// write it (`select` builds on this module, so it arrives serialised).
+    pub selection: Option<Value>,
+    /// Calibration tokens, cut into [`ConvertOpts::calib_windows`] windows.
+    pub calib: &'a [u32],
+    /// Evaluation windows of [`ConvertOpts::seq_len`] tokens.
+    pub eval: &'a [&'a [u32]],
+}
+
+/// The evaluation of a converted student beside its teacher's.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConvertEval {
+    pub windows: usize,
+    pub window_tokens: usize,
+    pub student_ppl: f64,
+    pub teacher_ppl: f64,
+}
+
+impl Conversion {
+    /// The student's and the teacher's evaluation perplexity on `inp.eval`.
+    pub fn evaluate(&self, inp: &Inputs, o: &ConvertOpts) -> Result<ConvertEval> {
+        let (g, hc) = (inp.gpu, inp.config);
+        let student = Decoder::build(g, &hc.base, &self.tensors, "student", |l| hc.is_gdn(l))?;
+        let student_ppl = perplexity_windows(g, &student, inp.eval)?.ppl;
+        let teacher_ppl = perplexity_windows(g, inp.teacher, inp.eval)?.ppl;
+        Ok(ConvertEval { windows: inp.eval.len(), window_tokens: o.seq_len, student_ppl, teacher_ppl })
+    }
+
+    /// The checkpoint's `report.json`: the teacher, the settings, the selection, the
+    /// timings, every converted layer's report and the evaluation.
+    pub fn report_json(&self, inp: &Inputs, o: &ConvertOpts, eval: &ConvertEval) -> Value {
+        json!({
+            "teacher": inp.teacher_source, "strategy": o.strategy.name(), "attn_layers": inp.config.attn_layers,
+            "calib_tokens": o.calib_tokens.max(o.capture_windows * o.seq_len), "capture_windows": o.capture_windows,
+            "align": o.align, "value_scale": o.value_scale.name(), "seed": o.seed,
+            "selection": inp.selection,
+            "timings_s": self.timings, "layers": self.layers,
+            "eval": eval,
+            "adapter": inp.gpu.info.name,
+        })
+    }
+
+    /// The student as a checkpoint: layout, tensors, tokenizer and report.
+    pub fn checkpoint(self, config: &HybridConfig, tokenizer: Option<tokenizers::Tokenizer>, report: Value) -> Checkpoint {
+        Checkpoint { config: config.clone(), tensors: self.tensors, tokenizer, report, optimizer: None, files: vec![] }
+    }
+}
+
+/// [`convert`], evaluate the student beside the teacher ([`Conversion::evaluate`]) and save
+/// it in `out` as a checkpoint with `tokenizer` and its `report.json`. Returns the timings
+/// and the evaluation.
+pub fn convert_and_save(
+    inp: &Inputs,
+    o: &ConvertOpts,
+    tokenizer: Option<tokenizers::Tokenizer>,
+    out: &Path,
+    progress: impl FnMut(&str),
+) -> Result<(Timings, ConvertEval)> {
+    let c = convert(inp.gpu, inp.config, inp.teacher, inp.teacher_tensors, inp.calib, o, progress)?;
+    let eval = c.evaluate(inp, o)?;
+    let report = c.report_json(inp, o, &eval);
+    let timings = c.timings.clone();
+    save_checkpoint(out, &c.checkpoint(inp.config, tokenizer, report))?;
+    Ok((timings, eval))
 }

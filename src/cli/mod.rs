@@ -1,4 +1,43 @@
-//! Command-line glue: argument structs and the per-command drivers that parse, call one
-//! library function and print.
+//! Command-line glue: the argument structs ([`args`]), the per-command drivers that call one
+//! library function and print ([`convert`], [`train`], [`inspect`]), the model and teacher
+//! loading they share ([`setup`]), the progress bars ([`progress`]) and the environment
+//! variables, read here and nowhere else ([`env`]).
+pub mod args;
+pub mod convert;
 pub mod env;
+pub mod inspect;
+pub mod progress;
+pub mod setup;
 pub mod train;
+
+use anyhow::Result;
+use args::{Cli, Cmd};
+use std::path::PathBuf;
+use taylorcal::gpu::Gpu;
+
+/// The GPU every command runs on, with the options the environment sets.
+pub fn gpu() -> Result<&'static Gpu> {
+    Gpu::shared_with(env::gpu_options_from_env()?)
+}
+
+/// A model argument (`smollm2`, a file or a directory) as a local path, fetching the
+/// default teacher on first use.
+pub fn resolve_model(spec: &str) -> Result<PathBuf> {
+    taylorcal::io::fetch::resolve_model(spec, &env::cache_dir_from_env())
+}
+
+/// Run one command.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Info { json } => inspect::info(json),
+        Cmd::Eval(a) => inspect::eval(&a),
+        Cmd::Stats(a) => inspect::stats(&a),
+        Cmd::Bench { what, json } => inspect::bench(&what, json),
+        Cmd::Convert { conv, strategy, out, json } => convert::convert(&conv, &strategy, &out, json),
+        Cmd::Ablate { conv, out, json } => convert::ablate(&conv, &out, json),
+        Cmd::Select { conv, out, json } => convert::select(&conv, out.as_deref(), json),
+        Cmd::Distill(a) => train::distill(&a),
+        Cmd::Recovery(a) => train::recovery(&a),
+        Cmd::Generate { model, prompt, max_new_tokens, json } => inspect::generate(&model.model, &prompt, max_new_tokens, json),
+    }
+}

@@ -184,17 +184,21 @@ fn measure(gpu: &Gpu, budget: Budget, record: &dyn Fn(&mut Batch)) -> Result<(f6
     Ok((median(&mut s), runs, how))
 }
 
-/// Deterministic values in [-scale, scale) (xorshift; no dependency on `rand`).
-fn fill(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+/// `n` deterministic values in [0, 1) (xorshift; no dependency on `rand`): the benchmarks'
+/// inputs.
+pub(crate) fn unit_noise(n: usize, seed: u64) -> impl Iterator<Item = f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
+    (0..n).map(move |_| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 40) as f32 / (1u64 << 24) as f32
+    })
+}
+
+/// Deterministic values in [-scale, scale).
+fn fill(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    unit_noise(n, seed).map(|u| (u * 2.0 - 1.0) * scale).collect()
 }
 
 fn result(kernel: &str, shape: String, secs: f64, runs: usize, how: &str, flops: Option<f64>, bytes: Option<f64>) -> BenchResult {
@@ -487,6 +491,15 @@ pub fn default_suite(gpu: &Gpu) -> Vec<Bench> {
         v.push(Bench::KlLmHead { rows: 512, vocab: 49152, dim: 576 });
     }
     v
+}
+
+/// The benchmarks of [`default_suite`] whose label contains one of `words` (all of them when
+/// `words` is empty); an error when none does.
+pub fn suite_matching(gpu: &Gpu, words: &[String]) -> Result<Vec<Bench>> {
+    let benches: Vec<Bench> =
+        default_suite(gpu).into_iter().filter(|b| words.is_empty() || words.iter().any(|w| b.label().contains(w.as_str()))).collect();
+    anyhow::ensure!(!benches.is_empty(), "no benchmark matches {words:?}");
+    Ok(benches)
 }
 
 /// A matmul kernel vs the naive one at one shape.

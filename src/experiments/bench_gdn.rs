@@ -1,11 +1,13 @@
 //! Timing of the chunked gated-delta-rule kernels on the GPU (timestamps summed over the
 //! dispatches of one run where the adapter has them, else wall clock), for
 //! `taylorcal bench gdn`, the criterion bench and tuning.
+use super::bench::{is_cpu_adapter, time_kernel, unit_noise};
 use crate::gpu::{Gpu, GpuTimer, Tensor};
 use crate::ops::delta::{
     chunk_backward_after_forward, chunk_backward_ws, chunk_forward_ws, DeltaGrads, DeltaInputs, DeltaShape, DeltaTiles, DeltaWorkspace,
 };
 use anyhow::{bail, Result};
+use serde::Serialize;
 
 /// Inputs of one benchmark problem, deterministic pseudo-random data in GDN's regime:
 /// q, k in [-1, 1) (normalised in the op), v in [-1, 1), g in [-1, 0), beta in (0, 1).
@@ -25,16 +27,9 @@ pub struct DeltaProblem {
     pub recompute: bool,
 }
 
+/// Deterministic values in [lo, hi).
 fn fill(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
-        })
-        .collect()
+    unit_noise(n, seed).map(|u| lo + (hi - lo) * u).collect()
 }
 
 impl DeltaProblem {
@@ -78,7 +73,7 @@ impl DeltaProblem {
 }
 
 fn runs_for(gpu: &Gpu) -> (usize, usize) {
-    if crate::experiments::bench::is_cpu_adapter(gpu) {
+    if is_cpu_adapter(gpu) {
         (1, 3)
     } else {
         (3, 10)
@@ -92,8 +87,61 @@ pub fn bench_delta(gpu: &Gpu, b: usize, t: usize, h: usize, d: usize, backward: 
     let s = DeltaShape::new(b, t, h, d, true);
     let pb = DeltaProblem::new(gpu, &s, backward, None)?;
     let (warmup, runs) = runs_for(gpu);
-    let (secs, _) = crate::experiments::bench::time_kernel(gpu, warmup, runs, |bt| pb.record(bt).expect("delta rule: recording failed"))?;
+    let (secs, _) = time_kernel(gpu, warmup, runs, |bt| pb.record(bt).expect("delta rule: recording failed"))?;
     Ok(secs)
+}
+
+/// The (B, T, H, d) shapes of `taylorcal bench gdn`: the on a GPU, scaled down on a
+/// CPU adapter (lavapipe).
+pub fn gdn_shapes(gpu: &Gpu) -> &'static [(usize, usize, usize, usize)] {
+    if is_cpu_adapter(gpu) {
+        &[(1, 256, 2, 64), (1, 512, 2, 128)]
+    } else {
+        &[(1, 2048, 16, 64), (4, 4096, 16, 128), (1, 8192, 8, 128)]
+    }
+}
+
+/// One shape's timing of the chunked scan, forward and forward + backward.
+#[derive(Clone, Debug, Serialize)]
+pub struct GdnRow {
+    /// B, T, H, d
+    pub shape: [usize; 4],
+    pub fwd_ms: f64,
+    pub fwd_bwd_ms: f64,
+    pub fwd_tokens_per_s: f64,
+    pub fwd_bwd_tokens_per_s: f64,
+}
+
+impl GdnRow {
+    /// The row as one line of text.
+    pub fn text(&self) -> String {
+        let [b, t, h, d] = self.shape;
+        format!(
+            "gdn chunked scan B{b} T{t} H{h} d{d}: forward {:.3} ms ({:.0} tok/s), forward+backward {:.3} ms ({:.0} tok/s)",
+            self.fwd_ms, self.fwd_tokens_per_s, self.fwd_bwd_ms, self.fwd_bwd_tokens_per_s
+        )
+    }
+}
+
+/// Time the chunked scan ([`bench_delta`]) forward and forward + backward at every shape of
+/// [`gdn_shapes`]; `progress(row)` as each is done.
+pub fn bench_gdn(gpu: &Gpu, mut progress: impl FnMut(&GdnRow)) -> Result<Vec<GdnRow>> {
+    let mut rows = vec![];
+    for &(b, t, h, d) in gdn_shapes(gpu) {
+        let fwd = bench_delta(gpu, b, t, h, d, false)?;
+        let both = bench_delta(gpu, b, t, h, d, true)?;
+        let toks = (b * t) as f64;
+        let row = GdnRow {
+            shape: [b, t, h, d],
+            fwd_ms: fwd * 1e3,
+            fwd_bwd_ms: both * 1e3,
+            fwd_tokens_per_s: toks / fwd,
+            fwd_bwd_tokens_per_s: toks / both,
+        };
+        progress(&row);
+        rows.push(row);
+    }
+    Ok(rows)
 }
 
 /// Per-kernel GPU seconds (summed over a run's dispatches of that kernel, median over runs)

@@ -1,17 +1,15 @@
 //! Token efficiency: initialise students with several strategies, distil each (optional
 //! stage 1, then stage 2) until its evaluation perplexity is within R x the teacher's, and
 //! compare the tokens each needed — the paper's "fewer distillation tokens" claim.
-use crate::calibrate::convert::{self, ConvertOpts, Strategy};
+use crate::calibrate::convert::{self, ConvertOpts, Inputs, Strategy};
 use crate::data::TokenStream;
 use crate::eval::perplexity_windows;
-use crate::gpu::Gpu;
-use crate::io::checkpoint::HybridConfig;
-use crate::io::HostTensor;
 use crate::nn::decoder::Decoder;
 use crate::train::distill::{self, CurvePoint, DistillOpts, DistillReport, Hooks, Setup};
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use serde::Serialize;
-use std::collections::HashMap;
+use serde_json::{json, Value};
+use std::path::Path;
 
 pub struct RecoveryOpts {
     pub strategies: Vec<Strategy>,
@@ -37,6 +35,9 @@ pub struct StrategyRun {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct RecoveryReport {
+    /// Where the teacher came from.
+    pub teacher: String,
+    pub attn_layers: Vec<usize>,
     pub teacher_ppl: f64,
     pub target_ratio: f64,
     pub target_ppl: f64,
@@ -55,6 +56,12 @@ impl RecoveryReport {
             Some(ta) => Some((ta as f64 / tb, false)),
             None => Some((ra.stage2.tokens as f64 / tb, true)),
         }
+    }
+
+    /// The headline: tokens to the target of naive (or, without it, zero-gate) over
+    /// taylor-calibrate's, as [`RecoveryReport::ratio`].
+    pub fn headline_ratio(&self) -> Option<(f64, bool)> {
+        self.ratio("naive", "taylor-calibrate").or_else(|| self.ratio("zero-gate", "taylor-calibrate"))
     }
 
     /// Evaluation perplexity vs cumulative distillation tokens: stage 1 and stage 2 of every
@@ -88,6 +95,8 @@ impl RecoveryReport {
         )
     }
 
+    /// The table of every strategy's perplexities and tokens to the target, then the
+    /// headline ratio where there is one.
     pub fn markdown(&self) -> String {
         let mut s = format!(
             "teacher ppl {:.2}; target {:.2} ({}x)\n\n| strategy | init ppl | after stage 1 | final ppl | stage 2 tokens to target |\n| --- | --- | --- | --- | --- |\n",
@@ -99,7 +108,32 @@ impl RecoveryReport {
             let tt = r.tokens_to_target.map(|t| t.to_string()).unwrap_or_else(|| format!("> {}", r.stage2.tokens));
             s += &format!("| {} | {} | {s1} | {fin} | {tt} |\n", r.strategy, crate::report::fmt(r.init_ppl));
         }
+        if let Some((x, lower)) = self.headline_ratio() {
+            s += &format!("\ntokens to target, naive (or zero-gate) / taylor-calibrate: {}{x:.2}x\n", if lower { ">= " } else { "" });
+        }
         s
+    }
+
+    /// The whole report as JSON, with the headline ratio (`ratio_vs_taylor_calibrate`).
+    pub fn json(&self) -> Value {
+        let mut v = serde_json::to_value(self).expect("a recovery report serialises");
+        v["ratio_vs_taylor_calibrate"] = json!(self.headline_ratio().map(|(x, lower)| json!({ "ratio": x, "lower_bound": lower })));
+        v
+    }
+
+    /// Write recovery.md, recovery.json, recovery.svg and every run's curves
+    /// (`<strategy>_stage1.csv`, `<strategy>_stage2.csv`) into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::write(dir.join("recovery.md"), self.markdown())?;
+        std::fs::write(dir.join("recovery.json"), serde_json::to_string_pretty(&self.json())?)?;
+        std::fs::write(dir.join("recovery.svg"), self.chart_svg())?;
+        for run in &self.runs {
+            if let Some(s1) = &run.stage1 {
+                std::fs::write(dir.join(format!("{}_stage1.csv", run.strategy)), distill::curve_csv(&s1.curve))?;
+            }
+            std::fs::write(dir.join(format!("{}_stage2.csv", run.strategy)), distill::curve_csv(&run.stage2.curve))?;
+        }
+        Ok(())
     }
 }
 
@@ -111,32 +145,34 @@ pub fn tokens_to_target(r: &DistillReport, target: f64) -> Option<usize> {
     r.curve.iter().find(|c| c.eval_ppl.is_some_and(|p| p <= target)).map(|c| c.tokens)
 }
 
-/// Everything recovery needs from the caller.
-pub struct Inputs<'a> {
-    pub gpu: &'a Gpu,
-    pub teacher: &'a Decoder,
-    pub teacher_tensors: &'a HashMap<String, HostTensor>,
-    pub config: &'a HybridConfig,
-    pub calib: &'a [u32],
-    pub data: &'a TokenStream,
-    pub eval: &'a [&'a [u32]],
-}
-
-/// Run every strategy (see the module docs); `progress(strategy, stage, point)`;
-/// `done(report so far)` after each strategy (so a long run leaves results as it goes).
+/// Run every strategy (see the module docs), distilling on `data`; `progress(strategy,
+/// stage, point)`. With `out`, the report so far is written there
+/// ([`RecoveryReport::write`]) after each strategy, so a long run leaves results as it goes.
 pub fn recovery(
     inp: &Inputs,
+    data: &TokenStream,
     o: &RecoveryOpts,
+    out: Option<&Path>,
     mut progress: impl FnMut(&str, u8, &CurvePoint),
-    mut done: impl FnMut(&RecoveryReport) -> Result<()>,
 ) -> Result<RecoveryReport> {
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let g = inp.gpu;
     let teacher_ppl = perplexity_windows(g, inp.teacher, inp.eval)?.ppl;
     let target_ppl = teacher_ppl * o.target_ratio;
-    let mut rep = RecoveryReport { teacher_ppl, target_ratio: o.target_ratio, target_ppl, runs: vec![], adapter: g.info.name.clone() };
+    let mut rep = RecoveryReport {
+        teacher: inp.teacher_source.to_string(),
+        attn_layers: inp.config.attn_layers.clone(),
+        teacher_ppl,
+        target_ratio: o.target_ratio,
+        target_ppl,
+        runs: vec![],
+        adapter: g.info.name.clone(),
+    };
     for &strategy in &o.strategies {
         let co = ConvertOpts { strategy, ..o.convert.clone() };
-        let (tensors, _, _) = convert::convert(g, inp.config, inp.teacher, inp.teacher_tensors, inp.calib, &co, |_| {})?;
+        let tensors = convert::convert(g, inp.config, inp.teacher, inp.teacher_tensors, inp.calib, &co, |_| {})?.tensors;
         let student = Decoder::build(g, &inp.config.base, &tensors, strategy.name(), |l| inp.config.is_gdn(l))?;
         drop(tensors);
         let init_ppl = perplexity_windows(g, &student, inp.eval)?.ppl;
@@ -146,7 +182,7 @@ pub fn recovery(
             student: &student,
             config: inp.config,
             tokenizer: None,
-            data: inp.data,
+            data,
             eval: inp.eval,
             out: None,
             meta: serde_json::Value::Null,
@@ -163,7 +199,9 @@ pub fn recovery(
         let stage2 = distill::distill(&setup, &s2, None, &mut Hooks { progress: Some(&mut p), kill_after: None })?;
         let tt = tokens_to_target(&stage2, target_ppl);
         rep.runs.push(StrategyRun { strategy: strategy.name(), init_ppl, stage1, stage2, tokens_to_target: tt });
-        done(&rep)?;
+        if let Some(dir) = out {
+            rep.write(dir)?;
+        }
     }
     Ok(rep)
 }

@@ -53,8 +53,10 @@ impl Policy {
     }
 }
 
-/// The outcome of a policy: kept layers (sorted) and every layer's score.
-#[derive(Clone, Debug, Serialize)]
+/// The outcome of a policy: kept layers (sorted) and every layer's score. It serialises as
+/// the reports write it: the policy's name, the kept layers, the scores, what a score means
+/// (`score`), the teacher's perplexity and the wall time.
+#[derive(Clone, Debug)]
 pub struct Selection {
     pub policy: Policy,
     pub keep: Vec<usize>,
@@ -64,6 +66,51 @@ pub struct Selection {
     pub teacher_ppl: f64,
     /// Wall time of the selection, teacher pass included.
     pub seconds: f64,
+}
+
+impl Serialize for Selection {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = ser.serialize_struct("Selection", 6)?;
+        st.serialize_field("policy", self.policy.name())?;
+        st.serialize_field("keep", &self.keep)?;
+        st.serialize_field("scores", &self.scores)?;
+        st.serialize_field("score", self.policy.score_meaning())?;
+        st.serialize_field("teacher_ppl", &self.teacher_ppl)?;
+        st.serialize_field("seconds", &self.seconds)?;
+        st.end()
+    }
+}
+
+impl Selection {
+    /// Every layer's score as a bar chart, the kept layers highlighted (SVG).
+    pub fn chart_svg(&self) -> String {
+        let title = format!("{} per-layer score: {}", self.policy.name(), self.policy.score_meaning());
+        crate::report::layer_chart_svg(&title, &self.scores, &self.keep)
+    }
+}
+
+/// Softmax layers kept when neither a policy nor a list chooses them: every 4th from 0.
+pub const DEFAULT_KEEP_EVERY: usize = 4;
+
+/// The layers of a `num_layers`-layer teacher that keep softmax attention: a policy's
+/// `selection` when there is one, else the `keep` list, else every `keep_every`-th layer
+/// from 0 ([`DEFAULT_KEEP_EVERY`] when not given).
+pub fn kept_layers(
+    num_layers: usize,
+    selection: Option<&Selection>,
+    keep: Option<&[usize]>,
+    keep_every: Option<usize>,
+) -> Result<Vec<usize>> {
+    Ok(match (selection, keep) {
+        (Some(s), _) => s.keep.clone(),
+        (None, Some(k)) => k.to_vec(),
+        (None, None) => {
+            let every = keep_every.unwrap_or(DEFAULT_KEEP_EVERY);
+            ensure!(every > 0, "--keep-every must be at least 1");
+            (0..num_layers).step_by(every).collect()
+        }
+    })
 }
 
 fn check_n(num_layers: usize, n: usize) -> Result<()> {

@@ -1,0 +1,335 @@
+//! The command line's arguments (clap), and their translation into the library's settings.
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use taylorcal::calibrate::convert::{self, AlignOpts, ConvertOpts, Strategy};
+use taylorcal::data::{self, TokenStream, WINDOW};
+use taylorcal::io;
+use taylorcal::train::distill::DistillOpts;
+
+/// The command line: one subcommand.
+#[derive(Parser)]
+#[command(
+    name = "taylorcal",
+    version,
+    about = "Turn a pretrained Transformer into a hybrid Gated DeltaNet model with Taylor-Calibrate, on any GPU wgpu drives"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// The model a command runs.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// `smollm2` (the default teacher, fetched on first use), a .gguf file, a Hugging Face directory, or a taylorcal checkpoint directory
+    #[arg(long, default_value = io::fetch::DEFAULT_TEACHER)]
+    pub model: String,
+}
+
+/// The text a command reads.
+#[derive(clap::Args)]
+pub struct TextArgs {
+    /// Plain-text file to tokenise (no BOS is added)
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Use at most this many tokens of the text, as one sequence
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+}
+
+/// `eval` and `stats`: a model, a text to run it on, and the output format.
+#[derive(clap::Args)]
+pub struct ModelTextArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub text: TextArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The evaluation text of `convert`, `ablate`, `select`, `distill` and `recovery`.
+#[derive(clap::Args, Clone)]
+pub struct EvalArgs {
+    /// Evaluation text (default: the built-in Brown evaluation split)
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// Evaluation windows of 256 tokens
+    #[arg(long, default_value_t = 8)]
+    pub eval_windows: usize,
+}
+
+impl EvalArgs {
+    /// The evaluation tokens: --eval-windows windows' worth of --eval (or the Brown split).
+    pub fn tokens(&self, tok: &tokenizers::Tokenizer) -> Result<Vec<u32>> {
+        data::tokenize_or(tok, self.eval.as_deref(), data::brown::EVAL, self.eval_windows * WINDOW)
+    }
+
+    /// `tokens` cut into --eval-windows windows of [`WINDOW`] tokens.
+    pub fn windows<'a>(&self, tokens: &'a [u32]) -> Result<Vec<&'a [u32]>> {
+        data::windows(tokens, WINDOW, self.eval_windows, "the evaluation text")
+    }
+}
+
+/// What a conversion reads and how it runs (`convert`, `ablate`, `select`, `recovery`).
+#[derive(clap::Args)]
+pub struct ConvArgs {
+    /// `smollm2` (default teacher), a .gguf file or a Hugging Face directory
+    #[arg(long, default_value = io::fetch::DEFAULT_TEACHER)]
+    pub teacher: String,
+    /// Layers that keep softmax attention, e.g. 0,4,8
+    #[arg(long, value_delimiter = ',', conflicts_with = "keep_every")]
+    pub keep: Option<Vec<usize>>,
+    /// Keep every K-th layer from 0 (the default when neither --keep nor --policy is given: 4)
+    #[arg(long)]
+    pub keep_every: Option<usize>,
+    /// Choose the kept layers with a retained-layer policy: uniform, ar, ga-s2 (needs --num-keep)
+    #[arg(long, conflicts_with_all = ["keep", "keep_every"], requires = "num_keep")]
+    pub policy: Option<String>,
+    /// Layers the policy keeps as softmax attention
+    #[arg(long, requires = "policy")]
+    pub num_keep: Option<usize>,
+    /// Calibration text (default: the built-in Brown calibration split)
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    /// Calibration tokens for the attention statistics (streamed; activations for the
+    /// value scale and alignment come from the first --capture-windows windows)
+    #[arg(long, default_value_t = 1024)]
+    pub calib_tokens: usize,
+    /// Calibration windows of 256 tokens whose activations phase 1's value scale and
+    /// phase 2's alignment use (the reference: 4); every alignment step sees all of them
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub capture_windows: u64,
+    /// Phase 1's value scale: `linear[:TAU]` (the default: sigma = TAU / RMS(W_v x) per
+    /// head, SiLU near its linear regime; TAU 0.25, chosen on the Brown training split) or
+    /// `fit` (ALGORITHM.md as written: sigma = <c_T, c_S> / |c_S|^2 from the recurrence's
+    /// output, which on SmolLM2 hits its clamp and loses to alignment-only)
+    #[arg(long, default_value_t = convert::ValueScale::default(), value_parser = convert::ValueScale::parse)]
+    pub value_scale: convert::ValueScale,
+    /// Phase 2 AdamW steps per layer
+    #[arg(long, default_value_t = 300)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub eval: EvalArgs,
+}
+
+impl ConvArgs {
+    /// The conversion settings these arguments give (Taylor-Calibrate, no kept layers yet:
+    /// they come from the teacher's layer count or a policy).
+    pub fn opts(&self) -> Result<ConvertOpts> {
+        Ok(ConvertOpts {
+            keep: vec![],
+            strategy: Strategy::TaylorCalibrate,
+            seq_len: WINDOW,
+            calib_tokens: self.calib_tokens,
+            capture_windows: self.capture_windows as usize,
+            align: AlignOpts { steps: self.steps, ..Default::default() },
+            value_scale: self.value_scale,
+            seed: self.seed,
+            phase1_knobs: super::env::phase1_knobs_from_env()?,
+        })
+    }
+}
+
+/// Settings shared by `distill` and `recovery`.
+#[derive(clap::Args, Clone)]
+pub struct TrainArgs {
+    /// Tokens per training sequence
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    /// Sequences per optimizer step (gradients accumulated over them)
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Peak learning rate (stage 1: all trained parameters, default 1e-3; stage 2: GDN and
+    /// kept softmax attention blocks, default 1e-4)
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Stage 2: peak learning rate of embeddings, norms and MLPs (default 7e-6)
+    #[arg(long)]
+    pub lr_rest: Option<f32>,
+    /// Warmup steps (default: 5% of the steps)
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Training text files (default: the built-in Brown training split); repeatable
+    #[arg(long = "train")]
+    pub train: Vec<PathBuf>,
+    /// Evaluate every N optimizer steps (0: at the start and the end only)
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: usize,
+    /// Recompute activations layer by layer in the backward (stage 2): less GPU memory
+    #[arg(long)]
+    pub recompute: bool,
+}
+
+impl TrainArgs {
+    /// The distillation settings of `stage` for `tokens` training tokens.
+    pub fn opts(&self, stage: u8, tokens: usize, seed: u64) -> DistillOpts {
+        let mut o = DistillOpts::for_stage(stage);
+        o.tokens = tokens;
+        o.seq_len = self.seq_len;
+        o.batch = self.batch;
+        if let Some(lr) = self.lr {
+            o.lr = lr;
+        }
+        if let Some(lr) = self.lr_rest {
+            o.lr_rest = lr;
+        }
+        o.warmup = self.warmup;
+        o.seed = seed;
+        o.eval_every = self.eval_every;
+        o.recompute = self.recompute;
+        o
+    }
+
+    /// The training token stream: the given files (or the Brown training split), packed.
+    pub fn stream(&self, tok: &tokenizers::Tokenizer, seed: u64) -> Result<TokenStream> {
+        let mut ids = vec![];
+        if self.train.is_empty() {
+            ids = data::tokenize_or(tok, None, data::brown::TRAIN, usize::MAX)?;
+        }
+        for f in &self.train {
+            ids.extend(data::tokenize_file(tok, f, usize::MAX)?);
+        }
+        TokenStream::new(&ids, self.seq_len, seed)
+    }
+}
+
+/// `distill`'s arguments.
+#[derive(clap::Args)]
+pub struct DistillArgs {
+    /// The student checkpoint written by `taylorcal convert` (not needed with --resume)
+    #[arg(long)]
+    pub student: Option<PathBuf>,
+    /// The teacher it was converted from
+    #[arg(long, default_value = io::fetch::DEFAULT_TEACHER)]
+    pub teacher: String,
+    /// 1: per-layer alignment; 2: end-to-end KL
+    #[arg(long)]
+    pub stage: u8,
+    /// Training tokens
+    #[arg(long, default_value_t = 1 << 20)]
+    pub tokens: usize,
+    #[command(flatten)]
+    pub train: TrainArgs,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub eval: EvalArgs,
+    /// Write a checkpoint every N steps (and always at the end)
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: usize,
+    /// Output checkpoint directory (also what --resume continues from)
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run whose checkpoint is in --out (same options)
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `recovery`'s arguments.
+#[derive(clap::Args)]
+pub struct RecoveryArgs {
+    #[command(flatten)]
+    pub conv: ConvArgs,
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// Strategies to compare
+    #[arg(long, value_delimiter = ',', default_value = "naive,taylor-calibrate")]
+    pub strategies: Vec<String>,
+    /// Target: evaluation perplexity <= R x the teacher's
+    #[arg(long, default_value_t = 2.0)]
+    pub target_ppl_ratio: f64,
+    /// Stage 2 token budget per strategy
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_tokens: usize,
+    /// Stage 1 tokens before stage 2 (0: none)
+    #[arg(long, default_value_t = 0)]
+    pub stage1_tokens: usize,
+    /// Directory for recovery.md, recovery.json, recovery.svg and the curves
+    #[arg(long, default_value = "recovery")]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Show the GPU adapter, backend, driver, features and key limits
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mean next-token NLL and perplexity of a model on a text
+    Eval(ModelTextArgs),
+    /// Per-layer, per-head mean attention distance and entropy (fused kernel)
+    Stats(ModelTextArgs),
+    /// Benchmark the kernels (GPU timestamps): GFLOP/s or GB/s per kernel
+    Bench {
+        /// Only benchmarks whose label contains one of these words (e.g. `matmul`, `attention`);
+        /// `gdn` times the chunked delta-rule scan, forward and forward+backward
+        what: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Convert a teacher into a hybrid GDN student (Taylor-Calibrate by default), save it,
+    /// and report the student's and the teacher's evaluation perplexity
+    Convert {
+        #[command(flatten)]
+        conv: ConvArgs,
+        /// Initialisation strategy: naive, zero-gate, small-gate, taylor-init, alignment-only, taylor-calibrate
+        #[arg(long, default_value = "taylor-calibrate")]
+        strategy: String,
+        /// Output checkpoint directory
+        #[arg(long, default_value = "student")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run all six strategies from one teacher pass and tabulate evaluation perplexity (plus
+    /// taylor-calibrate with the fitted sigma of ALGORITHM.md when --value-scale is not `fit`)
+    Ablate {
+        #[command(flatten)]
+        conv: ConvArgs,
+        /// Directory for ablation.md, ablation.json and ablation.svg
+        #[arg(long, default_value = "ablation")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rank the teacher's layers with a retained-layer policy (--policy, --num-keep) and
+    /// print the kept layers and every layer's score
+    Select {
+        #[command(flatten)]
+        conv: ConvArgs,
+        /// Write the report here as JSON, and a per-layer score chart next to it (.svg)
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Distil a converted student from its teacher on the GPU: stage 1 (per-layer
+    /// alignment, converted layers only) or stage 2 (end-to-end KL, every parameter), with
+    /// checkpoints, exact --resume, curve.csv and curve.svg in --out
+    Distill(DistillArgs),
+    /// Distillation tokens each initialisation needs to reach a perplexity within R x the
+    /// teacher's: converts with each strategy, distils (optional stage 1, then stage 2) and
+    /// reports the tokens and their ratio, with curves and a chart
+    Recovery(RecoveryArgs),
+    /// Greedy decoding with a KV cache
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}

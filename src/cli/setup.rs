@@ -1,0 +1,130 @@
+//! What the commands load: a model to run (eval, stats, generate), or a teacher with the
+//! student's layout, calibration and evaluation tokens (convert, ablate, select, recovery).
+use super::args::{ConvArgs, EvalArgs};
+use super::progress;
+use super::{gpu, resolve_model};
+use anyhow::{Context as _, Result};
+use std::collections::HashMap;
+use taylorcal::calibrate::convert::{ConvertOpts, Inputs};
+use taylorcal::data;
+use taylorcal::gpu::Gpu;
+use taylorcal::io::{self, checkpoint::HybridConfig, HostTensor};
+use taylorcal::nn::decoder::Decoder;
+use taylorcal::select::{self, Policy, Selection};
+
+/// A model to run, with its tokenizer and end-of-sequence token.
+pub struct Loaded {
+    pub model: Decoder,
+    pub tokenizer: tokenizers::Tokenizer,
+    pub eos: Option<u32>,
+}
+
+/// Load a model (a teacher or a taylorcal checkpoint) onto the GPU, with a spinner.
+pub fn load(spec: &str) -> Result<Loaded> {
+    let path = resolve_model(spec)?;
+    let spinner = progress::spinner(format!("loading {}", path.display()));
+    let loaded = if io::checkpoint::is_checkpoint(&path) {
+        let ck = io::checkpoint::load_checkpoint(&path)?;
+        let tokenizer = ck.tokenizer.clone().with_context(|| format!("checkpoint {} has no tokenizer.json", path.display()))?;
+        Loaded { model: Decoder::from_checkpoint(gpu()?, &ck)?, tokenizer, eos: ck.config.base.eos_token_id }
+    } else {
+        let files = io::load_model(&path)?;
+        let tokenizer = files.tokenizer.clone().with_context(|| format!("{} has no tokenizer", files.source))?;
+        Loaded { model: Decoder::new(gpu()?, &files)?, tokenizer, eos: files.config.eos_token_id }
+    };
+    spinner.finish_and_clear();
+    Ok(loaded)
+}
+
+/// The teacher (files and decoder), its tokenizer, the student's layout, calibration and
+/// evaluation tokens, and the conversion settings.
+pub struct ConvSetup {
+    pub files: io::ModelFiles,
+    pub teacher: Decoder,
+    pub tokenizer: tokenizers::Tokenizer,
+    pub hc: HybridConfig,
+    pub calib: Vec<u32>,
+    pub eval: Vec<u32>,
+    /// The policy's ranking when --policy chose the kept layers.
+    pub selection: Option<Selection>,
+    /// The arguments' conversion settings with the kept layers (strategy: taylor-calibrate).
+    pub opts: ConvertOpts,
+    /// --eval, --eval-windows
+    eval_args: EvalArgs,
+}
+
+impl ConvSetup {
+    /// The evaluation text cut into --eval-windows windows.
+    pub fn eval_windows(&self) -> Result<Vec<&[u32]>> {
+        self.eval_args.windows(&self.eval)
+    }
+
+    /// What the library's conversion, ablation and recovery read, scored on `eval`.
+    pub fn inputs<'a>(&'a self, gpu: &'a Gpu, eval: &'a [&'a [u32]]) -> Result<Inputs<'a>> {
+        Ok(Inputs {
+            gpu,
+            teacher: &self.teacher,
+            teacher_tensors: &self.files.tensors,
+            teacher_source: &self.files.source,
+            config: &self.hc,
+            selection: self.selection.as_ref().map(serde_json::to_value).transpose()?,
+            calib: &self.calib,
+            eval,
+        })
+    }
+}
+
+/// Load the teacher of `a`, tokenise the calibration and evaluation texts, and choose the
+/// kept layers (running --policy when given).
+pub fn conv_setup(a: &ConvArgs) -> Result<ConvSetup> {
+    let path = resolve_model(&a.teacher)?;
+    let files = io::load_model(&path)?;
+    let tokenizer = files.tokenizer.clone().with_context(|| format!("{} has no tokenizer", files.source))?;
+    let layers = files.config.num_hidden_layers;
+    let calib = data::tokenize_or(&tokenizer, a.calib.as_deref(), data::brown::CALIBRATION, usize::MAX)?;
+    let eval = a.eval.tokens(&tokenizer)?;
+    let teacher = Decoder::new(gpu()?, &files)?;
+    let mut opts = a.opts()?;
+    let selection = run_policy(a, &opts, &teacher, &files.tensors, &calib, &eval)?;
+    let keep = select::kept_layers(layers, selection.as_ref(), a.keep.as_deref(), a.keep_every)?;
+    let hc = HybridConfig::new(files.config.clone(), keep)?;
+    opts.keep = hc.attn_layers.clone();
+    Ok(ConvSetup { files, teacher, tokenizer, hc, calib, eval, selection, opts, eval_args: a.eval.clone() })
+}
+
+/// Run --policy (when given) on the evaluation (and, for GA-S2, calibration) windows.
+fn run_policy(
+    a: &ConvArgs,
+    o: &ConvertOpts,
+    teacher: &Decoder,
+    tensors: &HashMap<String, HostTensor>,
+    calib: &[u32],
+    eval: &[u32],
+) -> Result<Option<Selection>> {
+    let (Some(policy), Some(n)) = (&a.policy, a.num_keep) else {
+        return Ok(None);
+    };
+    let policy = Policy::parse(policy)?;
+    let eval = match policy {
+        Policy::Uniform => vec![],
+        _ => a.eval.windows(eval)?,
+    };
+    let calib = match policy {
+        Policy::GaS2 => data::windows(calib, o.seq_len, o.calib_windows(), "the calibration text")?,
+        _ => vec![],
+    };
+    let inputs = select::Inputs {
+        teacher,
+        tensors,
+        eval: &eval,
+        calib: &calib,
+        capture_windows: o.capture_windows,
+        value_scale: o.value_scale,
+        phase1_knobs: o.phase1_knobs.clone(),
+        seed: o.seed,
+    };
+    let pb = progress::bar(teacher.cfg.num_hidden_layers as u64, &format!("{} layer scores", policy.name()));
+    let s = select::select(gpu()?, policy, n, &inputs, |done, _| pb.set_position(done as u64))?;
+    pb.finish_and_clear();
+    Ok(Some(s))
+}
