@@ -280,3 +280,72 @@ fn distill_writes_checkpoints_resumes_and_rejects_changed_options() {
     assert!(std::fs::read_to_string(rec.join("recovery.svg")).unwrap().contains("naive stage 2"));
     assert!(rec.join("taylor-calibrate_stage1.csv").is_file() && rec.join("recovery.md").is_file());
 }
+
+#[test]
+fn select_cli_prints_keep_and_scores_and_convert_uses_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path(), true);
+    let text = word_text(dir.path());
+    let report = dir.path().join("sel.json");
+    let (m, t, o) = (model.to_str().unwrap(), text.to_str().unwrap(), report.to_str().unwrap());
+    let (ok, stdout, err) = taylorcal(&[
+        "select",
+        "--teacher",
+        m,
+        "--policy",
+        "ar",
+        "--num-keep",
+        "1",
+        "--eval",
+        t,
+        "--eval-windows",
+        "1",
+        "--out",
+        o,
+        "--json",
+    ]);
+    assert!(ok, "select failed: {err}");
+    let v = json(&stdout);
+    let keep = v["keep"].as_array().unwrap();
+    assert_eq!(keep.len(), 1);
+    assert!(keep[0].as_u64().unwrap() < 2);
+    let scores = v["scores"].as_array().unwrap();
+    assert_eq!(scores.len(), 2);
+    assert!(scores.iter().all(|x| x.as_f64().unwrap().is_finite()));
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(file["keep"], v["keep"]);
+    assert!(std::fs::read_to_string(report.with_extension("svg")).unwrap().starts_with("<svg"));
+
+    let out = dir.path().join("student");
+    let (ok, _, err) = taylorcal(&[
+        "convert",
+        "--teacher",
+        m,
+        "--policy",
+        "ar",
+        "--num-keep",
+        "1",
+        "--strategy",
+        "naive",
+        "--calib",
+        t,
+        "--eval",
+        t,
+        "--eval-windows",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "convert --policy failed: {err}");
+    let ck: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(ck["attn_layers"], v["keep"]);
+    assert_eq!(ck["selection"]["keep"], v["keep"]);
+
+    let (ok, _, err) = taylorcal(&["convert", "--teacher", m, "--policy", "ar", "--num-keep", "1", "--keep", "0"]);
+    assert!(!ok && err.contains("--keep"), "{err}");
+    let (ok, _, err) = taylorcal(&["select", "--teacher", m, "--policy", "best", "--num-keep", "1", "--eval", t, "--eval-windows", "1"]);
+    assert!(!ok && err.contains("unknown policy 'best'"), "{err}");
+    let (ok, _, err) = taylorcal(&["select", "--teacher", m, "--policy", "ar", "--num-keep", "3", "--eval", t, "--eval-windows", "1"]);
+    assert!(!ok && err.contains("cannot keep 3"), "{err}");
+}

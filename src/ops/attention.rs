@@ -1,7 +1,6 @@
 //! Causal GQA softmax attention with online softmax and fused attention statistics
 //! (shaders/attention.wgsl), and its backward for training (shaders/attention_bwd.wgsl).
-//! No T x T matrix is ever stored. Tested in tests/ops.rs (forward) and tests/attn_bwd.rs
-//! (backward).
+//! No T x T matrix is ever stored. Tested in tests/kernels/attention.rs.
 use crate::gpu::{Batch, Gpu, Kernel, Tensor};
 use anyhow::Result;
 

@@ -1,8 +1,8 @@
 //! The gated delta rule (Gated DeltaNet's sequence mixer) on shaders/delta_chunk.wgsl,
 //! delta_state.wgsl, delta_out.wgsl, delta_bwd.wgsl and delta_step.wgsl (with
 //! delta_common.wgsl): chunked forward and backward, one-step recurrent decoding, and the
-//! f64 references ([`cpu`], [`chunk_ref`]). Tested in tests/delta.rs, and inside the GDN
-//! block in tests/gdn.rs.
+//! f64 references ([`cpu`], [`chunk_ref`]). Tested in tests/kernels/delta.rs, and inside the
+//! GDN block in tests/pipeline/gdn_block.rs.
 //!
 //! Per batch b and head h the state S is a [dv, dk] matrix and, token by token,
 //!

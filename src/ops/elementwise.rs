@@ -1,6 +1,6 @@
 //! Embedding gather, residual add, SwiGLU, and the backward of SwiGLU and of the
-//! embedding gather (shaders/elementwise.wgsl). Tested in tests/ops.rs (forward),
-//! tests/train_ops.rs (backward) and tests/split.rs (split over small bindings).
+//! embedding gather (shaders/elementwise.wgsl). Tested in tests/kernels/elementwise.rs
+//! (the backward split over small bindings with RMSNorm's, in tests/kernels/rmsnorm.rs).
 use super::{groups_for, row_split, view};
 use crate::gpu::{grid, Batch, Kernel, Tensor};
 

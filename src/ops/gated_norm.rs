@@ -1,6 +1,6 @@
 //! Gated RMSNorm per head, the output norm of the Gated DeltaNet block, forward and
 //! backward (shaders/gated_norm.wgsl): `y = rmsnorm(o) * w * silu(z)`. Tested in
-//! tests/gdn.rs and, split over small bindings, tests/gdn_split.rs.
+//! tests/kernels/gated_norm.rs and, split over small bindings, tests/kernels/gdn_act.rs.
 use super::gdn_act::colsum;
 use super::{row_split, view};
 use crate::gpu::{grid, Batch, Kernel, Tensor};

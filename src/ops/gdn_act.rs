@@ -1,8 +1,8 @@
 //! Element-wise pieces of the Gated DeltaNet block, forward and backward
 //! (shaders/gdn_act.wgsl): SiLU, the decay gate `g = -exp(A_log) softplus(za + dt_bias)`
 //! with the write strength `beta = sigmoid(zb)`, and a two-stage column sum that reduces
-//! per-token parameter gradients over tokens. Tested in tests/gdn.rs and, split over
-//! small bindings, tests/gdn_split.rs.
+//! per-token parameter gradients over tokens. Tested in tests/kernels/gdn_act.rs (split over
+//! small bindings included).
 use super::{groups_for, row_split, view};
 use crate::gpu::{Batch, Binding, DType, Kernel, Tensor};
 

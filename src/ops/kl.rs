@@ -1,7 +1,7 @@
 //! Distillation loss: the LM heads of student and teacher fused with KL(teacher || student)
 //! over the vocabulary (shaders/kl.wgsl), in chunks of rows so that the [T, V] logits of
-//! both models never exist at once. Tested in tests/train_ops.rs and, split over small
-//! bindings, tests/split.rs.
+//! both models never exist at once. Tested in tests/kernels/kl.rs (split over small
+//! bindings included).
 //!
 //! Per chunk of R rows: `zs = hs ws^T`, `zt = ht wt^T` ([`linear`]); the KL kernel writes
 //! the per-row loss and overwrites `zs` with `g = scale (p_s - p_t)`; then

@@ -1,8 +1,8 @@
 //! Linear layers: y = x W^T (+ bias) (+= y) with the tiled kernel (shaders/matmul.wgsl)
 //! or, on CPU adapters with 8-lane subgroups (lavapipe), the subgroup-broadcast kernel
 //! (shaders/matmul_sg.wgsl); and the naive one-thread-per-output baseline
-//! (shaders/matmul_naive.wgsl). Tested in tests/ops.rs and, split over small bindings,
-//! tests/split.rs.
+//! (shaders/matmul_naive.wgsl). Tested in tests/kernels/matmul.rs (split over small bindings
+//! included).
 use super::{dummy, row_split, RowChunk};
 use crate::gpu::{grid, Batch, DType, Gpu, Kernel, Tensor};
 

@@ -1,8 +1,8 @@
 //! Gradients of a linear layer `y[M, N] = x[M, K] W[N, K]^T` (shaders/matmul_grad.wgsl):
 //! `dx = dy W` and `dW = dy^T x`, tiled with workgroup memory and f32 accumulation.
 //! Tensors larger than the adapter's binding limit are split over rows (and the reduction)
-//! into several dispatches, like [`crate::ops::matmul::linear`]. Tested in tests/gdn.rs
-//! and, split over small bindings, tests/gdn_split.rs.
+//! into several dispatches, like [`crate::ops::matmul::linear`]. Tested in
+//! tests/kernels/matmul_grad.rs (split over small bindings included).
 use super::{dummy, row_split};
 use crate::gpu::{Batch, DType, Kernel, Tensor};
 

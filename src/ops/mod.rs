@@ -1,7 +1,7 @@
 //! Host side of every shader: one module per kernel family, each with its dispatch
 //! wrapper(s) and a plain-Rust f64 CPU reference (`cpu` functions) the tests compare to.
 //! Kernels over rows split tensors larger than one storage binding with `row_split`
-//! (tested in tests/split.rs and tests/gdn_split.rs).
+//! (tested in the split sections of tests/kernels/).
 
 pub mod attention;
 pub mod delta;

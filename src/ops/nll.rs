@@ -1,4 +1,4 @@
-//! Next-token NLL over the vocabulary (shaders/nll.wgsl). Tested in tests/ops.rs.
+//! Next-token NLL over the vocabulary (shaders/nll.wgsl). Tested in tests/kernels/nll.rs.
 use crate::gpu::{grid, Batch, Kernel, Tensor};
 
 /// Target id that contributes nothing (the last position of a sequence).

@@ -1,6 +1,6 @@
 //! Training kernels (shaders/optim.wgsl): gradient global norm, scaled sums, MSE loss + gradient +
 //! cosine sums, AdamW with clipping. Everything stays on the GPU; only the 16-byte loss
-//! summary is read back when the caller wants it. Tested in tests/optim.rs.
+//! summary is read back when the caller wants it. Tested in tests/kernels/optim.rs.
 use super::groups_for;
 use crate::gpu::{Batch, Gpu, Kernel, Tensor};
 use anyhow::Result;

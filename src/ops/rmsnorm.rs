@@ -1,6 +1,5 @@
 //! RMSNorm over the last dimension, forward and backward (shaders/rmsnorm.wgsl). Tested in
-//! tests/ops.rs (forward), tests/train_ops.rs (backward) and tests/split.rs (split over
-//! small bindings).
+//! tests/kernels/rmsnorm.rs (split over small bindings included).
 use super::{row_split, view};
 use crate::gpu::{grid, Batch, DType, Kernel, Tensor};
 

@@ -1,5 +1,5 @@
 //! Rotary position embedding, Hugging Face rotate-half convention (shaders/rope.wgsl).
-//! Tested in tests/ops.rs (forward) and tests/attn_bwd.rs (backward).
+//! Tested in tests/kernels/rope.rs.
 use super::groups_for;
 use crate::gpu::{Batch, Gpu, Kernel, Tensor};
 use anyhow::Result;

@@ -1,10 +1,13 @@
-//! Shared test helpers: the one GPU context, seeded random data, error metrics.
+//! Shared test helpers: the GPU contexts (default, per options, and the split-binding
+//! one), upload / read-back, seeded random data, error metrics, finite differences.
+//! Each test binary includes this module with `#[path = "../common/mod.rs"] mod common;`.
 #![allow(dead_code)]
 
+pub mod student;
 pub mod tiny;
 
 use rand::{Rng, SeedableRng};
-use taylorcal::gpu::{Gpu, GpuOptions};
+use taylorcal::gpu::{Gpu, GpuOptions, Tensor};
 
 /// The process-wide GPU context with the default options. Fails loudly (never skips) when
 /// no adapter exists.
@@ -20,6 +23,28 @@ pub fn gpu_with(opts: GpuOptions) -> &'static Gpu {
     }
 }
 
+/// The binding limit of [`split_gpu`]: 4 KiB.
+pub const MAX_BINDING: u64 = 4096;
+
+/// The shared context with the storage-binding limit lowered to [`MAX_BINDING`]
+/// (`GpuOptions::max_binding`): every tensor over 4 KiB is bound in pieces, so each
+/// kernel's split path runs on any adapter. Checks that the limit took effect.
+pub fn split_gpu() -> &'static Gpu {
+    let g = gpu_with(GpuOptions { max_binding: Some(MAX_BINDING), ..Default::default() });
+    assert_eq!(g.max_binding, MAX_BINDING, "the lowered binding limit was not applied: nothing would be split");
+    g
+}
+
+/// An f32 tensor of `shape` holding `data`.
+pub fn up(g: &Gpu, shape: &[usize], data: &[f32]) -> Tensor {
+    g.upload(shape, data).unwrap()
+}
+
+/// A tensor's contents as f32.
+pub fn read(g: &Gpu, t: &Tensor) -> Vec<f32> {
+    g.read(t).unwrap()
+}
+
 pub fn rng(seed: u64) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed)
 }
@@ -31,6 +56,11 @@ pub fn randn(r: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
 
 pub fn f64v(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
+}
+
+/// `v` rounded to f32 (what the GPU sees).
+pub fn f32v(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
 }
 
 /// max |a - b| / max(max |b|, tiny): the relative error of a whole tensor.
@@ -45,4 +75,40 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
     assert!(got.iter().all(|v| v.is_finite()), "{what}: non-finite output");
     let e = rel_err(got, want);
     assert!(e <= tol, "{what}: relative error {e:.3e} > {tol:.1e}");
+}
+
+/// [`assert_close`] that also prints the error (the margin shows in `--nocapture` runs).
+pub fn check(what: &str, got: &[f32], want: &[f64], tol: f64) {
+    eprintln!("{what:<40} rel max err {:.2e}", rel_err(got, want));
+    assert_close(what, got, want, tol);
+}
+
+/// max |a - b| / max |b| of two f64 vectors (for finite differences).
+pub fn rel_err_f64(got: &[f64], want: &[f64]) -> f64 {
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
+    got.iter().zip(want).fold(0.0f64, |m, (g, w)| m.max((g - w).abs())) / scale
+}
+
+/// sqrt(sum (a - b)^2 / sum b^2) of two f64 vectors.
+pub fn rel_rms_f64(got: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    let num: f64 = got.iter().zip(want).map(|(g, w)| (g - w).powi(2)).sum();
+    let den: f64 = want.iter().map(|w| w * w).sum::<f64>().max(1e-300);
+    (num / den).sqrt()
+}
+
+/// Central differences of `f` at `x` in every coordinate.
+pub fn numeric_grad(x: &[f64], h: f64, f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    let mut x = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            let x0 = x[i];
+            x[i] = x0 + h;
+            let fp = f(&x);
+            x[i] = x0 - h;
+            let fm = f(&x);
+            x[i] = x0;
+            (fp - fm) / (2.0 * h)
+        })
+        .collect()
 }

@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::path::PathBuf;
 use taylorcal::io::gguf::{write_gguf, GgufTensorData, GgufValue};
+use taylorcal::io::hf::save_hf_dir;
 use taylorcal::io::weights::expected_tensors;
-use taylorcal::io::{Arch, HostTensor, ModelConfig};
+use taylorcal::io::{load_model, Arch, HostTensor, ModelConfig, ModelFiles};
 
 pub fn tiny_config(arch: Arch) -> ModelConfig {
     ModelConfig {
@@ -49,6 +50,14 @@ pub fn random_tensors(cfg: &ModelConfig, seed: u64) -> HashMap<String, HostTenso
             (name, HostTensor::new(shape, data))
         })
         .collect()
+}
+
+/// `tensors` saved as a Hugging Face directory (in a temporary directory) and loaded back,
+/// as the CLI would load a teacher.
+pub fn hf_round_trip(cfg: &ModelConfig, tensors: &HashMap<String, HostTensor>) -> ModelFiles {
+    let dir = tempfile::tempdir().unwrap();
+    save_hf_dir(dir.path(), cfg, tensors, None).unwrap();
+    load_model(dir.path()).unwrap()
 }
 
 /// Independent inverse of the loader's name map (Hugging Face -> GGUF).

@@ -1,6 +1,6 @@
 //! An f64 model of the chunked algorithm the WGSL kernels run (same decomposition, same
 //! intermediates, any chunk size), for tests and for debugging the kernels one by one.
-//! Checked against the naive recurrence ([`super::cpu`]) in tests/delta.rs.
+//! Checked against the naive recurrence ([`super::cpu`]) in tests/kernels/delta.rs.
 //! Within a chunk, rows are tokens; H = S^T is the [dk, dv] state entering the chunk.
 //!
 //! Forward, per chunk, gamma = inclusive cumsum of g, L = last valid row:

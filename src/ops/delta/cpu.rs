@@ -1,5 +1,5 @@
 //! The f64 naive per-token gated delta rule and its hand-written reverse-mode backward:
-//! the reference every GPU kernel of this family is tested against (tests/delta.rs, whose
+//! the reference every GPU kernel of this family is tested against (tests/kernels/delta.rs, whose
 //! first test checks it against finite differences).
 //!
 //! Per (b, h), with state S [dv, dk] (row v, column k), optional L2 normalisation of q and

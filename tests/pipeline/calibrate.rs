@@ -1,20 +1,20 @@
-//! Taylor-Calibrate conversion on a tiny random teacher: the teacher capture, phase 1's
-//! settings, phase 2 lowering the layer MSE, and every strategy end to end.
-mod common;
-use common::tiny::*;
-use common::*;
+//! Taylor-Calibrate conversion (src/calibrate) on a tiny random teacher: the naive
+//! student's initial weights (init.rs), the teacher capture, phase 1's settings, phase 2
+//! lowering the layer MSE, and every strategy end to end (convert.rs).
+use crate::common::student::{bare_checkpoint, tiny_hybrid};
+use crate::common::tiny::*;
+use crate::common::*;
 use taylorcal::calibrate::convert::{self, AlignOpts, ConvertOpts, Strategy};
+use taylorcal::calibrate::init::init_student;
 use taylorcal::calibrate::phase1;
 use taylorcal::eval;
-use taylorcal::io::checkpoint::{self, gdn_name, Checkpoint, HybridConfig};
-use taylorcal::io::{hf::save_hf_dir, load_model, Arch};
+use taylorcal::io::checkpoint::{self, gdn_name, HybridConfig};
+use taylorcal::io::Arch;
 use taylorcal::nn::decoder::Decoder;
 
 fn setup() -> (taylorcal::io::ModelFiles, HybridConfig, Vec<u32>) {
-    let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(Arch::Llama);
-    save_hf_dir(dir.path(), &cfg, &random_tensors(&cfg, 61), None).unwrap();
-    let files = load_model(dir.path()).unwrap();
+    let files = hf_round_trip(&cfg, &random_tensors(&cfg, 61));
     let hc = HybridConfig::new(cfg.clone(), vec![0]).unwrap();
     let mut r = rng(62);
     let ids: Vec<u32> = (0..400).map(|_| rand::Rng::random_range(&mut r, 0..cfg.vocab_size as u32)).collect();
@@ -35,6 +35,44 @@ fn opts(strategy: Strategy, steps: usize) -> ConvertOpts {
     }
 }
 
+#[test]
+fn converted_layer_starts_from_the_teacher_q_o_and_repeated_kv() {
+    let (cfg, teacher) = tiny_hybrid(vec![1], 41);
+    let s = init_student(&cfg, &teacher, 7).unwrap();
+    let c = &cfg.base;
+    let (dm, h, hkv, d) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    // layer 0 is converted: Q and O copied
+    assert_eq!(s["model.layers.0.attn.q_proj.weight"], teacher["model.layers.0.self_attn.q_proj.weight"]);
+    assert_eq!(s["model.layers.0.attn.o_proj.weight"], teacher["model.layers.0.self_attn.o_proj.weight"]);
+    // K/V: head hh row r equals teacher kv head hh / (h / hkv) row r, written out by index
+    for name in ["k_proj", "v_proj"] {
+        let st = &s[&format!("model.layers.0.attn.{name}.weight")];
+        let tt = &teacher[&format!("model.layers.0.self_attn.{name}.weight")];
+        assert_eq!(st.shape, vec![h * d, dm]);
+        for hh in 0..h {
+            for r in 0..d {
+                let src = ((hh * hkv / h) * d + r) * dm;
+                assert_eq!(&st.data[(hh * d + r) * dm..(hh * d + r + 1) * dm], &tt.data[src..src + dm]);
+            }
+        }
+    }
+    // teacher biases of converted layers are dropped; the kept layer keeps everything
+    assert!(!s.keys().any(|k| k.starts_with("model.layers.0.self_attn.") || k.ends_with("proj.bias") && k.starts_with("model.layers.0.")));
+    assert_eq!(s["model.layers.1.self_attn.q_proj.bias"], teacher["model.layers.1.self_attn.q_proj.bias"]);
+    assert_eq!(s["model.layers.0.mlp.down_proj.weight"], teacher["model.layers.0.mlp.down_proj.weight"]);
+    // new parameters at fla's defaults
+    let dt: Vec<f64> = s["model.layers.0.attn.dt_bias"].data.iter().map(|&b| phase1::softplus(b as f64)).collect();
+    assert!(dt.iter().all(|&x| (0.99e-3..=0.1001).contains(&x)), "dt {dt:?}");
+    assert!(s["model.layers.0.attn.A_log"].data.iter().all(|&a| a < 16f32.ln()));
+    assert!(s["model.layers.0.attn.o_norm.weight"].data.iter().all(|&w| w == 1.0));
+    let names: Vec<_> = checkpoint::expected_tensors(&cfg).into_iter().map(|(n, _)| n).collect();
+    let mut have: Vec<_> = s.keys().cloned().collect();
+    let mut want = names.clone();
+    have.sort();
+    want.sort();
+    assert_eq!(have, want);
+}
+
 /// The tiny teacher's capture over 3 windows of 48 tokens (activations of the first 2) and
 /// a naive student's tensors.
 fn captured() -> (convert::Capture, std::collections::HashMap<String, taylorcal::io::HostTensor>) {
@@ -43,7 +81,7 @@ fn captured() -> (convert::Capture, std::collections::HashMap<String, taylorcal:
     let teacher = Decoder::new(g, &files).unwrap();
     let windows = taylorcal::data::windows(&ids, 48, 3, "text").unwrap();
     let cap = convert::capture(g, &teacher, &hc.gdn_layers(), &windows, 2, |_| {}).unwrap();
-    (cap, taylorcal::calibrate::init::init_student(&hc, &files.tensors, 3).unwrap())
+    (cap, init_student(&hc, &files.tensors, 3).unwrap())
 }
 
 #[test]
@@ -141,14 +179,7 @@ fn every_strategy_converts_and_the_checkpoint_evaluates() {
         assert_eq!(reports[0].phase1.is_some(), s.phase1(), "{s:?}");
         assert_eq!(reports[0].alignment.is_some(), s.phase2(), "{s:?}");
         let out = dir.path().join(s.name());
-        let ck = Checkpoint {
-            config: hc.clone(),
-            tensors,
-            tokenizer: None,
-            report: serde_json::json!({"strategy": s.name(), "timings": timings}),
-            optimizer: None,
-            files: vec![],
-        };
+        let ck = bare_checkpoint(hc.clone(), tensors, serde_json::json!({"strategy": s.name(), "timings": timings}));
         checkpoint::save_checkpoint(&out, &ck).unwrap();
         let back = checkpoint::load_checkpoint(&out).unwrap();
         let student = Decoder::from_checkpoint(g, &back).unwrap();

@@ -1,18 +1,14 @@
-//! The gated delta rule: the f64 reference backward against finite differences, and the
-//! WGSL chunked forward / one-step / chunked backward kernels against the f64 reference.
-mod common;
-use common::*;
+//! The gated delta rule (src/ops/delta.rs with its f64 references ops/delta/cpu.rs and
+//! chunk_ref.rs; shaders/delta_chunk.wgsl, delta_state.wgsl, delta_out.wgsl,
+//! delta_bwd.wgsl, delta_step.wgsl): the f64 reference backward against finite
+//! differences, and the WGSL chunked forward / one-step / chunked backward kernels
+//! against the f64 reference.
+use crate::common::*;
 use rand::Rng;
+use taylorcal::gpu::Tensor;
 use taylorcal::ops::delta::{self, cpu, DeltaInputs, DeltaShape, DeltaTiles, DeltaWorkspace};
 
-/// sqrt(mean (a - b)^2) / sqrt(mean b^2)
-fn rel_rms(got: &[f64], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len(), "length mismatch");
-    let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
-    let den: f64 = want.iter().map(|b| b * b).sum();
-    (num / den.max(1e-300)).sqrt()
-}
-
+#[derive(Clone)]
 struct Inputs {
     q: Vec<f64>,
     k: Vec<f64>,
@@ -65,22 +61,13 @@ fn reference_backward_matches_finite_differences() {
             lo + lh
         };
         let gr = cpu::backward(&s, &x.refs(), &w_o, with_dht.then_some(&w_h[..]));
-        let eps = 1e-5;
         let check = |name: &str, field: fn(&mut Inputs) -> &mut Vec<f64>, want: &[f64]| {
-            let mut x2 = Inputs { q: x.q.clone(), k: x.k.clone(), v: x.v.clone(), g: x.g.clone(), beta: x.beta.clone(), h0: x.h0.clone() };
-            let n = field(&mut x2).len();
-            let mut fd = vec![0.0; n];
-            #[allow(clippy::needless_range_loop)]
-            for i in 0..n {
-                let x0 = field(&mut x2)[i];
-                field(&mut x2)[i] = x0 + eps;
-                let lp = loss(&x2);
-                field(&mut x2)[i] = x0 - eps;
-                let lm = loss(&x2);
-                field(&mut x2)[i] = x0;
-                fd[i] = (lp - lm) / (2.0 * eps);
-            }
-            let e = rel_rms(want, &fd);
+            let fd = numeric_grad(field(&mut x.clone()), 1e-5, |v| {
+                let mut x2 = x.clone();
+                *field(&mut x2) = v.to_vec();
+                loss(&x2)
+            });
+            let e = rel_rms_f64(want, &fd);
             eprintln!("fd l2norm={l2norm} h0={with_h0} dht={with_dht} {name}: rel rms {e:.2e}");
             assert!(e < 1e-7, "{name}: analytic vs finite differences rel rms {e:.3e}");
         };
@@ -108,7 +95,7 @@ fn chunked_f64_model_matches_naive_recurrence() {
         let x = inputs(&mut r, &s, with_h0, (-4.0, 1.6));
         let (o, ht) = cpu::forward(&s, &x.refs());
         let (oc, htc, _) = delta::chunk_ref::forward(&s, c, &x.refs());
-        let (eo, eh) = (rel_rms(&oc, &o), rel_rms(&htc, &ht));
+        let (eo, eh) = (rel_rms_f64(&oc, &o), rel_rms_f64(&htc, &ht));
         eprintln!("chunk model T={t} C={c}: o {eo:.1e} ht {eh:.1e}");
         assert!(eo < 1e-12 && eh < 1e-12);
         let dout: Vec<f64> = (0..o.len()).map(|_| r.random_range(-1.0..1.0)).collect();
@@ -123,21 +110,21 @@ fn chunked_f64_model_matches_naive_recurrence() {
             ("dbeta", &got.dbeta, &want.dbeta),
             ("dh0", &got.dh0, &want.dh0),
         ] {
-            let e = rel_rms(a, b);
+            let e = rel_rms_f64(a, b);
             eprintln!("chunk model T={t} C={c} {name}: {e:.1e}");
             assert!(e < 1e-10, "{name}: {e:.3e}");
         }
     }
 }
 
-use taylorcal::gpu::Tensor;
-
-fn up(v: &[f64], shape: &[usize]) -> Tensor {
-    let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-    gpu().upload(shape, &f).unwrap()
+/// An f64 vector rounded to f32 as a tensor of `shape` on the default context.
+fn up64(v: &[f64], shape: &[usize]) -> Tensor {
+    up(gpu(), shape, &f32v(v))
 }
+
+/// A tensor of the default context read back as f64.
 fn down(t: &Tensor) -> Vec<f64> {
-    f64v(&gpu().read(t).unwrap())
+    f64v(&read(gpu(), t))
 }
 
 /// Inputs rounded to f32 (what the GPU sees), so the f64 reference gets the same values.
@@ -163,12 +150,12 @@ impl Gpu5 {
 
 fn upload(s: &DeltaShape, x: &Inputs) -> Gpu5 {
     Gpu5 {
-        q: up(&x.q, &[s.b, s.t, s.h, s.dk]),
-        k: up(&x.k, &[s.b, s.t, s.h, s.dk]),
-        v: up(&x.v, &[s.b, s.t, s.h, s.dv]),
-        g: up(&x.g, &[s.b, s.t, s.h]),
-        beta: up(&x.beta, &[s.b, s.t, s.h]),
-        h0: x.h0.as_ref().map(|h| up(h, &[s.b, s.h, s.dv, s.dk])),
+        q: up64(&x.q, &[s.b, s.t, s.h, s.dk]),
+        k: up64(&x.k, &[s.b, s.t, s.h, s.dk]),
+        v: up64(&x.v, &[s.b, s.t, s.h, s.dv]),
+        g: up64(&x.g, &[s.b, s.t, s.h]),
+        beta: up64(&x.beta, &[s.b, s.t, s.h]),
+        h0: x.h0.as_ref().map(|h| up64(h, &[s.b, s.h, s.dv, s.dk])),
     }
 }
 
@@ -196,7 +183,7 @@ fn check_forward_tiles(label: &str, s: &DeltaShape, x: &Inputs, tiles: Option<De
     let (o, ht) = gpu_forward_tiles(s, &upload(s, &x), tiles);
     assert!(o.iter().chain(&ht).all(|v| v.is_finite()), "{label}: non-finite output");
     let (wo, wh) = cpu::forward(s, &x.refs());
-    let (eo, eh) = (rel_rms(&o, &wo), rel_rms(&ht, &wh));
+    let (eo, eh) = (rel_rms_f64(&o, &wo), rel_rms_f64(&ht, &wh));
     eprintln!("forward {label}: o rel rms {eo:.2e}, ht rel rms {eh:.2e}");
     (eo, eh)
 }
@@ -215,8 +202,8 @@ fn check_backward_tiles(label: &str, s: &DeltaShape, x: &Inputs, with_dht: bool,
     let dout: Vec<f64> = (0..nv).map(|_| r.random_range(-1.0f32..1.0) as f64).collect();
     let dht: Vec<f64> = (0..s.b * s.h * s.dv * s.dk).map(|_| r.random_range(-1.0f32..1.0) as f64).collect();
     let t = upload(s, &x);
-    let tdo = up(&dout, &[s.b, s.t, s.h, s.dv]);
-    let tdht = up(&dht, &[s.b, s.h, s.dv, s.dk]);
+    let tdo = up64(&dout, &[s.b, s.t, s.h, s.dv]);
+    let tdht = up64(&dht, &[s.b, s.h, s.dv, s.dk]);
     let gr = delta::DeltaGrads::new(g, s, x.h0.is_some()).unwrap();
     // odd seeds: the backward takes the forward's intermediates from the shared workspace
     let reuse = seed % 2 == 1;
@@ -245,7 +232,7 @@ fn check_backward_tiles(label: &str, s: &DeltaShape, x: &Inputs, with_dht: bool,
     for (name, got, want) in all {
         let got = down(got);
         assert!(got.iter().all(|v| v.is_finite()), "{label} {name}: non-finite");
-        let e = rel_rms(&got, want);
+        let e = rel_rms_f64(&got, want);
         line += &format!(" {name} {e:.1e}");
         worst = worst.max(e);
     }
@@ -299,7 +286,7 @@ fn chunk_forward_equals_chained_steps() {
         let tx = upload(&s, &x);
         let (o_chunk, ht_chunk) = gpu_forward(&s, &tx);
         // T single-token calls, each on a [B, 1, H, *] slice, state in place
-        let st = up(x.h0.as_ref().unwrap(), &[b, h, d, d]);
+        let st = up64(x.h0.as_ref().unwrap(), &[b, h, d, d]);
         let one = DeltaShape { t: 1, ..s };
         let slice = |v: &[f64], w: usize, tt: usize| -> Vec<f64> {
             (0..b).flat_map(|bb| v[((bb * t + tt) * h) * w..((bb * t + tt) * h + h) * w].to_vec()).collect()
@@ -307,11 +294,11 @@ fn chunk_forward_equals_chained_steps() {
         let mut steps = vec![];
         for tt in 0..t {
             let ts = Gpu5 {
-                q: up(&slice(&x.q, d, tt), &[b, 1, h, d]),
-                k: up(&slice(&x.k, d, tt), &[b, 1, h, d]),
-                v: up(&slice(&x.v, d, tt), &[b, 1, h, d]),
-                g: up(&slice(&x.g, 1, tt), &[b, 1, h]),
-                beta: up(&slice(&x.beta, 1, tt), &[b, 1, h]),
+                q: up64(&slice(&x.q, d, tt), &[b, 1, h, d]),
+                k: up64(&slice(&x.k, d, tt), &[b, 1, h, d]),
+                v: up64(&slice(&x.v, d, tt), &[b, 1, h, d]),
+                g: up64(&slice(&x.g, 1, tt), &[b, 1, h]),
+                beta: up64(&slice(&x.beta, 1, tt), &[b, 1, h]),
                 h0: None,
             };
             steps.push((ts, g.zeros(&[b, 1, h, d]).unwrap()));
@@ -330,9 +317,9 @@ fn chunk_forward_equals_chained_steps() {
                 o_steps[((bb * t + tt) * h) * d..((bb * t + tt) * h + h) * d].copy_from_slice(&ov[bb * h * d..(bb + 1) * h * d]);
             }
         }
-        let (eo, eh) = (rel_rms(&o_steps, &o_chunk), rel_rms(&down(&st), &ht_chunk));
+        let (eo, eh) = (rel_rms_f64(&o_steps, &o_chunk), rel_rms_f64(&down(&st), &ht_chunk));
         let (wo, wh) = cpu::forward(&s, &x.refs());
-        let (ro, rh) = (rel_rms(&o_steps, &wo), rel_rms(&down(&st), &wh));
+        let (ro, rh) = (rel_rms_f64(&o_steps, &wo), rel_rms_f64(&down(&st), &wh));
         eprintln!("{t} chained steps vs chunked (B={b} H={h} d={d} l2={l2}): o {eo:.2e} ht {eh:.2e}; steps vs f64: o {ro:.2e} ht {rh:.2e}");
         assert!(eo <= 1e-5 && eh <= 1e-5 && ro <= 1e-5 && rh <= 1e-5);
     }

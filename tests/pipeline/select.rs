@@ -1,12 +1,11 @@
-//! Retained-layer policies on tiny random teachers: uniform's index lists, AR finding the
-//! one decisive attention layer, GA-S2 scoring every layer, and `taylorcal select` JSON.
-mod common;
-use common::tiny::*;
-use common::*;
-use std::process::Command;
+//! Retained-layer policies (src/select) on tiny random teachers: uniform's index lists,
+//! AR finding the one decisive attention layer, GA-S2 scoring every layer. (`taylorcal
+//! select` itself is tested in tests/cli.rs.)
+use crate::common::tiny::*;
+use crate::common::*;
 use taylorcal::calibrate::convert;
 use taylorcal::eval;
-use taylorcal::io::{hf::save_hf_dir, load_model, Arch};
+use taylorcal::io::Arch;
 use taylorcal::nn::decoder::Decoder;
 use taylorcal::select::{self, Inputs, Policy};
 
@@ -116,12 +115,9 @@ fn ar_ranks_the_decisive_attention_layer_first() {
 #[test]
 fn ga_s2_scores_every_layer_from_one_teacher_pass() {
     let g = gpu();
-    let dir = tempfile::tempdir().unwrap();
     let mut cfg = tiny_config(Arch::Llama);
     cfg.num_hidden_layers = 3;
-    let tensors = random_tensors(&cfg, 81);
-    save_hf_dir(dir.path(), &cfg, &tensors, None).unwrap();
-    let files = load_model(dir.path()).unwrap();
+    let files = hf_round_trip(&cfg, &random_tensors(&cfg, 81));
     let teacher = Decoder::new(g, &files).unwrap();
     let mut r = rng(82);
     let ids: Vec<u32> = (0..240).map(|_| rand::Rng::random_range(&mut r, 0..cfg.vocab_size as u32)).collect();
@@ -150,81 +146,4 @@ fn ga_s2_scores_every_layer_from_one_teacher_pass() {
     assert!(s.keep.iter().all(|&l| s.scores[l] <= s.scores[worst]));
     assert!(s.seconds > 0.0);
     assert!(select::select(g, Policy::GaS2, 4, &inp, |_, _| {}).is_err());
-}
-
-fn taylorcal(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_taylorcal")).args(args).env("XDG_RUNTIME_DIR", "/tmp").output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-#[test]
-fn select_cli_prints_keep_and_scores_and_convert_uses_the_policy() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = tiny_gguf(dir.path(), true);
-    let text = dir.path().join("text.txt");
-    let words = ["the", "cat", "sat", "on", "mat", "hello", "world", "12", "or", "then"];
-    let body: Vec<&str> = (0..1200).map(|i| words[(i * 7 + i / 3) % words.len()]).collect();
-    std::fs::write(&text, body.join(" ")).unwrap();
-    let report = dir.path().join("sel.json");
-    let (m, t, o) = (model.to_str().unwrap(), text.to_str().unwrap(), report.to_str().unwrap());
-    let (ok, stdout, err) = taylorcal(&[
-        "select",
-        "--teacher",
-        m,
-        "--policy",
-        "ar",
-        "--num-keep",
-        "1",
-        "--eval",
-        t,
-        "--eval-windows",
-        "1",
-        "--out",
-        o,
-        "--json",
-    ]);
-    assert!(ok, "select failed: {err}");
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
-    let keep = v["keep"].as_array().unwrap();
-    assert_eq!(keep.len(), 1);
-    assert!(keep[0].as_u64().unwrap() < 2);
-    let scores = v["scores"].as_array().unwrap();
-    assert_eq!(scores.len(), 2);
-    assert!(scores.iter().all(|x| x.as_f64().unwrap().is_finite()));
-    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    assert_eq!(file["keep"], v["keep"]);
-    assert!(std::fs::read_to_string(report.with_extension("svg")).unwrap().starts_with("<svg"));
-
-    let out = dir.path().join("student");
-    let (ok, _, err) = taylorcal(&[
-        "convert",
-        "--teacher",
-        m,
-        "--policy",
-        "ar",
-        "--num-keep",
-        "1",
-        "--strategy",
-        "naive",
-        "--calib",
-        t,
-        "--eval",
-        t,
-        "--eval-windows",
-        "1",
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(ok, "convert --policy failed: {err}");
-    let ck: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
-    assert_eq!(ck["attn_layers"], v["keep"]);
-    assert_eq!(ck["selection"]["keep"], v["keep"]);
-
-    let (ok, _, err) = taylorcal(&["convert", "--teacher", m, "--policy", "ar", "--num-keep", "1", "--keep", "0"]);
-    assert!(!ok && err.contains("--keep"), "{err}");
-    let (ok, _, err) = taylorcal(&["select", "--teacher", m, "--policy", "best", "--num-keep", "1", "--eval", t, "--eval-windows", "1"]);
-    assert!(!ok && err.contains("unknown policy 'best'"), "{err}");
-    let (ok, _, err) = taylorcal(&["select", "--teacher", m, "--policy", "ar", "--num-keep", "3", "--eval", t, "--eval-windows", "1"]);
-    assert!(!ok && err.contains("cannot keep 3"), "{err}");
 }

@@ -1,6 +1,8 @@
-//! Model loaders: GGUF dequantisation and Q/K un-permutation, Hugging Face safetensors
-//! (f32/f16/bf16, sharded), the GGUF byte-level BPE tokenizer, and clear errors on bad input.
-//! Everything runs on small random models generated here.
+//! File formats (src/io): the model loaders (GGUF dequantisation and Q/K un-permutation,
+//! Hugging Face safetensors in f32/f16/bf16, sharded, the GGUF byte-level BPE tokenizer,
+//! clear errors on bad input) and the hybrid checkpoint format (io/checkpoint.rs: round
+//! trip, atomic writes, config checks). Everything runs on small random models generated
+//! here.
 use half::{bf16, f16};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -8,13 +10,15 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use taylorcal::calibrate::init::init_student;
+use taylorcal::io::checkpoint::{self, Checkpoint, HybridConfig};
 use taylorcal::io::gguf::tokenizer_from_gguf;
 use taylorcal::io::gguf::{self, write_gguf, GgmlType, GgufFile, GgufTensorData, GgufValue};
 use taylorcal::io::hf::{self, save_hf_dir};
 use taylorcal::io::{load_model, Arch, HostTensor};
 
-mod common;
-use common::tiny::*;
+use crate::common::student::{bare_checkpoint, tiny_hybrid};
+use crate::common::tiny::*;
 
 // ---------------------------------------------------------------------------
 // helpers
@@ -601,4 +605,72 @@ fn load_model_finds_the_single_gguf_in_a_directory() {
     std::fs::copy(tmp.path().join("tiny.gguf"), tmp.path().join("other.gguf")).unwrap();
     let msg = err_text(load_model(tmp.path()));
     assert_mentions(&msg, &["2 .gguf files", "other.gguf", "tiny.gguf"]);
+}
+
+// ---------------------------------------------------------------------------
+// the hybrid checkpoint format
+
+#[test]
+fn checkpoint_round_trips() {
+    let (cfg, teacher) = tiny_hybrid(vec![1], 41);
+    let tensors = init_student(&cfg, &teacher, 7).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("student");
+    let ck = bare_checkpoint(cfg.clone(), tensors.clone(), serde_json::json!({"strategy": "naive"}));
+    checkpoint::save_checkpoint(&out, &ck).unwrap();
+    assert!(checkpoint::is_checkpoint(&out));
+    let back = checkpoint::load_checkpoint(&out).unwrap();
+    assert_eq!(back.config, cfg);
+    assert_eq!(back.tensors, tensors);
+    assert_eq!(back.report["strategy"], "naive");
+    let text = std::fs::read_to_string(out.join("config.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["model_type"], "taylorcal_hybrid");
+    assert_eq!(v["attn_layers"], serde_json::json!([1]));
+    for k in [
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "intermediate_size",
+        "vocab_size",
+        "rms_norm_eps",
+        "rope_theta",
+        "tie_word_embeddings",
+        "gdn_use_silu",
+        "gdn_norm_eps",
+        "gdn_chunk_size",
+    ] {
+        assert!(!v[k].is_null(), "config.json lacks {k}");
+    }
+}
+
+#[test]
+fn interrupted_write_leaves_no_half_checkpoint() {
+    let (cfg, teacher) = tiny_hybrid(vec![1], 41);
+    let tensors = init_student(&cfg, &teacher, 7).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("student");
+    let ck = bare_checkpoint(cfg.clone(), tensors, serde_json::json!({"v": 1}));
+    // first write fails after the files were written, before publishing: nothing appears
+    let r = checkpoint::save_checkpoint_with(&out, &ck, || anyhow::bail!("simulated crash"));
+    assert!(r.is_err());
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "temporary files left behind");
+    // a good checkpoint, then a failed overwrite: the old one survives intact
+    checkpoint::save_checkpoint(&out, &ck).unwrap();
+    let ck2 = Checkpoint { report: serde_json::json!({"v": 2}), ..ck };
+    assert!(checkpoint::save_checkpoint_with(&out, &ck2, || anyhow::bail!("simulated crash")).is_err());
+    assert_eq!(checkpoint::load_checkpoint(&out).unwrap().report["v"], 1);
+    checkpoint::save_checkpoint(&out, &ck2).unwrap();
+    assert_eq!(checkpoint::load_checkpoint(&out).unwrap().report["v"], 2);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn bad_kept_layer_is_a_clear_error() {
+    let (cfg, _) = tiny_hybrid(vec![1], 41);
+    let e = HybridConfig::new(cfg.base.clone(), vec![0, 9]).unwrap_err().to_string();
+    assert!(e.contains("kept layer 9") && e.contains("2 layers"), "{e}");
 }

@@ -1,5 +1,7 @@
-//! Every WGSL file validates with naga and translates to SPIR-V, MSL and HLSL, in every
-//! specialisation the host uses, so a shader that would break on Metal or DX12 fails here.
+//! The shader registry (`gpu::SHADERS` and `gpu::INCLUDES` in src/gpu/mod.rs, every file
+//! of shaders/): each WGSL file is registered, validates with naga and translates to
+//! SPIR-V, MSL and HLSL, in every specialisation the host uses, so a shader that would
+//! break on Metal or DX12 fails here.
 use naga::back::{hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 use taylorcal::gpu::{resolve_includes, specialise, INCLUDES, SHADERS};

@@ -1,7 +1,6 @@
-//! Training kernels vs f64 references: global gradient norm, MSE + cosine sums, AdamW
-//! with clipping over several steps.
-mod common;
-use common::*;
+//! Training kernels (src/ops/optim.rs, shaders/optim.wgsl) against f64 references: global
+//! gradient norm, MSE + cosine sums, AdamW with clipping over several steps.
+use crate::common::*;
 use taylorcal::ops::optim::{self, AdamW, Reducer};
 
 #[test]

@@ -1,6 +1,6 @@
-//! The crate's layering, read from its sources: every module imports only the modules
-//! below it (no upward import), and no two files of one module import each other in a
-//! circle. The order is the one `src/lib.rs` documents.
+//! The crate's layering, read from its sources (src/, found through CARGO_MANIFEST_DIR):
+//! every module imports only the modules below it (no upward import), and no two files of
+//! one module import each other in a circle. The order is the one `src/lib.rs` documents.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

@@ -1,25 +1,52 @@
-//! Whole-model tests on tiny random teachers: GPU logits equal the f64 CPU reference for
-//! a Llama (GQA, tied embeddings), a Qwen2-style model (q/k/v biases, GQA, untied head)
-//! and a Qwen3-style one (q/k norms); a GGUF copy (permuted Q/K) gives the same logits.
-mod common;
-use common::tiny::*;
-use common::*;
+//! The decoder (src/nn/decoder.rs) on tiny random teachers and students: GPU logits equal
+//! the f64 CPU reference (src/nn/reference.rs) for a Llama (GQA, tied embeddings), a
+//! Qwen2-style model (q/k/v biases, GQA, untied head), a Qwen3-style one (q/k norms) and
+//! a hybrid student; a GGUF copy (permuted Q/K) gives the same logits; KV-cache and
+//! recurrent-state decoding equal the full pass; perplexity equals the reference NLL.
+use crate::common::student::{bare_checkpoint, tiny_hybrid};
+use crate::common::tiny::*;
+use crate::common::*;
 use taylorcal::eval;
 use taylorcal::io::gguf::GgufTensorData;
 use taylorcal::io::{hf::save_hf_dir, load_model, Arch, ModelFiles};
 use taylorcal::nn::decoder::{Decoder, ForwardOpts};
 use taylorcal::nn::reference;
 
-fn gpu_logits(files: &ModelFiles, ids: &[u32]) -> Vec<f32> {
+/// Logits of every position of `ids` in one pass of `d`.
+fn logits(d: &Decoder, ids: &[u32]) -> Vec<f32> {
     let g = gpu();
-    let teacher = Decoder::new(g, files).unwrap();
-    let cache = teacher.kv_cache(g, ids.len()).unwrap();
+    let cache = d.kv_cache(g, ids.len()).unwrap();
     let tid = g.upload_u32(&[ids.len()], ids).unwrap();
     let mut b = g.batch();
-    let hidden = teacher.forward(&mut b, &cache, &tid, 0, ForwardOpts::default()).unwrap();
-    let logits = teacher.logits(&mut b, &hidden, 0, ids.len()).unwrap();
+    let hidden = d.forward(&mut b, &cache, &tid, 0, ForwardOpts::default()).unwrap();
+    let logits = d.logits(&mut b, &hidden, 0, ids.len()).unwrap();
     b.submit();
     g.read(&logits).unwrap()
+}
+
+/// Logits of every position of `ids` from a teacher built from `files`.
+fn gpu_logits(files: &ModelFiles, ids: &[u32]) -> Vec<f32> {
+    logits(&Decoder::new(gpu(), files).unwrap(), ids)
+}
+
+/// The last position's logits when `toks` is fed through the cache in pieces: a prefill up
+/// to `cuts[0]`, then from cut to cut, then the rest.
+fn decode_last(d: &Decoder, toks: &[u32], cuts: &[usize]) -> Vec<f32> {
+    let g = gpu();
+    let cache = d.kv_cache(g, toks.len()).unwrap();
+    let mut last = vec![];
+    let mut pos = 0;
+    for &end in cuts.iter().chain([&toks.len()]) {
+        let chunk = &toks[pos..end];
+        let tid = g.upload_u32(&[chunk.len()], chunk).unwrap();
+        let mut b = g.batch();
+        let hidden = d.forward(&mut b, &cache, &tid, pos, ForwardOpts::default()).unwrap();
+        let logits = d.logits(&mut b, &hidden, chunk.len() - 1, 1).unwrap();
+        b.submit();
+        last = g.read(&logits).unwrap();
+        pos = end;
+    }
+    last
 }
 
 fn ids(n: usize, vocab: usize) -> Vec<u32> {
@@ -27,12 +54,9 @@ fn ids(n: usize, vocab: usize) -> Vec<u32> {
 }
 
 fn check_arch(arch: Arch, tied: bool, seed: u64) {
-    let dir = tempfile::tempdir().unwrap();
     let mut cfg = tiny_config(arch);
     cfg.tie_word_embeddings = tied;
-    let tensors = random_tensors(&cfg, seed);
-    save_hf_dir(dir.path(), &cfg, &tensors, None).unwrap();
-    let files = load_model(dir.path()).unwrap();
+    let files = hf_round_trip(&cfg, &random_tensors(&cfg, seed));
     let toks = ids(37, cfg.vocab_size);
     let got = gpu_logits(&files, &toks);
     let want = reference::forward_logits(&files, &toks);
@@ -71,36 +95,20 @@ fn gguf_with_permuted_qk_gives_the_same_logits_as_safetensors() {
 #[test]
 fn kv_cache_decoding_matches_full_sequence() {
     // the last position's logits from prefill(T-3) + 3 single-token steps equal one pass over T
-    let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(Arch::Llama);
-    save_hf_dir(dir.path(), &cfg, &random_tensors(&cfg, 25), None).unwrap();
-    let files = load_model(dir.path()).unwrap();
-    let g = gpu();
-    let teacher = Decoder::new(g, &files).unwrap();
+    let files = hf_round_trip(&cfg, &random_tensors(&cfg, 25));
+    let teacher = Decoder::new(gpu(), &files).unwrap();
     let toks = ids(20, cfg.vocab_size);
     let full = gpu_logits(&files, &toks);
-    let cache = teacher.kv_cache(g, toks.len()).unwrap();
-    let mut last = vec![];
-    let mut pos = 0;
-    for chunk in [&toks[..17], &toks[17..18], &toks[18..19], &toks[19..]] {
-        let tid = g.upload_u32(&[chunk.len()], chunk).unwrap();
-        let mut b = g.batch();
-        let hidden = teacher.forward(&mut b, &cache, &tid, pos, ForwardOpts::default()).unwrap();
-        let logits = teacher.logits(&mut b, &hidden, chunk.len() - 1, 1).unwrap();
-        b.submit();
-        last = g.read(&logits).unwrap();
-        pos += chunk.len();
-    }
+    let last = decode_last(&teacher, &toks, &[17, 18, 19]);
     let v = cfg.vocab_size;
     assert_close("decode vs prefill", &last, &f64v(&full[(toks.len() - 1) * v..]), 1e-5);
 }
 
 #[test]
 fn perplexity_equals_reference_nll() {
-    let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(Arch::Qwen2);
-    save_hf_dir(dir.path(), &cfg, &random_tensors(&cfg, 26), None).unwrap();
-    let files = load_model(dir.path()).unwrap();
+    let files = hf_round_trip(&cfg, &random_tensors(&cfg, 26));
     let teacher = Decoder::new(gpu(), &files).unwrap();
     let toks = ids(31, cfg.vocab_size);
     let r = eval::perplexity(gpu(), &teacher, &toks).unwrap();
@@ -113,25 +121,11 @@ fn perplexity_equals_reference_nll() {
     assert!((r.nll - nll).abs() <= 1e-4 * nll.abs(), "nll {} vs reference {nll}", r.nll);
 }
 
+/// A naive hybrid student of a tiny Qwen2-style teacher, attention kept in `keep`.
 fn tiny_student(keep: Vec<usize>, seed: u64) -> taylorcal::io::checkpoint::Checkpoint {
-    use taylorcal::calibrate::init::init_student;
-    use taylorcal::io::checkpoint::{Checkpoint, HybridConfig};
-    let cfg = tiny_config(Arch::Qwen2);
-    let teacher = random_tensors(&cfg, seed);
-    let hc = HybridConfig::new(cfg, keep).unwrap();
-    let tensors = init_student(&hc, &teacher, seed + 1).unwrap();
-    Checkpoint { config: hc, tensors, tokenizer: None, report: serde_json::Value::Null, optimizer: None, files: vec![] }
-}
-
-fn student_logits(d: &Decoder, ids: &[u32]) -> Vec<f32> {
-    let g = gpu();
-    let cache = d.kv_cache(g, ids.len()).unwrap();
-    let tid = g.upload_u32(&[ids.len()], ids).unwrap();
-    let mut b = g.batch();
-    let hidden = d.forward(&mut b, &cache, &tid, 0, ForwardOpts::default()).unwrap();
-    let logits = d.logits(&mut b, &hidden, 0, ids.len()).unwrap();
-    b.submit();
-    g.read(&logits).unwrap()
+    let (hc, teacher) = tiny_hybrid(keep, seed);
+    let tensors = taylorcal::calibrate::init::init_student(&hc, &teacher, seed + 1).unwrap();
+    bare_checkpoint(hc, tensors, serde_json::Value::Null)
 }
 
 #[test]
@@ -139,28 +133,16 @@ fn hybrid_student_gpu_logits_match_cpu_reference() {
     let ck = tiny_student(vec![1], 51);
     let d = Decoder::from_checkpoint(gpu(), &ck).unwrap();
     let toks = ids(70, ck.config.base.vocab_size); // more than one 64-token chunk
-    assert_close("hybrid logits", &student_logits(&d, &toks), &reference::hybrid_logits(&ck, &toks), 1e-4);
+    assert_close("hybrid logits", &logits(&d, &toks), &reference::hybrid_logits(&ck, &toks), 1e-4);
 }
 
 #[test]
 fn hybrid_decoding_with_recurrent_state_matches_full_sequence() {
     let ck = tiny_student(vec![0], 52);
-    let g = gpu();
-    let d = Decoder::from_checkpoint(g, &ck).unwrap();
+    let d = Decoder::from_checkpoint(gpu(), &ck).unwrap();
     let toks = ids(24, ck.config.base.vocab_size);
-    let full = student_logits(&d, &toks);
-    let cache = d.kv_cache(g, toks.len()).unwrap();
-    let mut last = vec![];
-    let mut pos = 0;
-    for chunk in [&toks[..20], &toks[20..21], &toks[21..22], &toks[22..]] {
-        let tid = g.upload_u32(&[chunk.len()], chunk).unwrap();
-        let mut b = g.batch();
-        let hidden = d.forward(&mut b, &cache, &tid, pos, ForwardOpts::default()).unwrap();
-        let logits = d.logits(&mut b, &hidden, chunk.len() - 1, 1).unwrap();
-        b.submit();
-        last = g.read(&logits).unwrap();
-        pos += chunk.len();
-    }
+    let full = logits(&d, &toks);
+    let last = decode_last(&d, &toks, &[20, 21, 22]);
     let v = ck.config.base.vocab_size;
     assert_close("hybrid decode vs prefill", &last, &f64v(&full[(toks.len() - 1) * v..]), 1e-4);
 }
@@ -170,10 +152,10 @@ fn checkpoint_round_trip_gives_identical_logits() {
     use taylorcal::io::checkpoint;
     let ck = tiny_student(vec![1], 53);
     let toks = ids(40, ck.config.base.vocab_size);
-    let before = student_logits(&Decoder::from_checkpoint(gpu(), &ck).unwrap(), &toks);
+    let before = logits(&Decoder::from_checkpoint(gpu(), &ck).unwrap(), &toks);
     let dir = tempfile::tempdir().unwrap();
     checkpoint::save_checkpoint(&dir.path().join("s"), &ck).unwrap();
     let back = checkpoint::load_checkpoint(&dir.path().join("s")).unwrap();
-    let after = student_logits(&Decoder::from_checkpoint(gpu(), &back).unwrap(), &toks);
+    let after = logits(&Decoder::from_checkpoint(gpu(), &back).unwrap(), &toks);
     assert_eq!(before, after, "logits changed across save/load");
 }

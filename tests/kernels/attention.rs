@@ -1,17 +1,51 @@
-//! Backward of causal GQA attention and of RoPE: the f64 references against finite
-//! differences / adjoint identities, the GPU kernels against the f64 references.
-mod common;
-use common::*;
-use taylorcal::gpu::{Gpu, GpuOptions, Tensor};
+//! Causal GQA softmax attention with its fused statistics, and its backward
+//! (src/ops/attention.rs, shaders/attention.wgsl and attention_bwd.wgsl): the GPU kernels
+//! against the f64 reference, the f64 backward against finite differences.
+use crate::common::*;
+use taylorcal::gpu::GpuOptions;
 use taylorcal::ops::attention::{self, AttnBwdScratch, AttnShape};
-use taylorcal::ops::rope;
 
-fn up(g: &Gpu, shape: &[usize], data: &[f32]) -> Tensor {
-    g.upload(shape, data).unwrap()
+// ---------------------------------------------------------------------------------------
+// forward
+
+fn check_attention(t: usize, h: usize, hkv: usize, d: usize, pos0: usize, qscale: f32, seed: u64) {
+    let g = gpu();
+    let mut r = rng(seed);
+    let s = pos0 + t;
+    let q = randn(&mut r, t * h * d, qscale);
+    let k = randn(&mut r, s * hkv * d, 1.0);
+    let v = randn(&mut r, s * hkv * d, 1.0);
+    let shape = AttnShape { heads: h, kv_heads: hkv, dim: d, pos0, scale: 1.0 / (d as f32).sqrt() };
+    let (tq, tk, tv) = (up(g, &[t, h * d], &q), up(g, &[s, hkv * d], &k), up(g, &[s, hkv * d], &v));
+    let o = g.zeros(&[t, h * d]).unwrap();
+    let st = g.zeros(&[t, h, 2]).unwrap();
+    g.run(|b| {
+        attention::attention(b, &tq, &tk, &tv, &o, &st, shape);
+        Ok(())
+    })
+    .unwrap();
+    let (wo, wst) = attention::cpu::attention(&f64v(&q), &f64v(&k), &f64v(&v), shape);
+    let tag = format!("attention t{t} h{h}/{hkv} d{d} pos0 {pos0}");
+    assert_close(&format!("{tag} output"), &read(g, &o), &wo, 1e-5);
+    let got = read(g, &st);
+    let dist: Vec<f32> = got.iter().step_by(2).cloned().collect();
+    let ent: Vec<f32> = got.iter().skip(1).step_by(2).cloned().collect();
+    assert_close(&format!("{tag} distance"), &dist, &wst.iter().step_by(2).cloned().collect::<Vec<_>>(), 1e-5);
+    assert_close(&format!("{tag} entropy"), &ent, &wst.iter().skip(1).step_by(2).cloned().collect::<Vec<_>>(), 1e-5);
 }
-fn read(g: &Gpu, t: &Tensor) -> Vec<f32> {
-    g.read(t).unwrap()
+
+#[test]
+fn attention_and_statistics_match_naive_reference() {
+    check_attention(1, 1, 1, 8, 0, 1.0, 10);
+    check_attention(63, 4, 2, 64, 0, 3.0, 11);
+    check_attention(65, 3, 1, 64, 0, 1.0, 12);
+    check_attention(130, 2, 2, 17, 0, 4.0, 13);
+    check_attention(5, 6, 3, 128, 40, 2.0, 14); // decode-like: queries after a KV cache
+    check_attention(33, 2, 1, 200, 3, 1.0, 15);
 }
+
+// ---------------------------------------------------------------------------------------
+// backward
 
 fn shape(h: usize, hkv: usize, d: usize) -> AttnShape {
     AttnShape { heads: h, kv_heads: hkv, dim: d, pos0: 0, scale: 1.0 / (d as f64).sqrt() as f32 }
@@ -33,20 +67,13 @@ fn cpu_backward_matches_finite_differences() {
     let v = f64v(&randn(&mut r, t * hkv * d, 1.0));
     let dout = f64v(&randn(&mut r, t * h * d, 1.0));
     let (dq, dk, dv) = attention::cpu::attention_backward(&q, &k, &v, &dout, s);
-    let eps = 1e-5;
     for (name, which, grad) in [("dq", 0, &dq), ("dk", 1, &dk), ("dv", 2, &dv)] {
-        let base = [&q, &k, &v][which];
-        let mut fd = vec![0.0; base.len()];
-        for (n, f) in fd.iter_mut().enumerate() {
-            let at = |delta: f64| {
-                let mut x = [q.clone(), k.clone(), v.clone()];
-                x[which][n] += delta;
-                loss(&x[0], &x[1], &x[2], &dout, s)
-            };
-            *f = (at(eps) - at(-eps)) / (2.0 * eps);
-        }
-        let scale = fd.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-        let err = grad.iter().zip(&fd).fold(0.0f64, |m, (a, b)| m.max((a - b).abs())) / scale;
+        let fd = numeric_grad([&q, &k, &v][which], 1e-5, |xw| {
+            let mut x = [q.clone(), k.clone(), v.clone()];
+            x[which] = xw.to_vec();
+            loss(&x[0], &x[1], &x[2], &dout, s)
+        });
+        let err = rel_err_f64(grad, &fd);
         eprintln!("{name}: relative error vs central differences {err:.2e}");
         assert!(err < 1e-7, "{name}: relative error {err:.2e} vs central differences");
     }
@@ -141,39 +168,6 @@ fn gpu_backward_matches_reference_at_awkward_shapes() {
 fn gpu_backward_head_dim_256() {
     check_backward(11, 4, 2, 256, 6.0, 8);
     check_backward(3, 2, 1, 200, 6.0, 9);
-}
-
-#[test]
-fn rope_backward_matches_reference_and_is_the_adjoint() {
-    let g = gpu();
-    let mut r = rng(20);
-    for &(t, h, d, pos0, theta) in &[(1, 1, 2, 0, 10000.0), (7, 3, 64, 5, 100000.0), (65, 2, 16, 0, 10000.0), (3, 4, 128, 100, 1e6)] {
-        let x = randn(&mut r, t * h * d, 1.0);
-        let y = randn(&mut r, t * h * d, 1.0);
-        let tab = rope::RopeTables::new(g, theta, d, 256).unwrap();
-        let ty = up(g, &[t, h * d], &y);
-        g.run(|b| {
-            rope::rope_backward(b, &ty, h, &tab, pos0);
-            Ok(())
-        })
-        .unwrap();
-        let mut want = f64v(&y);
-        rope::cpu::rope_backward(&mut want, h, d, theta, pos0);
-        assert_close(&format!("rope_backward t{t} h{h} d{d}"), &read(g, &ty), &want, 1e-5);
-
-        // <rope(x), y> == <x, rope_backward(y)> in f64
-        let mut rx = f64v(&x);
-        rope::cpu::rope(&mut rx, h, d, theta, pos0);
-        let lhs: f64 = rx.iter().zip(&f64v(&y)).map(|(a, b)| a * b).sum();
-        let rhs: f64 = f64v(&x).iter().zip(&want).map(|(a, b)| a * b).sum();
-        let err = (lhs - rhs).abs() / lhs.abs().max(1.0);
-        assert!(err < 1e-12, "rope adjoint t{t} h{h} d{d}: <Rx,y> {lhs} vs <x,R^T y> {rhs}");
-        // and it inverts the forward
-        let mut back = rx.clone();
-        rope::cpu::rope_backward(&mut back, h, d, theta, pos0);
-        let inv = back.iter().zip(&f64v(&x)).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-        assert!(inv < 1e-12, "rope_backward(rope(x)) != x: {inv:.2e}");
-    }
 }
 
 #[test]

@@ -1,0 +1,31 @@
+//! The library layer by layer and stage by stage, on tiny random models, in the order the
+//! data flows: file formats, the decoder, the GDN block, the training pass, calibration,
+//! layer selection, distillation; then the crate's layering itself.
+//!
+//! Files, in order: io, decoder, gdn_block, training, calibrate, select, distill, layout.
+#[path = "../common/mod.rs"]
+mod common;
+
+/// Loaders (GGUF, safetensors, tokenizer) and the hybrid checkpoint format.
+mod io;
+
+/// Teacher and hybrid-student logits against the f64 reference, decoding, perplexity.
+mod decoder;
+
+/// The whole Gated DeltaNet block against its f64 reference.
+mod gdn_block;
+
+/// The student's backward against finite differences.
+mod training;
+
+/// The student's initial weights, the teacher capture, phase 1 / 2, every strategy.
+mod calibrate;
+
+/// Retained-layer policies.
+mod select;
+
+/// Stage 1 / 2 distillation runs, resume, NaN stop.
+mod distill;
+
+/// The module layering, read from src/.
+mod layout;
