@@ -1,4 +1,4 @@
-//! Perplexity, attention statistics and greedy generation on a teacher.
+//! Perplexity (one sequence or windows) and greedy generation with a KV cache or GDN state.
 use crate::gpu::Gpu;
 use crate::nn::decoder::{Decoder, ForwardOpts};
 use crate::ops;
