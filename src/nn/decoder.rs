@@ -42,8 +42,9 @@ pub struct Layer {
     pub down: Tensor,
 }
 
-/// The teacher is a decoder whose every layer is softmax attention.
-
+/// A Llama-family decoder on the GPU, teacher and student alike: the teacher's every
+/// layer mixes with softmax attention, a hybrid student's converted layers with Gated
+/// DeltaNet ([`Mixer`]).
 pub struct Decoder {
     pub cfg: ModelConfig,
     pub embed: Tensor,
