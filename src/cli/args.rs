@@ -227,6 +227,10 @@ pub struct DistillArgs {
     /// Continue the run whose checkpoint is in --out (same options)
     #[arg(long)]
     pub resume: bool,
+    /// Write into --out even when it holds other files: only the files this command writes
+    /// are replaced, every other file is left alone
+    #[arg(long)]
+    pub force: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -253,6 +257,10 @@ pub struct RecoveryArgs {
     /// Directory for recovery.md, recovery.json, recovery.svg and the curves
     #[arg(long, default_value = "recovery")]
     pub out: PathBuf,
+    /// Write into --out even when it holds other files: only the files this command writes
+    /// are replaced, every other file is left alone
+    #[arg(long)]
+    pub force: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -288,6 +296,10 @@ pub enum Cmd {
         /// Output checkpoint directory
         #[arg(long, default_value = "student")]
         out: PathBuf,
+        /// Write into --out even when it holds other files: only the files this command writes
+        /// are replaced, every other file is left alone
+        #[arg(long)]
+        force: bool,
         #[arg(long)]
         json: bool,
     },
@@ -299,6 +311,10 @@ pub enum Cmd {
         /// Directory for ablation.md, ablation.json and ablation.svg
         #[arg(long, default_value = "ablation")]
         out: PathBuf,
+        /// Write into --out even when it holds other files: only the files this command writes
+        /// are replaced, every other file is left alone
+        #[arg(long)]
+        force: bool,
         #[arg(long)]
         json: bool,
     },

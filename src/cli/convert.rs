@@ -2,16 +2,19 @@
 //! [`conv_setup`], one library call, the output.
 use super::args::ConvArgs;
 use super::setup::conv_setup;
-use super::{gpu, progress};
+use super::{claim_out, gpu, progress};
 use anyhow::{Context as _, Result};
 use serde_json::json;
 use std::path::Path;
 use taylorcal::calibrate::convert::{self, ConvertOpts, Strategy};
 use taylorcal::experiments::ablate;
+use taylorcal::io::out_dir::Kind;
 
-/// `taylorcal convert`: convert with `strategy`, evaluate, save the checkpoint in `out`.
-pub fn convert(conv: &ConvArgs, strategy: &str, out: &Path, json: bool) -> Result<()> {
+/// `taylorcal convert`: convert with `strategy`, evaluate, save the checkpoint in `out`
+/// (claimed first: `force` as --force).
+pub fn convert(conv: &ConvArgs, strategy: &str, out: &Path, force: bool, json: bool) -> Result<()> {
     let strategy = Strategy::parse(strategy)?;
+    let _out = claim_out(out, Kind::Checkpoint, &conv.teacher, &[], force)?;
     let setup = conv_setup(conv)?;
     let g = gpu()?;
     let o = ConvertOpts { strategy, ..setup.opts.clone() };
@@ -51,8 +54,10 @@ pub fn convert(conv: &ConvArgs, strategy: &str, out: &Path, json: bool) -> Resul
     Ok(())
 }
 
-/// `taylorcal ablate`: every strategy from one teacher pass; the report written to `out`.
-pub fn ablate(conv: &ConvArgs, out: &Path, json: bool) -> Result<()> {
+/// `taylorcal ablate`: every strategy from one teacher pass; the report written to `out`
+/// (claimed first: `force` as --force).
+pub fn ablate(conv: &ConvArgs, out: &Path, force: bool, json: bool) -> Result<()> {
+    let _out = claim_out(out, Kind::Report(ablate::Ablation::is_report_file), &conv.teacher, &[], force)?;
     let setup = conv_setup(conv)?;
     let g = gpu()?;
     let windows = setup.eval_windows()?;

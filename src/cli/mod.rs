@@ -12,8 +12,9 @@ pub mod train;
 
 use anyhow::Result;
 use args::{Cli, Cmd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use taylorcal::gpu::Gpu;
+use taylorcal::io::out_dir;
 
 /// The GPU every command runs on, with the options the environment sets.
 pub fn gpu() -> Result<&'static Gpu> {
@@ -26,6 +27,14 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
     taylorcal::io::fetch::resolve_model(spec, &env::cache_dir_from_env())
 }
 
+/// Claim `out` for output of `kind` (see `taylorcal::io::out_dir`) before any work: the
+/// teacher (a model argument, resolved as [`resolve_model`] does) and `inputs` are never a
+/// valid one. The lock is held until the returned value is dropped.
+pub fn claim_out(out: &Path, kind: out_dir::Kind, teacher: &str, inputs: &[&Path], force: bool) -> Result<out_dir::OutDir> {
+    let teacher = resolve_model(teacher)?;
+    out_dir::claim(out, kind, &[&[teacher.as_path()], inputs].concat(), force)
+}
+
 /// Run one command.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
@@ -33,8 +42,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Eval(a) => inspect::eval(&a),
         Cmd::Stats(a) => inspect::stats(&a),
         Cmd::Bench { what, json } => inspect::bench(&what, json),
-        Cmd::Convert { conv, strategy, out, json } => convert::convert(&conv, &strategy, &out, json),
-        Cmd::Ablate { conv, out, json } => convert::ablate(&conv, &out, json),
+        Cmd::Convert { conv, strategy, out, force, json } => convert::convert(&conv, &strategy, &out, force, json),
+        Cmd::Ablate { conv, out, force, json } => convert::ablate(&conv, &out, force, json),
         Cmd::Select { conv, out, json } => convert::select(&conv, out.as_deref(), json),
         Cmd::Distill(a) => train::distill(&a),
         Cmd::Recovery(a) => train::recovery(&a),

@@ -2,12 +2,13 @@
 //! is in `taylorcal::train` and `taylorcal::experiments::recovery`).
 use super::args::{DistillArgs, RecoveryArgs};
 use super::setup::conv_setup;
-use super::{gpu, progress, resolve_model};
+use super::{claim_out, gpu, progress, resolve_model};
 use anyhow::{ensure, Context as _, Result};
 use serde_json::json;
+use std::path::Path;
 use taylorcal::calibrate::convert::Strategy;
 use taylorcal::experiments::recovery::{self, RecoveryOpts};
-use taylorcal::io;
+use taylorcal::io::{self, out_dir::Kind};
 use taylorcal::nn::decoder::Decoder;
 use taylorcal::train::distill::{self, CurvePoint, Hooks, Setup};
 
@@ -30,16 +31,20 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
     let mut opts = a.train.opts(stage, a.tokens, a.seed);
     opts.checkpoint_every = a.checkpoint_every;
     opts.check()?;
-    let (ck, state) = if a.resume {
+    // the checkpoint to start from, checked before --out is claimed (so a bad one creates nothing)
+    let from: &Path = if a.resume {
         ensure!(io::checkpoint::is_checkpoint(out), "--resume: {} holds no checkpoint of an earlier run", out.display());
-        let ck = io::checkpoint::load_checkpoint(out)?;
-        let st = distill::resume_state(&ck, &opts).with_context(|| format!("resuming from {}", out.display()))?;
-        (ck, Some(st))
+        out
     } else {
         let dir = a.student.as_ref().context("distill needs --student DIR (a checkpoint written by `taylorcal convert`), or --resume")?;
         ensure!(io::checkpoint::is_checkpoint(dir), "{} is not a taylorcal checkpoint (run `taylorcal convert` first)", dir.display());
-        (io::checkpoint::load_checkpoint(dir)?, None)
+        dir
     };
+    let inputs = if a.resume { vec![] } else { vec![from] };
+    let _out = claim_out(out, Kind::Checkpoint, &a.teacher, &inputs, a.force)?;
+    let ck = io::checkpoint::load_checkpoint(from)?;
+    let state =
+        if a.resume { Some(distill::resume_state(&ck, &opts).with_context(|| format!("resuming from {}", out.display()))?) } else { None };
     let tpath = resolve_model(&a.teacher)?;
     let files = io::load_model(&tpath)?;
     let (tc, sc) = (&files.config, &ck.config.base);
@@ -114,6 +119,7 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
 /// (written to --out as it goes) printed at the end.
 pub fn recovery(r: &RecoveryArgs) -> Result<()> {
     let (conv, train) = (&r.conv, &r.train);
+    let _out = claim_out(&r.out, Kind::Report(recovery::RecoveryReport::is_report_file), &conv.teacher, &[], r.force)?;
     let g = gpu()?;
     let setup = conv_setup(conv)?;
     let strategies = r.strategies.iter().map(|s| Strategy::parse(s)).collect::<Result<Vec<_>>>()?;

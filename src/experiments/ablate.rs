@@ -137,6 +137,12 @@ impl Ablation {
         crate::report::bar_chart_svg("Evaluation perplexity by initialisation strategy", &chart)
     }
 
+    /// Whether `name` is one of the files [`Ablation::write`] writes (an output directory
+    /// holding only these may be written over).
+    pub fn is_report_file(name: &str) -> bool {
+        ["ablation.md", "ablation.json", "ablation.svg"].contains(&name)
+    }
+
     /// Write ablation.md, ablation.json and ablation.svg into `dir` (created if missing).
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

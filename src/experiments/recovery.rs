@@ -121,6 +121,13 @@ impl RecoveryReport {
         v
     }
 
+    /// Whether `name` is one of the files [`RecoveryReport::write`] may write (an output
+    /// directory holding only these may be written over).
+    pub fn is_report_file(name: &str) -> bool {
+        ["recovery.md", "recovery.json", "recovery.svg"].contains(&name)
+            || Strategy::ALL.iter().any(|s| [1, 2].iter().any(|stage| name == format!("{}_stage{stage}.csv", s.name())))
+    }
+
     /// Write recovery.md, recovery.json, recovery.svg and every run's curves
     /// (`<strategy>_stage1.csv`, `<strategy>_stage2.csv`) into `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {

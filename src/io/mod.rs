@@ -1,7 +1,7 @@
 //! File formats only: model descriptions (config), GGUF, safetensors / Hugging Face
 //! directories, tokenizers, fetching the default teacher, and taylorcal's own checkpoint
-//! directory. Nothing here touches the GPU; everything returns host tensors under
-//! Hugging Face Llama names.
+//! directory with the rules for an output directory (`out_dir`). Nothing here touches the
+//! GPU; everything returns host tensors under Hugging Face Llama names.
 
 pub mod checkpoint;
 pub mod config;
@@ -9,6 +9,7 @@ pub mod dtype;
 pub mod fetch;
 pub mod gguf;
 pub mod hf;
+pub mod out_dir;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};
