@@ -2,20 +2,10 @@
 //! of eval/stats/generate, and clear errors (not panics) for bad input.
 mod common;
 use common::tiny::*;
-use std::process::Command;
+use common::word_text;
 
 fn taylorcal(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_taylorcal")).args(args).env("XDG_RUNTIME_DIR", "/tmp").output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-/// A 1,200-word text of a small vocabulary (calibration, training and evaluation text).
-fn word_text(dir: &std::path::Path) -> std::path::PathBuf {
-    let text = dir.join("text.txt");
-    let words = ["the", "cat", "sat", "on", "mat", "hello", "world", "12", "or", "then"];
-    let body: Vec<&str> = (0..1200).map(|i| words[(i * 7 + i / 3) % words.len()]).collect();
-    std::fs::write(&text, body.join(" ")).unwrap();
-    text
+    common::taylorcal_in(&std::env::current_dir().unwrap(), args)
 }
 
 fn json(s: &str) -> serde_json::Value {

@@ -112,3 +112,24 @@ pub fn numeric_grad(x: &[f64], h: f64, f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
         })
         .collect()
 }
+
+/// Runs the built `taylorcal` binary with `args` in directory `cwd`: (success, stdout, stderr).
+pub fn taylorcal_in(cwd: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_taylorcal"))
+        .args(args)
+        .current_dir(cwd)
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Writes `dir/text.txt`: a 1,200-word text of a small vocabulary (calibration, training
+/// and evaluation text for the tiny models).
+pub fn word_text(dir: &std::path::Path) -> std::path::PathBuf {
+    let text = dir.join("text.txt");
+    let words = ["the", "cat", "sat", "on", "mat", "hello", "world", "12", "or", "then"];
+    let body: Vec<&str> = (0..1200).map(|i| words[(i * 7 + i / 3) % words.len()]).collect();
+    std::fs::write(&text, body.join(" ")).unwrap();
+    text
+}

@@ -1,8 +1,9 @@
 //! The library layer by layer and stage by stage, on tiny random models, in the order the
 //! data flows: file formats, the decoder, the GDN block, the training pass, calibration,
-//! layer selection, distillation; then the crate's layering itself.
+//! layer selection, distillation, output safety; then the crate's layering itself.
 //!
-//! Files, in order: io, decoder, gdn_block, training, calibrate, select, distill, layout.
+//! Files, in order: io, decoder, gdn_block, training, calibrate, select, distill, safety,
+//! layout.
 #[path = "../common/mod.rs"]
 mod common;
 
@@ -26,6 +27,9 @@ mod select;
 
 /// Stage 1 / 2 distillation runs, resume, NaN stop.
 mod distill;
+
+/// What `--out` may touch, the crash-safe checkpoint write, the output lock.
+mod safety;
 
 /// The module layering, read from src/.
 mod layout;

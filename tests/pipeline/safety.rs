@@ -1,26 +1,11 @@
 //! Never losing the user's data: what `--out` may touch, the crash-safe checkpoint write
 //! (a kill played at every step of it) and the lock on an output directory.
-mod common;
-use common::tiny::*;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use crate::common::tiny::*;
+use crate::common::{taylorcal_in, word_text};
+use std::path::Path;
 use taylorcal::io::checkpoint::{self, Checkpoint, HybridConfig, SaveStep};
 use taylorcal::io::out_dir::{self, Kind};
 use taylorcal::io::Arch;
-
-fn taylorcal_in(cwd: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_taylorcal")).args(args).current_dir(cwd).env("XDG_RUNTIME_DIR", "/tmp").output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-/// A 1,200-word text of a small vocabulary (calibration and evaluation text).
-fn word_text(dir: &Path) -> PathBuf {
-    let text = dir.join("text.txt");
-    let words = ["the", "cat", "sat", "on", "mat", "hello", "world", "12", "or", "then"];
-    let body: Vec<&str> = (0..1200).map(|i| words[(i * 7 + i / 3) % words.len()]).collect();
-    std::fs::write(&text, body.join(" ")).unwrap();
-    text
-}
 
 /// `convert` of `teacher` into `out` on `text` (a missing `text` makes any real work fail).
 fn convert_args<'a>(teacher: &'a str, text: &'a str, out: &'a str) -> Vec<&'a str> {
