@@ -8,8 +8,15 @@ use taylorcal::experiments::bench_gdn::DeltaProblem;
 use taylorcal::gpu::Gpu;
 use taylorcal::ops::delta::DeltaShape;
 
+/// The program's reading of the environment, so a bench runs where and how the CLI would.
+#[path = "../src/cli/env.rs"]
+#[allow(dead_code)]
+mod env;
+
 fn gpu() -> &'static Gpu {
-    Gpu::shared().unwrap_or_else(|e| panic!("the delta-rule benchmarks need a wgpu adapter: {e:#}"))
+    env::gpu_options_from_env()
+        .and_then(Gpu::shared_with)
+        .unwrap_or_else(|e| panic!("the delta-rule benchmarks need a wgpu adapter: {e:#}"))
 }
 
 fn delta(c: &mut Criterion) {

@@ -7,8 +7,13 @@ use std::time::Duration;
 use taylorcal::gpu::{Batch, Gpu, Tensor};
 use taylorcal::ops::{self, attention::AttnShape, matmul::MatmulKernel};
 
+/// The program's reading of the environment, so a bench runs where and how the CLI would.
+#[path = "../src/cli/env.rs"]
+#[allow(dead_code)]
+mod env;
+
 fn gpu() -> &'static Gpu {
-    Gpu::shared().unwrap_or_else(|e| panic!("the kernel benchmarks need a wgpu adapter: {e:#}"))
+    env::gpu_options_from_env().and_then(Gpu::shared_with).unwrap_or_else(|e| panic!("the kernel benchmarks need a wgpu adapter: {e:#}"))
 }
 
 fn data(n: usize, seed: u32) -> Vec<f32> {

@@ -2,13 +2,11 @@
 //! converted layer the chosen strategy: naive copy, zero/small output gate, phase 1 closed
 //! form, phase 2 alignment, or both (Taylor-Calibrate); [`convert_and_save`] evaluates the
 //! student against the teacher and saves it as a checkpoint with its `report.json`.
-pub use super::capture::{capture, Capture};
+use super::capture::{capture, Capture};
 use super::init::scale_output_gate;
-use super::phase1::{phase1_layer, Phase1Report};
-pub use super::phase1::{Phase1Knobs, ValueScale};
-pub use super::phase2::AlignOpts;
-use super::phase2::{align_layer, AlignReport};
-pub use super::strategy::Strategy;
+use super::phase1::{phase1_layer, Phase1Knobs, Phase1Report, ValueScale};
+use super::phase2::{align_layer, AlignOpts, AlignReport};
+use super::strategy::Strategy;
 use crate::data;
 use crate::eval::perplexity_windows;
 use crate::gpu::Gpu;
@@ -113,6 +111,11 @@ impl ConvertOpts {
     pub fn calib_windows(&self) -> usize {
         self.calib_tokens.div_ceil(self.seq_len).max(self.capture_windows)
     }
+
+    /// The [`ConvertOpts::calib_windows`] windows of the calibration tokens.
+    pub fn calib_windows_of<'a>(&self, calib: &'a [u32]) -> Result<Vec<&'a [u32]>> {
+        data::windows(calib, self.seq_len, self.calib_windows(), "the calibration text")
+    }
 }
 
 /// Timings of a conversion by phase, in seconds.
@@ -131,7 +134,7 @@ pub struct Conversion {
     pub timings: Timings,
 }
 
-/// Decoder pass + strategy: the student's tensors and the report of every converted layer.
+/// Teacher pass + strategy: the student's tensors and the report of every converted layer.
 pub fn convert(
     gpu: &Gpu,
     hc: &HybridConfig,
@@ -146,8 +149,8 @@ pub fn convert(
     let needs_teacher = o.strategy.phase1() || o.strategy.phase2();
     let mut timings = Timings::default();
     let layers = if needs_teacher {
-        let nwin = o.calib_windows();
-        let windows = data::windows(calib, o.seq_len, nwin, "the calibration text")?;
+        let windows = o.calib_windows_of(calib)?;
+        let nwin = windows.len();
         let cap = capture(gpu, teacher, &hc.gdn_layers(), &windows, o.capture_windows, |i| {
             progress(&format!("teacher pass: window {i}/{nwin}"))
         })?;

@@ -24,7 +24,7 @@ fn xavier(rng: &mut impl Rng, rows: usize, cols: usize) -> HostTensor {
 /// Q/O copied and K/V with kv heads repeated), new GDN parameters at fla's defaults:
 /// A ~ U(0, 16), A_log = ln A; dt log-uniform in [1e-3, 0.1] (floor 1e-4),
 /// dt_bias = inverse softplus(dt); W_a, W_b, W_g Xavier-uniform (gain 2^-2.5); o_norm = 1.
-/// Decoder q/k/v biases and q/k norms of converted layers are dropped.
+/// Teacher q/k/v biases and q/k norms of converted layers are dropped.
 pub fn init_student(cfg: &HybridConfig, teacher: &HashMap<String, HostTensor>, seed: u64) -> Result<HashMap<String, HostTensor>> {
     let c = &cfg.base;
     let (dm, h, hkv, d) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim);

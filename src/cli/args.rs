@@ -2,7 +2,9 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use taylorcal::calibrate::convert::{self, AlignOpts, ConvertOpts, Strategy};
+use taylorcal::calibrate::convert::ConvertOpts;
+use taylorcal::calibrate::phase2::AlignOpts;
+use taylorcal::calibrate::strategy::Strategy;
 use taylorcal::data::{self, TokenStream, WINDOW};
 use taylorcal::io;
 use taylorcal::train::distill::DistillOpts;
@@ -105,8 +107,8 @@ pub struct ConvArgs {
     /// head, SiLU near its linear regime; TAU 0.25, chosen on the Brown training split) or
     /// `fit` (ALGORITHM.md as written: sigma = <c_T, c_S> / |c_S|^2 from the recurrence's
     /// output, which on SmolLM2 hits its clamp and loses to alignment-only)
-    #[arg(long, default_value_t = convert::ValueScale::default(), value_parser = convert::ValueScale::parse)]
-    pub value_scale: convert::ValueScale,
+    #[arg(long, default_value_t = taylorcal::calibrate::phase1::ValueScale::default(), value_parser = taylorcal::calibrate::phase1::ValueScale::parse)]
+    pub value_scale: taylorcal::calibrate::phase1::ValueScale,
     /// Phase 2 AdamW steps per layer
     #[arg(long, default_value_t = 300)]
     pub steps: usize,

@@ -6,7 +6,8 @@ use super::{claim_out, gpu, progress};
 use anyhow::{Context as _, Result};
 use serde_json::json;
 use std::path::Path;
-use taylorcal::calibrate::convert::{self, ConvertOpts, Strategy};
+use taylorcal::calibrate::convert::{self, ConvertOpts};
+use taylorcal::calibrate::strategy::Strategy;
 use taylorcal::experiments::ablate;
 use taylorcal::io::out_dir::Kind;
 

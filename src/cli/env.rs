@@ -1,7 +1,7 @@
 //! The environment variables the program reads (README, "Environment"), turned into the
 //! library's option values: the GPU context's [`GpuOptions`], phase 1's research knobs and
 //! the model cache directory. Nothing else in the crate reads the environment. Written
-//! against `taylorcal::` paths only, so examples and benchmarks include this file too.
+//! against `taylorcal::` paths only, so the examples, benchmarks and tests include this file too.
 use anyhow::{anyhow, bail, Context as _, Result};
 use std::path::PathBuf;
 use std::str::FromStr;

@@ -110,7 +110,7 @@ fn run_policy(
         _ => a.eval.windows(eval)?,
     };
     let calib = match policy {
-        Policy::GaS2 => data::windows(calib, o.seq_len, o.calib_windows(), "the calibration text")?,
+        Policy::GaS2 => o.calib_windows_of(calib)?,
         _ => vec![],
     };
     let inputs = select::Inputs {

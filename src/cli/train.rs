@@ -6,7 +6,7 @@ use super::{claim_out, gpu, progress, resolve_model};
 use anyhow::{ensure, Context as _, Result};
 use serde_json::json;
 use std::path::Path;
-use taylorcal::calibrate::convert::Strategy;
+use taylorcal::calibrate::strategy::Strategy;
 use taylorcal::experiments::recovery::{self, RecoveryOpts};
 use taylorcal::io::{self, out_dir::Kind};
 use taylorcal::nn::decoder::Decoder;

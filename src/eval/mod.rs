@@ -15,21 +15,21 @@ pub struct EvalResult {
 }
 
 /// Next-token NLL per position of `ids` as one sequence (position T-1 scores nothing).
-pub fn token_nll(gpu: &Gpu, teacher: &Decoder, ids: &[u32], opts: ForwardOpts) -> Result<Vec<f32>> {
+pub fn token_nll(gpu: &Gpu, model: &Decoder, ids: &[u32], opts: ForwardOpts) -> Result<Vec<f32>> {
     ensure!(ids.len() >= 2, "need at least 2 tokens to score next-token predictions, got {}", ids.len());
     let t = ids.len();
-    let cache = teacher.kv_cache(gpu, t)?;
+    let cache = model.kv_cache(gpu, t)?;
     let tid = gpu.upload_u32(&[t], ids)?;
     let mut targets: Vec<u32> = ids[1..].to_vec();
     targets.push(ops::nll::IGNORE);
     let ttg = gpu.upload_u32(&[t], &targets)?;
     let nll = gpu.zeros(&[t])?;
     let mut b = gpu.batch();
-    let hidden = teacher.forward(&mut b, &cache, &tid, 0, opts)?;
-    let chunk = teacher.logit_rows_per_chunk(gpu);
+    let hidden = model.forward(&mut b, &cache, &tid, 0, opts)?;
+    let chunk = model.logit_rows_per_chunk(gpu);
     for r0 in (0..t).step_by(chunk) {
         let rows = chunk.min(t - r0);
-        let logits = teacher.logits(&mut b, &hidden, r0, rows)?;
+        let logits = model.logits(&mut b, &hidden, r0, rows)?;
         ops::nll::nll_rows(&mut b, &logits, &ttg, &nll, r0);
         // submit per chunk so only one chunk of logits is alive at a time
         b.submit();
@@ -41,12 +41,12 @@ pub fn token_nll(gpu: &Gpu, teacher: &Decoder, ids: &[u32], opts: ForwardOpts) -
     Ok(v)
 }
 
-pub fn perplexity(gpu: &Gpu, teacher: &Decoder, ids: &[u32]) -> Result<EvalResult> {
-    perplexity_with(gpu, teacher, ids, ForwardOpts::default())
+pub fn perplexity(gpu: &Gpu, model: &Decoder, ids: &[u32]) -> Result<EvalResult> {
+    perplexity_with(gpu, model, ids, ForwardOpts::default())
 }
 
-pub fn perplexity_with(gpu: &Gpu, teacher: &Decoder, ids: &[u32], opts: ForwardOpts) -> Result<EvalResult> {
-    let v = token_nll(gpu, teacher, ids, opts)?;
+pub fn perplexity_with(gpu: &Gpu, model: &Decoder, ids: &[u32], opts: ForwardOpts) -> Result<EvalResult> {
+    let v = token_nll(gpu, model, ids, opts)?;
     let nll = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
     Ok(EvalResult { tokens: ids.len(), nll, ppl: nll.exp() })
 }
@@ -54,22 +54,22 @@ pub fn perplexity_with(gpu: &Gpu, teacher: &Decoder, ids: &[u32], opts: ForwardO
 /// Greedy decoding with the KV cache: returns the new token ids (stops at `eos`).
 pub fn generate(
     gpu: &Gpu,
-    teacher: &Decoder,
+    model: &Decoder,
     prompt: &[u32],
     max_new: usize,
     eos: Option<u32>,
     mut on_token: impl FnMut(u32),
 ) -> Result<Vec<u32>> {
     ensure!(!prompt.is_empty(), "the prompt tokenised to nothing");
-    let cache = teacher.kv_cache(gpu, prompt.len() + max_new)?;
+    let cache = model.kv_cache(gpu, prompt.len() + max_new)?;
     let mut out = Vec::new();
     let mut ids = prompt.to_vec();
     let mut pos = 0;
     while out.len() < max_new {
         let tid = gpu.upload_u32(&[ids.len()], &ids)?;
         let mut b = gpu.batch();
-        let hidden = teacher.forward(&mut b, &cache, &tid, pos, ForwardOpts::default())?;
-        let logits = teacher.logits(&mut b, &hidden, ids.len() - 1, 1)?;
+        let hidden = model.forward(&mut b, &cache, &tid, pos, ForwardOpts::default())?;
+        let logits = model.logits(&mut b, &hidden, ids.len() - 1, 1)?;
         b.submit();
         let l = gpu.read(&logits)?;
         let next = l.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0 as u32;

@@ -2,8 +2,10 @@
 //! six initialisation strategies (and, where the value scale is not ALGORITHM.md's fitted
 //! sigma, taylor-calibrate with the fitted sigma as a seventh row) starts from the naive
 //! student and is evaluated beside the teacher.
-use crate::calibrate::convert::{self, ConvertOpts, Inputs, Strategy, ValueScale};
+use crate::calibrate::convert::{self, ConvertOpts, Inputs};
 use crate::calibrate::init::init_student;
+use crate::calibrate::phase1::ValueScale;
+use crate::calibrate::strategy::Strategy;
 use crate::eval::perplexity_windows;
 use crate::nn::decoder::Decoder;
 use anyhow::{Context as _, Result};
@@ -70,10 +72,9 @@ pub fn runs(vs: ValueScale) -> Vec<(Strategy, ValueScale)> {
 /// used); `progress(done, label)` before each of the [`runs`].
 pub fn ablate(inp: &Inputs, o: &ConvertOpts, mut progress: impl FnMut(usize, &str)) -> Result<Ablation> {
     let (g, hc) = (inp.gpu, inp.config);
-    let nwin = o.calib_windows();
-    let cwin = crate::data::windows(inp.calib, o.seq_len, nwin, "the calibration text")?;
+    let cwin = o.calib_windows_of(inp.calib)?;
     let t0 = Instant::now();
-    let cap = convert::capture(g, inp.teacher, &hc.gdn_layers(), &cwin, o.capture_windows, |_| {})?;
+    let cap = crate::calibrate::capture::capture(g, inp.teacher, &hc.gdn_layers(), &cwin, o.capture_windows, |_| {})?;
     let teacher_ppl = perplexity_windows(g, inp.teacher, inp.eval)?.ppl;
     let runs = runs(o.value_scale);
     let mut rows = vec![];
@@ -140,15 +141,19 @@ impl Ablation {
     /// Whether `name` is one of the files [`Ablation::write`] writes (an output directory
     /// holding only these may be written over).
     pub fn is_report_file(name: &str) -> bool {
-        ["ablation.md", "ablation.json", "ablation.svg"].contains(&name)
+        Self::FILES.contains(&name)
     }
+
+    /// The files [`Ablation::write`] writes, in its order.
+    pub const FILES: [&'static str; 3] = ["ablation.md", "ablation.json", "ablation.svg"];
 
     /// Write ablation.md, ablation.json and ablation.svg into `dir` (created if missing).
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::write(dir.join("ablation.md"), self.markdown())?;
-        std::fs::write(dir.join("ablation.json"), serde_json::to_string_pretty(&self.json())?)?;
-        std::fs::write(dir.join("ablation.svg"), self.svg())?;
+        let contents = [self.markdown(), serde_json::to_string_pretty(&self.json())?, self.svg()];
+        for (name, text) in Self::FILES.iter().zip(contents) {
+            std::fs::write(dir.join(name), text)?;
+        }
         Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! Token efficiency: initialise students with several strategies, distil each (optional
 //! stage 1, then stage 2) until its evaluation perplexity is within R x the teacher's, and
 //! compare the tokens each needed — the paper's "fewer distillation tokens" claim.
-use crate::calibrate::convert::{self, ConvertOpts, Inputs, Strategy};
+use crate::calibrate::convert::{self, ConvertOpts, Inputs};
+use crate::calibrate::strategy::Strategy;
 use crate::data::TokenStream;
 use crate::eval::perplexity_windows;
 use crate::nn::decoder::Decoder;
@@ -121,19 +122,23 @@ impl RecoveryReport {
         v
     }
 
+    /// The summary files [`RecoveryReport::write`] writes first, in its order.
+    pub const FILES: [&'static str; 3] = ["recovery.md", "recovery.json", "recovery.svg"];
+
     /// Whether `name` is one of the files [`RecoveryReport::write`] may write (an output
     /// directory holding only these may be written over).
     pub fn is_report_file(name: &str) -> bool {
-        ["recovery.md", "recovery.json", "recovery.svg"].contains(&name)
+        Self::FILES.contains(&name)
             || Strategy::ALL.iter().any(|s| [1, 2].iter().any(|stage| name == format!("{}_stage{stage}.csv", s.name())))
     }
 
     /// Write recovery.md, recovery.json, recovery.svg and every run's curves
     /// (`<strategy>_stage1.csv`, `<strategy>_stage2.csv`) into `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        std::fs::write(dir.join("recovery.md"), self.markdown())?;
-        std::fs::write(dir.join("recovery.json"), serde_json::to_string_pretty(&self.json())?)?;
-        std::fs::write(dir.join("recovery.svg"), self.chart_svg())?;
+        let contents = [self.markdown(), serde_json::to_string_pretty(&self.json())?, self.chart_svg()];
+        for (name, text) in Self::FILES.iter().zip(contents) {
+            std::fs::write(dir.join(name), text)?;
+        }
         for run in &self.runs {
             if let Some(s1) = &run.stage1 {
                 std::fs::write(dir.join(format!("{}_stage1.csv", run.strategy)), distill::curve_csv(&s1.curve))?;

@@ -430,7 +430,7 @@ pub mod cpu {
     use crate::io::checkpoint::GDN_PARAMS;
     use crate::ops::delta::{cpu as delta, DeltaInputs, DeltaShape};
     use crate::ops::gated_norm::cpu as gated_norm;
-    use crate::ops::gdn_act::cpu as act;
+    use crate::ops::gdn_act::cpu as gdn_act;
     use crate::ops::matmul::cpu::linear;
     use crate::ops::matmul_grad::cpu as matmul_grad;
 
@@ -452,7 +452,7 @@ pub mod cpu {
             let (wq, wk, wv, wa, wb, wg, wo) = (mat(hd, d), mat(hd, d), mat(hd, d), mat(h, d), mat(h, d), mat(hd, d), mat(d, hd));
             let a_log = (0..h).map(|_| f32r((1.0 + 15.0 * uniform()).ln())).collect();
             let (lo, hi) = (1e-3f64.ln(), 0.1f64.ln());
-            let dt_bias = (0..h).map(|_| f32r(act::inv_softplus((lo + (hi - lo) * uniform()).exp().max(1e-4)))).collect();
+            let dt_bias = (0..h).map(|_| f32r(gdn_act::inv_softplus((lo + (hi - lo) * uniform()).exp().max(1e-4)))).collect();
             let w_norm = (0..dims.head_dim).map(|_| f32r(1.0 + 0.2 * (uniform() - 0.5))).collect();
             Params { wq, wk, wv, wa, wb, wg, wo, a_log, dt_bias, w_norm }
         }
@@ -493,7 +493,7 @@ pub mod cpu {
     }
 
     fn silu_all(z: &[f64]) -> Vec<f64> {
-        z.iter().map(|&v| act::silu(v)).collect()
+        z.iter().map(|&v| gdn_act::silu(v)).collect()
     }
 
     /// out [N, D] for x [N, D] holding `seqs` = (B, T) sequences, and the activations.
@@ -504,7 +504,7 @@ pub mod cpu {
         let (zq, zk, zv) = (linear(x, &p.wq, None, d), linear(x, &p.wk, None, d), linear(x, &p.wv, None, d));
         let (q, k, v) = (silu_all(&zq), silu_all(&zk), silu_all(&zv));
         let (za, zb) = (linear(x, &p.wa, None, d), linear(x, &p.wb, None, d));
-        let (g, beta) = act::gate_forward(&za, &zb, &p.a_log, &p.dt_bias);
+        let (g, beta) = gdn_act::gate_forward(&za, &zb, &p.a_log, &p.dt_bias);
         let s = scan_shape(p.dims(), seqs);
         let (o, _) = delta::forward(&s, &DeltaInputs { q: &q, k: &k, v: &v, g: &g, beta: &beta, h0: None });
         let zg = linear(x, &p.wg, None, d);
@@ -524,11 +524,11 @@ pub mod cpu {
         gr.w_norm = dw_norm;
         let s = scan_shape(dims, seqs);
         let sg = delta::backward(&s, &DeltaInputs { q: &a.q, k: &a.k, v: &a.v, g: &a.g, beta: &a.beta, h0: None }, &d_o, None);
-        let through_silu = |dq: &[f64], z: &[f64]| dq.iter().zip(z).map(|(g, &z)| g * act::silu_grad(z)).collect::<Vec<_>>();
+        let through_silu = |dq: &[f64], z: &[f64]| dq.iter().zip(z).map(|(g, &z)| g * gdn_act::silu_grad(z)).collect::<Vec<_>>();
         let dzq = through_silu(&sg.dq, &a.zq);
         let dzk = through_silu(&sg.dk, &a.zk);
         let dzv = through_silu(&sg.dv, &a.zv);
-        let (dza, dzb, da_log, ddt) = act::gate_backward(&a.za, &a.zb, &p.a_log, &p.dt_bias, &sg.dg, &sg.dbeta);
+        let (dza, dzb, da_log, ddt) = gdn_act::gate_backward(&a.za, &a.zb, &p.a_log, &p.dt_bias, &sg.dg, &sg.dbeta);
         gr.a_log = da_log;
         gr.dt_bias = ddt;
         let mut dx = vec![0.0; x.len()];

@@ -1,5 +1,5 @@
-//! A plain-Rust f64 forward of the teacher, written independently of the GPU path from
-//! the CPU references of each op: the oracle for the whole-model tests.
+//! A plain-Rust f64 forward of the teacher and of a hybrid student, written independently
+//! of the GPU path from the CPU references of each op: the oracle for the whole-model tests.
 use super::gdn;
 use crate::io::checkpoint::{gdn_name, Checkpoint, GDN_PARAMS};
 use crate::io::{HostTensor, ModelConfig, ModelFiles};

@@ -153,9 +153,9 @@ pub fn kl_total(b: &mut Batch, loss_rows: &Tensor, scale: f32, red: &Reducer, sl
 }
 
 pub mod cpu {
-    use super::super::matmul::cpu::linear;
-    use super::super::matmul_grad::cpu::{linear_backward_input, linear_backward_weight};
-    use super::super::nll::cpu::log_softmax;
+    use crate::ops::matmul::cpu::linear;
+    use crate::ops::matmul_grad::cpu::{linear_backward_input, linear_backward_weight};
+    use crate::ops::nll::cpu::log_softmax;
 
     /// Per-row KL(teacher || student) of logits rows and the gradient `scale (p_s - p_t)`
     /// with respect to the student logits.

@@ -5,8 +5,10 @@
 //! - GA-S2: for each layer, a Taylor-initialised student that keeps only that softmax layer;
 //!   keep the layers whose students have the lowest zero-shot perplexity. One teacher pass
 //!   captures every layer; each candidate reuses it restricted to its converted layers.
-use crate::calibrate::convert::{self, AlignOpts, Strategy};
+use crate::calibrate::convert;
 use crate::calibrate::init::init_student;
+use crate::calibrate::phase2::AlignOpts;
+use crate::calibrate::strategy::Strategy;
 use crate::eval;
 use crate::gpu::Gpu;
 use crate::io::checkpoint::HybridConfig;
@@ -152,9 +154,9 @@ pub struct Inputs<'a> {
     /// Calibration windows whose activations are captured (phase 1's value scale).
     pub capture_windows: usize,
     /// Phase 1's value scale for GA-S2's taylor-init candidates.
-    pub value_scale: convert::ValueScale,
+    pub value_scale: crate::calibrate::phase1::ValueScale,
     /// Phase 1's research knobs for GA-S2's taylor-init candidates (default: none).
-    pub phase1_knobs: convert::Phase1Knobs,
+    pub phase1_knobs: crate::calibrate::phase1::Phase1Knobs,
     pub seed: u64,
 }
 
@@ -192,7 +194,7 @@ pub fn ga_s2(gpu: &Gpu, n: usize, inp: &Inputs, mut progress: impl FnMut(usize, 
     let layers = cfg.num_hidden_layers;
     check_n(layers, n)?;
     let all: Vec<usize> = (0..layers).collect();
-    let cap = convert::capture(gpu, inp.teacher, &all, inp.calib, inp.capture_windows, |_| {})?;
+    let cap = crate::calibrate::capture::capture(gpu, inp.teacher, &all, inp.calib, inp.capture_windows, |_| {})?;
     let mut scores = Vec::with_capacity(layers);
     for l in 0..layers {
         let hc = HybridConfig::new(cfg.clone(), vec![l])?;

@@ -6,13 +6,23 @@
 pub mod student;
 pub mod tiny;
 
+/// The program's reading of the environment (`WGPU_ADAPTER_NAME`, `TAYLORCAL_MATMUL`, ...),
+/// so the tests run on the adapter and with the kernel choices a developer asks for.
+#[path = "../../src/cli/env.rs"]
+mod env;
+
 use rand::{Rng, SeedableRng};
 use taylorcal::gpu::{Gpu, GpuOptions, Tensor};
 
-/// The process-wide GPU context with the default options. Fails loudly (never skips) when
-/// no adapter exists.
+/// The options the environment sets (the defaults when none is set), as the program reads them.
+pub fn env_options() -> GpuOptions {
+    env::gpu_options_from_env().unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// The process-wide GPU context with the environment's options. Fails loudly (never
+/// skips) when no adapter exists.
 pub fn gpu() -> &'static Gpu {
-    gpu_with(GpuOptions::default())
+    gpu_with(env_options())
 }
 
 /// The process-wide GPU context for `opts` (one per distinct options, created on first use).
@@ -30,7 +40,7 @@ pub const MAX_BINDING: u64 = 4096;
 /// (`GpuOptions::max_binding`): every tensor over 4 KiB is bound in pieces, so each
 /// kernel's split path runs on any adapter. Checks that the limit took effect.
 pub fn split_gpu() -> &'static Gpu {
-    let g = gpu_with(GpuOptions { max_binding: Some(MAX_BINDING), ..Default::default() });
+    let g = gpu_with(GpuOptions { max_binding: Some(MAX_BINDING), ..env_options() });
     assert_eq!(g.max_binding, MAX_BINDING, "the lowered binding limit was not applied: nothing would be split");
     g
 }

@@ -92,7 +92,7 @@ fn check_backward(t: usize, h: usize, hkv: usize, d: usize, qscale: f32, seed: u
 }
 
 fn check_backward_rows(rows: usize, t: usize, h: usize, hkv: usize, d: usize, qscale: f32, seed: u64) -> f64 {
-    let g = gpu_with(GpuOptions { attention_rows: Some(rows), ..Default::default() });
+    let g = gpu_with(GpuOptions { attention_rows: Some(rows), ..env_options() });
     let mut r = rng(seed);
     let s = shape(h, hkv, d);
     let q = randn(&mut r, t * h * d, qscale);

@@ -4,9 +4,11 @@
 use crate::common::student::{bare_checkpoint, tiny_hybrid};
 use crate::common::tiny::*;
 use crate::common::*;
-use taylorcal::calibrate::convert::{self, AlignOpts, ConvertOpts, Strategy};
+use taylorcal::calibrate::convert::{self, ConvertOpts};
 use taylorcal::calibrate::init::init_student;
 use taylorcal::calibrate::phase1;
+use taylorcal::calibrate::phase2::AlignOpts;
+use taylorcal::calibrate::strategy::Strategy;
 use taylorcal::eval;
 use taylorcal::io::checkpoint::{self, gdn_name, HybridConfig};
 use taylorcal::io::Arch;
@@ -29,7 +31,7 @@ fn opts(strategy: Strategy, steps: usize) -> ConvertOpts {
         calib_tokens: 96,
         capture_windows: 2,
         align: AlignOpts { steps, ..Default::default() },
-        value_scale: convert::ValueScale::Fit,
+        value_scale: taylorcal::calibrate::phase1::ValueScale::Fit,
         phase1_knobs: Default::default(),
         seed: 3,
     }
@@ -75,12 +77,12 @@ fn converted_layer_starts_from_the_teacher_q_o_and_repeated_kv() {
 
 /// The tiny teacher's capture over 3 windows of 48 tokens (activations of the first 2) and
 /// a naive student's tensors.
-fn captured() -> (convert::Capture, std::collections::HashMap<String, taylorcal::io::HostTensor>) {
+fn captured() -> (taylorcal::calibrate::capture::Capture, std::collections::HashMap<String, taylorcal::io::HostTensor>) {
     let (files, hc, ids) = setup();
     let g = gpu();
     let teacher = Decoder::new(g, &files).unwrap();
     let windows = taylorcal::data::windows(&ids, 48, 3, "text").unwrap();
-    let cap = convert::capture(g, &teacher, &hc.gdn_layers(), &windows, 2, |_| {}).unwrap();
+    let cap = taylorcal::calibrate::capture::capture(g, &teacher, &hc.gdn_layers(), &windows, 2, |_| {}).unwrap();
     (cap, init_student(&hc, &files.tensors, 3).unwrap())
 }
 
@@ -92,7 +94,15 @@ fn phase1_sets_decay_from_distance_and_alignment_lowers_the_mse() {
     assert_eq!(cap.stat_tokens, 144);
     let l = cap.layers[0];
     let wv0 = tensors[&gdn_name(cap.layers[0], "v_proj.weight")].data.clone();
-    let rep = taylorcal::calibrate::phase1::phase1_layer(g, &mut tensors, &cap, 0, convert::ValueScale::Fit, &Default::default()).unwrap();
+    let rep = taylorcal::calibrate::phase1::phase1_layer(
+        g,
+        &mut tensors,
+        &cap,
+        0,
+        taylorcal::calibrate::phase1::ValueScale::Fit,
+        &Default::default(),
+    )
+    .unwrap();
     // the fitted scale is what went into W_v
     assert_eq!(rep.sigma_applied, rep.sigma);
     assert_rows_scaled(&wv0, &tensors[&gdn_name(cap.layers[0], "v_proj.weight")].data, &rep.sigma);
@@ -137,9 +147,15 @@ fn linear_value_scale_brings_each_heads_preactivation_to_tau() {
     let l = cap.layers[0];
     let wv0 = tensors[&gdn_name(l, "v_proj.weight")].data.clone();
     let tau = 0.3;
-    let rep =
-        taylorcal::calibrate::phase1::phase1_layer(g, &mut tensors, &cap, 0, convert::ValueScale::Linear { tau }, &Default::default())
-            .unwrap();
+    let rep = taylorcal::calibrate::phase1::phase1_layer(
+        g,
+        &mut tensors,
+        &cap,
+        0,
+        taylorcal::calibrate::phase1::ValueScale::Linear { tau },
+        &Default::default(),
+    )
+    .unwrap();
     // pre-activation RMS per head of W_v x on the captured inputs, on the CPU in f64
     let x = g.read(&cap.x[0]).unwrap();
     let (dm, heads) = (cap.x[0].cols(), rep.sigma.len());

@@ -42,10 +42,25 @@ fn after(text: &str, prefix: &str) -> Vec<String> {
     while let Some(i) = rest.find(prefix) {
         rest = &rest[i + prefix.len()..];
         if let Some(group) = rest.strip_prefix('{') {
-            let end = group.find('}').unwrap_or(group.len());
-            for part in group[..end].split(',') {
-                let name: String = part.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-                out.push(name);
+            // the first name of every top-level entry of the group (nested groups skipped);
+            // state: 0 before a name, 1 in it, 2 after it
+            let (mut depth, mut state) = (0usize, 0u8);
+            for c in group.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => state = 0,
+                    c if depth == 0 && (c.is_alphanumeric() || c == '_') && state < 2 => {
+                        if state == 0 {
+                            out.push(String::new());
+                            state = 1;
+                        }
+                        out.last_mut().unwrap().push(c);
+                    }
+                    _ if state == 1 => state = 2,
+                    _ => {}
+                }
             }
         } else {
             out.push(rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect());
@@ -76,7 +91,9 @@ fn modules_import_only_lower_layers_and_files_form_no_circle() {
         let r = rank(&m).unwrap_or_else(|| panic!("{}: module {m} is not in the documented layer order {LAYERS:?}", p.display()));
         let text = code(&std::fs::read_to_string(p).unwrap());
         let siblings = &keys[&m];
-        for target in after(&text, "crate::") {
+        // `super::` in a module's root file, and `super::super::` below it, name the crate root
+        let root = if k == "mod" { "super::" } else { "super::super::" };
+        for target in after(&text, "crate::").into_iter().chain(after(&text, root)) {
             if rank(&target).is_some_and(|t| t > r) {
                 upward.push(format!("{} imports crate::{target} ({m} is below {target})", p.display()));
             }
@@ -134,5 +151,6 @@ fn the_reader_sees_groups_and_paths() {
     assert_eq!(after("use crate::{gpu::Gpu, ops};", "crate::"), vec!["gpu", "ops"]);
     assert_eq!(after("x = crate::io::load(); super::phase1::f()", "crate::"), vec!["io"]);
     assert_eq!(after("super::phase1::f(); super::{capture, init::x}", "super::"), vec!["phase1", "capture", "init"]);
+    assert_eq!(after("use crate::{io::{a, b}, nn::{c::{d}}, ops};", "crate::"), vec!["io", "nn", "ops"]);
     assert_eq!(code("let a = 1; // crate::train\n/// [`crate::x`]"), "let a = 1; \n");
 }

@@ -3,7 +3,6 @@
 //! select` itself is tested in tests/cli.rs.)
 use crate::common::tiny::*;
 use crate::common::*;
-use taylorcal::calibrate::convert;
 use taylorcal::eval;
 use taylorcal::io::Arch;
 use taylorcal::nn::decoder::Decoder;
@@ -100,7 +99,7 @@ fn ar_ranks_the_decisive_attention_layer_first() {
         eval: &windows,
         calib: &[],
         capture_windows: 1,
-        value_scale: convert::ValueScale::Fit,
+        value_scale: taylorcal::calibrate::phase1::ValueScale::Fit,
         phase1_knobs: Default::default(),
         seed: 0,
     };
@@ -129,7 +128,7 @@ fn ga_s2_scores_every_layer_from_one_teacher_pass() {
         eval: &evalw,
         calib: &calib,
         capture_windows: 2,
-        value_scale: convert::ValueScale::Fit,
+        value_scale: taylorcal::calibrate::phase1::ValueScale::Fit,
         phase1_knobs: Default::default(),
         seed: 5,
     };
