@@ -2,7 +2,7 @@
 //! [`conv_setup`], one library call, the output.
 use super::args::ConvArgs;
 use super::setup::conv_setup;
-use super::{claim_out, gpu, progress};
+use super::{claim_out, gpu, progress, resolve_model};
 use anyhow::{Context as _, Result};
 use serde_json::json;
 use std::path::Path;
@@ -15,7 +15,7 @@ use taylorcal::io::out_dir::Kind;
 /// (claimed first: `force` as --force).
 pub fn convert(conv: &ConvArgs, strategy: &str, out: &Path, force: bool, json: bool) -> Result<()> {
     let strategy = Strategy::parse(strategy)?;
-    let _out = claim_out(out, Kind::Checkpoint, &conv.teacher, &[], force)?;
+    let _out = claim_out(out, Kind::Checkpoint, &resolve_model(&conv.teacher)?, &[], force)?;
     let setup = conv_setup(conv)?;
     let g = gpu()?;
     let o = ConvertOpts { strategy, ..setup.opts.clone() };
@@ -58,7 +58,7 @@ pub fn convert(conv: &ConvArgs, strategy: &str, out: &Path, force: bool, json: b
 /// `taylorcal ablate`: every strategy from one teacher pass; the report written to `out`
 /// (claimed first: `force` as --force).
 pub fn ablate(conv: &ConvArgs, out: &Path, force: bool, json: bool) -> Result<()> {
-    let _out = claim_out(out, Kind::Report(ablate::Ablation::is_report_file), &conv.teacher, &[], force)?;
+    let _out = claim_out(out, Kind::Report(ablate::Ablation::is_report_file), &resolve_model(&conv.teacher)?, &[], force)?;
     let setup = conv_setup(conv)?;
     let g = gpu()?;
     let windows = setup.eval_windows()?;

@@ -28,11 +28,10 @@ pub fn resolve_model(spec: &str) -> Result<PathBuf> {
 }
 
 /// Claim `out` for output of `kind` (see `taylorcal::io::out_dir`) before any work: the
-/// teacher (a model argument, resolved as [`resolve_model`] does) and `inputs` are never a
-/// valid one. The lock is held until the returned value is dropped.
-pub fn claim_out(out: &Path, kind: out_dir::Kind, teacher: &str, inputs: &[&Path], force: bool) -> Result<out_dir::OutDir> {
-    let teacher = resolve_model(teacher)?;
-    out_dir::claim(out, kind, &[&[teacher.as_path()], inputs].concat(), force)
+/// teacher (its path from [`resolve_model`]) and `inputs` are never a valid one. The lock is
+/// held until the returned value is dropped.
+pub fn claim_out(out: &Path, kind: out_dir::Kind, teacher: &Path, inputs: &[&Path], force: bool) -> Result<out_dir::OutDir> {
+    out_dir::claim(out, kind, &[&[teacher], inputs].concat(), force)
 }
 
 /// Run one command.

@@ -41,11 +41,11 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
         dir
     };
     let inputs = if a.resume { vec![] } else { vec![from] };
-    let _out = claim_out(out, Kind::Checkpoint, &a.teacher, &inputs, a.force)?;
+    let tpath = resolve_model(&a.teacher)?;
+    let _out = claim_out(out, Kind::Checkpoint, &tpath, &inputs, a.force)?;
     let ck = io::checkpoint::load_checkpoint(from)?;
     let state =
         if a.resume { Some(distill::resume_state(&ck, &opts).with_context(|| format!("resuming from {}", out.display()))?) } else { None };
-    let tpath = resolve_model(&a.teacher)?;
     let files = io::load_model(&tpath)?;
     let (tc, sc) = (&files.config, &ck.config.base);
     ensure!(
@@ -119,7 +119,7 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
 /// (written to --out as it goes) printed at the end.
 pub fn recovery(r: &RecoveryArgs) -> Result<()> {
     let (conv, train) = (&r.conv, &r.train);
-    let _out = claim_out(&r.out, Kind::Report(recovery::RecoveryReport::is_report_file), &conv.teacher, &[], r.force)?;
+    let _out = claim_out(&r.out, Kind::Report(recovery::RecoveryReport::is_report_file), &resolve_model(&conv.teacher)?, &[], r.force)?;
     let g = gpu()?;
     let setup = conv_setup(conv)?;
     let strategies = r.strategies.iter().map(|s| Strategy::parse(s)).collect::<Result<Vec<_>>>()?;
