@@ -219,6 +219,47 @@ fn distill_writes_checkpoints_resumes_and_rejects_changed_options() {
     changed[i] = "16";
     let (ok, _, err) = taylorcal(&changed);
     assert!(!ok && err.contains("--seq-len"), "{err}");
+    // so is everything else that shapes the run: another --train text, --warmup, evaluation,
+    // or a teacher of the same shape with other weights (each was accepted, exit 0)
+    let other_text = dir.path().join("other.txt");
+    std::fs::write(&other_text, std::fs::read_to_string(&text).unwrap().replace("cat", "dog")).unwrap();
+    let other_teacher = dir.path().join("other").join("tiny.gguf");
+    std::fs::create_dir(other_teacher.parent().unwrap()).unwrap();
+    let mut cfg = tiny_config(taylorcal::io::Arch::Llama);
+    cfg.vocab_size = TINY_VOCAB_WITH_TOKENIZER;
+    let q8 = taylorcal::io::gguf::GgufTensorData::Q8_0;
+    write_model_gguf(&other_teacher, &cfg, "llama", &random_tensors(&cfg, 14), q8, tiny_tokenizer_metadata());
+    let (o_text, o_teacher) = (other_text.to_str().unwrap(), other_teacher.to_str().unwrap());
+    // `again` with FLAG set to VALUE (replaced, or appended)
+    let with = |flag: &str, value: &str| -> Vec<String> {
+        let mut a: Vec<String> = again.iter().map(|s| s.to_string()).collect();
+        match a.iter().position(|s| s == flag) {
+            Some(i) => a[i + 1] = value.into(),
+            None => a.extend([flag.into(), value.into()]),
+        }
+        a
+    };
+    let mut accepted = vec![];
+    for (args, named) in [
+        (with("--train", o_text), "another --train text"),
+        (with("--warmup", "2"), "--warmup 1, this run asks for --warmup 2"),
+        (with("--teacher", o_teacher), "another --teacher"),
+        (with("--eval", o_text), "another --eval text"),
+        (with("--eval-windows", "2"), "--eval-windows 1, this run asks for --eval-windows 2"),
+        (with("--lr-rest", "1e-5"), "--lr-rest"),
+        (with("--eval-every", "1"), "--eval-every 0, this run asks for --eval-every 1"),
+    ] {
+        let (ok, _, err) = taylorcal(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        if ok || !err.contains(named) {
+            accepted.push(format!("{args:?} (exit {}): {err}", if ok { "0" } else { "1" }));
+        }
+    }
+    assert!(accepted.is_empty(), "not refused as expected:\n{}", accepted.join("\n"));
+    // --checkpoint-every and --recompute change when files are written and how memory is
+    // used, not the run (recomputed activations give bit-identical gradients): a resume may
+    // change them
+    let (ok, _, err) = taylorcal(&[&again[..], &["--checkpoint-every", "2", "--recompute"]].concat());
+    assert!(ok, "{err}");
     let (ok, _, err) = taylorcal(&["distill", "--teacher", m, "--student", s, "--stage", "3", "--out", r]);
     assert!(!ok && err.contains("--stage must be 1 or 2"), "{err}");
     let (ok, _, err) = taylorcal(&["distill", "--teacher", m, "--student", t, "--stage", "2", "--out", r]);
@@ -338,4 +379,100 @@ fn select_cli_prints_keep_and_scores_and_convert_uses_the_policy() {
     assert!(!ok && err.contains("unknown policy 'best'"), "{err}");
     let (ok, _, err) = taylorcal(&["select", "--teacher", m, "--policy", "ar", "--num-keep", "3", "--eval", t, "--eval-windows", "1"]);
     assert!(!ok && err.contains("cannot keep 3"), "{err}");
+}
+
+/// Numeric options no run can use are refused before anything is loaded or written, each
+/// error naming the option (`--lr-rest -1` trained to a perplexity of 1e100, `--tokens 0`
+/// trained one step).
+#[test]
+fn nonsense_numeric_options_are_refused_naming_the_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path(), true);
+    let text = word_text(dir.path());
+    let (student, run) = (dir.path().join("student"), dir.path().join("run"));
+    let (m, t, s, r) = (model.to_str().unwrap(), text.to_str().unwrap(), student.to_str().unwrap(), run.to_str().unwrap());
+    let (ok, _, err) =
+        taylorcal(&["convert", "--teacher", m, "--keep", "1", "--strategy", "naive", "--eval", t, "--eval-windows", "1", "--out", s]);
+    assert!(ok, "convert failed: {err}");
+    let mut accepted = vec![];
+    let distill = ["distill", "--teacher", m, "--student", s, "--stage", "2", "--seq-len", "32", "--batch", "2", "--train", t, "--out", r];
+    for (extra, named) in [
+        (&["--tokens", "192", "--lr-rest", "-1"][..], "--lr-rest"),
+        (&["--tokens", "192", "--lr-rest", "NaN"], "--lr-rest"),
+        (&["--tokens", "192", "--lr", "inf"], "--lr"),
+        (&["--tokens", "0"], "--tokens"),
+        (&["--tokens", "192", "--warmup", "4"], "--warmup 4"),
+    ] {
+        let (ok, _, err) = taylorcal(&[&distill[..], extra].concat());
+        if ok || !err.contains(named) || err.contains("panicked") || run.exists() {
+            accepted.push(format!("distill {extra:?} (exit {}, --out created: {}): {err}", ok as u8 ^ 1, run.exists()));
+        }
+    }
+    let rec = dir.path().join("rec");
+    let recovery = ["recovery", "--teacher", m, "--keep", "1", "--train", t, "--eval", t, "--out", rec.to_str().unwrap()];
+    for (extra, named) in [
+        (&["--max-tokens", "0"][..], "--max-tokens"),
+        (&["--lr-rest", "-1"], "--lr-rest"),
+        (&["--stage1-tokens", "64", "--lr", "-1"], "--lr"),
+        (&["--target-ppl-ratio", "NaN"], "--target-ppl-ratio"),
+    ] {
+        let (ok, _, err) = taylorcal(&[&recovery[..], extra].concat());
+        if ok || !err.contains(named) || err.contains("panicked") || rec.exists() {
+            accepted.push(format!("recovery {extra:?} (exit {}, --out created: {}): {err}", ok as u8 ^ 1, rec.exists()));
+        }
+    }
+    // no evaluation window: convert, ablate and recovery would fail only after the work
+    let abl = dir.path().join("abl");
+    for cmd in ["convert", "ablate", "recovery"] {
+        let out = dir.path().join(format!("{cmd}-out"));
+        let (ok, _, err) = taylorcal(&[cmd, "--teacher", m, "--keep", "1", "--eval-windows", "0", "--out", out.to_str().unwrap()]);
+        if ok || !err.contains("--eval-windows") || out.exists() {
+            accepted.push(format!("{cmd} --eval-windows 0 (exit {}, --out created: {}): {err}", ok as u8 ^ 1, out.exists()));
+        }
+    }
+    let (ok, _, err) = taylorcal(&["ablate", "--teacher", m, "--policy", "ar", "--num-keep", "0", "--out", abl.to_str().unwrap()]);
+    if ok || !err.contains("--num-keep") {
+        accepted.push(format!("ablate --num-keep 0: {err}"));
+    }
+    assert!(accepted.is_empty(), "not refused as expected:\n{}", accepted.join("\n"));
+}
+
+/// `select --out`: the JSON report and its chart never land on one path (`--out x.svg`
+/// wrote the chart over the report), an input is never an output, and a file select did
+/// not write is never overwritten; select's own report is.
+#[test]
+fn select_out_never_overwrites_its_report_an_input_or_a_users_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path(), true);
+    let text = word_text(dir.path());
+    let (m, t) = (model.to_str().unwrap(), text.to_str().unwrap());
+    let select = |out: &std::path::Path| {
+        taylorcal(&["select", "--teacher", m, "--policy", "uniform", "--num-keep", "1", "--eval", t, "--out", out.to_str().unwrap()])
+    };
+    let svg = dir.path().join("x.svg");
+    let (ok, _, err) = select(&svg);
+    assert!(!ok && err.contains("--out") && err.contains(".svg"), "{err}");
+    assert!(!svg.exists());
+    // no extension: the chart beside it as report.svg; select may write over its own report
+    let report = dir.path().join("report");
+    for _ in 0..2 {
+        let (ok, _, err) = select(&report);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        assert_eq!(v["keep"], serde_json::json!([0]));
+        assert!(std::fs::read_to_string(dir.path().join("report.svg")).unwrap().starts_with("<svg"));
+    }
+    // the teacher, the evaluation text and a user's files are left alone
+    let mine = dir.path().join("mine.json");
+    std::fs::write(&mine, "{\"my\": \"data\"}").unwrap();
+    let chart_of_mine = dir.path().join("theirs.svg");
+    std::fs::write(&chart_of_mine, "<svg>my drawing</svg>").unwrap();
+    let teacher_bytes = std::fs::read(&model).unwrap();
+    for out in [model.clone(), text.clone(), mine.clone(), dir.path().join("theirs.json"), dir.path().to_path_buf()] {
+        let (ok, _, err) = select(&out);
+        assert!(!ok && err.contains("--out"), "{}: {err}", out.display());
+    }
+    assert_eq!(std::fs::read(&model).unwrap(), teacher_bytes);
+    assert_eq!(std::fs::read_to_string(&mine).unwrap(), "{\"my\": \"data\"}");
+    assert_eq!(std::fs::read_to_string(&chart_of_mine).unwrap(), "<svg>my drawing</svg>");
 }

@@ -13,7 +13,7 @@ use crate::gpu::Gpu;
 use crate::io::checkpoint::{save_checkpoint, Checkpoint, HybridConfig};
 use crate::io::HostTensor;
 use crate::nn::decoder::Decoder;
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -112,6 +112,13 @@ impl ConvertOpts {
         self.calib_tokens.div_ceil(self.seq_len).max(self.capture_windows)
     }
 
+    /// Reject settings no conversion can use (before anything is loaded).
+    pub fn check(&self) -> Result<()> {
+        ensure!(self.seq_len >= 2, "the window length must be at least 2 tokens (got {})", self.seq_len);
+        ensure!(self.capture_windows >= 1, "--capture-windows must be at least 1");
+        self.align.check()
+    }
+
     /// The [`ConvertOpts::calib_windows`] windows of the calibration tokens.
     pub fn calib_windows_of<'a>(&self, calib: &'a [u32]) -> Result<Vec<&'a [u32]>> {
         data::windows(calib, self.seq_len, self.calib_windows(), "the calibration text")
@@ -144,6 +151,7 @@ pub fn convert(
     o: &ConvertOpts,
     mut progress: impl FnMut(&str),
 ) -> Result<Conversion> {
+    o.check()?;
     let t0 = Instant::now();
     let mut tensors = super::init::init_student(hc, teacher_tensors, o.seed)?;
     let needs_teacher = o.strategy.phase1() || o.strategy.phase2();
@@ -187,6 +195,14 @@ pub struct Inputs<'a> {
     pub calib: &'a [u32],
     /// Evaluation windows of [`ConvertOpts::seq_len`] tokens.
     pub eval: &'a [&'a [u32]],
+}
+
+impl Inputs<'_> {
+    /// Reject inputs no report can be made of (before any work): no evaluation window.
+    pub fn check(&self) -> Result<()> {
+        ensure!(!self.eval.is_empty(), "--eval-windows must be at least 1: the students are scored on them");
+        Ok(())
+    }
 }
 
 /// The evaluation of a converted student beside its teacher's.
@@ -238,6 +254,7 @@ pub fn convert_and_save(
     out: &Path,
     progress: impl FnMut(&str),
 ) -> Result<(Timings, ConvertEval)> {
+    inp.check()?;
     let c = convert(inp.gpu, inp.config, inp.teacher, inp.teacher_tensors, inp.calib, o, progress)?;
     let eval = c.evaluate(inp, o)?;
     let report = c.report_json(inp, o, &eval);

@@ -8,7 +8,7 @@ use crate::nn::decoder::upload_gdn;
 use crate::nn::gdn::{self, GdnActs};
 use crate::nn::optim::Optimizer;
 use crate::ops::optim::{self, AdamW};
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -28,6 +28,19 @@ pub struct AlignOpts {
 impl Default for AlignOpts {
     fn default() -> Self {
         AlignOpts { steps: 300, lr_qkv: 1e-4, lr_gates: 1e-3, weight_decay: 0.01, max_norm: 1.0 }
+    }
+}
+
+impl AlignOpts {
+    /// Reject settings no alignment can use (a learning rate of 0 freezes its group; a
+    /// `max_norm` of 0 does not clip).
+    pub fn check(&self) -> Result<()> {
+        for (name, v) in
+            [("lr_qkv", self.lr_qkv), ("lr_gates", self.lr_gates), ("weight_decay", self.weight_decay), ("max_norm", self.max_norm)]
+        {
+            ensure!(v >= 0.0 && v.is_finite(), "phase 2 {name} must be a number >= 0 (got {v})");
+        }
+        Ok(())
     }
 }
 

@@ -6,8 +6,8 @@ use taylorcal::calibrate::convert::ConvertOpts;
 use taylorcal::calibrate::phase2::AlignOpts;
 use taylorcal::calibrate::strategy::Strategy;
 use taylorcal::data::{self, TokenStream, WINDOW};
-use taylorcal::io;
-use taylorcal::train::distill::DistillOpts;
+use taylorcal::io::{self, fingerprint};
+use taylorcal::train::distill::{DistillOpts, Identity};
 
 /// The command line: one subcommand.
 #[derive(Parser)]
@@ -57,7 +57,7 @@ pub struct EvalArgs {
     /// Evaluation text (default: the built-in Brown evaluation split)
     #[arg(long)]
     pub eval: Option<PathBuf>,
-    /// Evaluation windows of 256 tokens
+    /// Evaluation windows of 256 tokens (distill: 0 evaluates nothing)
     #[arg(long, default_value_t = 8)]
     pub eval_windows: usize,
 }
@@ -134,6 +134,14 @@ impl ConvArgs {
             phase1_knobs: super::env::phase1_knobs_from_env()?,
         })
     }
+
+    /// Reject arguments no conversion can use, before anything is loaded or written.
+    pub fn check(&self) -> Result<()> {
+        anyhow::ensure!(self.eval.eval_windows >= 1, "--eval-windows must be at least 1");
+        anyhow::ensure!(self.keep_every != Some(0), "--keep-every must be at least 1");
+        anyhow::ensure!(self.num_keep != Some(0), "--num-keep must be at least 1");
+        self.opts()?.check()
+    }
 }
 
 /// Settings shared by `distill` and `recovery`.
@@ -147,10 +155,10 @@ pub struct TrainArgs {
     pub batch: usize,
     /// Peak learning rate (stage 1: all trained parameters, default 1e-3; stage 2: GDN and
     /// kept softmax attention blocks, default 1e-4)
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f32>,
     /// Stage 2: peak learning rate of embeddings, norms and MLPs (default 7e-6)
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr_rest: Option<f32>,
     /// Warmup steps (default: 5% of the steps)
     #[arg(long)]
@@ -197,6 +205,17 @@ impl TrainArgs {
         }
         TokenStream::new(&ids, self.seq_len, seed)
     }
+
+    /// The training text as `--resume` recognises it: the files (or the built-in split) and
+    /// a fingerprint of their bytes.
+    pub fn identity(&self) -> Result<Identity> {
+        if self.train.is_empty() {
+            let fingerprint = fingerprint::Fingerprint::default().bytes(data::brown::TRAIN.as_bytes()).hex();
+            return Ok(Identity { name: "the built-in Brown training split".into(), fingerprint });
+        }
+        let names: Vec<String> = self.train.iter().map(|p| p.display().to_string()).collect();
+        Ok(Identity { name: format!("file {}", names.join(", ")), fingerprint: fingerprint::of_files(&self.train)? })
+    }
 }
 
 /// `distill`'s arguments.
@@ -226,7 +245,8 @@ pub struct DistillArgs {
     /// Output checkpoint directory (also what --resume continues from)
     #[arg(long)]
     pub out: PathBuf,
-    /// Continue the run whose checkpoint is in --out (same options)
+    /// Continue the run whose checkpoint is in --out exactly: another option, --train text,
+    /// evaluation or teacher is refused (--checkpoint-every and --recompute may change)
     #[arg(long)]
     pub resume: bool,
     /// Write into --out even when it holds other files: only the files this command writes
@@ -248,7 +268,7 @@ pub struct RecoveryArgs {
     #[arg(long, value_delimiter = ',', default_value = "naive,taylor-calibrate")]
     pub strategies: Vec<String>,
     /// Target: evaluation perplexity <= R x the teacher's
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
     pub target_ppl_ratio: f64,
     /// Stage 2 token budget per strategy
     #[arg(long, default_value_t = 1 << 20)]
@@ -325,7 +345,8 @@ pub enum Cmd {
     Select {
         #[command(flatten)]
         conv: ConvArgs,
-        /// Write the report here as JSON, and a per-layer score chart next to it (.svg)
+        /// Write the report here as JSON, and a per-layer score chart next to it (.svg in
+        /// place of .json, else appended); only select's own earlier report is written over
         #[arg(long)]
         out: Option<PathBuf>,
         #[arg(long)]

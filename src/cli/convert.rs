@@ -9,12 +9,15 @@ use std::path::Path;
 use taylorcal::calibrate::convert::{self, ConvertOpts};
 use taylorcal::calibrate::strategy::Strategy;
 use taylorcal::experiments::ablate;
-use taylorcal::io::out_dir::Kind;
+use taylorcal::io::hf;
+use taylorcal::io::out_dir::{self, Kind};
+use taylorcal::select::Selection;
 
 /// `taylorcal convert`: convert with `strategy`, evaluate, save the checkpoint in `out`
 /// (claimed first: `force` as --force).
 pub fn convert(conv: &ConvArgs, strategy: &str, out: &Path, force: bool, json: bool) -> Result<()> {
     let strategy = Strategy::parse(strategy)?;
+    conv.check()?;
     let _out = claim_out(out, Kind::Checkpoint, &resolve_model(&conv.teacher)?, &[], force)?;
     let setup = conv_setup(conv)?;
     let g = gpu()?;
@@ -58,6 +61,7 @@ pub fn convert(conv: &ConvArgs, strategy: &str, out: &Path, force: bool, json: b
 /// `taylorcal ablate`: every strategy from one teacher pass; the report written to `out`
 /// (claimed first: `force` as --force).
 pub fn ablate(conv: &ConvArgs, out: &Path, force: bool, json: bool) -> Result<()> {
+    conv.check()?;
     let _out = claim_out(out, Kind::Report(ablate::Ablation::is_report_file), &resolve_model(&conv.teacher)?, &[], force)?;
     let setup = conv_setup(conv)?;
     let g = gpu()?;
@@ -81,13 +85,28 @@ pub fn ablate(conv: &ConvArgs, out: &Path, force: bool, json: bool) -> Result<()
 /// `taylorcal select`: run --policy and print (and with `out`, write) its selection.
 pub fn select(conv: &ConvArgs, out: Option<&Path>, json: bool) -> Result<()> {
     anyhow::ensure!(conv.policy.is_some(), "select needs --policy (uniform, ar, ga-s2) and --num-keep");
+    conv.check()?;
+    // the report's and the chart's paths, checked before any work
+    let paths = match out {
+        Some(out) => {
+            let teacher = resolve_model(&conv.teacher)?;
+            let inputs: Vec<&Path> =
+                [Some(teacher.as_path()), conv.calib.as_deref(), conv.eval.eval.as_deref()].into_iter().flatten().collect();
+            let (report, chart) = Selection::report_paths(out)?;
+            for p in [&report, &chart] {
+                out_dir::check_file(p, &inputs, Selection::is_own_output).with_context(|| format!("--out {}", out.display()))?;
+            }
+            Some((report, chart))
+        }
+        None => None,
+    };
     let setup = conv_setup(conv)?;
     let s = setup.selection.as_ref().expect("a policy was given");
     let mut report = serde_json::to_value(s)?;
     report["teacher"] = json!(setup.files.source);
-    if let Some(out) = out {
-        std::fs::write(out, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", out.display()))?;
-        std::fs::write(out.with_extension("svg"), s.chart_svg())?;
+    if let Some((json_path, chart)) = &paths {
+        hf::write_atomic(json_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        hf::write_atomic(chart, s.chart_svg().as_bytes())?;
     }
     if json {
         println!("{report}");

@@ -10,7 +10,7 @@ use taylorcal::calibrate::strategy::Strategy;
 use taylorcal::experiments::recovery::{self, RecoveryOpts};
 use taylorcal::io::{self, out_dir::Kind};
 use taylorcal::nn::decoder::Decoder;
-use taylorcal::train::distill::{self, CurvePoint, Hooks, Setup};
+use taylorcal::train::distill::{self, CurvePoint, Hooks, Identity, RunInputs, Setup};
 
 /// The progress bar's message for one point of a loss curve: loss, speed and the latest
 /// evaluation perplexity.
@@ -61,6 +61,7 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
     let tokenizer =
         ck.tokenizer.clone().or_else(|| files.tokenizer.clone()).context("neither the student nor the teacher has a tokenizer")?;
     let teacher = Decoder::new(gpu, &files)?;
+    let inputs = RunInputs { train: a.train.identity()?, teacher: Identity::of_model(&files) };
     drop(files.tensors);
     let student = Decoder::from_checkpoint(gpu, &ck)?;
     let data = a.train.stream(&tokenizer, a.seed)?;
@@ -77,6 +78,7 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
         eval: &windows,
         out: Some(out),
         meta,
+        inputs,
     };
     let pb = progress::steps(opts.steps() as u64, &format!("stage {stage}"));
     if let Some(s) = &state {
@@ -119,26 +121,28 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
 /// (written to --out as it goes) printed at the end.
 pub fn recovery(r: &RecoveryArgs) -> Result<()> {
     let (conv, train) = (&r.conv, &r.train);
-    let _out = claim_out(&r.out, Kind::Report(recovery::RecoveryReport::is_report_file), &resolve_model(&conv.teacher)?, &[], r.force)?;
-    let g = gpu()?;
-    let setup = conv_setup(conv)?;
     let strategies = r.strategies.iter().map(|s| Strategy::parse(s)).collect::<Result<Vec<_>>>()?;
-    ensure!(!strategies.is_empty(), "--strategies is empty");
-    ensure!(r.target_ppl_ratio >= 1.0, "--target-ppl-ratio must be at least 1 (got {})", r.target_ppl_ratio);
-    let data = train.stream(&setup.tokenizer, conv.seed)?;
-    let windows = setup.eval_windows()?;
     let stage1 = (r.stage1_tokens > 0).then(|| train.opts(1, r.stage1_tokens, conv.seed)).map(|mut o| {
         // stage 1 trains GDN layers only, at the reference's 1e-3 unless --lr says otherwise
         o.lr = train.lr.unwrap_or(1e-3);
         o
     });
-    let o = RecoveryOpts {
+    // checked before --out is claimed; the conversion settings get their kept layers below
+    let mut o = RecoveryOpts {
         strategies,
         stage1,
         stage2: train.opts(2, r.max_tokens, conv.seed),
         target_ratio: r.target_ppl_ratio,
-        convert: setup.opts.clone(),
+        convert: conv.opts()?,
     };
+    conv.check()?;
+    o.check()?;
+    let _out = claim_out(&r.out, Kind::Report(recovery::RecoveryReport::is_report_file), &resolve_model(&conv.teacher)?, &[], r.force)?;
+    let g = gpu()?;
+    let setup = conv_setup(conv)?;
+    o.convert = setup.opts.clone();
+    let data = train.stream(&setup.tokenizer, conv.seed)?;
+    let windows = setup.eval_windows()?;
     let pb = progress::steps(0, "recovery");
     let mut last_ppl = None;
     let mut cur = String::new();

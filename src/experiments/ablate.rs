@@ -7,6 +7,7 @@ use crate::calibrate::init::init_student;
 use crate::calibrate::phase1::ValueScale;
 use crate::calibrate::strategy::Strategy;
 use crate::eval::perplexity_windows;
+use crate::io::hf::write_atomic;
 use crate::nn::decoder::Decoder;
 use anyhow::{Context as _, Result};
 use serde::Serialize;
@@ -71,6 +72,8 @@ pub fn runs(vs: ValueScale) -> Vec<(Strategy, ValueScale)> {
 /// Run the ablation (see the module docs) with the settings of `o` (its strategy is not
 /// used); `progress(done, label)` before each of the [`runs`].
 pub fn ablate(inp: &Inputs, o: &ConvertOpts, mut progress: impl FnMut(usize, &str)) -> Result<Ablation> {
+    o.check()?;
+    inp.check()?;
     let (g, hc) = (inp.gpu, inp.config);
     let cwin = o.calib_windows_of(inp.calib)?;
     let t0 = Instant::now();
@@ -147,12 +150,13 @@ impl Ablation {
     /// The files [`Ablation::write`] writes, in its order.
     pub const FILES: [&'static str; 3] = ["ablation.md", "ablation.json", "ablation.svg"];
 
-    /// Write ablation.md, ablation.json and ablation.svg into `dir` (created if missing).
+    /// Write ablation.md, ablation.json and ablation.svg into `dir` (created if missing),
+    /// each atomically: a reader sees the previous file or the new one, never a part.
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let contents = [self.markdown(), serde_json::to_string_pretty(&self.json())?, self.svg()];
         for (name, text) in Self::FILES.iter().zip(contents) {
-            std::fs::write(dir.join(name), text)?;
+            write_atomic(&dir.join(name), text.as_bytes())?;
         }
         Ok(())
     }

@@ -5,9 +5,10 @@ use crate::calibrate::convert::{self, ConvertOpts, Inputs};
 use crate::calibrate::strategy::Strategy;
 use crate::data::TokenStream;
 use crate::eval::perplexity_windows;
+use crate::io::hf::write_atomic;
 use crate::nn::decoder::Decoder;
 use crate::train::distill::{self, CurvePoint, DistillOpts, DistillReport, Hooks, Setup};
-use anyhow::{Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -22,6 +23,26 @@ pub struct RecoveryOpts {
     /// Target: evaluation perplexity <= ratio x the teacher's.
     pub target_ratio: f64,
     pub convert: ConvertOpts,
+}
+
+impl RecoveryOpts {
+    /// Reject settings no recovery run can use (before anything is loaded), naming the
+    /// command line's option.
+    pub fn check(&self) -> Result<()> {
+        ensure!(!self.strategies.is_empty(), "--strategies is empty");
+        ensure!(
+            self.target_ratio >= 1.0 && self.target_ratio.is_finite(),
+            "--target-ppl-ratio must be a number >= 1 (got {})",
+            self.target_ratio
+        );
+        // stage 2's --tokens is recovery's --max-tokens
+        ensure!(self.stage2.tokens >= 1, "--max-tokens must be at least 1");
+        if let Some(s1) = &self.stage1 {
+            s1.check().context("stage 1")?;
+        }
+        self.stage2.check().context("stage 2")?;
+        self.convert.check()
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -133,17 +154,18 @@ impl RecoveryReport {
     }
 
     /// Write recovery.md, recovery.json, recovery.svg and every run's curves
-    /// (`<strategy>_stage1.csv`, `<strategy>_stage2.csv`) into `dir`.
+    /// (`<strategy>_stage1.csv`, `<strategy>_stage2.csv`) into `dir`, each atomically: a
+    /// reader sees the previous file or the new one, never a part.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let contents = [self.markdown(), serde_json::to_string_pretty(&self.json())?, self.chart_svg()];
         for (name, text) in Self::FILES.iter().zip(contents) {
-            std::fs::write(dir.join(name), text)?;
+            write_atomic(&dir.join(name), text.as_bytes())?;
         }
         for run in &self.runs {
             if let Some(s1) = &run.stage1 {
-                std::fs::write(dir.join(format!("{}_stage1.csv", run.strategy)), distill::curve_csv(&s1.curve))?;
+                write_atomic(&dir.join(format!("{}_stage1.csv", run.strategy)), distill::curve_csv(&s1.curve).as_bytes())?;
             }
-            std::fs::write(dir.join(format!("{}_stage2.csv", run.strategy)), distill::curve_csv(&run.stage2.curve))?;
+            write_atomic(&dir.join(format!("{}_stage2.csv", run.strategy)), distill::curve_csv(&run.stage2.curve).as_bytes())?;
         }
         Ok(())
     }
@@ -167,6 +189,12 @@ pub fn recovery(
     out: Option<&Path>,
     mut progress: impl FnMut(&str, u8, &CurvePoint),
 ) -> Result<RecoveryReport> {
+    o.check()?;
+    inp.check()?;
+    let context = inp.teacher.rope.max_pos;
+    for d in o.stage1.iter().chain([&o.stage2]) {
+        ensure!(d.seq_len <= context, "--seq-len {} exceeds the model's context ({context})", d.seq_len);
+    }
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -198,6 +226,8 @@ pub fn recovery(
             eval: inp.eval,
             out: None,
             meta: serde_json::Value::Null,
+            // nothing is checkpointed (no `out`), so no resume compares them
+            inputs: Default::default(),
         };
         let stage1 = match &o.stage1 {
             Some(s1) => {

@@ -1,12 +1,14 @@
 //! File formats only: model descriptions (config), GGUF, safetensors / Hugging Face
 //! directories, tokenizers, fetching the default teacher, and taylorcal's own checkpoint
-//! directory with the rules for an output directory (`out_dir`). Nothing here touches the
-//! GPU; everything returns host tensors under Hugging Face Llama names.
+//! directory with the rules for an output directory (`out_dir`), and content fingerprints
+//! (`fingerprint`). Nothing here touches the GPU; everything returns host tensors under
+//! Hugging Face Llama names.
 
 pub mod checkpoint;
 pub mod config;
 pub mod dtype;
 pub mod fetch;
+pub mod fingerprint;
 pub mod gguf;
 pub mod hf;
 pub mod out_dir;

@@ -59,6 +59,26 @@ pub fn claim(dir: &Path, kind: Kind, inputs: &[&Path], force: bool) -> Result<Ou
     Ok(OutDir { _lock: lock })
 }
 
+/// Check, before any work, that a command may write the single file `file` (a report such
+/// as `select --out`): it is no directory, no input nor inside one, and where it exists,
+/// `ours` recognises it as this command's output: no other file is ever written over.
+pub fn check_file(file: &Path, inputs: &[&Path], ours: impl Fn(&Path) -> bool) -> Result<()> {
+    if file.is_dir() {
+        bail!("{} is a directory; give a file name", file.display());
+    }
+    let target = canonical(file)?;
+    for input in inputs {
+        let Ok(input) = input.canonicalize() else { continue };
+        if target == input || target.starts_with(&input) {
+            bail!("{} would write over the input {}; choose a path outside it", file.display(), input.display());
+        }
+    }
+    if file.exists() && !ours(file) {
+        bail!("{} exists and was not written by this command; choose another path, or remove it first", file.display());
+    }
+    Ok(())
+}
+
 /// The checks of [`claim`], which change nothing on disk.
 fn check(dir: &Path, kind: Kind, inputs: &[&Path], force: bool) -> Result<()> {
     if !matches!(dir.components().next_back(), Some(Component::Normal(_))) {

@@ -17,6 +17,7 @@ use crate::nn::decoder::Decoder;
 use anyhow::{bail, ensure, Result};
 use serde::Serialize;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -84,11 +85,50 @@ impl Serialize for Selection {
     }
 }
 
+/// What the title of every [`Selection::chart_svg`] holds (how a chart select wrote is
+/// recognised).
+const CHART_TITLE: &str = "per-layer score: ";
+
 impl Selection {
     /// Every layer's score as a bar chart, the kept layers highlighted (SVG).
     pub fn chart_svg(&self) -> String {
-        let title = format!("{} per-layer score: {}", self.policy.name(), self.policy.score_meaning());
+        let title = format!("{} {CHART_TITLE}{}", self.policy.name(), self.policy.score_meaning());
         crate::report::layer_chart_svg(&title, &self.scores, &self.keep)
+    }
+
+    /// Where a report written to `out` goes: the JSON report at `out` and its chart beside it
+    /// (`out` with `.svg` for its `.json`, else `out` + `.svg`), never one path. An `out`
+    /// ending in `.svg` is refused: it names the chart's place, not the report's.
+    pub fn report_paths(out: &Path) -> Result<(PathBuf, PathBuf)> {
+        let ext = out.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
+        ensure!(
+            ext.as_deref() != Some("svg"),
+            "--out {} ends in .svg: give the JSON report's path (e.g. selection.json); its chart is written beside it as .svg",
+            out.display()
+        );
+        let chart = match ext.as_deref() {
+            Some("json") => out.with_extension("svg"),
+            _ => {
+                let mut name = out.as_os_str().to_os_string();
+                name.push(".svg");
+                PathBuf::from(name)
+            }
+        };
+        Ok((out.to_path_buf(), chart))
+    }
+
+    /// Whether `path` holds a report or chart that select wrote (the only files it writes
+    /// over): a JSON selection or an SVG with its chart's title, of a report's size.
+    pub fn is_own_output(path: &Path) -> bool {
+        let small = std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() <= 1 << 20);
+        let Some(text) = small.then(|| std::fs::read_to_string(path).ok()).flatten() else {
+            return false;
+        };
+        if text.starts_with("<svg") {
+            return text.contains(CHART_TITLE);
+        }
+        serde_json::from_str::<serde_json::Value>(&text)
+            .is_ok_and(|v| ["policy", "keep", "scores", "score"].iter().all(|k| v.get(k).is_some()))
     }
 }
 

@@ -8,6 +8,8 @@ use crate::data::TokenStream;
 use crate::eval::perplexity_windows;
 use crate::gpu::{Batch, Gpu, Tensor};
 use crate::io::checkpoint::{self, Checkpoint, HybridConfig};
+use crate::io::fingerprint::{self, Fingerprint};
+use crate::io::ModelFiles;
 use crate::nn::decoder::{AttnActs, Decoder, ForwardOpts, KvCache, Mixer};
 use crate::nn::gdn::{self, GdnActs, GdnParams};
 use crate::nn::optim::{cosine_lr, Optimizer};
@@ -41,6 +43,7 @@ pub struct DistillOpts {
     pub beta1: f32,
     pub beta2: f32,
     pub weight_decay: f32,
+    /// Global gradient-norm clip (0: none).
     pub clip: f32,
     pub seed: u64,
     /// Evaluate every N steps (0: only at the start and the end).
@@ -79,20 +82,178 @@ impl DistillOpts {
     }
 
     pub fn steps(&self) -> usize {
-        self.tokens.div_ceil(self.seq_len * self.batch).max(1)
+        self.tokens.div_ceil(self.seq_len.saturating_mul(self.batch).max(1)).max(1)
     }
 
     fn warmup_steps(&self) -> usize {
         self.warmup.unwrap_or((self.steps() / 20).max(1))
     }
 
-    /// Reject options no run can use (before anything is loaded).
+    /// Reject options no run can use (before anything is loaded), naming the option (the
+    /// command line's name where it has one).
     pub fn check(&self) -> Result<()> {
         ensure!(self.stage == 1 || self.stage == 2, "--stage must be 1 or 2 (got {})", self.stage);
+        ensure!(self.tokens >= 1, "--tokens must be at least 1 (got 0)");
         ensure!(self.batch >= 1, "--batch must be at least 1");
         ensure!(self.seq_len >= 2, "--seq-len must be at least 2");
-        ensure!(self.lr > 0.0 && self.lr.is_finite(), "--lr must be positive");
+        ensure!(self.lr > 0.0 && self.lr.is_finite(), "--lr must be a positive number (got {})", self.lr);
+        ensure!(self.lr_rest >= 0.0 && self.lr_rest.is_finite(), "--lr-rest must be a number >= 0 (got {})", self.lr_rest);
+        if let Some(w) = self.warmup {
+            let steps = self.steps();
+            ensure!(w <= steps, "--warmup {w} is more than the run's {steps} steps: the learning rate would never reach --lr");
+        }
+        ensure!((0.0..=1.0).contains(&self.min_lr_ratio), "min_lr_ratio must lie in [0, 1] (got {})", self.min_lr_ratio);
+        for (name, beta) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            ensure!((0.0..1.0).contains(&beta), "{name} must lie in [0, 1) (got {beta})");
+        }
+        ensure!(
+            self.weight_decay >= 0.0 && self.weight_decay.is_finite(),
+            "weight_decay must be a number >= 0 (got {})",
+            self.weight_decay
+        );
+        ensure!(self.clip >= 0.0 && self.clip.is_finite(), "clip must be a number >= 0 (0: no clipping; got {})", self.clip);
+        if let Some(p) = self.target_ppl {
+            ensure!(p > 0.0, "target_ppl must be positive (got {p})");
+        }
         Ok(())
+    }
+}
+
+/// The first option of `now` that changes the run `was` describes, as (option, was, now):
+/// every option but `checkpoint_every` (when files are written) and `recompute` (the same
+/// gradients bit for bit, with less memory).
+fn changed_option(was: &DistillOpts, now: &DistillOpts) -> Option<(&'static str, String, String)> {
+    // destructured so that a new option must be placed here (or said not to change the run)
+    let DistillOpts {
+        stage,
+        tokens,
+        seq_len,
+        batch,
+        lr,
+        lr_rest,
+        warmup: _,
+        min_lr_ratio,
+        beta1,
+        beta2,
+        weight_decay,
+        clip,
+        seed,
+        eval_every,
+        checkpoint_every: _,
+        recompute: _,
+        target_ppl,
+    } = was;
+    let ppl = |p: Option<f64>| p.map_or("none".to_string(), |p| p.to_string());
+    [
+        ("--stage", stage.to_string(), now.stage.to_string()),
+        ("--tokens", tokens.to_string(), now.tokens.to_string()),
+        ("--seq-len", seq_len.to_string(), now.seq_len.to_string()),
+        ("--batch", batch.to_string(), now.batch.to_string()),
+        ("--lr", lr.to_string(), now.lr.to_string()),
+        ("--lr-rest", lr_rest.to_string(), now.lr_rest.to_string()),
+        // the warmup the schedule uses (without --warmup, 5% of the steps)
+        ("--warmup", was.warmup_steps().to_string(), now.warmup_steps().to_string()),
+        ("min_lr_ratio", min_lr_ratio.to_string(), now.min_lr_ratio.to_string()),
+        ("beta1", beta1.to_string(), now.beta1.to_string()),
+        ("beta2", beta2.to_string(), now.beta2.to_string()),
+        ("weight_decay", weight_decay.to_string(), now.weight_decay.to_string()),
+        ("clip", clip.to_string(), now.clip.to_string()),
+        ("--seed", seed.to_string(), now.seed.to_string()),
+        ("--eval-every", eval_every.to_string(), now.eval_every.to_string()),
+        ("target_ppl", ppl(*target_ppl), ppl(now.target_ppl)),
+    ]
+    .into_iter()
+    .find(|(_, a, b)| a != b)
+}
+
+/// What a run reads besides its options and its student, identified so that resuming with
+/// another input is refused. The caller identifies what it built [`Setup::data`] and
+/// [`Setup::teacher`] from; the evaluation windows the run identifies itself.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RunInputs {
+    /// The training text (`--train` files, or the built-in split).
+    pub train: Identity,
+    /// The teacher's weights ([`Identity::of_model`]).
+    pub teacher: Identity,
+}
+
+/// One input: what it is, for messages, and a fingerprint of its content (equal
+/// fingerprints: the same input, wherever it lies now).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Identity {
+    pub name: String,
+    /// [`crate::io::fingerprint`] of its bytes, tokens or tensors.
+    pub fingerprint: String,
+}
+
+impl Identity {
+    /// A model by its source and the fingerprint of its weights (as loaded, in name order).
+    pub fn of_model(files: &ModelFiles) -> Identity {
+        Identity { name: files.source.clone(), fingerprint: fingerprint::of_tensors(&files.tensors) }
+    }
+}
+
+/// What a checkpoint records of a run's inputs (report.json `train.inputs`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+struct Recorded {
+    #[serde(flatten)]
+    inputs: RunInputs,
+    eval_windows: usize,
+    /// The fingerprint of the evaluation windows' token ids.
+    eval_fingerprint: String,
+}
+
+impl Recorded {
+    fn of(s: &Setup) -> Recorded {
+        let mut fp = Fingerprint::default();
+        for w in s.eval {
+            fp.u32s(w.iter().copied());
+        }
+        Recorded { inputs: s.inputs.clone(), eval_windows: s.eval.len(), eval_fingerprint: fp.hex() }
+    }
+
+    /// Refuse `now` where it reads another input than the recorded run, naming the option.
+    fn check(&self, now: &Recorded) -> Result<()> {
+        let (was, is) = (&self.inputs.train, &now.inputs.train);
+        ensure!(
+            was.fingerprint == is.fingerprint,
+            "--resume: the checkpoint was trained on another --train text ({}, fingerprint {}) than this run reads ({}, fingerprint {})",
+            was.name,
+            was.fingerprint,
+            is.name,
+            is.fingerprint
+        );
+        let (was, is) = (&self.inputs.teacher, &now.inputs.teacher);
+        ensure!(
+            was.fingerprint == is.fingerprint,
+            "--resume: the checkpoint was distilled from another --teacher ({}, fingerprint {}) than this run's ({}, fingerprint {}): other weights",
+            was.name,
+            was.fingerprint,
+            is.name,
+            is.fingerprint
+        );
+        ensure!(
+            self.eval_windows == now.eval_windows,
+            "--resume: the checkpoint was evaluated with --eval-windows {}, this run asks for --eval-windows {}",
+            self.eval_windows,
+            now.eval_windows
+        );
+        ensure!(
+            self.eval_fingerprint == now.eval_fingerprint,
+            "--resume: the checkpoint was evaluated on another --eval text (its windows' tokens have fingerprint {}, this run's {})",
+            self.eval_fingerprint,
+            now.eval_fingerprint
+        );
+        Ok(())
+    }
+}
+
+/// Refuse `opts` where they change the run a checkpoint was trained with (see
+/// [`changed_option`]).
+fn check_options(was: &DistillOpts, opts: &DistillOpts) -> Result<()> {
+    match changed_option(was, opts) {
+        Some((name, was, now)) => bail!("--resume: the checkpoint was trained with {name} {was}, this run asks for {name} {now}"),
+        None => Ok(()),
     }
 }
 
@@ -128,12 +289,15 @@ pub struct DistillReport {
     pub train_buffer_bytes: u64,
 }
 
-/// Where a resumed run picks up.
+/// Where a resumed run picks up, and what it must run with to continue it exactly.
 pub struct ResumeState {
     pub step: usize,
     pub curve: Vec<CurvePoint>,
     pub optimizer: std::collections::HashMap<String, crate::io::HostTensor>,
     pub initial_ppl: Option<f64>,
+    /// The options the checkpoint was trained with.
+    pub opts: DistillOpts,
+    recorded: Recorded,
 }
 
 /// What the loop reports and when it stops early.
@@ -158,6 +322,8 @@ pub struct Setup<'a> {
     pub out: Option<&'a Path>,
     /// Extra fields for report.json (teacher name, strategy...).
     pub meta: Value,
+    /// What `data` and `teacher` are: recorded in checkpoints, compared on resume.
+    pub inputs: RunInputs,
 }
 
 /// The per-step work of a stage: accumulate gradients of one sequence.
@@ -259,9 +425,14 @@ impl Stage for AlignStage<'_> {
 }
 
 /// Run a distillation stage (see the module docs). The student's GPU weights are updated
-/// in place; with `out`, checkpoints (and curve.csv / curve.svg) are written there.
+/// in place; with `out`, checkpoints (and curve.csv / curve.svg) are written there. A
+/// `resume` whose run had other options or inputs is refused (it would not continue it).
 pub fn distill(s: &Setup, opts: &DistillOpts, resume: Option<ResumeState>, hooks: &mut Hooks) -> Result<DistillReport> {
     opts.check()?;
+    if let Some(r) = &resume {
+        check_options(&r.opts, opts)?;
+        r.recorded.check(&Recorded::of(s))?;
+    }
     let g = s.gpu;
     let (t, batch) = (opts.seq_len, opts.batch);
     ensure!(t <= s.student.rope.max_pos, "--seq-len {t} exceeds the model's context ({})", s.student.rope.max_pos);
@@ -467,7 +638,7 @@ fn save(
     }
     report["train"] = json!({
         "stage": opts.stage, "step": step, "tokens": step * opts.seq_len * opts.batch,
-        "opts": opts, "curve": curve, "initial_ppl": initial_ppl,
+        "opts": opts, "curve": curve, "initial_ppl": initial_ppl, "inputs": Recorded::of(s),
     });
     let ck = Checkpoint {
         config: s.config.clone(),
@@ -483,23 +654,23 @@ fn save(
     checkpoint::save_checkpoint(dir, &ck).with_context(|| format!("writing the checkpoint at step {step}"))
 }
 
-/// The resume state of a checkpoint a previous `distill` wrote with the same options.
+/// The resume state of a checkpoint a previous `distill` wrote, refused where `opts` change
+/// its run (its inputs are compared when [`distill`] starts).
 pub fn resume_state(ck: &Checkpoint, opts: &DistillOpts) -> Result<ResumeState> {
     let train = ck.report.get("train").ok_or_else(|| anyhow::anyhow!("the checkpoint has no training state (report.json 'train')"))?;
     let saved: DistillOpts =
         serde_json::from_value(train["opts"].clone()).context("the checkpoint's training options (report.json train.opts)")?;
-    for (what, same) in [
-        ("stage", saved.stage == opts.stage),
-        ("seq-len", saved.seq_len == opts.seq_len),
-        ("batch", saved.batch == opts.batch),
-        ("seed", saved.seed == opts.seed),
-        ("tokens", saved.tokens == opts.tokens),
-        ("lr", saved.lr == opts.lr && saved.lr_rest == opts.lr_rest),
-    ] {
-        ensure!(same, "--resume: the checkpoint was trained with another --{what} ({saved:?})");
-    }
+    check_options(&saved, opts)?;
+    let Some(inputs) = train.get("inputs") else {
+        bail!(
+            "--resume: the checkpoint was written before taylorcal recorded a run's training text, evaluation text and \
+             teacher (report.json train.inputs), so resuming cannot check that this run reads the same ones; continue \
+             from it as a new run instead (--student pointing at it, another --out)"
+        );
+    };
+    let recorded: Recorded = serde_json::from_value(inputs.clone()).context("the checkpoint's inputs (report.json train.inputs)")?;
     let step = train["step"].as_u64().ok_or_else(|| anyhow::anyhow!("report.json train.step missing"))? as usize;
     let curve: Vec<CurvePoint> = serde_json::from_value(train["curve"].clone()).context("report.json train.curve")?;
     let optimizer = ck.optimizer.clone().ok_or_else(|| anyhow::anyhow!("the checkpoint has no {}", checkpoint::OPTIMIZER_FILE))?;
-    Ok(ResumeState { step, curve, optimizer, initial_ppl: train["initial_ppl"].as_f64() })
+    Ok(ResumeState { step, curve, optimizer, initial_ppl: train["initial_ppl"].as_f64(), opts: saved, recorded })
 }

@@ -1,15 +1,18 @@
 //! Distillation runs (src/train/distill.rs) on tiny random models: a stage 2 and a stage 1
 //! run lower their losses; a killed run resumed from its checkpoint ends with
-//! bit-identical weights; a NaN loss stops the run and keeps the last checkpoint.
+//! bit-identical weights; a resume that would not continue the run exactly (another option,
+//! training text, teacher or evaluation) is refused; a NaN loss stops the run and keeps the
+//! last checkpoint.
 use crate::common::student::{kl_f64, tiny_pair, toks};
 use crate::common::*;
 use rand::Rng;
 use taylorcal::data::TokenStream;
 use taylorcal::io::checkpoint::{self, Checkpoint};
+use taylorcal::io::fingerprint::Fingerprint;
 use taylorcal::io::Arch;
 use taylorcal::nn::decoder::Decoder;
 use taylorcal::nn::reference;
-use taylorcal::train::distill::{self, DistillOpts, Hooks, Setup};
+use taylorcal::train::distill::{self, DistillOpts, Hooks, Identity, RunInputs, Setup};
 
 fn setup_run<'a>(
     teacher: &'a Decoder,
@@ -19,7 +22,8 @@ fn setup_run<'a>(
     eval: &'a [&'a [u32]],
     out: Option<&'a std::path::Path>,
 ) -> Setup<'a> {
-    Setup { gpu: gpu(), teacher, student, config: &ck.config, tokenizer: None, data, eval, out, meta: serde_json::json!({}) }
+    let inputs = RunInputs::default();
+    Setup { gpu: gpu(), teacher, student, config: &ck.config, tokenizer: None, data, eval, out, meta: serde_json::json!({}), inputs }
 }
 
 fn small_opts(stage: u8) -> DistillOpts {
@@ -119,6 +123,94 @@ fn a_killed_run_resumes_to_the_same_weights() {
         assert_eq!(csv.lines().count(), total + 1, "{csv}");
         assert!(std::fs::read_to_string(out.join("curve.svg")).unwrap().contains("<polyline"));
     }
+}
+
+/// A change of the options, and the words its refusal must contain.
+type OptionChange = (fn(&mut DistillOpts), &'static str);
+
+/// Resuming checks every option that shapes the run and every input: another --train
+/// text, --warmup, teacher of the same shape or evaluation is refused, naming it, before
+/// anything trains (each was accepted and the run was no longer exact); the same run
+/// resumes. A checkpoint that predates the recorded inputs is refused with the way out.
+#[test]
+fn resume_refuses_another_option_training_text_teacher_or_evaluation() {
+    let (files, ck) = tiny_pair(Arch::Llama, true, vec![0], 90);
+    let (other_files, _) = tiny_pair(Arch::Llama, true, vec![0], 91);
+    let g = gpu();
+    let (teacher, other_teacher) = (Decoder::new(g, &files).unwrap(), Decoder::new(g, &other_files).unwrap());
+    let vocab = files.config.vocab_size;
+    let (ids, other_ids) = (toks(24 * 4, vocab, 92), toks(24 * 4, vocab, 93));
+    let (data, other_data) = (TokenStream::new(&ids, 24, 5).unwrap(), TokenStream::new(&other_ids, 24, 5).unwrap());
+    let (eval_ids, other_eval_ids) = (toks(48, vocab, 94), toks(48, vocab, 95));
+    let (eval, other_eval): (Vec<&[u32]>, Vec<&[u32]>) = (eval_ids.chunks(24).collect(), other_eval_ids.chunks(24).collect());
+    let text = |ids: &[u32]| Identity { name: "random tokens".into(), fingerprint: Fingerprint::default().u32s(ids.iter().copied()).hex() };
+    let inputs = RunInputs { train: text(&ids), teacher: Identity::of_model(&files) };
+    assert_ne!(inputs.teacher, Identity::of_model(&other_files), "a teacher of the same shape with other weights");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut o = small_opts(2);
+    o.checkpoint_every = 2;
+    assert_eq!(o.steps(), 6);
+    let student = Decoder::from_checkpoint(g, &ck).unwrap();
+    let run = Setup { inputs: inputs.clone(), ..setup_run(&teacher, &student, &ck, &data, &eval, Some(&out)) };
+    distill::distill(&run, &o, None, &mut Hooks { progress: None, kill_after: Some(3) }).unwrap_err();
+    let saved = checkpoint::load_checkpoint(&out).unwrap();
+    assert_eq!(saved.report["train"]["step"], 2);
+
+    // options, refused by resume_state (before anything is loaded) and by distill itself
+    let changes: [OptionChange; 7] = [
+        (|o| o.warmup = Some(3), "--warmup 1, this run asks for --warmup 3"),
+        (|o| o.eval_every = 1, "--eval-every 0, this run asks for --eval-every 1"),
+        (|o| o.lr_rest *= 2.0, "--lr-rest"),
+        (|o| o.tokens += 48, "--tokens"),
+        (|o| o.beta2 = 0.9, "beta2"),
+        (|o| o.target_ppl = Some(5.0), "target_ppl none, this run asks for target_ppl 5"),
+        (|o| o.seed += 1, "--seed"),
+    ];
+    for (change, named) in changes {
+        let mut changed = o.clone();
+        change(&mut changed);
+        let err = format!("{:#}", distill::resume_state(&saved, &changed).err().unwrap_or_else(|| panic!("{named}: accepted")));
+        assert!(err.contains(named), "{err}");
+        let resumed = Decoder::from_checkpoint(g, &saved).unwrap();
+        let s = Setup { inputs: inputs.clone(), ..setup_run(&teacher, &resumed, &saved, &data, &eval, Some(&out)) };
+        let state = distill::resume_state(&saved, &o).unwrap();
+        let err = format!("{:#}", distill::distill(&s, &changed, Some(state), &mut Hooks::default()).unwrap_err());
+        assert!(err.contains(named), "{err}");
+    }
+    // what only changes when files are written or how memory is used is not refused
+    let mut same_run = o.clone();
+    (same_run.checkpoint_every, same_run.recompute) = (3, true);
+    distill::resume_state(&saved, &same_run).unwrap();
+
+    // inputs, refused by distill before it trains
+    let other_text = RunInputs { train: text(&other_ids), ..inputs.clone() };
+    let other_weights = RunInputs { teacher: Identity::of_model(&other_files), ..inputs.clone() };
+    let cases = [
+        (&teacher, &other_data, &eval[..], &other_text, "another --train text"),
+        (&other_teacher, &data, &eval[..], &other_weights, "another --teacher"),
+        (&teacher, &data, &eval[..1], &inputs, "--eval-windows 2, this run asks for --eval-windows 1"),
+        (&teacher, &data, &other_eval[..], &inputs, "another --eval text"),
+    ];
+    for (t, d, e, inp, named) in cases {
+        let resumed = Decoder::from_checkpoint(g, &saved).unwrap();
+        let s = Setup { inputs: inp.clone(), ..setup_run(t, &resumed, &saved, d, e, Some(&out)) };
+        let state = distill::resume_state(&saved, &o).unwrap();
+        let err = distill::distill(&s, &o, Some(state), &mut Hooks::default()).err().unwrap_or_else(|| panic!("{named}: accepted"));
+        assert!(format!("{err:#}").contains(named), "{err:#}");
+        assert_eq!(checkpoint::load_checkpoint(&out).unwrap().report["train"]["step"], 2, "{named}: trained before refusing");
+    }
+    // the same run resumes to its end
+    let resumed = Decoder::from_checkpoint(g, &saved).unwrap();
+    let s = Setup { inputs: inputs.clone(), ..setup_run(&teacher, &resumed, &saved, &data, &eval, Some(&out)) };
+    let rep = distill::distill(&s, &o, Some(distill::resume_state(&saved, &o).unwrap()), &mut Hooks::default()).unwrap();
+    assert_eq!(rep.steps, 6);
+
+    // a checkpoint written before the inputs were recorded cannot be checked: refused
+    let mut old = checkpoint::load_checkpoint(&out).unwrap();
+    old.report["train"].as_object_mut().unwrap().remove("inputs");
+    let err = format!("{:#}", distill::resume_state(&old, &o).err().expect("an old checkpoint was resumed unchecked"));
+    assert!(err.contains("train.inputs") && err.contains("--student"), "{err}");
 }
 
 #[test]

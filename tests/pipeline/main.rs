@@ -1,9 +1,9 @@
 //! The library layer by layer and stage by stage, on tiny random models, in the order the
 //! data flows: file formats, the decoder, the GDN block, the training pass, calibration,
-//! layer selection, distillation, output safety; then the crate's layering itself.
+//! layer selection, distillation, output safety, option checks; then the crate's layering itself.
 //!
 //! Files, in order: io, decoder, gdn_block, training, calibrate, select, distill, safety,
-//! layout.
+//! options, layout.
 #[path = "../common/mod.rs"]
 mod common;
 
@@ -30,6 +30,9 @@ mod distill;
 
 /// What `--out` may touch, the crash-safe checkpoint write, the output lock.
 mod safety;
+
+/// Options no run can use, atomic reports, select's report paths.
+mod options;
 
 /// The module layering, read from src/.
 mod layout;
