@@ -6,9 +6,9 @@
 //! type u32, offset u64), padding to `general.alignment`, tensor data.
 use super::config::{Arch, ModelConfig};
 use super::dtype::{f16_at, FloatDtype};
-use super::weights::{default_head_dim, map_file, validate_tensors, HostTensor, ModelFiles};
+use super::weights::{check_config_fields, check_fits, default_head_dim, map_file, validate_tensors, HostTensor, ModelFiles};
 use anyhow::{anyhow, bail, Context, Result};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -22,6 +22,13 @@ const DEFAULT_ALIGNMENT: usize = 32;
 pub const QK: usize = 32;
 const MAX_DIMS: u32 = 4;
 const MAX_ARRAY_NESTING: usize = 8;
+/// Caps on what a header may declare, so that no count read from a file sizes memory
+/// beyond a few hundred MiB (real files: a few hundred tensors, a few dozen metadata
+/// entries, and arrays of up to about a million values in all: vocabularies, merges).
+const MAX_TENSORS: usize = 1 << 20;
+const MAX_METADATA_ENTRIES: usize = 1 << 20;
+/// Metadata array elements in all (each takes 32 bytes in memory whatever its type).
+const MAX_METADATA_VALUES: usize = 1 << 24;
 
 // ---------------------------------------------------------------------------
 // Metadata values
@@ -410,6 +417,8 @@ struct Reader<'a> {
     path: &'a Path,
     /// What is being read, for error messages ("header", "metadata 'x'", ...).
     section: String,
+    /// How many more metadata array elements the file may hold ([`MAX_METADATA_VALUES`]).
+    values_left: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -448,22 +457,28 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(self.array()?))
     }
 
-    /// A u64 count or size that must fit in memory: at least `min_item_bytes` per item remain.
-    fn count(&mut self, what: &str, min_item_bytes: usize) -> Result<usize> {
+    /// A u64 count or size that must fit in memory: at least `min_item_bytes` per item
+    /// remain, and at most `max` items.
+    fn count(&mut self, what: &str, min_item_bytes: usize, max: usize) -> Result<usize> {
         let n = self.u64()?;
         match usize::try_from(n) {
-            Ok(n) if n.saturating_mul(min_item_bytes) <= self.remaining() => Ok(n),
-            _ => bail!(
+            Ok(n) if n.saturating_mul(min_item_bytes) > self.remaining() => bail!(
                 "truncated or corrupt GGUF file {}: {} declares {n} {what}, more than the remaining {} bytes can hold",
                 self.path.display(),
                 self.section,
                 self.remaining()
             ),
+            Ok(n) if n <= max => Ok(n),
+            _ => bail!(
+                "corrupt GGUF file {}: {} declares {n} {what}, more than taylorcal accepts ({max})",
+                self.path.display(),
+                self.section
+            ),
         }
     }
 
     fn string(&mut self) -> Result<String> {
-        let len = self.count("string bytes", 1)?;
+        let len = self.count("string bytes", 1, usize::MAX)?;
         Ok(String::from_utf8_lossy(self.take(len)?).into_owned())
     }
 
@@ -491,8 +506,13 @@ impl<'a> Reader<'a> {
             bail!("corrupt GGUF file {}: {} nests arrays too deeply", self.path.display(), self.section);
         }
         let elem_type = self.u32()?;
-        let n = self.count("array elements", min_value_bytes(elem_type))?;
-        let items = (0..n).map(|_| self.value(elem_type, depth + 1)).collect::<Result<Vec<_>>>()?;
+        let max = self.values_left;
+        let n = self.count("array elements (in all the metadata)", min_value_bytes(elem_type), max)?;
+        self.values_left -= n;
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            items.push(self.value(elem_type, depth + 1)?);
+        }
         Ok(GgufValue::Array(items))
     }
 }
@@ -542,7 +562,7 @@ impl GgufFile {
     /// of a supported type lies inside the file.
     pub fn open(path: &Path) -> Result<Self> {
         let map = map_file(path)?;
-        let mut r = Reader { buf: &map, pos: 0, path, section: "the header".into() };
+        let mut r = Reader { buf: &map, pos: 0, path, section: "the header".into(), values_left: MAX_METADATA_VALUES };
         if r.take(4).ok() != Some(MAGIC.as_slice()) {
             bail!("{} is not a GGUF file (it does not start with 'GGUF')", path.display());
         }
@@ -550,19 +570,35 @@ impl GgufFile {
         if !(2..=3).contains(&version) {
             bail!("{}: GGUF version {version} is not supported (supported: 2, 3; a huge number means a big-endian file)", path.display());
         }
-        let n_tensors = r.count("tensors", 24)?;
-        let n_kv = r.count("metadata entries", 13)?;
+        let n_tensors = r.count("tensors", 24, MAX_TENSORS)?;
+        let n_kv = r.count("metadata entries", 13, MAX_METADATA_ENTRIES)?;
         let metadata = read_metadata(&mut r, n_kv)?;
         let tensors = read_tensor_infos(&mut r, n_tensors)?;
         let alignment = alignment(&metadata, path)?;
         let data_start = r.pos.div_ceil(alignment) * alignment;
         let file = GgufFile { path: path.to_path_buf(), version, metadata, tensors, data_start, map };
-        for info in &file.tensors {
-            if info.ty.block().is_some() {
-                file.tensor_bytes(info)?;
+        file.check_data_ranges()?;
+        Ok(file)
+    }
+
+    /// Checks that every tensor of a supported type lies inside the file and that no two
+    /// share bytes (a writer never overlaps them; a file that does is corrupt or crafted).
+    fn check_data_ranges(&self) -> Result<()> {
+        let mut ranges = Vec::new();
+        for info in self.tensors.iter().filter(|t| t.ty.block().is_some()) {
+            let len = self.tensor_bytes(info)?.len();
+            if len > 0 {
+                ranges.push((info.offset, info.offset + len, &info.name));
             }
         }
-        Ok(file)
+        ranges.sort_unstable();
+        for pair in ranges.windows(2) {
+            let ((_, end, a), (start, _, b)) = (pair[0], pair[1]);
+            if start < end {
+                bail!("corrupt GGUF file {}: the data of tensors '{a}' and '{b}' overlap", self.path.display());
+            }
+        }
+        Ok(())
     }
 
     pub fn tensor_info(&self, name: &str) -> Option<&GgufTensorInfo> {
@@ -597,23 +633,29 @@ impl GgufFile {
 }
 
 fn read_metadata(r: &mut Reader, n_kv: usize) -> Result<HashMap<String, GgufValue>> {
-    let mut metadata = HashMap::with_capacity(n_kv);
+    let mut metadata = HashMap::new();
     for i in 0..n_kv {
         r.section = format!("metadata entry #{i}");
         let key = r.string()?;
         r.section = format!("metadata '{key}'");
         let type_id = r.u32()?;
         let value = r.value(type_id, 0)?;
-        metadata.insert(key, value);
+        if metadata.insert(key, value).is_some() {
+            bail!("corrupt GGUF file {}: {} appears twice", r.path.display(), r.section);
+        }
     }
     Ok(metadata)
 }
 
 fn read_tensor_infos(r: &mut Reader, n_tensors: usize) -> Result<Vec<GgufTensorInfo>> {
     let mut tensors: Vec<GgufTensorInfo> = Vec::with_capacity(n_tensors);
+    let mut names = HashSet::new();
     for i in 0..n_tensors {
         r.section = format!("tensor info #{i}");
         let name = r.string()?;
+        if !names.insert(name.clone()) {
+            bail!("corrupt GGUF file {}: tensor '{name}' appears twice", r.path.display());
+        }
         r.section = format!("tensor info '{name}'");
         let n_dims = r.u32()?;
         if n_dims > MAX_DIMS {
@@ -717,7 +759,7 @@ pub fn gguf_config(file: &GgufFile) -> Result<ModelConfig> {
             bail!("{}: partial rotary embeddings ({rope_dims} of {head_dim} dims) are not supported", path.display());
         }
     }
-    Ok(ModelConfig {
+    let cfg = ModelConfig {
         arch,
         hidden_size,
         num_hidden_layers: m.req_usize(&key("block_count"))?,
@@ -734,6 +776,29 @@ pub fn gguf_config(file: &GgufFile) -> Result<ModelConfig> {
         max_position_embeddings: m.opt_usize(&key("context_length"))?.unwrap_or(2048),
         bos_token_id: m.opt_u32("tokenizer.ggml.bos_token_id")?,
         eos_token_id: m.opt_u32("tokenizer.ggml.eos_token_id")?,
+    };
+    let display = path.display().to_string();
+    check_config_fields(&cfg, &display, &|field| match gguf_key(field) {
+        Some(k) => format!("{field} (metadata '{}')", key(k)),
+        None => field.to_string(),
+    })?;
+    check_fits(&cfg, &display, file.map.len() as u64)?;
+    Ok(cfg)
+}
+
+/// The GGUF metadata key (after `{arch}.`) a config field is read from.
+fn gguf_key(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "hidden_size" => "embedding_length",
+        "num_hidden_layers" => "block_count",
+        "num_attention_heads" => "attention.head_count",
+        "num_key_value_heads" => "attention.head_count_kv",
+        "head_dim" => "attention.key_length",
+        "intermediate_size" => "feed_forward_length",
+        "max_position_embeddings" => "context_length",
+        "rms_norm_eps" => "attention.layer_norm_rms_epsilon",
+        "rope_theta" => "rope.freq_base",
+        _ => return None,
     })
 }
 
@@ -803,8 +868,12 @@ pub fn load_gguf(path: &Path) -> Result<ModelFiles> {
     let file = GgufFile::open(path)?;
     let config = gguf_config(&file)?;
     let mut tensors = HashMap::new();
+    let mut gguf_names = HashMap::new();
     for info in &file.tensors {
         if let Some(name) = hf_tensor_name(&info.name) {
+            if let Some(other) = gguf_names.insert(name.clone(), &info.name) {
+                bail!("{}: tensors '{other}' and '{}' are both {name}", path.display(), info.name);
+            }
             let data = file.tensor_f32(info)?;
             tensors.insert(name, HostTensor::new(info.shape(), data));
         }

@@ -3,13 +3,13 @@
 //! validation every loader shares.
 use super::config::{Arch, ModelConfig};
 use super::dtype::FloatDtype;
-use super::weights::{check_config, default_head_dim, expected_tensors, map_file, validate_tensors, HostTensor, ModelFiles};
+use super::weights::{check_config, check_fits, default_head_dim, expected_tensors, map_file, validate_tensors, HostTensor, ModelFiles};
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::{Dtype, SafeTensors, View};
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 // ---------------------------------------------------------------------------
 // config.json
@@ -247,21 +247,47 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = BTreeSet::new();
     for (tensor, file) in weight_map {
         let file = file.as_str().ok_or_else(|| anyhow!("{}: weight_map entry '{tensor}' is not a file name", index.display()))?;
-        files.insert(file.to_string());
+        files.insert(shard_path(dir, file).with_context(|| format!("{}: weight_map entry '{tensor}'", index.display()))?);
     }
-    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+    Ok(files.into_iter().collect())
 }
 
-/// Loads a Hugging Face model directory (see the module docs).
+/// A shard file an index names, inside `dir`: a relative path of plain names only (no
+/// `..`, no root), so an index cannot send the loader to files elsewhere. Symbolic links
+/// inside `dir` are followed: the Hugging Face cache links every file of a snapshot to a
+/// blob store outside it.
+fn shard_path(dir: &Path, file: &str) -> Result<PathBuf> {
+    let rel = Path::new(file);
+    let plain = rel.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if !plain || rel.file_name().is_none() {
+        bail!("shard '{file}' is not a file inside the model directory");
+    }
+    Ok(dir.join(rel))
+}
+
+/// Loads a Hugging Face model directory (see the module docs). A tensor the model uses
+/// that two shards both hold is refused (which copy is meant cannot be told).
 pub fn load_hf_dir(dir: &Path) -> Result<ModelFiles> {
     let config_path = dir.join("config.json");
     let json = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
     let config = parse_hf_config(&json, &config_path)?;
+    let files = safetensors_files(dir)?;
+    let mut file_bytes = 0u64;
+    for file in &files {
+        file_bytes += std::fs::metadata(file).with_context(|| format!("cannot open {}", file.display()))?.len();
+    }
+    check_fits(&config, &config_path.display().to_string(), file_bytes)?;
 
     let wanted: BTreeSet<String> = expected_tensors(&config).into_iter().map(|(n, _)| n).collect();
     let mut tensors = HashMap::new();
-    for file in safetensors_files(dir)? {
-        tensors.extend(read_safetensors_filtered(&file, |n| wanted.contains(n))?);
+    let mut holder: HashMap<String, &Path> = HashMap::new();
+    for file in &files {
+        for (name, t) in read_safetensors_filtered(file, |n| wanted.contains(n))? {
+            if let Some(first) = holder.insert(name.clone(), file) {
+                bail!("{}: tensor '{name}' is stored twice, in {} and in {}", dir.display(), first.display(), file.display());
+            }
+            tensors.insert(name, t);
+        }
     }
     let source = format!("Hugging Face model {}", dir.display());
     validate_tensors(&config, &tensors, &source)?;

@@ -39,36 +39,84 @@ pub(crate) fn default_head_dim(hidden: usize, heads: usize) -> usize {
     hidden.checked_div(heads).unwrap_or(0)
 }
 
-/// Rejects configurations the teacher forward cannot run (zero sizes, heads that do not
-/// group, odd head_dim for RoPE, non-positive epsilon).
-pub fn check_config(cfg: &ModelConfig, source: &str) -> Result<()> {
-    let sizes = [
-        ("hidden_size", cfg.hidden_size),
-        ("num_hidden_layers", cfg.num_hidden_layers),
-        ("num_attention_heads", cfg.num_attention_heads),
-        ("num_key_value_heads", cfg.num_key_value_heads),
-        ("head_dim", cfg.head_dim),
-        ("intermediate_size", cfg.intermediate_size),
-        ("vocab_size", cfg.vocab_size),
-    ];
-    if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
-        bail!("{source}: {name} must be positive, got 0");
+/// The sizes a model file declares, by field name, each with the largest value taylorcal
+/// accepts. They are checked before anything is sized from them: a corrupt or hostile file
+/// gets an error, never an allocation that aborts the process. Each bound is far above
+/// every released model of the supported families (the largest, Llama 3.1 405B: 126
+/// layers, hidden 16384, 128 heads, FFN 53248; vocabularies up to about 262k; contexts up
+/// to Qwen2.5-1M's 1,010,000 positions).
+fn bounded_sizes(cfg: &ModelConfig) -> [(&'static str, usize, usize); 8] {
+    [
+        ("hidden_size", cfg.hidden_size, 1 << 16),
+        ("num_hidden_layers", cfg.num_hidden_layers, 1 << 10),
+        ("num_attention_heads", cfg.num_attention_heads, 1 << 10),
+        ("num_key_value_heads", cfg.num_key_value_heads, 1 << 10),
+        ("head_dim", cfg.head_dim, 1 << 10),
+        ("intermediate_size", cfg.intermediate_size, 1 << 20),
+        ("vocab_size", cfg.vocab_size, 1 << 24),
+        ("max_position_embeddings", cfg.max_position_embeddings, 1 << 22),
+    ]
+}
+
+/// The decoder's RoPE tables hold `max_position_embeddings x head_dim` f32 values (cos and
+/// sin, half the dims each, computed in f64 first); this caps them at 1 GiB.
+pub const MAX_ROPE_TABLE: usize = 1 << 28;
+
+/// Rejects configurations the teacher forward cannot run (zero sizes, sizes past their
+/// bounds, heads that do not group, odd head_dim for RoPE, non-positive epsilon). `field`
+/// turns a config field's name into the one the file uses (GGUF metadata keys).
+pub fn check_config_fields(cfg: &ModelConfig, source: &str, field: &dyn Fn(&str) -> String) -> Result<()> {
+    for (name, v, max) in bounded_sizes(cfg) {
+        // max_position_embeddings may be 0 (as before): the decoder then builds one position
+        if v == 0 && name != "max_position_embeddings" {
+            bail!("{source}: {} must be positive, got 0", field(name));
+        }
+        if v > max {
+            bail!("{source}: {} is {v}, more than taylorcal accepts ({max})", field(name));
+        }
+    }
+    if cfg.max_position_embeddings.checked_mul(cfg.head_dim).is_none_or(|n| n > MAX_ROPE_TABLE) {
+        bail!(
+            "{source}: {} x {} ({} x {}) is more than taylorcal accepts for its RoPE tables ({MAX_ROPE_TABLE})",
+            field("max_position_embeddings"),
+            field("head_dim"),
+            cfg.max_position_embeddings,
+            cfg.head_dim
+        );
     }
     if !cfg.num_attention_heads.is_multiple_of(cfg.num_key_value_heads) {
         bail!(
-            "{source}: num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+            "{source}: {} ({}) must be a multiple of {} ({})",
+            field("num_attention_heads"),
             cfg.num_attention_heads,
+            field("num_key_value_heads"),
             cfg.num_key_value_heads
         );
     }
     if !cfg.head_dim.is_multiple_of(2) {
-        bail!("{source}: head_dim must be even for RoPE, got {}", cfg.head_dim);
+        bail!("{source}: {} must be even for RoPE, got {}", field("head_dim"), cfg.head_dim);
     }
     if !(cfg.rms_norm_eps > 0.0 && cfg.rms_norm_eps.is_finite()) {
-        bail!("{source}: rms_norm_eps must be a positive number, got {}", cfg.rms_norm_eps);
+        bail!("{source}: {} must be a positive number, got {}", field("rms_norm_eps"), cfg.rms_norm_eps);
     }
     if !(cfg.rope_theta > 0.0 && cfg.rope_theta.is_finite()) {
-        bail!("{source}: rope_theta must be a positive number, got {}", cfg.rope_theta);
+        bail!("{source}: {} must be a positive number, got {}", field("rope_theta"), cfg.rope_theta);
+    }
+    Ok(())
+}
+
+/// [`check_config_fields`] under the config's own field names (`config.json`'s).
+pub fn check_config(cfg: &ModelConfig, source: &str) -> Result<()> {
+    check_config_fields(cfg, source, &|name| name.to_string())
+}
+
+/// Rejects a configuration whose tensors could not fit in `file_bytes` of model files even
+/// at one bit per weight (less than any format stores), before anything is sized from it.
+/// Call after [`check_config`] (its bounds keep the counting below from overflowing).
+pub fn check_fits(cfg: &ModelConfig, source: &str, file_bytes: u64) -> Result<()> {
+    let params: u64 = expected_tensors(cfg).iter().map(|(_, shape)| shape.iter().map(|&d| d as u64).product::<u64>()).sum();
+    if params.div_ceil(8) > file_bytes {
+        bail!("{source}: the configuration implies {params} weights, more than {file_bytes} bytes of model files can hold");
     }
     Ok(())
 }

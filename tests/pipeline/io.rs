@@ -608,6 +608,261 @@ fn load_model_finds_the_single_gguf_in_a_directory() {
 }
 
 // ---------------------------------------------------------------------------
+// bad input, bounded: sizes checked before anything is sized from them, duplicate and
+// overlapping tensors refused, shards confined to the model directory. On main the
+// huge-count cases aborted the process ("memory allocation of N bytes failed").
+
+/// The tiny llama model as GGUF tensors (F32), under GGUF names.
+fn gguf_tensor_list(seed: u64) -> Vec<(String, Vec<usize>, GgufTensorData)> {
+    let cfg = tiny_config(Arch::Llama);
+    let mut list: Vec<_> =
+        random_tensors(&cfg, seed).into_iter().map(|(n, t)| (gguf_name(&n), t.shape, GgufTensorData::F32(t.data))).collect();
+    list.sort_by(|a, b| a.0.cmp(&b.0));
+    list
+}
+
+/// The tiny llama GGUF with metadata `llama.{key}` replaced by `value`.
+fn gguf_with_metadata(dir: &Path, key: &str, value: GgufValue) -> PathBuf {
+    let path = dir.join("bad.gguf");
+    let key = format!("llama.{key}");
+    let mut meta: Vec<_> = gguf_metadata(&tiny_config(Arch::Llama), "llama").into_iter().filter(|(k, _)| *k != key).collect();
+    meta.push((key, value));
+    write_gguf(&path, &meta, &gguf_tensor_list(16)).unwrap();
+    path
+}
+
+/// The tiny Hugging Face directory with `config.json` fields set to the values given.
+fn hf_with_config(dir: &Path, fields: &[(&str, serde_json::Value)]) -> PathBuf {
+    saved_hf_dir(dir);
+    let config = dir.join("config.json");
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    for (field, value) in fields {
+        json[field] = value.clone();
+    }
+    std::fs::write(&config, json.to_string()).unwrap();
+    config
+}
+
+/// Aborted the process on main (the tensor list of 2^32-1 layers).
+#[test]
+fn error_gguf_huge_block_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = gguf_with_metadata(tmp.path(), "block_count", GgufValue::U32(u32::MAX));
+    let msg = err_text(load_model(&path));
+    assert_mentions(&msg, &[&path.display().to_string(), "llama.block_count", "4294967295", "more than taylorcal accepts"]);
+}
+
+/// Loaded on main; the decoder then sized its RoPE tables from it and aborted.
+#[test]
+fn error_gguf_huge_context_length() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = gguf_with_metadata(tmp.path(), "context_length", GgufValue::U32(u32::MAX));
+    let msg = err_text(load_model(&path));
+    assert_mentions(&msg, &[&path.display().to_string(), "llama.context_length", "4294967295"]);
+}
+
+/// Aborted the process on main (the tensor list of 10^12 layers).
+#[test]
+fn error_config_huge_layer_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = hf_with_config(tmp.path(), &[("num_hidden_layers", serde_json::json!(1_000_000_000_000u64))]);
+    let msg = err_text(load_model(tmp.path()));
+    assert_mentions(&msg, &[&config.display().to_string(), "num_hidden_layers", "1000000000000"]);
+}
+
+/// Loaded on main; the decoder then sized its RoPE tables from it and aborted.
+#[test]
+fn error_config_huge_positions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = hf_with_config(tmp.path(), &[("max_position_embeddings", serde_json::json!(1u64 << 40))]);
+    let msg = err_text(load_model(tmp.path()));
+    assert_mentions(&msg, &[&config.display().to_string(), "max_position_embeddings", &(1u64 << 40).to_string()]);
+    // within the per-field bound, but with head_dim past the RoPE tables' bound
+    let fields = [("max_position_embeddings", serde_json::json!(1 << 22)), ("head_dim", serde_json::json!(128))];
+    let config = hf_with_config(tmp.path(), &fields);
+    let msg = err_text(load_model(tmp.path()));
+    assert_mentions(&msg, &[&config.display().to_string(), "max_position_embeddings x head_dim", "RoPE"]);
+}
+
+/// heads x head_dim overflowed usize on main (a panic in debug builds).
+#[test]
+fn error_config_heads_times_head_dim_overflow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let heads = serde_json::json!(1u64 << 33);
+    let fields = [("num_attention_heads", heads.clone()), ("num_key_value_heads", heads), ("head_dim", serde_json::json!(1u64 << 32))];
+    let config = hf_with_config(tmp.path(), &fields);
+    let msg = err_text(load_model(tmp.path()));
+    assert_mentions(&msg, &[&config.display().to_string(), "num_attention_heads", "more than taylorcal accepts"]);
+}
+
+/// Sizes within their bounds that still describe far more weights than the files hold.
+#[test]
+fn error_config_larger_than_its_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fields = [("num_hidden_layers", serde_json::json!(1000)), ("intermediate_size", serde_json::json!(1 << 20))];
+    let config = hf_with_config(tmp.path(), &fields);
+    let msg = err_text(load_model(tmp.path()));
+    assert_mentions(&msg, &[&config.display().to_string(), "weights, more than", "bytes of model files"]);
+}
+
+/// A metadata array of more values than the whole file may hold: on main it was read,
+/// at 32 bytes of memory per byte of file.
+#[test]
+fn error_gguf_too_many_metadata_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("values.gguf");
+    let n = (1usize << 24) + 1;
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes()); // tensors
+    b.extend(1u64.to_le_bytes()); // metadata entries
+    b.extend(4u64.to_le_bytes());
+    b.extend(b"many");
+    b.extend(9u32.to_le_bytes()); // array
+    b.extend(0u32.to_le_bytes()); // of u8
+    b.extend((n as u64).to_le_bytes());
+    b.resize(b.len() + n, 7);
+    std::fs::write(&path, &b).unwrap();
+    let msg = err_text(GgufFile::open(&path));
+    assert_mentions(&msg, &["values.gguf", "metadata 'many'", "more than taylorcal accepts"]);
+}
+
+/// On main the second copy silently replaced the first.
+#[test]
+fn error_gguf_duplicate_tensor_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("dup.gguf");
+    let mut list = gguf_tensor_list(17);
+    list.push(("output_norm.weight".into(), vec![64], GgufTensorData::F32(vec![2.0; 64])));
+    write_gguf(&path, &gguf_metadata(&tiny_config(Arch::Llama), "llama"), &list).unwrap();
+    let msg = err_text(load_model(&path));
+    assert_mentions(&msg, &["dup.gguf", "tensor 'output_norm.weight' appears twice"]);
+
+    // two spellings of one layer number name the same tensor
+    let mut list = gguf_tensor_list(17);
+    list.push(("blk.01.ffn_up.weight".into(), vec![96, 64], GgufTensorData::F32(vec![0.5; 96 * 64])));
+    write_gguf(&path, &gguf_metadata(&tiny_config(Arch::Llama), "llama"), &list).unwrap();
+    let msg = err_text(load_model(&path));
+    assert_mentions(&msg, &["dup.gguf", "'blk.1.ffn_up.weight' and 'blk.01.ffn_up.weight'", "model.layers.1.mlp.up_proj.weight"]);
+
+    // metadata keys, likewise
+    let mut meta = gguf_metadata(&tiny_config(Arch::Llama), "llama");
+    meta.push(("llama.block_count".into(), GgufValue::U32(1)));
+    write_gguf(&path, &meta, &gguf_tensor_list(17)).unwrap();
+    let msg = err_text(load_model(&path));
+    assert_mentions(&msg, &["dup.gguf", "metadata 'llama.block_count' appears twice"]);
+}
+
+/// The byte offset of tensor `name`'s data offset field in a GGUF file's tensor infos.
+fn gguf_offset_field(bytes: &[u8], name: &str) -> usize {
+    let mut key = (name.len() as u64).to_le_bytes().to_vec();
+    key.extend(name.as_bytes());
+    let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+    let n_dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    at + 4 + 8 * n_dims + 4
+}
+
+/// On main two tensors reading the same bytes were accepted.
+#[test]
+fn error_gguf_overlapping_tensor_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("overlap.gguf");
+    write_gguf(&path, &gguf_metadata(&tiny_config(Arch::Llama), "llama"), &gguf_tensor_list(18)).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let (gate, up) = (gguf_offset_field(&bytes, "blk.0.ffn_gate.weight"), gguf_offset_field(&bytes, "blk.0.ffn_up.weight"));
+    // ffn_up's data starts 4 bytes into ffn_gate's (same shape: they overlap but for 4 bytes)
+    let gate_offset = u64::from_le_bytes(bytes[gate..gate + 8].try_into().unwrap());
+    bytes[up..up + 8].copy_from_slice(&(gate_offset + 4).to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let msg = err_text(load_model(&path));
+    assert_mentions(&msg, &["overlap.gguf", "'blk.0.ffn_gate.weight' and 'blk.0.ffn_up.weight' overlap"]);
+}
+
+/// Refused on main too: the safetensors crate requires each tensor to start where the
+/// previous one ends.
+#[test]
+fn error_safetensors_overlapping_tensor_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("overlap.safetensors");
+    let header = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend([0u8; 24]);
+    std::fs::write(&path, &bytes).unwrap();
+    let msg = err_text(hf::read_safetensors(&path));
+    assert_mentions(&msg, &["overlap.safetensors", "invalid offset"]);
+}
+
+/// The tiny Qwen3 model split over two shards named `shard_names`, holding every tensor
+/// once and `extra` tensors in the second shard too, with an index naming them.
+fn sharded_hf_dir(dir: &Path, shard_names: [&str; 2], extra: &[&str]) {
+    let cfg = tiny_config(Arch::Qwen3);
+    let tensors = random_tensors(&cfg, 19);
+    save_hf_dir(dir, &cfg, &HashMap::new(), None).unwrap();
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let (mut a, mut b) = (HashMap::new(), HashMap::new());
+    let mut weight_map = serde_json::Map::new();
+    for (i, (name, t)) in tensors.iter().enumerate() {
+        let (shard, file) = if i % 2 == 0 { (&mut a, shard_names[0]) } else { (&mut b, shard_names[1]) };
+        shard.insert(name.clone(), t.clone());
+        weight_map.insert(name.clone(), file.into());
+    }
+    for name in extra {
+        b.insert(name.to_string(), tensors[*name].clone());
+    }
+    write_safetensors_as(&dir.join(shard_names[0]), &a, Dtype::F32);
+    write_safetensors_as(&dir.join(shard_names[1]), &b, Dtype::F32);
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+}
+
+/// On main the copy in the later shard silently replaced the other.
+#[test]
+fn error_hf_tensor_in_two_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let name = "model.layers.0.mlp.up_proj.weight";
+    sharded_hf_dir(tmp.path(), ["a.safetensors", "b.safetensors"], &[name, "model.norm.weight"]);
+    let msg = err_text(load_model(tmp.path()));
+    assert_mentions(&msg, &["is stored twice", "a.safetensors", "b.safetensors"]);
+    assert!(msg.contains(name) || msg.contains("model.norm.weight"), "{msg}");
+}
+
+/// On main the index could send the loader to any file.
+#[test]
+fn error_hf_shard_outside_the_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("model");
+    std::fs::create_dir(&dir).unwrap();
+    sharded_hf_dir(&dir, ["a.safetensors", "b.safetensors"], &[]);
+    let index = dir.join("model.safetensors.index.json");
+    let text = std::fs::read_to_string(&index).unwrap();
+    std::fs::rename(dir.join("b.safetensors"), tmp.path().join("b.safetensors")).unwrap();
+    let outside = tmp.path().join("b.safetensors").display().to_string();
+    for name in ["../b.safetensors", "sub/../../b.safetensors", outside.as_str()] {
+        std::fs::write(&index, text.replace("\"b.safetensors\"", &serde_json::Value::from(name).to_string())).unwrap();
+        let msg = err_text(load_model(&dir));
+        assert_mentions(&msg, &[&index.display().to_string(), &format!("shard '{name}' is not a file inside the model directory")]);
+    }
+}
+
+/// The Hugging Face cache's layout: every file of a snapshot is a link into a blob store
+/// outside it. Links are followed (only the names an index gives are confined).
+#[cfg(unix)]
+#[test]
+fn hf_shards_linked_from_a_blob_store_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (snapshot, blobs) = (tmp.path().join("snapshots/abc"), tmp.path().join("blobs"));
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir(&blobs).unwrap();
+    sharded_hf_dir(&snapshot, ["a.safetensors", "b.safetensors"], &[]);
+    for shard in ["a.safetensors", "b.safetensors"] {
+        std::fs::rename(snapshot.join(shard), blobs.join(shard)).unwrap();
+        std::os::unix::fs::symlink(Path::new("../../blobs").join(shard), snapshot.join(shard)).unwrap();
+    }
+    assert_eq!(load_model(&snapshot).unwrap().config.num_hidden_layers, 2);
+}
+
+// ---------------------------------------------------------------------------
 // the hybrid checkpoint format
 
 #[test]

@@ -2,13 +2,16 @@
 //! data flows: file formats, the decoder, the GDN block, the training pass, calibration,
 //! layer selection, distillation, output safety, option checks; then the crate's layering itself.
 //!
-//! Files, in order: io, decoder, gdn_block, training, calibrate, select, distill, safety,
-//! options, layout.
+//! Files, in order: io, fuzz, decoder, gdn_block, training, calibrate, select, distill,
+//! safety, options, layout.
 #[path = "../common/mod.rs"]
 mod common;
 
 /// Loaders (GGUF, safetensors, tokenizer) and the hybrid checkpoint format.
 mod io;
+
+/// Seeded mutations of valid model files through the loaders: no panic, errors name the file.
+mod fuzz;
 
 /// Teacher and hybrid-student logits against the f64 reference, decoding, perplexity.
 mod decoder;
