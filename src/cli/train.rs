@@ -63,8 +63,8 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
     let teacher = Decoder::new(gpu, &files)?;
     drop(files.tensors);
     let student = Decoder::from_checkpoint(gpu, &ck)?;
-    let data = a.train.stream(&tokenizer, a.seed)?;
-    let eval_tokens = a.eval.tokens(&tokenizer)?;
+    let data = a.train.stream(&tokenizer, student.vocab(), opts.steps() * opts.batch, a.seed)?;
+    let eval_tokens = a.eval.tokens(&tokenizer, student.vocab())?;
     let windows = a.eval.windows(&eval_tokens)?;
     let meta = json!({ "teacher": files.source, "student_from": ck.report.get("strategy"), "attn_layers": ck.config.attn_layers, "adapter": gpu.info.name });
     let setup = Setup {
@@ -125,20 +125,17 @@ pub fn recovery(r: &RecoveryArgs) -> Result<()> {
     let strategies = r.strategies.iter().map(|s| Strategy::parse(s)).collect::<Result<Vec<_>>>()?;
     ensure!(!strategies.is_empty(), "--strategies is empty");
     ensure!(r.target_ppl_ratio >= 1.0, "--target-ppl-ratio must be at least 1 (got {})", r.target_ppl_ratio);
-    let data = train.stream(&setup.tokenizer, conv.seed)?;
     let windows = setup.eval_windows()?;
     let stage1 = (r.stage1_tokens > 0).then(|| train.opts(1, r.stage1_tokens, conv.seed)).map(|mut o| {
         // stage 1 trains GDN layers only, at the reference's 1e-3 unless --lr says otherwise
         o.lr = train.lr.unwrap_or(1e-3);
         o
     });
-    let o = RecoveryOpts {
-        strategies,
-        stage1,
-        stage2: train.opts(2, r.max_tokens, conv.seed),
-        target_ratio: r.target_ppl_ratio,
-        convert: setup.opts.clone(),
-    };
+    let stage2 = train.opts(2, r.max_tokens, conv.seed);
+    // every stage starts at the stream's first sequence: the longer one reads the most
+    let sequences = [Some(&stage2), stage1.as_ref()].into_iter().flatten().map(|o| o.steps() * o.batch).max().unwrap_or(1);
+    let data = train.stream(&setup.tokenizer, setup.teacher.vocab(), sequences, conv.seed)?;
+    let o = RecoveryOpts { strategies, stage1, stage2, target_ratio: r.target_ppl_ratio, convert: setup.opts.clone() };
     let pb = progress::steps(0, "recovery");
     let mut last_ppl = None;
     let mut cur = String::new();

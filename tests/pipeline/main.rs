@@ -1,14 +1,17 @@
 //! The library layer by layer and stage by stage, on tiny random models, in the order the
-//! data flows: file formats, the decoder, the GDN block, the training pass, calibration,
+//! data flows: file formats, text in, the decoder, the GDN block, the training pass, calibration,
 //! layer selection, distillation, output safety; then the crate's layering itself.
 //!
-//! Files, in order: io, decoder, gdn_block, training, calibrate, select, distill, safety,
+//! Files, in order: io, data, decoder, gdn_block, training, calibrate, select, distill, safety,
 //! layout.
 #[path = "../common/mod.rs"]
 mod common;
 
 /// Loaders (GGUF, safetensors, tokenizer) and the hybrid checkpoint format.
 mod io;
+
+/// Text tokenised in pieces, bounded reading, the training stream, vocabulary checks.
+mod data;
 
 /// Teacher and hybrid-student logits against the f64 reference, decoding, perplexity.
 mod decoder;
