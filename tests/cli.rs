@@ -476,3 +476,111 @@ fn select_out_never_overwrites_its_report_an_input_or_a_users_file() {
     assert_eq!(std::fs::read_to_string(&mine).unwrap(), "{\"my\": \"data\"}");
     assert_eq!(std::fs::read_to_string(&chart_of_mine).unwrap(), "<svg>my drawing</svg>");
 }
+
+/// A model whose embedding has fewer rows (100) than its tokenizer has ids: every command
+/// that feeds it text refuses the text, naming it, the id and the vocabulary (not a
+/// perplexity of nonsense, not a panic in the embedding backward).
+#[test]
+fn a_tokenizer_that_does_not_match_the_model_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = mismatched_hf_dir(dir.path());
+    let words = word_text(dir.path());
+    // letters whose ids are all below 100: a text the model can read
+    let letters = dir.path().join("letters.txt");
+    std::fs::write(&letters, "abcdfgijkmnpqstuvwxyz".repeat(100)).unwrap();
+    let ids = tiny_tokenizer().encode(std::fs::read_to_string(&letters).unwrap(), false).unwrap().get_ids().to_vec();
+    assert!(ids.len() >= 1280 && ids.iter().all(|&id| id < 100));
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (m, w, l) = (model.to_str().unwrap(), words.to_str().unwrap(), letters.to_str().unwrap());
+    let refused = |args: &[&str], what: &str| {
+        let (ok, _, err) = taylorcal(args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            err.contains(what) && err.contains("vocabulary has 100 ids") && err.contains("the tokenizer does not match the model"),
+            "{args:?}: {err}"
+        );
+    };
+    refused(&["eval", "--model", m, "--text", w], w);
+    refused(&["stats", "--model", m, "--text", w], w);
+    refused(&["generate", "--model", m, "--prompt", "the cat"], "the prompt");
+    let conv = ["convert", "--teacher", m, "--keep", "1", "--strategy", "naive", "--eval-windows", "1"];
+    refused(&[&conv[..], &["--calib", w, "--eval", l, "--out", &path("s1")]].concat(), w);
+    refused(&[&conv[..], &["--calib", l, "--out", &path("s2")]].concat(), "the built-in Brown evaluation split");
+    // a student converted on text within the vocabulary, then distilled on text past it
+    let (ok, _, err) = taylorcal(&["eval", "--model", m, "--text", l]);
+    assert!(ok, "eval of the letters failed: {err}");
+    let (ok, _, err) = taylorcal(&[&conv[..], &["--calib", l, "--eval", l, "--out", &path("student")]].concat());
+    assert!(ok, "convert failed: {err}");
+    let distill = ["distill", "--teacher", m, "--student", &path("student"), "--stage", "2", "--tokens", "64", "--seq-len", "32"];
+    refused(&[&distill[..], &["--train", w, "--eval", l, "--eval-windows", "1", "--out", &path("run")]].concat(), w);
+}
+
+/// A command reads a text only as far as it needs: past that point this text holds a byte
+/// that is not UTF-8, which reading the whole file refuses; distillation keeps only the
+/// sequences its steps consume.
+#[test]
+fn text_is_read_only_as_far_as_the_command_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path(), true);
+    let line = std::fs::read_to_string(word_text(dir.path())).unwrap();
+    let mut bytes = [line.as_str(); 40].join("\n").into_bytes();
+    assert!(bytes.len() > 3 * taylorcal::data::CHUNK);
+    bytes.extend(b"\n\xFF");
+    let big = dir.path().join("big.txt");
+    std::fs::write(&big, bytes).unwrap();
+    let (m, b) = (model.to_str().unwrap(), big.to_str().unwrap());
+    let (ok, stdout, err) = taylorcal(&["eval", "--model", m, "--text", b, "--max-tokens", "10", "--json"]);
+    assert!(ok, "eval failed: {err}");
+    assert_eq!(json(&stdout)["tokens"], 10);
+    let (ok, _, err) = taylorcal(&["eval", "--model", m, "--text", b, "--max-tokens", "100000000"]);
+    assert!(!ok && err.contains("big.txt") && err.contains("not UTF-8"), "{err}");
+    let student = dir.path().join("student");
+    let s = student.to_str().unwrap();
+    let (ok, _, err) = taylorcal(&[
+        "convert",
+        "--teacher",
+        m,
+        "--keep",
+        "1",
+        "--strategy",
+        "naive",
+        "--calib",
+        b,
+        "--eval",
+        b,
+        "--eval-windows",
+        "1",
+        "--out",
+        s,
+    ]);
+    assert!(ok, "convert failed: {err}");
+    let run = dir.path().join("run");
+    let (ok, stdout, err) = taylorcal(&[
+        "distill",
+        "--teacher",
+        m,
+        "--student",
+        s,
+        "--stage",
+        "2",
+        "--tokens",
+        "192",
+        "--seq-len",
+        "32",
+        "--batch",
+        "2",
+        "--train",
+        b,
+        "--eval",
+        b,
+        "--eval-windows",
+        "1",
+        "--out",
+        run.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "distill failed: {err}");
+    let v = json(&stdout);
+    assert_eq!((v["steps"].as_u64(), v["sequences"].as_u64()), (Some(3), Some(6)), "{v}");
+}

@@ -61,7 +61,7 @@ pub fn capture(
     let sums: Vec<Tensor> = (0..c.num_hidden_layers).map(|_| gpu.zeros(&[h * 2])).collect::<Result<_>>()?;
     let cache = teacher.kv_cache(gpu, windows.iter().map(|w| w.len()).max().unwrap_or(1))?;
     for (wi, w) in windows.iter().enumerate() {
-        let ids = gpu.upload_u32(&[w.len()], w)?;
+        let ids = teacher.upload_ids(gpu, w)?;
         let mut hook = |b: &mut Batch, a: AttnActs| -> Result<()> {
             // per-layer sums accumulate on the GPU across windows; read once at the end
             ops::gdn_act::colsum(b, a.stats, &sums[a.layer], wi > 0);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use taylorcal::calibrate::convert::ConvertOpts;
 use taylorcal::calibrate::phase2::AlignOpts;
 use taylorcal::calibrate::strategy::Strategy;
-use taylorcal::data::{self, TokenStream, WINDOW};
+use taylorcal::data::{self, TextSource, TokenStream, WINDOW};
 use taylorcal::io::{self, fingerprint};
 use taylorcal::train::distill::{DistillOpts, Identity};
 
@@ -63,9 +63,10 @@ pub struct EvalArgs {
 }
 
 impl EvalArgs {
-    /// The evaluation tokens: --eval-windows windows' worth of --eval (or the Brown split).
-    pub fn tokens(&self, tok: &tokenizers::Tokenizer) -> Result<Vec<u32>> {
-        data::tokenize_or(tok, self.eval.as_deref(), data::brown::EVAL, self.eval_windows * WINDOW)
+    /// The evaluation tokens: --eval-windows windows' worth of --eval (or the Brown split),
+    /// checked against the model's `vocab`.
+    pub fn tokens(&self, tok: &tokenizers::Tokenizer, vocab: usize) -> Result<Vec<u32>> {
+        data::tokenize_or(tok, self.eval.as_deref(), &data::brown::EVAL, vocab, self.eval_windows.saturating_mul(WINDOW))
     }
 
     /// `tokens` cut into --eval-windows windows of [`WINDOW`] tokens.
@@ -194,23 +195,22 @@ impl TrainArgs {
         o
     }
 
-    /// The training token stream: the given files (or the Brown training split), packed.
-    pub fn stream(&self, tok: &tokenizers::Tokenizer, seed: u64) -> Result<TokenStream> {
-        let mut ids = vec![];
-        if self.train.is_empty() {
-            ids = data::tokenize_or(tok, None, data::brown::TRAIN, usize::MAX)?;
-        }
-        for f in &self.train {
-            ids.extend(data::tokenize_file(tok, f, usize::MAX)?);
-        }
-        TokenStream::new(&ids, self.seq_len, seed)
+    /// The training token stream: the given files (or the Brown training split), packed,
+    /// read only as far as the run's `sequences` (steps x batch) go; ids checked against
+    /// the model's `vocab`.
+    pub fn stream(&self, tok: &tokenizers::Tokenizer, vocab: usize, sequences: usize, seed: u64) -> Result<TokenStream> {
+        let sources = match self.train.is_empty() {
+            true => vec![TextSource::builtin(tok, &data::brown::TRAIN)?],
+            false => self.train.iter().map(|f| TextSource::file(tok, f)).collect::<Result<_>>()?,
+        };
+        TokenStream::read(sources, vocab, self.seq_len, sequences, seed)
     }
 
     /// The training text as `--resume` recognises it: the files (or the built-in split) and
     /// a fingerprint of their bytes.
     pub fn identity(&self) -> Result<Identity> {
         if self.train.is_empty() {
-            let fingerprint = fingerprint::Fingerprint::default().bytes(data::brown::TRAIN.as_bytes()).hex();
+            let fingerprint = fingerprint::Fingerprint::default().bytes(data::brown::TRAIN.text.as_bytes()).hex();
             return Ok(Identity { name: "the built-in Brown training split".into(), fingerprint });
         }
         let names: Vec<String> = self.train.iter().map(|p| p.display().to_string()).collect();

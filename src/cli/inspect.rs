@@ -43,7 +43,7 @@ pub fn info(json: bool) -> Result<()> {
 /// `taylorcal eval`: mean next-token NLL and perplexity on a text.
 pub fn eval(a: &ModelTextArgs) -> Result<()> {
     let m = load(&a.model.model)?;
-    let ids = data::tokenize_file(&m.tokenizer, &a.text.text, a.text.max_tokens)?;
+    let ids = data::tokenize_file(&m.tokenizer, &a.text.text, m.model.vocab(), a.text.max_tokens)?;
     let r = taylorcal::eval::perplexity(gpu()?, &m.model, &ids)?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
@@ -56,7 +56,7 @@ pub fn eval(a: &ModelTextArgs) -> Result<()> {
 /// `taylorcal stats`: per-layer, per-head attention distance and entropy on a text.
 pub fn stats(a: &ModelTextArgs) -> Result<()> {
     let m = load(&a.model.model)?;
-    let ids = data::tokenize_file(&m.tokenizer, &a.text.text, a.text.max_tokens)?;
+    let ids = data::tokenize_file(&m.tokenizer, &a.text.text, m.model.vocab(), a.text.max_tokens)?;
     let layers = taylorcal::calibrate::capture::attention_stats(gpu()?, &m.model, &[&ids])?;
     if a.json {
         println!("{}", json!({ "tokens": ids.len(), "layers": layers }));
@@ -75,6 +75,7 @@ pub fn generate(model: &str, prompt: &str, max_new_tokens: usize, json: bool) ->
     let m = load(model)?;
     let enc = m.tokenizer.encode(prompt, false).map_err(|e| anyhow::anyhow!("tokenising the prompt: {e}"))?;
     let ids = enc.get_ids().to_vec();
+    data::check_ids(&ids, m.model.vocab(), "the prompt")?;
     if !json {
         print!("{prompt}");
     }

@@ -80,11 +80,12 @@ pub fn conv_setup(a: &ConvArgs) -> Result<ConvSetup> {
     let path = resolve_model(&a.teacher)?;
     let files = io::load_model(&path)?;
     let tokenizer = files.tokenizer.clone().with_context(|| format!("{} has no tokenizer", files.source))?;
-    let layers = files.config.num_hidden_layers;
-    let calib = data::tokenize_or(&tokenizer, a.calib.as_deref(), data::brown::CALIBRATION, usize::MAX)?;
-    let eval = a.eval.tokens(&tokenizer)?;
-    let teacher = Decoder::new(gpu()?, &files)?;
+    let (layers, vocab) = (files.config.num_hidden_layers, files.config.vocab_size);
     let mut opts = a.opts()?;
+    let calib_tokens = opts.calib_windows().saturating_mul(opts.seq_len);
+    let calib = data::tokenize_or(&tokenizer, a.calib.as_deref(), &data::brown::CALIBRATION, vocab, calib_tokens)?;
+    let eval = a.eval.tokens(&tokenizer, vocab)?;
+    let teacher = Decoder::new(gpu()?, &files)?;
     let selection = run_policy(a, &opts, &teacher, &files.tensors, &calib, &eval)?;
     let keep = select::kept_layers(layers, selection.as_ref(), a.keep.as_deref(), a.keep_every)?;
     let hc = HybridConfig::new(files.config.clone(), keep)?;

@@ -64,8 +64,8 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
     let inputs = RunInputs { train: a.train.identity()?, teacher: Identity::of_model(&files) };
     drop(files.tensors);
     let student = Decoder::from_checkpoint(gpu, &ck)?;
-    let data = a.train.stream(&tokenizer, a.seed)?;
-    let eval_tokens = a.eval.tokens(&tokenizer)?;
+    let data = a.train.stream(&tokenizer, student.vocab(), opts.steps() * opts.batch, a.seed)?;
+    let eval_tokens = a.eval.tokens(&tokenizer, student.vocab())?;
     let windows = a.eval.windows(&eval_tokens)?;
     let meta = json!({ "teacher": files.source, "student_from": ck.report.get("strategy"), "attn_layers": ck.config.attn_layers, "adapter": gpu.info.name });
     let setup = Setup {
@@ -141,7 +141,9 @@ pub fn recovery(r: &RecoveryArgs) -> Result<()> {
     let g = gpu()?;
     let setup = conv_setup(conv)?;
     o.convert = setup.opts.clone();
-    let data = train.stream(&setup.tokenizer, conv.seed)?;
+    // every stage starts at the stream's first sequence: the longer one reads the most
+    let sequences = [Some(&o.stage2), o.stage1.as_ref()].into_iter().flatten().map(|s| s.steps() * s.batch).max().unwrap_or(1);
+    let data = train.stream(&setup.tokenizer, setup.teacher.vocab(), sequences, conv.seed)?;
     let windows = setup.eval_windows()?;
     let pb = progress::steps(0, "recovery");
     let mut last_ppl = None;

@@ -19,7 +19,7 @@ pub fn token_nll(gpu: &Gpu, model: &Decoder, ids: &[u32], opts: ForwardOpts) -> 
     ensure!(ids.len() >= 2, "need at least 2 tokens to score next-token predictions, got {}", ids.len());
     let t = ids.len();
     let cache = model.kv_cache(gpu, t)?;
-    let tid = gpu.upload_u32(&[t], ids)?;
+    let tid = model.upload_ids(gpu, ids)?;
     let mut targets: Vec<u32> = ids[1..].to_vec();
     targets.push(ops::nll::IGNORE);
     let ttg = gpu.upload_u32(&[t], &targets)?;
@@ -66,7 +66,7 @@ pub fn generate(
     let mut ids = prompt.to_vec();
     let mut pos = 0;
     while out.len() < max_new {
-        let tid = gpu.upload_u32(&[ids.len()], &ids)?;
+        let tid = model.upload_ids(gpu, &ids)?;
         let mut b = gpu.batch();
         let hidden = model.forward(&mut b, &cache, &tid, pos, ForwardOpts::default())?;
         let logits = model.logits(&mut b, &hidden, ids.len() - 1, 1)?;

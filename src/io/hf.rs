@@ -215,19 +215,28 @@ pub fn write_safetensors(path: &Path, tensors: &HashMap<String, HostTensor>) -> 
     let tmp = tmp_path(path);
     let views = tensors.iter().map(|(k, t)| (k.clone(), F32View(t)));
     safetensors::serialize_to_file(views, None, &tmp).map_err(|e| anyhow!("writing {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    flush_and_rename(&tmp, path)
 }
 
+/// The temporary file beside `path` that an atomic write fills first: named with the
+/// prefix of taylorcal's own entries, so a copy a crash leaves behind never makes the
+/// directory look like someone else's to the next command (`out_dir`), which writes over it.
 fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
+    let mut name = std::ffi::OsString::from(format!("{}-tmp-", super::checkpoint::INTERNAL_PREFIX));
+    name.push(path.file_name().unwrap_or_default());
     path.with_file_name(name)
 }
 
+fn flush_and_rename(tmp: &Path, path: &Path) -> Result<()> {
+    std::fs::File::open(tmp).and_then(|f| f.sync_all()).with_context(|| format!("flushing {}", tmp.display()))?;
+    std::fs::rename(tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// Writes `bytes` to `path` atomically: a reader sees the old file or the new one whole.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    flush_and_rename(&tmp, path)
 }
 
 /// The safetensors files of a directory: `model.safetensors`, or the shards an index names.

@@ -301,6 +301,18 @@ impl Decoder {
         self.params().into_iter().map(|(n, t)| Ok((n, HostTensor::new(t.shape.clone(), gpu.read(t)?)))).collect()
     }
 
+    /// Token ids the model has embeddings for: the embedding table's rows.
+    pub fn vocab(&self) -> usize {
+        self.embed.rows()
+    }
+
+    /// Upload token ids for [`Decoder::forward`], refusing any the model has no embedding
+    /// for (the readers of `crate::data` refuse them first, naming the text).
+    pub fn upload_ids(&self, gpu: &Gpu, ids: &[u32]) -> Result<Tensor> {
+        crate::data::check_ids(ids, self.vocab(), "the token sequence")?;
+        gpu.upload_u32(&[ids.len()], ids)
+    }
+
     pub fn kv_cache(&self, gpu: &Gpu, max_len: usize) -> Result<KvCache> {
         let c = &self.cfg;
         let w = c.num_key_value_heads * c.head_dim;

@@ -527,7 +527,7 @@ pub fn distill(s: &Setup, opts: &DistillOpts, resume: Option<ResumeState>, hooks
         opt.zero_grad(&mut b);
         for j in 0..batch {
             let seq = s.data.get(step * batch + j);
-            let ids = g.upload_u32(&[seq.len()], seq)?;
+            let ids = s.student.upload_ids(g, seq)?;
             stage.micro(&mut b, &ids, seq, j)?;
             // submit per sequence: keeps command buffers (and uniform pools) small
             b.submit();

@@ -19,6 +19,11 @@ pub fn env_options() -> GpuOptions {
     env::gpu_options_from_env().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// The model cache directory the program uses (`TAYLORCAL_CACHE` or the platform's).
+pub fn cache_dir() -> std::path::PathBuf {
+    env::cache_dir_from_env()
+}
+
 /// The process-wide GPU context with the environment's options. Fails loudly (never
 /// skips) when no adapter exists.
 pub fn gpu() -> &'static Gpu {

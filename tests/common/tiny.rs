@@ -190,3 +190,20 @@ pub fn tiny_gguf(dir: &Path, with_tokenizer: bool) -> PathBuf {
     write_model_gguf(&path, &cfg, "llama", &random_tensors(&cfg, 13), GgufTensorData::Q8_0, extra);
     path
 }
+
+/// The byte-level tokenizer of [`tiny_tokenizer_metadata`] ([`TINY_VOCAB_WITH_TOKENIZER`] ids).
+pub fn tiny_tokenizer() -> tokenizers::Tokenizer {
+    let meta: HashMap<String, GgufValue> = tiny_tokenizer_metadata().into_iter().collect();
+    taylorcal::io::gguf::tokenizer_from_gguf(&meta, "tiny").unwrap()
+}
+
+/// `dir/mismatched`: a Hugging Face directory whose model has 100 embedding rows but whose
+/// tokenizer.json is the tiny tokenizer of 265 ids (spaces, line breaks and merges are ids
+/// past 100; the letters a..z other than e, h, l, o and r give ids below it).
+pub fn mismatched_hf_dir(dir: &Path) -> PathBuf {
+    let cfg = tiny_config(Arch::Llama);
+    assert!(cfg.vocab_size < TINY_VOCAB_WITH_TOKENIZER);
+    let out = dir.join("mismatched");
+    save_hf_dir(&out, &cfg, &random_tensors(&cfg, 17), Some(&tiny_tokenizer())).unwrap();
+    out
+}

@@ -1,8 +1,9 @@
 //! The library layer by layer and stage by stage, on tiny random models, in the order the
-//! data flows: file formats, the decoder, the GDN block, the training pass, calibration,
-//! layer selection, distillation, output safety, option checks; then the crate's layering itself.
+//! data flows: file formats, text in, the decoder, the GDN block, the training pass,
+//! calibration, layer selection, distillation, output safety, option checks; then the
+//! crate's layering itself.
 //!
-//! Files, in order: io, fuzz, decoder, gdn_block, training, calibrate, select, distill,
+//! Files, in order: io, fuzz, data, decoder, gdn_block, training, calibrate, select, distill,
 //! safety, options, layout.
 #[path = "../common/mod.rs"]
 mod common;
@@ -12,6 +13,9 @@ mod io;
 
 /// Seeded mutations of valid model files through the loaders: no panic, errors name the file.
 mod fuzz;
+
+/// Text tokenised in pieces, bounded reading, the training stream, vocabulary checks.
+mod data;
 
 /// Teacher and hybrid-student logits against the f64 reference, decoding, perplexity.
 mod decoder;

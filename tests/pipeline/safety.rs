@@ -147,6 +147,13 @@ fn report_directories_accept_only_their_own_files() {
     for f in ["ablation.md", "ablation.json", "ablation.svg"] {
         std::fs::write(out.join(f), "old").unwrap();
     }
+    // a report write that stops before its rename (here: a directory is in the way) leaves a
+    // temporary file that is taylorcal's own: it never makes the directory look foreign
+    std::fs::remove_file(out.join("ablation.md")).unwrap();
+    std::fs::create_dir_all(out.join("ablation.md/in-the-way")).unwrap();
+    assert!(taylorcal::io::hf::write_atomic(&out.join("ablation.md"), b"new").is_err());
+    std::fs::remove_dir_all(out.join("ablation.md")).unwrap();
+    assert!(std::fs::read_dir(&out).unwrap().count() > 2, "the interrupted write left its temporary file");
     drop(out_dir::claim(&out, Kind::Report(Ablation::is_report_file), &[], false).unwrap());
     let e = out_dir::claim(&out, Kind::Report(RecoveryReport::is_report_file), &[], false).err().unwrap().to_string();
     assert!(e.contains("did not write") && e.contains("--force"), "{e}");
