@@ -183,9 +183,7 @@ pub struct Checkpoint {
 /// Files a checkpoint always or sometimes holds; a write removes those the new checkpoint
 /// lacks (a stale `tokenizer.json` or optimizer state would otherwise be loaded with it).
 pub const CHECKPOINT_FILES: [&str; 5] = ["model.safetensors", "config.json", "tokenizer.json", "report.json", OPTIMIZER_FILE];
-/// The prefix of every name taylorcal keeps for itself inside an output directory (the
-/// staging and commit directories of a checkpoint write, the lock file).
-pub const INTERNAL_PREFIX: &str = ".taylorcal";
+pub use super::hf::INTERNAL_PREFIX;
 /// Where a write puts the new checkpoint's files until they are all on disk.
 const STAGING: &str = ".taylorcal-staging";
 /// The staging directory once committed: it holds the checkpoint a load finds.

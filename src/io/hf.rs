@@ -218,11 +218,16 @@ pub fn write_safetensors(path: &Path, tensors: &HashMap<String, HostTensor>) -> 
     flush_and_rename(&tmp, path)
 }
 
+/// The prefix of every name taylorcal keeps for itself inside an output directory (the
+/// staging and commit directories of a checkpoint write, the lock file, the temporary
+/// file of an atomic write).
+pub const INTERNAL_PREFIX: &str = ".taylorcal";
+
 /// The temporary file beside `path` that an atomic write fills first: named with the
 /// prefix of taylorcal's own entries, so a copy a crash leaves behind never makes the
 /// directory look like someone else's to the next command (`out_dir`), which writes over it.
 fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = std::ffi::OsString::from(format!("{}-tmp-", super::checkpoint::INTERNAL_PREFIX));
+    let mut name = std::ffi::OsString::from(format!("{INTERNAL_PREFIX}-tmp-"));
     name.push(path.file_name().unwrap_or_default());
     path.with_file_name(name)
 }
