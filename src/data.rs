@@ -2,7 +2,8 @@
 //! as soon as it holds the tokens it needs, and a file is never held whole), cutting token
 //! ids into windows, and training token streams (packed sequences visited in a seeded order
 //! that is a pure function of (seed, index), so a resumed run sees exactly the sequences an
-//! uninterrupted one would). Every id read is checked against the model's vocabulary here.
+//! uninterrupted one would). Every id a source reads ([`read_tokens`], [`TokenStream::read`])
+//! is checked against the model's vocabulary.
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -126,7 +127,10 @@ impl TokenSource for TextSource<'_> {
 }
 
 /// Where to end a piece of `buf` (at least 4 bytes, more text after it) so that tokenising
-/// the pieces one by one gives the whole text's tokens: after a line break between two
+/// the pieces one by one gives the whole text's tokens with byte-level BPE tokenizers (GPT-2
+/// style: SmolLM2, Llama 3, Qwen; tested in tests/pipeline/data.rs); a SentencePiece-style
+/// tokenizer that prepends "▁" to every text it encodes gets one such token more at each cut
+/// (one per 64 KiB of text). The cut comes after a line break between two
 /// non-blank characters (tokenizers split there anyway), else before a line break that
 /// follows a non-blank (the next piece starts with the whole whitespace run, which GPT-2
 /// style pre-tokenizers split off alone), else before a space that follows a non-blank

@@ -195,13 +195,13 @@ impl TrainArgs {
         o
     }
 
-    /// The training token stream: the given files (or the Brown training split), packed,
-    /// read only as far as the run's `sequences` (steps x batch) go; ids checked against
-    /// the model's `vocab`.
+    /// The training token stream: the given files, packed, read only as far as the run's
+    /// `sequences` (steps x batch) go, or the whole Brown training split (small, and a short
+    /// run samples all of it); ids checked against the model's `vocab`.
     pub fn stream(&self, tok: &tokenizers::Tokenizer, vocab: usize, sequences: usize, seed: u64) -> Result<TokenStream> {
-        let sources = match self.train.is_empty() {
-            true => vec![TextSource::builtin(tok, &data::brown::TRAIN)?],
-            false => self.train.iter().map(|f| TextSource::file(tok, f)).collect::<Result<_>>()?,
+        let (sources, sequences) = match self.train.is_empty() {
+            true => (vec![TextSource::builtin(tok, &data::brown::TRAIN)?], usize::MAX),
+            false => (self.train.iter().map(|f| TextSource::file(tok, f)).collect::<Result<_>>()?, sequences),
         };
         TokenStream::read(sources, vocab, self.seq_len, sequences, seed)
     }

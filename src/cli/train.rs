@@ -123,8 +123,10 @@ pub fn recovery(r: &RecoveryArgs) -> Result<()> {
     let (conv, train) = (&r.conv, &r.train);
     let strategies = r.strategies.iter().map(|s| Strategy::parse(s)).collect::<Result<Vec<_>>>()?;
     let stage1 = (r.stage1_tokens > 0).then(|| train.opts(1, r.stage1_tokens, conv.seed)).map(|mut o| {
-        // stage 1 trains GDN layers only, at the reference's 1e-3 unless --lr says otherwise
+        // stage 1 trains GDN layers only, at the reference's 1e-3 unless --lr says otherwise;
+        // --warmup is stage 2's, at most all of stage 1's steps here
         o.lr = train.lr.unwrap_or(1e-3);
+        o.warmup = o.warmup.map(|w| w.min(o.steps()));
         o
     });
     // checked before --out is claimed; the conversion settings get their kept layers below

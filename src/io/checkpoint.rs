@@ -282,11 +282,8 @@ fn stage(staging: &Path, ck: &Checkpoint) -> Result<()> {
         hf::write_atomic(&staging.join(name), bytes)?;
         names.push(name.clone());
     }
+    // every file was flushed by its atomic write; the directory's entries are flushed here
     hf::write_atomic(&staging.join(MANIFEST), serde_json::to_string(&names)?.as_bytes())?;
-    for name in names.iter().map(String::as_str).chain([MANIFEST]) {
-        let path = staging.join(name);
-        std::fs::File::open(&path).and_then(|f| f.sync_all()).with_context(|| format!("flushing {}", path.display()))?;
-    }
     sync_dir(staging)
 }
 

@@ -212,10 +212,8 @@ impl View for F32View<'_> {
 
 /// Writes `tensors` as an f32 safetensors file, atomically (temporary file + rename).
 pub fn write_safetensors(path: &Path, tensors: &HashMap<String, HostTensor>) -> Result<()> {
-    let tmp = tmp_path(path);
     let views = tensors.iter().map(|(k, t)| (k.clone(), F32View(t)));
-    safetensors::serialize_to_file(views, None, &tmp).map_err(|e| anyhow!("writing {}: {e}", tmp.display()))?;
-    flush_and_rename(&tmp, path)
+    write_via_tmp(path, |tmp| safetensors::serialize_to_file(views, None, tmp).map_err(|e| anyhow!("writing {}: {e}", tmp.display())))
 }
 
 /// The prefix of every name taylorcal keeps for itself inside an output directory (the
@@ -225,23 +223,40 @@ pub const INTERNAL_PREFIX: &str = ".taylorcal";
 
 /// The temporary file beside `path` that an atomic write fills first: named with the
 /// prefix of taylorcal's own entries, so a copy a crash leaves behind never makes the
-/// directory look like someone else's to the next command (`out_dir`), which writes over it.
+/// directory look like someone else's to the next command (`out_dir`, which removes it).
 fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = std::ffi::OsString::from(format!("{INTERNAL_PREFIX}-tmp-"));
+    let mut name = std::ffi::OsString::from(format!("{INTERNAL_PREFIX}{TMP}"));
     name.push(path.file_name().unwrap_or_default());
     path.with_file_name(name)
 }
 
-fn flush_and_rename(tmp: &Path, path: &Path) -> Result<()> {
-    std::fs::File::open(tmp).and_then(|f| f.sync_all()).with_context(|| format!("flushing {}", tmp.display()))?;
-    std::fs::rename(tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+const TMP: &str = "-tmp-";
+
+/// Whether a file name is that of an atomic write's temporary file.
+pub fn is_tmp_name(name: &str) -> bool {
+    name.strip_prefix(INTERNAL_PREFIX).is_some_and(|rest| rest.starts_with(TMP))
 }
 
 /// Writes `bytes` to `path` atomically: a reader sees the old file or the new one whole.
+/// The bytes are flushed (fsync) before the rename; a failed write removes its temporary file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_via_tmp(path, |tmp| std::fs::write(tmp, bytes).with_context(|| format!("writing {}", tmp.display())))
+}
+
+/// `write` fills the temporary file of `path`, which is then flushed (through a writable
+/// handle: Windows refuses to flush a read-only one) and renamed over `path`.
+fn write_via_tmp(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    flush_and_rename(&tmp, path)
+    let written = write(&tmp)
+        .and_then(|_| {
+            let f = std::fs::OpenOptions::new().write(true).open(&tmp);
+            f.and_then(|f| f.sync_all()).with_context(|| format!("flushing {}", tmp.display()))
+        })
+        .and_then(|_| std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display())));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// The safetensors files of a directory: `model.safetensors`, or the shards an index names.

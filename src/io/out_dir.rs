@@ -8,6 +8,7 @@
 //! and every other file is left alone (the writers never delete a directory). The input
 //! model is never a valid output: `--out` may not be it, lie inside it or contain it.
 use super::checkpoint::{self, INTERNAL_PREFIX};
+use super::hf;
 use anyhow::{bail, Context as _, Result};
 use std::fs::{File, TryLockError};
 use std::path::{Component, Path, PathBuf};
@@ -56,6 +57,12 @@ pub fn claim(dir: &Path, kind: Kind, inputs: &[&Path], force: bool) -> Result<Ou
     if let Kind::Checkpoint = kind {
         checkpoint::recover(dir)?;
     }
+    // the temporary files of atomic writes that a crash interrupted
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?.flatten() {
+        if hf::is_tmp_name(&e.file_name().to_string_lossy()) && e.path().is_file() {
+            std::fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+        }
+    }
     Ok(OutDir { _lock: lock })
 }
 
@@ -66,12 +73,8 @@ pub fn check_file(file: &Path, inputs: &[&Path], ours: impl Fn(&Path) -> bool) -
     if file.is_dir() {
         bail!("{} is a directory; give a file name", file.display());
     }
-    let target = canonical(file)?;
-    for input in inputs {
-        let Ok(input) = input.canonicalize() else { continue };
-        if target == input || target.starts_with(&input) {
-            bail!("{} would write over the input {}; choose a path outside it", file.display(), input.display());
-        }
+    if let Some(input) = overlapping_input(&canonical(file)?, inputs) {
+        bail!("{} would write over the input {}; choose a path outside it", file.display(), input.display());
     }
     if file.exists() && !ours(file) {
         bail!("{} exists and was not written by this command; choose another path, or remove it first", file.display());
@@ -91,15 +94,12 @@ fn check(dir: &Path, kind: Kind, inputs: &[&Path], force: bool) -> Result<()> {
     if std::env::current_dir().ok().and_then(|d| d.canonicalize().ok()).is_some_and(|cwd| cwd == target) {
         bail!("--out {} is the current directory; give a new directory's name, e.g. --out student", dir.display());
     }
-    for input in inputs {
-        let Ok(input) = input.canonicalize() else { continue };
-        if target == input || target.starts_with(&input) || input.starts_with(&target) {
-            bail!(
-                "--out {} would write over the input model {}; choose a directory outside it (and not containing it)",
-                dir.display(),
-                input.display()
-            );
-        }
+    if let Some(input) = overlapping_input(&target, inputs) {
+        bail!(
+            "--out {} would write over the input model {}; choose a directory outside it (and not containing it)",
+            dir.display(),
+            input.display()
+        );
     }
     if !dir.exists() || force {
         return Ok(());
@@ -132,6 +132,11 @@ fn check(dir: &Path, kind: Kind, inputs: &[&Path], force: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The first input (resolved) that is `target`, contains it or lies inside it.
+fn overlapping_input(target: &Path, inputs: &[&Path]) -> Option<PathBuf> {
+    inputs.iter().filter_map(|i| i.canonicalize().ok()).find(|i| target == i || target.starts_with(i) || i.starts_with(target))
 }
 
 /// `path` with every link and `..` resolved, for a path that may not exist yet: its deepest

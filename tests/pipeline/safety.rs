@@ -147,14 +147,18 @@ fn report_directories_accept_only_their_own_files() {
     for f in ["ablation.md", "ablation.json", "ablation.svg"] {
         std::fs::write(out.join(f), "old").unwrap();
     }
-    // a report write that stops before its rename (here: a directory is in the way) leaves a
-    // temporary file that is taylorcal's own: it never makes the directory look foreign
+    // a failed report write (here: a directory is in the way of its rename) removes its
+    // temporary file; one a crash leaves (named as the writer names it) is taylorcal's own:
+    // it never makes the directory look foreign, and the next claim removes it
     std::fs::remove_file(out.join("ablation.md")).unwrap();
     std::fs::create_dir_all(out.join("ablation.md/in-the-way")).unwrap();
+    let before = std::fs::read_dir(&out).unwrap().count();
     assert!(taylorcal::io::hf::write_atomic(&out.join("ablation.md"), b"new").is_err());
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), before, "the failed write left its temporary file");
     std::fs::remove_dir_all(out.join("ablation.md")).unwrap();
-    assert!(std::fs::read_dir(&out).unwrap().count() > 2, "the interrupted write left its temporary file");
+    std::fs::write(out.join(".taylorcal-tmp-ablation.md"), "half a rep").unwrap();
     drop(out_dir::claim(&out, Kind::Report(Ablation::is_report_file), &[], false).unwrap());
+    assert!(!out.join(".taylorcal-tmp-ablation.md").exists(), "the claim removes an interrupted write's temporary file");
     let e = out_dir::claim(&out, Kind::Report(RecoveryReport::is_report_file), &[], false).err().unwrap().to_string();
     assert!(e.contains("did not write") && e.contains("--force"), "{e}");
     let e = out_dir::claim(&out, Kind::Checkpoint, &[], false).err().unwrap().to_string();
