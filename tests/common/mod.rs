@@ -128,14 +128,16 @@ pub fn numeric_grad(x: &[f64], h: f64, f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
         .collect()
 }
 
+/// The built `taylorcal` binary as a command run in directory `cwd`.
+pub fn taylorcal_cmd(cwd: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_taylorcal"));
+    c.current_dir(cwd).env("XDG_RUNTIME_DIR", "/tmp");
+    c
+}
+
 /// Runs the built `taylorcal` binary with `args` in directory `cwd`: (success, stdout, stderr).
 pub fn taylorcal_in(cwd: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_taylorcal"))
-        .args(args)
-        .current_dir(cwd)
-        .env("XDG_RUNTIME_DIR", "/tmp")
-        .output()
-        .unwrap();
+    let out = taylorcal_cmd(cwd).args(args).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

@@ -158,6 +158,62 @@ pub fn write_model_gguf(
     write_gguf(path, &metadata, &list).unwrap();
 }
 
+/// `tensors` as a list of f32 GGUF tensors (GGUF names, sorted, rows as given).
+pub fn gguf_f32_list(tensors: &HashMap<String, HostTensor>) -> Vec<(String, Vec<usize>, GgufTensorData)> {
+    let mut list: Vec<_> = tensors.iter().map(|(n, t)| (gguf_name(n), t.shape.clone(), GgufTensorData::F32(t.data.clone()))).collect();
+    list.sort_by(|a, b| a.0.cmp(&b.0));
+    list
+}
+
+/// Writes `tensors` as a safetensors file of `dtype` (f32, f16 or bf16).
+pub fn write_safetensors_as(path: &Path, tensors: &HashMap<String, HostTensor>, dtype: safetensors::Dtype) {
+    use safetensors::Dtype;
+    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let bytes = match dtype {
+                Dtype::F16 => t.data.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+                Dtype::BF16 => t.data.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+                _ => t.data.iter().flat_map(|&v| v.to_le_bytes()).collect(),
+            };
+            (n.clone(), t.shape.clone(), bytes)
+        })
+        .collect();
+    let views = encoded.iter().map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(dtype, s.clone(), b).unwrap()));
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// `dir` as a Hugging Face directory of `cfg` whose `tensors` lie in two shards named
+/// `shards` (alternately, in name order), written as `dtypes`, with the index naming them;
+/// `extra` tensors go into the second shard as well (the index does not name them there).
+pub fn write_sharded_hf_dir(
+    dir: &Path,
+    cfg: &ModelConfig,
+    tensors: &HashMap<String, HostTensor>,
+    shards: [&str; 2],
+    dtypes: [safetensors::Dtype; 2],
+    extra: &[&str],
+) {
+    save_hf_dir(dir, cfg, &HashMap::new(), None).unwrap();
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let mut parts = [HashMap::new(), HashMap::new()];
+    let mut weight_map = serde_json::Map::new();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for (i, name) in names.into_iter().enumerate() {
+        parts[i % 2].insert(name.clone(), tensors[name].clone());
+        weight_map.insert(name.clone(), shards[i % 2].into());
+    }
+    for name in extra {
+        parts[1].insert(name.to_string(), tensors[*name].clone());
+    }
+    for i in 0..2 {
+        write_safetensors_as(&dir.join(shards[i]), &parts[i], dtypes[i]);
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+}
+
 /// Vocabulary size of the tiny byte-level tokenizer below.
 pub const TINY_VOCAB_WITH_TOKENIZER: usize = 265;
 

@@ -15,12 +15,11 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use taylorcal::io::checkpoint::{load_checkpoint, save_checkpoint};
 use taylorcal::io::gguf::{write_gguf, GgufFile, GgufTensorData, GgufValue};
-use taylorcal::io::hf::{save_hf_dir, write_safetensors};
+use taylorcal::io::hf::save_hf_dir;
 use taylorcal::io::{load_model, Arch, ModelConfig};
 
 use crate::common::student::{bare_checkpoint, tiny_hybrid};
@@ -226,7 +225,7 @@ fn fuzz_gguf_reader() {
     let hot = gguf_data_start(&good, pristine.len());
     let mut metadata = gguf_metadata(&cfg, "llama");
     metadata.extend(tiny_tokenizer_metadata());
-    let list: Vec<_> = tensors.iter().map(|(name, t)| (gguf_name(name), t.shape.clone(), GgufTensorData::F32(t.data.clone()))).collect();
+    let list = gguf_f32_list(&tensors);
 
     let mut rng = StdRng::seed_from_u64(0x6767_7566);
     let mut tally = Tally::default();
@@ -375,21 +374,9 @@ fn fuzz_safetensors_reader() {
     let single = tmp.path().join("single");
     save_hf_dir(&single, &cfg, &tensors, None).unwrap();
     let sharded = tmp.path().join("sharded");
-    save_hf_dir(&sharded, &cfg, &HashMap::new(), None).unwrap();
-    std::fs::remove_file(sharded.join("model.safetensors")).unwrap();
-    let (mut a, mut b) = (HashMap::new(), HashMap::new());
-    let mut weight_map = serde_json::Map::new();
-    let mut names: Vec<&String> = tensors.keys().collect();
-    names.sort();
-    for (i, name) in names.into_iter().enumerate() {
-        let (shard, file) = if i % 2 == 0 { (&mut a, "model-1.safetensors") } else { (&mut b, "model-2.safetensors") };
-        shard.insert(name.clone(), tensors[name].clone());
-        weight_map.insert(name.clone(), json!(file));
-    }
-    write_safetensors(&sharded.join("model-1.safetensors"), &a).unwrap();
-    write_safetensors(&sharded.join("model-2.safetensors"), &b).unwrap();
-    let index = json!({"metadata": {}, "weight_map": weight_map});
-    std::fs::write(sharded.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let shards = ["model-1.safetensors", "model-2.safetensors"];
+    write_sharded_hf_dir(&sharded, &cfg, &tensors, shards, [safetensors::Dtype::F32; 2], &[]);
+    let index: Value = serde_json::from_slice(&std::fs::read(sharded.join("model.safetensors.index.json")).unwrap()).unwrap();
     std::fs::write(tmp.path().join("outside.safetensors"), std::fs::read(sharded.join("model-2.safetensors")).unwrap()).unwrap();
     let dirs = [DirFiles::read(&single), DirFiles::read(&sharded)];
     for d in &dirs {

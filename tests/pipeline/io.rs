@@ -3,10 +3,9 @@
 //! clear errors on bad input) and the hybrid checkpoint format (io/checkpoint.rs: round
 //! trip, atomic writes, config checks). Everything runs on small random models generated
 //! here.
-use half::{bf16, f16};
+use half::f16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -359,22 +358,6 @@ fn hf_config_defaults_and_variants() {
     assert!(llama_bias.attention_bias);
 }
 
-fn write_safetensors_as(path: &Path, tensors: &HashMap<String, HostTensor>, dtype: Dtype) {
-    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(n, t)| {
-            let bytes = match dtype {
-                Dtype::F16 => t.data.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect(),
-                Dtype::BF16 => t.data.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect(),
-                _ => t.data.iter().flat_map(|&v| v.to_le_bytes()).collect(),
-            };
-            (n.clone(), t.shape.clone(), bytes)
-        })
-        .collect();
-    let views = encoded.iter().map(|(n, s, b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap()));
-    safetensors::serialize_to_file(views, None, path).unwrap();
-}
-
 #[test]
 fn hf_dir_f16_and_bf16() {
     let cfg = tiny_config(Arch::Qwen2);
@@ -397,20 +380,8 @@ fn hf_dir_sharded() {
     let cfg = tiny_config(Arch::Qwen3);
     let tensors = random_tensors(&cfg, 9);
     let dir = tempfile::tempdir().unwrap();
-    save_hf_dir(dir.path(), &cfg, &HashMap::new(), None).unwrap();
-    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
-    let (mut a, mut b) = (HashMap::new(), HashMap::new());
-    let mut weight_map = serde_json::Map::new();
-    for (i, (name, t)) in tensors.iter().enumerate() {
-        let (shard, file) =
-            if i % 2 == 0 { (&mut a, "model-00001-of-00002.safetensors") } else { (&mut b, "model-00002-of-00002.safetensors") };
-        shard.insert(name.clone(), t.clone());
-        weight_map.insert(name.clone(), file.into());
-    }
-    write_safetensors_as(&dir.path().join("model-00001-of-00002.safetensors"), &a, Dtype::F32);
-    write_safetensors_as(&dir.path().join("model-00002-of-00002.safetensors"), &b, Dtype::BF16);
-    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
-    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
+    write_sharded_hf_dir(dir.path(), &cfg, &tensors, shards, [Dtype::F32, Dtype::BF16], &[]);
     let loaded = load_model(dir.path()).unwrap();
     for (name, t) in &tensors {
         assert_close(name, &loaded.tensors[name].data, &t.data, 1.0 / 256.0);
@@ -614,11 +585,7 @@ fn load_model_finds_the_single_gguf_in_a_directory() {
 
 /// The tiny llama model as GGUF tensors (F32), under GGUF names.
 fn gguf_tensor_list(seed: u64) -> Vec<(String, Vec<usize>, GgufTensorData)> {
-    let cfg = tiny_config(Arch::Llama);
-    let mut list: Vec<_> =
-        random_tensors(&cfg, seed).into_iter().map(|(n, t)| (gguf_name(&n), t.shape, GgufTensorData::F32(t.data))).collect();
-    list.sort_by(|a, b| a.0.cmp(&b.0));
-    list
+    gguf_f32_list(&random_tensors(&tiny_config(Arch::Llama), seed))
 }
 
 /// The tiny llama GGUF with metadata `llama.{key}` replaced by `value`.
@@ -797,23 +764,7 @@ fn error_safetensors_overlapping_tensor_data() {
 /// once and `extra` tensors in the second shard too, with an index naming them.
 fn sharded_hf_dir(dir: &Path, shard_names: [&str; 2], extra: &[&str]) {
     let cfg = tiny_config(Arch::Qwen3);
-    let tensors = random_tensors(&cfg, 19);
-    save_hf_dir(dir, &cfg, &HashMap::new(), None).unwrap();
-    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
-    let (mut a, mut b) = (HashMap::new(), HashMap::new());
-    let mut weight_map = serde_json::Map::new();
-    for (i, (name, t)) in tensors.iter().enumerate() {
-        let (shard, file) = if i % 2 == 0 { (&mut a, shard_names[0]) } else { (&mut b, shard_names[1]) };
-        shard.insert(name.clone(), t.clone());
-        weight_map.insert(name.clone(), file.into());
-    }
-    for name in extra {
-        b.insert(name.to_string(), tensors[*name].clone());
-    }
-    write_safetensors_as(&dir.join(shard_names[0]), &a, Dtype::F32);
-    write_safetensors_as(&dir.join(shard_names[1]), &b, Dtype::F32);
-    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
-    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    write_sharded_hf_dir(dir, &cfg, &random_tensors(&cfg, 19), shard_names, [Dtype::F32, Dtype::F32], extra);
 }
 
 /// On main the copy in the later shard silently replaced the other.

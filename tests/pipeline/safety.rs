@@ -300,7 +300,7 @@ fn distill_killed_at_20_random_moments_ends_as_an_unbroken_run() {
     let (ok, _, err) = taylorcal_in(dir.path(), &convert_args(s(&model), s(&text), s(&student)));
     assert!(ok, "convert failed: {err}");
     let run = |out: &Path, resume: bool| -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_taylorcal"));
+        let mut c = crate::common::taylorcal_cmd(dir.path());
         c.args(["distill", "--teacher", s(&model), "--stage", "2", "--tokens", "384", "--seq-len", "16", "--batch", "1"]);
         c.args(["--checkpoint-every", "1", "--eval-every", "10", "--train", s(&text), "--eval", s(&text), "--eval-windows", "1"]);
         c.args(["--out", s(out), "--json"]);
@@ -309,7 +309,7 @@ fn distill_killed_at_20_random_moments_ends_as_an_unbroken_run() {
         } else {
             c.args(["--student", s(&student)]);
         }
-        c.env("XDG_RUNTIME_DIR", "/tmp").stdout(Stdio::null()).stderr(Stdio::piped());
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
         c
     };
     const STEPS: usize = 24;
