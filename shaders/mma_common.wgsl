@@ -8,22 +8,26 @@
 // The three products of a linear layer y = x W^T are its cases: y (TA 0, TB 0: A = x,
 // B = W), dx = dy W (TA 0, TB 1: A = dy, B = W) and dW = dy^T x (TA 1, TB 1: A = dy, B = x).
 //
-// A workgroup owns a BM x BN tile of C. It steps through r in slices of BK, staging
-// A(i0.., r0..) and B(j0.., r0..) as f16 in workgroup memory, r-contiguous rows of BKP
-// (= BK + 8: the pad spreads rows over memory banks); the products of f16 values are exact
-// in f32, so the only rounding besides the operands' is the f32 accumulation. The
-// accumulated tile goes through workgroup memory (cs) to the output, where bias, the
-// column offset and accumulation are applied.
+// A workgroup of WG invocations owns a BM x BN tile of C. It steps through r in slices of
+// BK, staging A(i0.., r0..) and B(j0.., r0..) as f16 in workgroup memory, r-contiguous rows
+// of BKP (= BK + 8: the pad spreads rows over memory banks); the products of f16 values are
+// exact in f32, so the only rounding besides the operands' is the f32 accumulation. Each
+// invocation loads its part of the next slice into registers before the multiply of the
+// current one (the loads are in flight while the matrix units work) and stores it to
+// workgroup memory after. Each invocation moves runs of 4 elements along the operand's
+// contiguous dimension.
 
 alias WT = f32; // f16-switch
 
-const BM: u32 = 64u;
-const BN: u32 = 64u;
+const BM: u32 = 128u;
+const BN: u32 = 128u;
 const BK: u32 = 32u;
 const BKP: u32 = 40u; // BK + 8
-const WG: u32 = 128u;
+const WG: u32 = 256u;
 const TA: u32 = 0u;
 const TB: u32 = 0u;
+const QA: u32 = BM * BK / (4u * WG); // runs of 4 per invocation and slice
+const QB: u32 = BN * BK / (4u * WG);
 
 struct Params {
     ni: u32,
@@ -45,7 +49,6 @@ struct Params {
 
 var<workgroup> as_: array<f16, BM * BKP>; // as_[i BKP + r] = A(i0 + i, r0 + r)
 var<workgroup> bs: array<f16, BN * BKP>; // bs[j BKP + r] = B(j0 + j, r0 + r)
-var<workgroup> cs: array<f32, BM * BN>; // the accumulated tile, row-major
 
 fn a_at(i: u32, r: u32) -> f32 {
     if (i >= p.ni || r >= p.nr) { return 0.0; }
@@ -59,34 +62,69 @@ fn b_at(j: u32, r: u32) -> f32 {
     return f32(b[r * p.ldb + j]);
 }
 
-// Stage the r-slice starting at r0; consecutive invocations read consecutive addresses
-// (along r for an untransposed operand, along i / j for a transposed one).
-fn stage(i0: u32, j0: u32, r0: u32, li: u32) {
-    for (var e = li; e < BM * BK; e += WG) {
-        var i = e / BK;
-        var r = e % BK;
-        if (TA == 1u) { i = e % BM; r = e / BM; }
-        as_[i * BKP + r] = f16(a_at(i0 + i, r0 + r));
+// Run q of an operand's slice for invocation li: (row, r) of its first element; the run goes
+// along r (untransposed) or along the row (transposed), consecutive invocations take
+// consecutive runs, so a subgroup reads whole lines of memory.
+fn run_at(li: u32, q: u32, rows: u32, t: u32) -> vec2<u32> {
+    let e = 4u * (q * WG + li);
+    if (t == 0u) { return vec2<u32>(e / BK, e % BK); }
+    return vec2<u32>(e % rows, e / rows);
+}
+
+struct Slice {
+    a: array<vec4<f32>, QA>,
+    b: array<vec4<f32>, QB>,
+}
+
+fn load_slice(i0: u32, j0: u32, r0: u32, li: u32) -> Slice {
+    var s: Slice;
+    for (var q = 0u; q < QA; q++) {
+        let at = run_at(li, q, BM, TA);
+        let i = i0 + at.x;
+        let r = r0 + at.y;
+        if (TA == 0u) { s.a[q] = vec4<f32>(a_at(i, r), a_at(i, r + 1u), a_at(i, r + 2u), a_at(i, r + 3u)); }
+        else { s.a[q] = vec4<f32>(a_at(i, r), a_at(i + 1u, r), a_at(i + 2u, r), a_at(i + 3u, r)); }
     }
-    for (var e = li; e < BN * BK; e += WG) {
-        var j = e / BK;
-        var r = e % BK;
-        if (TB == 1u) { j = e % BN; r = e / BN; }
-        bs[j * BKP + r] = f16(b_at(j0 + j, r0 + r));
+    for (var q = 0u; q < QB; q++) {
+        let at = run_at(li, q, BN, TB);
+        let j = j0 + at.x;
+        let r = r0 + at.y;
+        if (TB == 0u) { s.b[q] = vec4<f32>(b_at(j, r), b_at(j, r + 1u), b_at(j, r + 2u), b_at(j, r + 3u)); }
+        else { s.b[q] = vec4<f32>(b_at(j, r), b_at(j + 1u, r), b_at(j + 2u, r), b_at(j + 3u, r)); }
+    }
+    return s;
+}
+
+fn store_slice(s: Slice, li: u32) {
+    for (var q = 0u; q < QA; q++) {
+        let at = run_at(li, q, BM, TA);
+        let v = vec4<f16>(s.a[q]);
+        // element k of the run: (row, r + k) or (row + k, r)
+        let step = select(BKP, 1u, TA == 0u);
+        let o = at.x * BKP + at.y;
+        as_[o] = v.x;
+        as_[o + step] = v.y;
+        as_[o + 2u * step] = v.z;
+        as_[o + 3u * step] = v.w;
+    }
+    for (var q = 0u; q < QB; q++) {
+        let at = run_at(li, q, BN, TB);
+        let v = vec4<f16>(s.b[q]);
+        let step = select(BKP, 1u, TB == 0u);
+        let o = at.x * BKP + at.y;
+        bs[o] = v.x;
+        bs[o + step] = v.y;
+        bs[o + 2u * step] = v.z;
+        bs[o + 3u * step] = v.w;
     }
 }
 
-// Write the tile in cs to C (after a barrier).
-fn epilogue(i0: u32, j0: u32, li: u32) {
-    for (var e = li; e < BM * BN; e += WG) {
-        let gi = i0 + e / BN;
-        let gj = j0 + e % BN;
-        if (gi < p.ni && gj < p.nj) {
-            var o = cs[e];
-            if ((p.flags & 1u) != 0u) { o += bias[gj]; }
-            let ci = gi * p.ldc + p.ccol + gj;
-            if ((p.flags & 2u) != 0u) { o += c[ci]; }
-            c[ci] = o;
-        }
-    }
+// C[gi, gj] from the accumulated v, with bias and accumulation.
+fn store_c(gi: u32, gj: u32, v: f32) {
+    if (gi >= p.ni || gj >= p.nj) { return; }
+    var o = v;
+    if ((p.flags & 1u) != 0u) { o += bias[gj]; }
+    let ci = gi * p.ldc + p.ccol + gj;
+    if ((p.flags & 2u) != 0u) { o += c[ci]; }
+    c[ci] = o;
 }

@@ -17,9 +17,14 @@ fn mma(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l
     let ti = li / TN;
     let tj = li % TN;
     var acc: array<vec4<f32>, RM>;
+    var next = load_slice(i0, j0, 0u, li);
     for (var r0 = 0u; r0 < p.nr; r0 += BK) {
-        stage(i0, j0, r0, li);
         workgroupBarrier();
+        store_slice(next, li);
+        workgroupBarrier();
+        if (r0 + BK < p.nr) {
+            next = load_slice(i0, j0, r0 + BK, li);
+        }
         for (var kk = 0u; kk < BK; kk++) {
             let j = 4u * tj;
             let bv = vec4<f32>(f32(bs[j * BKP + kk]), f32(bs[(j + 1u) * BKP + kk]), f32(bs[(j + 2u) * BKP + kk]), f32(bs[(j + 3u) * BKP + kk]));
@@ -27,15 +32,13 @@ fn mma(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l
                 acc[q] = fma(vec4<f32>(f32(as_[(ti * RM + q) * BKP + kk])), bv, acc[q]);
             }
         }
-        workgroupBarrier();
     }
     for (var q = 0u; q < RM; q++) {
-        let e = (ti * RM + q) * BN + 4u * tj;
-        cs[e] = acc[q].x;
-        cs[e + 1u] = acc[q].y;
-        cs[e + 2u] = acc[q].z;
-        cs[e + 3u] = acc[q].w;
+        let gi = i0 + ti * RM + q;
+        let gj = j0 + 4u * tj;
+        store_c(gi, gj, acc[q].x);
+        store_c(gi, gj + 1u, acc[q].y);
+        store_c(gi, gj + 2u, acc[q].z);
+        store_c(gi, gj + 3u, acc[q].w);
     }
-    workgroupBarrier();
-    epilogue(i0, j0, li);
 }

@@ -301,7 +301,7 @@ fn bench_mma(gpu: &Gpu, m: usize, n: usize, k: usize, f16_weights: bool) -> Resu
     let w = if f16_weights { gpu.upload_f16(&[n, k], &wdata)? } else { gpu.upload(&[n, k], &wdata)? };
     drop(wdata);
     let y = gpu.zeros(&[m, n])?;
-    let (secs, runs, how) = measure(gpu, budget(gpu), &|b: &mut Batch| ops::mma::linear(b, &x, &w, None, &y, false))?;
+    let (secs, runs, how) = measure(gpu, budget(gpu), &|b: &mut Batch| ops::mma::linear(b, &x, &w, None, &y, false, None))?;
     let path = match ops::mma::MmaPath::auto(gpu) {
         ops::mma::MmaPath::Coop => "matmul_mma",
         ops::mma::MmaPath::Tile => "matmul_mma_tile",

@@ -1,4 +1,5 @@
-//! Matrix products on the GPU's matrix units: one tiled GEMM (shaders/mma_common.wgsl)
+//! Matrix products on the GPU's matrix units: one tiled GEMM (shaders/mma_common.wgsl,
+//! 64 x 64 or 128 x 128 output tiles, slices of 32)
 //! with f16 operands and f32 accumulation, whose tiles a workgroup multiplies with
 //! cooperative matrices (tensor cores: shaders/mma_coop.wgsl) where the adapter lists the
 //! 16 x 16 x 16 f16 -> f32 shape ([`GpuInfo::coop16`](crate::gpu::GpuInfo::coop16)), or
@@ -36,7 +37,32 @@ pub enum MmaPath {
 }
 
 /// The output tile of a workgroup (both paths).
-const TILE: usize = 64;
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tile {
+    /// 64 x 64: 4 subgroups of 32 x 32 (coop), or 128 invocations (fallback).
+    T64,
+    /// 128 x 128: 8 subgroups of 64 x 32 (coop), or 256 invocations (fallback).
+    T128,
+}
+
+impl Tile {
+    /// 128 x 128 once there are enough such tiles to fill a large GPU (as the f32 tiled
+    /// matmul), else 64 x 64.
+    pub fn auto(ni: usize, nj: usize) -> Tile {
+        if ni.div_ceil(128) * nj.div_ceil(128) >= 256 {
+            Tile::T128
+        } else {
+            Tile::T64
+        }
+    }
+
+    pub fn size(self) -> usize {
+        match self {
+            Tile::T64 => 64,
+            Tile::T128 => 128,
+        }
+    }
+}
 
 impl MmaPath {
     /// Cooperative matrices where the adapter has them, else the fallback.
@@ -48,13 +74,20 @@ impl MmaPath {
         }
     }
 
-    fn kernel(self, gpu: &Gpu, ta: bool, tb: bool, f16_b: bool) -> Kernel {
-        let k = match self {
-            // four subgroups of the adapter's (fixed) size, 2 x 2 over the tile
-            MmaPath::Coop => Kernel::new("mma_coop", "mma").with("WG", 4 * gpu.info.min_subgroup_size),
-            MmaPath::Tile => Kernel::new("mma_tile", "mma"),
+    fn kernel(self, gpu: &Gpu, tile: Tile, ta: bool, tb: bool, f16_b: bool) -> Kernel {
+        // subgroups over the tile (cooperative path): 2 x 2 or 2 x 4
+        let (sgm, sgn) = match tile {
+            Tile::T64 => (2, 2),
+            Tile::T128 => (2, 4),
         };
-        k.with("TA", ta as u32).with("TB", tb as u32).f16(f16_b)
+        let k = match self {
+            MmaPath::Coop => {
+                Kernel::new("mma_coop", "mma").with("SGM", sgm).with("SGN", sgn).with("WG", sgm * sgn * gpu.info.min_subgroup_size)
+            }
+            MmaPath::Tile => Kernel::new("mma_tile", "mma").with("WG", sgm * sgn * 32),
+        };
+        let t = tile.size() as u32;
+        k.with("BM", t).with("BN", t).with("TA", ta as u32).with("TB", tb as u32).f16(f16_b)
     }
 }
 
@@ -76,6 +109,7 @@ fn gemm(
     c: &Tensor,
     [ni, nj, nr]: [usize; 3],
     accumulate: bool,
+    tile: Option<Tile>,
 ) {
     assert!(available(b.gpu), "the mma kernels need SHADER_F16, which {} lacks", b.gpu.info.name);
     assert_eq!(a.dtype, DType::F32, "mma: A must be f32");
@@ -97,33 +131,36 @@ fn gemm(
         ccol: 0,
         flags: bias.is_some() as u32 | (accumulate as u32) << 1,
     };
-    let kernel = MmaPath::auto(b.gpu).kernel(b.gpu, ta, tb, bm.dtype == DType::F16);
+    let tile = tile.unwrap_or(Tile::auto(ni, nj));
+    let kernel = MmaPath::auto(b.gpu).kernel(b.gpu, tile, ta, tb, bm.dtype == DType::F16);
+    let t = tile.size();
     let bias = bias.map_or_else(|| dummy(b), |t| t.into());
     // an empty reduction (nr = 0) still writes C = bias, or leaves it when accumulating
     let (ab, bb) = if nr == 0 { (dummy(b), dummy(b)) } else { (a.into(), bm.into()) };
-    b.dispatch(&kernel, &p, &[ab, bb, bias, c.into()], [nj.div_ceil(TILE) as u32, ni.div_ceil(TILE) as u32, 1]);
+    b.dispatch(&kernel, &p, &[ab, bb, bias, c.into()], [nj.div_ceil(t) as u32, ni.div_ceil(t) as u32, 1]);
 }
 
-/// `y[M, N] (+)= x[M, K] W[N, K]^T (+ bias[N])`, W f32 or f16.
-pub fn linear(b: &mut Batch, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, accumulate: bool) {
+/// `y[M, N] (+)= x[M, K] W[N, K]^T (+ bias[N])`, W f32 or f16. `tile` None: [`Tile::auto`]
+/// (the three functions take it so tests and benches can run both tiles).
+pub fn linear(b: &mut Batch, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, accumulate: bool, tile: Option<Tile>) {
     let (n, k) = (w.rows(), w.cols());
     let m = x.numel() / k.max(1);
     assert_eq!(x.numel(), m * k, "mma::linear: x {:?} vs W {:?}", x.shape, w.shape);
-    gemm(b, x, false, w, false, bias, y, [m, n, k], accumulate);
+    gemm(b, x, false, w, false, bias, y, [m, n, k], accumulate, tile);
 }
 
 /// `dx[M, K] (+)= dy[M, N] W[N, K]`, W f32 or f16.
-pub fn backward_input(b: &mut Batch, dy: &Tensor, w: &Tensor, dx: &Tensor, accumulate: bool) {
+pub fn backward_input(b: &mut Batch, dy: &Tensor, w: &Tensor, dx: &Tensor, accumulate: bool, tile: Option<Tile>) {
     let (n, k) = (w.rows(), w.cols());
     let m = dx.numel() / k.max(1);
     assert_eq!(dy.numel(), m * n, "mma::backward_input: dy {:?} for dx {:?} W {:?}", dy.shape, dx.shape, w.shape);
-    gemm(b, dy, false, w, true, None, dx, [m, k, n], accumulate);
+    gemm(b, dy, false, w, true, None, dx, [m, k, n], accumulate, tile);
 }
 
 /// `dW[N, K] (+)= dy[M, N]^T x[M, K]`.
-pub fn backward_weight(b: &mut Batch, dy: &Tensor, x: &Tensor, dw: &Tensor, accumulate: bool) {
+pub fn backward_weight(b: &mut Batch, dy: &Tensor, x: &Tensor, dw: &Tensor, accumulate: bool, tile: Option<Tile>) {
     let (n, k) = (dw.rows(), dw.cols());
     let m = x.numel() / k.max(1);
     assert_eq!(dy.numel(), m * n, "mma::backward_weight: dy {:?} for x {:?} dW {:?}", dy.shape, x.shape, dw.shape);
-    gemm(b, dy, true, x, true, None, dw, [n, k, m], accumulate);
+    gemm(b, dy, true, x, true, None, dw, [n, k, m], accumulate, tile);
 }

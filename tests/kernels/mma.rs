@@ -1,6 +1,6 @@
 //! The matrix-unit GEMM (src/ops/mma.rs, shaders/mma_*.wgsl): the three products of a
 //! linear layer, with f32 and f16 weights, bias and accumulation, at shapes that are not
-//! multiples of its 64 x 64 x 32 tiles. On an adapter with cooperative matrices the
+//! multiples of its 64 x 64 x 32 and 128 x 128 x 32 tiles. On an adapter with cooperative matrices the
 //! tensor-core path runs; elsewhere (lavapipe in CI) the fallback with the same tiling.
 //!
 //! Two references: f64 on the f16-rounded operands, which the kernel must match to f32
@@ -38,21 +38,21 @@ fn mma_linear_and_gradients_match_references_at_awkward_shapes() {
         let (tx, tdy, tb) = (up(g, &[m, k], &x), up(g, &[m, n], &dy), up(g, &[n], &bias));
         let plus = |a: &[f64], b0: &[f32]| a.iter().zip(b0).map(|(a, b)| a + *b as f64).collect::<Vec<_>>();
         let (x16, w16, dy16) = (round16(&x), round16(&w), round16(&dy));
-        for f16_w in [false, true] {
+        for (f16_w, tile) in [(false, mma::Tile::T64), (true, mma::Tile::T64), (true, mma::Tile::T128)] {
             let tw = if f16_w { g.upload_f16(&[n, k], &w).unwrap() } else { up(g, &[n, k], &w) };
             let y = g.zeros(&[m, n]).unwrap();
             let ya = up(g, &[m, n], &y0);
             let dx = g.zeros(&[m, k]).unwrap();
             let dw = g.zeros(&[n, k]).unwrap();
             g.run(|b| {
-                mma::linear(b, &tx, &tw, Some(&tb), &y, false);
-                mma::linear(b, &tx, &tw, None, &ya, true);
-                mma::backward_input(b, &tdy, &tw, &dx, false);
-                mma::backward_weight(b, &tdy, &tx, &dw, false);
+                mma::linear(b, &tx, &tw, Some(&tb), &y, false, Some(tile));
+                mma::linear(b, &tx, &tw, None, &ya, true, Some(tile));
+                mma::backward_input(b, &tdy, &tw, &dx, false, Some(tile));
+                mma::backward_weight(b, &tdy, &tx, &dw, false, Some(tile));
                 Ok(())
             })
             .unwrap();
-            let s = format!("{m}x{n}x{k} W {}", if f16_w { "f16" } else { "f32" });
+            let s = format!("{m}x{n}x{k} W {} tile {}", if f16_w { "f16" } else { "f32" }, tile.size());
             let (xe, we, dye, be) = (f64v(&x), f64v(&w), f64v(&dy), f64v(&bias));
             check2(
                 &format!("y {s}"),
@@ -86,7 +86,7 @@ fn mma_weight_gradient_over_many_tokens() {
     let dw = g.zeros(&[n, k]).unwrap();
     let (tx, tdy) = (up(g, &[m, k], &x), up(g, &[m, n], &dy));
     g.run(|b| {
-        mma::backward_weight(b, &tdy, &tx, &dw, false);
+        mma::backward_weight(b, &tdy, &tx, &dw, false, None);
         Ok(())
     })
     .unwrap();

@@ -23,7 +23,7 @@ fn variants(name: &str, src: &str) -> Vec<(String, String)> {
         for (ta, tb) in [(0, 1), (1, 1)] {
             v.push((format!("{name}[TA={ta},TB={tb}]"), specialise(src, &[("TA", ta), ("TB", tb)], false)));
         }
-        v.push((format!("{name}[WG=256]"), specialise(src, &[("WG", 256)], true)));
+        v.push((format!("{name}[64x64,WG=256]"), specialise(src, &[("BM", 64), ("BN", 64), ("SGN", 2), ("WG", 256)], true)));
     }
     if name == "delta_state" {
         // the state-pass tiles the host picks: key dims 64/128/256, value blocks 8/16/32
