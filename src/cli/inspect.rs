@@ -21,6 +21,8 @@ pub fn info(json: bool) -> Result<()> {
             "features  shader_f16={} subgroup={} timestamp_query={} (inside passes: {})",
             info.shader_f16, info.subgroup, info.timestamp_query, info.timestamp_inside_passes
         );
+        let shapes = if info.coop_shapes.is_empty() { "none".to_string() } else { info.coop_shapes.join(", ") };
+        println!("coop      {shapes} (tensor-core kernels: {})", if info.coop16 { "on" } else { "off" });
         println!(
             "limits    max_storage_buffer_binding_size={} max_buffer_size={}",
             info.max_storage_buffer_binding_size, info.max_buffer_size

@@ -225,6 +225,9 @@ pub enum MatmulImpl {
     Subgroup,
     /// shaders/matmul_naive.wgsl: one invocation per output (f32 only)
     Naive,
+    /// `ops::mma`: f16 operands, f32 accumulation, on cooperative matrices where the
+    /// adapter has them ("matmul_mma"; "matmul_mma_tile" for the fallback)
+    Mma,
 }
 
 /// The result name of a matmul kernel: "matmul" (tiled), "matmul_sg", "matmul_naive", with
@@ -258,8 +261,11 @@ pub fn bench_matmul_impl(gpu: &Gpu, m: usize, n: usize, k: usize, imp: MatmulImp
         MatmulImpl::Auto => Some(MatmulKernel::auto(gpu)),
         MatmulImpl::Tiled => Some(MatmulKernel::Tiled),
         MatmulImpl::Subgroup => Some(MatmulKernel::Subgroup),
-        MatmulImpl::Naive => None,
+        MatmulImpl::Naive | MatmulImpl::Mma => None,
     };
+    if imp == MatmulImpl::Mma {
+        return bench_mma(gpu, m, n, k, f16_weights);
+    }
     if let Some(kn) = kernel {
         if !kn.available(gpu) {
             bail!("matmul kernel {kn:?} is not available on {}", gpu.info.name);
@@ -282,6 +288,25 @@ pub fn bench_matmul_impl(gpu: &Gpu, m: usize, n: usize, k: usize, imp: MatmulImp
     };
     let (secs, runs, how) = measure(gpu, budget(gpu), &record)?;
     let name = matmul_name(kernel, f16_weights);
+    Ok(result(&name, format!("{m}x{n}x{k}"), secs, runs, how, Some(2.0 * (m * n * k) as f64), None))
+}
+
+/// y[M, N] = x[M, K] W[N, K]^T through `ops::mma::linear` (f16 operands, f32 accumulation).
+fn bench_mma(gpu: &Gpu, m: usize, n: usize, k: usize, f16_weights: bool) -> Result<BenchResult> {
+    if !ops::mma::available(gpu) {
+        bail!("adapter {} has no SHADER_F16: no mma kernels", gpu.info.name);
+    }
+    let x = gpu.upload(&[m, k], &fill(m * k, 1, 1.0))?;
+    let wdata = fill(n * k, 2, 1.0);
+    let w = if f16_weights { gpu.upload_f16(&[n, k], &wdata)? } else { gpu.upload(&[n, k], &wdata)? };
+    drop(wdata);
+    let y = gpu.zeros(&[m, n])?;
+    let (secs, runs, how) = measure(gpu, budget(gpu), &|b: &mut Batch| ops::mma::linear(b, &x, &w, None, &y, false, None))?;
+    let path = match ops::mma::MmaPath::auto(gpu) {
+        ops::mma::MmaPath::Coop => "matmul_mma",
+        ops::mma::MmaPath::Tile => "matmul_mma_tile",
+    };
+    let name = if f16_weights { format!("{path}_f16w") } else { path.to_string() };
     Ok(result(&name, format!("{m}x{n}x{k}"), secs, runs, how, Some(2.0 * (m * n * k) as f64), None))
 }
 
@@ -425,6 +450,7 @@ impl Bench {
                     MatmulImpl::Tiled => "matmul[tiled]",
                     MatmulImpl::Subgroup => "matmul[subgroup]",
                     MatmulImpl::Naive => "matmul_naive",
+                    MatmulImpl::Mma => "matmul_mma",
                 };
                 let f16 = if f16_weights { "_f16w" } else { "" };
                 format!("{name}{f16} {m}x{n}x{k}")
@@ -445,9 +471,11 @@ fn mm(s: usize, kernel: MatmulImpl, f16_weights: bool) -> Bench {
 
 /// The benchmarks worth running on this adapter. On a CPU adapter (lavapipe): matmul
 /// 1024^3 with the adapter's kernel (f32, and f16 weights where supported), with the
-/// generic tiled kernel too when that is not the adapter's choice, and naive; attention
+/// generic tiled kernel too when that is not the adapter's choice, naive, and the mma
+/// kernel (f16 weights); attention
 /// T=512 with SmolLM2-135M's heads (9 / 3, d 64) forward and backward; small
-/// norm/rope/NLL/KL head. On a GPU: matmul 4096^3 (f32 and f16 weights), 1024^3, naive at
+/// norm/rope/NLL/KL head. On a GPU: matmul 4096^3 (f32 and f16 weights; the mma kernel with f32 and
+/// f16 weights, and at 1024^3), 1024^3, naive at
 /// 1024^3 and 4096^3, attention forward and backward T=4096 H=16/4 at d 64 and 128,
 /// model-sized norm/rope/NLL, and the KL head at SmolLM2's vocabulary (N 512, V 49152, D 576).
 pub fn default_suite(gpu: &Gpu) -> Vec<Bench> {
@@ -464,6 +492,9 @@ pub fn default_suite(gpu: &Gpu) -> Vec<Bench> {
             v.push(mm(1024, Tiled, false));
         }
         v.push(mm(1024, Naive, false));
+        if f16 {
+            v.push(mm(1024, Mma, true));
+        }
         v.push(Bench::Attention { t: 512, heads: 9, kv_heads: 3, dim: 64 });
         v.push(Bench::AttentionBackward { t: 512, heads: 9, kv_heads: 3, dim: 64 });
         v.push(Bench::RmsNorm { rows: 512, cols: 576 });
@@ -477,6 +508,11 @@ pub fn default_suite(gpu: &Gpu) -> Vec<Bench> {
         }
         if tiled_too {
             v.push(mm(4096, Tiled, false));
+        }
+        if f16 {
+            v.push(mm(4096, Mma, false));
+            v.push(mm(4096, Mma, true));
+            v.push(mm(1024, Mma, true));
         }
         v.push(mm(1024, Auto, false));
         v.push(mm(1024, Naive, false));

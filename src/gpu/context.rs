@@ -14,6 +14,12 @@ pub struct GpuInfo {
     pub driver_info: String,
     pub shader_f16: bool,
     pub subgroup: bool,
+    /// Cooperative matrices of 16 x 16 x 16 with f16 operands and f32 accumulators (tensor
+    /// cores), which the `ops::mma` kernels use; false on adapters without them or with
+    /// subgroups of varying size, and when [`GpuOptions::no_coop`] is set.
+    pub coop16: bool,
+    /// Every cooperative-matrix shape the adapter lists, as "MxNxK A->C" (e.g. "16x16x16 f16->f32").
+    pub coop_shapes: Vec<String>,
     pub timestamp_query: bool,
     pub timestamp_inside_passes: bool,
     pub max_storage_buffer_binding_size: u64,
@@ -132,14 +138,35 @@ impl Gpu {
             | wgpu::Features::TIMESTAMP_QUERY
             | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
             | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
-        let features = afeat & wanted_features;
+        // tensor cores: the one cooperative-matrix shape the kernels use (16 x 16 x 16, f16
+        // operands, f32 accumulators), on adapters of one fixed subgroup size (the kernels'
+        // workgroups are a whole number of subgroups)
+        let coop_props =
+            if afeat.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) { adapter.cooperative_matrix_properties() } else { vec![] };
+        let coop16 = afeat.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+            && afeat.contains(wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP)
+            && ainfo.subgroup_min_size == ainfo.subgroup_max_size
+            && !opts.no_coop
+            && coop_props.iter().any(|c| {
+                use wgpu::CooperativeScalarType::{F16, F32};
+                (c.m_size, c.n_size, c.k_size, c.ab_type, c.cr_type) == (16, 16, 16, F16, F32)
+            });
+        let features =
+            (afeat & wanted_features) | if coop16 { wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX } else { wgpu::Features::empty() };
         let limits = adapter.limits();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("taylorcal"),
                 required_features: features,
                 required_limits: limits.clone(),
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                // SAFETY: the only experimental feature requested is cooperative matrices, used
+                // by kernels that are checked against their f64 references on every adapter
+                // that runs them (tests/kernels/mma.rs)
+                experimental_features: if coop16 {
+                    unsafe { wgpu::ExperimentalFeatures::enabled() }
+                } else {
+                    wgpu::ExperimentalFeatures::disabled()
+                },
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })
@@ -155,6 +182,11 @@ impl Gpu {
             driver_info: ainfo.driver_info.clone(),
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             subgroup: features.contains(wgpu::Features::SUBGROUP),
+            coop16,
+            coop_shapes: coop_props
+                .iter()
+                .map(|c| format!("{}x{}x{} {:?}->{:?}", c.m_size, c.n_size, c.k_size, c.ab_type, c.cr_type).to_lowercase())
+                .collect(),
             timestamp_query: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             timestamp_inside_passes: features.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
             max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,

@@ -39,10 +39,13 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("gdn_act", include_str!("../../shaders/gdn_act.wgsl")),
     ("gated_norm", include_str!("../../shaders/gated_norm.wgsl")),
     ("kl", include_str!("../../shaders/kl.wgsl")),
+    ("mma_tile", include_str!("../../shaders/mma_tile.wgsl")),
+    ("mma_coop", include_str!("../../shaders/mma_coop.wgsl")),
 ];
 
 /// Files that shaders pull in with a `// #include NAME` line (not shaders of their own).
-pub const INCLUDES: &[(&str, &str)] = &[("delta_common", include_str!("../../shaders/delta_common.wgsl"))];
+pub const INCLUDES: &[(&str, &str)] =
+    &[("delta_common", include_str!("../../shaders/delta_common.wgsl")), ("mma_common", include_str!("../../shaders/mma_common.wgsl"))];
 
 /// `src` with every line starting `// #include NAME` replaced by the included file.
 pub fn resolve_includes(src: &str) -> String {
@@ -106,7 +109,8 @@ impl ShaderSources {
 /// it through `alias WT = f32; // f16-switch`.
 pub fn specialise(src: &str, consts: &[(&str, u32)], f16: bool) -> String {
     let mut out = String::with_capacity(src.len() + 32);
-    if f16 {
+    // a shader that always needs f16 says `enable f16;` itself
+    if f16 && !src.lines().any(|l| l.trim() == "enable f16;") {
         out.push_str("enable f16;\n");
     }
     for line in src.lines() {

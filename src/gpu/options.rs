@@ -36,6 +36,10 @@ pub struct GpuOptions {
     /// Force the rows per workgroup of the attention kernels, forward and backward (16 or
     /// 64), so tests cover both tile heights; `None`: chosen by shape.
     pub attention_rows: Option<usize>,
+    /// Never use cooperative matrices (tensor cores), even where the adapter lists them:
+    /// the `ops::mma` kernels take their fallback path (how tests compare both on one GPU).
+    /// CLI: `TAYLORCAL_NO_COOP`.
+    pub no_coop: bool,
 }
 
 impl Default for GpuOptions {
@@ -49,6 +53,7 @@ impl Default for GpuOptions {
             matmul: None,
             delta_state_smem: DEFAULT_STATE_SMEM,
             attention_rows: None,
+            no_coop: false,
         }
     }
 }

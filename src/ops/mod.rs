@@ -11,6 +11,7 @@ pub mod gdn_act;
 pub mod kl;
 pub mod matmul;
 pub mod matmul_grad;
+pub mod mma;
 pub mod nll;
 pub mod optim;
 pub mod rmsnorm;

@@ -6,7 +6,7 @@
 //! bound in pieces).
 //!
 //! Files, in order: attention, delta, elementwise, gated_norm, gdn_act, kl, matmul,
-//! matmul_grad, nll, optim, rmsnorm, rope, and shaders (every WGSL file registered,
+//! matmul_grad, mma, nll, optim, rmsnorm, rope, and shaders (every WGSL file registered,
 //! validated and translated by naga).
 #[path = "../common/mod.rs"]
 mod common;
@@ -19,6 +19,7 @@ mod gdn_act;
 mod kl;
 mod matmul;
 mod matmul_grad;
+mod mma;
 mod nll;
 mod optim;
 mod rmsnorm;

@@ -17,6 +17,14 @@ fn variants(name: &str, src: &str) -> Vec<(String, String)> {
         }
         v.push((format!("{name}[BR=16]"), specialise(src, &[("BR", 16)], false)));
     }
+    if name.starts_with("mma_") {
+        // the three products of a linear layer (operand layouts), f16 weights, and the
+        // cooperative kernel's workgroup for 64-wide subgroups
+        for (ta, tb) in [(0, 1), (1, 1)] {
+            v.push((format!("{name}[TA={ta},TB={tb}]"), specialise(src, &[("TA", ta), ("TB", tb)], false)));
+        }
+        v.push((format!("{name}[64x64,WG=256]"), specialise(src, &[("BM", 64), ("BN", 64), ("SGN", 2), ("WG", 256)], true)));
+    }
     if name == "delta_state" {
         // the state-pass tiles the host picks: key dims 64/128/256, value blocks 8/16/32
         for dk in [64, 128, 256] {
@@ -30,7 +38,7 @@ fn variants(name: &str, src: &str) -> Vec<(String, String)> {
 
 fn check(label: &str, src: &str) {
     let module = naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{label}: WGSL parse error:\n{}", e.emit_to_string(src)));
-    let caps = Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP;
+    let caps = Capabilities::SHADER_FLOAT16 | Capabilities::SUBGROUP | Capabilities::COOPERATIVE_MATRIX;
     let info = Validator::new(ValidationFlags::all(), caps)
         .validate(&module)
         .unwrap_or_else(|e| panic!("{label}: validation error:\n{}", e.emit_to_string(src)));
@@ -42,6 +50,11 @@ fn check(label: &str, src: &str) {
     let msl_opts = msl::Options { lang_version: (2, 4), ..Default::default() };
     msl::write_string(&module, &info, &msl_opts, &msl::PipelineOptions::default()).unwrap_or_else(|e| panic!("{label}: MSL: {e}"));
 
+    if src.contains("enable wgpu_cooperative_matrix;") {
+        // naga writes no HLSL for cooperative matrices: on DX12 the mma kernels take their
+        // fallback (mma_tile), which is checked below like every other shader
+        return;
+    }
     let hlsl_opts = hlsl::Options { shader_model: hlsl::ShaderModel::V6_2, ..Default::default() };
     let mut out = String::new();
     hlsl::Writer::new(&mut out, &hlsl_opts, &hlsl::PipelineOptions::default())

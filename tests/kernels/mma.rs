@@ -1,0 +1,95 @@
+//! The matrix-unit GEMM (src/ops/mma.rs, shaders/mma_*.wgsl): the three products of a
+//! linear layer, with f32 and f16 weights, bias and accumulation, at shapes that are not
+//! multiples of its 64 x 64 x 32 and 128 x 128 x 32 tiles. On an adapter with cooperative matrices the
+//! tensor-core path runs; elsewhere (lavapipe in CI) the fallback with the same tiling.
+//!
+//! Two references: f64 on the f16-rounded operands, which the kernel must match to f32
+//! accumulation (1e-5 relative, as every f32 kernel here: this checks the tiling, staging
+//! and multiply exactly), and f64 on the operands as given, the precision a user gets:
+//! each operand rounded to f16 is off by at most 2^-11 relative, so a product by at most
+//! ~2^-10 and a sum of K products of random sign by about 2^-11 sqrt(2) in relative RMS
+//! (6.9e-4); the bound is 2e-3 relative RMS (bf16 tests in flash-linear-attention allow 5e-3).
+use crate::common::*;
+use taylorcal::ops::{matmul, matmul_grad, mma};
+
+fn round16(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| half::f16::from_f32(x).to_f64()).collect()
+}
+
+/// `got` against both references (`exact16` from the rounded operands, `exact` from the given ones).
+fn check2(what: &str, got: &[f32], exact16: &[f64], exact: &[f64]) {
+    check(what, got, exact16, 1e-5);
+    let rms = rel_rms_f64(&f64v(got), exact);
+    assert!(rms < 2e-3, "{what}: relative RMS error {rms:.2e} against the unrounded operands (f16 bound 2e-3)");
+}
+
+#[test]
+fn mma_linear_and_gradients_match_references_at_awkward_shapes() {
+    let g = gpu();
+    assert!(mma::available(g), "adapter {} has no SHADER_F16: the mma kernels cannot run", g.info.name);
+    eprintln!("mma path on {}: {:?}", g.info.name, mma::MmaPath::auto(g));
+    let mut r = rng(41);
+    for &(m, n, k) in &[(1, 1, 1), (1, 70, 33), (63, 17, 65), (65, 130, 100), (130, 65, 1), (3, 5, 7), (200, 129, 257)] {
+        let x = randn(&mut r, m * k, 1.0);
+        let w = randn(&mut r, n * k, 1.0);
+        let bias = randn(&mut r, n, 1.0);
+        let dy = randn(&mut r, m * n, 1.0);
+        let y0 = randn(&mut r, m * n, 1.0);
+        let (tx, tdy, tb) = (up(g, &[m, k], &x), up(g, &[m, n], &dy), up(g, &[n], &bias));
+        let plus = |a: &[f64], b0: &[f32]| a.iter().zip(b0).map(|(a, b)| a + *b as f64).collect::<Vec<_>>();
+        let (x16, w16, dy16) = (round16(&x), round16(&w), round16(&dy));
+        for (f16_w, tile) in [(false, mma::Tile::T64), (true, mma::Tile::T64), (true, mma::Tile::T128)] {
+            let tw = if f16_w { g.upload_f16(&[n, k], &w).unwrap() } else { up(g, &[n, k], &w) };
+            let y = g.zeros(&[m, n]).unwrap();
+            let ya = up(g, &[m, n], &y0);
+            let dx = g.zeros(&[m, k]).unwrap();
+            let dw = g.zeros(&[n, k]).unwrap();
+            g.run(|b| {
+                mma::linear(b, &tx, &tw, Some(&tb), &y, false, Some(tile));
+                mma::linear(b, &tx, &tw, None, &ya, true, Some(tile));
+                mma::backward_input(b, &tdy, &tw, &dx, false, Some(tile));
+                mma::backward_weight(b, &tdy, &tx, &dw, false, Some(tile));
+                Ok(())
+            })
+            .unwrap();
+            let s = format!("{m}x{n}x{k} W {} tile {}", if f16_w { "f16" } else { "f32" }, tile.size());
+            let (xe, we, dye, be) = (f64v(&x), f64v(&w), f64v(&dy), f64v(&bias));
+            check2(
+                &format!("y {s}"),
+                &read(g, &y),
+                &matmul::cpu::linear(&x16, &w16, Some(&be), k),
+                &matmul::cpu::linear(&xe, &we, Some(&be), k),
+            );
+            check2(
+                &format!("y += {s}"),
+                &read(g, &ya),
+                &plus(&matmul::cpu::linear(&x16, &w16, None, k), &y0),
+                &plus(&matmul::cpu::linear(&xe, &we, None, k), &y0),
+            );
+            let (dx16, dxe) =
+                (matmul_grad::cpu::linear_backward_input(&dy16, &w16, n, k), matmul_grad::cpu::linear_backward_input(&dye, &we, n, k));
+            check2(&format!("dx {s}"), &read(g, &dx), &dx16, &dxe);
+            let (dw16, dwe) =
+                (matmul_grad::cpu::linear_backward_weight(&dy16, &x16, n, k), matmul_grad::cpu::linear_backward_weight(&dye, &xe, n, k));
+            check2(&format!("dW {s}"), &read(g, &dw), &dw16, &dwe);
+        }
+    }
+}
+
+/// A long reduction: every output tile loops over 94 slices of 32.
+#[test]
+fn mma_weight_gradient_over_many_tokens() {
+    let g = gpu();
+    let mut r = rng(42);
+    let (m, n, k) = (3001, 70, 66);
+    let (x, dy) = (randn(&mut r, m * k, 1.0), randn(&mut r, m * n, 1.0));
+    let dw = g.zeros(&[n, k]).unwrap();
+    let (tx, tdy) = (up(g, &[m, k], &x), up(g, &[m, n], &dy));
+    g.run(|b| {
+        mma::backward_weight(b, &tdy, &tx, &dw, false, None);
+        Ok(())
+    })
+    .unwrap();
+    let want16 = matmul_grad::cpu::linear_backward_weight(&round16(&dy), &round16(&x), n, k);
+    check2(&format!("dW {m}x{n}x{k}"), &read(g, &dw), &want16, &matmul_grad::cpu::linear_backward_weight(&f64v(&dy), &f64v(&x), n, k));
+}
