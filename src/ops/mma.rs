@@ -1,5 +1,5 @@
 //! Matrix products on the GPU's matrix units: one tiled GEMM (shaders/mma_common.wgsl,
-//! 64 x 64 or 128 x 128 output tiles, slices of 32)
+//! 64 x 64 or 128 x 128 output tiles, slices of 64, 32 or 16 as workgroup memory allows)
 //! with f16 operands and f32 accumulation, whose tiles a workgroup multiplies with
 //! cooperative matrices (tensor cores: shaders/mma_coop.wgsl) where the adapter lists the
 //! 16 x 16 x 16 f16 -> f32 shape ([`GpuInfo::coop16`](crate::gpu::GpuInfo::coop16)), or
@@ -87,7 +87,13 @@ impl MmaPath {
             MmaPath::Tile => Kernel::new("mma_tile", "mma").with("WG", sgm * sgn * 32),
         };
         let t = tile.size() as u32;
-        k.with("BM", t).with("BN", t).with("TA", ta as u32).with("TB", tb as u32).f16(f16_b)
+        // the deepest slice whose staged tiles (f16, rows padded by 8) and output scratch (the
+        // cooperative path's 16 x 16 f32 per subgroup) fit the adapter's workgroup memory:
+        // 64 on the H200 (48 KiB; 2x the speed of 32 there), 32 or 64 on lavapipe (32 KiB)
+        let scratch = if self == MmaPath::Coop { sgm * sgn * 1024 } else { 0 };
+        let fits = |bk: u32| 2 * t * (bk + 8) * 2 + scratch <= gpu.limits.max_compute_workgroup_storage_size;
+        let bk = [64, 32].into_iter().find(|&bk| fits(bk)).unwrap_or(16);
+        k.with("BM", t).with("BN", t).with("BK", bk).with("BKP", bk + 8).with("TA", ta as u32).with("TB", tb as u32).f16(f16_b)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The matrix-unit GEMM (src/ops/mma.rs, shaders/mma_*.wgsl): the three products of a
 //! linear layer, with f32 and f16 weights, bias and accumulation, at shapes that are not
-//! multiples of its 64 x 64 x 32 and 128 x 128 x 32 tiles. On an adapter with cooperative matrices the
+//! multiples of its 64 x 64 and 128 x 128 tiles (slices of 64 and 32 deep on lavapipe). On an adapter with cooperative matrices the
 //! tensor-core path runs; elsewhere (lavapipe in CI) the fallback with the same tiling.
 //!
 //! Two references: f64 on the f16-rounded operands, which the kernel must match to f32
@@ -76,7 +76,7 @@ fn mma_linear_and_gradients_match_references_at_awkward_shapes() {
     }
 }
 
-/// A long reduction: every output tile loops over 94 slices of 32.
+/// A long reduction: every output tile loops over 47 to 94 slices (3001 rows).
 #[test]
 fn mma_weight_gradient_over_many_tokens() {
     let g = gpu();
