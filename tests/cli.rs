@@ -186,16 +186,23 @@ fn ablate_rows_match_separate_converts() {
     assert_eq!(on_disk["strategies"], v["strategies"]);
 }
 
-#[test]
-fn distill_writes_checkpoints_resumes_and_rejects_changed_options() {
+/// A tiny GGUF teacher, a text, the student `convert` made from them (one kept layer, naive)
+/// and the path of a run directory: (the temporary directory, [model, text, student, run]).
+fn converted_student() -> (tempfile::TempDir, [std::path::PathBuf; 4]) {
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_gguf(dir.path(), true);
-    let text = word_text(dir.path());
+    let (model, text) = (tiny_gguf(dir.path(), true), word_text(dir.path()));
     let (student, run) = (dir.path().join("student"), dir.path().join("run"));
-    let (m, t, s, r) = (model.to_str().unwrap(), text.to_str().unwrap(), student.to_str().unwrap(), run.to_str().unwrap());
+    let (m, t, s) = (model.to_str().unwrap(), text.to_str().unwrap(), student.to_str().unwrap());
     let (ok, _, err) =
         taylorcal(&["convert", "--teacher", m, "--keep", "1", "--strategy", "naive", "--eval", t, "--eval-windows", "1", "--out", s]);
     assert!(ok, "convert failed: {err}");
+    (dir, [model, text, student, run])
+}
+
+#[test]
+fn distill_writes_checkpoints_resumes_and_rejects_changed_options() {
+    let (dir, [model, text, student, run]) = converted_student();
+    let (m, t, s, r) = (model.to_str().unwrap(), text.to_str().unwrap(), student.to_str().unwrap(), run.to_str().unwrap());
     let common = ["--teacher", m, "--tokens", "192", "--seq-len", "32", "--batch", "2", "--train", t, "--eval", t, "--eval-windows", "1"];
     let mut args = vec!["distill", "--student", s, "--stage", "2", "--checkpoint-every", "1", "--out", r, "--json"];
     args.extend(common);
@@ -386,14 +393,8 @@ fn select_cli_prints_keep_and_scores_and_convert_uses_the_policy() {
 /// trained one step).
 #[test]
 fn nonsense_numeric_options_are_refused_naming_the_option() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = tiny_gguf(dir.path(), true);
-    let text = word_text(dir.path());
-    let (student, run) = (dir.path().join("student"), dir.path().join("run"));
+    let (dir, [model, text, student, run]) = converted_student();
     let (m, t, s, r) = (model.to_str().unwrap(), text.to_str().unwrap(), student.to_str().unwrap(), run.to_str().unwrap());
-    let (ok, _, err) =
-        taylorcal(&["convert", "--teacher", m, "--keep", "1", "--strategy", "naive", "--eval", t, "--eval-windows", "1", "--out", s]);
-    assert!(ok, "convert failed: {err}");
     let mut accepted = vec![];
     let distill = ["distill", "--teacher", m, "--student", s, "--stage", "2", "--seq-len", "32", "--batch", "2", "--train", t, "--out", r];
     for (extra, named) in [

@@ -277,11 +277,7 @@ pub fn bench_matmul_impl(gpu: &Gpu, m: usize, n: usize, k: usize, imp: MatmulImp
     if f16_weights && !gpu.info.shader_f16 {
         bail!("adapter {} has no SHADER_F16: no f16-weight matmul", gpu.info.name);
     }
-    let x = gpu.upload(&[m, k], &fill(m * k, 1, 1.0))?;
-    let wdata = fill(n * k, 2, 1.0);
-    let w = if f16_weights { gpu.upload_f16(&[n, k], &wdata)? } else { gpu.upload(&[n, k], &wdata)? };
-    drop(wdata);
-    let y = gpu.zeros(&[m, n])?;
+    let (x, w, y) = matmul_operands(gpu, m, n, k, f16_weights)?;
     let record = |b: &mut Batch| match kernel {
         None => ops::matmul::linear_naive(b, &x, &w, &y),
         Some(kn) => ops::matmul::linear_with(b, &x, &w, None, &y, false, kn),
@@ -291,16 +287,20 @@ pub fn bench_matmul_impl(gpu: &Gpu, m: usize, n: usize, k: usize, imp: MatmulImp
     Ok(result(&name, format!("{m}x{n}x{k}"), secs, runs, how, Some(2.0 * (m * n * k) as f64), None))
 }
 
+/// x [M, K], W [N, K] (f32, or f16 with `f16_weights`) of fixed noise and y [M, N] zeros.
+fn matmul_operands(gpu: &Gpu, m: usize, n: usize, k: usize, f16_weights: bool) -> Result<(Tensor, Tensor, Tensor)> {
+    let x = gpu.upload(&[m, k], &fill(m * k, 1, 1.0))?;
+    let wdata = fill(n * k, 2, 1.0);
+    let w = if f16_weights { gpu.upload_f16(&[n, k], &wdata)? } else { gpu.upload(&[n, k], &wdata)? };
+    Ok((x, w, gpu.zeros(&[m, n])?))
+}
+
 /// y[M, N] = x[M, K] W[N, K]^T through `ops::mma::linear` (f16 operands, f32 accumulation).
 fn bench_mma(gpu: &Gpu, m: usize, n: usize, k: usize, f16_weights: bool) -> Result<BenchResult> {
     if !ops::mma::available(gpu) {
         bail!("adapter {} has no SHADER_F16: no mma kernels", gpu.info.name);
     }
-    let x = gpu.upload(&[m, k], &fill(m * k, 1, 1.0))?;
-    let wdata = fill(n * k, 2, 1.0);
-    let w = if f16_weights { gpu.upload_f16(&[n, k], &wdata)? } else { gpu.upload(&[n, k], &wdata)? };
-    drop(wdata);
-    let y = gpu.zeros(&[m, n])?;
+    let (x, w, y) = matmul_operands(gpu, m, n, k, f16_weights)?;
     let (secs, runs, how) = measure(gpu, budget(gpu), &|b: &mut Batch| ops::mma::linear(b, &x, &w, None, &y, false, None))?;
     let path = match ops::mma::MmaPath::auto(gpu) {
         ops::mma::MmaPath::Coop => "matmul_mma",
