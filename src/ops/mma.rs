@@ -4,8 +4,11 @@
 //! cooperative matrices (tensor cores: shaders/mma_coop.wgsl) where the adapter lists the
 //! 16 x 16 x 16 f16 -> f32 shape ([`GpuInfo::coop16`](crate::gpu::GpuInfo::coop16)), or
 //! with the same tiles, staging and output on ordinary invocations (shaders/mma_tile.wgsl)
-//! elsewhere, so CI (lavapipe) runs every line but the multiply itself. The three products
-//! of a linear layer are its cases: [`linear`], [`backward_input`], [`backward_weight`].
+//! elsewhere, so CI (lavapipe) runs the shared tiling, staging and bounds (the cooperative
+//! multiply and its output scratch are checked on a GPU that has them, by the same tests).
+//! The three products of a linear layer are its cases: [`linear`], [`backward_input`],
+//! [`backward_weight`]. Not yet wired into the model, nor split over bindings as
+//! `ops::matmul` is: an operand larger than one binding is refused (assert).
 //!
 //! Precision: A and B are rounded to f16 when staged (relative error 2^-11 each); their
 //! products are exact in f32 and summed in f32. Tested against an f64 reference of the
