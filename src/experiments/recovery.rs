@@ -191,9 +191,8 @@ pub fn recovery(
 ) -> Result<RecoveryReport> {
     o.check()?;
     inp.check()?;
-    let context = inp.teacher.rope.max_pos;
     for d in o.stage1.iter().chain([&o.stage2]) {
-        ensure!(d.seq_len <= context, "--seq-len {} exceeds the model's context ({context})", d.seq_len);
+        d.check_context(inp.teacher.rope.max_pos)?;
     }
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

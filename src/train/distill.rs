@@ -89,6 +89,12 @@ impl DistillOpts {
         self.warmup.unwrap_or((self.steps() / 20).max(1))
     }
 
+    /// Refuse sequences longer than the model's context (`max_pos` positions).
+    pub fn check_context(&self, max_pos: usize) -> Result<()> {
+        ensure!(self.seq_len <= max_pos, "--seq-len {} exceeds the model's context ({max_pos})", self.seq_len);
+        Ok(())
+    }
+
     /// Reject options no run can use (before anything is loaded), naming the option (the
     /// command line's name where it has one).
     pub fn check(&self) -> Result<()> {
@@ -435,7 +441,7 @@ pub fn distill(s: &Setup, opts: &DistillOpts, resume: Option<ResumeState>, hooks
     }
     let g = s.gpu;
     let (t, batch) = (opts.seq_len, opts.batch);
-    ensure!(t <= s.student.rope.max_pos, "--seq-len {t} exceeds the model's context ({})", s.student.rope.max_pos);
+    opts.check_context(s.student.rope.max_pos)?;
     let hyper =
         AdamW { lr: opts.lr, beta1: opts.beta1, beta2: opts.beta2, eps: 1e-8, weight_decay: opts.weight_decay, max_norm: opts.clip };
     let gdn_layers = s.config.gdn_layers();
