@@ -3,7 +3,8 @@
 //
 //   C[i, ccol + j] (=|+=) sum_r A(i, r) B(j, r) (+ bias[j])
 //
-// A(i, r) = a[i lda + r] (TA = 0) or a[r lda + i] (TA = 1), f32;
+// A(i, r) = a[i lda + acol + r] (TA = 0) or a[r lda + acol + i] (TA = 1), f32 (acol: the
+// first column of a part of A, when the host splits a product over bindings);
 // B(j, r) = b[j ldb + r] (TB = 0) or b[r ldb + j] (TB = 1), stored as WT (f32 or f16).
 // The three products of a linear layer y = x W^T are its cases: y (TA 0, TB 0: A = x,
 // B = W), dx = dy W (TA 0, TB 1: A = dy, B = W) and dW = dy^T x (TA 1, TB 1: A = dy, B = x).
@@ -36,9 +37,13 @@ struct Params {
     lda: u32,
     ldb: u32,
     ldc: u32,
+    acol: u32,
     ccol: u32,
     // bit 0: add bias; bit 1: accumulate into C
     flags: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -52,8 +57,8 @@ var<workgroup> bs: array<f16, BN * BKP>; // bs[j BKP + r] = B(j0 + j, r0 + r)
 
 fn a_at(i: u32, r: u32) -> f32 {
     if (i >= p.ni || r >= p.nr) { return 0.0; }
-    if (TA == 0u) { return a[i * p.lda + r]; }
-    return a[r * p.lda + i];
+    if (TA == 0u) { return a[i * p.lda + p.acol + r]; }
+    return a[r * p.lda + p.acol + i];
 }
 
 fn b_at(j: u32, r: u32) -> f32 {

@@ -235,6 +235,7 @@ impl Conversion {
             "timings_s": self.timings, "layers": self.layers,
             "eval": eval,
             "adapter": inp.gpu.info.name,
+            "precision": inp.gpu.precision_report(),
         })
     }
 

@@ -6,6 +6,7 @@ use taylorcal::calibrate::convert::ConvertOpts;
 use taylorcal::calibrate::phase2::AlignOpts;
 use taylorcal::calibrate::strategy::Strategy;
 use taylorcal::data::{self, TextSource, TokenStream, WINDOW};
+use taylorcal::gpu::Precision;
 use taylorcal::io::{self, fingerprint};
 use taylorcal::train::distill::{DistillOpts, Identity};
 
@@ -19,6 +20,13 @@ use taylorcal::train::distill::{DistillOpts, Identity};
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
+    /// Operands of the matrix products: f16 (f32 accumulation, tensor cores where the GPU has them) or f32. Default: f16 on a GPU with 16-bit shader floats, f32 elsewhere (CPU adapters)
+    #[arg(long, global = true, value_parser = parse_precision)]
+    pub precision: Option<Precision>,
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    Precision::parse(s).ok_or_else(|| format!("{s:?} is not f16 or f32"))
 }
 
 /// The model a command runs.

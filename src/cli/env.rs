@@ -63,6 +63,8 @@ pub fn gpu_options_from_env() -> Result<GpuOptions> {
         delta_state_smem: parsed("TAYLORCAL_DELTA_SMEM", "a byte count")?.unwrap_or(d.delta_state_smem),
         attention_rows: d.attention_rows,
         no_coop: var("TAYLORCAL_NO_COOP")?.is_some_and(|v| v.trim() != "0"),
+        // a command-line option (`--precision`), not an environment variable
+        precision: None,
     })
 }
 

@@ -23,6 +23,7 @@ pub fn info(json: bool) -> Result<()> {
         );
         let shapes = if info.coop_shapes.is_empty() { "none".to_string() } else { info.coop_shapes.join(", ") };
         println!("coop      {shapes} (tensor-core kernels: {})", if info.coop16 { "on" } else { "off" });
+        println!("precision {} (matrix products' operands; --precision f16|f32)", info.precision.name());
         println!(
             "limits    max_storage_buffer_binding_size={} max_buffer_size={}",
             info.max_storage_buffer_binding_size, info.max_buffer_size

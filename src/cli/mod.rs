@@ -13,12 +13,18 @@ pub mod train;
 use anyhow::Result;
 use args::{Cli, Cmd};
 use std::path::{Path, PathBuf};
-use taylorcal::gpu::Gpu;
+use std::sync::OnceLock;
+use taylorcal::gpu::{Gpu, Precision};
 use taylorcal::io::out_dir;
 
-/// The GPU every command runs on, with the options the environment sets.
+/// `--precision`, set once by [`run`] (`None`: the adapter's default).
+static PRECISION: OnceLock<Option<Precision>> = OnceLock::new();
+
+/// The GPU every command runs on, with the options the environment and `--precision` set.
 pub fn gpu() -> Result<&'static Gpu> {
-    Gpu::shared_with(env::gpu_options_from_env()?)
+    let mut opts = env::gpu_options_from_env()?;
+    opts.precision = PRECISION.get().copied().flatten();
+    Gpu::shared_with(opts)
 }
 
 /// A model argument (`smollm2`, a file or a directory) as a local path, fetching the
@@ -36,6 +42,7 @@ pub fn claim_out(out: &Path, kind: out_dir::Kind, teacher: &Path, inputs: &[&Pat
 
 /// Run one command.
 pub fn run(cli: Cli) -> Result<()> {
+    PRECISION.set(cli.precision).expect("run is called once");
     match cli.cmd {
         Cmd::Info { json } => inspect::info(json),
         Cmd::Eval(a) => inspect::eval(&a),

@@ -240,6 +240,7 @@ fn matmul_name(kernel: Option<MatmulKernel>, f16_weights: bool) -> String {
         Some(MatmulKernel::Tiled128) => "matmul_t128",
         Some(MatmulKernel::Subgroup) => "matmul_sg",
         Some(MatmulKernel::Matvec) => "matvec",
+        Some(MatmulKernel::Mma) => "matmul_mma",
     };
     if f16_weights {
         format!("{base}_f16w")
@@ -263,7 +264,7 @@ pub fn bench_matmul_impl(gpu: &Gpu, m: usize, n: usize, k: usize, imp: MatmulImp
         MatmulImpl::Subgroup => Some(MatmulKernel::Subgroup),
         MatmulImpl::Naive | MatmulImpl::Mma => None,
     };
-    if imp == MatmulImpl::Mma {
+    if imp == MatmulImpl::Mma || kernel == Some(MatmulKernel::Mma) {
         return bench_mma(gpu, m, n, k, f16_weights);
     }
     if let Some(kn) = kernel {

@@ -1,4 +1,4 @@
-use super::options::GpuOptions;
+use super::options::{GpuOptions, Precision};
 use super::ShaderSources;
 use anyhow::{anyhow, bail, Context as _, Result};
 use std::collections::HashMap;
@@ -20,6 +20,8 @@ pub struct GpuInfo {
     pub coop16: bool,
     /// Every cooperative-matrix shape the adapter lists, as "MxNxK A->C" (e.g. "16x16x16 f16->f32").
     pub coop_shapes: Vec<String>,
+    /// The matrix products' operands: [`GpuOptions::precision`] or [`Precision::auto`].
+    pub precision: Precision,
     pub timestamp_query: bool,
     pub timestamp_inside_passes: bool,
     pub max_storage_buffer_binding_size: u64,
@@ -174,13 +176,19 @@ impl Gpu {
             .with_context(|| format!("requesting a device on adapter '{}'", ainfo.name))?;
         let max_binding =
             opts.max_binding.map_or(limits.max_storage_buffer_binding_size, |b| b.clamp(256, limits.max_storage_buffer_binding_size));
+        let shader_f16 = features.contains(wgpu::Features::SHADER_F16);
+        let device_type = format!("{:?}", ainfo.device_type);
+        if opts.precision == Some(Precision::F16) && !shader_f16 {
+            bail!("precision f16 needs 16-bit floats in shaders (SHADER_F16), which adapter '{}' lacks: use f32", ainfo.name);
+        }
         let info = GpuInfo {
             name: ainfo.name.clone(),
             backend: format!("{:?}", ainfo.backend),
-            device_type: format!("{:?}", ainfo.device_type),
+            precision: opts.precision.unwrap_or(Precision::auto(shader_f16, &device_type)),
+            device_type,
             driver: ainfo.driver.clone(),
             driver_info: ainfo.driver_info.clone(),
-            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            shader_f16,
             subgroup: features.contains(wgpu::Features::SUBGROUP),
             coop16,
             coop_shapes: coop_props
@@ -217,6 +225,28 @@ impl Gpu {
             uniform_pool: Mutex::new(Vec::new()),
             shaders: OnceLock::new(),
             dummy,
+        })
+    }
+
+    /// Every precision choice of this context's kernels, for report.json: the matrix products'
+    /// operands and kernel ([`GpuInfo::precision`]); everything else is f32.
+    pub fn precision_report(&self) -> serde_json::Value {
+        let kernel = match (self.info.precision, self.info.coop16) {
+            (Precision::F16, true) => "mma, cooperative matrices (tensor cores)",
+            (Precision::F16, false) => "mma, workgroup tiles",
+            (Precision::F32, _) => "f32 tiled",
+        };
+        serde_json::json!({
+            "precision": self.info.precision,
+            "matmul_operands": self.info.precision,
+            "matmul_kernel": kernel,
+            "accumulation": "f32",
+            "master_weights": "f32",
+            "optimizer_moments": "f32",
+            "activations_norms_softmax_losses": "f32",
+            "attention": "f32",
+            "gdn_scan": "f32",
+            "loss_scaling": "none (f16 operands, f32 products and gradients: no f16 overflow)",
         })
     }
 

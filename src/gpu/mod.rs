@@ -10,7 +10,7 @@ mod timer;
 
 pub use context::{Gpu, GpuInfo};
 pub use kernel::{grid, Batch, Binding, Kernel};
-pub use options::{GpuOptions, MatmulKernel, ShaderChecks, DEFAULT_STATE_SMEM};
+pub use options::{GpuOptions, MatmulKernel, Precision, ShaderChecks, DEFAULT_STATE_SMEM};
 pub use tensor::{DType, Tensor};
 pub use timer::GpuTimer;
 

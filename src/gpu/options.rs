@@ -40,6 +40,9 @@ pub struct GpuOptions {
     /// the `ops::mma` kernels take their fallback path (how tests compare both on one GPU).
     /// CLI: `TAYLORCAL_NO_COOP`.
     pub no_coop: bool,
+    /// The operands of the matrix products (`ops::matmul`, `ops::matmul_grad`): `None`
+    /// picks [`Precision::auto`]. CLI: `--precision`.
+    pub precision: Option<Precision>,
 }
 
 impl Default for GpuOptions {
@@ -54,6 +57,47 @@ impl Default for GpuOptions {
             delta_state_smem: DEFAULT_STATE_SMEM,
             attention_rows: None,
             no_coop: false,
+            precision: None,
+        }
+    }
+}
+
+/// The operands of the matrix products. Accumulation is f32 either way, and so are the
+/// master weights, the optimizer's moments, the residual stream, norms, softmax statistics,
+/// the GDN scan and every loss: only the operands of the linear layers' products (forward
+/// and both gradients, the LM heads included) are rounded to f16, through the `ops::mma`
+/// kernels (tensor cores where the adapter has them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F16,
+    F32,
+}
+
+impl Precision {
+    /// `f16` or `f32`.
+    pub fn parse(s: &str) -> Option<Precision> {
+        match s.to_lowercase().as_str() {
+            "f16" => Some(Precision::F16),
+            "f32" => Some(Precision::F32),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F16 => "f16",
+            Precision::F32 => "f32",
+        }
+    }
+
+    /// The default: f16 on a GPU with SHADER_F16; f32 elsewhere, CPU adapters (lavapipe)
+    /// included, whose lanes gain no speed from f16 operands and only lose precision.
+    pub fn auto(shader_f16: bool, device_type: &str) -> Precision {
+        if shader_f16 && device_type != "Cpu" {
+            Precision::F16
+        } else {
+            Precision::F32
         }
     }
 }
@@ -103,10 +147,13 @@ pub enum MatmulKernel {
     /// shaders/matvec.wgsl: one workgroup per output column, for at most
     /// `ops::matmul::MATVEC_MAX_ROWS` rows (decoding), where a 64-row tile would be mostly padding.
     Matvec,
+    /// `ops::mma`: f16 operands, f32 accumulation, on tensor cores where the adapter has
+    /// them (needs SHADER_F16); the kernel of [`Precision::F16`], for the gradients too.
+    Mma,
 }
 
 impl MatmulKernel {
-    /// `tiled`, `tiled64`, `tiled128`, `subgroup` (or `sg`) or `matvec`, in any case.
+    /// `tiled`, `tiled64`, `tiled128`, `subgroup` (or `sg`), `matvec` or `mma`, in any case.
     pub fn parse(s: &str) -> Option<MatmulKernel> {
         match s.to_lowercase().as_str() {
             "tiled" => Some(MatmulKernel::Tiled),
@@ -114,6 +161,7 @@ impl MatmulKernel {
             "tiled128" => Some(MatmulKernel::Tiled128),
             "subgroup" | "sg" => Some(MatmulKernel::Subgroup),
             "matvec" => Some(MatmulKernel::Matvec),
+            "mma" => Some(MatmulKernel::Mma),
             _ => None,
         }
     }
@@ -135,12 +183,22 @@ mod tests {
     }
 
     #[test]
+    fn precision_is_f16_on_gpus_with_shader_f16_only() {
+        assert_eq!(Precision::auto(true, "DiscreteGpu"), Precision::F16);
+        assert_eq!(Precision::auto(true, "IntegratedGpu"), Precision::F16);
+        assert_eq!(Precision::auto(false, "DiscreteGpu"), Precision::F32);
+        assert_eq!(Precision::auto(true, "Cpu"), Precision::F32);
+        assert_eq!(Precision::parse("F16"), Some(Precision::F16));
+        assert_eq!(Precision::parse("bf16"), None);
+    }
+
+    #[test]
     fn defaults_are_the_products_behaviour() {
         let o = GpuOptions::default();
         assert_eq!(o.shader_checks, ShaderChecks::Bounds);
         assert_eq!(o.backends, wgpu::Backends::PRIMARY);
         assert_eq!(o.delta_state_smem, 32768);
         assert!(o.adapter_name.is_none() && o.max_binding.is_none() && o.shader_dir.is_none());
-        assert!(o.matmul.is_none() && o.attention_rows.is_none());
+        assert!(o.matmul.is_none() && o.attention_rows.is_none() && o.precision.is_none());
     }
 }

@@ -3,8 +3,8 @@
 //! (shaders/matmul_sg.wgsl); and the naive one-thread-per-output baseline
 //! (shaders/matmul_naive.wgsl). Tested in tests/kernels/matmul.rs (split over small bindings
 //! included).
-use super::{dummy, row_split, RowChunk};
-use crate::gpu::{grid, Batch, DType, Gpu, Kernel, Tensor};
+use super::{mma, row_split, weight_rows};
+use crate::gpu::{grid, Batch, DType, Gpu, Kernel, Precision, Tensor};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -32,17 +32,20 @@ impl MatmulKernel {
         match self {
             MatmulKernel::Tiled | MatmulKernel::Tiled64 | MatmulKernel::Tiled128 | MatmulKernel::Matvec => true,
             MatmulKernel::Subgroup => gpu.info.subgroup && gpu.info.min_subgroup_size == 8 && gpu.info.max_subgroup_size == 8,
+            MatmulKernel::Mma => mma::available(gpu),
         }
     }
 
-    /// The kernel `linear` uses here: `Subgroup` on a CPU adapter that can run it, else
-    /// `Tiled`. [`GpuOptions::matmul`](crate::gpu::GpuOptions::matmul) overrides the choice
+    /// The kernel `linear` (and `ops::matmul_grad`) uses here: `Mma` where the context's
+    /// precision is f16, else `Subgroup` on a CPU adapter that can run it, else `Tiled`.
+    /// [`GpuOptions::matmul`](crate::gpu::GpuOptions::matmul) overrides the choice
     /// (where available; the CLI reads it from `TAYLORCAL_MATMUL`), so tests can cover every
     /// kernel on one machine.
     pub fn auto(gpu: &Gpu) -> MatmulKernel {
         match gpu.options().matmul {
             Some(k) if k.available(gpu) => k,
             Some(_) => MatmulKernel::Tiled,
+            None if gpu.info.precision == Precision::F16 => MatmulKernel::Mma,
             None if gpu.info.device_type == "Cpu" && MatmulKernel::Subgroup.available(gpu) => MatmulKernel::Subgroup,
             None => MatmulKernel::Tiled,
         }
@@ -67,6 +70,7 @@ impl MatmulKernel {
             MatmulKernel::Subgroup => (Kernel::new("matmul_sg", "matmul_sg").f16(f16), 64, 64),
             // one workgroup per output column; bm is never exceeded (m <= MATVEC_MAX_ROWS)
             MatmulKernel::Matvec => (Kernel::new("matvec", "matvec").f16(f16), MATVEC_MAX_ROWS, 1),
+            MatmulKernel::Mma => unreachable!("linear_with hands Mma to ops::mma"),
         }
     }
 }
@@ -85,6 +89,9 @@ pub fn linear(b: &mut Batch, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &
 /// [`linear`] with an explicit kernel; panics if the adapter cannot run it.
 pub fn linear_with(b: &mut Batch, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &Tensor, accumulate: bool, kernel: MatmulKernel) {
     assert!(kernel.available(b.gpu), "matmul kernel {kernel:?} is not available on {}", b.gpu.info.name);
+    if kernel == MatmulKernel::Mma {
+        return mma::linear(b, x, w, bias, y, accumulate, None);
+    }
     let (n, k) = (w.rows(), w.cols());
     let m = x.numel() / k;
     assert_eq!(x.numel(), m * k, "linear: x {:?} vs W {:?}", x.shape, w.shape);
@@ -93,11 +100,8 @@ pub fn linear_with(b: &mut Batch, x: &Tensor, w: &Tensor, bias: Option<&Tensor>,
     let y = y.reshape(&[m, n]);
     let f16 = w.dtype == DType::F16;
     let (kernel, bm, bn) = kernel.kernel(b.gpu, m, n, f16);
-    // row ranges of W, each with its part of the bias (the dummy binding where there is none)
-    let wparts: Vec<RowChunk<2>> = match bias.map(|bv| bv.reshape(&[n, 1])) {
-        Some(bv) => row_split(b.gpu, n, [w, &bv]).collect(),
-        None => row_split(b.gpu, n, [w]).map(|c| RowChunk { row0: c.row0, rows: c.rows, binds: [c.binds[0].clone(), dummy(b)] }).collect(),
-    };
+    // row ranges of W, each with its part of the bias
+    let wparts = weight_rows(b, w, bias);
     for xy in row_split(b.gpu, m, [&x, &y]) {
         let [xb, yb] = xy.binds;
         for wc in &wparts {

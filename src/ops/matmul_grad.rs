@@ -1,10 +1,11 @@
 //! Gradients of a linear layer `y[M, N] = x[M, K] W[N, K]^T` (shaders/matmul_grad.wgsl):
-//! `dx = dy W` and `dW = dy^T x`, tiled with workgroup memory and f32 accumulation.
+//! `dx = dy W` and `dW = dy^T x`, tiled with workgroup memory and f32 accumulation; at
+//! precision f16 (where [`MatmulKernel::auto`] is `Mma`) through `ops::mma` instead.
 //! Tensors larger than the adapter's binding limit are split over rows (and the reduction)
 //! into several dispatches, like [`crate::ops::matmul::linear`]. Tested in
 //! tests/kernels/matmul_grad.rs (split over small bindings included).
-use super::{dummy, row_split};
-use crate::gpu::{Batch, DType, Kernel, Tensor};
+use super::{dummy, mma, row_split};
+use crate::gpu::{Batch, DType, Kernel, MatmulKernel, Tensor};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -46,8 +47,12 @@ impl Params {
 
 const TILE: usize = 64;
 
-/// `dx[M, K] (+)= dy[M, N] W[N, K]`: the input gradient of `y = x W^T` (f32 W).
+/// `dx[M, K] (+)= dy[M, N] W[N, K]`: the input gradient of `y = x W^T` (f32 W, or f16 at
+/// precision f16).
 pub fn linear_backward_input(b: &mut Batch, dy: &Tensor, w: &Tensor, dx: &Tensor, accumulate: bool) {
+    if MatmulKernel::auto(b.gpu) == MatmulKernel::Mma {
+        return mma::backward_input(b, dy, w, dx, accumulate, None);
+    }
     let (n, k) = (w.rows(), w.cols());
     let m = dx.numel() / k.max(1);
     assert_eq!(dx.numel(), m * k, "linear_backward_input: dx {:?} vs W {:?}", dx.shape, w.shape);
@@ -81,10 +86,16 @@ pub fn linear_backward_input(b: &mut Batch, dy: &Tensor, w: &Tensor, dx: &Tensor
 /// `dW[N, K] (+)= dy[M, N]^T x[M, K]`: the weight gradient of `y = x W^T`, a reduction
 /// over the M rows (tokens). Where dW has too few 64 x 64 tiles to fill the GPU (a narrow
 /// layer such as the gate's [H, D]) and M is long, the reduction is split over several
-/// workgroups per tile whose partial sums are then added up.
+/// workgroups per tile whose partial sums are then added up. At precision f16 the layers
+/// whose dW has enough tiles go through `ops::mma`; the narrow ones keep this split f32
+/// reduction (one mma workgroup per tile would run the whole reduction alone).
 pub fn linear_backward_weight(b: &mut Batch, dy: &Tensor, x: &Tensor, dw: &Tensor, accumulate: bool) {
     let (n, k) = (dw.rows(), dw.cols());
     let m = x.numel() / k.max(1);
+    let tiles = n.div_ceil(TILE) * k.div_ceil(TILE);
+    if MatmulKernel::auto(b.gpu) == MatmulKernel::Mma && reduction_splits(b, tiles, m, (n * k * 4) as u64) <= 1 {
+        return mma::backward_weight(b, dy, x, dw, accumulate, None);
+    }
     assert_eq!(x.numel(), m * k, "linear_backward_weight: x {:?} vs dW {:?}", x.shape, dw.shape);
     assert_eq!(dy.numel(), m * n, "linear_backward_weight: dy {:?} for x {:?} dW {:?}", dy.shape, x.shape, dw.shape);
     if n == 0 || k == 0 {

@@ -7,15 +7,16 @@
 //! elsewhere, so CI (lavapipe) runs the shared tiling, staging and bounds (the cooperative
 //! multiply and its output scratch are checked on a GPU that has them, by the same tests).
 //! The three products of a linear layer are its cases: [`linear`], [`backward_input`],
-//! [`backward_weight`]. Not yet wired into the model, nor split over bindings as
-//! `ops::matmul` is: an operand larger than one binding is refused (assert).
+//! [`backward_weight`], split over bindings as `ops::matmul` splits them. `ops::matmul` and
+//! `ops::matmul_grad` run them when the context's precision is f16
+//! ([`MatmulKernel::Mma`](crate::gpu::MatmulKernel::Mma)), so the whole model does.
 //!
 //! Precision: A and B are rounded to f16 when staged (relative error 2^-11 each); their
 //! products are exact in f32 and summed in f32. Tested against an f64 reference of the
 //! f16-rounded operands (f32-accumulation tolerance) and of the exact ones (the f16
 //! tolerance) in tests/kernels/mma.rs.
-use super::dummy;
-use crate::gpu::{Batch, DType, Gpu, Kernel, Tensor};
+use super::{dummy, row_split, weight_rows};
+use crate::gpu::{Batch, Binding, DType, Gpu, Kernel, Tensor};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -26,8 +27,10 @@ struct Params {
     lda: u32,
     ldb: u32,
     ldc: u32,
+    acol: u32,
     ccol: u32,
     flags: u32,
+    _pad: [u32; 3],
 }
 
 /// How a workgroup multiplies its tiles.
@@ -105,48 +108,53 @@ pub fn available(gpu: &Gpu) -> bool {
     gpu.info.shader_f16
 }
 
-/// `C[i, j] (+)= sum_r A(i, r) B(j, r) (+ bias[j])` for an ni x nj output with row stride
-/// nj; A(i, r) = a[i lda + r] or, with `ta`, a[r lda + i]; B likewise with `tb`.
-#[allow(clippy::too_many_arguments)]
-fn gemm(
-    b: &mut Batch,
-    a: &Tensor,
+/// One dispatch's operands: `a`, `b` (f16 or f32 as `f16_b`) and `c` bound, with their
+/// leading dimensions, A's first column `acol` and C's `ccol` within the bound rows.
+struct Operands {
+    a: Binding,
     ta: bool,
-    bm: &Tensor,
+    b: Binding,
     tb: bool,
-    bias: Option<&Tensor>,
-    c: &Tensor,
-    [ni, nj, nr]: [usize; 3],
-    accumulate: bool,
-    tile: Option<Tile>,
-) {
-    assert!(available(b.gpu), "the mma kernels need SHADER_F16, which {} lacks", b.gpu.info.name);
-    assert_eq!(a.dtype, DType::F32, "mma: A must be f32");
-    assert_eq!(c.numel(), ni * nj, "mma: C {:?} is not {ni} x {nj}", c.shape);
+    f16_b: bool,
+    bias: Option<Binding>,
+    c: Binding,
+    lda: usize,
+    ldb: usize,
+    ldc: usize,
+    acol: usize,
+    ccol: usize,
+}
+
+/// `C[i, ccol + j] (+)= sum_r A(i, r) B(j, r) (+ bias[j])` for an ni x nj block; A(i, r) =
+/// a[i lda + acol + r] or, with `ta`, a[r lda + acol + i]; B likewise with `tb` (no offset).
+fn gemm(bt: &mut Batch, o: Operands, [ni, nj, nr]: [usize; 3], accumulate: bool, tile: Option<Tile>) {
+    assert!(available(bt.gpu), "the mma kernels need SHADER_F16, which {} lacks", bt.gpu.info.name);
     if ni == 0 || nj == 0 {
         return;
-    }
-    for t in [a, bm, c] {
-        let bytes = (t.numel() * t.dtype.size()) as u64;
-        assert!(bytes <= b.gpu.max_binding, "mma: a {bytes}-byte operand exceeds one binding ({} bytes)", b.gpu.max_binding);
     }
     let p = Params {
         ni: ni as u32,
         nj: nj as u32,
         nr: nr as u32,
-        lda: if ta { ni } else { nr } as u32,
-        ldb: if tb { nj } else { nr } as u32,
-        ldc: nj as u32,
-        ccol: 0,
-        flags: bias.is_some() as u32 | (accumulate as u32) << 1,
+        lda: o.lda as u32,
+        ldb: o.ldb as u32,
+        ldc: o.ldc as u32,
+        acol: o.acol as u32,
+        ccol: o.ccol as u32,
+        flags: o.bias.is_some() as u32 | (accumulate as u32) << 1,
+        _pad: [0; 3],
     };
     let tile = tile.unwrap_or(Tile::auto(ni, nj));
-    let kernel = MmaPath::auto(b.gpu).kernel(b.gpu, tile, ta, tb, bm.dtype == DType::F16);
+    let kernel = MmaPath::auto(bt.gpu).kernel(bt.gpu, tile, o.ta, o.tb, o.f16_b);
     let t = tile.size();
-    let bias = bias.map_or_else(|| dummy(b), |t| t.into());
+    let bias = o.bias.unwrap_or_else(|| dummy(bt));
     // an empty reduction (nr = 0) still writes C = bias, or leaves it when accumulating
-    let (ab, bb) = if nr == 0 { (dummy(b), dummy(b)) } else { (a.into(), bm.into()) };
-    b.dispatch(&kernel, &p, &[ab, bb, bias, c.into()], [nj.div_ceil(t) as u32, ni.div_ceil(t) as u32, 1]);
+    let (ab, bb) = if nr == 0 { (dummy(bt), dummy(bt)) } else { (o.a, o.b) };
+    bt.dispatch(&kernel, &p, &[ab, bb, bias, o.c], [nj.div_ceil(t) as u32, ni.div_ceil(t) as u32, 1]);
+}
+
+fn check_f32(t: &Tensor, what: &str) {
+    assert_eq!(t.dtype, DType::F32, "mma: {what} must be f32");
 }
 
 /// `y[M, N] (+)= x[M, K] W[N, K]^T (+ bias[N])`, W f32 or f16. `tile` None: [`Tile::auto`]
@@ -155,21 +163,96 @@ pub fn linear(b: &mut Batch, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &
     let (n, k) = (w.rows(), w.cols());
     let m = x.numel() / k.max(1);
     assert_eq!(x.numel(), m * k, "mma::linear: x {:?} vs W {:?}", x.shape, w.shape);
-    gemm(b, x, false, w, false, bias, y, [m, n, k], accumulate, tile);
+    assert_eq!(y.numel(), m * n, "mma::linear: y {:?} for x {:?} W {:?}", y.shape, x.shape, w.shape);
+    check_f32(x, "x");
+    let (x, y) = (x.reshape(&[m, k]), y.reshape(&[m, n]));
+    let wparts = weight_rows(b, w, bias);
+    for xy in row_split(b.gpu, m, [&x, &y]) {
+        let [xb, yb] = xy.binds;
+        for wc in &wparts {
+            let [wb, bias_b] = wc.binds.clone();
+            let o = Operands {
+                a: xb.clone(),
+                ta: false,
+                b: wb,
+                tb: false,
+                f16_b: w.dtype == DType::F16,
+                bias: bias.map(|_| bias_b),
+                c: yb.clone(),
+                lda: k,
+                ldb: k,
+                ldc: n,
+                acol: 0,
+                ccol: wc.row0,
+            };
+            gemm(b, o, [xy.rows, wc.rows, k], accumulate, tile);
+        }
+    }
 }
 
 /// `dx[M, K] (+)= dy[M, N] W[N, K]`, W f32 or f16.
 pub fn backward_input(b: &mut Batch, dy: &Tensor, w: &Tensor, dx: &Tensor, accumulate: bool, tile: Option<Tile>) {
     let (n, k) = (w.rows(), w.cols());
     let m = dx.numel() / k.max(1);
+    assert_eq!(dx.numel(), m * k, "mma::backward_input: dx {:?} vs W {:?}", dx.shape, w.shape);
     assert_eq!(dy.numel(), m * n, "mma::backward_input: dy {:?} for dx {:?} W {:?}", dy.shape, dx.shape, w.shape);
-    gemm(b, dy, false, w, true, None, dx, [m, k, n], accumulate, tile);
+    check_f32(dy, "dy");
+    let (dy, dx) = (dy.reshape(&[m, n]), dx.reshape(&[m, k]));
+    for ms in row_split(b.gpu, m, [&dy, &dx]) {
+        let [dyb, dxb] = ms.binds;
+        // the reduction over W's rows, one part per binding of W (dy's columns alike)
+        let parts: Vec<(usize, usize, Binding)> =
+            if n == 0 { vec![(0, 0, dummy(b))] } else { row_split(b.gpu, n, [w]).map(|c| (c.row0, c.rows, c.binds[0].clone())).collect() };
+        for (s, (n0, nc, wb)) in parts.into_iter().enumerate() {
+            let o = Operands {
+                a: dyb.clone(),
+                ta: false,
+                b: wb,
+                tb: true,
+                f16_b: w.dtype == DType::F16,
+                bias: None,
+                c: dxb.clone(),
+                lda: n,
+                ldb: k,
+                ldc: k,
+                acol: n0,
+                ccol: 0,
+            };
+            gemm(b, o, [ms.rows, k, nc], accumulate || s > 0, tile);
+        }
+    }
 }
 
 /// `dW[N, K] (+)= dy[M, N]^T x[M, K]`.
 pub fn backward_weight(b: &mut Batch, dy: &Tensor, x: &Tensor, dw: &Tensor, accumulate: bool, tile: Option<Tile>) {
     let (n, k) = (dw.rows(), dw.cols());
     let m = x.numel() / k.max(1);
+    assert_eq!(x.numel(), m * k, "mma::backward_weight: x {:?} vs dW {:?}", x.shape, dw.shape);
     assert_eq!(dy.numel(), m * n, "mma::backward_weight: dy {:?} for x {:?} dW {:?}", dy.shape, x.shape, dw.shape);
-    gemm(b, dy, true, x, true, None, dw, [n, k, m], accumulate, tile);
+    check_f32(dy, "dy");
+    check_f32(dw, "dW");
+    let (dy, x) = (dy.reshape(&[m, n]), x.reshape(&[m, k]));
+    for ns in row_split(b.gpu, n, [dw]) {
+        let [dwb] = ns.binds;
+        // the reduction over the tokens, one part per binding of dy and x
+        let parts: Vec<(usize, [Binding; 2])> =
+            if m == 0 { vec![(0, [dummy(b), dummy(b)])] } else { row_split(b.gpu, m, [&dy, &x]).map(|c| (c.rows, c.binds)).collect() };
+        for (s, (mc, [dyb, xb])) in parts.into_iter().enumerate() {
+            let o = Operands {
+                a: dyb,
+                ta: true,
+                b: xb,
+                tb: true,
+                f16_b: x.dtype == DType::F16,
+                bias: None,
+                c: dwb.clone(),
+                lda: n,
+                ldb: k,
+                ldc: k,
+                acol: ns.row0,
+                ccol: 0,
+            };
+            gemm(b, o, [ns.rows, k, mc], accumulate || s > 0, tile);
+        }
+    }
 }

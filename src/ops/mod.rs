@@ -42,6 +42,16 @@ pub(crate) struct RowChunk<const N: usize> {
     pub binds: [Binding; N],
 }
 
+/// The row ranges of a weight W[N, K] that each fit one binding, with the matching part of
+/// `bias` (the dummy binding where there is none) as the second binding.
+pub(crate) fn weight_rows(b: &Batch, w: &Tensor, bias: Option<&Tensor>) -> Vec<RowChunk<2>> {
+    let n = w.rows();
+    match bias.map(|bv| bv.reshape(&[n, 1])) {
+        Some(bv) => row_split(b.gpu, n, [w, &bv]).collect(),
+        None => row_split(b.gpu, n, [w]).map(|c| RowChunk { row0: c.row0, rows: c.rows, binds: [c.binds[0].clone(), dummy(b)] }).collect(),
+    }
+}
+
 /// The first `rows` rows of `tensors` (each split along its rows of `cols() * dtype.size()`
 /// bytes, all along the same rows) in ranges whose part of every tensor fits one storage
 /// binding and starts at an aligned offset, with those parts' bindings. Kernels over rows

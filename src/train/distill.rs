@@ -6,7 +6,7 @@
 //! atomic checkpoints that hold the optimizer state, so a killed run resumes exactly.
 use crate::data::TokenStream;
 use crate::eval::perplexity_windows;
-use crate::gpu::{Batch, Gpu, Tensor};
+use crate::gpu::{Batch, Gpu, Precision, Tensor};
 use crate::io::checkpoint::{self, Checkpoint, HybridConfig};
 use crate::io::fingerprint::{self, Fingerprint};
 use crate::io::ModelFiles;
@@ -304,6 +304,8 @@ pub struct ResumeState {
     /// The options the checkpoint was trained with.
     pub opts: DistillOpts,
     recorded: Recorded,
+    /// The matrix products' precision the checkpoint was trained at (f32 before it was recorded).
+    precision: Precision,
 }
 
 /// What the loop reports and when it stops early.
@@ -438,6 +440,14 @@ pub fn distill(s: &Setup, opts: &DistillOpts, resume: Option<ResumeState>, hooks
     if let Some(r) = &resume {
         check_options(&r.opts, opts)?;
         r.recorded.check(&Recorded::of(s))?;
+        let now = s.gpu.info.precision;
+        ensure!(
+            r.precision == now,
+            "--resume: the checkpoint was trained at --precision {}, this run would use {}: resume at {} (an exact continuation needs the same arithmetic)",
+            r.precision.name(),
+            now.name(),
+            r.precision.name()
+        );
     }
     let g = s.gpu;
     let (t, batch) = (opts.seq_len, opts.batch);
@@ -645,6 +655,7 @@ fn save(
     report["train"] = json!({
         "stage": opts.stage, "step": step, "tokens": step * opts.seq_len * opts.batch,
         "opts": opts, "curve": curve, "initial_ppl": initial_ppl, "inputs": Recorded::of(s),
+        "precision": s.gpu.precision_report(),
     });
     let ck = Checkpoint {
         config: s.config.clone(),
@@ -678,5 +689,9 @@ pub fn resume_state(ck: &Checkpoint, opts: &DistillOpts) -> Result<ResumeState> 
     let step = train["step"].as_u64().ok_or_else(|| anyhow::anyhow!("report.json train.step missing"))? as usize;
     let curve: Vec<CurvePoint> = serde_json::from_value(train["curve"].clone()).context("report.json train.curve")?;
     let optimizer = ck.optimizer.clone().ok_or_else(|| anyhow::anyhow!("the checkpoint has no {}", checkpoint::OPTIMIZER_FILE))?;
-    Ok(ResumeState { step, curve, optimizer, initial_ppl: train["initial_ppl"].as_f64(), opts: saved, recorded })
+    let precision = match train.get("precision") {
+        Some(p) => serde_json::from_value(p["precision"].clone()).context("report.json train.precision.precision")?,
+        None => Precision::F32,
+    };
+    Ok(ResumeState { step, curve, optimizer, initial_ppl: train["initial_ppl"].as_f64(), opts: saved, recorded, precision })
 }

@@ -10,6 +10,7 @@
 //! ~2^-10 and a sum of K products of random sign by about 2^-11 sqrt(2) in relative RMS
 //! (6.9e-4); the bound is 2e-3 relative RMS (bf16 tests in flash-linear-attention allow 5e-3).
 use crate::common::*;
+use taylorcal::gpu::{GpuOptions, MatmulKernel, Precision};
 use taylorcal::ops::{matmul, matmul_grad, mma};
 
 fn round16(v: &[f32]) -> Vec<f64> {
@@ -92,4 +93,55 @@ fn mma_weight_gradient_over_many_tokens() {
     .unwrap();
     let want16 = matmul_grad::cpu::linear_backward_weight(&round16(&dy), &round16(&x), n, k);
     check2(&format!("dW {m}x{n}x{k}"), &read(g, &dw), &want16, &matmul_grad::cpu::linear_backward_weight(&f64v(&dy), &f64v(&x), n, k));
+}
+
+/// At precision f16 the model's products (`ops::matmul::linear`, `ops::matmul_grad`) run
+/// these kernels, split over bindings as the f32 ones are: here every tensor over 4 KiB is
+/// bound in pieces (rows of x / y / dy, W's rows with the bias and with the reduction over
+/// them, dW's rows with A's column offset).
+#[test]
+fn precision_f16_runs_the_model_products_on_mma_split_over_bindings() {
+    let g = gpu_with(GpuOptions { precision: Some(Precision::F16), max_binding: Some(MAX_BINDING), ..env_options() });
+    assert_eq!(g.max_binding, MAX_BINDING);
+    assert_eq!(MatmulKernel::auto(g), MatmulKernel::Mma, "precision f16 must pick the mma kernels");
+    let mut r = rng(43);
+    for &(m, n, k) in &[(300, 250, 33), (7, 1100, 3), (70, 90, 45), (130, 600, 65)] {
+        let x = randn(&mut r, m * k, 1.0);
+        let w = randn(&mut r, n * k, 1.0);
+        let bias = randn(&mut r, n, 1.0);
+        let dy = randn(&mut r, m * n, 1.0);
+        let (tx, tdy, tb) = (up(g, &[m, k], &x), up(g, &[m, n], &dy), up(g, &[n], &bias));
+        let (x16, dy16) = (round16(&x), round16(&dy));
+        for f16_w in [false, true] {
+            let tw = if f16_w { g.upload_f16(&[n, k], &w).unwrap() } else { up(g, &[n, k], &w) };
+            let (y, dx, dw) = (g.zeros(&[m, n]).unwrap(), g.zeros(&[m, k]).unwrap(), g.zeros(&[n, k]).unwrap());
+            g.run(|b| {
+                matmul::linear(b, &tx, &tw, Some(&tb), &y, false);
+                matmul_grad::linear_backward_input(b, &tdy, &tw, &dx, false);
+                matmul_grad::linear_backward_weight(b, &tdy, &tx, &dw, false);
+                Ok(())
+            })
+            .unwrap();
+            let s = format!("split {m}x{n}x{k} W {}", if f16_w { "f16" } else { "f32" });
+            let (xe, we, dye, be, w16) = (f64v(&x), f64v(&w), f64v(&dy), f64v(&bias), round16(&w));
+            check2(
+                &format!("y {s}"),
+                &read(g, &y),
+                &matmul::cpu::linear(&x16, &w16, Some(&be), k),
+                &matmul::cpu::linear(&xe, &we, Some(&be), k),
+            );
+            check2(
+                &format!("dx {s}"),
+                &read(g, &dx),
+                &matmul_grad::cpu::linear_backward_input(&dy16, &w16, n, k),
+                &matmul_grad::cpu::linear_backward_input(&dye, &we, n, k),
+            );
+            check2(
+                &format!("dW {s}"),
+                &read(g, &dw),
+                &matmul_grad::cpu::linear_backward_weight(&dy16, &x16, n, k),
+                &matmul_grad::cpu::linear_backward_weight(&dye, &xe, n, k),
+            );
+        }
+    }
 }

@@ -7,6 +7,7 @@ use crate::common::student::{kl_f64, tiny_pair, toks};
 use crate::common::*;
 use rand::Rng;
 use taylorcal::data::TokenStream;
+use taylorcal::gpu::{GpuOptions, Precision};
 use taylorcal::io::checkpoint::{self, Checkpoint};
 use taylorcal::io::fingerprint::Fingerprint;
 use taylorcal::io::Arch;
@@ -244,4 +245,62 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     let saved = checkpoint::load_checkpoint(&out).unwrap();
     assert_eq!(saved.report["train"]["step"], 2);
     assert!(saved.tensors.values().all(|t| t.data.iter().all(|x| x.is_finite())), "the kept checkpoint is finite");
+}
+
+/// Stage 2 at precision f16 (the model's products on `ops::mma`, the fallback tiles on
+/// lavapipe): the loss falls as at f32, the first step's loss is the f64 KL within the f16
+/// operands' error (each product's operands rounded by at most 2^-11 relative, errors of
+/// random sign over two small models: 3e-3 of the loss; measured 2e-4 on lavapipe), the checkpoint has the f32 run's files,
+/// tensor names and shapes (f32 master weights either way), report.json records the precision, and a resume at
+/// another precision is refused.
+#[test]
+fn stage2_at_f16_lowers_its_loss_and_writes_the_f32_format() {
+    let (files, ck) = tiny_pair(Arch::Llama, true, vec![1], 60);
+    let g16 = gpu_with(GpuOptions { precision: Some(Precision::F16), ..env_options() });
+    assert_eq!(g16.info.precision, Precision::F16);
+    let ids = toks(24 * 8, files.config.vocab_size, 61);
+    let data = TokenStream::new(&ids, 24, 3).unwrap();
+    let eval_ids = toks(48, files.config.vocab_size, 62);
+    let eval: Vec<&[u32]> = eval_ids.chunks(24).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = small_opts(2);
+    o.tokens *= 3;
+    let mut saved = vec![];
+    for g in [g16, gpu()] {
+        let teacher = Decoder::new(g, &files).unwrap();
+        let student = Decoder::from_checkpoint(g, &ck).unwrap();
+        let out = dir.path().join(g.info.precision.name());
+        let s = Setup { gpu: g, ..setup_run(&teacher, &student, &ck, &data, &eval, Some(&out)) };
+        let rep = distill::distill(&s, &o, None, &mut Hooks::default()).unwrap();
+        let (first, last) = (rep.curve.first().unwrap().loss, rep.curve.last().unwrap().loss);
+        eprintln!("{}: loss {first:.5} -> {last:.5}", g.info.precision.name());
+        assert!(last < 0.8 * first, "{}: loss {first} -> {last}", g.info.precision.name());
+        let l0 = kl_f64(&reference::forward_logits(&files, data.get(0)), &ck, data.get(0));
+        let l1 = kl_f64(&reference::forward_logits(&files, data.get(1)), &ck, data.get(1));
+        assert!((first - (l0 + l1) / 2.0).abs() < 3e-3 * first, "first step loss {first} vs f64 {}", (l0 + l1) / 2.0);
+        saved.push(out);
+    }
+    let (a, b) = (checkpoint::load_checkpoint(&saved[0]).unwrap(), checkpoint::load_checkpoint(&saved[1]).unwrap());
+    let listing = |d: &std::path::Path| {
+        let mut v: Vec<String> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(listing(&saved[0]), listing(&saved[1]), "f16 and f32 checkpoints hold the same files");
+    let mut names: Vec<&String> = a.tensors.keys().collect();
+    names.sort();
+    let mut names_b: Vec<&String> = b.tensors.keys().collect();
+    names_b.sort();
+    assert_eq!(names, names_b);
+    for n in names {
+        assert_eq!(a.tensors[n].shape, b.tensors[n].shape, "{n}");
+    }
+    assert_eq!(a.report["train"]["precision"]["precision"], "f16");
+    assert_eq!(b.report["train"]["precision"]["precision"], "f32");
+    // resuming the f16 run at f32 would not continue it exactly
+    let teacher = Decoder::new(gpu(), &files).unwrap();
+    let student = Decoder::from_checkpoint(gpu(), &a).unwrap();
+    let state = distill::resume_state(&a, &o).unwrap();
+    let err = distill::distill(&setup_run(&teacher, &student, &a, &data, &eval, None), &o, Some(state), &mut Hooks::default()).unwrap_err();
+    assert!(format!("{err:#}").contains("--precision f16"), "{err:#}");
 }
