@@ -1,8 +1,8 @@
 //! Time every kernel of one stage-2 distillation micro-step (teacher forward, student
 //! forward, fused LM-head KL, student backward) with GPU timestamps, grouped by kernel,
 //! beside the wall time (the gap is host-side recording and submission).
-//! `cargo run --release --example profile_distill -- STUDENT_DIR [TEACHER] [SEQ_LEN]`
-use taylorcal::gpu::{Gpu, GpuTimer};
+//! `cargo run --release --example profile_distill -- STUDENT_DIR [TEACHER] [SEQ_LEN] [f16|f32]`
+use taylorcal::gpu::{Gpu, GpuOptions, GpuTimer, Precision};
 use taylorcal::io::{self, checkpoint};
 use taylorcal::nn::decoder::{Decoder, ForwardOpts};
 use taylorcal::nn::training::{self, TrainActs};
@@ -15,10 +15,15 @@ mod env;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let dir = args.get(1).ok_or_else(|| anyhow::anyhow!("usage: profile_distill STUDENT_DIR [TEACHER] [SEQ_LEN]"))?;
+    let dir = args.get(1).ok_or_else(|| anyhow::anyhow!("usage: profile_distill STUDENT_DIR [TEACHER] [SEQ_LEN] [f16|f32]"))?;
     let spec = args.get(2).map(String::as_str).unwrap_or("smollm2");
     let t: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(512);
-    let gpu = Gpu::shared_with(env::gpu_options_from_env()?)?;
+    let precision = match args.get(4) {
+        Some(p) => Some(Precision::parse(p).ok_or_else(|| anyhow::anyhow!("precision {p:?} is not f16 or f32"))?),
+        None => None,
+    };
+    let gpu = Gpu::shared_with(GpuOptions { precision, ..env::gpu_options_from_env()? })?;
+    eprintln!("precision {}", gpu.info.precision.name());
     let files = io::load_model(&io::fetch::resolve_model(spec, &env::cache_dir_from_env())?)?;
     let teacher = Decoder::new(gpu, &files)?;
     let ck = checkpoint::load_checkpoint(std::path::Path::new(dir))?;

@@ -39,7 +39,7 @@ struct Params {
     ldc: u32,
     acol: u32,
     ccol: u32,
-    // bit 0: add bias; bit 1: accumulate into C
+    // bit 0: add bias; bit 1: accumulate into C; bit 2: scale A per workgroup (a_scale)
     flags: u32,
     _pad0: u32,
     _pad1: u32,
@@ -53,6 +53,10 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
 var<workgroup> as_: array<f16, BM * BKP>; // as_[i BKP + r] = A(i0 + i, r0 + r)
+var<workgroup> amax: array<f32, WG>;
+// the workgroup's scale of A (a power of two) and its inverse, applied to C
+var<private> sa: f32 = 1.0;
+var<private> inv_sa: f32 = 1.0;
 var<workgroup> bs: array<f16, BN * BKP>; // bs[j BKP + r] = B(j0 + j, r0 + r)
 
 fn a_at(i: u32, r: u32) -> f32 {
@@ -65,6 +69,40 @@ fn b_at(j: u32, r: u32) -> f32 {
     if (j >= p.nj || r >= p.nr) { return 0.0; }
     if (TB == 0u) { return f32(b[j * p.ldb + r]); }
     return f32(b[r * p.ldb + j]);
+}
+
+// With flag bit 2 (gradients: dy of a KL loss over thousands of tokens lies mostly below
+// f16's normal range, 6.1e-5, and much of it below its smallest subnormal, 6e-8), scale the
+// workgroup's A (rows i0 .. i0 + BM, the whole reduction) by the power of two that brings
+// its largest magnitude to [2^13, 2^14) before rounding to f16, and C back by its inverse:
+// exact, so the rounding is f16's relative 2^-11 at any magnitude (values below 2^-28 of
+// the panel's largest still flush). Every invocation calls it (it has barriers).
+fn a_scale(i0: u32, li: u32) {
+    if ((p.flags & 4u) == 0u) { return; }
+    let rows = min(BM, p.ni - i0);
+    var m = 0.0;
+    if (TA == 0u) {
+        for (var i = 0u; i < rows; i++) {
+            for (var r = li; r < p.nr; r += WG) { m = max(m, abs(a[(i0 + i) * p.lda + p.acol + r])); }
+        }
+    } else {
+        for (var r = 0u; r < p.nr; r++) {
+            for (var i = li; i < rows; i += WG) { m = max(m, abs(a[r * p.lda + p.acol + i0 + i])); }
+        }
+    }
+    amax[li] = m;
+    for (var h = WG / 2u; h > 0u; h /= 2u) {
+        workgroupBarrier();
+        if (li < h) { amax[li] = max(amax[li], amax[li + h]); }
+    }
+    workgroupBarrier();
+    let mx = amax[0];
+    workgroupBarrier();
+    if (mx > 0.0 && mx < 3.0e38) {
+        let e = clamp(13.0 - floor(log2(mx)), -100.0, 100.0);
+        sa = exp2(e);
+        inv_sa = exp2(-e);
+    }
 }
 
 // Run q of an operand's slice for invocation li: (row, r) of its first element; the run goes
@@ -103,7 +141,7 @@ fn load_slice(i0: u32, j0: u32, r0: u32, li: u32) -> Slice {
 fn store_slice(s: Slice, li: u32) {
     for (var q = 0u; q < QA; q++) {
         let at = run_at(li, q, BM, TA);
-        let v = vec4<f16>(s.a[q]);
+        let v = vec4<f16>(s.a[q] * sa);
         // element k of the run: (row, r + k) or (row + k, r)
         let step = select(BKP, 1u, TA == 0u);
         let o = at.x * BKP + at.y;
@@ -127,7 +165,7 @@ fn store_slice(s: Slice, li: u32) {
 // C[gi, gj] from the accumulated v, with bias and accumulation.
 fn store_c(gi: u32, gj: u32, v: f32) {
     if (gi >= p.ni || gj >= p.nj) { return; }
-    var o = v;
+    var o = v * inv_sa;
     if ((p.flags & 1u) != 0u) { o += bias[gj]; }
     let ci = gi * p.ldc + p.ccol + gj;
     if ((p.flags & 2u) != 0u) { o += c[ci]; }

@@ -246,7 +246,7 @@ impl Gpu {
             "activations_norms_softmax_losses": "f32",
             "attention": "f32",
             "gdn_scan": "f32",
-            "loss_scaling": "none (f16 operands, f32 products and gradients: no f16 overflow)",
+            "gradient_scaling": "per workgroup: dy scaled by a power of two before its f16 rounding, C scaled back (no global loss scale, no skipped steps)",
         })
     }
 

@@ -12,7 +12,10 @@
 //! ([`MatmulKernel::Mma`](crate::gpu::MatmulKernel::Mma)), so the whole model does.
 //!
 //! Precision: A and B are rounded to f16 when staged (relative error 2^-11 each); their
-//! products are exact in f32 and summed in f32. Tested against an f64 reference of the
+//! products are exact in f32 and summed in f32. In the two gradients A is dy, scaled per
+//! workgroup by a power of two before the rounding (and C back after), so gradients far
+//! below f16's range (a KL loss's, ~1e-9 per logit) keep f16's relative precision instead
+//! of flushing to zero: per-tensor scaling, not a global loss scale, so no step is skipped. Tested against an f64 reference of the
 //! f16-rounded operands (f32-accumulation tolerance) and of the exact ones (the f16
 //! tolerance) in tests/kernels/mma.rs.
 use super::{dummy, row_split, weight_rows};
@@ -96,7 +99,9 @@ impl MmaPath {
         // the deepest slice whose staged tiles (f16, rows padded by 8) and output scratch (the
         // cooperative path's 16 x 16 f32 per subgroup) fit the adapter's workgroup memory:
         // 64 on the H200 (48 KiB; 2x the speed of 32 there), 32 or 64 on lavapipe (32 KiB)
-        let scratch = if self == MmaPath::Coop { sgm * sgn * 1024 } else { 0 };
+        let wg = sgm * sgn * if self == MmaPath::Coop { gpu.info.min_subgroup_size } else { 32 };
+        // plus the cooperative path's output scratch and a_scale's reduction (f32 per invocation)
+        let scratch = if self == MmaPath::Coop { sgm * sgn * 1024 } else { 0 } + 4 * wg;
         let fits = |bk: u32| 2 * t * (bk + 8) * 2 + scratch <= gpu.limits.max_compute_workgroup_storage_size;
         let bk = [64, 32].into_iter().find(|&bk| fits(bk)).unwrap_or(16);
         k.with("BM", t).with("BN", t).with("BK", bk).with("BKP", bk + 8).with("TA", ta as u32).with("TB", tb as u32).f16(f16_b)
@@ -123,6 +128,9 @@ struct Operands {
     ldc: usize,
     acol: usize,
     ccol: usize,
+    /// Scale A per workgroup before rounding it to f16 (shaders/mma_common.wgsl `a_scale`):
+    /// for gradients, whose magnitudes lie mostly below f16's normal range.
+    scale_a: bool,
 }
 
 /// `C[i, ccol + j] (+)= sum_r A(i, r) B(j, r) (+ bias[j])` for an ni x nj block; A(i, r) =
@@ -141,7 +149,7 @@ fn gemm(bt: &mut Batch, o: Operands, [ni, nj, nr]: [usize; 3], accumulate: bool,
         ldc: o.ldc as u32,
         acol: o.acol as u32,
         ccol: o.ccol as u32,
-        flags: o.bias.is_some() as u32 | (accumulate as u32) << 1,
+        flags: o.bias.is_some() as u32 | (accumulate as u32) << 1 | (o.scale_a as u32) << 2,
         _pad: [0; 3],
     };
     let tile = tile.unwrap_or(Tile::auto(ni, nj));
@@ -184,6 +192,7 @@ pub fn linear(b: &mut Batch, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &
                 ldc: n,
                 acol: 0,
                 ccol: wc.row0,
+                scale_a: false,
             };
             gemm(b, o, [xy.rows, wc.rows, k], accumulate, tile);
         }
@@ -217,6 +226,7 @@ pub fn backward_input(b: &mut Batch, dy: &Tensor, w: &Tensor, dx: &Tensor, accum
                 ldc: k,
                 acol: n0,
                 ccol: 0,
+                scale_a: true,
             };
             gemm(b, o, [ms.rows, k, nc], accumulate || s > 0, tile);
         }
@@ -251,6 +261,7 @@ pub fn backward_weight(b: &mut Batch, dy: &Tensor, x: &Tensor, dw: &Tensor, accu
                 ldc: k,
                 acol: ns.row0,
                 ccol: 0,
+                scale_a: true,
             };
             gemm(b, o, [ns.rows, k, mc], accumulate || s > 0, tile);
         }

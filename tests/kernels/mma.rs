@@ -145,3 +145,41 @@ fn precision_f16_runs_the_model_products_on_mma_split_over_bindings() {
         }
     }
 }
+
+/// Gradients far outside f16's range keep f16's relative precision: dy of 1e-9 (a KL
+/// loss's per-logit gradients over thousands of tokens; below f16's smallest subnormal,
+/// 6e-8, so they flushed to zero before the per-workgroup scaling, relative error 1.0) and of
+/// 1e6 (past f16's largest value, 65504: infinite before), with rows of very different
+/// magnitudes in one tile.
+#[test]
+fn mma_gradients_of_any_magnitude_keep_f16_precision() {
+    let g = gpu();
+    let mut r = rng(44);
+    for &(m, n, k) in &[(130, 70, 65), (300, 9, 33)] {
+        let x = randn(&mut r, m * k, 1.0);
+        let w = randn(&mut r, n * k, 1.0);
+        for mag in [1e-9f32, 1e6] {
+            // each row of dy at mag times a factor between 1/16 and 16
+            let mut dy = randn(&mut r, m * n, mag);
+            for (i, row) in dy.chunks_mut(n).enumerate() {
+                row.iter_mut().for_each(|v| *v *= 2f32.powi(i as i32 % 9 - 4));
+            }
+            let (tx, tw, tdy) = (up(g, &[m, k], &x), up(g, &[n, k], &w), up(g, &[m, n], &dy));
+            let (dx, dw) = (g.zeros(&[m, k]).unwrap(), g.zeros(&[n, k]).unwrap());
+            g.run(|b| {
+                mma::backward_input(b, &tdy, &tw, &dx, false, None);
+                mma::backward_weight(b, &tdy, &tx, &dw, false, None);
+                Ok(())
+            })
+            .unwrap();
+            let (xe, we, dye) = (f64v(&x), f64v(&w), f64v(&dy));
+            for (what, got, want) in [
+                ("dx", read(g, &dx), matmul_grad::cpu::linear_backward_input(&dye, &we, n, k)),
+                ("dW", read(g, &dw), matmul_grad::cpu::linear_backward_weight(&dye, &xe, n, k)),
+            ] {
+                let rms = rel_rms_f64(&f64v(&got), &want);
+                assert!(rms < 2e-3, "{what} {m}x{n}x{k}, dy ~ {mag:e}: relative RMS error {rms:.2e} (f16 bound 2e-3)");
+            }
+        }
+    }
+}
