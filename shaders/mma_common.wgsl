@@ -51,9 +51,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<WT>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
+@group(0) @binding(5) var<storage, read> amx: array<u32>;
 
 var<workgroup> as_: array<f16, BM * BKP>; // as_[i BKP + r] = A(i0 + i, r0 + r)
-var<workgroup> amax: array<f32, WG>;
 // the workgroup's scale of A (a power of two) and its inverse, applied to C
 var<private> sa: f32 = 1.0;
 var<private> inv_sa: f32 = 1.0;
@@ -72,32 +72,14 @@ fn b_at(j: u32, r: u32) -> f32 {
 }
 
 // With flag bit 2 (gradients: dy of a KL loss over thousands of tokens lies mostly below
-// f16's normal range, 6.1e-5, and much of it below its smallest subnormal, 6e-8), scale the
-// workgroup's A (rows i0 .. i0 + BM, the whole reduction) by the power of two that brings
-// its largest magnitude to [2^13, 2^14) before rounding to f16, and C back by its inverse:
-// exact, so the rounding is f16's relative 2^-11 at any magnitude (values below 2^-28 of
-// the panel's largest still flush). Every invocation calls it (it has barriers).
-fn a_scale(i0: u32, li: u32) {
+// f16's normal range, 6.1e-5, and much of it below its smallest subnormal, 6e-8), scale A
+// by the power of two that brings its largest magnitude (amx[0], the bits of max |A| that
+// mma_absmax.wgsl wrote) to [2^13, 2^14) before rounding to f16, and C back by its
+// inverse: exact, so the rounding is f16's relative 2^-11 at any magnitude (values below
+// 2^-28 of the largest still flush).
+fn a_scale() {
     if ((p.flags & 4u) == 0u) { return; }
-    let rows = min(BM, p.ni - i0);
-    var m = 0.0;
-    if (TA == 0u) {
-        for (var i = 0u; i < rows; i++) {
-            for (var r = li; r < p.nr; r += WG) { m = max(m, abs(a[(i0 + i) * p.lda + p.acol + r])); }
-        }
-    } else {
-        for (var r = 0u; r < p.nr; r++) {
-            for (var i = li; i < rows; i += WG) { m = max(m, abs(a[r * p.lda + p.acol + i0 + i])); }
-        }
-    }
-    amax[li] = m;
-    for (var h = WG / 2u; h > 0u; h /= 2u) {
-        workgroupBarrier();
-        if (li < h) { amax[li] = max(amax[li], amax[li + h]); }
-    }
-    workgroupBarrier();
-    let mx = amax[0];
-    workgroupBarrier();
+    let mx = bitcast<f32>(amx[0]);
     if (mx > 0.0 && mx < 3.0e38) {
         let e = clamp(13.0 - floor(log2(mx)), -100.0, 100.0);
         sa = exp2(e);

@@ -26,7 +26,7 @@ fn mma(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l
     for (var f = 0u; f < FM * FN; f++) {
         acc[f] = coop_mat16x16<f32, C>();
     }
-    a_scale(i0, li);
+    a_scale();
     var next = load_slice(i0, j0, 0u, li);
     for (var r0 = 0u; r0 < p.nr; r0 += BK) {
         workgroupBarrier();

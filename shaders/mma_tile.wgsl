@@ -17,7 +17,7 @@ fn mma(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l
     let ti = li / TN;
     let tj = li % TN;
     var acc: array<vec4<f32>, RM>;
-    a_scale(i0, li);
+    a_scale();
     var next = load_slice(i0, j0, 0u, li);
     for (var r0 = 0u; r0 < p.nr; r0 += BK) {
         workgroupBarrier();

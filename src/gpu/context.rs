@@ -246,7 +246,7 @@ impl Gpu {
             "activations_norms_softmax_losses": "f32",
             "attention": "f32",
             "gdn_scan": "f32",
-            "gradient_scaling": "per workgroup: dy scaled by a power of two before its f16 rounding, C scaled back (no global loss scale, no skipped steps)",
+            "gradient_scaling": "per tensor: dy scaled by a power of two from max |dy| before its f16 rounding, the product scaled back (no global loss scale, no skipped steps)",
         })
     }
 

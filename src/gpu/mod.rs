@@ -40,6 +40,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("gated_norm", include_str!("../../shaders/gated_norm.wgsl")),
     ("kl", include_str!("../../shaders/kl.wgsl")),
     ("mma_tile", include_str!("../../shaders/mma_tile.wgsl")),
+    ("mma_absmax", include_str!("../../shaders/mma_absmax.wgsl")),
     ("mma_coop", include_str!("../../shaders/mma_coop.wgsl")),
 ];
 

@@ -12,10 +12,11 @@
 //! ([`MatmulKernel::Mma`](crate::gpu::MatmulKernel::Mma)), so the whole model does.
 //!
 //! Precision: A and B are rounded to f16 when staged (relative error 2^-11 each); their
-//! products are exact in f32 and summed in f32. In the two gradients A is dy, scaled per
-//! workgroup by a power of two before the rounding (and C back after), so gradients far
-//! below f16's range (a KL loss's, ~1e-9 per logit) keep f16's relative precision instead
-//! of flushing to zero: per-tensor scaling, not a global loss scale, so no step is skipped. Tested against an f64 reference of the
+//! products are exact in f32 and summed in f32. In the two gradients A is dy, scaled by a
+//! power of two from max |dy| (one pass, shaders/mma_absmax.wgsl) before the rounding (and C
+//! back after), so gradients far below f16's range (a KL loss's, ~1e-9 per logit) keep
+//! f16's relative precision instead of flushing to zero: per-tensor scales, not a global
+//! loss scale, so no step is ever skipped. Tested against an f64 reference of the
 //! f16-rounded operands (f32-accumulation tolerance) and of the exact ones (the f16
 //! tolerance) in tests/kernels/mma.rs.
 use super::{dummy, row_split, weight_rows};
@@ -106,9 +107,7 @@ impl MmaPath {
         // the deepest slice whose staged tiles (f16, rows padded by 8) and output scratch (the
         // cooperative path's 16 x 16 f32 per subgroup) fit the adapter's workgroup memory:
         // 64 on the H200 (48 KiB; 2x the speed of 32 there), 32 or 64 on lavapipe (32 KiB)
-        let wg = sgm * sgn * if self == MmaPath::Coop { gpu.info.min_subgroup_size } else { 32 };
-        // plus the cooperative path's output scratch and a_scale's reduction (f32 per invocation)
-        let scratch = if self == MmaPath::Coop { sgm * sgn * 1024 } else { 0 } + 4 * wg;
+        let scratch = if self == MmaPath::Coop { sgm * sgn * 1024 } else { 0 };
         let fits = |bk: u32| 2 * t * (bk + 8) * 2 + scratch <= gpu.limits.max_compute_workgroup_storage_size;
         let bk = [64, 32].into_iter().find(|&bk| fits(bk)).unwrap_or(16);
         k.with("BM", t).with("BN", t).with("BK", bk).with("BKP", bk + 8).with("TA", ta as u32).with("TB", tb as u32).f16(f16_b)
@@ -135,9 +134,10 @@ struct Operands {
     ldc: usize,
     acol: usize,
     ccol: usize,
-    /// Scale A per workgroup before rounding it to f16 (shaders/mma_common.wgsl `a_scale`):
-    /// for gradients, whose magnitudes lie mostly below f16's normal range.
-    scale_a: bool,
+    /// Scale A by a power of two from max |A| (written by [`absmax`]) before rounding it to
+    /// f16 (shaders/mma_common.wgsl `a_scale`): for gradients, whose magnitudes lie mostly
+    /// below f16's normal range.
+    scale_a: Option<Binding>,
 }
 
 /// `C[i, ccol + j] (+)= sum_r A(i, r) B(j, r) (+ bias[j])` for an ni x nj block; A(i, r) =
@@ -156,7 +156,7 @@ fn gemm(bt: &mut Batch, o: Operands, [ni, nj, nr]: [usize; 3], accumulate: bool,
         ldc: o.ldc as u32,
         acol: o.acol as u32,
         ccol: o.ccol as u32,
-        flags: o.bias.is_some() as u32 | (accumulate as u32) << 1 | (o.scale_a as u32) << 2,
+        flags: o.bias.is_some() as u32 | (accumulate as u32) << 1 | (o.scale_a.is_some() as u32) << 2,
         _pad: [0; 3],
     };
     let tile = tile.unwrap_or(Tile::auto(ni, nj));
@@ -165,7 +165,24 @@ fn gemm(bt: &mut Batch, o: Operands, [ni, nj, nr]: [usize; 3], accumulate: bool,
     let bias = o.bias.unwrap_or_else(|| dummy(bt));
     // an empty reduction (nr = 0) still writes C = bias, or leaves it when accumulating
     let (ab, bb) = if nr == 0 { (dummy(bt), dummy(bt)) } else { (o.a, o.b) };
-    bt.dispatch(&kernel, &p, &[ab, bb, bias, o.c], [nj.div_ceil(t) as u32, ni.div_ceil(t) as u32, 1]);
+    let scale = o.scale_a.unwrap_or_else(|| dummy(bt));
+    bt.dispatch(&kernel, &p, &[ab, bb, bias, o.c, scale], [nj.div_ceil(t) as u32, ni.div_ceil(t) as u32, 1]);
+}
+
+/// max |t| (the bits of an f32, in a new one-element buffer) for the f16 scale of a
+/// gradient product's dy: one pass over t, split over bindings.
+fn absmax(b: &mut Batch, t: &Tensor) -> Tensor {
+    let out = b.gpu.empty(&[1], DType::F32).expect("mma: a 4-byte buffer for max |dy|");
+    let kernel = Kernel::new("mma_absmax", "absmax");
+    for part in row_split(b.gpu, t.rows(), [t]) {
+        let n = part.rows * t.cols();
+        if n == 0 {
+            continue;
+        }
+        let groups = n.div_ceil(256 * 16).clamp(1, 1024) as u32;
+        b.dispatch(&kernel, &[n as u32, 0, 0, 0], &[part.binds[0].clone(), (&out).into()], [groups, 1, 1]);
+    }
+    out
 }
 
 fn check_f32(t: &Tensor, what: &str) {
@@ -199,7 +216,7 @@ pub fn linear(b: &mut Batch, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &
                 ldc: n,
                 acol: 0,
                 ccol: wc.row0,
-                scale_a: false,
+                scale_a: None,
             };
             gemm(b, o, [xy.rows, wc.rows, k], accumulate, tile);
         }
@@ -214,6 +231,7 @@ pub fn backward_input(b: &mut Batch, dy: &Tensor, w: &Tensor, dx: &Tensor, accum
     assert_eq!(dy.numel(), m * n, "mma::backward_input: dy {:?} for dx {:?} W {:?}", dy.shape, dx.shape, w.shape);
     check_f32(dy, "dy");
     let (dy, dx) = (dy.reshape(&[m, n]), dx.reshape(&[m, k]));
+    let amax = absmax(b, &dy);
     for ms in row_split(b.gpu, m, [&dy, &dx]) {
         let [dyb, dxb] = ms.binds;
         // the reduction over W's rows, one part per binding of W (dy's columns alike)
@@ -233,7 +251,7 @@ pub fn backward_input(b: &mut Batch, dy: &Tensor, w: &Tensor, dx: &Tensor, accum
                 ldc: k,
                 acol: n0,
                 ccol: 0,
-                scale_a: true,
+                scale_a: Some((&amax).into()),
             };
             gemm(b, o, [ms.rows, k, nc], accumulate || s > 0, tile);
         }
@@ -249,6 +267,7 @@ pub fn backward_weight(b: &mut Batch, dy: &Tensor, x: &Tensor, dw: &Tensor, accu
     check_f32(dy, "dy");
     check_f32(dw, "dW");
     let (dy, x) = (dy.reshape(&[m, n]), x.reshape(&[m, k]));
+    let amax = absmax(b, &dy);
     for ns in row_split(b.gpu, n, [dw]) {
         let [dwb] = ns.binds;
         // the reduction over the tokens, one part per binding of dy and x
@@ -268,7 +287,7 @@ pub fn backward_weight(b: &mut Batch, dy: &Tensor, x: &Tensor, dw: &Tensor, accu
                 ldc: k,
                 acol: ns.row0,
                 ccol: 0,
-                scale_a: true,
+                scale_a: Some((&amax).into()),
             };
             gemm(b, o, [ns.rows, k, mc], accumulate || s > 0, tile);
         }
