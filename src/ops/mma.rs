@@ -1,5 +1,5 @@
 //! Matrix products on the GPU's matrix units: one tiled GEMM (shaders/mma_common.wgsl,
-//! 32 x 32, 64 x 64 or 128 x 128 output tiles, slices of 64, 32 or 16 as workgroup memory allows)
+//! 64 x 64 or 128 x 128 output tiles, slices of 64, 32 or 16 as workgroup memory allows)
 //! with f16 operands and f32 accumulation, whose tiles a workgroup multiplies with
 //! cooperative matrices (tensor cores: shaders/mma_coop.wgsl) where the adapter lists the
 //! 16 x 16 x 16 f16 -> f32 shape ([`GpuInfo::coop16`](crate::gpu::GpuInfo::coop16)), or
@@ -49,8 +49,6 @@ pub enum MmaPath {
 /// The output tile of a workgroup (both paths).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tile {
-    /// 32 x 32: one subgroup of 32 x 32 (coop), or 32 invocations (fallback).
-    T32,
     /// 64 x 64: 4 subgroups of 32 x 32 (coop), or 128 invocations (fallback).
     T64,
     /// 128 x 128: 8 subgroups of 64 x 32 (coop), or 256 invocations (fallback).
@@ -58,22 +56,18 @@ pub enum Tile {
 }
 
 impl Tile {
-    /// The largest tile of which there are enough (256) to fill a large GPU: a model's
-    /// layers over 512 tokens (512 x 576 outputs: 72 tiles of 64) need 32 x 32.
+    /// 128 x 128 once there are enough such tiles to fill a large GPU (as the f32 tiled
+    /// matmul), else 64 x 64.
     pub fn auto(ni: usize, nj: usize) -> Tile {
-        let tiles = |t: usize| ni.div_ceil(t) * nj.div_ceil(t);
-        if tiles(128) >= 256 {
+        if ni.div_ceil(128) * nj.div_ceil(128) >= 256 {
             Tile::T128
-        } else if tiles(64) >= 256 {
-            Tile::T64
         } else {
-            Tile::T32
+            Tile::T64
         }
     }
 
     pub fn size(self) -> usize {
         match self {
-            Tile::T32 => 32,
             Tile::T64 => 64,
             Tile::T128 => 128,
         }
@@ -91,9 +85,8 @@ impl MmaPath {
     }
 
     fn kernel(self, gpu: &Gpu, tile: Tile, ta: bool, tb: bool, f16_b: bool) -> Kernel {
-        // subgroups over the tile (cooperative path): 1, 2 x 2 or 2 x 4
+        // subgroups over the tile (cooperative path): 2 x 2 or 2 x 4
         let (sgm, sgn) = match tile {
-            Tile::T32 => (1, 1),
             Tile::T64 => (2, 2),
             Tile::T128 => (2, 4),
         };
