@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call that times every cell of the README's GDN table side by side:
+# One device call that times every cell of docs/results.md's GDN table side by side:
 # fla's chunk_gated_delta_rule (bf16, fp32) and a naive PyTorch recurrence at the three
 # `taylorcal bench gdn` shapes, and ours before and after them.
 #   scripts/bench_fla_all.sh TAYLORCAL_BINARY OUT_DIR

@@ -82,7 +82,7 @@ pub struct ConvertOpts {
     /// Windows of activations captured for phase 1's value scale and phase 2 (reference: 4).
     pub capture_windows: usize,
     pub align: AlignOpts,
-    /// Phase 1's value scale (default: linear, TAU 0.25; `Fit` is ALGORITHM.md as written)
+    /// Phase 1's value scale (default: linear, TAU 0.25; `Fit` is docs/method.md's method as written)
     pub value_scale: ValueScale,
     /// Phase 1's research knobs (default: none, the method).
     pub phase1_knobs: Phase1Knobs,

@@ -1,6 +1,6 @@
 //! Phase 1 of Taylor-Calibrate: closed-form settings of a converted layer's decay,
 //! write gate, value scale and output gate from teacher attention statistics
-//! (../shared/docs/ALGORITHM.md, "Phase 1"). Pure host arithmetic on small per-head data.
+//! (docs/method.md, "Phase 1"). Pure host arithmetic on small per-head data.
 use super::capture::Capture;
 use crate::gpu::Gpu;
 use crate::io::checkpoint::gdn_name;
@@ -90,7 +90,7 @@ pub fn head_rms(z: &[f32], heads: usize, dim: usize) -> Vec<f64> {
 /// How phase 1 scales W_v's rows per head.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ValueScale {
-    /// ALGORITHM.md as written: sigma_h = <c_T, c_S> / |c_S|^2 from the recurrence's output
+    /// The method as written (docs/method.md): sigma_h = <c_T, c_S> / |c_S|^2 from the recurrence's output
     Fit,
     /// sigma_h = tau / RMS(W_v x)_h: SiLU's input brought to RMS tau, near SiLU's first-order
     /// (linear) regime (see [`linear_regime_scale`]); the default, with [`DEFAULT_LINEAR_TAU`]
@@ -99,7 +99,7 @@ pub enum ValueScale {
 
 /// tau of `--value-scale linear` without one, and of the default value scale: the best of
 /// 0.0625 / 0.125 / 0.25 / 0.5 / 1 by perplexity on the Brown training split (SmolLM2,
-/// keep-every 4; README "Taylor-Calibrate on SmolLM2").
+/// keep-every 4; docs/results.md, "Taylor-Calibrate on SmolLM2").
 pub const DEFAULT_LINEAR_TAU: f32 = 0.25;
 
 impl std::fmt::Display for ValueScale {
@@ -220,7 +220,7 @@ impl Phase1Component {
     }
 }
 
-/// Phase 1's research knobs (README, "Taylor-Calibrate on SmolLM2 (ablation)"); the
+/// Phase 1's research knobs (docs/results.md, "Taylor-Calibrate on SmolLM2 (ablation)"); the
 /// default, none set, is the method. The CLI reads them from `TAYLORCAL_PHASE1_SKIP`,
 /// `TAYLORCAL_SIGMA_FIXED` and `TAYLORCAL_GATE_SCALE`.
 #[derive(Clone, Debug, Default, PartialEq)]

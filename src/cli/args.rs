@@ -114,7 +114,7 @@ pub struct ConvArgs {
     pub capture_windows: u64,
     /// Phase 1's value scale: `linear[:TAU]` (the default: sigma = TAU / RMS(W_v x) per
     /// head, SiLU near its linear regime; TAU 0.25, chosen on the Brown training split) or
-    /// `fit` (ALGORITHM.md as written: sigma = <c_T, c_S> / |c_S|^2 from the recurrence's
+    /// `fit` (the method as written, docs/method.md: sigma = <c_T, c_S> / |c_S|^2 from the recurrence's
     /// output, which on SmolLM2 hits its clamp and loses to alignment-only)
     #[arg(long, default_value_t = taylorcal::calibrate::phase1::ValueScale::default(), value_parser = taylorcal::calibrate::phase1::ValueScale::parse)]
     pub value_scale: taylorcal::calibrate::phase1::ValueScale,
@@ -334,7 +334,7 @@ pub enum Cmd {
         json: bool,
     },
     /// Run all six strategies from one teacher pass and tabulate evaluation perplexity (plus
-    /// taylor-calibrate with the fitted sigma of ALGORITHM.md when --value-scale is not `fit`)
+    /// taylor-calibrate with the fitted sigma of docs/method.md when --value-scale is not `fit`)
     Ablate {
         #[command(flatten)]
         conv: ConvArgs,

@@ -1,5 +1,5 @@
 //! The strategy ablation: one teacher pass captures the converted layers, then each of the
-//! six initialisation strategies (and, where the value scale is not ALGORITHM.md's fitted
+//! six initialisation strategies (and, where the value scale is not docs/method.md's fitted
 //! sigma, taylor-calibrate with the fitted sigma as a seventh row) starts from the naive
 //! student and is evaluated beside the teacher.
 use crate::calibrate::convert::{self, ConvertOpts, Inputs};
