@@ -585,3 +585,71 @@ fn text_is_read_only_as_far_as_the_command_needs() {
     let v = json(&stdout);
     assert_eq!((v["steps"].as_u64(), v["sequences"].as_u64()), (Some(3), Some(6)), "{v}");
 }
+
+/// `convert` with stderr not a terminal: an opening line naming the adapter and --out, on a
+/// CPU adapter a warning with the estimated time and the faster settings, and plain progress
+/// lines over the layer-steps. Killed (SIGKILL) once a layer is saved, it refuses to start
+/// over without --resume or --force and to resume with another setting, and `--resume` ends
+/// with the checkpoint of an unbroken run; `--resume` where nothing was interrupted is a
+/// clear error.
+#[test]
+fn convert_shows_adapter_and_progress_and_resumes_after_a_kill() {
+    use std::path::Path;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let (model, text) = (tiny_gguf_layers(dir.path(), 4), word_text(dir.path()));
+    let (unbroken, killed, mine) = (dir.path().join("unbroken"), dir.path().join("killed"), dir.path().join("mine"));
+    let p = |p: &Path| p.to_str().unwrap().to_string();
+    let args = |out: &Path, steps: &str| -> Vec<String> {
+        let (m, t) = (p(&model), p(&text));
+        ["convert", "--teacher", &m, "--keep", "1", "--calib", &t, "--calib-tokens", "512", "--capture-windows", "2"]
+            .into_iter()
+            .chain(["--steps", steps, "--eval", &t, "--eval-windows", "1", "--out", &p(out)])
+            .map(String::from)
+            .collect()
+    };
+    let run = |a: &[String]| taylorcal(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, _, err) = run(&args(&unbroken, "12"));
+    assert!(ok, "convert failed: {err}");
+    let info = &common::gpu().info;
+    let opening = err.lines().find(|l| l.starts_with("taylorcal convert:")).unwrap_or_else(|| panic!("no opening line: {err}"));
+    assert!(opening.contains(&info.name) && opening.contains(&info.device_type) && opening.contains(&p(&unbroken)), "{err}");
+    // 3 converted layers x 13 evaluations of the alignment loss
+    let plain: Vec<&str> = err.lines().filter(|l| l.contains(" layer-steps (")).collect();
+    assert!(plain.len() >= 10 && plain.last().unwrap().contains("39/39 layer-steps (100%)"), "{err}");
+    let cpu = ["CPU adapter", "--preset quick", "--steps", "estimated time left"];
+    assert_eq!(cpu.iter().all(|w| err.contains(w)), info.device_type == "Cpu", "{err}");
+
+    let mut child =
+        common::taylorcal_cmd(dir.path()).args(args(&killed, "12")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let saved = || -> usize {
+        let state = std::fs::read_to_string(killed.join(".taylorcal-convert.json")).unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&state).map_or(0, |v| v["layers"].as_array().map_or(0, Vec::len))
+    };
+    while saved() == 0 {
+        assert!(child.try_wait().unwrap().is_none(), "convert finished before a kill after its first layer");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL: no cleanup
+    child.wait().unwrap();
+    assert!(!taylorcal::io::checkpoint::is_checkpoint(&killed));
+    let (ok, _, err) = run(&args(&killed, "12"));
+    assert!(!ok && err.contains("interrupted conversion") && err.contains("--resume") && err.contains("--force"), "{err}");
+    let resume = |steps: &str| run(&[args(&killed, steps), vec!["--resume".into()]].concat());
+    let (ok, _, err) = resume("13");
+    assert!(!ok && err.contains("--steps 12") && err.contains("--steps 13"), "{err}");
+    let (ok, _, err) = resume("12");
+    assert!(ok, "--resume failed: {err}");
+    for f in ["model.safetensors", "config.json", "tokenizer.json"] {
+        assert!(std::fs::read(unbroken.join(f)).unwrap() == std::fs::read(killed.join(f)).unwrap(), "{f} differs after resuming");
+    }
+    assert!(!killed.join(".taylorcal-convert.json").exists());
+    let (ok, _, err) = resume("12");
+    assert!(!ok && err.contains("finished conversion"), "{err}");
+    // nothing to resume in a directory of the user's
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "my notes").unwrap();
+    let (ok, _, err) = run(&[args(&mine, "12"), vec!["--resume".into()]].concat());
+    assert!(!ok && err.contains("no interrupted conversion") && err.contains(&p(&mine)), "{err}");
+    assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 1);
+}

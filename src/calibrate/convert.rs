@@ -1,11 +1,13 @@
 //! `convert`: teacher pass (activations captured, attention statistics streamed), then per
 //! converted layer the chosen strategy: naive copy, zero/small output gate, phase 1 closed
 //! form, phase 2 alignment, or both (Taylor-Calibrate); [`convert_and_save`] evaluates the
-//! student against the teacher and saves it as a checkpoint with its `report.json`.
+//! student against the teacher and saves it as a checkpoint with its `report.json`, each
+//! converted layer saved as it is done so that a killed run resumes ([`super::resume`]).
 use super::capture::{capture, Capture};
 use super::init::scale_output_gate;
 use super::phase1::{phase1_layer, Phase1Knobs, Phase1Report, ValueScale};
 use super::phase2::{align_layer, AlignOpts, AlignReport};
+use super::resume::State;
 use super::strategy::Strategy;
 use crate::data;
 use crate::eval::perplexity_windows;
@@ -13,8 +15,8 @@ use crate::gpu::Gpu;
 use crate::io::checkpoint::{save_checkpoint, Checkpoint, HybridConfig};
 use crate::io::HostTensor;
 use crate::nn::decoder::Decoder;
-use anyhow::{ensure, Result};
-use serde::Serialize;
+use anyhow::{ensure, Context as _, Result};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,6 +30,26 @@ pub struct LayerReport {
     pub alignment: Option<AlignReport>,
 }
 
+/// Where a conversion stands, for a progress display: `done` of `total` units of work and
+/// what runs now. A unit is one evaluation of phase 2's alignment loss ([`layer_units`] per
+/// converted layer, phase 1 before the first), or a whole layer for a strategy without
+/// phase 2: the work whose time grows with the model and the settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress<'a> {
+    pub done: usize,
+    pub total: usize,
+    pub what: &'a str,
+}
+
+/// The [`Progress`] units of one converted layer with `strategy` and `align`.
+pub fn layer_units(strategy: Strategy, align: &AlignOpts) -> usize {
+    if strategy.phase2() {
+        align.steps + 1
+    } else {
+        1
+    }
+}
+
 /// Apply `strategy` to a naive student's tensors (from `init_student`), layer by layer.
 #[allow(clippy::too_many_arguments)] // the device, the student, the capture and the method's four settings
 pub fn apply_strategy(
@@ -39,32 +61,61 @@ pub fn apply_strategy(
     align: &AlignOpts,
     value_scale: ValueScale,
     knobs: &Phase1Knobs,
-    mut progress: impl FnMut(&str),
+    mut progress: impl FnMut(Progress),
 ) -> Result<(Vec<LayerReport>, f64, f64)> {
+    let o = ConvertOpts { strategy, align: align.clone(), value_scale, phase1_knobs: knobs.clone(), ..Default::default() };
+    convert_layers(gpu, hc, tensors, cap, &o, 0, &mut progress, &mut |_, _, _| Ok(()))
+}
+
+/// A hook run after each converted layer, given its report, the student's tensors after it
+/// and the time so far (`T`).
+type AfterLayer<'a, T> = dyn FnMut(&LayerReport, &HashMap<String, HostTensor>, T) -> Result<()> + 'a;
+
+/// [`apply_strategy`] with the settings of `o`, from the `start`-th converted layer on (the
+/// earlier ones are converted already), running `after_layer` after each layer. Returns the
+/// reports of the layers converted here and their phase 1 and phase 2 seconds.
+#[allow(clippy::too_many_arguments)] // apply_strategy's, plus where to start and the hook
+fn convert_layers(
+    gpu: &Gpu,
+    hc: &HybridConfig,
+    tensors: &mut HashMap<String, HostTensor>,
+    cap: &Capture,
+    o: &ConvertOpts,
+    start: usize,
+    progress: &mut dyn FnMut(Progress),
+    after_layer: &mut AfterLayer<[f64; 2]>,
+) -> Result<(Vec<LayerReport>, f64, f64)> {
+    let (strategy, align) = (o.strategy, &o.align);
     let layers = hc.gdn_layers();
     anyhow::ensure!(layers == cap.layers, "capture does not cover the converted layers");
+    ensure!(start <= layers.len(), "{start} converted layers done, but the student converts {}", layers.len());
     match strategy {
-        Strategy::ZeroGate => scale_output_gate(tensors, &layers, 0.0),
-        Strategy::SmallGate => scale_output_gate(tensors, &layers, 0.02),
+        Strategy::ZeroGate => scale_output_gate(tensors, &layers[start..], 0.0),
+        Strategy::SmallGate => scale_output_gate(tensors, &layers[start..], 0.02),
         _ => {}
     }
+    let units = layer_units(strategy, align);
+    let total = layers.len() * units;
     let (mut t1, mut t2) = (0.0, 0.0);
     let mut reports = vec![];
-    for (li, &l) in layers.iter().enumerate() {
+    for (li, &l) in layers.iter().enumerate().skip(start) {
+        let base = li * units;
         let mut r = LayerReport { layer: l, ..Default::default() };
         if strategy.phase1() {
             let t = Instant::now();
-            r.phase1 = Some(phase1_layer(gpu, tensors, cap, li, value_scale, knobs)?);
+            r.phase1 = Some(phase1_layer(gpu, tensors, cap, li, o.value_scale, &o.phase1_knobs)?);
             t1 += t.elapsed().as_secs_f64();
         }
         if strategy.phase2() {
             let t = Instant::now();
             r.alignment = Some(align_layer(gpu, tensors, cap, li, align, |s, loss| {
-                progress(&format!("layer {l} step {s}/{} loss {loss:.3e}", align.steps))
+                let what = format!("layer {l} step {s}/{} loss {loss:.3e}", align.steps);
+                progress(Progress { done: base + s + 1, total, what: &what })
             })?);
             t2 += t.elapsed().as_secs_f64();
         }
-        progress(&format!("layer {l} done"));
+        progress(Progress { done: base + units, total, what: &format!("layer {l} done") });
+        after_layer(&r, tensors, [t1, t2])?;
         reports.push(r);
     }
     Ok((reports, t1, t2))
@@ -125,8 +176,9 @@ impl ConvertOpts {
     }
 }
 
-/// Timings of a conversion by phase, in seconds.
-#[derive(Clone, Debug, Default, Serialize)]
+/// Timings of a conversion by phase, in seconds (a resumed conversion's include the time
+/// the interrupted runs spent).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Timings {
     pub teacher_pass_and_statistics: f64,
     pub phase1: f64,
@@ -137,7 +189,20 @@ pub struct Timings {
 /// A converted student: its tensors, the report of every converted layer, the timings.
 pub struct Conversion {
     pub tensors: HashMap<String, HostTensor>,
+    /// The reports of the layers converted by this run.
     pub layers: Vec<LayerReport>,
+    /// The reports of the layers an interrupted run converted before (resumed), as it
+    /// recorded them: they come first.
+    pub earlier: Vec<Value>,
+    pub timings: Timings,
+}
+
+/// What an interrupted conversion left to continue from ([`super::resume`]): the tensors of
+/// the layers it converted, their reports and the time it spent.
+#[derive(Default)]
+pub struct Earlier {
+    pub tensors: HashMap<String, HostTensor>,
+    pub layers: Vec<Value>,
     pub timings: Timings,
 }
 
@@ -149,31 +214,55 @@ pub fn convert(
     teacher_tensors: &HashMap<String, HostTensor>,
     calib: &[u32],
     o: &ConvertOpts,
-    mut progress: impl FnMut(&str),
+    mut progress: impl FnMut(Progress),
+) -> Result<Conversion> {
+    let inp = (gpu, hc, teacher, teacher_tensors, calib);
+    convert_from(inp, o, Earlier::default(), &mut progress, &mut |_, _, _| Ok(()))
+}
+
+/// [`convert`] continuing what an interrupted run converted (`earlier`: its layers' tensors
+/// replace the naive student's), with `after_layer` run after each layer converted here
+/// (given the timings so far, the earlier ones included). A layer depends only on the
+/// teacher, the calibration tokens, the settings and its own naive tensors, so the result
+/// is the one an unbroken run gets.
+fn convert_from(
+    (gpu, hc, teacher, teacher_tensors, calib): (&Gpu, &HybridConfig, &Decoder, &HashMap<String, HostTensor>, &[u32]),
+    o: &ConvertOpts,
+    earlier: Earlier,
+    progress: &mut dyn FnMut(Progress),
+    after_layer: &mut AfterLayer<Timings>,
 ) -> Result<Conversion> {
     o.check()?;
     let t0 = Instant::now();
     let mut tensors = super::init::init_student(hc, teacher_tensors, o.seed)?;
-    let needs_teacher = o.strategy.phase1() || o.strategy.phase2();
-    let mut timings = Timings::default();
-    let layers = if needs_teacher {
+    let (start, gdn) = (earlier.layers.len(), hc.gdn_layers());
+    for (name, t) in earlier.tensors {
+        let naive = tensors.get_mut(&name).with_context(|| format!("the student has no tensor {name}"))?;
+        ensure!(naive.shape == t.shape, "tensor {name} has shape {:?}, the student's is {:?}", t.shape, naive.shape);
+        *naive = t;
+    }
+    let needs_teacher = (o.strategy.phase1() || o.strategy.phase2()) && start < gdn.len();
+    let cap = if needs_teacher {
         let windows = o.calib_windows_of(calib)?;
         let nwin = windows.len();
-        let cap = capture(gpu, teacher, &hc.gdn_layers(), &windows, o.capture_windows, |i| {
-            progress(&format!("teacher pass: window {i}/{nwin}"))
-        })?;
-        timings.teacher_pass_and_statistics = cap.seconds;
-        let (r, t1, t2) = apply_strategy(gpu, hc, &mut tensors, &cap, o.strategy, &o.align, o.value_scale, &o.phase1_knobs, &mut progress)?;
-        timings.phase1 = t1;
-        timings.phase2 = t2;
-        r
+        let (done, total) = (start * layer_units(o.strategy, &o.align), gdn.len() * layer_units(o.strategy, &o.align));
+        capture(gpu, teacher, &gdn, &windows, o.capture_windows, |i| {
+            progress(Progress { done, total, what: &format!("teacher pass: window {i}/{nwin}") })
+        })?
     } else {
-        let empty = Capture::empty(hc.gdn_layers());
-        let (r, _, _) = apply_strategy(gpu, hc, &mut tensors, &empty, o.strategy, &o.align, o.value_scale, &o.phase1_knobs, &mut progress)?;
-        r
+        Capture::empty(gdn)
     };
-    timings.total = t0.elapsed().as_secs_f64();
-    Ok(Conversion { tensors, layers, timings })
+    let was = earlier.timings;
+    let teacher_s = was.teacher_pass_and_statistics + cap.seconds;
+    let timings = |[t1, t2]: [f64; 2]| Timings {
+        teacher_pass_and_statistics: teacher_s,
+        phase1: was.phase1 + t1,
+        phase2: was.phase2 + t2,
+        total: was.total + t0.elapsed().as_secs_f64(),
+    };
+    let (layers, t1, t2) =
+        convert_layers(gpu, hc, &mut tensors, &cap, o, start, progress, &mut |r, t, secs| after_layer(r, t, timings(secs)))?;
+    Ok(Conversion { tensors, layers, earlier: earlier.layers, timings: timings([t1, t2]) })
 }
 
 /// What a conversion reads besides its settings: the teacher, the student's layout, the
@@ -232,11 +321,17 @@ impl Conversion {
             "calib_tokens": o.calib_tokens.max(o.capture_windows * o.seq_len), "capture_windows": o.capture_windows,
             "align": o.align, "value_scale": o.value_scale.name(), "seed": o.seed,
             "selection": inp.selection,
-            "timings_s": self.timings, "layers": self.layers,
+            "timings_s": self.timings, "layers": self.layer_reports(),
             "eval": eval,
             "adapter": inp.gpu.info.name,
             "precision": inp.gpu.precision_report(),
         })
+    }
+
+    /// Every converted layer's report, in order: the earlier runs' as they recorded them, then this run's.
+    fn layer_reports(&self) -> Vec<Value> {
+        let this = self.layers.iter().map(|r| serde_json::to_value(r).expect("a report serialises"));
+        self.earlier.iter().cloned().chain(this).collect()
     }
 
     /// The student as a checkpoint: layout, tensors, tokenizer and report.
@@ -245,21 +340,63 @@ impl Conversion {
     }
 }
 
+/// What [`convert_and_save`] reports and when it stops early.
+#[derive(Default)]
+pub struct Hooks<'a> {
+    pub progress: Option<&'a mut dyn FnMut(Progress)>,
+    /// Return (as an error, like a crash) once this many converted layers are saved, the
+    /// resumed ones included: tests of resume.
+    pub kill_after: Option<usize>,
+}
+
 /// [`convert`], evaluate the student beside the teacher ([`Conversion::evaluate`]) and save
-/// it in `out` as a checkpoint with `tokenizer` and its `report.json`. Returns the timings
-/// and the evaluation.
+/// it in `out` as a checkpoint with `tokenizer` and its `report.json`. Each converted layer
+/// is saved in `out` as it is done ([`super::resume`]); with `resume`, the conversion an
+/// interrupted run left in `out` continues (refused where the settings or inputs differ),
+/// to the checkpoint an unbroken run writes. Returns the timings and the evaluation.
 pub fn convert_and_save(
     inp: &Inputs,
     o: &ConvertOpts,
     tokenizer: Option<tokenizers::Tokenizer>,
     out: &Path,
-    progress: impl FnMut(&str),
+    resume: bool,
+    hooks: &mut Hooks,
 ) -> Result<(Timings, ConvertEval)> {
     inp.check()?;
-    let c = convert(inp.gpu, inp.config, inp.teacher, inp.teacher_tensors, inp.calib, o, progress)?;
+    o.check()?;
+    let mut state = State::new(inp, o)?;
+    let earlier = if resume {
+        let was = State::load(out)?.with_context(|| format!("--resume: {} holds no interrupted conversion", out.display()))?;
+        was.check_continues(&state, out)?;
+        state = was;
+        state.earlier(out, inp.config)?
+    } else {
+        state.save(out)?;
+        Earlier::default()
+    };
+    let mut no_progress = |_: Progress| {};
+    let progress = hooks.progress.as_deref_mut().unwrap_or(&mut no_progress);
+    let kill_after = hooks.kill_after;
+    // layers whose conversion is instant (no phase 1 or 2) are not worth a file each
+    let per_layer = o.strategy.phase1() || o.strategy.phase2();
+    let c = convert_from(
+        (inp.gpu, inp.config, inp.teacher, inp.teacher_tensors, inp.calib),
+        o,
+        earlier,
+        progress,
+        &mut |r, tensors, timings| {
+            if per_layer {
+                state.record_layer(out, r, tensors, &timings)?;
+            }
+            ensure!(kill_after != Some(state.layers_done()), "stopped after {} converted layers (kill_after)", state.layers_done());
+            Ok(())
+        },
+    )?;
     let eval = c.evaluate(inp, o)?;
     let report = c.report_json(inp, o, &eval);
     let timings = c.timings.clone();
     save_checkpoint(out, &c.checkpoint(inp.config, tokenizer, report))?;
+    // only once the checkpoint is in place: a kill before leaves the state to resume from
+    super::resume::remove(out)?;
     Ok((timings, eval))
 }

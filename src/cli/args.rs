@@ -323,11 +323,16 @@ pub enum Cmd {
         /// Initialisation strategy: naive, zero-gate, small-gate, taylor-init, alignment-only, taylor-calibrate
         #[arg(long, default_value = "taylor-calibrate")]
         strategy: String,
-        /// Output checkpoint directory
+        /// Output checkpoint directory (each converted layer is saved there as it is done)
         #[arg(long, default_value = "student")]
         out: PathBuf,
+        /// Continue the conversion a killed run left in --out, to the checkpoint an unbroken
+        /// run writes: another setting, teacher or --calib text is refused
+        #[arg(long)]
+        resume: bool,
         /// Write into --out even when it holds other files: only the files this command writes
-        /// are replaced, every other file is left alone
+        /// are replaced, every other file is left alone (and an interrupted conversion there
+        /// starts over)
         #[arg(long)]
         force: bool,
         #[arg(long)]

@@ -4,6 +4,7 @@ use super::args::ConvArgs;
 use super::setup::conv_setup;
 use super::{claim_out, gpu, progress, resolve_model};
 use anyhow::{Context as _, Result};
+use indicatif::HumanDuration;
 use serde_json::json;
 use std::path::Path;
 use taylorcal::calibrate::convert::{self, ConvertOpts};
@@ -14,23 +15,51 @@ use taylorcal::io::out_dir::{self, Kind};
 use taylorcal::select::Selection;
 
 /// `taylorcal convert`: convert with `strategy`, evaluate, save the checkpoint in `out`
-/// (claimed first: `force` as --force).
-pub fn convert(conv: &ConvArgs, strategy: &str, out: &Path, force: bool, json: bool) -> Result<()> {
+/// (claimed first: `force` as --force), each converted layer as it is done; `resume`
+/// continues the conversion a killed run left there.
+pub fn convert(conv: &ConvArgs, strategy: &str, out: &Path, force: bool, resume: bool, json: bool) -> Result<()> {
     let strategy = Strategy::parse(strategy)?;
     conv.check()?;
+    taylorcal::calibrate::resume::check_out(out, resume, force)?;
     let _out = claim_out(out, Kind::Checkpoint, &resolve_model(&conv.teacher)?, &[], force)?;
-    let setup = conv_setup(conv)?;
     let g = gpu()?;
+    let cpu = g.info.device_type == "Cpu";
+    eprintln!(
+        "taylorcal convert: {} on adapter {} ({}, {}); output {}",
+        strategy.name(),
+        g.info.name,
+        g.info.backend,
+        g.info.device_type,
+        out.display()
+    );
+    let setup = conv_setup(conv)?;
     let o = ConvertOpts { strategy, ..setup.opts.clone() };
     let windows = setup.eval_windows()?;
     let n_gdn = setup.hc.gdn_layers().len();
-    let pb = progress::bar(n_gdn as u64, strategy.name());
-    let (timings, eval) = convert::convert_and_save(&setup.inputs(g, &windows)?, &o, Some(setup.tokenizer.clone()), out, |m| {
-        if m.ends_with("done") {
-            pb.inc(1);
+    let faster = "faster: --preset quick, or fewer --steps (e.g. --steps 50; the reference is 300)";
+    if cpu && strategy.phase2() {
+        eprintln!(
+            "warning: {} is a CPU adapter (software rendering): {n_gdn} layers x {} alignment steps run far slower than on a \
+             GPU (SmolLM2 at the reference settings: about 30 h on 2 cores); the estimated time follows after the first steps; {faster}",
+            g.info.name, o.align.steps
+        );
+    }
+    let pb = progress::work((n_gdn * convert::layer_units(strategy, &o.align)) as u64, "layer-steps");
+    let mut estimated = false;
+    let mut progress = |p: convert::Progress| {
+        pb.set_length(p.total as u64);
+        pb.update(p.done as u64, p.what.to_string());
+        if !estimated {
+            if let Some(left) = pb.remaining() {
+                estimated = true;
+                let line = format!("estimated time left: {} ({} of {} layer-steps to go)", HumanDuration(left), p.total - p.done, p.total);
+                pb.println(&if cpu { format!("warning: {line} on a CPU adapter; {faster}") } else { line });
+            }
         }
-        pb.set_message(m.to_string());
-    })?;
+    };
+    let mut hooks = convert::Hooks { progress: Some(&mut progress), kill_after: None };
+    let (timings, eval) =
+        convert::convert_and_save(&setup.inputs(g, &windows)?, &o, Some(setup.tokenizer.clone()), out, resume, &mut hooks)?;
     pb.finish_and_clear();
     if json {
         println!(
@@ -66,10 +95,10 @@ pub fn ablate(conv: &ConvArgs, out: &Path, force: bool, json: bool) -> Result<()
     let setup = conv_setup(conv)?;
     let g = gpu()?;
     let windows = setup.eval_windows()?;
-    let pb = progress::bar(ablate::runs(setup.opts.value_scale).len() as u64, "strategies");
-    let report = ablate::ablate(&setup.inputs(g, &windows)?, &setup.opts, |done, label| {
-        pb.set_position(done as u64);
-        pb.set_message(label.to_string());
+    let pb = progress::work(0, "layer-steps");
+    let report = ablate::ablate(&setup.inputs(g, &windows)?, &setup.opts, |p| {
+        pb.set_length(p.total as u64);
+        pb.update(p.done as u64, p.what.to_string());
     })?;
     pb.finish_and_clear();
     report.write(out)?;

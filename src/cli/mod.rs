@@ -48,7 +48,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Eval(a) => inspect::eval(&a),
         Cmd::Stats(a) => inspect::stats(&a),
         Cmd::Bench { what, json } => inspect::bench(&what, json),
-        Cmd::Convert { conv, strategy, out, force, json } => convert::convert(&conv, &strategy, &out, force, json),
+        Cmd::Convert { conv, strategy, out, resume, force, json } => convert::convert(&conv, &strategy, &out, force, resume, json),
         Cmd::Ablate { conv, out, force, json } => convert::ablate(&conv, &out, force, json),
         Cmd::Select { conv, out, json } => convert::select(&conv, out.as_deref(), json),
         Cmd::Distill(a) => train::distill(&a),

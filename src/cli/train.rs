@@ -86,8 +86,7 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
     }
     let mut last_ppl = None;
     let mut progress = |c: &CurvePoint| {
-        pb.set_position(c.step as u64);
-        pb.set_message(point_msg(&format!("stage {stage}  "), c, &mut last_ppl));
+        pb.update(c.step as u64, point_msg(&format!("stage {stage}  "), c, &mut last_ppl));
     };
     let report = distill::distill(&setup, &opts, state, &mut Hooks { progress: Some(&mut progress), kill_after: None })?;
     pb.finish_and_clear();
@@ -156,10 +155,9 @@ pub fn recovery(r: &RecoveryArgs) -> Result<()> {
             cur = key;
             last_ppl = None;
             let steps = if stage == 1 { o.stage1.as_ref().map(|x| x.steps()).unwrap_or(0) } else { o.stage2.steps() };
-            pb.set_length(steps as u64);
+            pb.restart(steps as u64);
         }
-        pb.set_position(c.step as u64);
-        pb.set_message(point_msg(&format!("{cur}  "), c, &mut last_ppl));
+        pb.update(c.step as u64, point_msg(&format!("{cur}  "), c, &mut last_ppl));
     })?;
     pb.finish_and_clear();
     if r.json {

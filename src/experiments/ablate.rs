@@ -2,7 +2,7 @@
 //! six initialisation strategies (and, where the value scale is not docs/method.md's fitted
 //! sigma, taylor-calibrate with the fitted sigma as a seventh row) starts from the naive
 //! student and is evaluated beside the teacher.
-use crate::calibrate::convert::{self, ConvertOpts, Inputs};
+use crate::calibrate::convert::{self, ConvertOpts, Inputs, Progress};
 use crate::calibrate::init::init_student;
 use crate::calibrate::phase1::ValueScale;
 use crate::calibrate::strategy::Strategy;
@@ -70,8 +70,8 @@ pub fn runs(vs: ValueScale) -> Vec<(Strategy, ValueScale)> {
 }
 
 /// Run the ablation (see the module docs) with the settings of `o` (its strategy is not
-/// used); `progress(done, label)` before each of the [`runs`].
-pub fn ablate(inp: &Inputs, o: &ConvertOpts, mut progress: impl FnMut(usize, &str)) -> Result<Ablation> {
+/// used); `progress` counts the units of work ([`convert::Progress`]) of all the [`runs`].
+pub fn ablate(inp: &Inputs, o: &ConvertOpts, mut progress: impl FnMut(Progress)) -> Result<Ablation> {
     o.check()?;
     inp.check()?;
     let (g, hc) = (inp.gpu, inp.config);
@@ -80,13 +80,19 @@ pub fn ablate(inp: &Inputs, o: &ConvertOpts, mut progress: impl FnMut(usize, &st
     let cap = crate::calibrate::capture::capture(g, inp.teacher, &hc.gdn_layers(), &cwin, o.capture_windows, |_| {})?;
     let teacher_ppl = perplexity_windows(g, inp.teacher, inp.eval)?.ppl;
     let runs = runs(o.value_scale);
+    let units = |s| hc.gdn_layers().len() * convert::layer_units(s, &o.align);
+    let total = runs.iter().map(|&(s, _)| units(s)).sum();
     let mut rows = vec![];
-    for (i, &(s, vs)) in runs.iter().enumerate() {
+    let mut before = 0;
+    for &(s, vs) in &runs {
         let label = if vs == o.value_scale { s.name().to_string() } else { format!("{} (sigma {})", s.name(), vs.name()) };
-        progress(i, &label);
+        progress(Progress { done: before, total, what: &label });
         let mut tensors = init_student(hc, inp.teacher_tensors, o.seed)?;
         let t = Instant::now();
-        let (_, phase1_s, phase2_s) = convert::apply_strategy(g, hc, &mut tensors, &cap, s, &o.align, vs, &o.phase1_knobs, |_| {})?;
+        let (_, phase1_s, phase2_s) = convert::apply_strategy(g, hc, &mut tensors, &cap, s, &o.align, vs, &o.phase1_knobs, |p| {
+            progress(Progress { done: before + p.done, total, what: &format!("{label}: {}", p.what) })
+        })?;
+        before += units(s);
         let seconds = t.elapsed().as_secs_f64();
         let student = Decoder::build(g, &hc.base, &tensors, s.name(), |l| hc.is_gdn(l))?;
         let r = perplexity_windows(g, &student, inp.eval)?;

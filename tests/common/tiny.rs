@@ -236,15 +236,24 @@ pub fn tiny_tokenizer_metadata() -> Vec<(String, GgufValue)> {
 }
 
 pub fn tiny_gguf(dir: &Path, with_tokenizer: bool) -> PathBuf {
-    let mut cfg = tiny_config(Arch::Llama);
+    tiny_gguf_named(&dir.join("tiny.gguf"), tiny_config(Arch::Llama), with_tokenizer)
+}
+
+/// As [`tiny_gguf`] with the tokenizer and `layers` layers, written to
+/// `dir/tiny-{layers}-layers.gguf` (a conversion of several layers).
+pub fn tiny_gguf_layers(dir: &Path, layers: usize) -> PathBuf {
+    let cfg = ModelConfig { num_hidden_layers: layers, ..tiny_config(Arch::Llama) };
+    tiny_gguf_named(&dir.join(format!("tiny-{layers}-layers.gguf")), cfg, true)
+}
+
+fn tiny_gguf_named(path: &Path, mut cfg: ModelConfig, with_tokenizer: bool) -> PathBuf {
     let mut extra = Vec::new();
     if with_tokenizer {
         cfg.vocab_size = TINY_VOCAB_WITH_TOKENIZER;
         extra = tiny_tokenizer_metadata();
     }
-    let path = dir.join("tiny.gguf");
-    write_model_gguf(&path, &cfg, "llama", &random_tensors(&cfg, 13), GgufTensorData::Q8_0, extra);
-    path
+    write_model_gguf(path, &cfg, "llama", &random_tensors(&cfg, 13), GgufTensorData::Q8_0, extra);
+    path.to_path_buf()
 }
 
 /// The byte-level tokenizer of [`tiny_tokenizer_metadata`] ([`TINY_VOCAB_WITH_TOKENIZER`] ids).

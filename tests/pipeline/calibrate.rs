@@ -189,7 +189,7 @@ fn every_strategy_converts_and_the_checkpoint_evaluates() {
     let teacher_ppl = eval::perplexity_windows(g, &teacher, &eval_windows).unwrap().ppl;
     let dir = tempfile::tempdir().unwrap();
     for s in Strategy::ALL {
-        let convert::Conversion { tensors, layers: reports, timings } =
+        let convert::Conversion { tensors, layers: reports, timings, .. } =
             convert::convert(g, &hc, &teacher, &files.tensors, &ids[..300], &opts(s, 5), |_| {}).unwrap();
         assert_eq!(reports.len(), 1);
         assert_eq!(reports[0].phase1.is_some(), s.phase1(), "{s:?}");

@@ -373,3 +373,102 @@ fn distill_killed_at_20_random_moments_ends_as_an_unbroken_run() {
         landed.join(", ")
     );
 }
+
+/// `convert` stopped (like a crash) after its first converted layer, resumed and stopped
+/// again after the second, then resumed to the end, writes the checkpoint of an unbroken
+/// run byte for byte; each resumed run converts only the layers left, and the state files
+/// are gone at the end. A resume with another teacher, calibration text or setting is
+/// refused, naming it.
+#[test]
+fn convert_stopped_after_a_layer_resumes_to_the_unbroken_checkpoint() {
+    use crate::common::{gpu, rng};
+    use taylorcal::calibrate::convert::{self, ConvertOpts, Hooks, Inputs, Progress};
+    use taylorcal::calibrate::phase2::AlignOpts;
+    use taylorcal::calibrate::resume::STATE_FILE;
+    use taylorcal::calibrate::strategy::Strategy;
+    use taylorcal::nn::decoder::Decoder;
+    let g = gpu();
+    let cfg = taylorcal::io::ModelConfig { num_hidden_layers: 4, ..tiny_config(Arch::Llama) };
+    let files = hf_round_trip(&cfg, &random_tensors(&cfg, 71));
+    let teacher = Decoder::new(g, &files).unwrap();
+    let hc = HybridConfig::new(cfg.clone(), vec![1]).unwrap(); // converts layers 0, 2 and 3
+    let mut r = rng(72);
+    let ids: Vec<u32> = (0..400).map(|_| rand::Rng::random_range(&mut r, 0..cfg.vocab_size as u32)).collect();
+    let eval = taylorcal::data::windows(&ids[300..], 48, 2, "eval").unwrap();
+    let inputs = |tensors, calib| Inputs {
+        gpu: g,
+        teacher: &teacher,
+        teacher_tensors: tensors,
+        teacher_source: "tiny",
+        config: &hc,
+        selection: None,
+        calib,
+        eval: &eval,
+    };
+    let o = ConvertOpts {
+        keep: vec![1],
+        strategy: Strategy::TaylorCalibrate,
+        seq_len: 48,
+        calib_tokens: 96,
+        capture_windows: 2,
+        align: AlignOpts { steps: 4, ..Default::default() },
+        seed: 5,
+        ..Default::default()
+    };
+    let inp = inputs(&files.tensors, &ids[..300]);
+    // runs a conversion into `out`; the layers it aligned, from its progress messages
+    let run = |out: &Path, o: &ConvertOpts, inp: &Inputs, resume: bool, kill_after| {
+        let mut aligned = std::collections::BTreeSet::new();
+        let mut p = |p: Progress| {
+            if let Some(l) = p.what.strip_prefix("layer ").and_then(|w| w.split(' ').next()) {
+                aligned.insert(l.parse::<usize>().unwrap());
+            }
+        };
+        let res = convert::convert_and_save(inp, o, None, out, resume, &mut Hooks { progress: Some(&mut p), kill_after });
+        (res.map(|_| ()), aligned.into_iter().collect::<Vec<_>>())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (unbroken, killed) = (dir.path().join("unbroken"), dir.path().join("killed"));
+    let (res, aligned) = run(&unbroken, &o, &inp, false, None);
+    res.unwrap();
+    assert_eq!(aligned, [0, 2, 3]);
+    assert!(!unbroken.join(STATE_FILE).exists(), "the state is removed once the checkpoint is written");
+
+    let (res, aligned) = run(&killed, &o, &inp, false, Some(1));
+    assert!(format!("{:#}", res.unwrap_err()).contains("kill_after"));
+    assert_eq!(aligned, [0]);
+    assert!(!checkpoint::is_checkpoint(&killed) && killed.join(STATE_FILE).is_file());
+    // a resume that would not continue this conversion is refused, naming what differs
+    let other_teacher = random_tensors(&cfg, 73);
+    let other_calib: Vec<u32> = ids[..300].iter().map(|&t| (t + 1) % cfg.vocab_size as u32).collect();
+    let changed = [
+        (run(&killed, &ConvertOpts { align: AlignOpts { steps: 5, ..o.align.clone() }, ..o.clone() }, &inp, true, None), "--steps 4"),
+        (run(&killed, &ConvertOpts { seed: 6, ..o.clone() }, &inp, true, None), "--seed 5"),
+        (run(&killed, &o, &inputs(&other_teacher, &ids[..300]), true, None), "another teacher"),
+        (run(&killed, &o, &inputs(&files.tensors, &other_calib), true, None), "another --calib text"),
+    ];
+    for ((res, aligned), what) in changed {
+        let e = format!("{:#}", res.unwrap_err());
+        assert!(e.contains("--resume") && e.contains(what) && e.contains(s(&killed)), "{what}: {e}");
+        assert!(aligned.is_empty(), "{what}: refused before any work");
+    }
+    let (res, aligned) = run(&killed, &o, &inp, true, Some(2));
+    assert!(format!("{:#}", res.unwrap_err()).contains("kill_after"));
+    assert_eq!(aligned, [2], "the resumed run converts the layers left only");
+    let (res, aligned) = run(&killed, &o, &inp, true, None);
+    res.unwrap();
+    assert_eq!(aligned, [3]);
+    for f in ["model.safetensors", "config.json"] {
+        assert!(std::fs::read(unbroken.join(f)).unwrap() == std::fs::read(killed.join(f)).unwrap(), "{f} differs after resuming");
+    }
+    // the reports of every layer agree too (all but their seconds)
+    let layers = |d: &Path| {
+        let mut rep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("report.json")).unwrap()).unwrap();
+        for l in rep["layers"].as_array_mut().unwrap() {
+            l["alignment"]["seconds"] = serde_json::Value::Null;
+        }
+        rep["layers"].clone()
+    };
+    assert_eq!(layers(&unbroken), layers(&killed));
+    assert_eq!(internal_entries(&killed), internal_entries(&unbroken), "no state file is left");
+}
