@@ -24,6 +24,21 @@ fn check2(what: &str, got: &[f32], exact16: &[f64], exact: &[f64]) {
     assert!(rms < 2e-3, "{what}: relative RMS error {rms:.2e} against the unrounded operands (f16 bound 2e-3)");
 }
 
+/// y = x W^T + bias, dx = dy W and dW = dy^T x (`got`, in that order) against both references.
+#[allow(clippy::too_many_arguments)]
+fn check_products(s: &str, got: [Vec<f32>; 3], x: &[f32], w: &[f32], dy: &[f32], bias: &[f32], n: usize, k: usize) {
+    let (x16, w16, dy16) = (round16(x), round16(w), round16(dy));
+    let (xe, we, dye, be) = (f64v(x), f64v(w), f64v(dy), f64v(bias));
+    let [y, dx, dw] = got;
+    check2(&format!("y {s}"), &y, &matmul::cpu::linear(&x16, &w16, Some(&be), k), &matmul::cpu::linear(&xe, &we, Some(&be), k));
+    let (dx16, dxe) =
+        (matmul_grad::cpu::linear_backward_input(&dy16, &w16, n, k), matmul_grad::cpu::linear_backward_input(&dye, &we, n, k));
+    check2(&format!("dx {s}"), &dx, &dx16, &dxe);
+    let (dw16, dwe) =
+        (matmul_grad::cpu::linear_backward_weight(&dy16, &x16, n, k), matmul_grad::cpu::linear_backward_weight(&dye, &xe, n, k));
+    check2(&format!("dW {s}"), &dw, &dw16, &dwe);
+}
+
 #[test]
 fn mma_linear_and_gradients_match_references_at_awkward_shapes() {
     let g = gpu();
@@ -38,7 +53,6 @@ fn mma_linear_and_gradients_match_references_at_awkward_shapes() {
         let y0 = randn(&mut r, m * n, 1.0);
         let (tx, tdy, tb) = (up(g, &[m, k], &x), up(g, &[m, n], &dy), up(g, &[n], &bias));
         let plus = |a: &[f64], b0: &[f32]| a.iter().zip(b0).map(|(a, b)| a + *b as f64).collect::<Vec<_>>();
-        let (x16, w16, dy16) = (round16(&x), round16(&w), round16(&dy));
         for (f16_w, tile) in [(false, mma::Tile::T64), (true, mma::Tile::T64), (true, mma::Tile::T128)] {
             let tw = if f16_w { g.upload_f16(&[n, k], &w).unwrap() } else { up(g, &[n, k], &w) };
             let y = g.zeros(&[m, n]).unwrap();
@@ -54,25 +68,14 @@ fn mma_linear_and_gradients_match_references_at_awkward_shapes() {
             })
             .unwrap();
             let s = format!("{m}x{n}x{k} W {} tile {}", if f16_w { "f16" } else { "f32" }, tile.size());
-            let (xe, we, dye, be) = (f64v(&x), f64v(&w), f64v(&dy), f64v(&bias));
-            check2(
-                &format!("y {s}"),
-                &read(g, &y),
-                &matmul::cpu::linear(&x16, &w16, Some(&be), k),
-                &matmul::cpu::linear(&xe, &we, Some(&be), k),
-            );
+            check_products(&s, [read(g, &y), read(g, &dx), read(g, &dw)], &x, &w, &dy, &bias, n, k);
+            let (x16, w16) = (round16(&x), round16(&w));
             check2(
                 &format!("y += {s}"),
                 &read(g, &ya),
                 &plus(&matmul::cpu::linear(&x16, &w16, None, k), &y0),
-                &plus(&matmul::cpu::linear(&xe, &we, None, k), &y0),
+                &plus(&matmul::cpu::linear(&f64v(&x), &f64v(&w), None, k), &y0),
             );
-            let (dx16, dxe) =
-                (matmul_grad::cpu::linear_backward_input(&dy16, &w16, n, k), matmul_grad::cpu::linear_backward_input(&dye, &we, n, k));
-            check2(&format!("dx {s}"), &read(g, &dx), &dx16, &dxe);
-            let (dw16, dwe) =
-                (matmul_grad::cpu::linear_backward_weight(&dy16, &x16, n, k), matmul_grad::cpu::linear_backward_weight(&dye, &xe, n, k));
-            check2(&format!("dW {s}"), &read(g, &dw), &dw16, &dwe);
         }
     }
 }
@@ -111,7 +114,6 @@ fn precision_f16_runs_the_model_products_on_mma_split_over_bindings() {
         let bias = randn(&mut r, n, 1.0);
         let dy = randn(&mut r, m * n, 1.0);
         let (tx, tdy, tb) = (up(g, &[m, k], &x), up(g, &[m, n], &dy), up(g, &[n], &bias));
-        let (x16, dy16) = (round16(&x), round16(&dy));
         for f16_w in [false, true] {
             let tw = if f16_w { g.upload_f16(&[n, k], &w).unwrap() } else { up(g, &[n, k], &w) };
             let (y, dx, dw) = (g.zeros(&[m, n]).unwrap(), g.zeros(&[m, k]).unwrap(), g.zeros(&[n, k]).unwrap());
@@ -123,25 +125,7 @@ fn precision_f16_runs_the_model_products_on_mma_split_over_bindings() {
             })
             .unwrap();
             let s = format!("split {m}x{n}x{k} W {}", if f16_w { "f16" } else { "f32" });
-            let (xe, we, dye, be, w16) = (f64v(&x), f64v(&w), f64v(&dy), f64v(&bias), round16(&w));
-            check2(
-                &format!("y {s}"),
-                &read(g, &y),
-                &matmul::cpu::linear(&x16, &w16, Some(&be), k),
-                &matmul::cpu::linear(&xe, &we, Some(&be), k),
-            );
-            check2(
-                &format!("dx {s}"),
-                &read(g, &dx),
-                &matmul_grad::cpu::linear_backward_input(&dy16, &w16, n, k),
-                &matmul_grad::cpu::linear_backward_input(&dye, &we, n, k),
-            );
-            check2(
-                &format!("dW {s}"),
-                &read(g, &dw),
-                &matmul_grad::cpu::linear_backward_weight(&dy16, &x16, n, k),
-                &matmul_grad::cpu::linear_backward_weight(&dye, &xe, n, k),
-            );
+            check_products(&s, [read(g, &y), read(g, &dx), read(g, &dw)], &x, &w, &dy, &bias, n, k);
         }
     }
 }
