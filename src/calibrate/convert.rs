@@ -1,25 +1,23 @@
 //! `convert`: teacher pass (activations captured, attention statistics streamed), then per
 //! converted layer the chosen strategy: naive copy, zero/small output gate, phase 1 closed
-//! form, phase 2 alignment, or both (Taylor-Calibrate); [`convert_and_save`] evaluates the
-//! student against the teacher and saves it as a checkpoint with its `report.json`, each
-//! converted layer saved as it is done so that a killed run resumes ([`super::resume`]).
+//! form, phase 2 alignment, or both (Taylor-Calibrate); the evaluation of the student against
+//! the teacher and its checkpoint with `report.json` (which `super::resumable::convert_and_save`
+//! writes, each converted layer saved as it is done so that a killed run resumes).
 use super::capture::{capture, Capture};
 use super::init::scale_output_gate;
 use super::phase1::{phase1_layer, Phase1Knobs, Phase1Report, ValueScale};
 use super::phase2::{align_layer, AlignOpts, AlignReport};
-use super::resume::State;
 use super::strategy::Strategy;
 use crate::data;
 use crate::eval::perplexity_windows;
 use crate::gpu::Gpu;
-use crate::io::checkpoint::{save_checkpoint, Checkpoint, HybridConfig};
+use crate::io::checkpoint::{Checkpoint, HybridConfig};
 use crate::io::HostTensor;
 use crate::nn::decoder::Decoder;
 use anyhow::{ensure, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Instant;
 
 /// Everything `convert` reports about one converted layer.
@@ -197,7 +195,7 @@ pub struct Conversion {
     pub timings: Timings,
 }
 
-/// What an interrupted conversion left to continue from ([`super::resume`]): the tensors of
+/// What an interrupted conversion left to continue from ([`super::resumable`]): the tensors of
 /// the layers it converted, their reports and the time it spent.
 #[derive(Default)]
 pub struct Earlier {
@@ -225,7 +223,7 @@ pub fn convert(
 /// (given the timings so far, the earlier ones included). A layer depends only on the
 /// teacher, the calibration tokens, the settings and its own naive tensors, so the result
 /// is the one an unbroken run gets.
-fn convert_from(
+pub(super) fn convert_from(
     (gpu, hc, teacher, teacher_tensors, calib): (&Gpu, &HybridConfig, &Decoder, &HashMap<String, HostTensor>, &[u32]),
     o: &ConvertOpts,
     earlier: Earlier,
@@ -338,65 +336,4 @@ impl Conversion {
     pub fn checkpoint(self, config: &HybridConfig, tokenizer: Option<tokenizers::Tokenizer>, report: Value) -> Checkpoint {
         Checkpoint { config: config.clone(), tensors: self.tensors, tokenizer, report, optimizer: None, files: vec![] }
     }
-}
-
-/// What [`convert_and_save`] reports and when it stops early.
-#[derive(Default)]
-pub struct Hooks<'a> {
-    pub progress: Option<&'a mut dyn FnMut(Progress)>,
-    /// Return (as an error, like a crash) once this many converted layers are saved, the
-    /// resumed ones included: tests of resume.
-    pub kill_after: Option<usize>,
-}
-
-/// [`convert`], evaluate the student beside the teacher ([`Conversion::evaluate`]) and save
-/// it in `out` as a checkpoint with `tokenizer` and its `report.json`. Each converted layer
-/// is saved in `out` as it is done ([`super::resume`]); with `resume`, the conversion an
-/// interrupted run left in `out` continues (refused where the settings or inputs differ),
-/// to the checkpoint an unbroken run writes. Returns the timings and the evaluation.
-pub fn convert_and_save(
-    inp: &Inputs,
-    o: &ConvertOpts,
-    tokenizer: Option<tokenizers::Tokenizer>,
-    out: &Path,
-    resume: bool,
-    hooks: &mut Hooks,
-) -> Result<(Timings, ConvertEval)> {
-    inp.check()?;
-    o.check()?;
-    let mut state = State::new(inp, o)?;
-    let earlier = if resume {
-        let was = State::load(out)?.with_context(|| format!("--resume: {} holds no interrupted conversion", out.display()))?;
-        was.check_continues(&state, out)?;
-        state = was;
-        state.earlier(out, inp.config)?
-    } else {
-        state.save(out)?;
-        Earlier::default()
-    };
-    let mut no_progress = |_: Progress| {};
-    let progress = hooks.progress.as_deref_mut().unwrap_or(&mut no_progress);
-    let kill_after = hooks.kill_after;
-    // layers whose conversion is instant (no phase 1 or 2) are not worth a file each
-    let per_layer = o.strategy.phase1() || o.strategy.phase2();
-    let c = convert_from(
-        (inp.gpu, inp.config, inp.teacher, inp.teacher_tensors, inp.calib),
-        o,
-        earlier,
-        progress,
-        &mut |r, tensors, timings| {
-            if per_layer {
-                state.record_layer(out, r, tensors, &timings)?;
-            }
-            ensure!(kill_after != Some(state.layers_done()), "stopped after {} converted layers (kill_after)", state.layers_done());
-            Ok(())
-        },
-    )?;
-    let eval = c.evaluate(inp, o)?;
-    let report = c.report_json(inp, o, &eval);
-    let timings = c.timings.clone();
-    save_checkpoint(out, &c.checkpoint(inp.config, tokenizer, report))?;
-    // only once the checkpoint is in place: a kill before leaves the state to resume from
-    super::resume::remove(out)?;
-    Ok((timings, eval))
 }

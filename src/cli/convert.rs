@@ -8,6 +8,7 @@ use indicatif::HumanDuration;
 use serde_json::json;
 use std::path::Path;
 use taylorcal::calibrate::convert::{self, ConvertOpts};
+use taylorcal::calibrate::resumable;
 use taylorcal::calibrate::strategy::Strategy;
 use taylorcal::experiments::ablate;
 use taylorcal::io::hf;
@@ -20,7 +21,7 @@ use taylorcal::select::Selection;
 pub fn convert(conv: &ConvArgs, strategy: &str, out: &Path, force: bool, resume: bool, json: bool) -> Result<()> {
     let strategy = Strategy::parse(strategy)?;
     conv.check()?;
-    taylorcal::calibrate::resume::check_out(out, resume, force)?;
+    resumable::check_out(out, resume, force)?;
     let _out = claim_out(out, Kind::Checkpoint, &resolve_model(&conv.teacher)?, &[], force)?;
     let g = gpu()?;
     let cpu = g.info.device_type == "Cpu";
@@ -57,9 +58,9 @@ pub fn convert(conv: &ConvArgs, strategy: &str, out: &Path, force: bool, resume:
             }
         }
     };
-    let mut hooks = convert::Hooks { progress: Some(&mut progress), kill_after: None };
+    let mut hooks = resumable::Hooks { progress: Some(&mut progress), kill_after: None };
     let (timings, eval) =
-        convert::convert_and_save(&setup.inputs(g, &windows)?, &o, Some(setup.tokenizer.clone()), out, resume, &mut hooks)?;
+        resumable::convert_and_save(&setup.inputs(g, &windows)?, &o, Some(setup.tokenizer.clone()), out, resume, &mut hooks)?;
     pb.finish_and_clear();
     if json {
         println!(

@@ -382,9 +382,9 @@ fn distill_killed_at_20_random_moments_ends_as_an_unbroken_run() {
 #[test]
 fn convert_stopped_after_a_layer_resumes_to_the_unbroken_checkpoint() {
     use crate::common::{gpu, rng};
-    use taylorcal::calibrate::convert::{self, ConvertOpts, Hooks, Inputs, Progress};
+    use taylorcal::calibrate::convert::{ConvertOpts, Inputs, Progress};
     use taylorcal::calibrate::phase2::AlignOpts;
-    use taylorcal::calibrate::resume::STATE_FILE;
+    use taylorcal::calibrate::resumable::{self, Hooks, STATE_FILE};
     use taylorcal::calibrate::strategy::Strategy;
     use taylorcal::nn::decoder::Decoder;
     let g = gpu();
@@ -424,7 +424,7 @@ fn convert_stopped_after_a_layer_resumes_to_the_unbroken_checkpoint() {
                 aligned.insert(l.parse::<usize>().unwrap());
             }
         };
-        let res = convert::convert_and_save(inp, o, None, out, resume, &mut Hooks { progress: Some(&mut p), kill_after });
+        let res = resumable::convert_and_save(inp, o, None, out, resume, &mut Hooks { progress: Some(&mut p), kill_after });
         (res.map(|_| ()), aligned.into_iter().collect::<Vec<_>>())
     };
     let dir = tempfile::tempdir().unwrap();

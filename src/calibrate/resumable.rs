@@ -1,5 +1,6 @@
-//! A conversion in progress, kept in its output directory so that a killed `convert`
-//! continues with `--resume` to the very checkpoint an unbroken run writes.
+//! Converting into an output directory ([`convert_and_save`]), the conversion in progress
+//! kept there so that a killed `convert` continues with `--resume` to the very checkpoint
+//! an unbroken run writes.
 //!
 //! `DIR/.taylorcal-convert.json` records what the result depends on (the settings, the
 //! teacher's and the calibration tokens' fingerprints) and the reports and timings of the
@@ -10,8 +11,8 @@
 //! checkpoint is written before these files are removed. Resuming converts the remaining
 //! layers from the naive student with the saved ones put back, after the (deterministic)
 //! teacher pass again.
-use super::convert::{ConvertOpts, Earlier, Inputs, LayerReport, Timings};
-use crate::io::checkpoint::{gdn_name, HybridConfig, GDN_PARAMS};
+use super::convert::{self, ConvertEval, ConvertOpts, Earlier, Inputs, LayerReport, Progress, Timings};
+use crate::io::checkpoint::{gdn_name, save_checkpoint, HybridConfig, GDN_PARAMS};
 use crate::io::fingerprint::{self, Fingerprint};
 use crate::io::{hf, HostTensor};
 use anyhow::{bail, ensure, Context as _, Result};
@@ -226,4 +227,66 @@ pub fn check_out(out: &Path, resume: bool, force: bool) -> Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// What [`convert_and_save`] reports and when it stops early.
+#[derive(Default)]
+pub struct Hooks<'a> {
+    pub progress: Option<&'a mut dyn FnMut(Progress)>,
+    /// Return (as an error, like a crash) once this many converted layers are saved, the
+    /// resumed ones included: tests of resume.
+    pub kill_after: Option<usize>,
+}
+
+/// [`convert::convert`], evaluate the student beside the teacher
+/// ([`convert::Conversion::evaluate`]) and save
+/// it in `out` as a checkpoint with `tokenizer` and its `report.json`. Each converted layer
+/// is saved in `out` as it is done (see the module docs); with `resume`, the conversion an
+/// interrupted run left in `out` continues (refused where the settings or inputs differ),
+/// to the checkpoint an unbroken run writes. Returns the timings and the evaluation.
+pub fn convert_and_save(
+    inp: &Inputs,
+    o: &ConvertOpts,
+    tokenizer: Option<tokenizers::Tokenizer>,
+    out: &Path,
+    resume: bool,
+    hooks: &mut Hooks,
+) -> Result<(Timings, ConvertEval)> {
+    inp.check()?;
+    o.check()?;
+    let mut state = State::new(inp, o)?;
+    let earlier = if resume {
+        let was = State::load(out)?.with_context(|| format!("--resume: {} holds no interrupted conversion", out.display()))?;
+        was.check_continues(&state, out)?;
+        state = was;
+        state.earlier(out, inp.config)?
+    } else {
+        state.save(out)?;
+        Earlier::default()
+    };
+    let mut no_progress = |_: Progress| {};
+    let progress = hooks.progress.as_deref_mut().unwrap_or(&mut no_progress);
+    let kill_after = hooks.kill_after;
+    // layers whose conversion is instant (no phase 1 or 2) are not worth a file each
+    let per_layer = o.strategy.phase1() || o.strategy.phase2();
+    let c = convert::convert_from(
+        (inp.gpu, inp.config, inp.teacher, inp.teacher_tensors, inp.calib),
+        o,
+        earlier,
+        progress,
+        &mut |r, tensors, timings| {
+            if per_layer {
+                state.record_layer(out, r, tensors, &timings)?;
+            }
+            ensure!(kill_after != Some(state.layers_done()), "stopped after {} converted layers (kill_after)", state.layers_done());
+            Ok(())
+        },
+    )?;
+    let eval = c.evaluate(inp, o)?;
+    let report = c.report_json(inp, o, &eval);
+    let timings = c.timings.clone();
+    save_checkpoint(out, &c.checkpoint(inp.config, tokenizer, report))?;
+    // only once the checkpoint is in place: a kill before leaves the state to resume from
+    remove(out)?;
+    Ok((timings, eval))
 }
