@@ -39,7 +39,7 @@ struct Params {
     ldc: u32,
     acol: u32,
     ccol: u32,
-    // bit 0: add bias; bit 1: accumulate into C; bit 2: scale A per workgroup (a_scale)
+    // bit 0: add bias; bit 1: accumulate into C; bit 2: scale A by amx (a_scale)
     flags: u32,
     _pad0: u32,
     _pad1: u32,
@@ -54,7 +54,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read> amx: array<u32>;
 
 var<workgroup> as_: array<f16, BM * BKP>; // as_[i BKP + r] = A(i0 + i, r0 + r)
-// the workgroup's scale of A (a power of two) and its inverse, applied to C
+// the scale of A (a power of two, from max |A|) and its inverse, applied to C
 var<private> sa: f32 = 1.0;
 var<private> inv_sa: f32 = 1.0;
 var<workgroup> bs: array<f16, BN * BKP>; // bs[j BKP + r] = B(j0 + j, r0 + r)
