@@ -585,3 +585,22 @@ fn text_is_read_only_as_far_as_the_command_needs() {
     let v = json(&stdout);
     assert_eq!((v["steps"].as_u64(), v["sequences"].as_u64()), (Some(3), Some(6)), "{v}");
 }
+
+/// Mesa's Vulkan device-select layer looks for a Wayland display while the GPU is set up,
+/// and libwayland printed `error: XDG_RUNTIME_DIR is invalid or not set in the environment.`
+/// twice on every GPU command run without that variable (a cron job, a container, ssh).
+#[test]
+fn no_xdg_runtime_dir_error_when_the_variable_is_unset() {
+    for unset in [true, false] {
+        let mut cmd = common::taylorcal_cmd(&std::env::current_dir().unwrap());
+        match unset {
+            true => cmd.env_remove("XDG_RUNTIME_DIR"),
+            false => cmd.env("XDG_RUNTIME_DIR", "relative/dir"),
+        };
+        let out = cmd.args(["info", "--json"]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(!err.contains("XDG_RUNTIME_DIR"), "unset: {unset}: {err}");
+        json(&String::from_utf8_lossy(&out.stdout));
+    }
+}
