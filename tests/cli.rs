@@ -604,3 +604,22 @@ fn no_xdg_runtime_dir_error_when_the_variable_is_unset() {
         json(&String::from_utf8_lossy(&out.stdout));
     }
 }
+
+/// A model name that is not a file but close to the default teacher's (another case, a
+/// typo) is answered with the name to use, not only "does not exist".
+#[test]
+fn a_misspelt_default_teacher_gets_a_suggestion() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = word_text(dir.path());
+    let t = text.to_str().unwrap();
+    for name in ["smolm2", "SmolLM2", "SMOLLM2", "smollm-2"] {
+        for args in [vec!["eval", "--model", name, "--text", t], vec!["convert", "--teacher", name, "--out", "s"]] {
+            let (ok, _, err) = common::taylorcal_in(dir.path(), &args);
+            assert!(!ok && err.contains(name) && err.contains("did you mean smollm2"), "{args:?}: {err}");
+            assert!(!dir.path().join("s").exists());
+        }
+    }
+    // a name far from it gets no suggestion
+    let (ok, _, err) = common::taylorcal_in(dir.path(), &["eval", "--model", "gpt2", "--text", t]);
+    assert!(!ok && err.contains("does not exist") && !err.contains("did you mean"), "{err}");
+}
