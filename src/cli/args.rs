@@ -3,8 +3,6 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use taylorcal::calibrate::convert::ConvertOpts;
-use taylorcal::calibrate::phase2::AlignOpts;
-use taylorcal::calibrate::strategy::Strategy;
 use taylorcal::data::{self, TextSource, TokenStream, WINDOW};
 use taylorcal::gpu::Precision;
 use taylorcal::io::{self, fingerprint};
@@ -55,6 +53,7 @@ pub struct ModelTextArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub text: TextArgs,
+    /// Print one line of JSON instead of text
     #[arg(long)]
     pub json: bool,
 }
@@ -83,20 +82,16 @@ impl EvalArgs {
     }
 }
 
-/// What a conversion reads and how it runs (`convert`, `ablate`, `select`, `recovery`).
+/// What `select` reads: the teacher, the retained-layer policy, the calibration and
+/// evaluation text, and the phase 1 settings GA-S2's candidates use. [`ConvArgs`] adds what
+/// only a conversion uses.
 #[derive(clap::Args)]
-pub struct ConvArgs {
+pub struct TeacherArgs {
     /// `smollm2` (default teacher), a .gguf file or a Hugging Face directory
     #[arg(long, default_value = io::fetch::DEFAULT_TEACHER)]
     pub teacher: String,
-    /// Layers that keep softmax attention, e.g. 0,4,8
-    #[arg(long, value_delimiter = ',', conflicts_with = "keep_every")]
-    pub keep: Option<Vec<usize>>,
-    /// Keep every K-th layer from 0 (the default when neither --keep nor --policy is given: 4)
-    #[arg(long)]
-    pub keep_every: Option<usize>,
     /// Choose the kept layers with a retained-layer policy: uniform, ar, ga-s2 (needs --num-keep)
-    #[arg(long, conflicts_with_all = ["keep", "keep_every"], requires = "num_keep")]
+    #[arg(long, requires = "num_keep")]
     pub policy: Option<String>,
     /// Layers the policy keeps as softmax attention
     #[arg(long, requires = "policy")]
@@ -109,46 +104,112 @@ pub struct ConvArgs {
     #[arg(long, default_value_t = 1024)]
     pub calib_tokens: usize,
     /// Calibration windows of 256 tokens whose activations phase 1's value scale and
-    /// phase 2's alignment use (the reference: 4); every alignment step sees all of them
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    pub capture_windows: u64,
+    /// phase 2's alignment use (default: 4, the reference's; 1 with convert's --preset
+    /// quick); every alignment step sees all of them
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub capture_windows: Option<u64>,
     /// Phase 1's value scale: `linear[:TAU]` (the default: sigma = TAU / RMS(W_v x) per
     /// head, SiLU near its linear regime; TAU 0.25, chosen on the Brown training split) or
     /// `fit` (the method as written, docs/method.md: sigma = <c_T, c_S> / |c_S|^2 from the recurrence's
     /// output, which on SmolLM2 hits its clamp and loses to alignment-only)
     #[arg(long, default_value_t = taylorcal::calibrate::phase1::ValueScale::default(), value_parser = taylorcal::calibrate::phase1::ValueScale::parse)]
     pub value_scale: taylorcal::calibrate::phase1::ValueScale,
-    /// Phase 2 AdamW steps per layer
-    #[arg(long, default_value_t = 300)]
-    pub steps: usize,
+    /// Random seed: the new GDN parameters' initialisation (recovery: also the order of the
+    /// training sequences)
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
     pub eval: EvalArgs,
 }
 
+impl TeacherArgs {
+    /// The conversion settings of `preset` with these arguments' values over it
+    /// (Taylor-Calibrate, no kept layers yet: they come from the teacher's layer count or a
+    /// policy).
+    pub fn opts(&self, preset: Preset) -> Result<ConvertOpts> {
+        let base = preset.opts();
+        Ok(ConvertOpts {
+            calib_tokens: self.calib_tokens,
+            capture_windows: self.capture_windows.map_or(base.capture_windows, |c| c as usize),
+            value_scale: self.value_scale,
+            seed: self.seed,
+            phase1_knobs: super::env::phase1_knobs_from_env()?,
+            ..base
+        })
+    }
+
+    /// Reject arguments no run can use, before anything is loaded or written.
+    pub fn check(&self) -> Result<()> {
+        anyhow::ensure!(self.eval.eval_windows >= 1, "--eval-windows must be at least 1");
+        anyhow::ensure!(self.num_keep != Some(0), "--num-keep must be at least 1");
+        self.opts(Preset::Reference)?.check()
+    }
+}
+
+/// Conversion settings for a kind of adapter; explicit options override a preset's values.
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+pub enum Preset {
+    /// The reference settings: 300 alignment steps per layer on 4 windows of 256 tokens
+    #[default]
+    Reference,
+    /// For CPU and other slow adapters: 50 alignment steps per layer on 1 window of 256
+    /// tokens (about 1/24 of the reference's alignment work; the student is less accurate,
+    /// see the README)
+    Quick,
+}
+
+impl Preset {
+    /// The conversion settings this preset stands for.
+    pub fn opts(self) -> ConvertOpts {
+        match self {
+            Preset::Reference => ConvertOpts::default(),
+            Preset::Quick => ConvertOpts::quick(),
+        }
+    }
+}
+
+/// What a conversion reads and how it runs (`convert`, `ablate`, `recovery`): [`TeacherArgs`]
+/// (read through this struct: it derefs to them), the student's layout and phase 2.
+#[derive(clap::Args)]
+pub struct ConvArgs {
+    #[command(flatten)]
+    pub teacher_args: TeacherArgs,
+    /// Layers that keep softmax attention, e.g. 0,4,8
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["keep_every", "policy"])]
+    pub keep: Option<Vec<usize>>,
+    /// Keep every K-th layer from 0 (the default when neither --keep nor --policy is given: 4)
+    #[arg(long, conflicts_with = "policy")]
+    pub keep_every: Option<usize>,
+    /// Settings for the adapter: `reference` (the default) or `quick` for CPU and other slow
+    /// adapters (fewer alignment steps on less text: about 24x less phase 2 work); --steps and
+    /// --capture-windows override it
+    #[arg(long, value_enum, default_value_t = Preset::Reference)]
+    pub preset: Preset,
+    /// Phase 2 AdamW steps per layer (default: 300, the reference's; 50 with --preset quick)
+    #[arg(long)]
+    pub steps: Option<usize>,
+}
+
+impl std::ops::Deref for ConvArgs {
+    type Target = TeacherArgs;
+    fn deref(&self) -> &TeacherArgs {
+        &self.teacher_args
+    }
+}
+
 impl ConvArgs {
     /// The conversion settings these arguments give (Taylor-Calibrate, no kept layers yet:
     /// they come from the teacher's layer count or a policy).
     pub fn opts(&self) -> Result<ConvertOpts> {
-        Ok(ConvertOpts {
-            keep: vec![],
-            strategy: Strategy::TaylorCalibrate,
-            seq_len: WINDOW,
-            calib_tokens: self.calib_tokens,
-            capture_windows: self.capture_windows as usize,
-            align: AlignOpts { steps: self.steps, ..Default::default() },
-            value_scale: self.value_scale,
-            seed: self.seed,
-            phase1_knobs: super::env::phase1_knobs_from_env()?,
-        })
+        let mut o = self.teacher_args.opts(self.preset)?;
+        o.align.steps = self.steps.unwrap_or(o.align.steps);
+        Ok(o)
     }
 
     /// Reject arguments no conversion can use, before anything is loaded or written.
     pub fn check(&self) -> Result<()> {
-        anyhow::ensure!(self.eval.eval_windows >= 1, "--eval-windows must be at least 1");
+        self.teacher_args.check()?;
         anyhow::ensure!(self.keep_every != Some(0), "--keep-every must be at least 1");
-        anyhow::ensure!(self.num_keep != Some(0), "--num-keep must be at least 1");
         self.opts()?.check()
     }
 }
@@ -243,6 +304,7 @@ pub struct DistillArgs {
     pub tokens: usize,
     #[command(flatten)]
     pub train: TrainArgs,
+    /// Seed of the order the training sequences are drawn in
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
@@ -261,6 +323,7 @@ pub struct DistillArgs {
     /// are replaced, every other file is left alone
     #[arg(long)]
     pub force: bool,
+    /// Print one line of JSON instead of text
     #[arg(long)]
     pub json: bool,
 }
@@ -291,6 +354,7 @@ pub struct RecoveryArgs {
     /// are replaced, every other file is left alone
     #[arg(long)]
     pub force: bool,
+    /// Print one line of JSON instead of text
     #[arg(long)]
     pub json: bool,
 }
@@ -300,6 +364,7 @@ pub struct RecoveryArgs {
 pub enum Cmd {
     /// Show the GPU adapter, backend, driver, features and key limits
     Info {
+        /// Print one line of JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -312,6 +377,7 @@ pub enum Cmd {
         /// Only benchmarks whose label contains one of these words (e.g. `matmul`, `attention`);
         /// `gdn` times the chunked delta-rule scan, forward and forward+backward
         what: Vec<String>,
+        /// Print one line of JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -335,6 +401,7 @@ pub enum Cmd {
         /// starts over)
         #[arg(long)]
         force: bool,
+        /// Print one line of JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -350,6 +417,7 @@ pub enum Cmd {
         /// are replaced, every other file is left alone
         #[arg(long)]
         force: bool,
+        /// Print one line of JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -357,11 +425,12 @@ pub enum Cmd {
     /// print the kept layers and every layer's score
     Select {
         #[command(flatten)]
-        conv: ConvArgs,
+        teacher: TeacherArgs,
         /// Write the report here as JSON, and a per-layer score chart next to it (.svg in
         /// place of .json, else appended); only select's own earlier report is written over
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Print one line of JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -377,10 +446,13 @@ pub enum Cmd {
     Generate {
         #[command(flatten)]
         model: ModelArgs,
+        /// Text to continue
         #[arg(long)]
         prompt: String,
+        /// Tokens to generate at most (fewer when the model ends the text)
         #[arg(long, default_value_t = 64)]
         max_new_tokens: usize,
+        /// Print one line of JSON instead of text
         #[arg(long)]
         json: bool,
     },

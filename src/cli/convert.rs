@@ -1,7 +1,7 @@
 //! The `convert`, `ablate` and `select` subcommands: the teacher and layout from
 //! [`conv_setup`], one library call, the output.
-use super::args::ConvArgs;
-use super::setup::conv_setup;
+use super::args::{ConvArgs, TeacherArgs};
+use super::setup::{conv_setup, select_setup};
 use super::{claim_out, gpu, progress, resolve_model};
 use anyhow::{Context as _, Result};
 use indicatif::HumanDuration;
@@ -113,7 +113,7 @@ pub fn ablate(conv: &ConvArgs, out: &Path, force: bool, json: bool) -> Result<()
 }
 
 /// `taylorcal select`: run --policy and print (and with `out`, write) its selection.
-pub fn select(conv: &ConvArgs, out: Option<&Path>, json: bool) -> Result<()> {
+pub fn select(conv: &TeacherArgs, out: Option<&Path>, json: bool) -> Result<()> {
     anyhow::ensure!(conv.policy.is_some(), "select needs --policy (uniform, ar, ga-s2) and --num-keep");
     conv.check()?;
     // the report's and the chart's paths, checked before any work
@@ -130,7 +130,7 @@ pub fn select(conv: &ConvArgs, out: Option<&Path>, json: bool) -> Result<()> {
         }
         None => None,
     };
-    let setup = conv_setup(conv)?;
+    let setup = select_setup(conv)?;
     let s = setup.selection.as_ref().expect("a policy was given");
     let mut report = serde_json::to_value(s)?;
     report["teacher"] = json!(setup.files.source);

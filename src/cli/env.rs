@@ -1,7 +1,8 @@
 //! The environment variables the program reads (README, "Environment"), turned into the
 //! library's option values: the GPU context's [`GpuOptions`], phase 1's research knobs and
-//! the model cache directory. Nothing else in the crate reads the environment. Written
-//! against `taylorcal::` paths only, so the examples, benchmarks and tests include this file too.
+//! the model cache directory (and a private XDG_RUNTIME_DIR when it is unset). Nothing else
+//! in the crate reads or sets the environment. Written against `taylorcal::` paths only, so
+//! the examples, benchmarks and tests include this file too.
 use anyhow::{anyhow, bail, Context as _, Result};
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -87,4 +88,35 @@ pub fn phase1_knobs_from_env() -> Result<Phase1Knobs> {
 /// [`taylorcal::io::fetch::default_cache_dir`].
 pub fn cache_dir_from_env() -> PathBuf {
     std::env::var_os("TAYLORCAL_CACHE").map(PathBuf::from).unwrap_or_else(taylorcal::io::fetch::default_cache_dir)
+}
+
+/// An empty directory made for this process as its `XDG_RUNTIME_DIR`, removed on drop.
+pub struct RuntimeDir(PathBuf);
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// When `XDG_RUNTIME_DIR` is unset or not an absolute path, point it at a new private
+/// (mode 0700) empty directory. Mesa's Vulkan device-select layer looks for a Wayland
+/// display while wgpu sets up its instance, and libwayland prints "error: XDG_RUNTIME_DIR
+/// is invalid or not set in the environment." for each look without one; in the empty
+/// directory it finds no display, silently, as before. Sets an environment variable: call
+/// before any other thread starts. `None` when the variable is fine or no directory could
+/// be made (the message then stays).
+pub fn private_runtime_dir() -> Option<RuntimeDir> {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| PathBuf::from(d).is_absolute()) || !cfg!(unix) {
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("taylorcal-runtime-{}", std::process::id()));
+    // left by an earlier process of this id: only an empty directory is removed
+    let _ = std::fs::remove_dir(&dir);
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(&dir).ok()?;
+    std::env::set_var("XDG_RUNTIME_DIR", &dir);
+    Some(RuntimeDir(dir))
 }

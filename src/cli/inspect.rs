@@ -12,7 +12,7 @@ use taylorcal::experiments::{bench, bench_gdn};
 pub fn info(json: bool) -> Result<()> {
     let info = &gpu()?.info;
     if json {
-        println!("{}", serde_json::to_string_pretty(info)?);
+        println!("{}", serde_json::to_string(info)?);
     } else {
         println!("adapter   {} ({})", info.name, info.device_type);
         println!("backend   {}", info.backend);
@@ -121,16 +121,20 @@ pub fn bench(what: &[String], json: bool) -> Result<()> {
         return Ok(());
     }
     let benches = bench::suite_matching(g, what)?;
-    eprintln!("adapter: {} ({}, {}); {} benchmarks", g.info.name, g.info.backend, g.info.device_type, benches.len());
+    // the table on stdout once, a row as each benchmark ends
+    if !json {
+        println!("{}; {} benchmarks", bench::adapter_line(&g.info), benches.len());
+        println!("{}", bench::table_header());
+    }
     let report = bench::run_suite(g, &benches, |r| {
         if !json {
-            eprintln!("{}", r.row())
+            println!("{}", r.row())
         }
     });
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("{}", report.text());
+        print!("{}", report.footer());
     }
     Ok(())
 }

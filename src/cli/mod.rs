@@ -50,7 +50,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Bench { what, json } => inspect::bench(&what, json),
         Cmd::Convert { conv, strategy, out, resume, force, json } => convert::convert(&conv, &strategy, &out, force, resume, json),
         Cmd::Ablate { conv, out, force, json } => convert::ablate(&conv, &out, force, json),
-        Cmd::Select { conv, out, json } => convert::select(&conv, out.as_deref(), json),
+        Cmd::Select { teacher, out, json } => convert::select(&teacher, out.as_deref(), json),
         Cmd::Distill(a) => train::distill(&a),
         Cmd::Recovery(a) => train::recovery(&a),
         Cmd::Generate { model, prompt, max_new_tokens, json } => inspect::generate(&model.model, &prompt, max_new_tokens, json),

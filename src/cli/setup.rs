@@ -1,9 +1,9 @@
 //! What the commands load: a model to run (eval, stats, generate), or a teacher with the
 //! student's layout, calibration and evaluation tokens (convert, ablate, select, recovery).
-use super::args::{ConvArgs, EvalArgs};
+use super::args::{ConvArgs, EvalArgs, Preset, TeacherArgs};
 use super::progress;
 use super::{gpu, resolve_model};
-use anyhow::{Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use std::collections::HashMap;
 use taylorcal::calibrate::convert::{ConvertOpts, Inputs};
 use taylorcal::data;
@@ -75,27 +75,48 @@ impl ConvSetup {
 }
 
 /// Load the teacher of `a`, tokenise the calibration and evaluation texts, and choose the
-/// kept layers (running --policy when given).
+/// kept layers (running --policy when given); a layout that keeps every layer is refused.
 pub fn conv_setup(a: &ConvArgs) -> Result<ConvSetup> {
+    setup(a, a.opts()?, Some(a))
+}
+
+/// [`conv_setup`] for `select`: the kept layers are the policy's (all of them allowed).
+pub fn select_setup(a: &TeacherArgs) -> Result<ConvSetup> {
+    setup(a, a.opts(Preset::Reference)?, None)
+}
+
+/// The teacher, texts and policy of `a` with `opts`; `conv` (a conversion's arguments) adds
+/// the layout options and the check that something is converted.
+fn setup(a: &TeacherArgs, mut opts: ConvertOpts, conv: Option<&ConvArgs>) -> Result<ConvSetup> {
     let path = resolve_model(&a.teacher)?;
     let files = io::load_model(&path)?;
     let tokenizer = files.tokenizer.clone().with_context(|| format!("{} has no tokenizer", files.source))?;
     let (layers, vocab) = (files.config.num_hidden_layers, files.config.vocab_size);
-    let mut opts = a.opts()?;
+    if let (Some(_), Some(n)) = (conv, a.num_keep) {
+        ensure!(n != layers, "--num-keep {n} keeps all {layers} layers of the teacher as softmax attention: nothing to convert");
+    }
     let calib_tokens = opts.calib_windows().saturating_mul(opts.seq_len);
     let calib = data::tokenize_or(&tokenizer, a.calib.as_deref(), &data::brown::CALIBRATION, vocab, calib_tokens)?;
     let eval = a.eval.tokens(&tokenizer, vocab)?;
     let teacher = Decoder::new(gpu()?, &files)?;
     let selection = run_policy(a, &opts, &teacher, &files.tensors, &calib, &eval)?;
-    let keep = select::kept_layers(layers, selection.as_ref(), a.keep.as_deref(), a.keep_every)?;
+    let (keep, keep_every) = conv.map_or((None, None), |c| (c.keep.as_deref(), c.keep_every));
+    let keep = select::kept_layers(layers, selection.as_ref(), keep, keep_every)?;
     let hc = HybridConfig::new(files.config.clone(), keep)?;
+    if let (Some(c), true) = (conv, hc.gdn_layers().is_empty()) {
+        let layout = match &c.keep {
+            Some(k) => format!("--keep {}", k.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(",")),
+            None => format!("--keep-every {}", c.keep_every.unwrap_or(select::DEFAULT_KEEP_EVERY)),
+        };
+        bail!("{layout} keeps all {layers} layers of the teacher as softmax attention: nothing to convert");
+    }
     opts.keep = hc.attn_layers.clone();
     Ok(ConvSetup { files, teacher, tokenizer, hc, calib, eval, selection, opts, eval_args: a.eval.clone() })
 }
 
 /// Run --policy (when given) on the evaluation (and, for GA-S2, calibration) windows.
 fn run_policy(
-    a: &ConvArgs,
+    a: &TeacherArgs,
     o: &ConvertOpts,
     teacher: &Decoder,
     tensors: &HashMap<String, HostTensor>,

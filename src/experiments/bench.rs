@@ -533,9 +533,13 @@ pub fn default_suite(gpu: &Gpu) -> Vec<Bench> {
 /// The benchmarks of [`default_suite`] whose label contains one of `words` (all of them when
 /// `words` is empty); an error when none does.
 pub fn suite_matching(gpu: &Gpu, words: &[String]) -> Result<Vec<Bench>> {
+    let suite = default_suite(gpu);
     let benches: Vec<Bench> =
-        default_suite(gpu).into_iter().filter(|b| words.is_empty() || words.iter().any(|w| b.label().contains(w.as_str()))).collect();
-    anyhow::ensure!(!benches.is_empty(), "no benchmark matches {words:?}");
+        suite.iter().filter(|b| words.is_empty() || words.iter().any(|w| b.label().contains(w.as_str()))).cloned().collect();
+    if benches.is_empty() {
+        let labels: Vec<String> = suite.iter().map(Bench::label).collect();
+        bail!("no benchmark matches {words:?}; the benchmarks on this adapter are {}, and `gdn` (the delta-rule scan)", labels.join(", "));
+    }
     Ok(benches)
 }
 
@@ -624,23 +628,20 @@ impl BenchResult {
     }
 }
 
-/// A plain-text table of results (header, one row each).
-pub fn table(results: &[BenchResult]) -> String {
-    let mut s =
-        format!("{:<14} {:<24} {:>12} {:>10} {:>9} {:>5}  {}\n", "kernel", "shape", "ms (median)", "GFLOP/s", "GB/s", "runs", "timing");
-    for r in results {
-        s.push_str(&r.row());
-        s.push('\n');
-    }
-    s
+/// The header of the table whose rows are [`BenchResult::row`], without a newline.
+pub fn table_header() -> String {
+    format!("{:<14} {:<24} {:>12} {:>10} {:>9} {:>5}  {}", "kernel", "shape", "ms (median)", "GFLOP/s", "GB/s", "runs", "timing")
+}
+
+/// The line naming the adapter a suite runs on, without a newline.
+pub fn adapter_line(a: &GpuInfo) -> String {
+    format!("adapter: {} ({}, {}, driver {} {})", a.name, a.backend, a.device_type, a.driver, a.driver_info)
 }
 
 impl SuiteReport {
-    /// The adapter line, the table, failures and speedup lines.
-    pub fn text(&self) -> String {
-        let a = &self.adapter;
-        let mut s = format!("adapter: {} ({}, {}, driver {} {})\n", a.name, a.backend, a.device_type, a.driver, a.driver_info);
-        s.push_str(&table(&self.results));
+    /// What follows the table: failures and speedup lines (each with a newline).
+    pub fn footer(&self) -> String {
+        let mut s = String::new();
         for (label, err) in &self.failures {
             s.push_str(&format!("failed: {label}: {err}\n"));
         }

