@@ -4,7 +4,7 @@
 //! crate's layering itself.
 //!
 //! Files, in order: io, fuzz, data, decoder, gdn_block, training, calibrate, select, distill,
-//! safety, options, layout.
+//! safety, crash, options, layout.
 #[path = "../common/mod.rs"]
 mod common;
 
@@ -37,6 +37,9 @@ mod distill;
 
 /// What `--out` may touch, the crash-safe checkpoint write, the output lock.
 mod safety;
+
+/// A distillation killed with SIGKILL at 20 random moments ends as an unbroken run.
+mod crash;
 
 /// Options no run can use, atomic reports, select's report paths.
 mod options;
