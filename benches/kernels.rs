@@ -84,7 +84,7 @@ fn attention(c: &mut Criterion) {
     let v = g.upload(&[t, hkv * d], &data(t * hkv * d, 5)).unwrap();
     let o = g.zeros(&[t, h * d]).unwrap();
     let st = g.zeros(&[t, h, 2]).unwrap();
-    let s = AttnShape { heads: h, kv_heads: hkv, dim: d, pos0: 0, scale: 1.0 / (d as f32).sqrt() };
+    let s = AttnShape { heads: h, kv_heads: hkv, dim: d, pos0: 0, scale: 1.0 / (d as f32).sqrt(), seqs: 1 };
     group.throughput(Throughput::Elements((2 * t * t * h * d) as u64)); // causal flops: 4 T^2/2 H d
     group.bench_function(format!("causal/T{t}_H{h}_{hkv}_d{d}"), |b| {
         b.iter(|| run(g, |bt| ops::attention::attention(bt, &q, &k, &v, &o, &st, s)))

@@ -1,7 +1,8 @@
 //! Time every kernel of one stage-2 distillation micro-step (teacher forward, student
 //! forward, fused LM-head KL, student backward) with GPU timestamps, grouped by kernel,
 //! beside the wall time (the gap is host-side recording and submission).
-//! `cargo run --release --example profile_distill -- STUDENT_DIR [TEACHER] [SEQ_LEN] [f16|f32]`
+//! `cargo run --release --example profile_distill -- STUDENT_DIR [TEACHER] [SEQ_LEN] [f16|f32] [SEQUENCES]`
+//! (SEQUENCES: the micro-batch, that many sequences of SEQ_LEN in one pass; default 1)
 use taylorcal::gpu::{Gpu, GpuOptions, GpuTimer, Precision};
 use taylorcal::io::{self, checkpoint};
 use taylorcal::nn::decoder::{Decoder, ForwardOpts};
@@ -15,9 +16,11 @@ mod env;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let dir = args.get(1).ok_or_else(|| anyhow::anyhow!("usage: profile_distill STUDENT_DIR [TEACHER] [SEQ_LEN] [f16|f32]"))?;
+    let dir = args.get(1).ok_or_else(|| anyhow::anyhow!("usage: profile_distill STUDENT_DIR [TEACHER] [SEQ_LEN] [f16|f32] [SEQUENCES]"))?;
     let spec = args.get(2).map(String::as_str).unwrap_or("smollm2");
-    let t: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(512);
+    let t_seq: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(512);
+    let seqs: usize = args.get(5).and_then(|s| s.parse().ok()).unwrap_or(1);
+    let t = seqs * t_seq; // rows
     let precision = match args.get(4) {
         Some(p) => Some(Precision::parse(p).ok_or_else(|| anyhow::anyhow!("precision {p:?} is not f16 or f32"))?),
         None => None,
@@ -29,7 +32,7 @@ fn main() -> anyhow::Result<()> {
     let ck = checkpoint::load_checkpoint(std::path::Path::new(dir))?;
     let student = Decoder::from_checkpoint(gpu, &ck)?;
     let grads = student.zeros_like(gpu)?;
-    let acts = TrainActs::new(gpu, &student, t, false)?;
+    let acts = TrainActs::new(gpu, &student, seqs, t_seq, false)?;
     let c = &student.cfg;
     let kl = KlWorkspace::new(gpu, c.vocab_size, c.hidden_size, t, KL_DEFAULT_BUDGET)?;
     let (rows, dh) = (gpu.zeros(&[t])?, gpu.zeros(&[t, c.hidden_size])?);
@@ -42,7 +45,7 @@ fn main() -> anyhow::Result<()> {
         let start = std::time::Instant::now();
         let mut b = gpu.batch();
         b.time_with(&mut timer);
-        let ht = teacher.forward(&mut b, &cache, &tid, 0, ForwardOpts::default())?;
+        let ht = teacher.forward(&mut b, &cache, &tid, 0, ForwardOpts { seqs, ..Default::default() })?;
         training::forward(&mut b, &student, &tid, &acts)?;
         let out = KlOut { loss_rows: &rows, dhs: Some(&dh), dws: Some(&grads.lm_head) };
         kl::kl_lm_head(&mut b, &acts.hidden, &student.lm_head, &ht, &teacher.lm_head, &kl, out, 1.0 / t as f32);
@@ -55,7 +58,7 @@ fn main() -> anyhow::Result<()> {
         let total: f64 = rows.iter().map(|r| r.1).sum();
         let n: usize = rows.iter().map(|r| r.2).sum();
         println!(
-            "round {round}: T={t} wall {wall:.3}s (recording {recorded:.3}s), GPU total {total:.3}s, {n} dispatches, {}",
+            "round {round}: {seqs} x T={t_seq} wall {wall:.3}s (recording {recorded:.3}s), GPU total {total:.3}s, {n} dispatches, {}",
             gpu.info.name
         );
         let mut rows = rows;

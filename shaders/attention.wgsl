@@ -11,6 +11,10 @@
 //
 // One workgroup = BR query rows (one per thread) of one head; key tiles of BC rows are
 // staged in workgroup memory. D is the largest head dim the build supports.
+//
+// Batches: workgroup row y = sequence * heads + head. Sequence n's queries are rows
+// n*T .. n*T+T-1 of q, o and stats, its keys rows n*(pos0+T) .. of k and v (one sequence
+// needs no batch layout: its k/v may be a longer cache).
 
 const BR: u32 = 64u;
 const BC: u32 = 32u;
@@ -56,13 +60,15 @@ fn load4(buf_is_k: bool, base: u32, d4: u32) -> vec4<f32> {
 
 @compute @workgroup_size(BR)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let h = wid.y;
+    let h = wid.y % p.heads;
+    let r0 = (wid.y / p.heads) * p.t; // this sequence's first query row
+    let k0 = (wid.y / p.heads) * (p.pos0 + p.t); // and first key row
     let i0 = wid.x * BR;
     let i = i0 + lid.x;
     let valid = i < p.t;
     let pi = p.pos0 + i;
     let kvh = h / (p.heads / p.kv_heads);
-    let qoff = i * p.q_stride + h * p.dim;
+    let qoff = (r0 + i) * p.q_stride + h * p.dim;
     let koff = kvh * p.dim;
 
     var qr: array<vec4<f32>, D4>;
@@ -89,8 +95,8 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
             var kv = vec4<f32>(0.0);
             var vv = vec4<f32>(0.0);
             if (j <= last) {
-                kv = load4(true, j * p.kv_stride + koff, d4);
-                vv = load4(false, j * p.kv_stride + koff, d4);
+                kv = load4(true, (k0 + j) * p.kv_stride + koff, d4);
+                vv = load4(false, (k0 + j) * p.kv_stride + koff, d4);
             }
             ks[e] = kv;
             vs[e] = vv;
@@ -137,7 +143,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
                 if (d < p.dim) { o[qoff + d] = a[c]; }
             }
         }
-        let si = (i * p.heads + h) * 2u;
+        let si = ((r0 + i) * p.heads + h) * 2u;
         stats[si] = dist * inv;
         stats[si + 1u] = log(l) - ent * inv;
     }

@@ -18,6 +18,9 @@
 //                writes dk_j and dv_j (the GQA sum stays inside the thread: no atomics).
 // Tiles of BC rows of two head-dim vectors are staged in workgroup memory (2 * BC * D
 // floats = 16 KiB with BC = 2048 / D). D is the largest head dim the build supports.
+//
+// Batches: workgroup row y = sequence * heads + head (attn_bwd_q) or sequence * kv_heads +
+// kv head (attn_bwd_kv); sequence n owns rows n*T .. n*T+T-1 of every buffer.
 
 const BR: u32 = 64u;
 const BC: u32 = 32u;
@@ -94,13 +97,14 @@ fn hsum(x: vec4<f32>) -> f32 {
 
 @compute @workgroup_size(BR)
 fn attn_bwd_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let h = wid.y;
+    let h = wid.y % p.heads;
+    let r0 = (wid.y / p.heads) * p.t; // this sequence's first row
     let i0 = wid.x * BR;
     let i = i0 + lid.x;
     let valid = i < p.t;
     let kvh = h / (p.heads / p.kv_heads);
-    let qoff = i * p.q_stride + h * p.dim;
-    let koff = kvh * p.dim;
+    let qoff = (r0 + i) * p.q_stride + h * p.dim;
+    let koff = r0 * p.kv_stride + kvh * p.dim;
 
     var qr: array<vec4<f32>, D4>;
     var dor: array<vec4<f32>, D4>;
@@ -188,7 +192,7 @@ fn attn_bwd_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 
     if (valid) {
         for (var d4 = 0u; d4 < D4; d4++) { store4(false, qoff, d4, acc[d4] * p.scale); }
-        let si = (i * p.heads + h) * 2u;
+        let si = ((r0 + i) * p.heads + h) * 2u;
         stats[si] = lse;
         stats[si + 1u] = delta;
     }
@@ -196,12 +200,13 @@ fn attn_bwd_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 
 @compute @workgroup_size(BR)
 fn attn_bwd_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let g = wid.y;
+    let g = wid.y % p.kv_heads;
+    let r0 = (wid.y / p.kv_heads) * p.t; // this sequence's first row
     let j0 = wid.x * BR;
     let j = j0 + lid.x;
     let valid = j < p.t;
     let group = p.heads / p.kv_heads;
-    let koff = j * p.kv_stride + g * p.dim;
+    let koff = (r0 + j) * p.kv_stride + g * p.dim;
 
     var kr: array<vec4<f32>, D4>;
     var vr: array<vec4<f32>, D4>;
@@ -231,7 +236,7 @@ fn attn_bwd_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
                 var qv = vec4<f32>(0.0);
                 var dov = vec4<f32>(0.0);
                 if (i < p.t) {
-                    let qoff = i * p.q_stride + h * p.dim;
+                    let qoff = (r0 + i) * p.q_stride + h * p.dim;
                     qv = load4(SRC_Q, qoff, e % D4);
                     dov = load4(SRC_DO, qoff, e % D4);
                 }
@@ -243,7 +248,7 @@ fn attn_bwd_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
                 for (var ii = 0u; ii < BC; ii++) {
                     let i = i0 + ii;
                     if (i >= j && i < p.t) {
-                        let si = (i * p.heads + h) * 2u;
+                        let si = ((r0 + i) * p.heads + h) * 2u;
                         let lse = stats[si];
                         let delta = stats[si + 1u];
                         var a4 = vec4<f32>(0.0);
@@ -267,7 +272,7 @@ fn attn_bwd_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     }
 
     if (valid) {
-        let soff = select(koff, j * p.q_stride + (g * group + wid.z) * p.dim, p.split == 1u);
+        let soff = select(koff, (r0 + j) * p.q_stride + (g * group + wid.z) * p.dim, p.split == 1u);
         for (var d4 = 0u; d4 < D4; d4++) {
             store4(false, soff, d4, dk[d4] * p.scale);
             store4(true, soff, d4, dv[d4]);
@@ -277,6 +282,7 @@ fn attn_bwd_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 
 // attn_bwd_reduce (after a split attn_bwd_kv): dk/dv [T, kv_stride] = the sums of the
 // per-query-head partials [T, q_stride] over each kv head's group; one thread per element.
+// (p.t is every row here: the host passes sequences * T.)
 @group(0) @binding(1) var<storage, read> part_k: array<f32>;
 @group(0) @binding(2) var<storage, read> part_v: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out_k: array<f32>;

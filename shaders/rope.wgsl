@@ -1,5 +1,6 @@
 // Rotary position embedding, Hugging Face rotate-half convention, in place on
-// x[t, h, :] (head dim d): for i < d/2, with angle = (pos0 + t) * theta^(-2i/d),
+// x[t, h, :] (head dim d): for i < d/2, with angle = (pos0 + t mod seq_len) * theta^(-2i/d)
+// (x holds tokens / seq_len sequences of seq_len tokens, each from position pos0),
 //   x[i]       <- x[i] cos - x[i + d/2] sin
 //   x[i + d/2] <- x[i + d/2] cos + x[i] sin
 // cos/sin come from host tables [max_pos, d/2] computed in f64.
@@ -12,6 +13,10 @@ struct Params {
     heads: u32,
     dim: u32,
     pos0: u32,
+    seq_len: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -24,7 +29,7 @@ fn rotate(i: u32, sgn: f32) {
     if (i >= p.tokens * p.heads * half) { return; }
     let j = i % half;
     let th = i / half;          // t * heads + h
-    let t = th / p.heads;
+    let t = (th / p.heads) % p.seq_len;
     let base = th * p.dim;
     let tab = (p.pos0 + t) * half + j;
     let c = cos_t[tab];

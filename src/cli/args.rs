@@ -220,9 +220,14 @@ pub struct TrainArgs {
     /// Tokens per training sequence
     #[arg(long, default_value_t = 512)]
     pub seq_len: usize,
-    /// Sequences per optimizer step (gradients accumulated over them)
+    /// Sequences per optimizer step, all in one forward and backward (batch x seq-len rows
+    /// in every matrix product) unless --micro-batch splits them
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
+    /// Sequences per forward and backward when a whole batch does not fit in GPU memory
+    /// (gradients accumulated over batch / micro-batch passes; default: the whole batch)
+    #[arg(long)]
+    pub micro_batch: Option<usize>,
     /// Peak learning rate (stage 1: all trained parameters, default 1e-3; stage 2: GDN and
     /// kept softmax attention blocks, default 1e-4)
     #[arg(long, allow_negative_numbers = true)]
@@ -251,6 +256,7 @@ impl TrainArgs {
         o.tokens = tokens;
         o.seq_len = self.seq_len;
         o.batch = self.batch;
+        o.micro_batch = self.micro_batch;
         if let Some(lr) = self.lr {
             o.lr = lr;
         }

@@ -322,7 +322,7 @@ pub fn bench_attention(gpu: &Gpu, t: usize, heads: usize, kv_heads: usize, dim: 
     let v = gpu.upload(&[t, kv_heads * dim], &fill(t * kv_heads * dim, 5, 1.0))?;
     let o = gpu.zeros(&[t, heads * dim])?;
     let stats = gpu.zeros(&[t, heads, 2])?;
-    let s = AttnShape { heads, kv_heads, dim, pos0: 0, scale: 1.0 / (dim as f32).sqrt() };
+    let s = AttnShape { heads, kv_heads, dim, pos0: 0, scale: 1.0 / (dim as f32).sqrt(), seqs: 1 };
     let record = |b: &mut Batch| ops::attention::attention(b, &q, &k, &v, &o, &stats, s);
     let (secs, runs, how) = measure(gpu, budget(gpu), &record)?;
     let flops = 4.0 * (t as f64) * (t as f64) / 2.0 * (heads * dim) as f64;
@@ -349,7 +349,7 @@ pub fn bench_attention_backward(gpu: &Gpu, t: usize, heads: usize, kv_heads: usi
     let dk = gpu.zeros(&[t, kv_heads * dim])?;
     let dv = gpu.zeros(&[t, kv_heads * dim])?;
     let scratch = ops::attention::AttnBwdScratch::new(gpu, t, heads, dim)?;
-    let s = AttnShape { heads, kv_heads, dim, pos0: 0, scale: 1.0 / (dim as f32).sqrt() };
+    let s = AttnShape { heads, kv_heads, dim, pos0: 0, scale: 1.0 / (dim as f32).sqrt(), seqs: 1 };
     gpu.run(|b| {
         ops::attention::attention(b, &q, &k, &v, &o, &stats, s);
         Ok(())
@@ -376,7 +376,7 @@ pub fn bench_rmsnorm(gpu: &Gpu, rows: usize, cols: usize) -> Result<BenchResult>
 pub fn bench_rope(gpu: &Gpu, tokens: usize, heads: usize, dim: usize) -> Result<BenchResult> {
     let x = gpu.upload(&[tokens, heads * dim], &fill(tokens * heads * dim, 8, 1.0))?;
     let tab = ops::rope::RopeTables::new(gpu, 10000.0, dim, tokens)?;
-    let record = |b: &mut Batch| ops::rope::rope(b, &x, heads, &tab, 0);
+    let record = |b: &mut Batch| ops::rope::rope(b, &x, heads, &tab, 0, 1);
     let (secs, runs, how) = measure(gpu, budget(gpu), &record)?;
     let bytes = (2 * tokens * heads * dim + tokens * dim) as f64 * 4.0;
     Ok(result("rope", format!("T{tokens} H{heads} d{dim}"), secs, runs, how, None, Some(bytes)))

@@ -136,6 +136,9 @@ pub struct ForwardOpts<'h> {
     pub skip_attn: Vec<usize>,
     /// Called after every layer's attention, inside the same batch.
     pub hook: Option<AttnHook<'h>>,
+    /// The ids are this many independent sequences of equal length from position 0, one
+    /// after the other (0 or 1: one sequence). A batch keeps no GDN state for later tokens.
+    pub seqs: usize,
 }
 
 /// Uploads named host tensors, with errors naming the source.
@@ -334,6 +337,7 @@ impl Decoder {
             dim: c.head_dim,
             pos0,
             scale: 1.0 / (c.head_dim as f32).sqrt(),
+            seqs: 1,
         }
     }
 
@@ -343,8 +347,11 @@ impl Decoder {
         let g = b.gpu;
         let c = &self.cfg;
         let t = ids.numel();
+        let seqs = opts.seqs.max(1);
+        anyhow::ensure!(t % seqs == 0 && (seqs == 1 || pos0 == 0), "{t} tokens are not {seqs} whole sequences from position 0");
+        let t_seq = t / seqs;
         anyhow::ensure!(pos0 + t <= cache.max_len, "sequence of {} tokens exceeds the KV cache ({})", pos0 + t, cache.max_len);
-        anyhow::ensure!(pos0 + t <= self.rope.max_pos, "position {} exceeds the model's context ({})", pos0 + t, self.rope.max_pos);
+        anyhow::ensure!(pos0 + t_seq <= self.rope.max_pos, "position {} exceeds the model's context ({})", pos0 + t_seq, self.rope.max_pos);
         let x = g.zeros(&[t, c.hidden_size])?;
         let bufs = LayerBufs::new(g, c, t, true)?;
         let mut gdn_acts: Option<GdnActs> = None;
@@ -355,7 +362,7 @@ impl Decoder {
             match &l.mixer {
                 Mixer::Attn(a) => {
                     let (kc, vc) = (cache.k[i].as_ref().expect("KV cache"), cache.v[i].as_ref().expect("KV cache"));
-                    self.attn_forward(b, a, &bufs, kc, vc, pos0);
+                    self.attn_forward(b, a, &bufs, kc, vc, pos0, seqs);
                     if let Some(hook) = opts.hook.as_deref_mut() {
                         hook(b, AttnActs { layer: i, normed: &bufs.hn, context: &bufs.ctx, output: &bufs.ao, stats: &bufs.stats })?;
                     }
@@ -372,14 +379,16 @@ impl Decoder {
                     } else {
                         let acts = match gdn_acts.take() {
                             Some(a) => a,
-                            None => GdnActs::new(g, p.dims(), (1, t), false)?,
+                            None => GdnActs::new(g, p.dims(), (seqs, t_seq), false)?,
                         };
                         gdn::gdn_forward_inputs(b, p, &bufs.hn, &acts);
                         let h0 = (pos0 > 0).then_some(state);
-                        let ht = g.zeros(&state.shape)?;
+                        let ht = if seqs == 1 { Some(g.zeros(&state.shape)?) } else { None };
                         let x = ops::delta::DeltaInputs { h0, ..acts.scan_inputs() };
-                        ops::delta::chunk_forward_ws(b, &acts.scan, &x, &acts.o, Some(&ht))?;
-                        b.copy(&ht, 0, state, 0, state.bytes());
+                        ops::delta::chunk_forward_ws(b, &acts.scan, &x, &acts.o, ht.as_ref())?;
+                        if let Some(ht) = &ht {
+                            b.copy(ht, 0, state, 0, state.bytes());
+                        }
                         gdn::gdn_forward_output(b, p, &acts, &bufs.ao);
                         gdn_acts = Some(acts);
                     }
@@ -397,8 +406,10 @@ impl Decoder {
     /// Softmax attention of one layer on `bufs.hn` [T, D] at positions pos0..: q, k, v
     /// projections (+ biases, q/k norms), RoPE, K/V written into the caches `kc`/`vc` at
     /// pos0, attention with statistics, W_o; leaves q (roped) in `bufs.q` (or `bufs.qn`),
-    /// the context in `bufs.ctx`, the output in `bufs.ao`.
-    pub fn attn_forward(&self, b: &mut Batch, a: &Attn, bufs: &LayerBufs, kc: &Tensor, vc: &Tensor, pos0: usize) {
+    /// the context in `bufs.ctx`, the output in `bufs.ao`. With `seqs` > 1 the rows are
+    /// that many sequences from position 0 and the caches hold exactly their rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn_forward(&self, b: &mut Batch, a: &Attn, bufs: &LayerBufs, kc: &Tensor, vc: &Tensor, pos0: usize, seqs: usize) {
         let c = &self.cfg;
         let (h, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let t = bufs.hn.rows();
@@ -414,12 +425,13 @@ impl Decoder {
             }
             _ => (&bufs.q, &bufs.k),
         };
-        ops::rope::rope(b, qr, h, &self.rope, pos0);
-        ops::rope::rope(b, kr, hkv, &self.rope, pos0);
+        ops::rope::rope(b, qr, h, &self.rope, pos0, seqs);
+        ops::rope::rope(b, kr, hkv, &self.rope, pos0, seqs);
+        debug_assert!(seqs == 1 || pos0 == 0, "a batch of sequences starts at position 0");
         let kv_row = (hkv * hd * 4) as u64;
         b.copy(kr, 0, kc, pos0 as u64 * kv_row, t as u64 * kv_row);
         b.copy(&bufs.v, 0, vc, pos0 as u64 * kv_row, t as u64 * kv_row);
-        ops::attention::attention(b, qr, kc, vc, &bufs.ctx, &bufs.stats, self.attn_shape(pos0));
+        ops::attention::attention(b, qr, kc, vc, &bufs.ctx, &bufs.stats, AttnShape { seqs, ..self.attn_shape(pos0) });
         ops::matmul::linear(b, &bufs.ctx, &a.o, None, &bufs.ao, false);
     }
 

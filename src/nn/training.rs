@@ -9,9 +9,11 @@ use crate::nn::gdn::{self, GdnActs};
 use crate::ops::{self, attention::AttnBwdScratch, matmul_grad};
 use anyhow::{bail, Result};
 
-/// Activations and gradient scratch of one training sequence of `t` tokens.
+/// Activations and gradient scratch of a batch of `seqs` training sequences of `t` tokens,
+/// held as seqs x t rows (every matrix product takes all rows at once).
 pub struct TrainActs {
     pub t: usize,
+    pub seqs: usize,
     /// Recompute each layer's activations from its input in the backward (memory: one
     /// layer's buffers instead of all).
     pub recompute: bool,
@@ -49,7 +51,7 @@ fn slot(recompute: bool, l: usize) -> usize {
 }
 
 impl TrainActs {
-    pub fn new(gpu: &Gpu, model: &Decoder, t: usize, recompute: bool) -> Result<TrainActs> {
+    pub fn new(gpu: &Gpu, model: &Decoder, seqs: usize, t: usize, recompute: bool) -> Result<TrainActs> {
         let c = &model.cfg;
         if c.qk_norm {
             bail!("training models with q/k norms (Qwen3) is not supported yet");
@@ -57,6 +59,7 @@ impl TrainActs {
         let (d, h, hkv, hd, i) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
         let nl = model.layers.len();
         let kept = if recompute { 1 } else { nl };
+        let (t_seq, t) = (t, seqs * t); // from here on t counts rows
         let x = (0..=nl).map(|_| gpu.zeros(&[t, d])).collect::<Result<Vec<_>>>()?;
         let x_mid = (0..kept).map(|_| gpu.zeros(&[t, d])).collect::<Result<Vec<_>>>()?;
         let bufs = (0..kept).map(|_| LayerBufs::new(gpu, c, t, false)).collect::<Result<Vec<_>>>()?;
@@ -84,11 +87,11 @@ impl TrainActs {
                     cv.push(None);
                     if recompute {
                         if shared_gdn.is_none() {
-                            shared_gdn = Some(GdnActs::new(gpu, p.dims(), (1, t), true)?);
+                            shared_gdn = Some(GdnActs::new(gpu, p.dims(), (seqs, t_seq), true)?);
                         }
                         gdn_acts.push(None);
                     } else {
-                        gdn_acts.push(Some(GdnActs::new(gpu, p.dims(), (1, t), true)?));
+                        gdn_acts.push(Some(GdnActs::new(gpu, p.dims(), (seqs, t_seq), true)?));
                     }
                 }
             }
@@ -103,7 +106,8 @@ impl TrainActs {
         }
         let state = vec![None; nl];
         Ok(TrainActs {
-            t,
+            t: t_seq,
+            seqs,
             recompute,
             x,
             x_mid,
@@ -165,9 +169,9 @@ fn layer_forward(b: &mut Batch, m: &Decoder, a: &TrainActs, l: usize, x_out: &Te
     match &layer.mixer {
         Mixer::Attn(at) => {
             let (kc, vc) = (a.cache.k[l].as_ref().expect("K"), a.cache.v[l].as_ref().expect("V"));
-            m.attn_forward(b, at, bufs, kc, vc, 0);
+            m.attn_forward(b, at, bufs, kc, vc, 0, a.seqs);
         }
-        Mixer::Gdn(p) => gdn::gdn_forward(b, p, &bufs.hn, (1, a.t), a.gdn[l].as_ref().expect("GDN acts"), &bufs.ao)?,
+        Mixer::Gdn(p) => gdn::gdn_forward(b, p, &bufs.hn, (a.seqs, a.t), a.gdn[l].as_ref().expect("GDN acts"), &bufs.ao)?,
     }
     let x_mid = &a.x_mid[s];
     b.copy(&a.x[l], 0, x_mid, 0, x_mid.bytes());
@@ -176,10 +180,10 @@ fn layer_forward(b: &mut Batch, m: &Decoder, a: &TrainActs, l: usize, x_out: &Te
     Ok(())
 }
 
-/// Forward of one sequence `ids` (positions 0..t) keeping what the backward needs; the
-/// final-normed hidden states land in `a.hidden`.
+/// Forward of the batch `ids` (a.seqs sequences of a.t tokens, each at positions 0..t)
+/// keeping what the backward needs; the final-normed hidden states land in `a.hidden`.
 pub fn forward(b: &mut Batch, m: &Decoder, ids: &Tensor, a: &TrainActs) -> Result<()> {
-    assert_eq!(ids.numel(), a.t, "training forward: {} ids for activations of {} tokens", ids.numel(), a.t);
+    assert_eq!(ids.numel(), a.seqs * a.t, "training forward: {} ids for activations of {} x {} tokens", ids.numel(), a.seqs, a.t);
     ops::elementwise::embed(b, ids, &m.embed, &a.x[0]);
     for l in 0..m.layers.len() {
         layer_forward(b, m, a, l, &a.x[l + 1])?;
@@ -190,7 +194,7 @@ pub fn forward(b: &mut Batch, m: &Decoder, ids: &Tensor, a: &TrainActs) -> Resul
 
 /// Backward from dL/d(hidden) `dhidden` [t, D]: every parameter gradient is ADDED into
 /// `gr` (a `Decoder::zeros_like` of the model; a tied head shares the embedding's buffer).
-/// `ids_host` are the sequence's token ids.
+/// `ids_host` are the batch's token ids.
 pub fn backward(b: &mut Batch, m: &Decoder, a: &TrainActs, ids_host: &[u32], dhidden: &Tensor, gr: &Decoder) -> Result<()> {
     let c = &m.cfg;
     let eps = c.rms_norm_eps;
@@ -211,7 +215,7 @@ pub fn backward(b: &mut Batch, m: &Decoder, a: &TrainActs, ids_host: &[u32], dhi
             (Mixer::Gdn(p), Mixer::Gdn(gp)) => {
                 b.clear(&a.dhn);
                 let acts = a.gdn[l].as_ref().expect("GDN acts");
-                gdn::gdn_backward(b, p, &bufs.hn, (1, a.t), acts, &a.dx, gp, Some(&a.dhn), true)?;
+                gdn::gdn_backward(b, p, &bufs.hn, (a.seqs, a.t), acts, &a.dx, gp, Some(&a.dhn), true)?;
             }
             _ => bail!("layer {l}: gradient buffers do not match the model"),
         }
@@ -247,9 +251,10 @@ fn attn_backward(
     matmul_grad::linear_backward_input(b, &a.dx, &at.o, &a.dctx, false);
     matmul_grad::linear_backward_weight(b, &a.dx, &bufs.ctx, &ga.o, true);
     let (kc, vc) = (a.cache.k[l].as_ref().expect("K"), a.cache.v[l].as_ref().expect("V"));
-    ops::attention::attention_backward(b, &bufs.q, kc, vc, &bufs.ctx, &a.dctx, &a.dq, &a.dk, &a.dv, &a.attn_scratch, m.attn_shape(0));
-    ops::rope::rope_backward(b, &a.dq, c.num_attention_heads, &m.rope, 0);
-    ops::rope::rope_backward(b, &a.dk, c.num_key_value_heads, &m.rope, 0);
+    let shape = ops::attention::AttnShape { seqs: a.seqs, ..m.attn_shape(0) };
+    ops::attention::attention_backward(b, &bufs.q, kc, vc, &bufs.ctx, &a.dctx, &a.dq, &a.dk, &a.dv, &a.attn_scratch, shape);
+    ops::rope::rope_backward(b, &a.dq, c.num_attention_heads, &m.rope, 0, a.seqs);
+    ops::rope::rope_backward(b, &a.dk, c.num_key_value_heads, &m.rope, 0, a.seqs);
     for (i, (dz, w, gw, gbias)) in
         [(&a.dq, &at.q, &ga.q, &ga.q_bias), (&a.dk, &at.k, &ga.k, &ga.k_bias), (&a.dv, &at.v, &ga.v, &ga.v_bias)].into_iter().enumerate()
     {

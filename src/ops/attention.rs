@@ -32,11 +32,20 @@ pub struct AttnShape {
     /// Absolute position of the first query row (keys 0 ..= pos0 + i are visible to row i).
     pub pos0: usize,
     pub scale: f32,
+    /// Independent sequences in the buffers (a batch): sequence n's queries are rows
+    /// n*T .. n*T+T-1, its keys rows n*(pos0+T) ..; with 1 the keys may be a longer cache.
+    pub seqs: usize,
 }
 
 impl AttnShape {
     fn dims(&self, t: usize) -> Dims {
         Dims { t: t as u32, heads: self.heads as u32, kv_heads: self.kv_heads as u32, dim: self.dim as u32 }
+    }
+
+    /// Query rows per sequence of a q of `q_numel` elements.
+    fn rows(&self, q_numel: usize) -> usize {
+        assert!(self.seqs >= 1 && q_numel % (self.seqs * self.heads * self.dim) == 0, "q is not {} sequences of whole rows", self.seqs);
+        q_numel / (self.seqs * self.heads * self.dim)
     }
 }
 
@@ -53,12 +62,19 @@ fn dmax(dim: usize) -> u32 {
 
 /// o [T, H*d] = softmax(q k^T * scale) v over keys 0..=pos, with q [T, H*d] and
 /// k, v [>= pos0 + T, Hkv*d]; stats [T, H, 2] gets each row's (mean distance, entropy).
+/// With `s.seqs` > 1, every buffer holds that many such sequences one after the other
+/// (k, v exactly pos0 + T rows each).
 pub fn attention(b: &mut Batch, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, stats: &Tensor, s: AttnShape) {
     assert!(s.dim <= 256, "head dim {} > 256", s.dim);
     assert_eq!(s.heads % s.kv_heads, 0);
-    let t = q.numel() / (s.heads * s.dim);
-    assert!(k.numel() >= (s.pos0 + t) * s.kv_heads * s.dim, "KV cache too short");
-    assert_eq!(stats.numel(), t * s.heads * 2);
+    let t = s.rows(q.numel());
+    let kv_rows = (s.pos0 + t) * s.kv_heads * s.dim;
+    if s.seqs == 1 {
+        assert!(k.numel() >= kv_rows, "KV cache too short");
+    } else {
+        assert!(k.numel() == s.seqs * kv_rows && v.numel() == k.numel(), "k, v: expected {} sequences of {} rows", s.seqs, s.pos0 + t);
+    }
+    assert_eq!(stats.numel(), s.seqs * t * s.heads * 2);
     let dmax = dmax(s.dim);
     let br = rows_per_group(b.gpu, t, s.heads, false);
     let kernel = Kernel::new("attention", "attention").with("D", dmax).with("BC", 2048 / dmax).with("BR", br as u32);
@@ -70,7 +86,7 @@ pub fn attention(b: &mut Batch, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, 
         scale: s.scale,
     };
     let binds = [q.into(), k.into(), v.into(), o.into(), stats.into()];
-    b.dispatch(&kernel, &p, &binds, [t.div_ceil(br) as u32, s.heads as u32, 1]);
+    b.dispatch(&kernel, &p, &binds, [t.div_ceil(br) as u32, (s.heads * s.seqs) as u32, 1]);
 }
 
 #[repr(C)]
@@ -125,7 +141,8 @@ impl AttnBwdScratch {
     }
 }
 
-/// Backward of causal [`attention`] for training (pos0 = 0, S = T): from q [T, H*d],
+/// Backward of causal [`attention`] for training (pos0 = 0, S = T; `s.seqs` sequences of
+/// T rows one after the other in every buffer): from q [T, H*d],
 /// k, v [T, Hkv*d] (post-RoPE, as given to the forward), its output o [T, H*d] and the
 /// output gradient dout [T, H*d], OVERWRITE dq [T, H*d], dk, dv [T, Hkv*d]. Two
 /// dispatches: a query-parallel pass (row log-sum-exp and delta into `scratch`, then dq)
@@ -147,8 +164,8 @@ pub fn attention_backward(
     assert!(s.dim <= 256, "head dim {} > 256", s.dim);
     assert_eq!(s.heads % s.kv_heads, 0);
     assert_eq!(s.pos0, 0, "attention_backward is for training: pos0 must be 0");
-    let t = q.numel() / (s.heads * s.dim);
-    let (qn, kvn) = (t * s.heads * s.dim, t * s.kv_heads * s.dim);
+    let t = s.rows(q.numel());
+    let (qn, kvn) = (s.seqs * t * s.heads * s.dim, s.seqs * t * s.kv_heads * s.dim);
     assert_eq!(q.numel(), qn);
     for (name, x) in [("k", k), ("v", v), ("dk", dk), ("dv", dv)] {
         assert_eq!(x.numel(), kvn, "{name}: expected [T={t}, {}] (S must equal T)", s.kv_heads * s.dim);
@@ -156,7 +173,7 @@ pub fn attention_backward(
     for (name, x) in [("o", o), ("dout", dout), ("dq", dq)] {
         assert_eq!(x.numel(), qn, "{name}: expected [T={t}, {}]", s.heads * s.dim);
     }
-    assert_eq!(scratch.stats.numel(), t * s.heads * 2, "scratch made for another T or head count");
+    assert_eq!(scratch.stats.numel(), s.seqs * t * s.heads * 2, "scratch made for another T or head count");
     if t == 0 {
         return;
     }
@@ -169,21 +186,21 @@ pub fn attention_backward(
         split: (s.heads > s.kv_heads) as u32,
     };
     let kern = |entry, br: usize| Kernel::new("attention_bwd", entry).with("D", dmax).with("BC", 2048 / dmax).with("BR", br as u32);
-    let (brq, brk) = (rows_per_group(b.gpu, t, s.heads, false), rows_per_group(b.gpu, t, s.heads, true));
+    let (brq, brk) = (rows_per_group(b.gpu, t, s.heads, false), rows_per_group(b.gpu, t, s.heads * s.seqs, true));
     let (groups, kgroups) = (t.div_ceil(brq) as u32, t.div_ceil(brk) as u32);
     let st = &scratch.stats;
     b.dispatch(
         &kern("attn_bwd_q", brq),
         &p,
         &[q.into(), k.into(), v.into(), dout.into(), st.into(), dq.into(), o.into()],
-        [groups, s.heads as u32, 1],
+        [groups, (s.heads * s.seqs) as u32, 1],
     );
     if p.split == 0 {
         b.dispatch(
             &kern("attn_bwd_kv", brk),
             &p,
             &[q.into(), k.into(), v.into(), dout.into(), st.into(), dk.into(), dv.into()],
-            [kgroups, s.kv_heads as u32, 1],
+            [kgroups, (s.kv_heads * s.seqs) as u32, 1],
         );
         return;
     }
@@ -194,10 +211,12 @@ pub fn attention_backward(
         &kern("attn_bwd_kv", brk),
         &p,
         &[q.into(), k.into(), v.into(), dout.into(), st.into(), pk.into(), pv.into()],
-        [kgroups, s.kv_heads as u32, group],
+        [kgroups, (s.kv_heads * s.seqs) as u32, group],
     );
     let reduce = Kernel::new("attention_bwd", "attn_bwd_reduce").with("D", dmax).with("BC", 2048 / dmax);
-    b.dispatch(&reduce, &p, &[pk.into(), pv.into(), dk.into(), dv.into()], super::groups_for(b.gpu, kvn, 256));
+    // row-wise: every sequence's rows in one pass
+    let all_rows = BwdParams { dims: s.dims(s.seqs * t), ..p };
+    b.dispatch(&reduce, &all_rows, &[pk.into(), pv.into(), dk.into(), dv.into()], super::groups_for(b.gpu, kvn, 256));
 }
 
 pub mod cpu {

@@ -11,6 +11,8 @@ struct Params {
     heads: u32,
     dim: u32,
     pos0: u32,
+    seq_len: u32,
+    _pad: [u32; 3],
 }
 
 /// cos/sin tables [max_pos, dim/2], computed in f64: angle = pos * theta^(-2i/dim).
@@ -30,21 +32,31 @@ impl RopeTables {
     }
 }
 
-/// Rotate x viewed as [tokens, heads, dim] in place; token t sits at position pos0 + t.
-pub fn rope(b: &mut Batch, x: &Tensor, heads: usize, tab: &RopeTables, pos0: usize) {
-    rope_entry(b, "rope", x, heads, tab, pos0);
+/// Rotate x viewed as [tokens, heads, dim] in place: `seqs` sequences of tokens / seqs
+/// rows each, token t of a sequence at position pos0 + t.
+pub fn rope(b: &mut Batch, x: &Tensor, heads: usize, tab: &RopeTables, pos0: usize, seqs: usize) {
+    rope_entry(b, "rope", x, heads, tab, pos0, seqs);
 }
 
 /// The adjoint of [`rope`], in place on a gradient dx viewed as [tokens, heads, dim]:
 /// each pair is rotated by the negative angle (RoPE is orthogonal, so this is also its inverse).
-pub fn rope_backward(b: &mut Batch, x: &Tensor, heads: usize, tab: &RopeTables, pos0: usize) {
-    rope_entry(b, "rope_backward", x, heads, tab, pos0);
+pub fn rope_backward(b: &mut Batch, x: &Tensor, heads: usize, tab: &RopeTables, pos0: usize, seqs: usize) {
+    rope_entry(b, "rope_backward", x, heads, tab, pos0, seqs);
 }
 
-fn rope_entry(b: &mut Batch, entry: &'static str, x: &Tensor, heads: usize, tab: &RopeTables, pos0: usize) {
+fn rope_entry(b: &mut Batch, entry: &'static str, x: &Tensor, heads: usize, tab: &RopeTables, pos0: usize, seqs: usize) {
     let tokens = x.numel() / (heads * tab.dim);
-    assert!(pos0 + tokens <= tab.max_pos, "position {} past the RoPE table ({})", pos0 + tokens, tab.max_pos);
-    let p = Params { tokens: tokens as u32, heads: heads as u32, dim: tab.dim as u32, pos0: pos0 as u32 };
+    assert!(seqs >= 1 && tokens % seqs == 0, "{tokens} tokens are not {seqs} sequences of one length");
+    let seq_len = tokens / seqs;
+    assert!(pos0 + seq_len <= tab.max_pos, "position {} past the RoPE table ({})", pos0 + seq_len, tab.max_pos);
+    let p = Params {
+        tokens: tokens as u32,
+        heads: heads as u32,
+        dim: tab.dim as u32,
+        pos0: pos0 as u32,
+        seq_len: seq_len.max(1) as u32,
+        _pad: [0; 3],
+    };
     let groups = groups_for(b.gpu, tokens * heads * tab.dim / 2, 256);
     b.dispatch(&Kernel::new("rope", entry), &p, &[x.into(), (&tab.cos).into(), (&tab.sin).into()], groups);
 }

@@ -29,8 +29,12 @@ pub struct DistillOpts {
     /// Training tokens in total (rounded up to whole steps).
     pub tokens: usize,
     pub seq_len: usize,
-    /// Sequences per optimizer step (gradient accumulation over micro-batches of one).
+    /// Sequences per optimizer step.
     pub batch: usize,
+    /// Sequences per forward and backward (None: the whole batch); gradients accumulate
+    /// over batch / micro_batch passes. Checkpoints from before this option ran one.
+    #[serde(default = "one_sequence")]
+    pub micro_batch: Option<usize>,
     /// Peak learning rate: stage 1 all trained parameters; stage 2 the attention blocks
     /// (GDN and kept softmax).
     pub lr: f32,
@@ -56,7 +60,16 @@ pub struct DistillOpts {
     pub target_ppl: Option<f64>,
 }
 
+fn one_sequence() -> Option<usize> {
+    Some(1)
+}
+
 impl DistillOpts {
+    /// Sequences per forward and backward pass.
+    pub fn micro(&self) -> usize {
+        self.micro_batch.unwrap_or(self.batch)
+    }
+
     /// The reference's settings for a stage (learning rates, betas, clip 1.0).
     pub fn for_stage(stage: u8) -> DistillOpts {
         let (lr, beta2) = if stage == 1 { (1e-3, 0.999) } else { (1e-4, 0.95) };
@@ -65,6 +78,7 @@ impl DistillOpts {
             tokens: 1 << 20,
             seq_len: 512,
             batch: 4,
+            micro_batch: None,
             lr,
             lr_rest: 7e-6,
             warmup: None,
@@ -101,6 +115,13 @@ impl DistillOpts {
         ensure!(self.stage == 1 || self.stage == 2, "--stage must be 1 or 2 (got {})", self.stage);
         ensure!(self.tokens >= 1, "--tokens must be at least 1 (got 0)");
         ensure!(self.batch >= 1, "--batch must be at least 1");
+        if let Some(m) = self.micro_batch {
+            ensure!(
+                m >= 1 && self.batch % m == 0,
+                "--micro-batch {m} must be at least 1 and divide --batch {} (each step runs batch / micro-batch passes)",
+                self.batch
+            );
+        }
         ensure!(self.seq_len >= 2, "--seq-len must be at least 2");
         ensure!(self.lr > 0.0 && self.lr.is_finite(), "--lr must be a positive number (got {})", self.lr);
         ensure!(self.lr_rest >= 0.0 && self.lr_rest.is_finite(), "--lr-rest must be a number >= 0 (got {})", self.lr_rest);
@@ -135,6 +156,7 @@ fn changed_option(was: &DistillOpts, now: &DistillOpts) -> Option<(&'static str,
         tokens,
         seq_len,
         batch,
+        micro_batch: _,
         lr,
         lr_rest,
         warmup: _,
@@ -155,6 +177,8 @@ fn changed_option(was: &DistillOpts, now: &DistillOpts) -> Option<(&'static str,
         ("--tokens", tokens.to_string(), now.tokens.to_string()),
         ("--seq-len", seq_len.to_string(), now.seq_len.to_string()),
         ("--batch", batch.to_string(), now.batch.to_string()),
+        // the order in which gradients are summed (1: the whole batch in one pass)
+        ("--micro-batch", was.micro().to_string(), now.micro().to_string()),
         ("--lr", lr.to_string(), now.lr.to_string()),
         ("--lr-rest", lr_rest.to_string(), now.lr_rest.to_string()),
         // the warmup the schedule uses (without --warmup, 5% of the steps)
@@ -334,7 +358,8 @@ pub struct Setup<'a> {
     pub inputs: RunInputs,
 }
 
-/// The per-step work of a stage: accumulate gradients of one sequence.
+/// The per-step work of a stage: accumulate the gradients of one micro-batch (its
+/// sequences one after the other in `ids`).
 trait Stage {
     fn micro(&mut self, b: &mut Batch, ids: &Tensor, ids_host: &[u32], slot: usize) -> Result<()>;
     /// The mean loss of the step from the reducer's slots.
@@ -354,26 +379,28 @@ struct KlStage<'a> {
     loss_rows: Tensor,
     red: Reducer,
     scale: f32,
-    batch: usize,
+    /// micro-batches per step
+    passes: usize,
 }
 
 impl Stage for KlStage<'_> {
     fn micro(&mut self, b: &mut Batch, ids: &Tensor, ids_host: &[u32], slot: usize) -> Result<()> {
         let (s, t) = (self.s, ids.numel());
-        let ht = s.teacher.forward(b, &self.teacher_cache, ids, 0, ForwardOpts::default())?;
+        let seqs = self.acts.seqs;
+        let ht = s.teacher.forward(b, &self.teacher_cache, ids, 0, ForwardOpts { seqs, ..Default::default() })?;
         training::forward(b, s.student, ids, &self.acts)?;
         let out = KlOut { loss_rows: &self.loss_rows, dhs: Some(&self.dhidden), dws: Some(&self.grads.lm_head) };
         kl::kl_lm_head(b, &self.acts.hidden, &s.student.lm_head, &ht, &s.teacher.lm_head, &self.kl, out, self.scale);
         optim::sum(b, &[&self.loss_rows], 1.0, &self.red, slot);
         training::backward(b, s.student, &self.acts, ids_host, &self.dhidden, self.grads)?;
-        debug_assert_eq!(t, self.acts.t);
+        debug_assert_eq!(t, seqs * self.acts.t);
         Ok(())
     }
 
     fn loss(&self, gpu: &Gpu) -> Result<f64> {
         let out = gpu.read(&self.red.out)?;
-        let total: f64 = (0..self.batch).map(|j| out[4 * j] as f64).sum();
-        Ok(total / (self.batch * self.acts.t) as f64)
+        let total: f64 = (0..self.passes).map(|j| out[4 * j] as f64).sum();
+        Ok(total / (self.passes * self.acts.seqs * self.acts.t) as f64)
     }
 
     fn bytes(&self) -> u64 {
@@ -396,7 +423,9 @@ struct AlignStage<'a> {
     cache: KvCache,
     red: Reducer,
     scale: f32,
-    batch: usize,
+    /// micro-batches per step, sequences per micro-batch
+    passes: usize,
+    seqs: usize,
     t: usize,
 }
 
@@ -410,21 +439,23 @@ impl Stage for AlignStage<'_> {
             }
             Ok(())
         };
-        self.s.teacher.forward(b, &self.cache, ids, 0, ForwardOpts { hook: Some(&mut hook), ..Default::default() })?;
+        let fo = ForwardOpts { hook: Some(&mut hook), seqs: self.seqs, ..Default::default() };
+        self.s.teacher.forward(b, &self.cache, ids, 0, fo)?;
+        let shape = (self.seqs, self.t);
         for (k, &l) in self.layers.iter().enumerate() {
             let Mixer::Gdn(p) = &self.s.student.layers[l].mixer else { bail!("layer {l} is not a GDN layer") };
-            gdn::gdn_forward(b, p, &self.xs[k], (1, self.t), &self.acts, &self.out)?;
+            gdn::gdn_forward(b, p, &self.xs[k], shape, &self.acts, &self.out)?;
             optim::mse_scaled(b, &self.out, &self.ys[k], &self.dout, &self.red, slot * self.layers.len() + k, self.scale);
-            gdn::gdn_backward(b, p, &self.xs[k], (1, self.t), &self.acts, &self.dout, &self.grads[k], None, true)?;
+            gdn::gdn_backward(b, p, &self.xs[k], shape, &self.acts, &self.dout, &self.grads[k], None, true)?;
         }
         Ok(())
     }
 
     fn loss(&self, gpu: &Gpu) -> Result<f64> {
         let out = gpu.read(&self.red.out)?;
-        let n = (self.t * self.s.teacher.cfg.hidden_size) as f64;
-        let total: f64 = (0..self.batch * self.layers.len()).map(|j| out[4 * j] as f64 / n).sum();
-        Ok(total / (self.batch * self.layers.len()) as f64)
+        let n = (self.seqs * self.t * self.s.teacher.cfg.hidden_size) as f64;
+        let total: f64 = (0..self.passes * self.layers.len()).map(|j| out[4 * j] as f64 / n).sum();
+        Ok(total / (self.passes * self.layers.len()) as f64)
     }
 
     fn bytes(&self) -> u64 {
@@ -450,7 +481,8 @@ pub fn distill(s: &Setup, opts: &DistillOpts, resume: Option<ResumeState>, hooks
         );
     }
     let g = s.gpu;
-    let (t, batch) = (opts.seq_len, opts.batch);
+    let (t, batch, seqs) = (opts.seq_len, opts.batch, opts.micro());
+    let (passes, rows) = (batch / seqs, seqs * opts.seq_len);
     opts.check_context(s.student.rope.max_pos)?;
     let hyper =
         AdamW { lr: opts.lr, beta1: opts.beta1, beta2: opts.beta2, eps: 1e-8, weight_decay: opts.weight_decay, max_norm: opts.clip };
@@ -471,15 +503,15 @@ pub fn distill(s: &Setup, opts: &DistillOpts, resume: Option<ResumeState>, hooks
                 .collect();
             let st = KlStage {
                 s,
-                acts: TrainActs::new(g, s.student, t, opts.recompute)?,
+                acts: TrainActs::new(g, s.student, seqs, t, opts.recompute)?,
                 grads: gm,
-                teacher_cache: s.teacher.kv_cache(g, t)?,
-                kl: KlWorkspace::new(g, s.student.cfg.vocab_size, s.student.cfg.hidden_size, t, KL_DEFAULT_BUDGET)?,
-                dhidden: g.zeros(&[t, s.student.cfg.hidden_size])?,
-                loss_rows: g.zeros(&[t])?,
-                red: Reducer::new(g, t, batch)?,
+                teacher_cache: s.teacher.kv_cache(g, rows)?,
+                kl: KlWorkspace::new(g, s.student.cfg.vocab_size, s.student.cfg.hidden_size, rows, KL_DEFAULT_BUDGET)?,
+                dhidden: g.zeros(&[rows, s.student.cfg.hidden_size])?,
+                loss_rows: g.zeros(&[rows])?,
+                red: Reducer::new(g, rows, passes)?,
                 scale: 1.0 / (t * batch) as f32,
-                batch,
+                passes,
             };
             (Box::new(st), Optimizer::new(g, params, hyper)?)
         }
@@ -500,15 +532,16 @@ pub fn distill(s: &Setup, opts: &DistillOpts, resume: Option<ResumeState>, hooks
             let n = gdn_layers.len();
             let st = AlignStage {
                 s,
-                acts: GdnActs::new(g, p0.dims(), (1, t), true)?,
-                xs: (0..n).map(|_| g.zeros(&[t, d])).collect::<Result<_>>()?,
-                ys: (0..n).map(|_| g.zeros(&[t, d])).collect::<Result<_>>()?,
-                out: g.zeros(&[t, d])?,
-                dout: g.zeros(&[t, d])?,
-                cache: s.teacher.kv_cache(g, t)?,
-                red: Reducer::new(g, t * d, batch * n)?,
+                acts: GdnActs::new(g, p0.dims(), (seqs, t), true)?,
+                xs: (0..n).map(|_| g.zeros(&[rows, d])).collect::<Result<_>>()?,
+                ys: (0..n).map(|_| g.zeros(&[rows, d])).collect::<Result<_>>()?,
+                out: g.zeros(&[rows, d])?,
+                dout: g.zeros(&[rows, d])?,
+                cache: s.teacher.kv_cache(g, rows)?,
+                red: Reducer::new(g, rows * d, passes * n)?,
                 scale: 2.0 / (t * d * batch) as f32,
-                batch,
+                passes,
+                seqs,
                 t,
                 layers: gdn_layers.clone(),
                 grads,
@@ -541,11 +574,12 @@ pub fn distill(s: &Setup, opts: &DistillOpts, resume: Option<ResumeState>, hooks
         let lr_rest = cosine_lr(step, total, warmup, opts.lr_rest, opts.min_lr_ratio);
         let mut b = g.batch();
         opt.zero_grad(&mut b);
-        for j in 0..batch {
-            let seq = s.data.get(step * batch + j);
-            let ids = s.student.upload_ids(g, seq)?;
-            stage.micro(&mut b, &ids, seq, j)?;
-            // submit per sequence: keeps command buffers (and uniform pools) small
+        for j in 0..passes {
+            let first = step * batch + j * seqs;
+            let ids_host: Vec<u32> = (first..first + seqs).flat_map(|i| s.data.get(i).iter().copied()).collect();
+            let ids = s.student.upload_ids(g, &ids_host)?;
+            stage.micro(&mut b, &ids, &ids_host, j)?;
+            // submit per micro-batch: keeps command buffers (and uniform pools) small
             b.submit();
             b = g.batch();
         }

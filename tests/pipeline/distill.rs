@@ -71,6 +71,41 @@ fn stage2_and_stage1_lower_their_losses() {
     }
 }
 
+/// A step's sequences in one forward and backward (the default: batch x T rows in every
+/// product) or in micro-batches of one with the gradients accumulated: the same step, up
+/// to the order of f32 sums (first gradient norm within 1e-5, every step's loss within
+/// 1e-4), for both stages; a micro-batch that does not divide the batch is refused.
+#[test]
+fn micro_batches_accumulate_to_the_whole_batch_step() {
+    let (files, ck) = tiny_pair(Arch::Llama, true, vec![1], 63);
+    let g = gpu();
+    let teacher = Decoder::new(g, &files).unwrap();
+    let ids = toks(24 * 8, files.config.vocab_size, 64);
+    let data = TokenStream::new(&ids, 24, 3).unwrap();
+    for stage in [2u8, 1] {
+        let mut o = small_opts(stage);
+        o.batch = 4;
+        o.tokens = 3 * 4 * 24;
+        let curves: Vec<_> = [None, Some(2), Some(1)]
+            .into_iter()
+            .map(|m| {
+                let student = Decoder::from_checkpoint(g, &ck).unwrap();
+                let s = setup_run(&teacher, &student, &ck, &data, &[], None);
+                distill::distill(&s, &DistillOpts { micro_batch: m, ..o.clone() }, None, &mut Hooks::default()).unwrap().curve
+            })
+            .collect();
+        for (m, c) in curves.iter().enumerate().skip(1) {
+            let (a, b) = (curves[0][0].grad_norm, c[0].grad_norm);
+            assert!((a - b).abs() <= 1e-5 * a, "stage {stage} micro-batch run {m}: gradient norm {b} vs one pass {a}");
+            for (p, q) in curves[0].iter().zip(c) {
+                assert!((p.loss - q.loss).abs() <= 1e-4 * p.loss, "stage {stage} step {}: loss {} vs one pass {}", p.step, q.loss, p.loss);
+            }
+        }
+        let err = DistillOpts { micro_batch: Some(3), ..o }.check().unwrap_err().to_string();
+        assert!(err.contains("--micro-batch 3") && err.contains("--batch 4"), "{err}");
+    }
+}
+
 #[test]
 fn a_killed_run_resumes_to_the_same_weights() {
     let (files, ck) = tiny_pair(Arch::Llama, true, vec![0], 70);
@@ -159,7 +194,8 @@ fn resume_refuses_another_option_training_text_teacher_or_evaluation() {
     assert_eq!(saved.report["train"]["step"], 2);
 
     // options, refused by resume_state (before anything is loaded) and by distill itself
-    let changes: [OptionChange; 7] = [
+    let changes: [OptionChange; 8] = [
+        (|o| o.micro_batch = Some(1), "--micro-batch 2, this run asks for --micro-batch 1"),
         (|o| o.warmup = Some(3), "--warmup 1, this run asks for --warmup 3"),
         (|o| o.eval_every = 1, "--eval-every 0, this run asks for --eval-every 1"),
         (|o| o.lr_rest *= 2.0, "--lr-rest"),

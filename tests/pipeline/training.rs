@@ -14,22 +14,24 @@ use taylorcal::ops::kl::{self, KlOut, KlWorkspace, KL_DEFAULT_BUDGET};
 
 /// GPU loss and every parameter gradient of one sequence.
 fn gpu_grads(files: &ModelFiles, ck: &Checkpoint, ids: &[u32]) -> (f64, HashMap<String, HostTensor>) {
-    gpu_grads_with(files, ck, ids, false)
+    gpu_grads_with(files, ck, ids, 1, false)
 }
 
-fn gpu_grads_with(files: &ModelFiles, ck: &Checkpoint, ids: &[u32], recompute: bool) -> (f64, HashMap<String, HostTensor>) {
+/// The mean loss and its gradients over `seqs` sequences (`ids`, one after the other) in
+/// one forward and backward.
+fn gpu_grads_with(files: &ModelFiles, ck: &Checkpoint, ids: &[u32], seqs: usize, recompute: bool) -> (f64, HashMap<String, HostTensor>) {
     let g = gpu();
     let t = ids.len();
     let teacher = Decoder::new(g, files).unwrap();
     let student = Decoder::from_checkpoint(g, ck).unwrap();
     let grads = student.zeros_like(g).unwrap();
-    let acts = TrainActs::new(g, &student, t, recompute).unwrap();
+    let acts = TrainActs::new(g, &student, seqs, t / seqs, recompute).unwrap();
     let ws = KlWorkspace::new(g, student.cfg.vocab_size, student.cfg.hidden_size, t, KL_DEFAULT_BUDGET).unwrap();
     let (rows, dh) = (g.zeros(&[t]).unwrap(), g.zeros(&[t, student.cfg.hidden_size]).unwrap());
     let tid = g.upload_u32(&[t], ids).unwrap();
     let cache = teacher.kv_cache(g, t).unwrap();
     g.run(|b| {
-        let ht = teacher.forward(b, &cache, &tid, 0, ForwardOpts::default())?;
+        let ht = teacher.forward(b, &cache, &tid, 0, ForwardOpts { seqs, ..Default::default() })?;
         training::forward(b, &student, &tid, &acts)?;
         let out = KlOut { loss_rows: &rows, dhs: Some(&dh), dws: Some(&grads.lm_head) };
         kl::kl_lm_head(b, &acts.hidden, &student.lm_head, &ht, &teacher.lm_head, &ws, out, 1.0 / t as f32);
@@ -97,10 +99,31 @@ fn student_gradients_match_finite_differences_untied_qwen2_with_biases() {
 fn recomputing_activations_gives_the_same_gradients() {
     let (files, ck) = tiny_pair(Arch::Qwen2, false, vec![1], 45);
     let ids = toks(19, files.config.vocab_size, 46);
-    let (l0, g0) = gpu_grads_with(&files, &ck, &ids, false);
-    let (l1, g1) = gpu_grads_with(&files, &ck, &ids, true);
+    let (l0, g0) = gpu_grads_with(&files, &ck, &ids, 1, false);
+    let (l1, g1) = gpu_grads_with(&files, &ck, &ids, 1, true);
     assert_eq!(l0, l1);
     for (n, t) in &g0 {
         assert_eq!(t.data, g1[n].data, "{n}");
+    }
+}
+
+/// A batch of sequences in one forward and backward (seqs x T rows in every product, the
+/// batched attention, RoPE and GDN scan) gives the mean of the losses and gradients of its
+/// sequences computed one at a time (whose path the finite-difference tests above check):
+/// 3 sequences of 65 tokens with GQA and a tied head, 2 of 63 with biases, an untied head and
+/// recomputation.
+#[test]
+fn a_batch_in_one_pass_gives_the_mean_of_its_sequences_gradients() {
+    for (arch, tied, keep, seqs, t, recompute) in [(Arch::Llama, true, vec![1], 3, 65, false), (Arch::Qwen2, false, vec![0], 2, 63, true)] {
+        let (files, ck) = tiny_pair(arch, tied, keep, 61);
+        let ids = toks(seqs * t, files.config.vocab_size, 62);
+        let (loss, grads) = gpu_grads_with(&files, &ck, &ids, seqs, recompute);
+        let alone: Vec<_> = ids.chunks(t).map(|s| gpu_grads_with(&files, &ck, s, 1, recompute)).collect();
+        let want = alone.iter().map(|a| a.0).sum::<f64>() / seqs as f64;
+        assert!((loss - want).abs() <= 1e-5 * want.abs(), "{arch:?}: batch loss {loss} vs mean of the sequences' {want}");
+        for (n, gt) in &grads {
+            let mean: Vec<f64> = (0..gt.numel()).map(|i| alone.iter().map(|a| a.1[n].data[i] as f64).sum::<f64>() / seqs as f64).collect();
+            assert_close(&format!("{arch:?} {n}"), &gt.data, &mean, 1e-5);
+        }
     }
 }
