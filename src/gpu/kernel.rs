@@ -69,6 +69,11 @@ pub fn grid(gpu: &Gpu, n: u32) -> [u32; 3] {
 
 const UNIFORM_CHUNK: u64 = 1 << 16;
 
+/// Dispatches a batch records before it submits what it has and goes on in a new command
+/// buffer: the GPU starts on the first ones while the host records (and wgpu encodes) the
+/// rest, instead of waiting for the whole batch. Queue order keeps every dependency.
+const FLUSH_EVERY: usize = 256;
+
 impl ShaderChecks {
     /// The checks wgpu builds into a trusted shader module for this choice.
     fn runtime_checks(self) -> wgpu::ShaderRuntimeChecks {
@@ -121,6 +126,7 @@ impl Gpu {
             uniforms: vec![],
             used: UNIFORM_CHUNK,
             timer: None,
+            recorded: 0,
         }
     }
 
@@ -144,6 +150,8 @@ pub struct Batch<'g> {
     uniforms: Vec<wgpu::Buffer>,
     used: u64,
     timer: Option<&'g mut GpuTimer>,
+    /// dispatches recorded since the last submission
+    recorded: usize,
 }
 
 impl<'g> Batch<'g> {
@@ -178,6 +186,12 @@ impl<'g> Batch<'g> {
     /// Record one dispatch of `kernel` with `params` (a `#[repr(C)]` Pod struct matching the
     /// shader's uniform) and storage `bindings` in order.
     pub fn dispatch<P: bytemuck::Pod>(&mut self, kernel: &Kernel, params: &P, bindings: &[Binding], groups: [u32; 3]) {
+        if self.recorded == FLUSH_EVERY {
+            self.finish();
+            self.enc = Some(self.gpu.device.create_command_encoder(&Default::default()));
+            self.used = UNIFORM_CHUNK;
+        }
+        self.recorded += 1;
         let pipeline = self.gpu.pipeline(kernel);
         let (ui, uoff) = self.params(bytemuck::bytes_of(params));
         let ubuf = &self.uniforms[ui];
@@ -261,6 +275,7 @@ impl<'g> Batch<'g> {
         let enc = self.enc.take().expect("batch already submitted");
         let idx = self.gpu.queue.submit([enc.finish()]);
         self.gpu.uniform_pool.lock().unwrap().append(&mut self.uniforms);
+        self.recorded = 0;
         idx
     }
 }
