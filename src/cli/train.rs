@@ -92,18 +92,20 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
     pb.finish_and_clear();
     let summary = json!({
         "out": out, "stage": stage, "steps": report.steps, "tokens": report.tokens, "initial_ppl": report.initial_ppl,
-        "final_ppl": report.final_ppl, "tokens_per_s": report.tokens_per_s, "train_seconds": report.train_seconds,
+        "final_ppl": report.final_ppl, "tokens_per_s": report.tokens_per_s, "steady_tokens_per_s": report.steady_tokens_per_s,
+        "train_seconds": report.train_seconds,
         "train_buffer_bytes": report.train_buffer_bytes, "sequences": data.len(), "adapter": gpu.info.name,
     });
     if a.json {
         println!("{summary}");
     } else {
         println!(
-            "stage {stage}: {} steps, {} tokens in {:.1} s ({:.0} tokens/s); eval ppl {} -> {}",
+            "stage {stage}: {} steps, {} tokens in {:.1} s ({:.0} tokens/s{}); eval ppl {} -> {}",
             report.steps,
             report.tokens,
             report.train_seconds,
             report.tokens_per_s,
+            report.steady_tokens_per_s.map(|r| format!(", {r:.0} after the first step")).unwrap_or_default(),
             report.initial_ppl.map(|p| format!("{p:.2}")).unwrap_or("-".into()),
             report.final_ppl.map(|p| format!("{p:.2}")).unwrap_or("-".into())
         );

@@ -311,6 +311,9 @@ pub struct DistillReport {
     pub final_ppl: Option<f64>,
     /// Training tokens per second (evaluation and checkpoint time excluded).
     pub tokens_per_s: f64,
+    /// The same over the steps after this run's first, which also compiles every kernel
+    /// (None with fewer than two steps): the rate a longer run settles at.
+    pub steady_tokens_per_s: Option<f64>,
     pub train_seconds: f64,
     /// The run stopped early because the evaluation reached `target_ppl`.
     pub reached_target: bool,
@@ -637,7 +640,14 @@ pub fn distill(s: &Setup, opts: &DistillOpts, resume: Option<ResumeState>, hooks
     let final_ppl = curve.iter().rev().find_map(|c| c.eval_ppl);
     let tokens_per_s =
         if train_s > 0.0 { (steps - step0) as f64 * tokens_per_step as f64 / (train_s - curve_seconds_at(&curve, step0)) } else { 0.0 };
+    let steady_tokens_per_s = match curve.get(step0..) {
+        Some([first, .., last]) if last.seconds > first.seconds => {
+            Some((last.step - first.step) as f64 * tokens_per_step as f64 / (last.seconds - first.seconds))
+        }
+        _ => None,
+    };
     Ok(DistillReport {
+        steady_tokens_per_s,
         opts: opts.clone(),
         steps,
         tokens,

@@ -62,6 +62,9 @@ fn stage2_and_stage1_lower_their_losses() {
         eprintln!("stage {stage}: loss {first:.5} -> {last:.5}, eval ppl {:?} -> {:?}", rep.initial_ppl, rep.final_ppl);
         assert!(rep.curve.iter().all(|c| c.loss.is_finite()));
         assert!(last < 0.8 * first, "stage {stage}: loss {first} -> {last}");
+        // the rate after the first step (which compiles the kernels, unless an earlier test did)
+        let steady = rep.steady_tokens_per_s.expect("a rate after the first step");
+        assert!(steady.is_finite() && steady > 0.0, "stage {stage}: {steady} tokens/s after the first step");
         if stage == 2 {
             // every sequence of an epoch is seen, and the KL is what the f64 reference says
             let l0 = kl_f64(&reference::forward_logits(&files, data.get(0)), &ck, data.get(0));

@@ -137,6 +137,7 @@ fn recovery_report(teacher_ppl: f64) -> RecoveryReport {
         initial_ppl: Some(2.0 * teacher_ppl),
         final_ppl: Some(teacher_ppl),
         tokens_per_s: 64.0,
+        steady_tokens_per_s: None,
         train_seconds: 1.0,
         reached_target: true,
         train_buffer_bytes: 0,
