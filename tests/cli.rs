@@ -886,6 +886,11 @@ fn convert_preset_quick_and_explicit_options_over_it() {
         (r["align"]["steps"].as_u64().unwrap(), r["capture_windows"].as_u64().unwrap(), r["calib_tokens"].as_u64().unwrap())
     };
     assert_eq!(settings(&["--preset", "quick"]), (50, 1, 1024));
+    // on a CPU adapter the warning does not suggest the preset the run already has
+    let (_, _, err) = taylorcal(&[&common[..], &["--preset", "quick", "--steps", "2"]].concat());
+    if common::gpu().info.device_type == "Cpu" {
+        assert!(err.contains("CPU adapter") && !err.contains("--preset quick") && err.contains("fewer --steps (this run: 2)"), "{err}");
+    }
     assert_eq!(settings(&["--preset", "quick", "--steps", "3", "--capture-windows", "2"]), (3, 2, 1024));
     assert_eq!(settings(&["--preset", "reference", "--steps", "2"]), (2, 4, 1024));
     let (ok, _, err) = taylorcal(&[&common[..], &["--preset", "fast"]].concat());

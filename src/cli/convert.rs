@@ -1,6 +1,6 @@
 //! The `convert`, `ablate` and `select` subcommands: the teacher and layout from
 //! [`conv_setup`], one library call, the output.
-use super::args::{ConvArgs, TeacherArgs};
+use super::args::{ConvArgs, Preset, TeacherArgs};
 use super::setup::{conv_setup, select_setup};
 use super::{claim_out, gpu, progress, resolve_model};
 use anyhow::{Context as _, Result};
@@ -37,11 +37,17 @@ pub fn convert(conv: &ConvArgs, strategy: &str, out: &Path, force: bool, resume:
     let o = ConvertOpts { strategy, ..setup.opts.clone() };
     let windows = setup.eval_windows()?;
     let n_gdn = setup.hc.gdn_layers().len();
-    let faster = "faster: --preset quick, or fewer --steps (e.g. --steps 50; the reference is 300)";
+    let quick = Preset::Quick.opts();
+    let faster = if o.align.steps > quick.align.steps || o.capture_windows > quick.capture_windows {
+        "faster: --preset quick, or fewer --steps (e.g. --steps 50; the reference is 300)".to_string()
+    } else {
+        // already as light as the quick preset
+        format!("faster: fewer --steps (this run: {}), or a machine with a GPU", o.align.steps)
+    };
     if cpu && strategy.phase2() {
         eprintln!(
             "warning: {} is a CPU adapter (software rendering): {n_gdn} layers x {} alignment steps run far slower than on a \
-             GPU (SmolLM2 at the reference settings: about 30 h on 2 cores); the estimated time follows after the first steps; {faster}",
+             GPU (SmolLM2 at the reference settings: 7 to 30 h on 2 cores); the estimated time follows after the first steps; {faster}",
             g.info.name, o.align.steps
         );
     }
