@@ -2,7 +2,8 @@
 //! teacher-forced, only converted layers train) and stage 2 (end-to-end KL(teacher ||
 //! student) on next-token distributions, every parameter trains, two learning-rate
 //! groups). Both use AdamW with a global gradient-norm clip, warmup + cosine schedule,
-//! gradient accumulation over `batch` sequences per step, periodic evaluation and
+//! `batch` sequences per step in one forward and backward (or in micro-batches with the
+//! gradients accumulated), periodic evaluation and
 //! atomic checkpoints that hold the optimizer state, so a killed run resumes exactly.
 use crate::data::TokenStream;
 use crate::eval::perplexity_windows;
