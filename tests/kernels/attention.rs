@@ -215,7 +215,12 @@ fn a_batch_of_sequences_attends_within_each_sequence() {
             let mut r = rng(seed);
             let (n, one) = (seqs * t, shape(h, hkv, d));
             let s = AttnShape { seqs, ..one };
-            let (q, k, v, dout) = (randn(&mut r, n * h * d, 6.0), randn(&mut r, n * hkv * d, 1.0), randn(&mut r, n * hkv * d, 1.0), randn(&mut r, n * h * d, 1.0));
+            let (q, k, v, dout) = (
+                randn(&mut r, n * h * d, 6.0),
+                randn(&mut r, n * hkv * d, 1.0),
+                randn(&mut r, n * hkv * d, 1.0),
+                randn(&mut r, n * h * d, 1.0),
+            );
             let (tq, tk, tv, tdo) = (up(g, &[n, h * d], &q), up(g, &[n, hkv * d], &k), up(g, &[n, hkv * d], &v), up(g, &[n, h * d], &dout));
             let (o, st) = (g.zeros(&[n, h * d]).unwrap(), g.zeros(&[n, h, 2]).unwrap());
             let (dq, dk, dv) = (g.zeros(&[n, h * d]).unwrap(), g.zeros(&[n, hkv * d]).unwrap(), g.zeros(&[n, hkv * d]).unwrap());
