@@ -10,6 +10,14 @@ const TN: u32 = BN / 4u; // invocations along j
 const TM: u32 = WG / TN; // invocations along i
 const RM: u32 = BM / TM; // rows per invocation
 
+fn a_st(i: u32, r: u32) -> f32 {
+    return f32(as_[staged(i, r, TA, SA)]);
+}
+
+fn b_st(j: u32, r: u32) -> f32 {
+    return f32(bs[staged(j, r, TB, SB)]);
+}
+
 @compute @workgroup_size(WG)
 fn mma(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let i0 = wid.y * BM;
@@ -28,9 +36,9 @@ fn mma(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l
         }
         for (var kk = 0u; kk < BK; kk++) {
             let j = 4u * tj;
-            let bv = vec4<f32>(f32(bs[j * BKP + kk]), f32(bs[(j + 1u) * BKP + kk]), f32(bs[(j + 2u) * BKP + kk]), f32(bs[(j + 3u) * BKP + kk]));
+            let bv = vec4<f32>(b_st(j, kk), b_st(j + 1u, kk), b_st(j + 2u, kk), b_st(j + 3u, kk));
             for (var q = 0u; q < RM; q++) {
-                acc[q] = fma(vec4<f32>(f32(as_[(ti * RM + q) * BKP + kk])), bv, acc[q]);
+                acc[q] = fma(vec4<f32>(a_st(ti * RM + q, kk)), bv, acc[q]);
             }
         }
     }

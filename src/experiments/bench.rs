@@ -311,6 +311,25 @@ fn bench_mma(gpu: &Gpu, m: usize, n: usize, k: usize, f16_weights: bool) -> Resu
     Ok(result(&name, format!("{m}x{n}x{k}"), secs, runs, how, Some(2.0 * (m * n * k) as f64), None))
 }
 
+/// The gradients of y[M, N] = x[M, K] W[N, K]^T through `ops::mma` (f16 operands, f32
+/// accumulation): dx = dy W ("matmul_mma_dx") or, with `weight`, dW = dy^T x
+/// ("matmul_mma_dw"); W f16; GFLOP/s = 2MNK / t.
+fn bench_mma_grad(gpu: &Gpu, m: usize, n: usize, k: usize, weight: bool) -> Result<BenchResult> {
+    if !ops::mma::available(gpu) {
+        bail!("adapter {} has no SHADER_F16: no mma kernels", gpu.info.name);
+    }
+    let (x, w, dy) = matmul_operands(gpu, m, n, k, true)?;
+    gpu.write(&dy, &fill(m * n, 3, 1e-3));
+    let (secs, runs, how) = if weight {
+        let dw = gpu.zeros(&[n, k])?;
+        measure(gpu, budget(gpu), &|b: &mut Batch| ops::mma::backward_weight(b, &dy, &x, &dw, false, None))?
+    } else {
+        measure(gpu, budget(gpu), &|b: &mut Batch| ops::mma::backward_input(b, &dy, &w, &x, false, None))?
+    };
+    let name = if weight { "matmul_mma_dw" } else { "matmul_mma_dx" };
+    Ok(result(name, format!("{m}x{n}x{k}"), secs, runs, how, Some(2.0 * (m * n * k) as f64), None))
+}
+
 /// Causal GQA attention over T tokens (self-attention, pos0 = 0); GFLOP/s counts
 /// 4 * T * T / 2 * H * d (QK^T and PV over the causal half).
 pub fn bench_attention(gpu: &Gpu, t: usize, heads: usize, kv_heads: usize, dim: usize) -> Result<BenchResult> {
@@ -420,19 +439,57 @@ pub fn bench_kl_lm_head(gpu: &Gpu, rows: usize, vocab: usize, dim: usize) -> Res
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "bench", rename_all = "snake_case")]
 pub enum Bench {
-    Matmul { m: usize, n: usize, k: usize, kernel: MatmulImpl, f16_weights: bool },
-    Attention { t: usize, heads: usize, kv_heads: usize, dim: usize },
-    AttentionBackward { t: usize, heads: usize, kv_heads: usize, dim: usize },
-    RmsNorm { rows: usize, cols: usize },
-    Rope { tokens: usize, heads: usize, dim: usize },
-    Nll { rows: usize, vocab: usize },
-    KlLmHead { rows: usize, vocab: usize, dim: usize },
+    Matmul {
+        m: usize,
+        n: usize,
+        k: usize,
+        kernel: MatmulImpl,
+        f16_weights: bool,
+    },
+    /// the mma kernel's input (`weight` false) or weight gradient of an M x N x K linear layer
+    MmaGrad {
+        m: usize,
+        n: usize,
+        k: usize,
+        weight: bool,
+    },
+    Attention {
+        t: usize,
+        heads: usize,
+        kv_heads: usize,
+        dim: usize,
+    },
+    AttentionBackward {
+        t: usize,
+        heads: usize,
+        kv_heads: usize,
+        dim: usize,
+    },
+    RmsNorm {
+        rows: usize,
+        cols: usize,
+    },
+    Rope {
+        tokens: usize,
+        heads: usize,
+        dim: usize,
+    },
+    Nll {
+        rows: usize,
+        vocab: usize,
+    },
+    KlLmHead {
+        rows: usize,
+        vocab: usize,
+        dim: usize,
+    },
 }
 
 impl Bench {
     pub fn run(&self, gpu: &Gpu) -> Result<BenchResult> {
         match *self {
             Bench::Matmul { m, n, k, kernel, f16_weights } => bench_matmul_impl(gpu, m, n, k, kernel, f16_weights),
+            Bench::MmaGrad { m, n, k, weight } => bench_mma_grad(gpu, m, n, k, weight),
             Bench::Attention { t, heads, kv_heads, dim } => bench_attention(gpu, t, heads, kv_heads, dim),
             Bench::AttentionBackward { t, heads, kv_heads, dim } => bench_attention_backward(gpu, t, heads, kv_heads, dim),
             Bench::RmsNorm { rows, cols } => bench_rmsnorm(gpu, rows, cols),
@@ -456,6 +513,7 @@ impl Bench {
                 let f16 = if f16_weights { "_f16w" } else { "" };
                 format!("{name}{f16} {m}x{n}x{k}")
             }
+            Bench::MmaGrad { m, n, k, weight } => format!("matmul_mma_{} {m}x{n}x{k}", if weight { "dw" } else { "dx" }),
             Bench::Attention { t, heads, kv_heads, dim } => format!("attention T{t} H{heads}/{kv_heads} d{dim}"),
             Bench::AttentionBackward { t, heads, kv_heads, dim } => format!("attention_bwd T{t} H{heads}/{kv_heads} d{dim}"),
             Bench::RmsNorm { rows, cols } => format!("rmsnorm {rows}x{cols}"),
@@ -476,7 +534,8 @@ fn mm(s: usize, kernel: MatmulImpl, f16_weights: bool) -> Bench {
 /// kernel (f16 weights); attention
 /// T=512 with SmolLM2-135M's heads (9 / 3, d 64) forward and backward; small
 /// norm/rope/NLL/KL head. On a GPU: matmul 4096^3 (f32 and f16 weights; the mma kernel with f32 and
-/// f16 weights, and at 1024^3), 1024^3, naive at
+/// f16 weights, and at 1024^3; its three products at 4096^3 and SmolLM2's MLP and LM head
+/// shapes over 8192 tokens), 1024^3, naive at
 /// 1024^3 and 4096^3, attention forward and backward T=4096 H=16/4 at d 64 and 128,
 /// model-sized norm/rope/NLL, and the KL head at SmolLM2's vocabulary (N 512, V 49152, D 576).
 pub fn default_suite(gpu: &Gpu) -> Vec<Bench> {
@@ -514,6 +573,14 @@ pub fn default_suite(gpu: &Gpu) -> Vec<Bench> {
             v.push(mm(4096, Mma, false));
             v.push(mm(4096, Mma, true));
             v.push(mm(1024, Mma, true));
+            // the three products at 4096^3, and at SmolLM2's MLP and LM head over 16 x 512 tokens
+            for (m, n, k) in [(4096, 4096, 4096), (8192, 1536, 576), (8192, 576, 1536), (8192, 49152, 576)] {
+                if m != n {
+                    v.push(Bench::Matmul { m, n, k, kernel: Mma, f16_weights: true });
+                }
+                v.push(Bench::MmaGrad { m, n, k, weight: false });
+                v.push(Bench::MmaGrad { m, n, k, weight: true });
+            }
         }
         v.push(mm(1024, Auto, false));
         v.push(mm(1024, Naive, false));

@@ -175,7 +175,8 @@ impl Gpu {
             .await
             .with_context(|| format!("requesting a device on adapter '{}'", ainfo.name))?;
         let max_binding =
-            opts.max_binding.map_or(limits.max_storage_buffer_binding_size, |b| b.clamp(256, limits.max_storage_buffer_binding_size));
+            opts.max_binding.map_or(limits.max_storage_buffer_binding_size, |b| b.clamp(256, limits.max_storage_buffer_binding_size)) / 16
+                * 16;
         let shader_f16 = features.contains(wgpu::Features::SHADER_F16);
         let device_type = format!("{:?}", ainfo.device_type);
         if opts.precision == Some(Precision::F16) && !shader_f16 {

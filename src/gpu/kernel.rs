@@ -47,11 +47,14 @@ impl From<&Tensor> for Binding {
 }
 
 impl Tensor {
-    /// Bind rows `[row0, row0 + nrows)` of this tensor viewed as `[rows, cols]`.
+    /// Bind rows `[row0, row0 + nrows)` of this tensor viewed as `[rows, cols]`, rounded up
+    /// to 16 bytes within the buffer (whose size is a multiple of 16, as the offsets
+    /// `row_split` picks are) so kernels may read the binding as vec4s.
     pub fn rows_binding(&self, row0: usize, nrows: usize) -> Binding {
         let row_bytes = (self.cols() * self.dtype.size()) as u64;
-        let size = (nrows as u64 * row_bytes).div_ceil(4) * 4;
-        Binding { buf: self.buf.clone(), offset: row0 as u64 * row_bytes, size: Some(size.max(4)) }
+        let offset = row0 as u64 * row_bytes;
+        let size = (nrows as u64 * row_bytes).div_ceil(16) * 16;
+        Binding { buf: self.buf.clone(), offset, size: Some(size.max(16).min(self.buf.size() - offset)) }
     }
 }
 

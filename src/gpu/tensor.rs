@@ -64,8 +64,9 @@ impl Gpu {
     /// An uninitialised (zero-filled by wgpu) tensor.
     pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let n: usize = shape.iter().product();
-        // keep at least 4 bytes and a multiple of 4 so copies and bindings are valid
-        let bytes = ((n * dtype.size()).max(4) as u64).div_ceil(4) * 4;
+        // a whole number of 16 bytes (at least 16), so copies and bindings are valid and
+        // kernels may read any tensor as vec4s (shaders/mma_common.wgsl)
+        let bytes = ((n * dtype.size()).max(16) as u64).div_ceil(16) * 16;
         self.check_size(bytes, shape)?;
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: bytes, usage: USAGE, mapped_at_creation: false });
         Ok(Tensor { buf: Arc::new(buf), shape: shape.to_vec(), dtype })

@@ -90,19 +90,25 @@ impl MmaPath {
             Tile::T64 => (2, 2),
             Tile::T128 => (2, 4),
         };
-        let k = match self {
-            MmaPath::Coop => {
-                Kernel::new("mma_coop", "mma").with("SGM", sgm).with("SGN", sgn).with("WG", sgm * sgn * gpu.info.min_subgroup_size)
-            }
-            MmaPath::Tile => Kernel::new("mma_tile", "mma").with("WG", sgm * sgn * 32),
+        let wg = match self {
+            MmaPath::Coop => sgm * sgn * gpu.info.min_subgroup_size,
+            MmaPath::Tile => sgm * sgn * 32,
         };
+        let k = match self {
+            MmaPath::Coop => Kernel::new("mma_coop", "mma").with("SGM", sgm).with("SGN", sgn),
+            MmaPath::Tile => Kernel::new("mma_tile", "mma"),
+        }
+        .with("WG", wg);
         let t = tile.size() as u32;
         // the deepest slice whose staged tiles (f16, rows padded by 8) and output scratch (the
         // cooperative path's 16 x 16 f32 per subgroup) fit the adapter's workgroup memory:
         // 64 on the H200 (48 KiB; 2x the speed of 32 there), 32 or 64 on lavapipe (32 KiB)
         let scratch = if self == MmaPath::Coop { sgm * sgn * 1024 } else { 0 };
         let fits = |bk: u32| 2 * t * (bk + 8) * 2 + scratch <= gpu.limits.max_compute_workgroup_storage_size;
-        let bk = [64, 32].into_iter().find(|&bk| fits(bk)).unwrap_or(16);
+        // and whose runs of 4 per invocation are 1 to 8 (the shader's named registers)
+        let runs = |bk: u32| t * bk / (4 * wg);
+        let bk = [64, 32].into_iter().find(|&bk| fits(bk) && runs(bk) <= 8).unwrap_or(16);
+        assert!((1..=8).contains(&runs(bk)), "mma: {t} x {bk} slices over {wg} invocations");
         k.with("BM", t).with("BN", t).with("BK", bk).with("BKP", bk + 8).with("TA", ta as u32).with("TB", tb as u32).f16(f16_b)
     }
 }

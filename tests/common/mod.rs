@@ -12,11 +12,14 @@ pub mod tiny;
 mod env;
 
 use rand::{Rng, SeedableRng};
-use taylorcal::gpu::{Gpu, GpuOptions, Tensor};
+use taylorcal::gpu::{Gpu, GpuOptions, Precision, Tensor};
 
-/// The options the environment sets (the defaults when none is set), as the program reads them.
+/// The options the environment sets (the defaults when none is set), as the program reads
+/// them, at precision f32: the tests check the f32 kernels at f32 tolerances on every
+/// adapter (a GPU's default, f16, would run the products through `ops::mma`); the f16
+/// paths' tests ask for f16 themselves.
 pub fn env_options() -> GpuOptions {
-    env::gpu_options_from_env().unwrap_or_else(|e| panic!("{e:#}"))
+    GpuOptions { precision: Some(Precision::F32), ..env::gpu_options_from_env().unwrap_or_else(|e| panic!("{e:#}")) }
 }
 
 /// The model cache directory the program uses (`TAYLORCAL_CACHE` or the platform's).
