@@ -47,7 +47,8 @@ pub struct Gpu {
     /// [`GpuOptions::max_binding`] to exercise tensor splitting in tests.
     pub max_binding: u64,
     options: GpuOptions,
-    pub(crate) pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    /// Each kernel's pipeline and its bind group layout (looked up once, not per dispatch).
+    pub(crate) pipelines: Mutex<HashMap<String, Arc<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>>>,
     pub(crate) uniform_pool: Mutex<Vec<wgpu::Buffer>>,
     /// Every shader's source, resolved at the first pipeline from `options.shader_dir`.
     pub(crate) shaders: OnceLock<ShaderSources>,

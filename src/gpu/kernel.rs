@@ -95,7 +95,7 @@ impl ShaderChecks {
 }
 
 impl Gpu {
-    pub(crate) fn pipeline(&self, k: &Kernel) -> Arc<wgpu::ComputePipeline> {
+    pub(crate) fn pipeline(&self, k: &Kernel) -> Arc<(wgpu::ComputePipeline, wgpu::BindGroupLayout)> {
         let key = k.key();
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return p.clone();
@@ -108,14 +108,16 @@ impl Gpu {
         // division has a zero divisor, and with `ShaderChecks::Bounds` (the default) wgpu
         // still keeps every array access in bounds.
         let module = unsafe { self.device.create_shader_module_trusted(desc, self.options().shader_checks.runtime_checks()) };
-        let p = Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(k.entry),
             layout: None,
             module: &module,
             entry_point: Some(k.entry),
             compilation_options: wgpu::PipelineCompilationOptions { constants: &[], zero_initialize_workgroup_memory: false },
             cache: None,
-        }));
+        });
+        let layout = pipeline.get_bind_group_layout(0);
+        let p = Arc::new((pipeline, layout));
         self.pipelines.lock().unwrap().insert(key, p.clone());
         p
     }
@@ -127,6 +129,7 @@ impl Gpu {
             enc: Some(self.device.create_command_encoder(&Default::default())),
             pass: None,
             uniforms: vec![],
+            staged: vec![],
             used: UNIFORM_CHUNK,
             timer: None,
             recorded: 0,
@@ -151,6 +154,9 @@ pub struct Batch<'g> {
     /// saves the per-pass cost; WebGPU orders and synchronises dispatches within a pass).
     pass: Option<wgpu::ComputePass<'static>>,
     uniforms: Vec<wgpu::Buffer>,
+    /// the parameters of the last uniform buffer's dispatches, written to it in one
+    /// `write_buffer` when the buffer is full or the batch is submitted
+    staged: Vec<u8>,
     used: u64,
     timer: Option<&'g mut GpuTimer>,
     /// dispatches recorded since the last submission
@@ -167,6 +173,7 @@ impl<'g> Batch<'g> {
         let align = self.gpu.limits.min_uniform_buffer_offset_alignment as u64;
         let len = (bytes.len() as u64).max(16).div_ceil(16) * 16;
         if self.used + len > UNIFORM_CHUNK {
+            self.write_params();
             let buf = self.gpu.uniform_pool.lock().unwrap().pop().unwrap_or_else(|| {
                 self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("params"),
@@ -179,11 +186,20 @@ impl<'g> Batch<'g> {
             self.used = 0;
         }
         let off = self.used;
-        let mut padded = bytes.to_vec();
-        padded.resize(len as usize, 0);
-        self.gpu.queue.write_buffer(self.uniforms.last().unwrap(), off, &padded);
+        self.staged.resize(off as usize, 0);
+        self.staged.extend_from_slice(bytes);
+        self.staged.resize((off + len) as usize, 0);
         self.used = (off + len).div_ceil(align) * align;
         (self.uniforms.len() - 1, off)
+    }
+
+    /// Write the staged parameters to the last uniform buffer (queue writes land before
+    /// the submission that reads them).
+    fn write_params(&mut self) {
+        if let (Some(buf), false) = (self.uniforms.last(), self.staged.is_empty()) {
+            self.gpu.queue.write_buffer(buf, 0, &self.staged);
+        }
+        self.staged.clear();
     }
 
     /// Record one dispatch of `kernel` with `params` (a `#[repr(C)]` Pod struct matching the
@@ -196,6 +212,7 @@ impl<'g> Batch<'g> {
         }
         self.recorded += 1;
         let pipeline = self.gpu.pipeline(kernel);
+        let (pipeline, layout) = (&pipeline.0, &pipeline.1);
         let (ui, uoff) = self.params(bytemuck::bytes_of(params));
         let ubuf = &self.uniforms[ui];
         let mut entries = vec![wgpu::BindGroupEntry {
@@ -216,11 +233,7 @@ impl<'g> Batch<'g> {
                 }),
             });
         }
-        let bg = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(kernel.entry),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
+        let bg = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(kernel.entry), layout, entries: &entries });
         let timestamp_writes = match self.timer.as_deref_mut() {
             Some(t) if t.next < t.capacity => {
                 let i = t.next;
@@ -239,7 +252,7 @@ impl<'g> Batch<'g> {
             self.pass = None;
             let enc = self.enc.as_mut().expect("batch already submitted");
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.entry), timestamp_writes });
-            pass.set_pipeline(&pipeline);
+            pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &bg, &[]);
             pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
             return;
@@ -251,7 +264,7 @@ impl<'g> Batch<'g> {
             );
         }
         let pass = self.pass.as_mut().expect("open pass");
-        pass.set_pipeline(&pipeline);
+        pass.set_pipeline(pipeline);
         pass.set_bind_group(0, &bg, &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
     }
@@ -275,6 +288,7 @@ impl<'g> Batch<'g> {
 
     fn finish(&mut self) -> wgpu::SubmissionIndex {
         self.pass = None;
+        self.write_params();
         let enc = self.enc.take().expect("batch already submitted");
         let idx = self.gpu.queue.submit([enc.finish()]);
         self.gpu.uniform_pool.lock().unwrap().append(&mut self.uniforms);
