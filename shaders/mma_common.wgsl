@@ -46,9 +46,11 @@ struct Params {
     ccol: u32,
     // bit 0: add bias; bit 1: accumulate into C; bit 2: scale A by amx (a_scale)
     flags: u32,
+    // a reduction split over workgroups (the host's narrow weight gradients): workgroup z
+    // sums r in [z rchunk, (z + 1) rchunk) into C + z cstride (partial sums the host adds)
+    rchunk: u32,
+    cstride: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -65,6 +67,9 @@ var<workgroup> as_: array<f16, BM * BKP>;
 // the scale of A (a power of two, from max |A|) and its inverse, applied to C
 var<private> sa: f32 = 1.0;
 var<private> inv_sa: f32 = 1.0;
+// the end of this workgroup's part of the reduction, and its partial sums' offset in C
+var<private> r_end: u32;
+var<private> c_off: u32;
 var<workgroup> bs: array<f16, BN * BKP>;
 
 // Element e of a (b): one component of a vec4.
@@ -77,13 +82,13 @@ fn b_el(e: u32) -> f32 {
 }
 
 fn a_at(i: u32, r: u32) -> f32 {
-    if (i >= p.ni || r >= p.nr) { return 0.0; }
+    if (i >= p.ni || r >= r_end) { return 0.0; }
     if (TA == 0u) { return a_el(i * p.lda + p.acol + r); }
     return a_el(r * p.lda + p.acol + i);
 }
 
 fn b_at(j: u32, r: u32) -> f32 {
-    if (j >= p.nj || r >= p.nr) { return 0.0; }
+    if (j >= p.nj || r >= r_end) { return 0.0; }
     if (TB == 0u) { return b_el(j * p.ldb + r); }
     return b_el(r * p.ldb + j);
 }
@@ -102,6 +107,15 @@ fn a_scale() {
         sa = exp2(e);
         inv_sa = exp2(-e);
     }
+}
+
+// This workgroup's part [rb, re) of the reduction (all of it unless the host splits it over
+// wid.z); returns rb, with re in r_end.
+fn reduction_part(z: u32) -> u32 {
+    let rb = z * p.rchunk;
+    r_end = min(p.nr, rb + p.rchunk);
+    c_off = z * p.cstride;
+    return rb;
 }
 
 // Run q of an operand's slice for invocation li: (row, r) of its first element; the run goes
@@ -139,20 +153,20 @@ struct Slice {
 fn a_run(i: u32, r: u32) -> vec4<f32> {
     let whole = (p.lda | p.acol) % 4u == 0u;
     if (TA == 0u) {
-        if (whole && i < p.ni && r + 3u < p.nr) { return a[(i * p.lda + p.acol + r) / 4u]; }
+        if (whole && i < p.ni && r + 3u < r_end) { return a[(i * p.lda + p.acol + r) / 4u]; }
         return vec4<f32>(a_at(i, r), a_at(i, r + 1u), a_at(i, r + 2u), a_at(i, r + 3u));
     }
-    if (whole && i + 3u < p.ni && r < p.nr) { return a[(r * p.lda + p.acol + i) / 4u]; }
+    if (whole && i + 3u < p.ni && r < r_end) { return a[(r * p.lda + p.acol + i) / 4u]; }
     return vec4<f32>(a_at(i, r), a_at(i + 1u, r), a_at(i + 2u, r), a_at(i + 3u, r));
 }
 
 fn b_run(j: u32, r: u32) -> vec4<WT> {
     let whole = p.ldb % 4u == 0u;
     if (TB == 0u) {
-        if (whole && j < p.nj && r + 3u < p.nr) { return b[(j * p.ldb + r) / 4u]; }
+        if (whole && j < p.nj && r + 3u < r_end) { return b[(j * p.ldb + r) / 4u]; }
         return vec4<WT>(vec4<f32>(b_at(j, r), b_at(j, r + 1u), b_at(j, r + 2u), b_at(j, r + 3u)));
     }
-    if (whole && j + 3u < p.nj && r < p.nr) { return b[(r * p.ldb + j) / 4u]; }
+    if (whole && j + 3u < p.nj && r < r_end) { return b[(r * p.ldb + j) / 4u]; }
     return vec4<WT>(vec4<f32>(b_at(j, r), b_at(j + 1u, r), b_at(j + 2u, r), b_at(j + 3u, r)));
 }
 
@@ -240,7 +254,7 @@ fn store_c(gi: u32, gj: u32, v: f32) {
     if (gi >= p.ni || gj >= p.nj) { return; }
     var o = v * inv_sa;
     if ((p.flags & 1u) != 0u) { o += bias[gj]; }
-    let ci = gi * p.ldc + p.ccol + gj;
+    let ci = c_off + gi * p.ldc + p.ccol + gj;
     if ((p.flags & 2u) != 0u) { o += c[ci]; }
     c[ci] = o;
 }

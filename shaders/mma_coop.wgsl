@@ -57,12 +57,14 @@ fn mma(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l
     var c30 = coop_mat16x16<f32, C>();
     var c31 = coop_mat16x16<f32, C>();
     a_scale();
-    var next = load_slice(i0, j0, 0u, li);
-    for (var r0 = 0u; r0 < p.nr; r0 += BK) {
+    let rb = reduction_part(wid.z);
+    let re = min(p.nr, rb + p.rchunk); // r_end, from uniform values (the loop has barriers)
+    var next = load_slice(i0, j0, rb, li);
+    for (var r0 = rb; r0 < re; r0 += BK) {
         workgroupBarrier();
         store_slice(next, li);
         workgroupBarrier();
-        if (r0 + BK < p.nr) {
+        if (r0 + BK < re) {
             next = load_slice(i0, j0, r0 + BK, li);
         }
         for (var kk = 0u; kk < BK; kk += 16u) {

@@ -86,14 +86,12 @@ pub fn linear_backward_input(b: &mut Batch, dy: &Tensor, w: &Tensor, dx: &Tensor
 /// `dW[N, K] (+)= dy[M, N]^T x[M, K]`: the weight gradient of `y = x W^T`, a reduction
 /// over the M rows (tokens). Where dW has too few 64 x 64 tiles to fill the GPU (a narrow
 /// layer such as the gate's [H, D]) and M is long, the reduction is split over several
-/// workgroups per tile whose partial sums are then added up. At precision f16 the layers
-/// whose dW has enough tiles go through `ops::mma`; the narrow ones keep this split f32
-/// reduction (one mma workgroup per tile would run the whole reduction alone).
+/// workgroups per tile whose partial sums are then added up. At precision f16 it goes
+/// through `ops::mma`, which splits narrow layers' reductions the same way.
 pub fn linear_backward_weight(b: &mut Batch, dy: &Tensor, x: &Tensor, dw: &Tensor, accumulate: bool) {
     let (n, k) = (dw.rows(), dw.cols());
     let m = x.numel() / k.max(1);
-    let tiles = n.div_ceil(TILE) * k.div_ceil(TILE);
-    if MatmulKernel::auto(b.gpu) == MatmulKernel::Mma && reduction_splits(b, tiles, m, (n * k * 4) as u64) <= 1 {
+    if MatmulKernel::auto(b.gpu) == MatmulKernel::Mma {
         return mma::backward_weight(b, dy, x, dw, accumulate, None);
     }
     assert_eq!(x.numel(), m * k, "linear_backward_weight: x {:?} vs dW {:?}", x.shape, dw.shape);
@@ -139,7 +137,7 @@ pub fn linear_backward_weight(b: &mut Batch, dy: &Tensor, x: &Tensor, dw: &Tenso
 
 /// Workgroups per dW tile for a reduction of `m` rows over `tiles` tiles: enough to have
 /// about 256 workgroups, each over at least 256 rows, within 64 and one binding of partials.
-fn reduction_splits(b: &Batch, tiles: usize, m: usize, tile_bytes: u64) -> usize {
+pub(crate) fn reduction_splits(b: &Batch, tiles: usize, m: usize, tile_bytes: u64) -> usize {
     const TARGET: usize = 256;
     if tiles >= TARGET / 2 {
         return 1;

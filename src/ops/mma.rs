@@ -19,6 +19,7 @@
 //! loss scale, so no step is ever skipped. Tested against an f64 reference of the
 //! f16-rounded operands (f32-accumulation tolerance) and of the exact ones (the f16
 //! tolerance) in tests/kernels/mma.rs.
+use super::matmul_grad::reduction_splits;
 use super::{dummy, row_split, weight_rows};
 use crate::gpu::{Batch, Binding, DType, Gpu, Kernel, Tensor};
 
@@ -34,7 +35,9 @@ struct Params {
     acol: u32,
     ccol: u32,
     flags: u32,
-    _pad: [u32; 3],
+    rchunk: u32,
+    cstride: u32,
+    _pad: u32,
 }
 
 /// How a workgroup multiplies its tiles.
@@ -141,11 +144,29 @@ struct Operands {
 
 /// `C[i, ccol + j] (+)= sum_r A(i, r) B(j, r) (+ bias[j])` for an ni x nj block; A(i, r) =
 /// a[i lda + acol + r] or, with `ta`, a[r lda + acol + i]; B likewise with `tb` (no offset).
-fn gemm(bt: &mut Batch, o: Operands, [ni, nj, nr]: [usize; 3], accumulate: bool, tile: Option<Tile>) {
+/// With `split` (parts, cstride): the reduction in `parts` pieces over as many workgroups
+/// per tile, piece z written (not accumulated) to C + z cstride. Returns the pieces written
+/// (fewer than asked where the reduction is short).
+fn gemm(
+    bt: &mut Batch,
+    o: Operands,
+    [ni, nj, nr]: [usize; 3],
+    accumulate: bool,
+    tile: Option<Tile>,
+    split: Option<(usize, usize)>,
+) -> usize {
     assert!(available(bt.gpu), "the mma kernels need SHADER_F16, which {} lacks", bt.gpu.info.name);
     if ni == 0 || nj == 0 {
-        return;
+        return 0;
     }
+    // pieces of whole 64-row slices (so each piece's runs stay 16-byte aligned)
+    let (rchunk, parts, cstride) = match split {
+        Some((parts, cstride)) if parts > 1 && nr > 0 => {
+            let rchunk = nr.div_ceil(parts).div_ceil(64) * 64;
+            (rchunk, nr.div_ceil(rchunk), cstride)
+        }
+        _ => (nr, 1, 0),
+    };
     let p = Params {
         ni: ni as u32,
         nj: nj as u32,
@@ -156,7 +177,9 @@ fn gemm(bt: &mut Batch, o: Operands, [ni, nj, nr]: [usize; 3], accumulate: bool,
         acol: o.acol as u32,
         ccol: o.ccol as u32,
         flags: o.bias.is_some() as u32 | (accumulate as u32) << 1 | (o.scale_a.is_some() as u32) << 2,
-        _pad: [0; 3],
+        rchunk: rchunk as u32,
+        cstride: cstride as u32,
+        _pad: 0,
     };
     let tile = tile.unwrap_or(Tile::auto(ni, nj));
     let kernel = MmaPath::auto(bt.gpu).kernel(bt.gpu, tile, o.ta, o.tb, o.f16_b);
@@ -165,7 +188,8 @@ fn gemm(bt: &mut Batch, o: Operands, [ni, nj, nr]: [usize; 3], accumulate: bool,
     // an empty reduction (nr = 0) still writes C = bias, or leaves it when accumulating
     let (ab, bb) = if nr == 0 { (dummy(bt), dummy(bt)) } else { (o.a, o.b) };
     let scale = o.scale_a.unwrap_or_else(|| dummy(bt));
-    bt.dispatch(&kernel, &p, &[ab, bb, bias, o.c, scale], [nj.div_ceil(t) as u32, ni.div_ceil(t) as u32, 1]);
+    bt.dispatch(&kernel, &p, &[ab, bb, bias, o.c, scale], [nj.div_ceil(t) as u32, ni.div_ceil(t) as u32, parts as u32]);
+    parts
 }
 
 /// max |t| (the bits of an f32, in a new one-element buffer) for the f16 scale of a
@@ -217,7 +241,7 @@ pub fn linear(b: &mut Batch, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &
                 ccol: wc.row0,
                 scale_a: None,
             };
-            gemm(b, o, [xy.rows, wc.rows, k], accumulate, tile);
+            gemm(b, o, [xy.rows, wc.rows, k], accumulate, tile, None);
         }
     }
 }
@@ -252,7 +276,7 @@ pub fn backward_input(b: &mut Batch, dy: &Tensor, w: &Tensor, dx: &Tensor, accum
                 ccol: 0,
                 scale_a: Some((&amax).into()),
             };
-            gemm(b, o, [ms.rows, k, nc], accumulate || s > 0, tile);
+            gemm(b, o, [ms.rows, k, nc], accumulate || s > 0, tile, None);
         }
     }
 }
@@ -273,6 +297,12 @@ pub fn backward_weight(b: &mut Batch, dy: &Tensor, x: &Tensor, dw: &Tensor, accu
         let parts: Vec<(usize, [Binding; 2])> =
             if m == 0 { vec![(0, [dummy(b), dummy(b)])] } else { row_split(b.gpu, m, [&dy, &x]).map(|c| (c.rows, c.binds)).collect() };
         for (s, (mc, [dyb, xb])) in parts.into_iter().enumerate() {
+            let acc = accumulate || s > 0;
+            // a dW of few tiles over many tokens: the tokens in pieces over several
+            // workgroups per tile, whose partial sums are then added (as ops::matmul_grad)
+            let t = tile.unwrap_or(Tile::auto(ns.rows, k)).size();
+            let pieces = reduction_splits(b, ns.rows.div_ceil(t) * k.div_ceil(t), mc, (ns.rows * k * 4) as u64);
+            let partial = (pieces > 1).then(|| b.gpu.empty(&[pieces, ns.rows * k], DType::F32).expect("mma: partial sums of dW"));
             let o = Operands {
                 a: dyb,
                 ta: true,
@@ -280,7 +310,7 @@ pub fn backward_weight(b: &mut Batch, dy: &Tensor, x: &Tensor, dw: &Tensor, accu
                 tb: true,
                 f16_b: x.dtype == DType::F16,
                 bias: None,
-                c: dwb.clone(),
+                c: partial.as_ref().map_or_else(|| dwb.clone(), Binding::from),
                 lda: n,
                 ldb: k,
                 ldc: k,
@@ -288,7 +318,15 @@ pub fn backward_weight(b: &mut Batch, dy: &Tensor, x: &Tensor, dw: &Tensor, accu
                 ccol: 0,
                 scale_a: Some((&amax).into()),
             };
-            gemm(b, o, [ns.rows, k, mc], accumulate || s > 0, tile);
+            match &partial {
+                None => {
+                    gemm(b, o, [ns.rows, k, mc], acc, tile, None);
+                }
+                Some(partial) => {
+                    let used = gemm(b, o, [ns.rows, k, mc], false, tile, Some((pieces, ns.rows * k)));
+                    super::gdn_act::colsum_binding(b, partial.into(), used, ns.rows * k, dwb.clone(), acc);
+                }
+            }
         }
     }
 }
