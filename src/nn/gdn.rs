@@ -318,8 +318,7 @@ fn back(acts: &GdnActs) -> &GdnBackBufs {
 /// and dw_norm.
 pub fn gdn_backward_output(b: &mut Batch, p: &GdnParams, acts: &GdnActs, dout: &Tensor, grads: &GdnParams, accumulate: bool) {
     let bb = back(acts);
-    matmul_grad::linear_backward_weight(b, dout, &acts.y, &grads.wo, accumulate);
-    matmul_grad::linear_backward_input(b, dout, &p.wo, &bb.dy, false);
+    matmul_grad::linear_backward(b, dout, &p.wo, &acts.y, Some((&bb.dy, false)), &grads.wo, accumulate);
     gated_norm::gated_norm_backward(
         b,
         &acts.o,
@@ -383,10 +382,7 @@ pub fn gdn_backward_inputs(
         (&bb.dzg, &p.wg, &grads.wg),
     ];
     for (i, (dz, w, dw)) in pairs.into_iter().enumerate() {
-        matmul_grad::linear_backward_weight(b, dz, x, dw, accumulate);
-        if let Some(dx) = dx {
-            matmul_grad::linear_backward_input(b, dz, w, dx, accumulate || i > 0);
-        }
+        matmul_grad::linear_backward(b, dz, w, x, dx.map(|dx| (dx, accumulate || i > 0)), dw, accumulate);
     }
 }
 

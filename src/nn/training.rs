@@ -228,13 +228,10 @@ pub fn backward(b: &mut Batch, m: &Decoder, a: &TrainActs, ids_host: &[u32], dhi
 /// x_out = x_mid + swiglu(hn2 Wg^T, hn2 Wu^T) Wd^T: from dx (= d x_out) to dhn (d hn2) and
 /// the three weight gradients.
 fn mlp_backward(b: &mut Batch, layer: &Layer, gl: &Layer, bufs: &LayerBufs, a: &TrainActs) {
-    matmul_grad::linear_backward_input(b, &a.dx, &layer.down, &a.dact, false);
-    matmul_grad::linear_backward_weight(b, &a.dx, &bufs.act, &gl.down, true);
+    matmul_grad::linear_backward(b, &a.dx, &layer.down, &bufs.act, Some((&a.dact, false)), &gl.down, true);
     ops::elementwise::swiglu_backward(b, &bufs.gate, &bufs.up, &a.dact, &a.dgate, &a.dup);
-    matmul_grad::linear_backward_input(b, &a.dgate, &layer.gate, &a.dhn, false);
-    matmul_grad::linear_backward_input(b, &a.dup, &layer.up, &a.dhn, true);
-    matmul_grad::linear_backward_weight(b, &a.dgate, &bufs.hn2, &gl.gate, true);
-    matmul_grad::linear_backward_weight(b, &a.dup, &bufs.hn2, &gl.up, true);
+    matmul_grad::linear_backward(b, &a.dgate, &layer.gate, &bufs.hn2, Some((&a.dhn, false)), &gl.gate, true);
+    matmul_grad::linear_backward(b, &a.dup, &layer.up, &bufs.hn2, Some((&a.dhn, true)), &gl.up, true);
 }
 
 /// Softmax attention of layer `l`: from dx (= d ao) to dhn and the projection gradients.
@@ -248,8 +245,7 @@ fn attn_backward(
     l: usize,
 ) {
     let c = &m.cfg;
-    matmul_grad::linear_backward_input(b, &a.dx, &at.o, &a.dctx, false);
-    matmul_grad::linear_backward_weight(b, &a.dx, &bufs.ctx, &ga.o, true);
+    matmul_grad::linear_backward(b, &a.dx, &at.o, &bufs.ctx, Some((&a.dctx, false)), &ga.o, true);
     let (kc, vc) = (a.cache.k[l].as_ref().expect("K"), a.cache.v[l].as_ref().expect("V"));
     let shape = ops::attention::AttnShape { seqs: a.seqs, ..m.attn_shape(0) };
     ops::attention::attention_backward(b, &bufs.q, kc, vc, &bufs.ctx, &a.dctx, &a.dq, &a.dk, &a.dv, &a.attn_scratch, shape);
@@ -258,8 +254,7 @@ fn attn_backward(
     for (i, (dz, w, gw, gbias)) in
         [(&a.dq, &at.q, &ga.q, &ga.q_bias), (&a.dk, &at.k, &ga.k, &ga.k_bias), (&a.dv, &at.v, &ga.v, &ga.v_bias)].into_iter().enumerate()
     {
-        matmul_grad::linear_backward_input(b, dz, w, &a.dhn, i > 0);
-        matmul_grad::linear_backward_weight(b, dz, &bufs.hn, gw, true);
+        matmul_grad::linear_backward(b, dz, w, &bufs.hn, Some((&a.dhn, i > 0)), gw, true);
         if let Some(gb) = gbias {
             ops::gdn_act::colsum(b, dz, gb, true);
         }

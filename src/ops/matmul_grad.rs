@@ -4,7 +4,7 @@
 //! Tensors larger than the adapter's binding limit are split over rows (and the reduction)
 //! into several dispatches, like [`crate::ops::matmul::linear`]. Tested in
 //! tests/kernels/matmul_grad.rs (split over small bindings included).
-use super::{dummy, mma, row_split};
+use super::{dummy, mma, reduction_splits, row_split};
 use crate::gpu::{Batch, DType, Kernel, MatmulKernel, Tensor};
 
 #[repr(C)]
@@ -46,6 +46,23 @@ impl Params {
 }
 
 const TILE: usize = 64;
+
+/// Both gradients of `y = x W^T` from one dy: `dx (+)= dy W` where `dx` is given (with its
+/// accumulate flag) and `dW (+)= dy^T x`. At precision f16 the two mma products share one
+/// pass for max |dy| (their f16 scale) instead of one each.
+pub fn linear_backward(b: &mut Batch, dy: &Tensor, w: &Tensor, x: &Tensor, dx: Option<(&Tensor, bool)>, dw: &Tensor, acc_dw: bool) {
+    if MatmulKernel::auto(b.gpu) != MatmulKernel::Mma {
+        if let Some((dx, acc)) = dx {
+            linear_backward_input(b, dy, w, dx, acc);
+        }
+        return linear_backward_weight(b, dy, x, dw, acc_dw);
+    }
+    let scale = mma::dy_scale(b, dy, w.rows());
+    if let Some((dx, acc)) = dx {
+        mma::input_grad(b, dy, w, dx, acc, None, Some(&scale));
+    }
+    mma::weight_grad(b, dy, x, dw, acc_dw, None, Some(&scale));
+}
 
 /// `dx[M, K] (+)= dy[M, N] W[N, K]`: the input gradient of `y = x W^T` (f32 W, or f16 at
 /// precision f16).
@@ -133,17 +150,6 @@ pub fn linear_backward_weight(b: &mut Batch, dy: &Tensor, x: &Tensor, dw: &Tenso
             super::gdn_act::colsum_binding(b, (&partial).into(), splits, nc * k, dwb.clone(), acc);
         }
     }
-}
-
-/// Workgroups per dW tile for a reduction of `m` rows over `tiles` tiles: enough to have
-/// about 256 workgroups, each over at least 256 rows, within 64 and one binding of partials.
-pub(crate) fn reduction_splits(b: &Batch, tiles: usize, m: usize, tile_bytes: u64) -> usize {
-    const TARGET: usize = 256;
-    if tiles >= TARGET / 2 {
-        return 1;
-    }
-    let by_binding = (b.gpu.max_binding / tile_bytes.max(1)) as usize;
-    TARGET.div_ceil(tiles).min(m / 256).min(64).min(by_binding).min(b.gpu.limits.max_compute_workgroups_per_dimension as usize).max(1)
 }
 
 pub mod cpu {

@@ -19,8 +19,7 @@
 //! loss scale, so no step is ever skipped. Tested against an f64 reference of the
 //! f16-rounded operands (f32-accumulation tolerance) and of the exact ones (the f16
 //! tolerance) in tests/kernels/mma.rs.
-use super::matmul_grad::reduction_splits;
-use super::{dummy, row_split, weight_rows};
+use super::{dummy, reduction_splits, row_split, weight_rows};
 use crate::gpu::{Batch, Binding, DType, Gpu, Kernel, Tensor};
 
 #[repr(C)]
@@ -246,15 +245,34 @@ pub fn linear(b: &mut Batch, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, y: &
     }
 }
 
+/// max |dy| for the f16 scale of both gradients of one layer (see
+/// `ops::matmul_grad::linear_backward`), dy viewed as rows of `n`.
+pub(crate) fn dy_scale(b: &mut Batch, dy: &Tensor, n: usize) -> Tensor {
+    absmax(b, &dy.reshape(&[dy.numel() / n.max(1), n]))
+}
+
 /// `dx[M, K] (+)= dy[M, N] W[N, K]`, W f32 or f16.
 pub fn backward_input(b: &mut Batch, dy: &Tensor, w: &Tensor, dx: &Tensor, accumulate: bool, tile: Option<Tile>) {
+    input_grad(b, dy, w, dx, accumulate, tile, None)
+}
+
+/// [`backward_input`] with max |dy| from [`dy_scale`] (computed here when None).
+pub(crate) fn input_grad(
+    b: &mut Batch,
+    dy: &Tensor,
+    w: &Tensor,
+    dx: &Tensor,
+    accumulate: bool,
+    tile: Option<Tile>,
+    scale: Option<&Tensor>,
+) {
     let (n, k) = (w.rows(), w.cols());
     let m = dx.numel() / k.max(1);
     assert_eq!(dx.numel(), m * k, "mma::backward_input: dx {:?} vs W {:?}", dx.shape, w.shape);
     assert_eq!(dy.numel(), m * n, "mma::backward_input: dy {:?} for dx {:?} W {:?}", dy.shape, dx.shape, w.shape);
     check_f32(dy, "dy");
     let (dy, dx) = (dy.reshape(&[m, n]), dx.reshape(&[m, k]));
-    let amax = absmax(b, &dy);
+    let amax = scale.cloned().unwrap_or_else(|| absmax(b, &dy));
     for ms in row_split(b.gpu, m, [&dy, &dx]) {
         let [dyb, dxb] = ms.binds;
         // the reduction over W's rows, one part per binding of W (dy's columns alike)
@@ -283,6 +301,19 @@ pub fn backward_input(b: &mut Batch, dy: &Tensor, w: &Tensor, dx: &Tensor, accum
 
 /// `dW[N, K] (+)= dy[M, N]^T x[M, K]`.
 pub fn backward_weight(b: &mut Batch, dy: &Tensor, x: &Tensor, dw: &Tensor, accumulate: bool, tile: Option<Tile>) {
+    weight_grad(b, dy, x, dw, accumulate, tile, None)
+}
+
+/// [`backward_weight`] with max |dy| from [`dy_scale`] (computed here when None).
+pub(crate) fn weight_grad(
+    b: &mut Batch,
+    dy: &Tensor,
+    x: &Tensor,
+    dw: &Tensor,
+    accumulate: bool,
+    tile: Option<Tile>,
+    scale: Option<&Tensor>,
+) {
     let (n, k) = (dw.rows(), dw.cols());
     let m = x.numel() / k.max(1);
     assert_eq!(x.numel(), m * k, "mma::backward_weight: x {:?} vs dW {:?}", x.shape, dw.shape);
@@ -290,7 +321,7 @@ pub fn backward_weight(b: &mut Batch, dy: &Tensor, x: &Tensor, dw: &Tensor, accu
     check_f32(dy, "dy");
     check_f32(dw, "dW");
     let (dy, x) = (dy.reshape(&[m, n]), x.reshape(&[m, k]));
-    let amax = absmax(b, &dy);
+    let amax = scale.cloned().unwrap_or_else(|| absmax(b, &dy));
     for ns in row_split(b.gpu, n, [dw]) {
         let [dwb] = ns.binds;
         // the reduction over the tokens, one part per binding of dy and x

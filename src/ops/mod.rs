@@ -68,3 +68,14 @@ pub(crate) fn row_split<'t, const N: usize>(gpu: &Gpu, rows: usize, tensors: [&'
         RowChunk { row0, rows: n, binds: tensors.map(|t| t.rows_binding(row0, n)) }
     })
 }
+
+/// Workgroups per dW tile for a reduction of `m` rows over `tiles` tiles: enough to have
+/// about 256 workgroups, each over at least 256 rows, within 64 and one binding of partials.
+pub(crate) fn reduction_splits(b: &Batch, tiles: usize, m: usize, tile_bytes: u64) -> usize {
+    const TARGET: usize = 256;
+    if tiles >= TARGET / 2 {
+        return 1;
+    }
+    let by_binding = (b.gpu.max_binding / tile_bytes.max(1)) as usize;
+    TARGET.div_ceil(tiles).min(m / 256).min(64).min(by_binding).min(b.gpu.limits.max_compute_workgroups_per_dimension as usize).max(1)
+}
