@@ -7,13 +7,16 @@
 //! elsewhere, so CI (lavapipe) runs the shared tiling, staging and bounds (the cooperative
 //! multiply and its output scratch are checked on a GPU that has them, by the same tests).
 //! The three products of a linear layer are its cases: [`linear`], [`backward_input`],
-//! [`backward_weight`], split over bindings as `ops::matmul` splits them. `ops::matmul` and
+//! [`backward_weight`], split over bindings as `ops::matmul` splits them; a weight gradient
+//! of few tiles over many tokens also splits its reduction over workgroups (partial sums,
+//! then added). `ops::matmul` and
 //! `ops::matmul_grad` run them when the context's precision is f16
 //! ([`MatmulKernel::Mma`](crate::gpu::MatmulKernel::Mma)), so the whole model does.
 //!
 //! Precision: A and B are rounded to f16 when staged (relative error 2^-11 each); their
 //! products are exact in f32 and summed in f32. In the two gradients A is dy, scaled by a
-//! power of two from max |dy| (one pass, shaders/mma_absmax.wgsl) before the rounding (and C
+//! power of two from max |dy| (one pass per dy, shared by the two products through
+//! `dy_scale`; shaders/mma_absmax.wgsl) before the rounding (and C
 //! back after), so gradients far below f16's range (a KL loss's, ~1e-9 per logit) keep
 //! f16's relative precision instead of flushing to zero: per-tensor scales, not a global
 //! loss scale, so no step is ever skipped. Tested against an f64 reference of the
