@@ -89,6 +89,12 @@ fn attention(c: &mut Criterion) {
     group.bench_function(format!("causal/T{t}_H{h}_{hkv}_d{d}"), |b| {
         b.iter(|| run(g, |bt| ops::attention::attention(bt, &q, &k, &v, &o, &st, s)))
     });
+    if ops::mma::available(g) {
+        // the same on f16 tiles (the matrix units where the adapter has them)
+        group.bench_function(format!("causal_mma/T{t}_H{h}_{hkv}_d{d}"), |b| {
+            b.iter(|| run(g, |bt| ops::attention::attention_mma(bt, &q, &k, &v, &o, s)))
+        });
+    }
     // backward (both passes) of the same causal attention, from the forward's o
     let dout = g.upload(&[t, h * d], &data(t * h * d, 6)).unwrap();
     let (dq, dk, dv) = (g.zeros(&[t, h * d]).unwrap(), g.zeros(&[t, hkv * d]).unwrap(), g.zeros(&[t, hkv * d]).unwrap());

@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
     let ids: Vec<u32> = (0..t as u32).map(|i| (i * 7919 + 13) % c.vocab_size as u32).collect();
     let tid = gpu.upload_u32(&[t], &ids)?;
     let cache = teacher.kv_cache(gpu, t)?;
-    let mut timer = GpuTimer::new(gpu, 8192).expect("adapter has no timestamp queries");
+    let mut timer = GpuTimer::new(gpu, 16384).expect("adapter has no timestamp queries");
     for round in 0..3 {
         timer.reset();
         let start = std::time::Instant::now();
@@ -57,8 +57,12 @@ fn main() -> anyhow::Result<()> {
         let rows = timer.by_label(gpu)?;
         let total: f64 = rows.iter().map(|r| r.1).sum();
         let n: usize = rows.iter().map(|r| r.2).sum();
+        let untimed = match timer.untimed {
+            0 => String::new(),
+            u => format!(" (and {u} untimed past the timer's capacity)"),
+        };
         println!(
-            "round {round}: {seqs} x T={t_seq} wall {wall:.3}s (recording {recorded:.3}s), GPU total {total:.3}s, {n} dispatches, {}",
+            "round {round}: {seqs} x T={t_seq} wall {wall:.3}s (recording {recorded:.3}s), GPU total {total:.3}s, {n} dispatches{untimed}, {}",
             gpu.info.name
         );
         let mut rows = rows;

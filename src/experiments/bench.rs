@@ -332,7 +332,8 @@ fn bench_mma_grad(gpu: &Gpu, m: usize, n: usize, k: usize, weight: bool) -> Resu
 
 /// Causal GQA attention over T tokens (self-attention, pos0 = 0); GFLOP/s counts
 /// 4 * T * T / 2 * H * d (QK^T and PV over the causal half).
-pub fn bench_attention(gpu: &Gpu, t: usize, heads: usize, kv_heads: usize, dim: usize) -> Result<BenchResult> {
+/// With `mma`, [`ops::attention::attention_mma`] (f16 tiles, no statistics).
+pub fn bench_attention(gpu: &Gpu, t: usize, heads: usize, kv_heads: usize, dim: usize, mma: bool) -> Result<BenchResult> {
     if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         bail!("attention: {heads} heads is not a multiple of {kv_heads} kv heads");
     }
@@ -342,10 +343,14 @@ pub fn bench_attention(gpu: &Gpu, t: usize, heads: usize, kv_heads: usize, dim: 
     let o = gpu.zeros(&[t, heads * dim])?;
     let stats = gpu.zeros(&[t, heads, 2])?;
     let s = AttnShape { heads, kv_heads, dim, pos0: 0, scale: 1.0 / (dim as f32).sqrt(), seqs: 1 };
-    let record = |b: &mut Batch| ops::attention::attention(b, &q, &k, &v, &o, &stats, s);
+    let record = |b: &mut Batch| match mma {
+        true => ops::attention::attention_mma(b, &q, &k, &v, &o, s),
+        false => ops::attention::attention(b, &q, &k, &v, &o, &stats, s),
+    };
     let (secs, runs, how) = measure(gpu, budget(gpu), &record)?;
     let flops = 4.0 * (t as f64) * (t as f64) / 2.0 * (heads * dim) as f64;
-    Ok(result("attention", format!("T{t} H{heads}/{kv_heads} d{dim}"), secs, runs, how, Some(flops), None))
+    let name = if mma { "attention_mma" } else { "attention" };
+    Ok(result(name, format!("T{t} H{heads}/{kv_heads} d{dim}"), secs, runs, how, Some(flops), None))
 }
 
 /// Backward of causal GQA attention over T tokens (both passes of
@@ -459,6 +464,13 @@ pub enum Bench {
         kv_heads: usize,
         dim: usize,
     },
+    /// the attention forward on f16 tiles and the matrix units (no statistics)
+    AttentionMma {
+        t: usize,
+        heads: usize,
+        kv_heads: usize,
+        dim: usize,
+    },
     AttentionBackward {
         t: usize,
         heads: usize,
@@ -490,7 +502,8 @@ impl Bench {
         match *self {
             Bench::Matmul { m, n, k, kernel, f16_weights } => bench_matmul_impl(gpu, m, n, k, kernel, f16_weights),
             Bench::MmaGrad { m, n, k, weight } => bench_mma_grad(gpu, m, n, k, weight),
-            Bench::Attention { t, heads, kv_heads, dim } => bench_attention(gpu, t, heads, kv_heads, dim),
+            Bench::Attention { t, heads, kv_heads, dim } => bench_attention(gpu, t, heads, kv_heads, dim, false),
+            Bench::AttentionMma { t, heads, kv_heads, dim } => bench_attention(gpu, t, heads, kv_heads, dim, true),
             Bench::AttentionBackward { t, heads, kv_heads, dim } => bench_attention_backward(gpu, t, heads, kv_heads, dim),
             Bench::RmsNorm { rows, cols } => bench_rmsnorm(gpu, rows, cols),
             Bench::Rope { tokens, heads, dim } => bench_rope(gpu, tokens, heads, dim),
@@ -515,6 +528,7 @@ impl Bench {
             }
             Bench::MmaGrad { m, n, k, weight } => format!("matmul_mma_{} {m}x{n}x{k}", if weight { "dw" } else { "dx" }),
             Bench::Attention { t, heads, kv_heads, dim } => format!("attention T{t} H{heads}/{kv_heads} d{dim}"),
+            Bench::AttentionMma { t, heads, kv_heads, dim } => format!("attention_mma T{t} H{heads}/{kv_heads} d{dim}"),
             Bench::AttentionBackward { t, heads, kv_heads, dim } => format!("attention_bwd T{t} H{heads}/{kv_heads} d{dim}"),
             Bench::RmsNorm { rows, cols } => format!("rmsnorm {rows}x{cols}"),
             Bench::Rope { tokens, heads, dim } => format!("rope T{tokens} H{heads} d{dim}"),
@@ -532,11 +546,12 @@ fn mm(s: usize, kernel: MatmulImpl, f16_weights: bool) -> Bench {
 /// 1024^3 with the adapter's kernel (f32, and f16 weights where supported), with the
 /// generic tiled kernel too when that is not the adapter's choice, naive, and the mma
 /// kernel (f16 weights); attention
-/// T=512 with SmolLM2-135M's heads (9 / 3, d 64) forward and backward; small
+/// T=512 with SmolLM2-135M's heads (9 / 3, d 64) forward (f32, and on f16 tiles) and backward; small
 /// norm/rope/NLL/KL head. On a GPU: matmul 4096^3 (f32 and f16 weights; the mma kernel with f32 and
 /// f16 weights, and at 1024^3; its three products at 4096^3 and SmolLM2's MLP and LM head
 /// shapes over 8192 tokens), 1024^3, naive at
-/// 1024^3 and 4096^3, attention forward and backward T=4096 H=16/4 at d 64 and 128,
+/// 1024^3 and 4096^3, attention forward (f32, and on f16 tiles) and backward T=4096 H=16/4
+/// at d 64 and 128,
 /// model-sized norm/rope/NLL, and the KL head at SmolLM2's vocabulary (N 512, V 49152, D 576).
 pub fn default_suite(gpu: &Gpu) -> Vec<Bench> {
     use MatmulImpl::*;
@@ -556,6 +571,9 @@ pub fn default_suite(gpu: &Gpu) -> Vec<Bench> {
             v.push(mm(1024, Mma, true));
         }
         v.push(Bench::Attention { t: 512, heads: 9, kv_heads: 3, dim: 64 });
+        if f16 {
+            v.push(Bench::AttentionMma { t: 512, heads: 9, kv_heads: 3, dim: 64 });
+        }
         v.push(Bench::AttentionBackward { t: 512, heads: 9, kv_heads: 3, dim: 64 });
         v.push(Bench::RmsNorm { rows: 512, cols: 576 });
         v.push(Bench::Rope { tokens: 512, heads: 9, dim: 64 });
@@ -587,6 +605,10 @@ pub fn default_suite(gpu: &Gpu) -> Vec<Bench> {
         v.push(mm(4096, Naive, false));
         v.push(Bench::Attention { t: 4096, heads: 16, kv_heads: 4, dim: 64 });
         v.push(Bench::Attention { t: 4096, heads: 16, kv_heads: 4, dim: 128 });
+        if f16 {
+            v.push(Bench::AttentionMma { t: 4096, heads: 16, kv_heads: 4, dim: 64 });
+            v.push(Bench::AttentionMma { t: 4096, heads: 16, kv_heads: 4, dim: 128 });
+        }
         v.push(Bench::AttentionBackward { t: 4096, heads: 16, kv_heads: 4, dim: 64 });
         v.push(Bench::AttentionBackward { t: 4096, heads: 16, kv_heads: 4, dim: 128 });
         v.push(Bench::RmsNorm { rows: 4096, cols: 4096 });

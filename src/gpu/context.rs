@@ -246,7 +246,11 @@ impl Gpu {
             "master_weights": "f32",
             "optimizer_moments": "f32",
             "activations_norms_softmax_losses": "f32",
-            "attention": "f32",
+            "attention": if self.info.precision == Precision::F16 && self.info.coop16 && self.options.attention_mma != Some(false) {
+                "forward without statistics (training, evaluation, generation) on the matrix units for head dims up to 128: q, k, v and probabilities f16, scores, softmax and sums f32; statistics and backward f32"
+            } else {
+                "f32"
+            },
             "gdn_scan": "f32",
             "gradient_scaling": "per tensor: dy scaled by a power of two from max |dy| before its f16 rounding, the product scaled back (no global loss scale, no skipped steps)",
         })

@@ -239,13 +239,18 @@ impl<'g> Batch<'g> {
                 let i = t.next;
                 t.next += 1;
                 t.labels.push(kernel.entry);
+                let (query_set, q) = t.slot(i);
                 Some(wgpu::ComputePassTimestampWrites {
-                    query_set: &t.set,
-                    beginning_of_pass_write_index: Some(2 * i),
-                    end_of_pass_write_index: Some(2 * i + 1),
+                    query_set,
+                    beginning_of_pass_write_index: Some(q),
+                    end_of_pass_write_index: Some(q + 1),
                 })
             }
-            _ => None,
+            Some(t) => {
+                t.untimed += 1;
+                None
+            }
+            None => None,
         };
         if timestamp_writes.is_some() {
             // a timed dispatch gets a pass of its own (timestamps are per pass)

@@ -11,7 +11,7 @@ mod timer;
 pub use context::{Gpu, GpuInfo};
 pub use kernel::{grid, Batch, Binding, Kernel};
 pub use options::{GpuOptions, MatmulKernel, Precision, ShaderChecks, DEFAULT_STATE_SMEM};
-pub use tensor::{DType, Tensor};
+pub use tensor::{DType, PendingRead, Tensor};
 pub use timer::GpuTimer;
 
 use std::path::Path;
@@ -42,11 +42,16 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("mma_tile", include_str!("../../shaders/mma_tile.wgsl")),
     ("mma_absmax", include_str!("../../shaders/mma_absmax.wgsl")),
     ("mma_coop", include_str!("../../shaders/mma_coop.wgsl")),
+    ("attn_mma_tile", include_str!("../../shaders/attn_mma_tile.wgsl")),
+    ("attn_mma_coop", include_str!("../../shaders/attn_mma_coop.wgsl")),
 ];
 
 /// Files that shaders pull in with a `// #include NAME` line (not shaders of their own).
-pub const INCLUDES: &[(&str, &str)] =
-    &[("delta_common", include_str!("../../shaders/delta_common.wgsl")), ("mma_common", include_str!("../../shaders/mma_common.wgsl"))];
+pub const INCLUDES: &[(&str, &str)] = &[
+    ("delta_common", include_str!("../../shaders/delta_common.wgsl")),
+    ("mma_common", include_str!("../../shaders/mma_common.wgsl")),
+    ("attn_mma_common", include_str!("../../shaders/attn_mma_common.wgsl")),
+];
 
 /// `src` with every line starting `// #include NAME` replaced by the included file.
 pub fn resolve_includes(src: &str) -> String {

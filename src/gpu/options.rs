@@ -36,6 +36,10 @@ pub struct GpuOptions {
     /// Force the rows per workgroup of the attention kernels, forward and backward (16 or
     /// 64), so tests cover both tile heights; `None`: chosen by shape.
     pub attention_rows: Option<usize>,
+    /// Whether the attention of callers that read no statistics runs on the matrix units
+    /// (`ops::attention::attention_out`) where it can: `None` picks by head dim. CLI:
+    /// `TAYLORCAL_ATTENTION_MMA` (0 or 1).
+    pub attention_mma: Option<bool>,
     /// Never use cooperative matrices (tensor cores), even where the adapter lists them:
     /// the `ops::mma` kernels take their fallback path (how tests compare both on one GPU).
     /// CLI: `TAYLORCAL_NO_COOP`.
@@ -56,6 +60,7 @@ impl Default for GpuOptions {
             matmul: None,
             delta_state_smem: DEFAULT_STATE_SMEM,
             attention_rows: None,
+            attention_mma: None,
             no_coop: false,
             precision: None,
         }

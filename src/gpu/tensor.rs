@@ -137,6 +137,33 @@ impl Gpu {
         Ok(bytes[..t.numel() * t.dtype.size()].to_vec())
     }
 
+    /// Submit `b` with copies of the f32 tensors `ts` recorded at its end, and start mapping
+    /// them; [`PendingRead::wait`] then waits for this submission only, so the host can
+    /// record (and submit) the next work first.
+    pub fn submit_and_read(&self, mut b: super::Batch, ts: &[&Tensor]) -> Result<PendingRead> {
+        let sizes: Vec<u64> = ts.iter().map(|t| t.bytes().div_ceil(4) * 4).collect();
+        let total: u64 = sizes.iter().sum();
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("pending-read"),
+            size: total.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let dst = Tensor { buf: Arc::new(staging), shape: vec![total as usize / 4], dtype: DType::F32 };
+        let mut off = 0;
+        for (t, &n) in ts.iter().zip(&sizes) {
+            assert_eq!(t.dtype, DType::F32, "submit_and_read: f32 tensors only");
+            b.copy(t, 0, &dst, off, n);
+            off += n;
+        }
+        let index = b.submit();
+        let (tx, rx) = std::sync::mpsc::channel();
+        dst.buf.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        Ok(PendingRead { staging: dst.buf, index, lens: ts.iter().map(|t| t.numel()).collect(), rx })
+    }
+
     pub fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
         let raw = self.read_raw(t)?;
         Ok(match t.dtype {
@@ -173,5 +200,38 @@ fn gcd(a: u64, b: u64) -> u64 {
         a
     } else {
         gcd(b, a % b)
+    }
+}
+
+/// Tensors on their way to the host ([`Gpu::submit_and_read`]).
+pub struct PendingRead {
+    staging: Arc<wgpu::Buffer>,
+    index: wgpu::SubmissionIndex,
+    lens: Vec<usize>,
+    rx: std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+}
+
+impl PendingRead {
+    /// Wait for the submission that carried the copies (not for later ones); one vector per
+    /// tensor, in order.
+    pub fn wait(self, gpu: &Gpu) -> Result<Vec<Vec<f32>>> {
+        let wait = wgpu::PollType::Wait { submission_index: Some(self.index), timeout: None };
+        gpu.device.poll(wait).map_err(|e| anyhow!("GPU poll failed: {e}"))?;
+        self.rx
+            .recv()
+            .map_err(|_| anyhow!("readback callback never ran"))?
+            .map_err(|e| anyhow!("mapping the readback buffer failed: {e}"))?;
+        let slice = self.staging.slice(..);
+        let raw = slice.get_mapped_range().map_err(|e| anyhow!("reading the mapped buffer failed: {e:?}"))?;
+        let all: &[f32] = bytemuck::cast_slice(&raw);
+        let mut out = vec![];
+        let mut off = 0;
+        for &n in &self.lens {
+            out.push(all[off..off + n].to_vec());
+            off += n;
+        }
+        drop(raw);
+        self.staging.unmap();
+        Ok(out)
     }
 }

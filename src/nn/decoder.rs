@@ -362,7 +362,7 @@ impl Decoder {
             match &l.mixer {
                 Mixer::Attn(a) => {
                     let (kc, vc) = (cache.k[i].as_ref().expect("KV cache"), cache.v[i].as_ref().expect("KV cache"));
-                    self.attn_forward(b, a, &bufs, kc, vc, pos0, seqs);
+                    self.attn_forward(b, a, &bufs, kc, vc, pos0, seqs, opts.hook.is_some());
                     if let Some(hook) = opts.hook.as_deref_mut() {
                         hook(b, AttnActs { layer: i, normed: &bufs.hn, context: &bufs.ctx, output: &bufs.ao, stats: &bufs.stats })?;
                     }
@@ -405,11 +405,12 @@ impl Decoder {
 
     /// Softmax attention of one layer on `bufs.hn` [T, D] at positions pos0..: q, k, v
     /// projections (+ biases, q/k norms), RoPE, K/V written into the caches `kc`/`vc` at
-    /// pos0, attention with statistics, W_o; leaves q (roped) in `bufs.q` (or `bufs.qn`),
-    /// the context in `bufs.ctx`, the output in `bufs.ao`. With `seqs` > 1 the rows are
-    /// that many sequences from position 0 and the caches hold exactly their rows.
+    /// pos0, attention (with its statistics in `bufs.stats` when `stats`), W_o; leaves q
+    /// (roped) in `bufs.q` (or `bufs.qn`), the context in `bufs.ctx`, the output in
+    /// `bufs.ao`. With `seqs` > 1 the rows are that many sequences from position 0 and the
+    /// caches hold exactly their rows.
     #[allow(clippy::too_many_arguments)]
-    pub fn attn_forward(&self, b: &mut Batch, a: &Attn, bufs: &LayerBufs, kc: &Tensor, vc: &Tensor, pos0: usize, seqs: usize) {
+    pub fn attn_forward(&self, b: &mut Batch, a: &Attn, bufs: &LayerBufs, kc: &Tensor, vc: &Tensor, pos0: usize, seqs: usize, stats: bool) {
         let c = &self.cfg;
         let (h, hkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let t = bufs.hn.rows();
@@ -431,7 +432,12 @@ impl Decoder {
         let kv_row = (hkv * hd * 4) as u64;
         b.copy(kr, 0, kc, pos0 as u64 * kv_row, t as u64 * kv_row);
         b.copy(&bufs.v, 0, vc, pos0 as u64 * kv_row, t as u64 * kv_row);
-        ops::attention::attention(b, qr, kc, vc, &bufs.ctx, &bufs.stats, AttnShape { seqs, ..self.attn_shape(pos0) });
+        let shape = AttnShape { seqs, ..self.attn_shape(pos0) };
+        if stats {
+            ops::attention::attention(b, qr, kc, vc, &bufs.ctx, &bufs.stats, shape);
+        } else {
+            ops::attention::attention_out(b, qr, kc, vc, &bufs.ctx, &bufs.stats, shape);
+        }
         ops::matmul::linear(b, &bufs.ctx, &a.o, None, &bufs.ao, false);
     }
 

@@ -169,7 +169,7 @@ fn layer_forward(b: &mut Batch, m: &Decoder, a: &TrainActs, l: usize, x_out: &Te
     match &layer.mixer {
         Mixer::Attn(at) => {
             let (kc, vc) = (a.cache.k[l].as_ref().expect("K"), a.cache.v[l].as_ref().expect("V"));
-            m.attn_forward(b, at, bufs, kc, vc, 0, a.seqs);
+            m.attn_forward(b, at, bufs, kc, vc, 0, a.seqs, false);
         }
         Mixer::Gdn(p) => gdn::gdn_forward(b, p, &bufs.hn, (a.seqs, a.t), a.gdn[l].as_ref().expect("GDN acts"), &bufs.ao)?,
     }

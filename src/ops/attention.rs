@@ -1,7 +1,10 @@
 //! Causal GQA softmax attention with online softmax and fused attention statistics
-//! (shaders/attention.wgsl), and its backward for training (shaders/attention_bwd.wgsl).
+//! (shaders/attention.wgsl), its backward for training (shaders/attention_bwd.wgsl), and,
+//! for the callers that read no statistics at f16 precision, the same attention on f16
+//! tiles and the matrix units (shaders/attn_mma_*.wgsl, [`attention_mma`]).
 //! No T x T matrix is ever stored. Tested in tests/kernels/attention.rs.
-use crate::gpu::{Batch, Gpu, Kernel, Tensor};
+use super::mma::MmaPath;
+use crate::gpu::{Batch, Gpu, Kernel, Precision, Tensor};
 use anyhow::Result;
 
 /// The fields both shaders' parameters start with: query rows, query and kv heads, head dim.
@@ -66,18 +69,27 @@ fn dmax(dim: usize) -> u32 {
 /// (k, v exactly pos0 + T rows each).
 pub fn attention(b: &mut Batch, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, stats: &Tensor, s: AttnShape) {
     assert!(s.dim <= 256, "head dim {} > 256", s.dim);
-    assert_eq!(s.heads % s.kv_heads, 0);
-    let t = s.rows(q.numel());
-    let kv_rows = (s.pos0 + t) * s.kv_heads * s.dim;
-    if s.seqs == 1 {
-        assert!(k.numel() >= kv_rows, "KV cache too short");
-    } else {
-        assert!(k.numel() == s.seqs * kv_rows && v.numel() == k.numel(), "k, v: expected {} sequences of {} rows", s.seqs, s.pos0 + t);
-    }
+    let (t, p) = forward_params(q, k, v, o, s);
     assert_eq!(stats.numel(), s.seqs * t * s.heads * 2);
     let dmax = dmax(s.dim);
     let br = rows_per_group(b.gpu, t, s.heads, false);
     let kernel = Kernel::new("attention", "attention").with("D", dmax).with("BC", 2048 / dmax).with("BR", br as u32);
+    let binds = [q.into(), k.into(), v.into(), o.into(), stats.into()];
+    b.dispatch(&kernel, &p, &binds, [t.div_ceil(br) as u32, (s.heads * s.seqs) as u32, 1]);
+}
+
+/// The forward's checks of its buffers; returns the query rows per sequence and the
+/// kernels' parameters.
+fn forward_params(q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, s: AttnShape) -> (usize, Params) {
+    assert_eq!(s.heads % s.kv_heads, 0);
+    let t = s.rows(q.numel());
+    let kv_rows = (s.pos0 + t) * s.kv_heads * s.dim;
+    if s.seqs == 1 {
+        assert!(k.numel() >= kv_rows && v.numel() >= kv_rows, "KV cache too short");
+    } else {
+        assert!(k.numel() == s.seqs * kv_rows && v.numel() == k.numel(), "k, v: expected {} sequences of {} rows", s.seqs, s.pos0 + t);
+    }
+    assert_eq!(o.numel(), q.numel(), "o: expected the shape of q");
     let p = Params {
         dims: s.dims(t),
         pos0: s.pos0 as u32,
@@ -85,8 +97,72 @@ pub fn attention(b: &mut Batch, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, 
         kv_stride: (s.kv_heads * s.dim) as u32,
         scale: s.scale,
     };
-    let binds = [q.into(), k.into(), v.into(), o.into(), stats.into()];
-    b.dispatch(&kernel, &p, &binds, [t.div_ceil(br) as u32, (s.heads * s.seqs) as u32, 1]);
+    (t, p)
+}
+
+/// The output of [`attention`] for a caller that reads no statistics: with the context's
+/// precision f16 on an adapter with cooperative matrices, where [`attention_mma`] can run,
+/// on it (f16 operands, f32 scores, softmax and sums); otherwise [`attention`], with `stats`
+/// as its scratch (the f16 tiles' fallback is for testing their tiling: on ordinary
+/// invocations the f32 kernel is faster, 0.17 vs 3.7 s at T 512 on lavapipe).
+pub fn attention_out(b: &mut Batch, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, stats: &Tensor, s: AttnShape) {
+    if mma_attention(b.gpu, s.dim) {
+        attention_mma(b, q, k, v, o, s);
+    } else {
+        attention(b, q, k, v, o, stats, s);
+    }
+}
+
+/// Whether [`attention_out`] runs on the matrix units: precision f16, cooperative matrices,
+/// and [`GpuOptions::attention_mma`](crate::gpu::GpuOptions::attention_mma) not off.
+pub fn mma_attention(gpu: &Gpu, dim: usize) -> bool {
+    let wanted = gpu.options().attention_mma.unwrap_or(true);
+    wanted && gpu.info.precision == Precision::F16 && gpu.info.coop16 && mma_kernel(gpu, dim).is_some()
+}
+
+/// The f16-tile attention kernel for head dim `dim` on this adapter: cooperative matrices
+/// where it has them (with a subgroup of 16, 32 or 64), else the fallback with the same
+/// tiles. None where it cannot run (no SHADER_F16, head dim > 128, too little workgroup
+/// memory).
+fn mma_kernel(gpu: &Gpu, dim: usize) -> Option<Kernel> {
+    if !super::mma::available(gpu) || dim > 128 {
+        return None;
+    }
+    let path = MmaPath::auto(gpu);
+    let sg = match path {
+        MmaPath::Coop => gpu.info.min_subgroup_size,
+        MmaPath::Tile => 32,
+    };
+    if ![16, 32, 64].contains(&sg) {
+        return None;
+    }
+    let d = if dim <= 64 { 64 } else { 128 };
+    // tiles of 32 keys, blocks of scores of 32 keys at head dim 64, 16 at 128 (fastest on
+    // the H200: shaders/attn_mma_common.wgsl); the K and V tiles (f16, rows of d + 8), f32
+    // scores and f16 probabilities of 16 x sbw per subgroup, a (max, sum) per row and part
+    let (bc, sbw) = (32, if d == 64 { 32 } else { 16 });
+    let smem = 2 * bc * (d + 8) * 2 + 64 * sbw * (4 + 2) + 64 * (sg / 16) * 8;
+    if smem > gpu.limits.max_compute_workgroup_storage_size {
+        return None;
+    }
+    let shader = match path {
+        MmaPath::Coop => "attn_mma_coop",
+        MmaPath::Tile => "attn_mma_tile",
+    };
+    Some(Kernel::new(shader, "attn_fwd").with("D", d).with("BC", bc).with("SBW", sbw).with("SG", sg))
+}
+
+/// [`attention`]'s output without its statistics, on f16 tiles (shaders/attn_mma_*.wgsl):
+/// q, k, v rounded to f16, scores summed in f32, probabilities rounded to f16 for the sum
+/// over v (in f32). Head dim <= 128; panics where the adapter cannot run it (no SHADER_F16).
+pub fn attention_mma(b: &mut Batch, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, s: AttnShape) {
+    let kernel = mma_kernel(b.gpu, s.dim)
+        .unwrap_or_else(|| panic!("attention_mma: no f16 attention kernel for head dim {} on {}", s.dim, b.gpu.info.name));
+    let (t, p) = forward_params(q, k, v, o, s);
+    if t == 0 {
+        return;
+    }
+    b.dispatch(&kernel, &p, &[q.into(), k.into(), v.into(), o.into()], [t.div_ceil(64) as u32, (s.heads * s.seqs) as u32, 1]);
 }
 
 #[repr(C)]

@@ -7,7 +7,7 @@
 //! atomic checkpoints that hold the optimizer state, so a killed run resumes exactly.
 use crate::data::TokenStream;
 use crate::eval::perplexity_windows;
-use crate::gpu::{Batch, Gpu, Precision, Tensor};
+use crate::gpu::{Batch, Gpu, PendingRead, Precision, Tensor};
 use crate::io::checkpoint::{self, Checkpoint, HybridConfig};
 use crate::io::fingerprint::{self, Fingerprint};
 use crate::io::ModelFiles;
@@ -366,8 +366,10 @@ pub struct Setup<'a> {
 /// sequences one after the other in `ids`).
 trait Stage {
     fn micro(&mut self, b: &mut Batch, ids: &Tensor, ids_host: &[u32], slot: usize) -> Result<()>;
-    /// The mean loss of the step from the reducer's slots.
-    fn loss(&self, gpu: &Gpu) -> Result<f64>;
+    /// The reducer's slots, read back at the end of a step.
+    fn loss_slots(&self) -> &Tensor;
+    /// The mean loss of the step from those slots' values.
+    fn loss(&self, out: &[f32]) -> f64;
     /// GPU bytes of the stage's activations and scratch.
     fn bytes(&self) -> u64;
 }
@@ -401,10 +403,13 @@ impl Stage for KlStage<'_> {
         Ok(())
     }
 
-    fn loss(&self, gpu: &Gpu) -> Result<f64> {
-        let out = gpu.read(&self.red.out)?;
+    fn loss_slots(&self) -> &Tensor {
+        &self.red.out
+    }
+
+    fn loss(&self, out: &[f32]) -> f64 {
         let total: f64 = (0..self.passes).map(|j| out[4 * j] as f64).sum();
-        Ok(total / (self.passes * self.acts.seqs * self.acts.t) as f64)
+        total / (self.passes * self.acts.seqs * self.acts.t) as f64
     }
 
     fn bytes(&self) -> u64 {
@@ -455,11 +460,14 @@ impl Stage for AlignStage<'_> {
         Ok(())
     }
 
-    fn loss(&self, gpu: &Gpu) -> Result<f64> {
-        let out = gpu.read(&self.red.out)?;
+    fn loss_slots(&self) -> &Tensor {
+        &self.red.out
+    }
+
+    fn loss(&self, out: &[f32]) -> f64 {
         let n = (self.seqs * self.t * self.s.teacher.cfg.hidden_size) as f64;
         let total: f64 = (0..self.passes * self.layers.len()).map(|j| out[4 * j] as f64 / n).sum();
-        Ok(total / (self.passes * self.layers.len()) as f64)
+        total / (self.passes * self.layers.len()) as f64
     }
 
     fn bytes(&self) -> u64 {
@@ -568,12 +576,35 @@ pub fn distill(s: &Setup, opts: &DistillOpts, resume: Option<ResumeState>, hooks
     } else if !s.eval.is_empty() {
         initial_ppl = Some(perplexity_windows(g, s.student, s.eval)?.ppl);
     }
-    let mut train_s = curve.last().map(|c: &CurvePoint| c.seconds).unwrap_or(0.0);
+    let train_s = curve.last().map(|c: &CurvePoint| c.seconds).unwrap_or(0.0);
     let mut reached = false;
     let mut last_saved: Option<usize> = None;
     let tokens_per_step = t * batch;
+    // Steps are pipelined: the host records and submits step n + 1 while the GPU runs step
+    // n, then reads step n's loss and gradient norm (copied at the end of each step, read
+    // without waiting for later work). A step after which the run evaluates, saves, may
+    // stop for a test hook, or ends is read before the next one is recorded, so a
+    // checkpoint holds exactly the parameters of the steps in its curve.
+    let mut pending: Option<(usize, f32, PendingRead)> = None;
+    // training seconds, brought up to date when a step is read (evaluation and saving not counted)
+    let mut clock = (train_s, Instant::now());
+    // the curve point of step n (0-based) from its read
+    let read_step = |stage: &dyn Stage, clock: &mut (f64, Instant), n: usize, lr: f32, read: PendingRead, last_saved: Option<usize>| {
+        let vals = read.wait(g)?;
+        let (loss, gn) = (stage.loss(&vals[0]), (vals[1][0] as f64).sqrt());
+        *clock = (clock.0 + clock.1.elapsed().as_secs_f64(), Instant::now());
+        if !loss.is_finite() || !gn.is_finite() {
+            let kept = match (last_saved, s.out) {
+                (Some(k), Some(dir)) => format!("the last good checkpoint (step {k}) is in {}", dir.display()),
+                (None, Some(dir)) if step0 > 0 => format!("the last good checkpoint (step {step0}) is in {}", dir.display()),
+                _ => "no checkpoint was written yet".to_string(),
+            };
+            bail!("stage {} step {}: the loss became {loss} (gradient norm {gn}); stopping — {kept}. Try a lower --lr.", opts.stage, n + 1);
+        }
+        let tokens = (n + 1) * tokens_per_step;
+        Ok(CurvePoint { step: n + 1, tokens, loss, lr: lr as f64, grad_norm: gn, eval_ppl: None, seconds: clock.0 })
+    };
     for step in step0..total {
-        let t0 = Instant::now();
         let lr = cosine_lr(step, total, warmup, opts.lr, opts.min_lr_ratio);
         let lr_rest = cosine_lr(step, total, warmup, opts.lr_rest, opts.min_lr_ratio);
         let mut b = g.batch();
@@ -588,44 +619,33 @@ pub fn distill(s: &Setup, opts: &DistillOpts, resume: Option<ResumeState>, hooks
             b = g.batch();
         }
         opt.step(&mut b, &[lr, lr_rest]);
-        b.submit();
-        let loss = stage.loss(g)?;
-        let gn = (g.read(opt.grad_norm_sq())?[0] as f64).sqrt();
-        train_s += t0.elapsed().as_secs_f64();
-        let mut point = CurvePoint {
-            step: step + 1,
-            tokens: (step + 1) * tokens_per_step,
-            loss,
-            lr: lr as f64,
-            grad_norm: gn,
-            eval_ppl: None,
-            seconds: train_s,
-        };
-        if !loss.is_finite() || !gn.is_finite() {
-            let kept = match (last_saved, s.out) {
-                (Some(k), Some(dir)) => format!("the last good checkpoint (step {k}) is in {}", dir.display()),
-                (None, Some(dir)) if step0 > 0 => format!("the last good checkpoint (step {step0}) is in {}", dir.display()),
-                _ => "no checkpoint was written yet".to_string(),
-            };
-            bail!(
-                "stage {} step {}: the loss became {loss} (gradient norm {gn}); stopping — {kept}. Try a lower --lr.",
-                opts.stage,
-                step + 1
-            );
+        let read = g.submit_and_read(b, &[stage.loss_slots(), opt.grad_norm_sq()])?;
+        if let Some((n, lr_n, r)) = pending.take() {
+            curve.push(read_step(&*stage, &mut clock, n, lr_n, r, last_saved)?);
+            if let Some(p) = hooks.progress.as_deref_mut() {
+                p(curve.last().expect("just pushed"));
+            }
         }
         let last = step + 1 == total;
         let eval_due = last || (opts.eval_every > 0 && (step + 1) % opts.eval_every == 0);
+        let save_due = opts.checkpoint_every > 0 && (step + 1) % opts.checkpoint_every == 0;
+        if !(eval_due || save_due || hooks.kill_after == Some(step + 1)) {
+            pending = Some((step, lr, read));
+            continue;
+        }
+        let mut point = read_step(&*stage, &mut clock, step, lr, read, last_saved)?;
         if eval_due && !s.eval.is_empty() {
             let ppl = perplexity_windows(g, s.student, s.eval)?.ppl;
             point.eval_ppl = Some(ppl);
             reached = opts.target_ppl.is_some_and(|tp| ppl <= tp);
         }
         curve.push(point);
-        let ck_due = last || reached || (opts.checkpoint_every > 0 && (step + 1) % opts.checkpoint_every == 0);
+        let ck_due = last || reached || save_due;
         if let (true, Some(dir)) = (ck_due, s.out) {
             save(s, opts, &opt, step + 1, &curve, initial_ppl, dir)?;
             last_saved = Some(step + 1);
         }
+        clock.1 = Instant::now();
         if let Some(p) = hooks.progress.as_deref_mut() {
             p(curve.last().expect("just pushed"));
         }
@@ -636,6 +656,7 @@ pub fn distill(s: &Setup, opts: &DistillOpts, resume: Option<ResumeState>, hooks
             break;
         }
     }
+    let train_s = clock.0;
     let steps = curve.last().map(|c| c.step).unwrap_or(0);
     let tokens = steps * tokens_per_step;
     let final_ppl = curve.iter().rev().find_map(|c| c.eval_ppl);

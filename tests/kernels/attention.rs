@@ -248,3 +248,65 @@ fn a_batch_of_sequences_attends_within_each_sequence() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// f16 tiles (attention_mma: cooperative matrices on a GPU that has them, the fallback with
+// the same tiles on lavapipe)
+
+fn round16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+}
+
+/// `attention_mma` on `seqs` sequences of T queries after pos0 cached keys, against two
+/// f64 references run per sequence: on q, k, v rounded to f16 as the kernel stages them,
+/// where only the probabilities' rounding to f16 (at most 2^-11 relative each, RMS about
+/// 2^-11 / sqrt 3 = 2.8e-4, of random sign over the keys) and f32 sums remain: relative
+/// RMS <= 5e-4; and on the given q, k, v, the precision a caller gets: the rounded
+/// operands move each score by ~2^-11 |q| |k| scale / sqrt 3 (a few 1e-4 at these scales),
+/// which the output carries: <= 2e-3 (the mma GEMM's bound; fla's bf16 tests allow 5e-3).
+#[allow(clippy::too_many_arguments)]
+fn check_mma(seqs: usize, t: usize, h: usize, hkv: usize, d: usize, pos0: usize, qscale: f32, seed: u64) -> (f64, f64) {
+    let g = gpu();
+    let mut r = rng(seed);
+    let s = AttnShape { heads: h, kv_heads: hkv, dim: d, pos0, scale: 1.0 / (d as f32).sqrt(), seqs };
+    let one = AttnShape { seqs: 1, ..s };
+    let (n, nk) = (seqs * t, seqs * (pos0 + t));
+    let (q, k, v) = (randn(&mut r, n * h * d, qscale), randn(&mut r, nk * hkv * d, 1.0), randn(&mut r, nk * hkv * d, 1.0));
+    let o = up(g, &[n, h * d], &vec![7.0; n * h * d]);
+    g.run(|b| {
+        attention::attention_mma(b, &up(g, &[n, h * d], &q), &up(g, &[nk, hkv * d], &k), &up(g, &[nk, hkv * d], &v), &o, s);
+        Ok(())
+    })
+    .unwrap();
+    let got = f64v(&read(g, &o));
+    let reference =
+        |q: &[f32], k: &[f32], v: &[f32]| per_seq(seqs, &[q, k, v], |x| [attention::cpu::attention(&x[0], &x[1], &x[2], one).0]);
+    let [w16] = reference(&round16(&q), &round16(&k), &round16(&v));
+    let [w] = reference(&q, &k, &v);
+    let (e16, e) = (rel_rms_f64(&got, &w16), rel_rms_f64(&got, &w));
+    let tag = format!("attention_mma {seqs} x T{t} H{h}/{hkv} d{d} pos0 {pos0}");
+    eprintln!("{tag}: relative RMS {e16:.2e} (f16-rounded operands), {e:.2e} (given operands)");
+    assert!(got.iter().all(|x| x.is_finite()), "{tag}: non-finite output");
+    assert!(e16 <= 5e-4, "{tag}: relative RMS {e16:.2e} > 5e-4 against the f16-rounded operands");
+    assert!(e <= 2e-3, "{tag}: relative RMS {e:.2e} > 2e-3 against the given operands");
+    (e16, e)
+}
+
+#[test]
+fn attention_mma_matches_references_at_awkward_shapes() {
+    let g = gpu();
+    assert!(taylorcal::ops::mma::available(g), "adapter {} has no SHADER_F16", g.info.name);
+    eprintln!("attention_mma path on {}: {:?}", g.info.name, taylorcal::ops::mma::MmaPath::auto(g));
+    for &(seqs, t, h, hkv, d, pos0, seed) in &[
+        (1, 1, 2, 1, 8, 0, 60),
+        (1, 63, 3, 1, 64, 0, 61),
+        (1, 65, 4, 2, 17, 0, 62),
+        (1, 130, 2, 2, 64, 0, 63),
+        (2, 65, 6, 2, 100, 0, 64),
+        (1, 70, 2, 1, 128, 0, 65),
+        (1, 5, 4, 2, 64, 61, 66), // queries after a KV cache
+        (3, 33, 2, 1, 40, 7, 67),
+    ] {
+        check_mma(seqs, t, h, hkv, d, pos0, 3.0, seed);
+    }
+}

@@ -25,6 +25,14 @@ fn variants(name: &str, src: &str) -> Vec<(String, String)> {
         }
         v.push((format!("{name}[64x64,WG=256]"), specialise(src, &[("BM", 64), ("BN", 64), ("SGN", 2), ("WG", 256)], true)));
     }
+    if name.starts_with("attn_mma_") {
+        // head dim 128 with blocks of 16 keys, tiles of 64 keys, and 16- and 64-wide subgroups
+        v.push((format!("{name}[D=128,SBW=16]"), specialise(src, &[("D", 128), ("SBW", 16)], false)));
+        v.push((format!("{name}[BC=64]"), specialise(src, &[("BC", 64)], false)));
+        for sg in [16, 64] {
+            v.push((format!("{name}[SG={sg}]"), specialise(src, &[("SG", sg)], false)));
+        }
+    }
     if name == "delta_state" {
         // the state-pass tiles the host picks: key dims 64/128/256, value blocks 8/16/32
         for dk in [64, 128, 256] {
