@@ -104,6 +104,11 @@ fn attention(c: &mut Criterion) {
     group.bench_function(format!("causal_backward/T{t}_H{h}_{hkv}_d{d}"), |b| {
         b.iter(|| run(g, |bt| ops::attention::attention_backward(bt, &q, &k, &v, &o, &dout, &dq, &dk, &dv, &scratch, s)))
     });
+    if ops::mma::available(g) {
+        group.bench_function(format!("causal_backward_mma/T{t}_H{h}_{hkv}_d{d}"), |b| {
+            b.iter(|| run(g, |bt| ops::attention::attention_backward_mma(bt, &q, &k, &v, &o, &dout, &dq, &dk, &dv, &scratch, s)))
+        });
+    }
     group.finish();
 }
 

@@ -114,13 +114,18 @@ fn stage(which: u32, row0: u32, valid: u32, n: u32, stride: u32, col0: u32, dst:
                 }
             }
         }
-        let off = (dst + r) * DP + c;
-        let hx = vec4<f16>(x);
-        kvs[off] = hx.x;
-        kvs[off + 1u] = hx.y;
-        kvs[off + 2u] = hx.z;
-        kvs[off + 3u] = hx.w;
+        put4(dst + r, c, x);
     }
+}
+
+// x as f16 into kvs row r, head dims c .. c + 3.
+fn put4(r: u32, c: u32, x: vec4<f32>) {
+    let off = r * DP + c;
+    let hx = vec4<f16>(x);
+    kvs[off] = hx.x;
+    kvs[off + 1u] = hx.y;
+    kvs[off + 2u] = hx.z;
+    kvs[off + 3u] = hx.w;
 }
 
 // The Q tile into kvs rows 0 .. BR.

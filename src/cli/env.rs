@@ -28,8 +28,8 @@ where
 
 /// [`GpuOptions`] from `WGPU_ADAPTER_NAME`, `WGPU_BACKEND`, `TAYLORCAL_MAX_BINDING`,
 /// `TAYLORCAL_SHADER_CHECKS`, `TAYLORCAL_SHADER_DIR`, `TAYLORCAL_MATMUL`,
-/// `TAYLORCAL_DELTA_SMEM`, `TAYLORCAL_ATTENTION_MMA` and `TAYLORCAL_NO_COOP`; the default
-/// for each one unset.
+/// `TAYLORCAL_DELTA_SMEM`, `TAYLORCAL_ATTENTION_MMA`, `TAYLORCAL_MMA_TILE` and
+/// `TAYLORCAL_NO_COOP`; the default for each one unset.
 pub fn gpu_options_from_env() -> Result<GpuOptions> {
     let d = GpuOptions::default();
     let backends = match var("WGPU_BACKEND")? {
@@ -65,6 +65,10 @@ pub fn gpu_options_from_env() -> Result<GpuOptions> {
         delta_state_smem: parsed("TAYLORCAL_DELTA_SMEM", "a byte count")?.unwrap_or(d.delta_state_smem),
         attention_rows: d.attention_rows,
         attention_mma: var("TAYLORCAL_ATTENTION_MMA")?.map(|v| v.trim() != "0"),
+        mma_tile: match parsed::<usize>("TAYLORCAL_MMA_TILE", "a tile size")? {
+            Some(t) if t != 64 && t != 128 => bail!("TAYLORCAL_MMA_TILE={t}: the mma tiles are 64 and 128"),
+            t => t,
+        },
         no_coop: var("TAYLORCAL_NO_COOP")?.is_some_and(|v| v.trim() != "0"),
         // a command-line option (`--precision`), not an environment variable
         precision: None,

@@ -359,7 +359,8 @@ pub fn bench_attention(gpu: &Gpu, t: usize, heads: usize, kv_heads: usize, dim: 
 /// dV = P^T dO, dQ = dS K, dK = dS^T Q over the causal half), 2.5x the forward's count;
 /// the kernels do 16 * T * T / 2 * H * d since the query pass recomputes QK^T twice and
 /// the key pass recomputes QK^T and dO V^T.
-pub fn bench_attention_backward(gpu: &Gpu, t: usize, heads: usize, kv_heads: usize, dim: usize) -> Result<BenchResult> {
+/// With `mma`, [`ops::attention::attention_backward_mma`] (f16 tiles; its max |dO| pass included).
+pub fn bench_attention_backward(gpu: &Gpu, t: usize, heads: usize, kv_heads: usize, dim: usize, mma: bool) -> Result<BenchResult> {
     if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         bail!("attention_bwd: {heads} heads is not a multiple of {kv_heads} kv heads");
     }
@@ -378,10 +379,14 @@ pub fn bench_attention_backward(gpu: &Gpu, t: usize, heads: usize, kv_heads: usi
         ops::attention::attention(b, &q, &k, &v, &o, &stats, s);
         Ok(())
     })?;
-    let record = |b: &mut Batch| ops::attention::attention_backward(b, &q, &k, &v, &o, &dout, &dq, &dk, &dv, &scratch, s);
+    let record = |b: &mut Batch| match mma {
+        true => ops::attention::attention_backward_mma(b, &q, &k, &v, &o, &dout, &dq, &dk, &dv, &scratch, s),
+        false => ops::attention::attention_backward(b, &q, &k, &v, &o, &dout, &dq, &dk, &dv, &scratch, s),
+    };
     let (secs, runs, how) = measure(gpu, budget(gpu), &record)?;
     let flops = 10.0 * (t as f64) * (t as f64) / 2.0 * (heads * dim) as f64;
-    Ok(result("attention_bwd", format!("T{t} H{heads}/{kv_heads} d{dim}"), secs, runs, how, Some(flops), None))
+    let name = if mma { "attention_bwd_mma" } else { "attention_bwd" };
+    Ok(result(name, format!("T{t} H{heads}/{kv_heads} d{dim}"), secs, runs, how, Some(flops), None))
 }
 
 /// RMSNorm of [rows, cols]; GB/s counts reading x and writing y once (the weight is small).
@@ -477,6 +482,13 @@ pub enum Bench {
         kv_heads: usize,
         dim: usize,
     },
+    /// the attention backward on f16 tiles and the matrix units
+    AttentionBackwardMma {
+        t: usize,
+        heads: usize,
+        kv_heads: usize,
+        dim: usize,
+    },
     RmsNorm {
         rows: usize,
         cols: usize,
@@ -504,7 +516,8 @@ impl Bench {
             Bench::MmaGrad { m, n, k, weight } => bench_mma_grad(gpu, m, n, k, weight),
             Bench::Attention { t, heads, kv_heads, dim } => bench_attention(gpu, t, heads, kv_heads, dim, false),
             Bench::AttentionMma { t, heads, kv_heads, dim } => bench_attention(gpu, t, heads, kv_heads, dim, true),
-            Bench::AttentionBackward { t, heads, kv_heads, dim } => bench_attention_backward(gpu, t, heads, kv_heads, dim),
+            Bench::AttentionBackward { t, heads, kv_heads, dim } => bench_attention_backward(gpu, t, heads, kv_heads, dim, false),
+            Bench::AttentionBackwardMma { t, heads, kv_heads, dim } => bench_attention_backward(gpu, t, heads, kv_heads, dim, true),
             Bench::RmsNorm { rows, cols } => bench_rmsnorm(gpu, rows, cols),
             Bench::Rope { tokens, heads, dim } => bench_rope(gpu, tokens, heads, dim),
             Bench::Nll { rows, vocab } => bench_nll(gpu, rows, vocab),
@@ -530,6 +543,7 @@ impl Bench {
             Bench::Attention { t, heads, kv_heads, dim } => format!("attention T{t} H{heads}/{kv_heads} d{dim}"),
             Bench::AttentionMma { t, heads, kv_heads, dim } => format!("attention_mma T{t} H{heads}/{kv_heads} d{dim}"),
             Bench::AttentionBackward { t, heads, kv_heads, dim } => format!("attention_bwd T{t} H{heads}/{kv_heads} d{dim}"),
+            Bench::AttentionBackwardMma { t, heads, kv_heads, dim } => format!("attention_bwd_mma T{t} H{heads}/{kv_heads} d{dim}"),
             Bench::RmsNorm { rows, cols } => format!("rmsnorm {rows}x{cols}"),
             Bench::Rope { tokens, heads, dim } => format!("rope T{tokens} H{heads} d{dim}"),
             Bench::Nll { rows, vocab } => format!("nll {rows}x{vocab}"),
@@ -546,11 +560,11 @@ fn mm(s: usize, kernel: MatmulImpl, f16_weights: bool) -> Bench {
 /// 1024^3 with the adapter's kernel (f32, and f16 weights where supported), with the
 /// generic tiled kernel too when that is not the adapter's choice, naive, and the mma
 /// kernel (f16 weights); attention
-/// T=512 with SmolLM2-135M's heads (9 / 3, d 64) forward (f32, and on f16 tiles) and backward; small
+/// T=512 with SmolLM2-135M's heads (9 / 3, d 64) forward and backward (f32, and on f16 tiles); small
 /// norm/rope/NLL/KL head. On a GPU: matmul 4096^3 (f32 and f16 weights; the mma kernel with f32 and
 /// f16 weights, and at 1024^3; its three products at 4096^3 and SmolLM2's MLP and LM head
 /// shapes over 8192 tokens), 1024^3, naive at
-/// 1024^3 and 4096^3, attention forward (f32, and on f16 tiles) and backward T=4096 H=16/4
+/// 1024^3 and 4096^3, attention forward and backward (f32, and on f16 tiles) T=4096 H=16/4
 /// at d 64 and 128,
 /// model-sized norm/rope/NLL, and the KL head at SmolLM2's vocabulary (N 512, V 49152, D 576).
 pub fn default_suite(gpu: &Gpu) -> Vec<Bench> {
@@ -575,6 +589,9 @@ pub fn default_suite(gpu: &Gpu) -> Vec<Bench> {
             v.push(Bench::AttentionMma { t: 512, heads: 9, kv_heads: 3, dim: 64 });
         }
         v.push(Bench::AttentionBackward { t: 512, heads: 9, kv_heads: 3, dim: 64 });
+        if f16 {
+            v.push(Bench::AttentionBackwardMma { t: 512, heads: 9, kv_heads: 3, dim: 64 });
+        }
         v.push(Bench::RmsNorm { rows: 512, cols: 576 });
         v.push(Bench::Rope { tokens: 512, heads: 9, dim: 64 });
         v.push(Bench::Nll { rows: 64, vocab: 49152 });
@@ -611,6 +628,10 @@ pub fn default_suite(gpu: &Gpu) -> Vec<Bench> {
         }
         v.push(Bench::AttentionBackward { t: 4096, heads: 16, kv_heads: 4, dim: 64 });
         v.push(Bench::AttentionBackward { t: 4096, heads: 16, kv_heads: 4, dim: 128 });
+        if f16 {
+            v.push(Bench::AttentionBackwardMma { t: 4096, heads: 16, kv_heads: 4, dim: 64 });
+            v.push(Bench::AttentionBackwardMma { t: 4096, heads: 16, kv_heads: 4, dim: 128 });
+        }
         v.push(Bench::RmsNorm { rows: 4096, cols: 4096 });
         v.push(Bench::Rope { tokens: 4096, heads: 32, dim: 128 });
         v.push(Bench::Nll { rows: 2048, vocab: 49152 });

@@ -247,7 +247,7 @@ impl Gpu {
             "optimizer_moments": "f32",
             "activations_norms_softmax_losses": "f32",
             "attention": if self.info.precision == Precision::F16 && self.info.coop16 && self.options.attention_mma != Some(false) {
-                "forward without statistics (training, evaluation, generation) on the matrix units for head dims up to 128: q, k, v and probabilities f16, scores, softmax and sums f32; statistics and backward f32"
+                "on the matrix units for head dims up to 128 (the forward where no statistics are read: training, evaluation, generation; the backward): q, k, v, dO (scaled by a power of two from max |dO|), probabilities and their gradients f16; scores, softmax, delta and sums f32; the forward with statistics (calibration) f32"
             } else {
                 "f32"
             },

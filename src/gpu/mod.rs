@@ -44,6 +44,8 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("mma_coop", include_str!("../../shaders/mma_coop.wgsl")),
     ("attn_mma_tile", include_str!("../../shaders/attn_mma_tile.wgsl")),
     ("attn_mma_coop", include_str!("../../shaders/attn_mma_coop.wgsl")),
+    ("attn_bwd_mma_tile", include_str!("../../shaders/attn_bwd_mma_tile.wgsl")),
+    ("attn_bwd_mma_coop", include_str!("../../shaders/attn_bwd_mma_coop.wgsl")),
 ];
 
 /// Files that shaders pull in with a `// #include NAME` line (not shaders of their own).
@@ -51,6 +53,7 @@ pub const INCLUDES: &[(&str, &str)] = &[
     ("delta_common", include_str!("../../shaders/delta_common.wgsl")),
     ("mma_common", include_str!("../../shaders/mma_common.wgsl")),
     ("attn_mma_common", include_str!("../../shaders/attn_mma_common.wgsl")),
+    ("attn_bwd_mma_common", include_str!("../../shaders/attn_bwd_mma_common.wgsl")),
 ];
 
 /// `src` with every line starting `// #include NAME` replaced by the included file.

@@ -36,6 +36,9 @@ pub struct GpuOptions {
     /// Force the rows per workgroup of the attention kernels, forward and backward (16 or
     /// 64), so tests cover both tile heights; `None`: chosen by shape.
     pub attention_rows: Option<usize>,
+    /// Force the output tile of the `ops::mma` products (64 or 128) where the caller leaves
+    /// it to the shape; `None`: `ops::mma::Tile::auto`. CLI: `TAYLORCAL_MMA_TILE`.
+    pub mma_tile: Option<usize>,
     /// Whether the attention of callers that read no statistics runs on the matrix units
     /// (`ops::attention::attention_out`) where it can: `None` picks by head dim. CLI:
     /// `TAYLORCAL_ATTENTION_MMA` (0 or 1).
@@ -60,6 +63,7 @@ impl Default for GpuOptions {
             matmul: None,
             delta_state_smem: DEFAULT_STATE_SMEM,
             attention_rows: None,
+            mma_tile: None,
             attention_mma: None,
             no_coop: false,
             precision: None,

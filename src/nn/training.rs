@@ -248,7 +248,7 @@ fn attn_backward(
     matmul_grad::linear_backward(b, &a.dx, &at.o, &bufs.ctx, Some((&a.dctx, false)), &ga.o, true);
     let (kc, vc) = (a.cache.k[l].as_ref().expect("K"), a.cache.v[l].as_ref().expect("V"));
     let shape = ops::attention::AttnShape { seqs: a.seqs, ..m.attn_shape(0) };
-    ops::attention::attention_backward(b, &bufs.q, kc, vc, &bufs.ctx, &a.dctx, &a.dq, &a.dk, &a.dv, &a.attn_scratch, shape);
+    ops::attention::attention_backward_auto(b, &bufs.q, kc, vc, &bufs.ctx, &a.dctx, &a.dq, &a.dk, &a.dv, &a.attn_scratch, shape);
     ops::rope::rope_backward(b, &a.dq, c.num_attention_heads, &m.rope, 0, a.seqs);
     ops::rope::rope_backward(b, &a.dk, c.num_key_value_heads, &m.rope, 0, a.seqs);
     for (i, (dz, w, gw, gbias)) in

@@ -113,18 +113,20 @@ pub fn attention_out(b: &mut Batch, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tens
     }
 }
 
-/// Whether [`attention_out`] runs on the matrix units: precision f16, cooperative matrices,
-/// and [`GpuOptions::attention_mma`](crate::gpu::GpuOptions::attention_mma) not off.
+/// Whether [`attention_out`] and [`attention_backward_auto`] run on the matrix units:
+/// precision f16, cooperative matrices, and
+/// [`GpuOptions::attention_mma`](crate::gpu::GpuOptions::attention_mma) not off.
 pub fn mma_attention(gpu: &Gpu, dim: usize) -> bool {
     let wanted = gpu.options().attention_mma.unwrap_or(true);
-    wanted && gpu.info.precision == Precision::F16 && gpu.info.coop16 && mma_kernel(gpu, dim).is_some()
+    wanted && gpu.info.precision == Precision::F16 && gpu.info.coop16 && mma_kernel(gpu, dim, "attn_bwd_kv").is_some()
 }
 
-/// The f16-tile attention kernel for head dim `dim` on this adapter: cooperative matrices
+/// The f16-tile attention kernel `entry` (the forward's `attn_fwd`, or the backward's
+/// `attn_bwd_q` / `attn_bwd_kv`) for head dim `dim` on this adapter: cooperative matrices
 /// where it has them (with a subgroup of 16, 32 or 64), else the fallback with the same
 /// tiles. None where it cannot run (no SHADER_F16, head dim > 128, too little workgroup
 /// memory).
-fn mma_kernel(gpu: &Gpu, dim: usize) -> Option<Kernel> {
+fn mma_kernel(gpu: &Gpu, dim: usize, entry: &'static str) -> Option<Kernel> {
     if !super::mma::available(gpu) || dim > 128 {
         return None;
     }
@@ -137,26 +139,33 @@ fn mma_kernel(gpu: &Gpu, dim: usize) -> Option<Kernel> {
         return None;
     }
     let d = if dim <= 64 { 64 } else { 128 };
+    let backward = entry != "attn_fwd";
     // tiles of 32 keys, blocks of scores of 32 keys at head dim 64, 16 at 128 (fastest on
-    // the H200: shaders/attn_mma_common.wgsl); the K and V tiles (f16, rows of d + 8), f32
-    // scores and f16 probabilities of 16 x sbw per subgroup, a (max, sum) per row and part
-    let (bc, sbw) = (32, if d == 64 { 32 } else { 16 });
-    let smem = 2 * bc * (d + 8) * 2 + 64 * sbw * (4 + 2) + 64 * (sg / 16) * 8;
-    if smem > gpu.limits.max_compute_workgroup_storage_size {
-        return None;
-    }
-    let shader = match path {
-        MmaPath::Coop => "attn_mma_coop",
-        MmaPath::Tile => "attn_mma_tile",
+    // the H200: shaders/attn_mma_common.wgsl), 16 where workgroup memory is short. Workgroup
+    // memory: the K and V tiles (f16, rows of d + 8); per subgroup 16 x sbw f32 scores and
+    // f16 probabilities (the backward: two of each); a (max, sum) per row and part; the
+    // backward's (L, delta) per staged query.
+    let bc = 32;
+    let smem = |sbw: u32| {
+        let blocks = if backward { 64 * sbw * 2 * (4 + 2) + bc * 8 } else { 64 * sbw * (4 + 2) };
+        2 * bc * (d + 8) * 2 + blocks + 64 * (sg / 16) * 8
     };
-    Some(Kernel::new(shader, "attn_fwd").with("D", d).with("BC", bc).with("SBW", sbw).with("SG", sg))
+    let first = if d == 64 { 32 } else { 16 };
+    let sbw = [first, 16].into_iter().find(|&w| smem(w) <= gpu.limits.max_compute_workgroup_storage_size)?;
+    let shader = match (path, backward) {
+        (MmaPath::Coop, false) => "attn_mma_coop",
+        (MmaPath::Tile, false) => "attn_mma_tile",
+        (MmaPath::Coop, true) => "attn_bwd_mma_coop",
+        (MmaPath::Tile, true) => "attn_bwd_mma_tile",
+    };
+    Some(Kernel::new(shader, entry).with("D", d).with("BC", bc).with("SBW", sbw).with("SG", sg))
 }
 
 /// [`attention`]'s output without its statistics, on f16 tiles (shaders/attn_mma_*.wgsl):
 /// q, k, v rounded to f16, scores summed in f32, probabilities rounded to f16 for the sum
 /// over v (in f32). Head dim <= 128; panics where the adapter cannot run it (no SHADER_F16).
 pub fn attention_mma(b: &mut Batch, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, s: AttnShape) {
-    let kernel = mma_kernel(b.gpu, s.dim)
+    let kernel = mma_kernel(b.gpu, s.dim, "attn_fwd")
         .unwrap_or_else(|| panic!("attention_mma: no f16 attention kernel for head dim {} on {}", s.dim, b.gpu.info.name));
     let (t, p) = forward_params(q, k, v, o, s);
     if t == 0 {
@@ -238,21 +247,12 @@ pub fn attention_backward(
     s: AttnShape,
 ) {
     assert!(s.dim <= 256, "head dim {} > 256", s.dim);
-    assert_eq!(s.heads % s.kv_heads, 0);
-    assert_eq!(s.pos0, 0, "attention_backward is for training: pos0 must be 0");
-    let t = s.rows(q.numel());
-    let (qn, kvn) = (s.seqs * t * s.heads * s.dim, s.seqs * t * s.kv_heads * s.dim);
-    assert_eq!(q.numel(), qn);
-    for (name, x) in [("k", k), ("v", v), ("dk", dk), ("dv", dv)] {
-        assert_eq!(x.numel(), kvn, "{name}: expected [T={t}, {}] (S must equal T)", s.kv_heads * s.dim);
-    }
-    for (name, x) in [("o", o), ("dout", dout), ("dq", dq)] {
-        assert_eq!(x.numel(), qn, "{name}: expected [T={t}, {}]", s.heads * s.dim);
-    }
-    assert_eq!(scratch.stats.numel(), s.seqs * t * s.heads * 2, "scratch made for another T or head count");
+    let t = backward_checks([q, k, v, o, dout, dq, dk, dv], scratch, s);
     if t == 0 {
         return;
     }
+    let qn = s.seqs * t * s.heads * s.dim;
+    let kvn = s.seqs * t * s.kv_heads * s.dim;
     let dmax = dmax(s.dim);
     let p = BwdParams {
         dims: s.dims(t),
@@ -293,6 +293,85 @@ pub fn attention_backward(
     // row-wise: every sequence's rows in one pass
     let all_rows = BwdParams { dims: s.dims(s.seqs * t), ..p };
     b.dispatch(&reduce, &all_rows, &[pk.into(), pv.into(), dk.into(), dv.into()], super::groups_for(b.gpu, kvn, 256));
+}
+
+/// The backward's checks of its buffers (q, k, v, o, dout, dq, dk, dv); returns T.
+fn backward_checks(x: [&Tensor; 8], scratch: &AttnBwdScratch, s: AttnShape) -> usize {
+    assert_eq!(s.heads % s.kv_heads, 0);
+    assert_eq!(s.pos0, 0, "attention_backward is for training: pos0 must be 0");
+    let t = s.rows(x[0].numel());
+    let (qn, kvn) = (s.seqs * t * s.heads * s.dim, s.seqs * t * s.kv_heads * s.dim);
+    for (name, i) in [("k", 1), ("v", 2), ("dk", 6), ("dv", 7)] {
+        assert_eq!(x[i].numel(), kvn, "{name}: expected [T={t}, {}] (S must equal T)", s.kv_heads * s.dim);
+    }
+    for (name, i) in [("o", 3), ("dout", 4), ("dq", 5)] {
+        assert_eq!(x[i].numel(), qn, "{name}: expected [T={t}, {}]", s.heads * s.dim);
+    }
+    assert_eq!(scratch.stats.numel(), s.seqs * t * s.heads * 2, "scratch made for another T or head count");
+    t
+}
+
+/// [`attention_backward`] on f16 tiles (shaders/attn_bwd_mma_*.wgsl): q, k, v and dO
+/// (scaled by a power of two from max |dO|) rounded to f16, p and ds too; scores, softmax,
+/// delta and every sum f32. Two dispatches (and one max |dO| pass): a query-parallel pass
+/// (L and delta into `scratch.stats`, then dq) and a key-parallel one (dk, dv, summed over
+/// each kv head's query heads inside the workgroup). Head dim <= 128; panics where the
+/// adapter cannot run it.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_mma(
+    b: &mut Batch,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    dout: &Tensor,
+    dq: &Tensor,
+    dk: &Tensor,
+    dv: &Tensor,
+    scratch: &AttnBwdScratch,
+    s: AttnShape,
+) {
+    let kern = |entry| {
+        mma_kernel(b.gpu, s.dim, entry).unwrap_or_else(|| panic!("attention_backward_mma: no f16 kernel for head dim {} on {}", s.dim, b.gpu.info.name))
+    };
+    let (kq, kkv) = (kern("attn_bwd_q"), kern("attn_bwd_kv"));
+    let t = backward_checks([q, k, v, o, dout, dq, dk, dv], scratch, s);
+    if t == 0 {
+        return;
+    }
+    let amx = super::mma::dy_scale(b, dout, s.heads * s.dim);
+    let p = Params {
+        dims: s.dims(t),
+        pos0: 0,
+        q_stride: (s.heads * s.dim) as u32,
+        kv_stride: (s.kv_heads * s.dim) as u32,
+        scale: s.scale,
+    };
+    let (st, groups) = (&scratch.stats, t.div_ceil(64) as u32);
+    b.dispatch(&kq, &p, &[q.into(), k.into(), v.into(), o.into(), dout.into(), st.into(), dq.into(), (&amx).into()], [groups, (s.heads * s.seqs) as u32, 1]);
+    b.dispatch(&kkv, &p, &[q.into(), k.into(), v.into(), dv.into(), dout.into(), st.into(), dk.into(), (&amx).into()], [groups, (s.kv_heads * s.seqs) as u32, 1]);
+}
+
+/// [`attention_backward_mma`] where [`mma_attention`] says so, else [`attention_backward`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_auto(
+    b: &mut Batch,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    dout: &Tensor,
+    dq: &Tensor,
+    dk: &Tensor,
+    dv: &Tensor,
+    scratch: &AttnBwdScratch,
+    s: AttnShape,
+) {
+    if mma_attention(b.gpu, s.dim) {
+        attention_backward_mma(b, q, k, v, o, dout, dq, dk, dv, scratch, s);
+    } else {
+        attention_backward(b, q, k, v, o, dout, dq, dk, dv, scratch, s);
+    }
 }
 
 pub mod cpu {

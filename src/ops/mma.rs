@@ -71,6 +71,16 @@ impl Tile {
         }
     }
 
+    /// `tile`, else the context's forced tile ([`GpuOptions::mma_tile`](crate::gpu::GpuOptions::mma_tile)), else [`Tile::auto`].
+    fn pick(gpu: &Gpu, tile: Option<Tile>, ni: usize, nj: usize) -> Tile {
+        let forced = match gpu.options().mma_tile {
+            Some(64) => Some(Tile::T64),
+            Some(128) => Some(Tile::T128),
+            _ => None,
+        };
+        tile.or(forced).unwrap_or(Tile::auto(ni, nj))
+    }
+
     pub fn size(self) -> usize {
         match self {
             Tile::T64 => 64,
@@ -183,7 +193,7 @@ fn gemm(
         cstride: cstride as u32,
         _pad: 0,
     };
-    let tile = tile.unwrap_or(Tile::auto(ni, nj));
+    let tile = Tile::pick(bt.gpu, tile, ni, nj);
     let kernel = MmaPath::auto(bt.gpu).kernel(bt.gpu, tile, o.ta, o.tb, o.f16_b);
     let t = tile.size();
     let bias = o.bias.unwrap_or_else(|| dummy(bt));
@@ -334,7 +344,8 @@ pub(crate) fn weight_grad(
             let acc = accumulate || s > 0;
             // a dW of few tiles over many tokens: the tokens in pieces over several
             // workgroups per tile, whose partial sums are then added (as ops::matmul_grad)
-            let t = tile.unwrap_or(Tile::auto(ns.rows, k)).size();
+            let tl = Tile::pick(b.gpu, tile, ns.rows, k);
+            let t = tl.size();
             let pieces = reduction_splits(b, ns.rows.div_ceil(t) * k.div_ceil(t), mc, (ns.rows * k * 4) as u64);
             let partial = (pieces > 1).then(|| b.gpu.empty(&[pieces, ns.rows * k], DType::F32).expect("mma: partial sums of dW"));
             let o = Operands {
@@ -354,10 +365,10 @@ pub(crate) fn weight_grad(
             };
             match &partial {
                 None => {
-                    gemm(b, o, [ns.rows, k, mc], acc, tile, None);
+                    gemm(b, o, [ns.rows, k, mc], acc, Some(tl), None);
                 }
                 Some(partial) => {
-                    let used = gemm(b, o, [ns.rows, k, mc], false, tile, Some((pieces, ns.rows * k)));
+                    let used = gemm(b, o, [ns.rows, k, mc], false, Some(tl), Some((pieces, ns.rows * k)));
                     super::gdn_act::colsum_binding(b, partial.into(), used, ns.rows * k, dwb.clone(), acc);
                 }
             }

@@ -25,7 +25,7 @@ fn variants(name: &str, src: &str) -> Vec<(String, String)> {
         }
         v.push((format!("{name}[64x64,WG=256]"), specialise(src, &[("BM", 64), ("BN", 64), ("SGN", 2), ("WG", 256)], true)));
     }
-    if name.starts_with("attn_mma_") {
+    if name.starts_with("attn_mma_") || name.starts_with("attn_bwd_mma_") {
         // head dim 128 with blocks of 16 keys, tiles of 64 keys, and 16- and 64-wide subgroups
         v.push((format!("{name}[D=128,SBW=16]"), specialise(src, &[("D", 128), ("SBW", 16)], false)));
         v.push((format!("{name}[BC=64]"), specialise(src, &[("BC", 64)], false)));
