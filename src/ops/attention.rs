@@ -332,7 +332,8 @@ pub fn attention_backward_mma(
     s: AttnShape,
 ) {
     let kern = |entry| {
-        mma_kernel(b.gpu, s.dim, entry).unwrap_or_else(|| panic!("attention_backward_mma: no f16 kernel for head dim {} on {}", s.dim, b.gpu.info.name))
+        mma_kernel(b.gpu, s.dim, entry)
+            .unwrap_or_else(|| panic!("attention_backward_mma: no f16 kernel for head dim {} on {}", s.dim, b.gpu.info.name))
     };
     let (kq, kkv) = (kern("attn_bwd_q"), kern("attn_bwd_kv"));
     let t = backward_checks([q, k, v, o, dout, dq, dk, dv], scratch, s);
@@ -340,16 +341,20 @@ pub fn attention_backward_mma(
         return;
     }
     let amx = super::mma::dy_scale(b, dout, s.heads * s.dim);
-    let p = Params {
-        dims: s.dims(t),
-        pos0: 0,
-        q_stride: (s.heads * s.dim) as u32,
-        kv_stride: (s.kv_heads * s.dim) as u32,
-        scale: s.scale,
-    };
+    let (_, p) = forward_params(q, k, v, o, s);
     let (st, groups) = (&scratch.stats, t.div_ceil(64) as u32);
-    b.dispatch(&kq, &p, &[q.into(), k.into(), v.into(), o.into(), dout.into(), st.into(), dq.into(), (&amx).into()], [groups, (s.heads * s.seqs) as u32, 1]);
-    b.dispatch(&kkv, &p, &[q.into(), k.into(), v.into(), dv.into(), dout.into(), st.into(), dk.into(), (&amx).into()], [groups, (s.kv_heads * s.seqs) as u32, 1]);
+    b.dispatch(
+        &kq,
+        &p,
+        &[q.into(), k.into(), v.into(), o.into(), dout.into(), st.into(), dq.into(), (&amx).into()],
+        [groups, (s.heads * s.seqs) as u32, 1],
+    );
+    b.dispatch(
+        &kkv,
+        &p,
+        &[q.into(), k.into(), v.into(), dv.into(), dout.into(), st.into(), dk.into(), (&amx).into()],
+        [groups, (s.kv_heads * s.seqs) as u32, 1],
+    );
 }
 
 /// [`attention_backward_mma`] where [`mma_attention`] says so, else [`attention_backward`].

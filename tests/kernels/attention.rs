@@ -327,7 +327,13 @@ fn check_backward_mma(seqs: usize, t: usize, h: usize, hkv: usize, d: usize, qsc
     let (q, k, v) = (randn(&mut r, n * h * d, qscale), randn(&mut r, n * hkv * d, 1.0), randn(&mut r, n * hkv * d, 1.0));
     let dout = randn(&mut r, n * h * d, dscale);
     let [wo] = per_seq(seqs, &[&q, &k, &v], |x| [attention::cpu::attention(&x[0], &x[1], &x[2], one).0]);
-    let (tq, tk, tv, tdo, to) = (up(g, &[n, h * d], &q), up(g, &[n, hkv * d], &k), up(g, &[n, hkv * d], &v), up(g, &[n, h * d], &dout), up(g, &[n, h * d], &f32v(&wo)));
+    let (tq, tk, tv, tdo, to) = (
+        up(g, &[n, h * d], &q),
+        up(g, &[n, hkv * d], &k),
+        up(g, &[n, hkv * d], &v),
+        up(g, &[n, h * d], &dout),
+        up(g, &[n, h * d], &f32v(&wo)),
+    );
     // gradients start as garbage: the backward must overwrite, not accumulate
     let dq = up(g, &[n, h * d], &vec![7.0; n * h * d]);
     let dk = up(g, &[n, hkv * d], &vec![7.0; n * hkv * d]);
