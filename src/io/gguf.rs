@@ -18,8 +18,10 @@ use tokenizers::{AddedToken, Tokenizer};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: usize = 32;
-/// Elements per block of the 32-wide quantisation formats (Q4_0, Q4_1, Q8_0).
+/// Elements per block of the 32-wide quantisation formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
 pub const QK: usize = 32;
+/// Elements per super-block of the K-quants (Q2_K .. Q6_K).
+pub const QK_K: usize = 256;
 const MAX_DIMS: u32 = 4;
 const MAX_ARRAY_NESTING: usize = 8;
 /// Caps on what a header may declare, so that no count read from a file sizes memory
@@ -154,7 +156,14 @@ pub enum GgmlType {
     F16,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
+    Q2K,
+    Q3K,
+    Q4K,
+    Q5K,
+    Q6K,
     BF16,
     Other(u32),
 }
@@ -203,7 +212,14 @@ impl GgmlType {
             1 => GgmlType::F16,
             2 => GgmlType::Q4_0,
             3 => GgmlType::Q4_1,
+            6 => GgmlType::Q5_0,
+            7 => GgmlType::Q5_1,
             8 => GgmlType::Q8_0,
+            10 => GgmlType::Q2K,
+            11 => GgmlType::Q3K,
+            12 => GgmlType::Q4K,
+            13 => GgmlType::Q5K,
+            14 => GgmlType::Q6K,
             30 => GgmlType::BF16,
             other => GgmlType::Other(other),
         }
@@ -215,7 +231,14 @@ impl GgmlType {
             GgmlType::F16 => 1,
             GgmlType::Q4_0 => 2,
             GgmlType::Q4_1 => 3,
+            GgmlType::Q5_0 => 6,
+            GgmlType::Q5_1 => 7,
             GgmlType::Q8_0 => 8,
+            GgmlType::Q2K => 10,
+            GgmlType::Q3K => 11,
+            GgmlType::Q4K => 12,
+            GgmlType::Q5K => 13,
+            GgmlType::Q6K => 14,
             GgmlType::BF16 => 30,
             GgmlType::Other(id) => id,
         }
@@ -233,7 +256,15 @@ impl GgmlType {
             GgmlType::F16 | GgmlType::BF16 => Some((1, 2)),
             GgmlType::Q4_0 => Some((QK, 2 + QK / 2)),
             GgmlType::Q4_1 => Some((QK, 4 + QK / 2)),
+            GgmlType::Q5_0 => Some((QK, 2 + 4 + QK / 2)),
+            GgmlType::Q5_1 => Some((QK, 4 + 4 + QK / 2)),
             GgmlType::Q8_0 => Some((QK, 2 + QK)),
+            // ggml's block_q2_K .. block_q6_K
+            GgmlType::Q2K => Some((QK_K, QK_K / 16 + QK_K / 4 + 4)),
+            GgmlType::Q3K => Some((QK_K, QK_K / 8 + QK_K / 4 + 12 + 2)),
+            GgmlType::Q4K => Some((QK_K, 4 + 12 + QK_K / 2)),
+            GgmlType::Q5K => Some((QK_K, 4 + 12 + QK_K / 8 + QK_K / 2)),
+            GgmlType::Q6K => Some((QK_K, QK_K / 2 + QK_K / 4 + QK_K / 16 + 2)),
             GgmlType::Other(_) => None,
         }
     }
@@ -251,7 +282,7 @@ impl GgmlType {
 /// Bytes a tensor of `dims` (ne0 first) takes, or why it cannot be stored as `ty`.
 fn tensor_nbytes(ty: GgmlType, dims: &[usize]) -> Result<usize> {
     let (block_elems, block_bytes) =
-        ty.block().ok_or_else(|| anyhow!("tensor type {} is not supported (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0)", ty.name()))?;
+        ty.block().ok_or_else(|| anyhow!("tensor type {} is not supported (supported: {SUPPORTED})", ty.name()))?;
     let ne0 = dims.first().copied().unwrap_or(1);
     if ne0 % block_elems != 0 {
         bail!("row length {ne0} is not a multiple of the {} block size {block_elems}", ty.name());
@@ -276,17 +307,141 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], numel: usize) -> Result<Vec<f32>> 
     if let Some(float) = ty.float() {
         return Ok(float.decode(bytes));
     }
-    let (_, block_bytes) = ty.block().expect("checked by tensor_nbytes");
+    let (block_elems, block_bytes) = ty.block().expect("checked by tensor_nbytes");
     let mut out = vec![0.0f32; numel];
-    for (block, y) in bytes.chunks_exact(block_bytes).zip(out.chunks_exact_mut(QK)) {
+    for (block, y) in bytes.chunks_exact(block_bytes).zip(out.chunks_exact_mut(block_elems)) {
         match ty {
             GgmlType::Q4_0 => dequant_q4_0(block, y),
             GgmlType::Q4_1 => dequant_q4_1(block, y),
+            GgmlType::Q5_0 => dequant_q5(block, y, false),
+            GgmlType::Q5_1 => dequant_q5(block, y, true),
             GgmlType::Q8_0 => dequant_q8_0(block, y),
+            GgmlType::Q2K => dequant_q2_k(block, y),
+            GgmlType::Q3K => dequant_q3_k(block, y),
+            GgmlType::Q4K => dequant_q45_k(block, y, false),
+            GgmlType::Q5K => dequant_q45_k(block, y, true),
+            GgmlType::Q6K => dequant_q6_k(block, y),
             _ => unreachable!("float and unsupported types handled above"),
         }
     }
     Ok(out)
+}
+
+/// The tensor types [`dequantize`] reads, for error messages.
+const SUPPORTED: &str = "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K";
+
+/// Q5_0 block: f16 d, 4 bytes of fifth bits qh (u32), 16 bytes of nibbles (as Q4_0); element j
+/// takes bit j of qh, element j + 16 bit j + 16; x = (q - 16) d. Q5_1 (`with_min`): f16 d, f16
+/// m before qh, x = q d + m.
+fn dequant_q5(block: &[u8], y: &mut [f32], with_min: bool) {
+    let d = f16_at(block);
+    let (m, rest) = if with_min { (f16_at(&block[2..]), &block[4..]) } else { (0.0, &block[2..]) };
+    let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+    let off = if with_min { 0 } else { 16 };
+    for (j, &q) in rest[4..].iter().enumerate() {
+        let x0 = ((q & 0x0F) as u32 | (((qh >> j) << 4) & 0x10)) as i32 - off;
+        let x1 = ((q >> 4) as u32 | ((qh >> (j + 12)) & 0x10)) as i32 - off;
+        let (v0, v1) = (x0 as f32 * d, x1 as f32 * d);
+        (y[j], y[j + QK / 2]) = if with_min { (v0 + m, v1 + m) } else { (v0, v1) };
+    }
+}
+
+/// Scale and min j (0..8) of a Q4_K / Q5_K super-block, 6 bits each packed into 12 bytes
+/// (ggml's get_scale_min_k4).
+fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
+    let (sc, m) =
+        if j < 4 { (q[j] & 63, q[j + 4] & 63) } else { ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4)) };
+    (sc as f32, m as f32)
+}
+
+/// Q2_K super-block: 16 bytes of 4-bit (scale, min) pairs, 64 bytes of 2-bit codes, f16 d,
+/// f16 dmin; 16 groups of 16: x = d sc q - dmin m.
+fn dequant_q2_k(block: &[u8], y: &mut [f32]) {
+    let (scales, qs) = (&block[..16], &block[16..80]);
+    let (d, dmin) = (f16_at(&block[80..]), f16_at(&block[82..]));
+    let mut is = 0;
+    let mut out = y.iter_mut();
+    for half in 0..2 {
+        let q = &qs[32 * half..32 * half + 32];
+        for shift in [0, 2, 4, 6] {
+            for part in 0..2 {
+                let sc = scales[is];
+                is += 1;
+                let (dl, ml) = (d * (sc & 0xF) as f32, dmin * (sc >> 4) as f32);
+                for &b in &q[16 * part..16 * part + 16] {
+                    *out.next().expect("256 outputs") = dl * ((b >> shift) & 3) as f32 - ml;
+                }
+            }
+        }
+    }
+}
+
+/// Q3_K super-block: 32 bytes of high bits (hmask), 64 bytes of 2-bit codes, 12 bytes of
+/// 6-bit scales (offset 32), f16 d; x = d (sc - 32) (q - (high bit ? 0 : 4)).
+fn dequant_q3_k(block: &[u8], y: &mut [f32]) {
+    let (hm, qs, packed) = (&block[..32], &block[32..96], &block[96..108]);
+    let d = f16_at(&block[108..]);
+    // the 16 scales: low 4 bits from bytes 0..8 (low then high nibbles), high 2 bits from 8..12
+    let scale = |j: usize| -> f32 {
+        let low = if j < 8 { packed[j] & 0xF } else { packed[j - 8] >> 4 };
+        let high = (packed[8 + j % 4] >> (2 * (j / 4))) & 3;
+        ((low | (high << 4)) as i32 - 32) as f32
+    };
+    let (mut is, mut m) = (0, 1u8);
+    let mut out = y.iter_mut();
+    for half in 0..2 {
+        let q = &qs[32 * half..32 * half + 32];
+        for shift in [0, 2, 4, 6] {
+            for part in 0..2 {
+                let dl = d * scale(is);
+                is += 1;
+                for l in 16 * part..16 * part + 16 {
+                    let v = ((q[l] >> shift) & 3) as i32 - if hm[l] & m != 0 { 0 } else { 4 };
+                    *out.next().expect("256 outputs") = dl * v as f32;
+                }
+            }
+            m <<= 1;
+        }
+    }
+}
+
+/// Q4_K super-block: f16 d, f16 dmin, 12 bytes of 6-bit (scale, min), 128 bytes of nibbles;
+/// Q5_K (`fifth`) adds 32 bytes of fifth bits before the nibbles. 8 groups of 32:
+/// x = d sc q - dmin m.
+fn dequant_q45_k(block: &[u8], y: &mut [f32], fifth: bool) {
+    let (d, dmin, scales) = (f16_at(block), f16_at(&block[2..]), &block[4..16]);
+    let (qh, ql) = if fifth { (&block[16..48], &block[48..]) } else { (&block[16..16], &block[16..]) };
+    for g in 0..4 {
+        let (sc1, m1) = scale_min_k4(2 * g, scales);
+        let (sc2, m2) = scale_min_k4(2 * g + 1, scales);
+        let q = &ql[32 * g..32 * g + 32];
+        for l in 0..32 {
+            let (h1, h2) = if fifth { ((qh[l] >> (2 * g)) & 1, (qh[l] >> (2 * g + 1)) & 1) } else { (0, 0) };
+            y[64 * g + l] = d * sc1 * ((q[l] & 0xF) + 16 * h1) as f32 - dmin * m1;
+            y[64 * g + 32 + l] = d * sc2 * ((q[l] >> 4) + 16 * h2) as f32 - dmin * m2;
+        }
+    }
+}
+
+/// Q6_K super-block: 128 bytes of low nibbles, 64 bytes of high 2-bit pairs, 16 i8 scales,
+/// f16 d; 16 groups of 16: x = d sc (q - 32).
+fn dequant_q6_k(block: &[u8], y: &mut [f32]) {
+    let (ql, qh, sc) = (&block[..128], &block[128..192], &block[192..208]);
+    let d = f16_at(&block[208..]);
+    for half in 0..2 {
+        let (ql, qh, sc, y) = (&ql[64 * half..], &qh[32 * half..], &sc[8 * half..], &mut y[128 * half..]);
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+            let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+            y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+            y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+            y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+            y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+        }
+    }
 }
 
 /// Q4_0 block: f16 d, 16 bytes; element j is the low nibble of byte j, element j+16 the high one.

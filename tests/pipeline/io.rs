@@ -14,7 +14,7 @@ use taylorcal::io::checkpoint::{self, Checkpoint, HybridConfig};
 use taylorcal::io::gguf::tokenizer_from_gguf;
 use taylorcal::io::gguf::{self, write_gguf, GgmlType, GgufFile, GgufTensorData, GgufValue};
 use taylorcal::io::hf::{self, save_hf_dir};
-use taylorcal::io::{load_model, Arch, HostTensor};
+use taylorcal::io::{load_model, Arch, HostTensor, ModelConfig};
 
 use crate::common::student::{bare_checkpoint, tiny_hybrid};
 use crate::common::tiny::*;
@@ -500,14 +500,40 @@ fn error_gguf_absurd_array_length() {
 fn error_gguf_unsupported_tensor_type() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tiny_config(Arch::Llama);
-    let path = tmp.path().join("q6k.gguf");
+    let path = tmp.path().join("iq4xs.gguf");
     let mut list: Vec<_> =
         random_tensors(&cfg, 14).into_iter().map(|(n, t)| (gguf_name(&n), t.shape, GgufTensorData::F32(t.data))).collect();
     list.iter_mut().find(|(n, _, _)| n == "blk.0.ffn_up.weight").unwrap().2 =
-        GgufTensorData::Raw { type_id: 14, bytes: vec![0; 96 * 64 / 256 * 210] };
+        GgufTensorData::Raw { type_id: 23, bytes: vec![0; 96 * 64 / 256 * 136] };
     write_gguf(&path, &gguf_metadata(&cfg, "llama"), &list).unwrap();
     let msg = err_text(load_model(&path));
-    assert_mentions(&msg, &["q6k.gguf", "blk.0.ffn_up.weight", "Q6_K", "not supported"]);
+    assert_mentions(&msg, &["iq4xs.gguf", "blk.0.ffn_up.weight", "IQ4_XS", "not supported", "Q4_K"]);
+}
+
+#[test]
+fn gguf_with_a_k_quant_tensor_loads_its_values() {
+    // a Q4_K_M-style file: one weight in Q4_K among f32 ones (rows of whole super-blocks:
+    // hidden size 256, as real models' 1536 .. 4096)
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = ModelConfig { hidden_size: 256, head_dim: 64, ..tiny_config(Arch::Llama) };
+    let path = tmp.path().join("q4k.gguf");
+    let mut list: Vec<_> =
+        random_tensors(&cfg, 15).into_iter().map(|(n, t)| (gguf_name(&n), t.shape, GgufTensorData::F32(t.data))).collect();
+    let entry = list.iter_mut().find(|(n, _, _)| n == "blk.0.ffn_up.weight").unwrap();
+    let numel: usize = entry.1.iter().product();
+    let mut r = StdRng::seed_from_u64(93);
+    let (mut bytes, mut want) = (vec![], vec![]);
+    for _ in 0..numel / 256 {
+        let (b, w) = k45_block(&mut r, false);
+        bytes.extend(b);
+        want.extend(w);
+    }
+    entry.2 = GgufTensorData::Raw { type_id: 12, bytes };
+    write_gguf(&path, &gguf_metadata(&cfg, "llama"), &list).unwrap();
+    let files = load_model(&path).unwrap();
+    let got = &files.tensors["model.layers.0.mlp.up_proj.weight"].data;
+    let want: Vec<f32> = want.iter().map(|&x| x as f32).collect();
+    assert_close("Q4_K ffn_up", got, &want, 1e-6);
 }
 
 #[test]
@@ -879,4 +905,198 @@ fn bad_kept_layer_is_a_clear_error() {
     let (cfg, _) = tiny_hybrid(vec![1], 41);
     let e = HybridConfig::new(cfg.base.clone(), vec![0, 9]).unwrap_err().to_string();
     assert!(e.contains("kept layer 9") && e.contains("2 layers"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------
+// K-quants and Q5_0 / Q5_1: blocks packed here from known codes, scales and minimums the
+// way ggml's quantize_row_*_ref lays them out (a packing written apart from the loader's
+// unpacking), dequantised by the loader, and compared with the values the codes stand
+// for, computed in f64.
+
+/// Known codes for a block: `n` values below `levels`, varied and covering both ends.
+fn codes(r: &mut StdRng, n: usize, levels: u32) -> Vec<u32> {
+    let mut c: Vec<u32> = (0..n).map(|_| r.random_range(0..levels)).collect();
+    (c[0], c[1]) = (0, levels - 1);
+    c
+}
+
+fn f16_bytes(v: f32) -> [u8; 2] {
+    f16::from_f32(v).to_le_bytes()
+}
+
+fn f16_round(v: f32) -> f64 {
+    f16::from_f32(v).to_f64()
+}
+
+/// The loader's values against `want` (f64): f32 rounding of products of a few terms.
+fn check_block(what: &str, ty: GgmlType, bytes: &[u8], want: &[f64]) {
+    let got = gguf::dequantize(ty, bytes, want.len()).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(((*g as f64) - w).abs() <= 1e-6 * scale, "{what}: element {i}: {g} != {w}");
+    }
+}
+
+#[test]
+fn gguf_q5_0_and_q5_1_decode_their_codes() {
+    let mut r = StdRng::seed_from_u64(90);
+    for with_min in [false, true] {
+        let mut bytes = vec![];
+        let mut want = vec![];
+        for _ in 0..3 {
+            let q = codes(&mut r, 32, 32);
+            let (d, m) = (r.random_range(0.01..0.2f32), r.random_range(-1.0..1.0f32));
+            bytes.extend(f16_bytes(d));
+            if with_min {
+                bytes.extend(f16_bytes(m));
+            }
+            // qh: bit j holds the fifth bit of element j (elements 0..32)
+            let qh: u32 = (0..32).map(|j| (q[j] >> 4) << j).sum();
+            bytes.extend(qh.to_le_bytes());
+            bytes.extend((0..16).map(|j| ((q[j] & 0xF) | ((q[j + 16] & 0xF) << 4)) as u8));
+            let (d, m) = (f16_round(d), f16_round(m));
+            want.extend(q.iter().map(|&c| if with_min { c as f64 * d + m } else { (c as f64 - 16.0) * d }));
+        }
+        let ty = if with_min { GgmlType::Q5_1 } else { GgmlType::Q5_0 };
+        check_block(&ty.name(), ty, &bytes, &want);
+    }
+}
+
+#[test]
+fn gguf_q2_k_and_q3_k_decode_their_codes() {
+    let mut r = StdRng::seed_from_u64(91);
+    // element e of a super-block: 2 low bits in byte 32 (e / 128) + e % 32, bits 2 ((e % 128) / 32)
+    let qs_of = |q: &[u32]| -> Vec<u8> {
+        let mut qs = vec![0u8; 64];
+        for (e, &c) in q.iter().enumerate() {
+            qs[32 * (e / 128) + e % 32] |= ((c & 3) as u8) << (2 * ((e % 128) / 32));
+        }
+        qs
+    };
+    let (mut b2, mut w2, mut b3, mut w3) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..2 {
+        // Q2_K: 16 groups of 16, a 4-bit scale and min each
+        let q = codes(&mut r, 256, 4);
+        let (sc, mn) = (codes(&mut r, 16, 16), codes(&mut r, 16, 16));
+        let (d, dmin) = (r.random_range(0.01..0.1f32), r.random_range(0.01..0.1f32));
+        b2.extend((0..16).map(|j| (sc[j] | (mn[j] << 4)) as u8));
+        b2.extend(qs_of(&q));
+        b2.extend(f16_bytes(d));
+        b2.extend(f16_bytes(dmin));
+        let (d, dmin) = (f16_round(d), f16_round(dmin));
+        w2.extend((0..256).map(|e| d * sc[e / 16] as f64 * q[e] as f64 - dmin * mn[e / 16] as f64));
+        // Q3_K: 3-bit codes (value code - 4; high bit in hmask[e % 32], bit e / 32) and
+        // 6-bit scales (value scale - 32) packed as ggml's quantize_row_q3_K_ref does
+        let q = codes(&mut r, 256, 8);
+        let s = codes(&mut r, 16, 64);
+        let d = r.random_range(0.01..0.1f32);
+        let mut hm = vec![0u8; 32];
+        for (e, &c) in q.iter().enumerate() {
+            hm[e % 32] |= ((c >> 2) as u8) << (e / 32);
+        }
+        let mut packed = [0u8; 12];
+        for (j, &l) in s.iter().enumerate() {
+            if j < 8 {
+                packed[j] = (l & 0xF) as u8;
+            } else {
+                packed[j - 8] |= ((l & 0xF) << 4) as u8;
+            }
+            packed[j % 4 + 8] |= ((l >> 4) << (2 * (j / 4))) as u8;
+        }
+        b3.extend(hm);
+        b3.extend(qs_of(&q));
+        b3.extend(packed);
+        b3.extend(f16_bytes(d));
+        let d = f16_round(d);
+        w3.extend((0..256).map(|e| d * (s[e / 16] as f64 - 32.0) * (q[e] as f64 - 4.0)));
+    }
+    check_block("Q2_K", GgmlType::Q2K, &b2, &w2);
+    check_block("Q3_K", GgmlType::Q3K, &b3, &w3);
+}
+
+/// A Q4_K (Q5_K with `fifth`) super-block from random codes, scales and minimums, packed as
+/// ggml's quantize_row_q4_K_ref / q5_K_ref lay them out (8 groups of 32, a 6-bit scale and
+/// min each), and the 256 values it stands for.
+fn k45_block(r: &mut StdRng, fifth: bool) -> (Vec<u8>, Vec<f64>) {
+    let q = codes(r, 256, if fifth { 32 } else { 16 });
+    let (sc, mn) = (codes(r, 8, 64), codes(r, 8, 64));
+    let (d, dmin) = (r.random_range(0.001..0.01f32), r.random_range(0.001..0.01f32));
+    let mut scales = [0u8; 12];
+    for j in 0..8 {
+        let (ls, lm) = (sc[j] as u8, mn[j] as u8);
+        if j < 4 {
+            scales[j] = ls;
+            scales[j + 4] = lm;
+        } else {
+            scales[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
+            scales[j - 4] |= (ls >> 4) << 6;
+            scales[j] |= (lm >> 4) << 6;
+        }
+    }
+    let mut bytes = vec![];
+    bytes.extend(f16_bytes(d));
+    bytes.extend(f16_bytes(dmin));
+    bytes.extend(scales);
+    let (mut ql, mut qh) = (vec![0u8; 128], vec![0u8; 32]);
+    for g in 0..4 {
+        for l in 0..32 {
+            let (a, b) = (q[64 * g + l], q[64 * g + l + 32]);
+            ql[32 * g + l] = ((a & 0xF) | ((b & 0xF) << 4)) as u8;
+            qh[l] |= (((a >> 4) << (2 * g)) | ((b >> 4) << (2 * g + 1))) as u8;
+        }
+    }
+    if fifth {
+        bytes.extend(qh);
+    }
+    bytes.extend(ql);
+    let (d, dmin) = (f16_round(d), f16_round(dmin));
+    (bytes, (0..256).map(|e| d * sc[e / 32] as f64 * q[e] as f64 - dmin * mn[e / 32] as f64).collect())
+}
+
+#[test]
+fn gguf_q4_k_q5_k_and_q6_k_decode_their_codes() {
+    let mut r = StdRng::seed_from_u64(92);
+    for fifth in [false, true] {
+        let (mut bytes, mut want) = (vec![], vec![]);
+        for _ in 0..2 {
+            let (b, w) = k45_block(&mut r, fifth);
+            bytes.extend(b);
+            want.extend(w);
+        }
+        let ty = if fifth { GgmlType::Q5K } else { GgmlType::Q4K };
+        check_block(&ty.name(), ty, &bytes, &want);
+    }
+    // Q6_K: 6-bit codes (value code - 32), 16 signed 8-bit scales
+    let (mut bytes, mut want) = (vec![], vec![]);
+    for _ in 0..2 {
+        let q = codes(&mut r, 256, 64);
+        let sc: Vec<i8> = (0..16).map(|j| if j == 0 { -128 } else { r.random_range(-128..=127i32) as i8 }).collect();
+        let d = r.random_range(0.0001..0.001f32);
+        let (mut ql, mut qh) = (vec![0u8; 128], vec![0u8; 64]);
+        for half in 0..2 {
+            let (j, ql, qh) = (128 * half, &mut ql[64 * half..], &mut qh[32 * half..]);
+            for l in 0..32 {
+                let c = |k: usize| q[j + l + k];
+                ql[l] = ((c(0) & 0xF) | ((c(64) & 0xF) << 4)) as u8;
+                ql[l + 32] = ((c(32) & 0xF) | ((c(96) & 0xF) << 4)) as u8;
+                qh[l] = ((c(0) >> 4) | ((c(32) >> 4) << 2) | ((c(64) >> 4) << 4) | ((c(96) >> 4) << 6)) as u8;
+            }
+        }
+        bytes.extend(ql);
+        bytes.extend(qh);
+        bytes.extend(sc.iter().map(|&s| s as u8));
+        bytes.extend(f16_bytes(d));
+        let d = f16_round(d);
+        want.extend((0..256).map(|e| d * sc[e / 16] as f64 * (q[e] as f64 - 32.0)));
+    }
+    check_block("Q6_K", GgmlType::Q6K, &bytes, &want);
+}
+
+#[test]
+fn gguf_k_quant_sizes_are_checked() {
+    // a K-quant row must be whole super-blocks of 256, and the data exactly their bytes
+    let e = gguf::dequantize(GgmlType::Q4K, &[0u8; 144], 128).unwrap_err().to_string();
+    assert!(e.contains("256"), "{e}");
+    let e = gguf::dequantize(GgmlType::Q6K, &[0u8; 200], 256).unwrap_err().to_string();
+    assert!(e.contains("210") && e.contains("200"), "{e}");
 }
