@@ -1,31 +1,18 @@
 // The backward of attn_bwd_mma_common.wgsl without matrix units (lavapipe in CI): the same
-// tiles, staging and scalar passes; each invocation holds its row's operands (q and dO, or
-// k and v, as f32 values of the staged f16) and adds its part of the row's gradients
-// (D / PARTS head dims) in f32.
+// tiles, staging and scalar passes, the products of attn_mma_frag_tile.wgsl; each
+// invocation holds its row's operands (q and dO, or k and v) and adds its part of the
+// row's gradients (D / PARTS head dims) in f32.
 enable f16;
 
 // #include attn_mma_common
 // #include attn_bwd_mma_common
+// #include attn_mma_frag_tile
 
 const DL: u32 = D / (4u * PARTS); // vec4s of a gradient row per invocation
 
-fn row4(r: u32, c4: u32) -> vec4<f32> {
-    let off = r * DP + 4u * c4;
-    return vec4<f32>(f32(kvs[off]), f32(kvs[off + 1u]), f32(kvs[off + 2u]), f32(kvs[off + 3u]));
-}
-
-fn dot_row(a: ptr<function, array<vec4<f32>, D / 4u>>, r: u32) -> f32 {
-    var acc = vec4<f32>(0.0);
-    for (var d4 = 0u; d4 < D / 4u; d4++) { acc = fma((*a)[d4], row4(r, d4), acc); }
-    return acc.x + acc.y + acc.z + acc.w;
-}
-
-// This invocation's CPL dot products of `a` with kvs rows r .. into sc (`second`: sc2).
-fn block_dots(a: ptr<function, array<vec4<f32>, D / 4u>>, l: Lane, r: u32, second: bool) {
-    for (var c = 0u; c < CPL; c++) {
-        let x = dot_row(a, r + l.col + c);
-        if (second) { sc2[l.own + l.row * SBW + l.col + c] = x; } else { sc[l.own + l.row * SBW + l.col + c] = x; }
-    }
+// block_dots into sc2.
+fn block_dots2(a: ptr<function, array<vec4<f32>, D / 4u>>, l: Lane, r: u32) {
+    for (var c = 0u; c < CPL; c++) { sc2[l.own + l.row * SBW + l.col + c] = dot_row(a, r + l.col + c); }
 }
 
 @compute @workgroup_size(WG)
@@ -37,26 +24,12 @@ fn attn_bwd_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     let delta = row_delta(w, l, sg);
     stage_q(w, li);
     workgroupBarrier();
-    var qr: array<vec4<f32>, D / 4u>;
-    for (var d4 = 0u; d4 < D / 4u; d4++) { qr[d4] = row4(sg * 16u + l.row, d4); }
+    var qr = own_row(sg * 16u, l);
     workgroupBarrier();
     stage_do(w.r0 + w.i0, select(0u, min(BR, p.t - w.i0), w.i0 < p.t), BR, w.h * p.dim, 0u, li, sa);
     workgroupBarrier();
-    var dr: array<vec4<f32>, D / 4u>;
-    for (var d4 = 0u; d4 < D / 4u; d4++) { dr[d4] = row4(sg * 16u + l.row, d4); }
-    var ms = vec2<f32>(NEG, 0.0);
-    for (var j0 = 0u; j0 <= w.last; j0 += BC) {
-        workgroupBarrier();
-        stage_kv(w, j0, false, li);
-        workgroupBarrier();
-        for (var jb = 0u; jb < BC && j0 + jb <= w.last; jb += SBW) {
-            block_dots(&qr, l, jb, false);
-            workgroupBarrier();
-            ms = fold_stats(l, j0 + jb, ms);
-            workgroupBarrier();
-        }
-    }
-    let lse = combine_lse(l, sg, ms);
+    var dr = own_row(sg * 16u, l);
+    let lse = lse_pass(w, l, sg, li, &qr);
     put_stats(w, l, lse, delta);
     let c0 = l.part * DL;
     var acc: array<vec4<f32>, DL>;
@@ -65,8 +38,8 @@ fn attn_bwd_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
         stage_kv(w, j0, true, li);
         workgroupBarrier();
         for (var jb = 0u; jb < BC && j0 + jb <= w.last; jb += SBW) {
-            block_dots(&qr, l, jb, false);
-            block_dots(&dr, l, BC + jb, true);
+            block_dots(&qr, l, jb);
+            block_dots2(&dr, l, BC + jb);
             workgroupBarrier();
             ds_q(l, j0 + jb, lse, sa * delta);
             workgroupBarrier();
@@ -100,13 +73,11 @@ fn attn_bwd_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     let nk = select(0u, min(BR, p.t - j0), j0 < p.t);
     stage(1u, r0 + j0, nk, BR, p.kv_stride, g * p.dim, 0u, li);
     workgroupBarrier();
-    var kr: array<vec4<f32>, D / 4u>;
-    for (var d4 = 0u; d4 < D / 4u; d4++) { kr[d4] = row4(sg * 16u + l.row, d4); }
+    var kr = own_row(sg * 16u, l);
     workgroupBarrier();
     stage(2u, r0 + j0, nk, BR, p.kv_stride, g * p.dim, 0u, li);
     workgroupBarrier();
-    var vr: array<vec4<f32>, D / 4u>;
-    for (var d4 = 0u; d4 < D / 4u; d4++) { vr[d4] = row4(sg * 16u + l.row, d4); }
+    var vr = own_row(sg * 16u, l);
     let c0 = l.part * DL;
     var dk: array<vec4<f32>, DL>;
     var dv: array<vec4<f32>, DL>;
@@ -120,8 +91,8 @@ fn attn_bwd_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
             stage_qst(r0, i0, h, li);
             workgroupBarrier();
             for (var jb = 0u; jb < BC && i0 + jb < p.t; jb += SBW) {
-                block_dots(&kr, l, jb, false);
-                block_dots(&vr, l, BC + jb, true);
+                block_dots(&kr, l, jb);
+                block_dots2(&vr, l, BC + jb);
                 workgroupBarrier();
                 ds_kv(l, key, i0, jb, sa);
                 workgroupBarrier();

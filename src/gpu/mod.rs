@@ -54,6 +54,7 @@ pub const INCLUDES: &[(&str, &str)] = &[
     ("mma_common", include_str!("../../shaders/mma_common.wgsl")),
     ("attn_mma_common", include_str!("../../shaders/attn_mma_common.wgsl")),
     ("attn_bwd_mma_common", include_str!("../../shaders/attn_bwd_mma_common.wgsl")),
+    ("attn_mma_frag_tile", include_str!("../../shaders/attn_mma_frag_tile.wgsl")),
 ];
 
 /// `src` with every line starting `// #include NAME` replaced by the included file.

@@ -39,9 +39,9 @@ pub struct GpuOptions {
     /// Force the output tile of the `ops::mma` products (64 or 128) where the caller leaves
     /// it to the shape; `None`: `ops::mma::Tile::auto`. CLI: `TAYLORCAL_MMA_TILE`.
     pub mma_tile: Option<usize>,
-    /// Whether the attention of callers that read no statistics runs on the matrix units
-    /// (`ops::attention::attention_out`) where it can: `None` picks by head dim. CLI:
-    /// `TAYLORCAL_ATTENTION_MMA` (0 or 1).
+    /// Whether the attention of callers that read no statistics, and its backward, run on
+    /// the matrix units (`ops::attention::attention_out`, `attention_backward_auto`) where
+    /// they can: `None` means yes. CLI: `TAYLORCAL_ATTENTION_MMA` (0 or 1).
     pub attention_mma: Option<bool>,
     /// Never use cooperative matrices (tensor cores), even where the adapter lists them:
     /// the `ops::mma` kernels take their fallback path (how tests compare both on one GPU).

@@ -1,7 +1,9 @@
 //! Causal GQA softmax attention with online softmax and fused attention statistics
 //! (shaders/attention.wgsl), its backward for training (shaders/attention_bwd.wgsl), and,
-//! for the callers that read no statistics at f16 precision, the same attention on f16
-//! tiles and the matrix units (shaders/attn_mma_*.wgsl, [`attention_mma`]).
+//! for the callers that read no statistics at f16 precision, the same attention and its
+//! backward on f16 tiles and the matrix units ([`attention_mma`]: shaders/attn_mma_common,
+//! _coop, _tile, _frag_tile; [`attention_backward_mma`]: shaders/attn_bwd_mma_common, _coop,
+//! _tile).
 //! No T x T matrix is ever stored. Tested in tests/kernels/attention.rs.
 use super::mma::MmaPath;
 use crate::gpu::{Batch, Gpu, Kernel, Precision, Tensor};
