@@ -1,9 +1,11 @@
 // Rotary position embedding, Hugging Face rotate-half convention, in place on
-// x[t, h, :] (head dim d): for i < d/2, with angle = (pos0 + t mod seq_len) * theta^(-2i/d)
-// (x holds tokens / seq_len sequences of seq_len tokens, each from position pos0),
+// x[t, h, :] (head dim d): for i < d/2, with angle = (pos0 + t mod seq_len) * inv_freq[i]
+// (theta^(-2i/d) after any RoPE scaling; x holds tokens / seq_len sequences of seq_len
+// tokens, each from position pos0),
 //   x[i]       <- x[i] cos - x[i + d/2] sin
 //   x[i + d/2] <- x[i + d/2] cos + x[i] sin
-// cos/sin come from host tables [max_pos, d/2] computed in f64.
+// cos/sin come from host tables [max_pos, d/2] computed in f64 (times YaRN's attention
+// factor where the scaling has one).
 // rope_backward applies the adjoint (the rotation by the negative angle) to a gradient.
 
 const WG: u32 = 256u;

@@ -4,17 +4,20 @@
 //! Layout: magic `GGUF`, version u32, tensor count u64, metadata count u64, metadata
 //! (key string, type u32, value), tensor infos (name, n_dims u32, dims u64 ne0-first,
 //! type u32, offset u64), padding to `general.alignment`, tensor data.
-use super::config::{Arch, ModelConfig};
+use super::config::{Arch, ModelConfig, RopeScaling};
 use super::dtype::{f16_at, FloatDtype};
 use super::weights::{check_config_fields, check_fits, default_head_dim, map_file, validate_tensors, HostTensor, ModelFiles};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::unicode::NFC;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: usize = 32;
@@ -865,14 +868,15 @@ impl Meta<'_> {
         self.opt_usize(key)?.ok_or_else(|| self.missing(key))
     }
 
-    fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
+    fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.map.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(|x| Some(x as f32))
-                .ok_or_else(|| anyhow!("{}: metadata '{key}' must be a number, got {v:?}", self.path.display())),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| anyhow!("{}: metadata '{key}' must be a number, got {v:?}", self.path.display())),
         }
+    }
+
+    fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
+        Ok(self.opt_f64(key)?.map(|x| x as f32))
     }
 
     fn req_f32(&self, key: &str) -> Result<f32> {
@@ -914,6 +918,7 @@ pub fn gguf_config(file: &GgufFile) -> Result<ModelConfig> {
             bail!("{}: partial rotary embeddings ({rope_dims} of {head_dim} dims) are not supported", path.display());
         }
     }
+    let max_position_embeddings = m.opt_usize(&key("context_length"))?.unwrap_or(2048);
     let cfg = ModelConfig {
         arch,
         hidden_size,
@@ -928,9 +933,10 @@ pub fn gguf_config(file: &GgufFile) -> Result<ModelConfig> {
         tie_word_embeddings: file.tensor_info("output.weight").is_none(),
         attention_bias: arch == Arch::Qwen2 || file.tensor_info("blk.0.attn_q.bias").is_some(),
         qk_norm: arch == Arch::Qwen3,
-        max_position_embeddings: m.opt_usize(&key("context_length"))?.unwrap_or(2048),
+        max_position_embeddings,
         bos_token_id: m.opt_u32("tokenizer.ggml.bos_token_id")?,
         eos_token_id: m.opt_u32("tokenizer.ggml.eos_token_id")?,
+        rope_scaling: gguf_rope_scaling(file, &m, &key, max_position_embeddings)?,
     };
     let display = path.display().to_string();
     check_config_fields(&cfg, &display, &|field| match gguf_key(field) {
@@ -953,8 +959,57 @@ fn gguf_key(field: &str) -> Option<&'static str> {
         "max_position_embeddings" => "context_length",
         "rms_norm_eps" => "attention.layer_norm_rms_epsilon",
         "rope_theta" => "rope.freq_base",
+        "rope_scaling.factor" => "rope.scaling.factor",
+        "rope_scaling.original_max_position_embeddings" => "rope.scaling.original_context_length",
+        "rope_scaling.beta_fast" => "rope.scaling.yarn_beta_fast",
+        "rope_scaling.beta_slow" => "rope.scaling.yarn_beta_slow",
+        "rope_scaling.attention_factor" => "rope.scaling.yarn_attn_factor",
         _ => return None,
     })
+}
+
+/// RoPE scaling as llama.cpp reads it: `{arch}.rope.scaling.type` none, linear (the default)
+/// or yarn; `.factor` (else the older `{arch}.rope.scale_linear`; absent or 0: no scaling);
+/// `.original_context_length` (else the context length); yarn's `.yarn_beta_fast`,
+/// `.yarn_beta_slow` and `.yarn_attn_factor` (the attention factor itself, as llama.cpp's
+/// converter copies it from config.json; else YaRN's default). A `rope_freqs.weight` tensor
+/// holds per-frequency divisors (what llama.cpp's converter writes for Llama 3.x).
+fn gguf_rope_scaling(file: &GgufFile, m: &Meta, key: &dyn Fn(&str) -> String, context_length: usize) -> Result<Option<RopeScaling>> {
+    let type_key = key("rope.scaling.type");
+    let kind = match file.metadata.get(&type_key) {
+        None => "linear",
+        Some(v) => v.as_str().ok_or_else(|| anyhow!("{}: metadata '{type_key}' must be a string, got {v:?}", m.path.display()))?,
+    };
+    let factor_key = key("rope.scaling.factor");
+    let factor = match m.opt_f64(&factor_key)? {
+        None => m.opt_f64(&key("rope.scale_linear"))?,
+        f => f,
+    }
+    .filter(|&f| f != 0.0);
+    let scaling = match kind {
+        "none" => None,
+        "linear" => factor.filter(|&f| f != 1.0).map(|factor| RopeScaling::Linear { factor }),
+        "yarn" => {
+            let factor = factor.ok_or_else(|| m.missing(&factor_key))?;
+            let attention_factor = m.opt_f64(&key("rope.scaling.yarn_attn_factor"))?;
+            Some(RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: m.opt_usize(&key("rope.scaling.original_context_length"))?.unwrap_or(context_length),
+                beta_fast: m.opt_f64(&key("rope.scaling.yarn_beta_fast"))?.unwrap_or(32.0),
+                beta_slow: m.opt_f64(&key("rope.scaling.yarn_beta_slow"))?.unwrap_or(1.0),
+                attention_factor: attention_factor.unwrap_or_else(|| RopeScaling::yarn_attention_factor(factor, None, None)),
+                truncate: true,
+            })
+        }
+        other => bail!("{}: unsupported RoPE scaling '{other}' in metadata '{type_key}' (supported: none, linear, yarn)", m.path.display()),
+    };
+    let Some(info) = file.tensor_info("rope_freqs.weight") else {
+        return Ok(scaling);
+    };
+    if scaling.is_some() {
+        bail!("{}: a rope_freqs.weight tensor together with {kind} RoPE scaling is not supported", m.path.display());
+    }
+    Ok(Some(RopeScaling::FreqFactors { factors: file.tensor_f32(info)? }))
 }
 
 /// Vocabulary size: the token list's length, else `{arch}.vocab_size`, else the embedding rows.
@@ -1169,9 +1224,41 @@ fn special_token_ids(meta: &HashMap<String, GgufValue>) -> Vec<usize> {
         .collect()
 }
 
+/// Llama 3's split (its tokenizer.json's): contractions in any case, letters with at most one
+/// leading symbol, numbers in runs of up to 3 digits, symbols with their line breaks.
+const LLAMA3_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's and Qwen3's: as Llama 3's with single digits.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The pre-tokenizer `tokenizer.ggml.pre` names (the names llama.cpp's converter writes), as
+/// the model's own tokenizer.json has it: SmolLM's (absent too: individual digits, then the
+/// GPT-2 byte-level split), GPT-2's, Llama 3's (`llama-bpe`) and Qwen2's (`qwen2`, which
+/// Qwen2.5 and Qwen3 files name; with its NFC normaliser). Returns it and whether NFC applies.
+fn pre_tokenizer(pre: Option<&str>, source: &str) -> Result<(PreTokenizerWrapper, bool)> {
+    let split = |re: &str| -> Result<PreTokenizerWrapper> {
+        let split = Split::new(SplitPattern::Regex(re.into()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(|e| anyhow!("{source}: cannot build the pre-tokenizer: {e}"))?;
+        Ok(Sequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into())
+    };
+    Ok(match pre {
+        None | Some("smollm" | "starcoder" | "refact" | "command-r" | "codeshell") => {
+            (Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into(), false)
+        }
+        Some("gpt-2" | "gpt2" | "phi-2" | "olmo" | "mpt" | "jais") => (ByteLevel::new(false, true, true).into(), false),
+        Some("llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral") => (split(LLAMA3_SPLIT)?, false),
+        Some("qwen2" | "deepseek-r1-qwen" | "stablelm2") => (split(QWEN2_SPLIT)?, true),
+        Some(other) => bail!(
+            "{source}: metadata 'tokenizer.ggml.pre' is '{other}', a pre-tokenizer taylorcal does not have \
+             (supported: smollm, gpt-2, llama-bpe (Llama 3), qwen2 (Qwen2.5, Qwen3)); \
+             convert the model's Hugging Face directory instead, whose tokenizer.json is used as it is"
+        ),
+    })
+}
+
 /// Builds the byte-level BPE tokenizer (`tokenizer.ggml.model == "gpt2"`) a GGUF file
 /// describes: vocab from `tokenizer.ggml.tokens`, merges from `tokenizer.ggml.merges`,
-/// SmolLM2's pre-tokenizer (individual digits, then byte-level with the GPT-2 regex),
+/// the pre-tokenizer `tokenizer.ggml.pre` names ([`pre_tokenizer`]),
 /// byte-level decoder, control/user-defined tokens as special added tokens, no BOS added.
 /// `source` names the file in errors.
 pub fn tokenizer_from_gguf(meta: &HashMap<String, GgufValue>, source: &str) -> Result<Tokenizer> {
@@ -1196,8 +1283,16 @@ pub fn tokenizer_from_gguf(meta: &HashMap<String, GgufValue>, source: &str) -> R
     let bpe =
         BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| anyhow!("{source}: cannot build the BPE tokenizer: {e}"))?;
 
+    let pre = match meta.get("tokenizer.ggml.pre") {
+        None => None,
+        Some(v) => Some(v.as_str().ok_or_else(|| anyhow!("{source}: metadata 'tokenizer.ggml.pre' is not a string"))?),
+    };
+    let (pre, nfc) = pre_tokenizer(pre, source)?;
     let mut tokenizer = Tokenizer::new(bpe);
-    tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()])));
+    if nfc {
+        tokenizer.with_normalizer(Some(NFC));
+    }
+    tokenizer.with_pre_tokenizer(Some(pre));
     tokenizer.with_decoder(Some(ByteLevel::default()));
     let special: Vec<AddedToken> =
         special_token_ids(meta).into_iter().filter_map(|id| tokens.get(id)).map(|t| AddedToken::from(t.to_string(), true)).collect();

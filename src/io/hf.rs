@@ -1,7 +1,7 @@
 //! Hugging Face checkpoints: `config.json` + `model.safetensors` (or sharded with
 //! `model.safetensors.index.json`) + optional `tokenizer.json`; plus the tensor-set
 //! validation every loader shares.
-use super::config::{Arch, ModelConfig};
+use super::config::{Arch, ModelConfig, RopeScaling};
 use super::dtype::FloatDtype;
 use super::weights::{check_config, check_fits, default_head_dim, expected_tensors, map_file, validate_tensors, HostTensor, ModelFiles};
 use anyhow::{anyhow, bail, Context, Result};
@@ -18,17 +18,28 @@ use std::path::{Component, Path, PathBuf};
 struct JsonFields<'a> {
     obj: &'a Map<String, Value>,
     path: &'a Path,
+    /// The object's own field name ("" at the top level), prefixed to names in errors.
+    scope: &'a str,
 }
 
-impl JsonFields<'_> {
+impl<'a> JsonFields<'a> {
     /// The field's value, treating an explicit `null` as absent.
-    fn get(&self, name: &str) -> Option<&Value> {
+    fn get(&self, name: &str) -> Option<&'a Value> {
         self.obj.get(name).filter(|v| !v.is_null())
+    }
+
+    /// `name` as errors give it: `rope_scaling.factor` inside `rope_scaling`.
+    fn full_name(&self, name: &str) -> String {
+        match self.scope {
+            "" => name.to_string(),
+            scope => format!("{scope}.{name}"),
+        }
     }
 
     fn wrong_type(&self, name: &str, expected: &str) -> anyhow::Error {
         anyhow!(
-            "field '{name}' in {} must be {expected}, got {}",
+            "field '{}' in {} must be {expected}, got {}",
+            self.full_name(name),
             self.path.display(),
             self.get(name).map_or("null".into(), |v| v.to_string())
         )
@@ -47,11 +58,19 @@ impl JsonFields<'_> {
         self.opt_usize(name)?.ok_or_else(|| self.missing(name))
     }
 
-    fn opt_f32(&self, name: &str) -> Result<Option<f32>> {
+    fn opt_f64(&self, name: &str) -> Result<Option<f64>> {
         match self.get(name) {
             None => Ok(None),
-            Some(v) => v.as_f64().map(|x| Some(x as f32)).ok_or_else(|| self.wrong_type(name, "a number")),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.wrong_type(name, "a number")),
         }
+    }
+
+    fn req_f64(&self, name: &str) -> Result<f64> {
+        self.opt_f64(name)?.ok_or_else(|| self.missing(name))
+    }
+
+    fn opt_f32(&self, name: &str) -> Result<Option<f32>> {
+        Ok(self.opt_f64(name)?.map(|x| x as f32))
     }
 
     fn req_f32(&self, name: &str) -> Result<f32> {
@@ -65,10 +84,25 @@ impl JsonFields<'_> {
         }
     }
 
-    fn req_str(&self, name: &str) -> Result<&str> {
+    fn opt_str(&self, name: &str) -> Result<Option<&'a str>> {
         match self.get(name) {
-            None => Err(self.missing(name)),
-            Some(v) => v.as_str().ok_or_else(|| self.wrong_type(name, "a string")),
+            None => Ok(None),
+            Some(v) => v.as_str().map(Some).ok_or_else(|| self.wrong_type(name, "a string")),
+        }
+    }
+
+    fn req_str(&self, name: &str) -> Result<&'a str> {
+        self.opt_str(name)?.ok_or_else(|| self.missing(name))
+    }
+
+    fn opt_f64_list(&self, name: &str) -> Result<Option<Vec<f64>>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_array()
+                .and_then(|list| list.iter().map(Value::as_f64).collect::<Option<Vec<_>>>())
+                .map(Some)
+                .ok_or_else(|| self.wrong_type(name, "a list of numbers")),
         }
     }
 
@@ -86,7 +120,7 @@ impl JsonFields<'_> {
     }
 
     fn missing(&self, name: &str) -> anyhow::Error {
-        anyhow!("missing required field '{name}' in {}", self.path.display())
+        anyhow!("missing required field '{}' in {}", self.full_name(name), self.path.display())
     }
 }
 
@@ -112,7 +146,7 @@ pub fn parse_hf_config(json: &str, path_for_errors: &Path) -> Result<ModelConfig
     let path = path_for_errors;
     let value: Value = serde_json::from_str(json).with_context(|| format!("{} is not valid JSON", path.display()))?;
     let obj = value.as_object().ok_or_else(|| anyhow!("{} must contain a JSON object", path.display()))?;
-    let f = JsonFields { obj, path };
+    let f = JsonFields { obj, path, scope: "" };
 
     let arch = arch_from_model_type(f.req_str("model_type")?, path)?;
     let hidden_size = f.req_usize("hidden_size")?;
@@ -121,6 +155,12 @@ pub fn parse_hf_config(json: &str, path_for_errors: &Path) -> Result<ModelConfig
     let intermediate_size = f.req_usize("intermediate_size")?;
     let vocab_size = f.req_usize("vocab_size")?;
     let rms_norm_eps = f.req_f32("rms_norm_eps")?;
+    let max_position_embeddings = f.opt_usize("max_position_embeddings")?.unwrap_or(2048);
+    // transformers 5 keeps rope_theta inside `rope_parameters`
+    let nested_theta = match f.get("rope_parameters").and_then(Value::as_object) {
+        Some(obj) => JsonFields { obj, path, scope: "rope_parameters" }.opt_f32("rope_theta")?,
+        None => None,
+    };
     let attention_bias = match arch {
         Arch::Qwen2 => true,
         Arch::Llama | Arch::Qwen3 => f.opt_bool("attention_bias")?.unwrap_or(false),
@@ -135,16 +175,88 @@ pub fn parse_hf_config(json: &str, path_for_errors: &Path) -> Result<ModelConfig
         intermediate_size,
         vocab_size,
         rms_norm_eps,
-        rope_theta: f.opt_f32("rope_theta")?.unwrap_or(10000.0),
+        rope_theta: f.opt_f32("rope_theta")?.or(nested_theta).unwrap_or(10000.0),
         tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
         attention_bias,
         qk_norm: arch == Arch::Qwen3,
-        max_position_embeddings: f.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+        max_position_embeddings,
         bos_token_id: f.opt_token_id("bos_token_id")?,
         eos_token_id: f.opt_token_id("eos_token_id")?,
+        rope_scaling: parse_rope_scaling(&f, max_position_embeddings)?,
     };
     check_config(&cfg, &path.display().to_string())?;
     Ok(cfg)
+}
+
+/// `rope_scaling` (transformers 5 writes the same object as `rope_parameters`): rope_type
+/// (or the older `type`) default, linear, llama3 or yarn. `longrope` is read only in the
+/// form [`rope_scaling_json`] writes for per-frequency divisors (equal short and long
+/// factors, attention factor 1), which is exactly those divisors.
+fn parse_rope_scaling(f: &JsonFields, max_position_embeddings: usize) -> Result<Option<RopeScaling>> {
+    let Some((scope, v)) = ["rope_scaling", "rope_parameters"].into_iter().find_map(|k| f.get(k).map(|v| (k, v))) else {
+        return Ok(None);
+    };
+    let obj = v.as_object().ok_or_else(|| f.wrong_type(scope, "an object"))?;
+    let s = JsonFields { obj, path: f.path, scope };
+    let type_key = if s.get("rope_type").is_some() { "rope_type" } else { "type" };
+    Ok(Some(match s.opt_str(type_key)?.unwrap_or("default") {
+        "default" => return Ok(None),
+        "linear" => RopeScaling::Linear { factor: s.req_f64("factor")? },
+        "llama3" => RopeScaling::Llama3 {
+            factor: s.req_f64("factor")?,
+            low_freq_factor: s.req_f64("low_freq_factor")?,
+            high_freq_factor: s.req_f64("high_freq_factor")?,
+            original_max_position_embeddings: s.req_usize("original_max_position_embeddings")?,
+        },
+        "yarn" => {
+            let factor = s.req_f64("factor")?;
+            let attention_factor = match s.opt_f64("attention_factor")? {
+                Some(a) => a,
+                None => RopeScaling::yarn_attention_factor(factor, s.opt_f64("mscale")?, s.opt_f64("mscale_all_dim")?),
+            };
+            // transformers reads `beta_fast or 32`: 0 means the default too
+            let or = |v: Option<f64>, default: f64| v.filter(|&b| b != 0.0).unwrap_or(default);
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: s.opt_usize("original_max_position_embeddings")?.unwrap_or(max_position_embeddings),
+                beta_fast: or(s.opt_f64("beta_fast")?, 32.0),
+                beta_slow: or(s.opt_f64("beta_slow")?, 1.0),
+                attention_factor,
+                truncate: s.opt_bool("truncate")?.unwrap_or(true),
+            }
+        }
+        "longrope" => {
+            let short = s.opt_f64_list("short_factor")?.ok_or_else(|| s.missing("short_factor"))?;
+            let long = s.opt_f64_list("long_factor")?.ok_or_else(|| s.missing("long_factor"))?;
+            if short != long || s.opt_f64("attention_factor")? != Some(1.0) {
+                bail!(
+                    "{}: {scope}.{type_key} 'longrope' is supported only with equal short_factor and long_factor and \
+                     attention_factor 1 (per-frequency divisors); supported types: default, linear, llama3, yarn",
+                    f.path.display()
+                );
+            }
+            RopeScaling::FreqFactors { factors: short.into_iter().map(|x| x as f32).collect() }
+        }
+        other => bail!("{}: unsupported {scope}.{type_key} '{other}' (supported: default, linear, llama3, yarn)", f.path.display()),
+    }))
+}
+
+/// The `rope_scaling` object of `scaling` in config.json (null for none). Per-frequency
+/// divisors are written as transformers' `longrope` with equal short and long factors and
+/// attention factor 1, which applies exactly those divisors at every length.
+fn rope_scaling_json(cfg: &ModelConfig) -> Value {
+    match &cfg.rope_scaling {
+        None => Value::Null,
+        Some(RopeScaling::FreqFactors { factors }) => json!({
+            "rope_type": "longrope",
+            "short_factor": factors,
+            "long_factor": factors,
+            "factor": 1.0,
+            "attention_factor": 1.0,
+            "original_max_position_embeddings": cfg.max_position_embeddings,
+        }),
+        Some(s) => serde_json::to_value(s).expect("RoPE scaling as JSON"),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -354,6 +466,7 @@ pub fn hf_config_json(cfg: &ModelConfig) -> Value {
         "max_position_embeddings": cfg.max_position_embeddings,
         "bos_token_id": cfg.bos_token_id,
         "eos_token_id": cfg.eos_token_id,
+        "rope_scaling": rope_scaling_json(cfg),
         "hidden_act": "silu",
         "torch_dtype": "float32",
     })

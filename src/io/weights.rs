@@ -102,6 +102,9 @@ pub fn check_config_fields(cfg: &ModelConfig, source: &str, field: &dyn Fn(&str)
     if !(cfg.rope_theta > 0.0 && cfg.rope_theta.is_finite()) {
         bail!("{source}: {} must be a positive number, got {}", field("rope_theta"), cfg.rope_theta);
     }
+    if let Some((name, problem)) = cfg.rope_scaling.as_ref().and_then(|s| s.invalid_field(cfg.head_dim)) {
+        bail!("{source}: {} {problem}", field(name));
+    }
     Ok(())
 }
 

@@ -217,7 +217,13 @@ impl Decoder {
         }
         let embed = u.get("model.embed_tokens.weight")?;
         let lm_head = if tensors.contains_key("lm_head.weight") { u.get("lm_head.weight")? } else { embed.clone() };
-        let rope = RopeTables::new(gpu, cfg.rope_theta as f64, cfg.head_dim, cfg.max_position_embeddings.max(1))?;
+        let rope = RopeTables::with_scaling(
+            gpu,
+            cfg.rope_theta as f64,
+            cfg.head_dim,
+            cfg.max_position_embeddings.max(1),
+            cfg.rope_scaling.as_ref(),
+        )?;
         Ok(Decoder { norm: u.get("model.norm.weight")?, embed, lm_head, layers, rope, cfg: cfg.clone() })
     }
 
@@ -348,7 +354,7 @@ impl Decoder {
         let c = &self.cfg;
         let t = ids.numel();
         let seqs = opts.seqs.max(1);
-        anyhow::ensure!(t % seqs == 0 && (seqs == 1 || pos0 == 0), "{t} tokens are not {seqs} whole sequences from position 0");
+        anyhow::ensure!(t.is_multiple_of(seqs) && (seqs == 1 || pos0 == 0), "{t} tokens are not {seqs} whole sequences from position 0");
         let t_seq = t / seqs;
         anyhow::ensure!(pos0 + t <= cache.max_len, "sequence of {} tokens exceeds the KV cache ({})", pos0 + t, cache.max_len);
         anyhow::ensure!(pos0 + t_seq <= self.rope.max_pos, "position {} exceeds the model's context ({})", pos0 + t_seq, self.rope.max_pos);

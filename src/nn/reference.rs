@@ -67,8 +67,8 @@ fn attn_block(files: &Tensors, c: &ModelConfig, i: usize, hn: &[f64]) -> Vec<f64
             q = rmsnorm::cpu::rmsnorm(&q, &qw, eps);
             k = rmsnorm::cpu::rmsnorm(&k, &kw, eps);
         }
-        rope::cpu::rope(&mut q, h, hd, c.rope_theta as f64, 0);
-        rope::cpu::rope(&mut k, hkv, hd, c.rope_theta as f64, 0);
+        rope::cpu::rope(&mut q, h, hd, c.rope_theta as f64, c.rope_scaling.as_ref(), 0);
+        rope::cpu::rope(&mut k, hkv, hd, c.rope_theta as f64, c.rope_scaling.as_ref(), 0);
         let shape = attention::AttnShape { heads: h, kv_heads: hkv, dim: hd, pos0: 0, scale: 1.0 / (hd as f32).sqrt(), seqs: 1 };
         let (ctx, _) = attention::cpu::attention(&q, &k, &v, shape);
         matmul::cpu::linear(&ctx, &w(files, &n("self_attn.o_proj.weight")), None, h * hd)

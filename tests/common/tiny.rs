@@ -29,6 +29,7 @@ pub fn tiny_config(arch: Arch) -> ModelConfig {
         max_position_embeddings: 256,
         bos_token_id: Some(1),
         eos_token_id: Some(2),
+        rope_scaling: None,
     }
 }
 

@@ -1,14 +1,15 @@
 //! The decoder (src/nn/decoder.rs) on tiny random teachers and students: GPU logits equal
 //! the f64 CPU reference (src/nn/reference.rs) for a Llama (GQA, tied embeddings), a
-//! Qwen2-style model (q/k/v biases, GQA, untied head), a Qwen3-style one (q/k norms) and
-//! a hybrid student; a GGUF copy (permuted Q/K) gives the same logits; KV-cache and
-//! recurrent-state decoding equal the full pass; perplexity equals the reference NLL.
+//! Qwen2-style model (q/k/v biases, GQA, untied head), a Qwen3-style one (q/k norms), a
+//! hybrid student and Llamas with each RoPE scaling; a GGUF copy (permuted Q/K) gives the
+//! same logits; KV-cache and recurrent-state decoding equal the full pass; perplexity
+//! equals the reference NLL.
 use crate::common::student::{bare_checkpoint, tiny_hybrid};
 use crate::common::tiny::*;
 use crate::common::*;
 use taylorcal::eval;
 use taylorcal::io::gguf::GgufTensorData;
-use taylorcal::io::{hf::save_hf_dir, load_model, Arch, ModelFiles};
+use taylorcal::io::{hf::save_hf_dir, load_model, Arch, ModelConfig, ModelFiles};
 use taylorcal::nn::decoder::{Decoder, ForwardOpts};
 use taylorcal::nn::reference;
 
@@ -76,6 +77,35 @@ fn tiny_qwen2_with_bias_and_gqa_matches_cpu_reference() {
 #[test]
 fn tiny_qwen3_with_qk_norm_matches_cpu_reference() {
     check_arch(Arch::Qwen3, false, 23);
+}
+
+/// A Llama with each RoPE scaling (through config.json and back): GPU logits equal the
+/// reference's, and differ from plain RoPE's (the scaling reaches the tables).
+#[test]
+fn rope_scaled_teachers_match_cpu_reference() {
+    use taylorcal::io::config::RopeScaling;
+    let plain = tiny_config(Arch::Llama);
+    let tensors = random_tensors(&plain, 24);
+    let toks = ids(37, plain.vocab_size);
+    let unscaled = gpu_logits(&hf_round_trip(&plain, &tensors), &toks);
+    let llama3 = RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 64 };
+    let yarn = RopeScaling::Yarn {
+        factor: 4.0,
+        original_max_position_embeddings: 64,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+        attention_factor: 1.2,
+        truncate: true,
+    };
+    let factors = RopeScaling::FreqFactors { factors: (0..8).map(|i| 1.0 + i as f32).collect() };
+    for s in [llama3, yarn, factors] {
+        let cfg = ModelConfig { rope_scaling: Some(s.clone()), ..plain.clone() };
+        let files = hf_round_trip(&cfg, &tensors);
+        assert_eq!(files.config.rope_scaling, Some(s.clone()));
+        let got = gpu_logits(&files, &toks);
+        assert_close(&format!("{s:?} logits"), &got, &reference::forward_logits(&files, &toks), 1e-4);
+        assert!(rel_err(&got, &f64v(&unscaled)) > 1e-3, "{s:?}: the same logits as plain RoPE");
+    }
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! File formats (src/io): the model loaders (GGUF dequantisation and Q/K un-permutation,
 //! Hugging Face safetensors in f32/f16/bf16, sharded, the GGUF byte-level BPE tokenizer,
-//! clear errors on bad input) and the hybrid checkpoint format (io/checkpoint.rs: round
+//! RoPE scaling from config.json and GGUF metadata, clear errors on bad input) and the hybrid checkpoint format (io/checkpoint.rs: round
 //! trip, atomic writes, config checks). Everything runs on small random models generated
 //! here.
 use half::f16;
@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use taylorcal::calibrate::init::init_student;
 use taylorcal::io::checkpoint::{self, Checkpoint, HybridConfig};
+use taylorcal::io::config::RopeScaling;
 use taylorcal::io::gguf::tokenizer_from_gguf;
 use taylorcal::io::gguf::{self, write_gguf, GgmlType, GgufFile, GgufTensorData, GgufValue};
 use taylorcal::io::hf::{self, save_hf_dir};
@@ -36,7 +37,7 @@ fn err_text<T>(r: anyhow::Result<T>) -> String {
     }
 }
 
-fn assert_mentions(msg: &str, parts: &[&str]) {
+pub(crate) fn assert_mentions(msg: &str, parts: &[&str]) {
     eprintln!("error message: {msg}");
     for p in parts {
         assert!(msg.contains(p), "error message {msg:?} should mention {p:?}");
@@ -616,11 +617,19 @@ fn gguf_tensor_list(seed: u64) -> Vec<(String, Vec<usize>, GgufTensorData)> {
 
 /// The tiny llama GGUF with metadata `llama.{key}` replaced by `value`.
 fn gguf_with_metadata(dir: &Path, key: &str, value: GgufValue) -> PathBuf {
+    gguf_with(dir, &[(key, value)], vec![])
+}
+
+/// The tiny llama GGUF with each metadata `llama.{key}` set to its value and `tensors` added.
+fn gguf_with(dir: &Path, keys: &[(&str, GgufValue)], tensors: Vec<(String, Vec<usize>, GgufTensorData)>) -> PathBuf {
     let path = dir.join("bad.gguf");
-    let key = format!("llama.{key}");
-    let mut meta: Vec<_> = gguf_metadata(&tiny_config(Arch::Llama), "llama").into_iter().filter(|(k, _)| *k != key).collect();
-    meta.push((key, value));
-    write_gguf(&path, &meta, &gguf_tensor_list(16)).unwrap();
+    let keys: Vec<_> = keys.iter().map(|(k, v)| (format!("llama.{k}"), v.clone())).collect();
+    let mut meta: Vec<_> =
+        gguf_metadata(&tiny_config(Arch::Llama), "llama").into_iter().filter(|(k, _)| keys.iter().all(|(n, _)| n != k)).collect();
+    meta.extend(keys);
+    let mut list = gguf_tensor_list(16);
+    list.extend(tensors);
+    write_gguf(&path, &meta, &list).unwrap();
     path
 }
 
@@ -837,6 +846,178 @@ fn hf_shards_linked_from_a_blob_store_load() {
         std::os::unix::fs::symlink(Path::new("../../blobs").join(shard), snapshot.join(shard)).unwrap();
     }
     assert_eq!(load_model(&snapshot).unwrap().config.num_hidden_layers, 2);
+}
+
+// ---------------------------------------------------------------------------
+// RoPE scaling from config.json and GGUF metadata (the formulas: tests/kernels/rope.rs)
+
+/// Llama-3.2-3B's `rope_scaling`.
+fn llama_3_2_scaling() -> RopeScaling {
+    RopeScaling::Llama3 { factor: 32.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192 }
+}
+
+fn yarn(factor: f64, original: usize, beta_fast: f64, beta_slow: f64, attention_factor: f64) -> RopeScaling {
+    let original_max_position_embeddings = original;
+    RopeScaling::Yarn { factor, original_max_position_embeddings, beta_fast, beta_slow, attention_factor, truncate: true }
+}
+
+/// The tiny llama's config.json with `rope_scaling` set to `v`, parsed.
+fn hf_rope(v: serde_json::Value) -> anyhow::Result<Option<RopeScaling>> {
+    let mut json = hf::hf_config_json(&tiny_config(Arch::Llama));
+    json["rope_scaling"] = v;
+    hf::parse_hf_config(&json.to_string(), Path::new("/x/config.json")).map(|c| c.rope_scaling)
+}
+
+#[test]
+fn hf_config_rope_scaling_types() {
+    use serde_json::json;
+    // Llama-3.2-3B's config.json
+    let llama3 = json!({"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192, "rope_type": "llama3"});
+    assert_eq!(hf_rope(llama3).unwrap(), Some(llama_3_2_scaling()));
+    assert_eq!(hf_rope(json!({"rope_type": "linear", "factor": 4})).unwrap(), Some(RopeScaling::Linear { factor: 4.0 }));
+    // Qwen2.5's documented long-context block, with the older `type` key: betas 32 / 1 and
+    // attention factor 0.1 ln 4 + 1 by default
+    let qwen = json!({"factor": 4.0, "original_max_position_embeddings": 32768, "type": "yarn"});
+    assert_eq!(hf_rope(qwen).unwrap(), Some(yarn(4.0, 32768, 32.0, 1.0, 0.1 * 4f64.ln() + 1.0)));
+    // given values win; without original_max_position_embeddings, max_position_embeddings (256)
+    let given = json!({"rope_type": "yarn", "factor": 8.0, "beta_fast": 16, "beta_slow": 2, "attention_factor": 1.5});
+    assert_eq!(hf_rope(given).unwrap(), Some(yarn(8.0, 256, 16.0, 2.0, 1.5)));
+    let m = |k: f64| 0.1 * k * 8f64.ln() + 1.0;
+    let deepseek = json!({"rope_type": "yarn", "factor": 8.0, "mscale": 0.5, "mscale_all_dim": 1.0, "truncate": false});
+    let Some(RopeScaling::Yarn { attention_factor, truncate, .. }) = hf_rope(deepseek).unwrap() else { panic!("not yarn") };
+    assert!((attention_factor - m(0.5) / m(1.0)).abs() < 1e-15 && !truncate);
+    // default, null: plain RoPE
+    assert_eq!(hf_rope(json!({"rope_type": "default"})).unwrap(), None);
+    assert_eq!(hf_rope(serde_json::Value::Null).unwrap(), None);
+    // transformers 5's `rope_parameters`, rope_theta inside
+    let mut json = hf::hf_config_json(&tiny_config(Arch::Llama));
+    let obj = json.as_object_mut().unwrap();
+    obj.remove("rope_theta");
+    obj.remove("rope_scaling");
+    obj.insert("rope_parameters".into(), json!({"rope_type": "linear", "factor": 2.0, "rope_theta": 500000.0}));
+    let cfg = hf::parse_hf_config(&json.to_string(), Path::new("/x/config.json")).unwrap();
+    assert_eq!((cfg.rope_theta, cfg.rope_scaling), (500000.0, Some(RopeScaling::Linear { factor: 2.0 })));
+}
+
+#[test]
+fn error_hf_rope_scaling_unsupported_incomplete_or_invalid() {
+    use serde_json::json;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = hf_with_config(tmp.path(), &[("rope_scaling", json!({"rope_type": "dynamic", "factor": 2.0}))]);
+    let msg = err_text(load_model(tmp.path()));
+    assert_mentions(
+        &msg,
+        &[&config.display().to_string(), "unsupported rope_scaling.rope_type 'dynamic'", "default, linear, llama3, yarn"],
+    );
+    let msg = err_text(hf_rope(json!({"type": "su", "factor": 2.0})));
+    assert_mentions(&msg, &["/x/config.json", "rope_scaling.type 'su'"]);
+    // Phi-3's longrope (short and long factors differ) is refused
+    let phi = json!({"rope_type": "longrope", "short_factor": vec![1.0; 8], "long_factor": vec![2.0; 8], "factor": 4.0});
+    assert_mentions(&err_text(hf_rope(phi)), &["/x/config.json", "rope_scaling.rope_type 'longrope'", "short_factor and long_factor"]);
+    let no_low = json!({"rope_type": "llama3", "factor": 8.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+    assert_mentions(&err_text(hf_rope(no_low)), &["/x/config.json", "missing", "'rope_scaling.low_freq_factor'"]);
+    assert_mentions(&err_text(hf_rope(json!({"rope_type": "yarn"}))), &["missing", "'rope_scaling.factor'"]);
+    let text = err_text(hf_rope(json!({"rope_type": "linear", "factor": "four"})));
+    assert_mentions(&text, &["'rope_scaling.factor'", "must be a number", "\"four\""]);
+    assert_mentions(&err_text(hf_rope(json!("llama3"))), &["'rope_scaling'", "an object"]);
+    let zero = json!({"rope_type": "linear", "factor": 0.0});
+    assert_mentions(&err_text(hf_rope(zero)), &["/x/config.json", "rope_scaling.factor must be a positive number, got 0"]);
+    let inverted = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192});
+    assert_mentions(&err_text(hf_rope(inverted)), &["rope_scaling.high_freq_factor must be more than low_freq_factor"]);
+}
+
+/// Each scaling survives config.json writing and reading (per-frequency divisors as the
+/// `longrope` form transformers applies identically).
+#[test]
+fn hf_dir_round_trip_keeps_rope_scaling() {
+    let factors: Vec<f32> = (0..8).map(|i| 1.0 + i as f32 * 1.37).collect();
+    for s in [
+        llama_3_2_scaling(),
+        RopeScaling::Linear { factor: 4.0 },
+        yarn(4.0, 32768, 32.0, 1.0, 0.1 * 4f64.ln() + 1.0),
+        RopeScaling::FreqFactors { factors },
+    ] {
+        let cfg = ModelConfig { rope_scaling: Some(s), ..tiny_config(Arch::Llama) };
+        assert_eq!(hf_round_trip(&cfg, &random_tensors(&cfg, 3)).config, cfg);
+    }
+    let json = hf::hf_config_json(&ModelConfig { rope_scaling: Some(llama_3_2_scaling()), ..tiny_config(Arch::Llama) });
+    assert_eq!(json["rope_scaling"]["rope_type"], "llama3");
+    assert_eq!(json["rope_scaling"]["original_max_position_embeddings"], 8192);
+}
+
+#[test]
+fn gguf_rope_scaling_metadata_and_freq_factors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (f, u, s) = (GgufValue::F32, GgufValue::U32, |v: &str| GgufValue::String(v.into()));
+    let scaling = |keys: &[(&str, GgufValue)], tensors| load_model(&gguf_with(tmp.path(), keys, tensors)).unwrap().config.rope_scaling;
+    assert_eq!(scaling(&[], vec![]), None);
+    assert_eq!(scaling(&[("rope.scaling.type", s("none")), ("rope.scaling.factor", f(4.0))], vec![]), None);
+    let linear = Some(RopeScaling::Linear { factor: 4.0 });
+    assert_eq!(scaling(&[("rope.scaling.type", s("linear")), ("rope.scaling.factor", f(4.0))], vec![]), linear);
+    // no type: linear, as llama.cpp reads it; the older key name; factor 1: none
+    assert_eq!(scaling(&[("rope.scale_linear", f(4.0))], vec![]), linear);
+    assert_eq!(scaling(&[("rope.scaling.factor", f(1.0))], vec![]), None);
+    // what llama.cpp's converter writes for Qwen2.5's yarn block, then with every key
+    let qwen = [("rope.scaling.type", s("yarn")), ("rope.scaling.factor", f(4.0)), ("rope.scaling.original_context_length", u(32768))];
+    assert_eq!(scaling(&qwen, vec![]), Some(yarn(4.0, 32768, 32.0, 1.0, 0.1 * 4f64.ln() + 1.0)));
+    let mut all = qwen.to_vec();
+    all.extend([
+        ("rope.scaling.yarn_beta_fast", f(16.0)),
+        ("rope.scaling.yarn_beta_slow", f(2.0)),
+        ("rope.scaling.yarn_attn_factor", f(1.5)),
+    ]);
+    assert_eq!(scaling(&all, vec![]), Some(yarn(4.0, 32768, 16.0, 2.0, 1.5)));
+    // Llama 3.x as llama.cpp converts it: no scaling metadata, a rope_freqs.weight [head_dim / 2]
+    let factors: Vec<f32> = (0..8).map(|i| 1.0 + i as f32 * 4.4).collect();
+    let freqs = |v: &[f32]| vec![("rope_freqs.weight".to_string(), vec![v.len()], GgufTensorData::F32(v.to_vec()))];
+    assert_eq!(scaling(&[], freqs(&factors)), Some(RopeScaling::FreqFactors { factors: factors.clone() }));
+
+    let error = |keys: &[(&str, GgufValue)], tensors| {
+        let path = gguf_with(tmp.path(), keys, tensors);
+        (path.display().to_string(), err_text(load_model(&path)))
+    };
+    let (path, msg) = error(&[("rope.scaling.type", s("longrope"))], vec![]);
+    assert_mentions(&msg, &[&path, "unsupported RoPE scaling 'longrope'", "llama.rope.scaling.type", "none, linear, yarn"]);
+    let (path, msg) = error(&[("rope.scaling.type", s("yarn"))], vec![]);
+    assert_mentions(&msg, &[&path, "llama.rope.scaling.factor", "missing"]);
+    let (path, msg) = error(&[], freqs(&factors[..6]));
+    assert_mentions(&msg, &[&path, "rope_freqs.weight has 6 values, expected head_dim / 2 = 8"]);
+    let (_, msg) = error(&[], freqs(&[1.0, 2.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]));
+    assert_mentions(&msg, &["rope_freqs.weight holds 0", "positive"]);
+    let (_, msg) = error(&[("rope.scaling.type", s("yarn")), ("rope.scaling.factor", f(4.0))], freqs(&factors));
+    assert_mentions(&msg, &["rope_freqs.weight tensor together with yarn RoPE scaling is not supported"]);
+    let (_, msg) = error(&qwen.iter().cloned().chain([("rope.scaling.yarn_beta_fast", f(-1.0))]).collect::<Vec<_>>(), vec![]);
+    assert_mentions(&msg, &["llama.rope.scaling.yarn_beta_fast", "must be a positive number, got -1"]);
+}
+
+/// Configurations and checkpoints written before `rope_scaling` existed still load; a
+/// checkpoint keeps the teacher's scaling.
+#[test]
+fn configs_without_rope_scaling_still_load_and_checkpoints_keep_it() {
+    let cfg = tiny_config(Arch::Qwen2);
+    let mut v = serde_json::to_value(&cfg).unwrap();
+    assert!(v.get("rope_scaling").is_none(), "none is not written");
+    v.as_object_mut().unwrap().remove("rope_scaling");
+    assert_eq!(serde_json::from_value::<ModelConfig>(v).unwrap(), cfg);
+    let scaled = ModelConfig { rope_scaling: Some(llama_3_2_scaling()), ..cfg };
+    assert_eq!(serde_json::from_value::<ModelConfig>(serde_json::to_value(&scaled).unwrap()).unwrap(), scaled);
+
+    let (mut hybrid, teacher) = tiny_hybrid(vec![1], 42);
+    let tensors = init_student(&hybrid, &teacher, 7).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("student");
+    hybrid.base.rope_scaling = Some(yarn(4.0, 64, 32.0, 1.0, 1.25));
+    checkpoint::save_checkpoint(&out, &bare_checkpoint(hybrid.clone(), tensors.clone(), serde_json::json!({}))).unwrap();
+    assert_eq!(checkpoint::load_checkpoint(&out).unwrap().config, hybrid);
+    // an older checkpoint's config.json has no rope_scaling
+    let config = out.join("config.json");
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    json.as_object_mut().unwrap().remove("rope_scaling");
+    std::fs::write(&config, json.to_string()).unwrap();
+    hybrid.base.rope_scaling = None;
+    assert_eq!(checkpoint::load_checkpoint(&out).unwrap().config, hybrid);
 }
 
 // ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 //! calibration, layer selection, distillation, output safety, option checks; then the
 //! crate's layering itself.
 //!
-//! Files, in order: io, fuzz, data, decoder, gdn_block, training, calibrate, select, distill,
+//! Files, in order: io, fuzz, tokenizer, data, decoder, gdn_block, training, calibrate, select, distill,
 //! safety, crash, options, layout.
 #[path = "../common/mod.rs"]
 mod common;
@@ -13,6 +13,9 @@ mod io;
 
 /// Seeded mutations of valid model files through the loaders: no panic, errors name the file.
 mod fuzz;
+
+/// The GGUF pre-tokenizers (SmolLM2, GPT-2, Llama 3, Qwen2) against their regular expressions.
+mod tokenizer;
 
 /// Text tokenised in pieces, bounded reading, the training stream, vocabulary checks.
 mod data;
