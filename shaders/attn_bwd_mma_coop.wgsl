@@ -98,10 +98,12 @@ fn attn_bwd_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     }
     // each row's log-sum-exp, as the forward's first pass
     var ms = vec2<f32>(NEG, 0.0);
+    var ahead = kv_ahead(w, 0u, false, li);
     for (var j0 = 0u; j0 <= w.last; j0 += BC) {
         workgroupBarrier();
-        stage_kv(w, j0, false, li);
+        kv_put(ahead, w, j0, false, li);
         workgroupBarrier();
+        ahead = kv_ahead(w, j0 + BC, false, li);
         for (var jb = 0u; jb < BC && j0 + jb <= w.last; jb += SBW) {
             coopStoreT(dots(jb, q0, q1, q2, q3, q4, q5, q6, q7), &sc[l.own], SBW);
             if (SBW > 16u) { coopStoreT(dots(jb + 16u, q0, q1, q2, q3, q4, q5, q6, q7), &sc[l.own + 16u], SBW); }
@@ -120,10 +122,12 @@ fn attn_bwd_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     var a5 = FC();
     var a6 = FC();
     var a7 = FC();
+    ahead = kv_ahead(w, 0u, true, li);
     for (var j0 = 0u; j0 <= w.last; j0 += BC) {
         workgroupBarrier();
-        stage_kv(w, j0, true, li);
+        kv_put(ahead, w, j0, true, li);
         workgroupBarrier();
+        ahead = kv_ahead(w, j0 + BC, true, li);
         for (var jb = 0u; jb < BC && j0 + jb <= w.last; jb += SBW) {
             coopStoreT(dots(jb, q0, q1, q2, q3, q4, q5, q6, q7), &sc[l.own], SBW);
             coopStoreT(dots(BC + jb, d0, d1, d2, d3, d4, d5, d6, d7), &sc2[l.own], SBW);

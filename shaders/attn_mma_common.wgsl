@@ -96,25 +96,30 @@ fn el4(which: u32, e: u32) -> vec4<f32> {
     }
 }
 
-// Rows row0 .. row0 + n of binding `which` (row stride `stride`, head columns from col0),
-// the first `valid` of them real and the rest zero, into kvs from row `dst`, as f16.
-fn stage(which: u32, row0: u32, valid: u32, n: u32, stride: u32, col0: u32, dst: u32, li: u32) {
-    let aligned = (stride % 4u) == 0u && (col0 % 4u) == 0u;
-    for (var e = li; e < n * (D / 4u); e += WG) {
-        let r = e / (D / 4u);
-        let c = (e % (D / 4u)) * 4u;
-        var x = vec4<f32>(0.0);
-        if (r < valid && c < p.dim) {
-            let base = (row0 + r) * stride + col0 + c;
-            if (aligned && c + 3u < p.dim) {
-                x = el4(which, base);
-            } else {
-                for (var u = 0u; u < 4u; u++) {
-                    if (c + u < p.dim) { x[u] = el(which, base + u); }
-                }
+// The run of 4 head dims at element e (e / (D / 4): the row) of rows row0 .. of binding
+// `which` (row stride `stride`, head columns from col0), zero past the first `valid` rows and
+// past the head dim.
+fn run_of(which: u32, row0: u32, valid: u32, stride: u32, col0: u32, e: u32) -> vec4<f32> {
+    let r = e / (D / 4u);
+    let c = (e % (D / 4u)) * 4u;
+    var x = vec4<f32>(0.0);
+    if (r < valid && c < p.dim) {
+        let base = (row0 + r) * stride + col0 + c;
+        if ((stride % 4u) == 0u && (col0 % 4u) == 0u && c + 3u < p.dim) {
+            x = el4(which, base);
+        } else {
+            for (var u = 0u; u < 4u; u++) {
+                if (c + u < p.dim) { x[u] = el(which, base + u); }
             }
         }
-        put4(dst + r, c, x);
+    }
+    return x;
+}
+
+// Rows row0 .. row0 + n of binding `which` (as run_of) into kvs from row `dst`, as f16.
+fn stage(which: u32, row0: u32, valid: u32, n: u32, stride: u32, col0: u32, dst: u32, li: u32) {
+    for (var e = li; e < n * (D / 4u); e += WG) {
+        put4(dst + e / (D / 4u), (e % (D / 4u)) * 4u, run_of(which, row0, valid, stride, col0, e));
     }
 }
 
@@ -139,6 +144,94 @@ fn stage_kv(w: Place, j0: u32, with_v: bool, li: u32) {
     let valid = min(BC, w.last + 1u - j0);
     stage(1u, w.k0 + j0, valid, BC, p.kv_stride, w.kvh * p.dim, 0u, li);
     if (with_v) { stage(2u, w.k0 + j0, valid, BC, p.kv_stride, w.kvh * p.dim, BC, li); }
+}
+
+// A K (and V) tile loaded ahead, one tile before it is staged, so that its loads are in
+// flight while the tile before is multiplied (the kernels wait on no load of their own
+// otherwise: timed on the H200, a GEMM that waits on its loads runs at half speed): each
+// invocation's RUNS runs of 4 per tile, in named fields and straight-line code (arrays
+// indexed in loops went to local memory on the H200). Where RUNS exceeds 8 (subgroups of
+// 16 at head dim 128) the tiles are staged straight from memory instead.
+const RUNS: u32 = BC * D / (4u * WG);
+const AHEAD: bool = RUNS <= 8u;
+
+struct KvAhead {
+    k0: vec4<f32>,
+    k1: vec4<f32>,
+    k2: vec4<f32>,
+    k3: vec4<f32>,
+    k4: vec4<f32>,
+    k5: vec4<f32>,
+    k6: vec4<f32>,
+    k7: vec4<f32>,
+    v0: vec4<f32>,
+    v1: vec4<f32>,
+    v2: vec4<f32>,
+    v3: vec4<f32>,
+    v4: vec4<f32>,
+    v5: vec4<f32>,
+    v6: vec4<f32>,
+    v7: vec4<f32>,
+}
+
+fn kv_run(w: Place, j0: u32, which: u32, q: u32, li: u32) -> vec4<f32> {
+    let valid = select(0u, min(BC, w.last + 1u - j0), j0 <= w.last);
+    return run_of(which, w.k0 + j0, valid, p.kv_stride, w.kvh * p.dim, q * WG + li);
+}
+
+// The tile of keys j0 .. into registers (nothing past the last key).
+fn kv_ahead(w: Place, j0: u32, with_v: bool, li: u32) -> KvAhead {
+    var a: KvAhead;
+    if (!AHEAD || j0 > w.last) { return a; }
+    a.k0 = kv_run(w, j0, 1u, 0u, li);
+    if (RUNS > 1u) { a.k1 = kv_run(w, j0, 1u, 1u, li); }
+    if (RUNS > 2u) { a.k2 = kv_run(w, j0, 1u, 2u, li); }
+    if (RUNS > 3u) { a.k3 = kv_run(w, j0, 1u, 3u, li); }
+    if (RUNS > 4u) { a.k4 = kv_run(w, j0, 1u, 4u, li); }
+    if (RUNS > 5u) { a.k5 = kv_run(w, j0, 1u, 5u, li); }
+    if (RUNS > 6u) { a.k6 = kv_run(w, j0, 1u, 6u, li); }
+    if (RUNS > 7u) { a.k7 = kv_run(w, j0, 1u, 7u, li); }
+    if (!with_v) { return a; }
+    a.v0 = kv_run(w, j0, 2u, 0u, li);
+    if (RUNS > 1u) { a.v1 = kv_run(w, j0, 2u, 1u, li); }
+    if (RUNS > 2u) { a.v2 = kv_run(w, j0, 2u, 2u, li); }
+    if (RUNS > 3u) { a.v3 = kv_run(w, j0, 2u, 3u, li); }
+    if (RUNS > 4u) { a.v4 = kv_run(w, j0, 2u, 4u, li); }
+    if (RUNS > 5u) { a.v5 = kv_run(w, j0, 2u, 5u, li); }
+    if (RUNS > 6u) { a.v6 = kv_run(w, j0, 2u, 6u, li); }
+    if (RUNS > 7u) { a.v7 = kv_run(w, j0, 2u, 7u, li); }
+    return a;
+}
+
+// Run q of a tile (K rows from 0, V rows from BC) into kvs.
+fn kv_put1(x: vec4<f32>, v: bool, q: u32, li: u32) {
+    let e = q * WG + li;
+    put4(select(0u, BC, v) + e / (D / 4u), (e % (D / 4u)) * 4u, x);
+}
+
+// The tile of keys j0 .. into kvs: from `a` (loaded by kv_ahead), or from memory.
+fn kv_put(a: KvAhead, w: Place, j0: u32, with_v: bool, li: u32) {
+    if (!AHEAD) {
+        stage_kv(w, j0, with_v, li);
+        return;
+    }
+    kv_put1(a.k0, false, 0u, li);
+    if (RUNS > 1u) { kv_put1(a.k1, false, 1u, li); }
+    if (RUNS > 2u) { kv_put1(a.k2, false, 2u, li); }
+    if (RUNS > 3u) { kv_put1(a.k3, false, 3u, li); }
+    if (RUNS > 4u) { kv_put1(a.k4, false, 4u, li); }
+    if (RUNS > 5u) { kv_put1(a.k5, false, 5u, li); }
+    if (RUNS > 6u) { kv_put1(a.k6, false, 6u, li); }
+    if (RUNS > 7u) { kv_put1(a.k7, false, 7u, li); }
+    if (!with_v) { return; }
+    kv_put1(a.v0, true, 0u, li);
+    if (RUNS > 1u) { kv_put1(a.v1, true, 1u, li); }
+    if (RUNS > 2u) { kv_put1(a.v2, true, 2u, li); }
+    if (RUNS > 3u) { kv_put1(a.v3, true, 3u, li); }
+    if (RUNS > 4u) { kv_put1(a.v4, true, 4u, li); }
+    if (RUNS > 5u) { kv_put1(a.v5, true, 5u, li); }
+    if (RUNS > 6u) { kv_put1(a.v6, true, 6u, li); }
+    if (RUNS > 7u) { kv_put1(a.v7, true, 7u, li); }
 }
 
 // This invocation's place in its subgroup's 16 x SBW blocks: row, first column, and the

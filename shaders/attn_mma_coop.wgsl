@@ -80,10 +80,12 @@ fn attn_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     }
     // first pass: each row's log-sum-exp
     var ms = vec2<f32>(NEG, 0.0);
+    var ahead = kv_ahead(w, 0u, false, li);
     for (var j0 = 0u; j0 <= w.last; j0 += BC) {
         workgroupBarrier();
-        stage_kv(w, j0, false, li);
+        kv_put(ahead, w, j0, false, li);
         workgroupBarrier();
+        ahead = kv_ahead(w, j0 + BC, false, li);
         for (var jb = 0u; jb < BC && j0 + jb <= w.last; jb += SBW) {
             scores(jb / 16u, l, q0, q1, q2, q3, q4, q5, q6, q7);
             workgroupBarrier();
@@ -101,10 +103,12 @@ fn attn_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     var o5 = coop_mat16x16<f32, C>();
     var o6 = coop_mat16x16<f32, C>();
     var o7 = coop_mat16x16<f32, C>();
+    ahead = kv_ahead(w, 0u, true, li);
     for (var j0 = 0u; j0 <= w.last; j0 += BC) {
         workgroupBarrier();
-        stage_kv(w, j0, true, li);
+        kv_put(ahead, w, j0, true, li);
         workgroupBarrier();
+        ahead = kv_ahead(w, j0 + BC, true, li);
         for (var jb = 0u; jb < BC && j0 + jb <= w.last; jb += SBW) {
             scores(jb / 16u, l, q0, q1, q2, q3, q4, q5, q6, q7);
             workgroupBarrier();

@@ -31,10 +31,12 @@ fn block_dots(a: ptr<function, array<vec4<f32>, D / 4u>>, l: Lane, r: u32) {
 // The first pass: each query row's log-sum-exp over the key tiles (qr: this row's q).
 fn lse_pass(w: Place, l: Lane, sg: u32, li: u32, qr: ptr<function, array<vec4<f32>, D / 4u>>) -> f32 {
     var ms = vec2<f32>(NEG, 0.0);
+    var ahead = kv_ahead(w, 0u, false, li);
     for (var j0 = 0u; j0 <= w.last; j0 += BC) {
         workgroupBarrier();
-        stage_kv(w, j0, false, li);
+        kv_put(ahead, w, j0, false, li);
         workgroupBarrier();
+        ahead = kv_ahead(w, j0 + BC, false, li);
         for (var jb = 0u; jb < BC && j0 + jb <= w.last; jb += SBW) {
             block_dots(qr, l, jb);
             workgroupBarrier();

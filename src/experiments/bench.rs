@@ -562,8 +562,8 @@ fn mm(s: usize, kernel: MatmulImpl, f16_weights: bool) -> Bench {
 /// kernel (f16 weights); attention
 /// T=512 with SmolLM2-135M's heads (9 / 3, d 64) forward and backward (f32, and on f16 tiles); small
 /// norm/rope/NLL/KL head. On a GPU: matmul 4096^3 (f32 and f16 weights; the mma kernel with f32 and
-/// f16 weights, and at 1024^3; its three products at 4096^3 and SmolLM2's MLP and LM head
-/// shapes over 8192 tokens), 1024^3, naive at
+/// f16 weights, and at 1024^3; its three products at 4096^3 and SmolLM2's attention
+/// projection, MLP and LM head shapes over 8192 tokens), 1024^3, naive at
 /// 1024^3 and 4096^3, attention forward and backward (f32, and on f16 tiles) T=4096 H=16/4
 /// at d 64 and 128,
 /// model-sized norm/rope/NLL, and the KL head at SmolLM2's vocabulary (N 512, V 49152, D 576).
@@ -608,8 +608,9 @@ pub fn default_suite(gpu: &Gpu) -> Vec<Bench> {
             v.push(mm(4096, Mma, false));
             v.push(mm(4096, Mma, true));
             v.push(mm(1024, Mma, true));
-            // the three products at 4096^3, and at SmolLM2's MLP and LM head over 16 x 512 tokens
-            for (m, n, k) in [(4096, 4096, 4096), (8192, 1536, 576), (8192, 576, 1536), (8192, 49152, 576)] {
+            // the three products at 4096^3, and at SmolLM2's attention projection, MLP and LM
+            // head over 16 x 512 tokens
+            for (m, n, k) in [(4096, 4096, 4096), (8192, 576, 576), (8192, 1536, 576), (8192, 576, 1536), (8192, 49152, 576)] {
                 if m != n {
                     v.push(Bench::Matmul { m, n, k, kernel: Mma, f16_weights: true });
                 }

@@ -8,8 +8,8 @@
 //! multiply and its output scratch are checked on a GPU that has them, by the same tests).
 //! The three products of a linear layer are its cases: [`linear`], [`backward_input`],
 //! [`backward_weight`], split over bindings as `ops::matmul` splits them; a weight gradient
-//! of few tiles over many tokens also splits its reduction over workgroups (partial sums,
-//! then added). `ops::matmul` and
+//! (and an input gradient: the KL head's, over the vocabulary) of few tiles over a long
+//! reduction also splits it over workgroups (partial sums, then added). `ops::matmul` and
 //! `ops::matmul_grad` run them when the context's precision is f16
 //! ([`MatmulKernel::Mma`](crate::gpu::MatmulKernel::Mma)), so the whole model does.
 //!
@@ -204,6 +204,24 @@ fn gemm(
     parts
 }
 
+/// [`gemm`] into `o.c` (ldc = nj), with the reduction in pieces over several workgroups
+/// per output tile when there are few tiles and a long reduction (as ops::matmul_grad): the
+/// pieces' partial sums go to a scratch and are then added into C.
+fn gemm_split(bt: &mut Batch, mut o: Operands, [ni, nj, nr]: [usize; 3], accumulate: bool, tile: Option<Tile>) {
+    let tl = Tile::pick(bt.gpu, tile, ni, nj);
+    let t = tl.size();
+    let pieces = reduction_splits(bt, ni.div_ceil(t) * nj.div_ceil(t), nr, (ni * nj * 4) as u64);
+    if pieces <= 1 {
+        gemm(bt, o, [ni, nj, nr], accumulate, Some(tl), None);
+        return;
+    }
+    debug_assert_eq!((o.ldc, o.ccol), (nj, 0), "mma: split products write whole rows");
+    let partial = bt.gpu.empty(&[pieces, ni * nj], DType::F32).expect("mma: partial sums of a split reduction");
+    let c = std::mem::replace(&mut o.c, (&partial).into());
+    let used = gemm(bt, o, [ni, nj, nr], false, Some(tl), Some((pieces, ni * nj)));
+    super::gdn_act::colsum_binding(bt, (&partial).into(), used, ni * nj, c, accumulate);
+}
+
 /// max |t| (the bits of an f32, in a new one-element buffer) for the f16 scale of a
 /// gradient product's dy: one pass over t, split over bindings.
 fn absmax(b: &mut Batch, t: &Tensor) -> Tensor {
@@ -307,7 +325,8 @@ pub(crate) fn input_grad(
                 ccol: 0,
                 scale_a: Some((&amax).into()),
             };
-            gemm(b, o, [ms.rows, k, nc], accumulate || s > 0, tile, None);
+            // few rows over a long reduction (the KL head's dh: 49,152 vocabulary rows)
+            gemm_split(b, o, [ms.rows, k, nc], accumulate || s > 0, tile);
         }
     }
 }
@@ -341,13 +360,6 @@ pub(crate) fn weight_grad(
         let parts: Vec<(usize, [Binding; 2])> =
             if m == 0 { vec![(0, [dummy(b), dummy(b)])] } else { row_split(b.gpu, m, [&dy, &x]).map(|c| (c.rows, c.binds)).collect() };
         for (s, (mc, [dyb, xb])) in parts.into_iter().enumerate() {
-            let acc = accumulate || s > 0;
-            // a dW of few tiles over many tokens: the tokens in pieces over several
-            // workgroups per tile, whose partial sums are then added (as ops::matmul_grad)
-            let tl = Tile::pick(b.gpu, tile, ns.rows, k);
-            let t = tl.size();
-            let pieces = reduction_splits(b, ns.rows.div_ceil(t) * k.div_ceil(t), mc, (ns.rows * k * 4) as u64);
-            let partial = (pieces > 1).then(|| b.gpu.empty(&[pieces, ns.rows * k], DType::F32).expect("mma: partial sums of dW"));
             let o = Operands {
                 a: dyb,
                 ta: true,
@@ -355,7 +367,7 @@ pub(crate) fn weight_grad(
                 tb: true,
                 f16_b: x.dtype == DType::F16,
                 bias: None,
-                c: partial.as_ref().map_or_else(|| dwb.clone(), Binding::from),
+                c: dwb.clone(),
                 lda: n,
                 ldb: k,
                 ldc: k,
@@ -363,15 +375,8 @@ pub(crate) fn weight_grad(
                 ccol: 0,
                 scale_a: Some((&amax).into()),
             };
-            match &partial {
-                None => {
-                    gemm(b, o, [ns.rows, k, mc], acc, Some(tl), None);
-                }
-                Some(partial) => {
-                    let used = gemm(b, o, [ns.rows, k, mc], false, Some(tl), Some((pieces, ns.rows * k)));
-                    super::gdn_act::colsum_binding(b, partial.into(), used, ns.rows * k, dwb.clone(), acc);
-                }
-            }
+            // a dW of few tiles over many tokens
+            gemm_split(b, o, [ns.rows, k, mc], accumulate || s > 0, tile);
         }
     }
 }

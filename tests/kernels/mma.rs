@@ -98,6 +98,31 @@ fn mma_weight_gradient_over_many_tokens() {
     check2(&format!("dW {m}x{n}x{k}"), &read(g, &dw), &want16, &matmul_grad::cpu::linear_backward_weight(&f64v(&dy), &f64v(&x), n, k));
 }
 
+/// An input gradient of few rows over a long reduction (the KL head's dh over the
+/// vocabulary): the reduction goes in pieces over several workgroups per tile, whose
+/// partial sums are added into dx, replacing it or accumulating into it.
+#[test]
+fn mma_input_gradient_over_a_long_reduction() {
+    let g = gpu();
+    let mut r = rng(43);
+    let (m, n, k) = (70, 3001, 66);
+    let (w, dy, dx0) = (randn(&mut r, n * k, 1.0), randn(&mut r, m * n, 1.0), randn(&mut r, m * k, 1.0));
+    let (tw, tdy) = (up(g, &[n, k], &w), up(g, &[m, n], &dy));
+    let dx = g.zeros(&[m, k]).unwrap();
+    let dxa = up(g, &[m, k], &dx0);
+    g.run(|b| {
+        mma::backward_input(b, &tdy, &tw, &dx, false, None);
+        mma::backward_input(b, &tdy, &tw, &dxa, true, None);
+        Ok(())
+    })
+    .unwrap();
+    let want16 = matmul_grad::cpu::linear_backward_input(&round16(&dy), &round16(&w), n, k);
+    let want = matmul_grad::cpu::linear_backward_input(&f64v(&dy), &f64v(&w), n, k);
+    check2(&format!("dx {m}x{n}x{k}"), &read(g, &dx), &want16, &want);
+    let plus = |a: &[f64]| a.iter().zip(&dx0).map(|(a, b)| a + *b as f64).collect::<Vec<_>>();
+    check2(&format!("dx += {m}x{n}x{k}"), &read(g, &dxa), &plus(&want16), &plus(&want));
+}
+
 /// At precision f16 the model's products (`ops::matmul::linear`, `ops::matmul_grad`) run
 /// these kernels, split over bindings as the f32 ones are: here every tensor over 4 KiB is
 /// bound in pieces (rows of x / y / dy, W's rows with the bias and with the reduction over
