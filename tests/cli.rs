@@ -815,7 +815,7 @@ fn every_json_output_is_one_line_of_json() {
     let (dir, [model, text, student, run]) = converted_student();
     let (m, t, s, r) = (model.to_str().unwrap(), text.to_str().unwrap(), student.to_str().unwrap(), run.to_str().unwrap());
     let out = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    let (abl, rec, sel) = (out("abl"), out("rec"), out("sel.json"));
+    let (abl, rec, sel, exp) = (out("abl"), out("rec"), out("sel.json"), out("exp"));
     let conv = ["--teacher", m, "--keep", "1", "--calib", t, "--steps", "2", "--eval", t, "--eval-windows", "1"];
     let train = ["--train", t, "--seq-len", "32", "--batch", "2"];
     let runs: Vec<Vec<&str>> = vec![
@@ -828,6 +828,7 @@ fn every_json_output_is_one_line_of_json() {
         [&["ablate", "--out", abl.as_str()][..], &conv].concat(),
         vec!["select", "--teacher", m, "--policy", "uniform", "--num-keep", "1", "--eval", t, "--out", sel.as_str()],
         [&["distill", "--teacher", m, "--student", s, "--stage", "2", "--tokens", "64", "--eval", t, "--out", r][..], &train].concat(),
+        vec!["export", "--model", s, "--to", "fla", "--out", exp.as_str()],
         [&["recovery", "--strategies", "naive", "--max-tokens", "64", "--out", rec.as_str()][..], &conv, &train].concat(),
     ];
     let mut with_json: Vec<String> = subcommands().into_iter().filter(|c| help_of(c).contains("--json")).collect();
@@ -841,6 +842,54 @@ fn every_json_output_is_one_line_of_json() {
         assert_eq!(stdout.lines().count(), 1, "{}: not one line:\n{stdout}", args[0]);
         assert!(json(&stdout).is_object(), "{}: {stdout}", args[0]);
     }
+}
+
+/// `export --json` prints what it wrote; eval, generate, distill and export read both
+/// exported layouts back, and eval and generate give the checkpoint's figures exactly.
+#[test]
+fn export_json_and_every_command_reads_the_export() {
+    let (dir, [model, text, student, run]) = converted_student();
+    let (m, t, s, r) = (model.to_str().unwrap(), text.to_str().unwrap(), student.to_str().unwrap(), run.to_str().unwrap());
+    let eval = |model: &str| {
+        let (ok, out, err) = taylorcal(&["eval", "--model", model, "--text", t, "--max-tokens", "100", "--json"]);
+        assert!(ok, "eval --model {model}: {err}");
+        json(&out)["nll"].as_f64().unwrap()
+    };
+    let generate = |model: &str| {
+        let (ok, out, err) = taylorcal(&["generate", "--model", model, "--prompt", "the cat", "--max-new-tokens", "4", "--json"]);
+        assert!(ok, "generate --model {model}: {err}");
+        json(&out)["ids"].clone()
+    };
+    let (nll, ids) = (eval(s), generate(s));
+    for (to, model_type) in [("fla", "gated_deltanet"), ("reference", "student")] {
+        let out = dir.path().join(to);
+        let o = out.to_str().unwrap();
+        let (ok, stdout, err) = taylorcal(&["export", "--model", s, "--to", to, "--out", o, "--json"]);
+        assert!(ok, "export --to {to}: {err}");
+        let v = json(&stdout);
+        assert_eq!((v["to"].as_str(), v["model_type"].as_str(), v["dtype"].as_str()), (Some(to), Some(model_type), Some("f32")), "{v}");
+        assert_eq!(v["kept_layers"], serde_json::json!([1]));
+        // 2 layers: embeddings, final norm, head; 5 per layer, + 4 (softmax) or 10 (GDN)
+        assert_eq!(v["tensors"], 3 + 2 * 5 + 4 + 10, "{v}");
+        assert_eq!(v["bytes"].as_u64(), Some(std::fs::metadata(out.join("model.safetensors")).unwrap().len()));
+        for f in v["files"].as_array().unwrap() {
+            assert!(out.join(f.as_str().unwrap()).is_file(), "{f} not written");
+        }
+        assert_eq!(eval(o), nll, "eval of the {to} export");
+        assert_eq!(generate(o), ids, "generate from the {to} export");
+    }
+    let fla = dir.path().join("fla");
+    let f = fla.to_str().unwrap();
+    let train = ["--tokens", "64", "--seq-len", "32", "--batch", "2", "--train", t, "--eval", t, "--eval-windows", "1"];
+    let (ok, _, err) = taylorcal(&[&["distill", "--teacher", m, "--student", f, "--stage", "2", "--out", r][..], &train].concat());
+    assert!(ok, "distill from the fla export: {err}");
+    let again = dir.path().join("again");
+    let (ok, stdout, err) =
+        taylorcal(&["export", "--model", f, "--to", "reference", "--dtype", "bf16", "--out", again.to_str().unwrap(), "--json"]);
+    assert!(ok, "export of an export: {err}");
+    assert_eq!(json(&stdout)["dtype"], "bf16");
+    let (ok, _, err) = taylorcal(&["export", "--model", f, "--to", "onnx", "--out", again.to_str().unwrap()]);
+    assert!(!ok && err.contains("is not fla or reference"), "{err}");
 }
 
 /// A layout that keeps every layer as softmax attention (`--keep` naming them all,

@@ -30,7 +30,7 @@ fn parse_precision(s: &str) -> Result<Precision, String> {
 /// The model a command runs.
 #[derive(clap::Args)]
 pub struct ModelArgs {
-    /// `smollm2` (the default teacher, fetched on first use), a .gguf file, a Hugging Face directory, or a taylorcal checkpoint directory
+    /// `smollm2` (the default teacher, fetched on first use), a .gguf file, a Hugging Face directory, a taylorcal checkpoint directory or a student exported by `taylorcal export`
     #[arg(long, default_value = io::fetch::DEFAULT_TEACHER)]
     pub model: String,
 }
@@ -296,7 +296,8 @@ impl TrainArgs {
 /// `distill`'s arguments.
 #[derive(clap::Args)]
 pub struct DistillArgs {
-    /// The student checkpoint written by `taylorcal convert` (not needed with --resume)
+    /// The student checkpoint written by `taylorcal convert`, or a student exported by
+    /// `taylorcal export` (either layout; not needed with --resume)
     #[arg(long)]
     pub student: Option<PathBuf>,
     /// The teacher it was converted from
@@ -332,6 +333,43 @@ pub struct DistillArgs {
     /// Print one line of JSON instead of text
     #[arg(long)]
     pub json: bool,
+}
+
+/// `export`'s arguments.
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// The student: a taylorcal checkpoint, or a directory exported before (either layout)
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The layout: `fla` (flash-linear-attention's GatedDeltaNetConfig, model_type
+    /// gated_deltanet; refused for what it cannot express: q/k norms, RoPE scaling, a
+    /// head_dim other than hidden/heads in kept layers, rms_norm_eps other than 1e-5) or
+    /// `reference` (the Taylor-Calibrate reference code's StudentConfig, model_type student:
+    /// carries everything)
+    #[arg(long, value_parser = parse_format)]
+    pub to: io::export::Format,
+    /// Output directory: config.json, model.safetensors, tokenizer.json,
+    /// tokenizer_config.json, generation_config.json
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The tensors' type: f32 (exact), f16 or bf16 (rounded to nearest even)
+    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
+    pub dtype: io::dtype::FloatDtype,
+    /// Write into --out even when it holds other files: only the files this command writes
+    /// are replaced, every other file is left alone
+    #[arg(long)]
+    pub force: bool,
+    /// Print one line of JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_format(s: &str) -> Result<io::export::Format, String> {
+    io::export::Format::parse(s).ok_or_else(|| format!("{s:?} is not fla or reference"))
+}
+
+fn parse_dtype(s: &str) -> Result<io::dtype::FloatDtype, String> {
+    io::dtype::FloatDtype::parse(s).ok_or_else(|| format!("{s:?} is not f32, f16 or bf16"))
 }
 
 /// `recovery`'s arguments.
@@ -448,6 +486,10 @@ pub enum Cmd {
     /// teacher's: converts with each strategy, distils (optional stage 1, then stage 2) and
     /// reports the tokens and their ratio, with curves and a chart
     Recovery(RecoveryArgs),
+    /// Write a student for Python tools: flash-linear-attention's layout (--to fla) or the
+    /// Taylor-Calibrate reference code's (--to reference); eval, generate, distill and export
+    /// read both back
+    Export(ExportArgs),
     /// Greedy decoding with a KV cache
     Generate {
         #[command(flatten)]

@@ -1,10 +1,11 @@
 //! Command-line glue: the argument structs ([`args`]), the per-command drivers that call one
-//! library function and print ([`convert`], [`train`], [`inspect`]), the model and teacher
+//! library function and print ([`convert`], [`train`], [`inspect`], [`export`]), the model and teacher
 //! loading they share ([`setup`]), the progress bars ([`progress`]) and the environment
 //! variables, read here and nowhere else ([`env`]).
 pub mod args;
 pub mod convert;
 pub mod env;
+pub mod export;
 pub mod inspect;
 pub mod progress;
 pub mod setup;
@@ -53,6 +54,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Select { teacher, out, json } => convert::select(&teacher, out.as_deref(), json),
         Cmd::Distill(a) => train::distill(&a),
         Cmd::Recovery(a) => train::recovery(&a),
+        Cmd::Export(a) => export::export(&a),
         Cmd::Generate { model, prompt, max_new_tokens, json } => inspect::generate(&model.model, &prompt, max_new_tokens, json),
     }
 }

@@ -19,13 +19,14 @@ pub struct Loaded {
     pub eos: Option<u32>,
 }
 
-/// Load a model (a teacher or a taylorcal checkpoint) onto the GPU, with a spinner.
+/// Load a model (a teacher, a taylorcal checkpoint or an exported student) onto the GPU,
+/// with a spinner.
 pub fn load(spec: &str) -> Result<Loaded> {
     let path = resolve_model(spec)?;
     let spinner = progress::spinner(format!("loading {}", path.display()));
-    let loaded = if io::checkpoint::is_checkpoint(&path) {
-        let ck = io::checkpoint::load_checkpoint(&path)?;
-        let tokenizer = ck.tokenizer.clone().with_context(|| format!("checkpoint {} has no tokenizer.json", path.display()))?;
+    let loaded = if io::is_student(&path) {
+        let ck = io::load_student(&path)?;
+        let tokenizer = ck.tokenizer.clone().with_context(|| format!("student {} has no tokenizer.json", path.display()))?;
         Loaded { model: Decoder::from_checkpoint(gpu()?, &ck)?, tokenizer, eos: ck.config.base.eos_token_id }
     } else {
         let files = io::load_model(&path)?;

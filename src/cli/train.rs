@@ -37,13 +37,17 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
         out
     } else {
         let dir = a.student.as_ref().context("distill needs --student DIR (a checkpoint written by `taylorcal convert`), or --resume")?;
-        ensure!(io::checkpoint::is_checkpoint(dir), "{} is not a taylorcal checkpoint (run `taylorcal convert` first)", dir.display());
+        ensure!(
+            io::is_student(dir),
+            "{} is not a taylorcal checkpoint, nor a student `taylorcal export` wrote (run `taylorcal convert` first)",
+            dir.display()
+        );
         dir
     };
     let inputs = if a.resume { vec![] } else { vec![from] };
     let tpath = resolve_model(&a.teacher)?;
     let _out = claim_out(out, Kind::Checkpoint, &tpath, &inputs, a.force)?;
-    let ck = io::checkpoint::load_checkpoint(from)?;
+    let ck = if a.resume { io::checkpoint::load_checkpoint(from)? } else { io::load_student(from)? };
     let state =
         if a.resume { Some(distill::resume_state(&ck, &opts).with_context(|| format!("resuming from {}", out.display()))?) } else { None };
     let files = io::load_model(&tpath)?;

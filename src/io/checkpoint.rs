@@ -80,7 +80,13 @@ impl HybridConfig {
     /// Parse a hybrid `config.json` (`path` for error messages).
     pub fn from_json(text: &str, path: &Path) -> Result<HybridConfig> {
         let v: Value = serde_json::from_str(text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-        ensure!(v["model_type"] == MODEL_TYPE, "{} is not a taylorcal hybrid checkpoint (model_type {})", path.display(), v["model_type"]);
+        ensure!(
+            v["model_type"] == MODEL_TYPE,
+            "{} is not a taylorcal hybrid checkpoint (model_type {}; a student's is {MODEL_TYPE}, or gated_deltanet or student for \
+             an exported one)",
+            path.display(),
+            v["model_type"]
+        );
         let mut base_json = v.clone();
         base_json["model_type"] = v.get("teacher_model_type").cloned().unwrap_or(json!("llama"));
         let mut base = hf::parse_hf_config(&base_json.to_string(), path)?;
@@ -162,6 +168,23 @@ pub fn expected_tensors(cfg: &HybridConfig) -> Vec<(String, Vec<usize>)> {
         v.extend(GDN_PARAMS.iter().map(|p| (gdn_name(l, p.name), p.shape(dm, h, d))));
     }
     v
+}
+
+/// Checks that `tensors` hold every `expected` tensor (name, shape: [`expected_tensors`], or
+/// an exported layout's names for them) with its shape; `source` starts the error message.
+pub fn check_tensors(
+    expected: impl IntoIterator<Item = (String, Vec<usize>)>,
+    tensors: &HashMap<String, HostTensor>,
+    source: &str,
+) -> Result<()> {
+    for (name, shape) in expected {
+        match tensors.get(&name) {
+            None => bail!("{source}: missing tensor {name}"),
+            Some(t) if t.shape != shape => bail!("{source}: tensor {name} has shape {:?}, expected {shape:?}", t.shape),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn layer_of(name: &str) -> usize {
@@ -399,13 +422,7 @@ pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
     let text = std::fs::read_to_string(&cpath).with_context(|| format!("reading {}", cpath.display()))?;
     let config = HybridConfig::from_json(&text, &cpath)?;
     let tensors = hf::read_safetensors(&files.required("model.safetensors"))?;
-    for (name, shape) in expected_tensors(&config) {
-        match tensors.get(&name) {
-            None => bail!("{}: missing tensor {name}", dir.display()),
-            Some(t) if t.shape != shape => bail!("{}: tensor {name} has shape {:?}, expected {shape:?}", dir.display(), t.shape),
-            _ => {}
-        }
-    }
+    check_tensors(expected_tensors(&config), &tensors, &dir.display().to_string())?;
     let tokenizer = files.get("tokenizer.json").map(|p| super::hf::load_tokenizer_json(&p)).transpose()?;
     let report = files
         .get("report.json")

@@ -10,6 +10,29 @@ pub enum FloatDtype {
 }
 
 impl FloatDtype {
+    /// `f32`, `f16` or `bf16`.
+    pub fn parse(s: &str) -> Option<FloatDtype> {
+        [FloatDtype::F32, FloatDtype::F16, FloatDtype::BF16].into_iter().find(|d| d.name() == s)
+    }
+
+    /// The name [`FloatDtype::parse`] reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            FloatDtype::F32 => "f32",
+            FloatDtype::F16 => "f16",
+            FloatDtype::BF16 => "bf16",
+        }
+    }
+
+    /// PyTorch's name of the type (config.json's `torch_dtype`).
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            FloatDtype::F32 => "float32",
+            FloatDtype::F16 => "float16",
+            FloatDtype::BF16 => "bfloat16",
+        }
+    }
+
     pub fn size_bytes(self) -> usize {
         match self {
             FloatDtype::F32 => 4,

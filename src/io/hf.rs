@@ -14,29 +14,46 @@ use std::path::{Component, Path, PathBuf};
 // ---------------------------------------------------------------------------
 // config.json
 
-/// Typed access to the fields of a JSON object, with errors naming the field and file.
-struct JsonFields<'a> {
-    obj: &'a Map<String, Value>,
-    path: &'a Path,
+/// Typed access to the fields of a JSON object, with errors naming the field and file
+/// (also the exported students' configs, `super::export`).
+pub(crate) struct JsonFields<'a> {
+    pub(crate) obj: &'a Map<String, Value>,
+    pub(crate) path: &'a Path,
     /// The object's own field name ("" at the top level), prefixed to names in errors.
-    scope: &'a str,
+    pub(crate) scope: &'a str,
 }
 
 impl<'a> JsonFields<'a> {
     /// The field's value, treating an explicit `null` as absent.
-    fn get(&self, name: &str) -> Option<&'a Value> {
+    pub(crate) fn get(&self, name: &str) -> Option<&'a Value> {
         self.obj.get(name).filter(|v| !v.is_null())
     }
 
+    /// Whether the object names the field at all (an explicit `null` included).
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.obj.contains_key(name)
+    }
+
+    /// The field as an object, with errors naming it (None when absent or null).
+    pub(crate) fn opt_object(&self, name: &'a str) -> Result<Option<JsonFields<'a>>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => {
+                let obj = v.as_object().ok_or_else(|| self.wrong_type(name, "an object"))?;
+                Ok(Some(JsonFields { obj, path: self.path, scope: name }))
+            }
+        }
+    }
+
     /// `name` as errors give it: `rope_scaling.factor` inside `rope_scaling`.
-    fn full_name(&self, name: &str) -> String {
+    pub(crate) fn full_name(&self, name: &str) -> String {
         match self.scope {
             "" => name.to_string(),
             scope => format!("{scope}.{name}"),
         }
     }
 
-    fn wrong_type(&self, name: &str, expected: &str) -> anyhow::Error {
+    pub(crate) fn wrong_type(&self, name: &str, expected: &str) -> anyhow::Error {
         anyhow!(
             "field '{}' in {} must be {expected}, got {}",
             self.full_name(name),
@@ -45,7 +62,7 @@ impl<'a> JsonFields<'a> {
         )
     }
 
-    fn opt_usize(&self, name: &str) -> Result<Option<usize>> {
+    pub(crate) fn opt_usize(&self, name: &str) -> Result<Option<usize>> {
         match self.get(name) {
             None => Ok(None),
             Some(v) => {
@@ -54,48 +71,48 @@ impl<'a> JsonFields<'a> {
         }
     }
 
-    fn req_usize(&self, name: &str) -> Result<usize> {
+    pub(crate) fn req_usize(&self, name: &str) -> Result<usize> {
         self.opt_usize(name)?.ok_or_else(|| self.missing(name))
     }
 
-    fn opt_f64(&self, name: &str) -> Result<Option<f64>> {
+    pub(crate) fn opt_f64(&self, name: &str) -> Result<Option<f64>> {
         match self.get(name) {
             None => Ok(None),
             Some(v) => v.as_f64().map(Some).ok_or_else(|| self.wrong_type(name, "a number")),
         }
     }
 
-    fn req_f64(&self, name: &str) -> Result<f64> {
+    pub(crate) fn req_f64(&self, name: &str) -> Result<f64> {
         self.opt_f64(name)?.ok_or_else(|| self.missing(name))
     }
 
-    fn opt_f32(&self, name: &str) -> Result<Option<f32>> {
+    pub(crate) fn opt_f32(&self, name: &str) -> Result<Option<f32>> {
         Ok(self.opt_f64(name)?.map(|x| x as f32))
     }
 
-    fn req_f32(&self, name: &str) -> Result<f32> {
+    pub(crate) fn req_f32(&self, name: &str) -> Result<f32> {
         self.opt_f32(name)?.ok_or_else(|| self.missing(name))
     }
 
-    fn opt_bool(&self, name: &str) -> Result<Option<bool>> {
+    pub(crate) fn opt_bool(&self, name: &str) -> Result<Option<bool>> {
         match self.get(name) {
             None => Ok(None),
             Some(v) => v.as_bool().map(Some).ok_or_else(|| self.wrong_type(name, "true or false")),
         }
     }
 
-    fn opt_str(&self, name: &str) -> Result<Option<&'a str>> {
+    pub(crate) fn opt_str(&self, name: &str) -> Result<Option<&'a str>> {
         match self.get(name) {
             None => Ok(None),
             Some(v) => v.as_str().map(Some).ok_or_else(|| self.wrong_type(name, "a string")),
         }
     }
 
-    fn req_str(&self, name: &str) -> Result<&'a str> {
+    pub(crate) fn req_str(&self, name: &str) -> Result<&'a str> {
         self.opt_str(name)?.ok_or_else(|| self.missing(name))
     }
 
-    fn opt_f64_list(&self, name: &str) -> Result<Option<Vec<f64>>> {
+    pub(crate) fn opt_f64_list(&self, name: &str) -> Result<Option<Vec<f64>>> {
         match self.get(name) {
             None => Ok(None),
             Some(v) => v
@@ -106,8 +123,20 @@ impl<'a> JsonFields<'a> {
         }
     }
 
+    /// A list of non-negative integers (layer indices).
+    pub(crate) fn opt_usize_list(&self, name: &str) -> Result<Option<Vec<usize>>> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_array()
+                .and_then(|list| list.iter().map(|x| x.as_u64().and_then(|u| usize::try_from(u).ok())).collect::<Option<Vec<_>>>())
+                .map(Some)
+                .ok_or_else(|| self.wrong_type(name, "a list of non-negative integers")),
+        }
+    }
+
     /// A token id that may be given as a single integer or a list (first entry wins).
-    fn opt_token_id(&self, name: &str) -> Result<Option<u32>> {
+    pub(crate) fn opt_token_id(&self, name: &str) -> Result<Option<u32>> {
         let v = match self.get(name) {
             None => return Ok(None),
             Some(Value::Array(list)) => match list.first() {
@@ -119,21 +148,25 @@ impl<'a> JsonFields<'a> {
         v.as_u64().and_then(|x| u32::try_from(x).ok()).map(Some).ok_or_else(|| self.wrong_type(name, "a token id or a list of token ids"))
     }
 
-    fn missing(&self, name: &str) -> anyhow::Error {
+    pub(crate) fn missing(&self, name: &str) -> anyhow::Error {
         anyhow!("missing required field '{}' in {}", self.full_name(name), self.path.display())
     }
 }
 
-fn arch_from_model_type(model_type: &str, path: &Path) -> Result<Arch> {
+pub(crate) fn arch_from_model_type(model_type: &str, path: &Path) -> Result<Arch> {
     match model_type {
         "llama" | "mistral" => Ok(Arch::Llama),
         "qwen2" => Ok(Arch::Qwen2),
         "qwen3" => Ok(Arch::Qwen3),
-        other => bail!("unsupported architecture '{other}' in {} (supported: llama, mistral, qwen2, qwen3)", path.display()),
+        other => bail!(
+            "unsupported architecture '{other}' in {} (supported: llama, mistral, qwen2, qwen3; students: taylorcal_hybrid, \
+             gated_deltanet, student)",
+            path.display()
+        ),
     }
 }
 
-fn model_type_of(arch: Arch) -> (&'static str, &'static str) {
+pub(crate) fn model_type_of(arch: Arch) -> (&'static str, &'static str) {
     match arch {
         Arch::Llama => ("llama", "LlamaForCausalLM"),
         Arch::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
@@ -192,7 +225,7 @@ pub fn parse_hf_config(json: &str, path_for_errors: &Path) -> Result<ModelConfig
 /// (or the older `type`) default, linear, llama3 or yarn. `longrope` is read only in the
 /// form [`rope_scaling_json`] writes for per-frequency divisors (equal short and long
 /// factors, attention factor 1), which is exactly those divisors.
-fn parse_rope_scaling(f: &JsonFields, max_position_embeddings: usize) -> Result<Option<RopeScaling>> {
+pub(crate) fn parse_rope_scaling(f: &JsonFields, max_position_embeddings: usize) -> Result<Option<RopeScaling>> {
     let Some((scope, v)) = ["rope_scaling", "rope_parameters"].into_iter().find_map(|k| f.get(k).map(|v| (k, v))) else {
         return Ok(None);
     };
@@ -244,7 +277,7 @@ fn parse_rope_scaling(f: &JsonFields, max_position_embeddings: usize) -> Result<
 /// The `rope_scaling` object of `scaling` in config.json (null for none). Per-frequency
 /// divisors are written as transformers' `longrope` with equal short and long factors and
 /// attention factor 1, which applies exactly those divisors at every length.
-fn rope_scaling_json(cfg: &ModelConfig) -> Value {
+pub(crate) fn rope_scaling_json(cfg: &ModelConfig) -> Value {
     match &cfg.rope_scaling {
         None => Value::Null,
         Some(RopeScaling::FreqFactors { factors }) => json!({
@@ -300,32 +333,48 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, HostTensor>> {
     read_safetensors_filtered(path, |_| true)
 }
 
-/// A `HostTensor` seen by the safetensors serialiser as F32 (no copy on little-endian hosts).
-struct F32View<'a>(&'a HostTensor);
+/// A `HostTensor` seen by the safetensors serialiser as `dtype` (F32 borrowed without a
+/// copy on little-endian hosts; F16 / BF16 rounded to nearest even).
+struct HostView<'a>(&'a HostTensor, FloatDtype);
 
-impl View for F32View<'_> {
+impl View for HostView<'_> {
     fn dtype(&self) -> Dtype {
-        Dtype::F32
+        match self.1 {
+            FloatDtype::F32 => Dtype::F32,
+            FloatDtype::F16 => Dtype::F16,
+            FloatDtype::BF16 => Dtype::BF16,
+        }
     }
     fn shape(&self) -> &[usize] {
         &self.0.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        if cfg!(target_endian = "little") {
+        if self.1 == FloatDtype::F32 && cfg!(target_endian = "little") {
             Cow::Borrowed(bytemuck::cast_slice(&self.0.data))
         } else {
-            Cow::Owned(FloatDtype::F32.encode(&self.0.data))
+            Cow::Owned(self.1.encode(&self.0.data))
         }
     }
     fn data_len(&self) -> usize {
-        self.0.data.len() * 4
+        self.0.data.len() * self.1.size_bytes()
     }
 }
 
 /// Writes `tensors` as an f32 safetensors file, atomically (temporary file + rename).
 pub fn write_safetensors(path: &Path, tensors: &HashMap<String, HostTensor>) -> Result<()> {
-    let views = tensors.iter().map(|(k, t)| (k.clone(), F32View(t)));
-    write_via_tmp(path, |tmp| safetensors::serialize_to_file(views, None, tmp).map_err(|e| anyhow!("writing {}: {e}", tmp.display())))
+    write_safetensors_as(path, tensors.iter().map(|(k, t)| (k.clone(), t)), FloatDtype::F32, None)
+}
+
+/// Writes `tensors` (name, tensor) as a safetensors file of `dtype` with the header
+/// `metadata`, atomically (temporary file + rename).
+pub fn write_safetensors_as<'a>(
+    path: &Path,
+    tensors: impl IntoIterator<Item = (String, &'a HostTensor)>,
+    dtype: FloatDtype,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let views = tensors.into_iter().map(|(k, t)| (k, HostView(t, dtype)));
+    write_via_tmp(path, |tmp| safetensors::serialize_to_file(views, metadata, tmp).map_err(|e| anyhow!("writing {}: {e}", tmp.display())))
 }
 
 /// The prefix of every name taylorcal keeps for itself inside an output directory (the
@@ -406,8 +455,7 @@ fn shard_path(dir: &Path, file: &str) -> Result<PathBuf> {
     Ok(dir.join(rel))
 }
 
-/// Loads a Hugging Face model directory (see the module docs). A tensor the model uses
-/// that two shards both hold is refused (which copy is meant cannot be told).
+/// Loads a Hugging Face model directory (see the module docs).
 pub fn load_hf_dir(dir: &Path) -> Result<ModelFiles> {
     let config_path = dir.join("config.json");
     let json = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
@@ -420,29 +468,38 @@ pub fn load_hf_dir(dir: &Path) -> Result<ModelFiles> {
     check_fits(&config, &config_path.display().to_string(), file_bytes)?;
 
     let wanted: BTreeSet<String> = expected_tensors(&config).into_iter().map(|(n, _)| n).collect();
+    let tensors = read_dir_tensors(dir, |n| wanted.contains(n))?;
+    let source = format!("Hugging Face model {}", dir.display());
+    validate_tensors(&config, &tensors, &source)?;
+    let tokenizer = load_dir_tokenizer(dir)?;
+    Ok(ModelFiles { config, tensors, tokenizer, source })
+}
+
+/// The tensors whose names pass `keep` of a directory's safetensors files
+/// (`model.safetensors`, or the shards its index names), as f32. A tensor two shards both
+/// hold is refused (which copy is meant cannot be told).
+pub fn read_dir_tensors(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<HashMap<String, HostTensor>> {
     let mut tensors = HashMap::new();
-    let mut holder: HashMap<String, &Path> = HashMap::new();
-    for file in &files {
-        for (name, t) in read_safetensors_filtered(file, |n| wanted.contains(n))? {
-            if let Some(first) = holder.insert(name.clone(), file) {
+    let mut holder: HashMap<String, PathBuf> = HashMap::new();
+    for file in safetensors_files(dir)? {
+        for (name, t) in read_safetensors_filtered(&file, &keep)? {
+            if let Some(first) = holder.insert(name.clone(), file.clone()) {
                 bail!("{}: tensor '{name}' is stored twice, in {} and in {}", dir.display(), first.display(), file.display());
             }
             tensors.insert(name, t);
         }
     }
-    let source = format!("Hugging Face model {}", dir.display());
-    validate_tensors(&config, &tensors, &source)?;
+    Ok(tensors)
+}
 
-    let tokenizer_path = dir.join("tokenizer.json");
-    let tokenizer = match tokenizer_path.is_file() {
-        true => Some(load_tokenizer_json(&tokenizer_path)?),
-        false => None,
-    };
-    Ok(ModelFiles { config, tensors, tokenizer, source })
+/// The directory's `tokenizer.json`, if it has one.
+pub fn load_dir_tokenizer(dir: &Path) -> Result<Option<tokenizers::Tokenizer>> {
+    let path = dir.join("tokenizer.json");
+    path.is_file().then(|| load_tokenizer_json(&path)).transpose()
 }
 
 /// A JSON number holding the f32's shortest decimal form (1e-5, not 9.99999974e-6).
-fn json_f32(x: f32) -> Value {
+pub(crate) fn json_f32(x: f32) -> Value {
     x.to_string().parse::<f64>().map_or(Value::Null, |v| json!(v))
 }
 

@@ -1,12 +1,13 @@
 //! File formats only: model descriptions (config), GGUF, safetensors / Hugging Face
 //! directories, tokenizers, fetching the default teacher, and taylorcal's own checkpoint
-//! directory with the rules for an output directory (`out_dir`), and content fingerprints
-//! (`fingerprint`). Nothing here touches the GPU; everything returns host tensors under
+//! directory with the rules for an output directory (`out_dir`), the student's exported
+//! layouts for Python tools (`export`), and content fingerprints (`fingerprint`). Nothing here touches the GPU; everything returns host tensors under
 //! Hugging Face Llama names.
 
 pub mod checkpoint;
 pub mod config;
 pub mod dtype;
+pub mod export;
 pub mod fetch;
 pub mod fingerprint;
 pub mod gguf;
@@ -59,5 +60,20 @@ pub fn load_model(path: &Path) -> Result<ModelFiles> {
             many.len(),
             many.iter().filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).collect::<Vec<_>>().join(", ")
         ),
+    }
+}
+
+/// Whether `dir` holds a hybrid student: a taylorcal checkpoint, or a student exported for
+/// Python tools ([`export::Format`], by config.json's model_type).
+pub fn is_student(dir: &Path) -> bool {
+    checkpoint::is_checkpoint(dir) || export::format_of(dir).is_some()
+}
+
+/// Reads the hybrid student in `dir`, a taylorcal checkpoint or an export in either layout
+/// (the model directory every command taking a student reads).
+pub fn load_student(dir: &Path) -> Result<checkpoint::Checkpoint> {
+    match export::format_of(dir) {
+        Some(_) => export::load_export(dir),
+        None => checkpoint::load_checkpoint(dir),
     }
 }

@@ -3,10 +3,11 @@
 //!
 //! A command writes into `--out` only if it does not exist, is empty, or already holds
 //! taylorcal output of the same kind (a checkpoint for convert and distill; only the
-//! report's own files for ablate and recovery). Anything else is refused before any work
-//! starts unless `force` is given; even then only the files the command writes are replaced
-//! and every other file is left alone (the writers never delete a directory). The input
-//! model is never a valid output: `--out` may not be it, lie inside it or contain it.
+//! report's own files for ablate and recovery; an export export recognises as its own).
+//! Anything else is refused before any work starts unless `force` is given; even then only
+//! the files the command writes are replaced and every other file is left alone (the
+//! writers never delete a directory). The input model is never a valid output: `--out` may
+//! not be it, lie inside it or contain it.
 use super::checkpoint::{self, INTERNAL_PREFIX};
 use super::hf;
 use anyhow::{bail, Context as _, Result};
@@ -24,6 +25,9 @@ pub enum Kind {
     /// Report files (ablate, recovery): a directory holding only files whose names the
     /// function accepts may be written over.
     Report(fn(&str) -> bool),
+    /// A model directory of common file names (export): a directory the function
+    /// recognises as this command's earlier output may be written over.
+    Model(fn(&Path) -> bool),
 }
 
 /// A claimed output directory: it exists, passed the checks of [`claim`], and this process
@@ -82,8 +86,9 @@ pub fn check_file(file: &Path, inputs: &[&Path], ours: impl Fn(&Path) -> bool) -
     Ok(())
 }
 
-/// The checks of [`claim`], which change nothing on disk.
-fn check(dir: &Path, kind: Kind, inputs: &[&Path], force: bool) -> Result<()> {
+/// The checks of [`claim`], which change nothing on disk (a command may run them before it
+/// reads its input, and claim after).
+pub fn check(dir: &Path, kind: Kind, inputs: &[&Path], force: bool) -> Result<()> {
     if !matches!(dir.components().next_back(), Some(Component::Normal(_))) {
         bail!("--out {} names no directory of its own; give a new directory's name, e.g. --out student", dir.display());
     }
@@ -115,11 +120,12 @@ fn check(dir: &Path, kind: Kind, inputs: &[&Path], force: bool) -> Result<()> {
     let ours = match kind {
         Kind::Checkpoint => foreign.is_empty() || checkpoint::is_checkpoint(dir),
         Kind::Report(owns) => foreign.iter().all(|n| owns(n)),
+        Kind::Model(ours) => foreign.is_empty() || ours(dir),
     };
     if !ours {
         let what = match kind {
             Kind::Checkpoint => "is not a taylorcal checkpoint",
-            Kind::Report(_) => "holds files this command did not write",
+            Kind::Report(_) | Kind::Model(_) => "holds files this command did not write",
         };
         foreign.sort();
         let shown: Vec<&str> = foreign.iter().take(3).map(String::as_str).collect();

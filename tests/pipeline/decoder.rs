@@ -14,7 +14,7 @@ use taylorcal::nn::decoder::{Decoder, ForwardOpts};
 use taylorcal::nn::reference;
 
 /// Logits of every position of `ids` in one pass of `d`.
-fn logits(d: &Decoder, ids: &[u32]) -> Vec<f32> {
+pub(crate) fn logits(d: &Decoder, ids: &[u32]) -> Vec<f32> {
     let g = gpu();
     let cache = d.kv_cache(g, ids.len()).unwrap();
     let tid = g.upload_u32(&[ids.len()], ids).unwrap();

@@ -4,7 +4,7 @@
 //! crate's layering itself.
 //!
 //! Files, in order: io, fuzz, tokenizer, data, decoder, gdn_block, training, calibrate, select, distill,
-//! safety, crash, options, layout.
+//! export, safety, crash, options, layout.
 #[path = "../common/mod.rs"]
 mod common;
 
@@ -37,6 +37,9 @@ mod select;
 
 /// Stage 1 / 2 distillation runs, resume, NaN stop.
 mod distill;
+
+/// Export to flash-linear-attention's and the reference's layouts, and import back.
+mod export;
 
 /// What `--out` may touch, the crash-safe checkpoint write, the output lock.
 mod safety;
