@@ -815,7 +815,7 @@ fn every_json_output_is_one_line_of_json() {
     let (dir, [model, text, student, run]) = converted_student();
     let (m, t, s, r) = (model.to_str().unwrap(), text.to_str().unwrap(), student.to_str().unwrap(), run.to_str().unwrap());
     let out = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    let (abl, rec, sel, exp) = (out("abl"), out("rec"), out("sel.json"), out("exp"));
+    let (abl, rec, sel, exp, tok) = (out("abl"), out("rec"), out("sel.json"), out("exp"), out("tok"));
     let conv = ["--teacher", m, "--keep", "1", "--calib", t, "--steps", "2", "--eval", t, "--eval-windows", "1"];
     let train = ["--train", t, "--seq-len", "32", "--batch", "2"];
     let runs: Vec<Vec<&str>> = vec![
@@ -829,6 +829,7 @@ fn every_json_output_is_one_line_of_json() {
         vec!["select", "--teacher", m, "--policy", "uniform", "--num-keep", "1", "--eval", t, "--out", sel.as_str()],
         [&["distill", "--teacher", m, "--student", s, "--stage", "2", "--tokens", "64", "--eval", t, "--out", r][..], &train].concat(),
         vec!["export", "--model", s, "--to", "fla", "--out", exp.as_str()],
+        vec!["tokenize", t, "--model", m, "--out", tok.as_str()],
         [&["recovery", "--strategies", "naive", "--max-tokens", "64", "--out", rec.as_str()][..], &conv, &train].concat(),
     ];
     let mut with_json: Vec<String> = subcommands().into_iter().filter(|c| help_of(c).contains("--json")).collect();
@@ -966,4 +967,26 @@ fn inspect_gguf_example_reads_the_cached_default_teacher() {
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.starts_with("loaded ") && stdout.lines().next().unwrap().contains(&cached.display().to_string()), "{stdout}");
+}
+
+/// `tokenize --json` writes shards and their manifest, refuses a foreign --out, and
+/// `distill --train DIR` reads them.
+#[test]
+fn tokenize_json_writes_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path(), true);
+    let text = word_text(dir.path());
+    let out = dir.path().join("shards");
+    let (m, t, o) = (model.to_str().unwrap(), text.to_str().unwrap(), out.to_str().unwrap());
+    let (ok, stdout, err) = taylorcal(&["tokenize", t, "--model", m, "--out", o, "--shard-tokens", "700", "--json"]);
+    assert!(ok, "tokenize failed: {err}");
+    let v = json(&stdout);
+    let shards = v["shards"].as_array().unwrap();
+    assert!(shards.len() >= 2 && v["tokens"].as_u64().unwrap() > 700, "{v}");
+    assert!(out.join("shards.json").is_file() && out.join("shard_00000.bin").is_file());
+    let foreign = dir.path().join("notes");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("mine.txt"), "x").unwrap();
+    let (ok, _, err) = taylorcal(&["tokenize", t, "--model", m, "--out", foreign.to_str().unwrap()]);
+    assert!(!ok && err.contains("holds files this command did not write"), "{err}");
 }

@@ -3,7 +3,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use taylorcal::calibrate::convert::ConvertOpts;
-use taylorcal::data::{self, TextSource, TokenStream, WINDOW};
+use taylorcal::data::{self, ShardSet, TextSource, TokenStream, TrainFiles, WINDOW};
 use taylorcal::gpu::Precision;
 use taylorcal::io::{self, fingerprint};
 use taylorcal::train::distill::{DistillOpts, Identity};
@@ -238,7 +238,9 @@ pub struct TrainArgs {
     /// Warmup steps (default: 5% of the steps)
     #[arg(long)]
     pub warmup: Option<usize>,
-    /// Training text files (default: the built-in Brown training split); repeatable
+    /// Training data: text files, JSONL files (`.jsonl`, a "text" field a line) or token
+    /// shards (`taylorcal tokenize`'s files or directory; streamed, bounded memory); default:
+    /// the built-in Brown training split; repeatable
     #[arg(long = "train")]
     pub train: Vec<PathBuf>,
     /// Evaluate every N optimizer steps (0: at the start and the end only)
@@ -270,27 +272,75 @@ impl TrainArgs {
         o
     }
 
-    /// The training token stream: the given files, packed, read only as far as the run's
-    /// `sequences` (steps x batch) go, or the whole Brown training split (small, and a short
-    /// run samples all of it); ids checked against the model's `vocab`.
-    pub fn stream(&self, tok: &tokenizers::Tokenizer, vocab: usize, sequences: usize, seed: u64) -> Result<TokenStream> {
-        let (sources, sequences) = match self.train.is_empty() {
-            true => (vec![TextSource::builtin(tok, &data::brown::TRAIN)?], usize::MAX),
-            false => (self.train.iter().map(|f| TextSource::file(tok, f)).collect::<Result<_>>()?, sequences),
-        };
-        TokenStream::read(sources, vocab, self.seq_len, sequences, seed)
+    /// The training token stream: text and JSONL files (documents followed by `eos`),
+    /// packed and read only as far as the run's `sequences` (steps x batch) go; token shards,
+    /// read a sequence at a time (bounded memory at any size), refused when made from the
+    /// evaluation text (`eval`: its file, or the built-in split); or the whole Brown training
+    /// split. Ids checked against the model's `vocab`.
+    pub fn stream(
+        &self,
+        tok: &tokenizers::Tokenizer,
+        eos: Option<u32>,
+        vocab: usize,
+        sequences: usize,
+        seed: u64,
+        eval: Option<&std::path::Path>,
+    ) -> Result<TokenStream> {
+        if self.train.is_empty() {
+            return TokenStream::read([TextSource::builtin(tok, &data::brown::TRAIN)?], vocab, self.seq_len, usize::MAX, seed);
+        }
+        match TrainFiles::of(&self.train)? {
+            TrainFiles::Text(files) => {
+                let sources = files.iter().map(|f| data::source_file(tok, f, eos)).collect::<Result<Vec<_>>>()?;
+                TokenStream::read(sources, vocab, self.seq_len, sequences, seed)
+            }
+            TrainFiles::Shards(files) => {
+                let set = ShardSet::open(&files, tok, vocab)?;
+                let (fp, name) = match eval {
+                    Some(p) => (fingerprint::of_files(&[p])?, format!("--eval {}", p.display())),
+                    None => (fingerprint::of_bytes(data::brown::EVAL.text.as_bytes()), data::brown::EVAL.name.to_string()),
+                };
+                data::check_disjoint(&set, &fp, &name)?;
+                TokenStream::shards(set, self.seq_len, seed)
+            }
+        }
     }
 
     /// The training text as `--resume` recognises it: the files (or the built-in split) and
-    /// a fingerprint of their bytes.
-    pub fn identity(&self) -> Result<Identity> {
+    /// a fingerprint of their bytes (of shards: of their headers' content fingerprints).
+    pub fn identity(&self, data: &TokenStream) -> Result<Identity> {
         if self.train.is_empty() {
             let fingerprint = fingerprint::Fingerprint::default().bytes(data::brown::TRAIN.text.as_bytes()).hex();
             return Ok(Identity { name: "the built-in Brown training split".into(), fingerprint });
         }
         let names: Vec<String> = self.train.iter().map(|p| p.display().to_string()).collect();
+        if let Some(set) = data.shard_set() {
+            return Ok(Identity { name: format!("token shards {}", names.join(", ")), fingerprint: data::shards_fingerprint(set) });
+        }
         Ok(Identity { name: format!("file {}", names.join(", ")), fingerprint: fingerprint::of_files(&self.train)? })
     }
+}
+
+/// `tokenize`'s arguments.
+#[derive(clap::Args)]
+pub struct TokenizeArgs {
+    /// Text files (one document each) and JSONL files (`.jsonl`: one document a line, in its "text" field)
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Output directory: shard_00000.bin, ... and shards.json (what `distill --train DIR` reads)
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Tokens per shard
+    #[arg(long, default_value_t = 100_000_000)]
+    pub shard_tokens: u64,
+    /// Write into --out even when it holds other files (only the files this command writes are replaced)
+    #[arg(long)]
+    pub force: bool,
+    /// Print one line of JSON instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `distill`'s arguments.
@@ -490,6 +540,10 @@ pub enum Cmd {
     /// Taylor-Calibrate reference code's (--to reference); eval, generate, distill and export
     /// read both back
     Export(ExportArgs),
+    /// Tokenise text and JSONL files (a "text" field per line) into token shards that
+    /// `distill --train` streams (each file, or JSONL line, one document followed by the
+    /// end-of-sequence token)
+    Tokenize(TokenizeArgs),
     /// Greedy decoding with a KV cache
     Generate {
         #[command(flatten)]

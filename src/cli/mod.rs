@@ -55,6 +55,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Distill(a) => train::distill(&a),
         Cmd::Recovery(a) => train::recovery(&a),
         Cmd::Export(a) => export::export(&a),
+        Cmd::Tokenize(a) => train::tokenize(&a),
         Cmd::Generate { model, prompt, max_new_tokens, json } => inspect::generate(&model.model, &prompt, max_new_tokens, json),
     }
 }

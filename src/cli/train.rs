@@ -1,6 +1,6 @@
 //! The `distill` and `recovery` subcommands (argument handling and output only; the work
 //! is in `taylorcal::train` and `taylorcal::experiments::recovery`).
-use super::args::{DistillArgs, RecoveryArgs};
+use super::args::{DistillArgs, RecoveryArgs, TokenizeArgs};
 use super::setup::conv_setup;
 use super::{claim_out, gpu, progress, resolve_model};
 use anyhow::{ensure, Context as _, Result};
@@ -65,13 +65,17 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
     let tokenizer =
         ck.tokenizer.clone().or_else(|| files.tokenizer.clone()).context("neither the student nor the teacher has a tokenizer")?;
     let teacher = Decoder::new(gpu, &files)?;
-    let inputs = RunInputs { train: a.train.identity()?, teacher: Identity::of_model(&files) };
+    let teacher_id = Identity::of_model(&files);
     drop(files.tensors);
     let student = Decoder::from_checkpoint(gpu, &ck)?;
-    let data = a.train.stream(&tokenizer, student.vocab(), opts.steps() * opts.batch, a.seed)?;
+    let (eos, sequences) = (files.config.eos_token_id, opts.steps() * opts.batch);
+    let data = a.train.stream(&tokenizer, eos, student.vocab(), sequences, a.seed, a.eval.eval.as_deref())?;
+    let inputs = RunInputs { train: a.train.identity(&data)?, teacher: teacher_id };
     let eval_tokens = a.eval.tokens(&tokenizer, student.vocab())?;
     let windows = a.eval.windows(&eval_tokens)?;
-    let meta = json!({ "teacher": files.source, "student_from": ck.report.get("strategy"), "attn_layers": ck.config.attn_layers, "adapter": gpu.info.name });
+    let stream =
+        json!({ "sequences": data.len(), "resident_bytes": data.resident_bytes(), "shard_tokens": data.shard_set().map(|s| s.tokens()) });
+    let meta = json!({ "stream": stream, "teacher": files.source, "student_from": ck.report.get("strategy"), "attn_layers": ck.config.attn_layers, "adapter": gpu.info.name });
     let setup = Setup {
         gpu,
         teacher: &teacher,
@@ -98,7 +102,7 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
         "out": out, "stage": stage, "steps": report.steps, "tokens": report.tokens, "initial_ppl": report.initial_ppl,
         "final_ppl": report.final_ppl, "tokens_per_s": report.tokens_per_s, "steady_tokens_per_s": report.steady_tokens_per_s,
         "train_seconds": report.train_seconds,
-        "train_buffer_bytes": report.train_buffer_bytes, "sequences": data.len(), "adapter": gpu.info.name,
+        "train_buffer_bytes": report.train_buffer_bytes, "sequences": data.len(), "stream_resident_bytes": data.resident_bytes(), "adapter": gpu.info.name,
     });
     if a.json {
         println!("{summary}");
@@ -118,6 +122,34 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
             report.train_buffer_bytes as f64 / 1048576.0,
             out.display()
         );
+    }
+    Ok(())
+}
+
+/// `taylorcal tokenize`: text and JSONL files into token shards in --out, with the model's
+/// tokenizer and end-of-sequence token.
+pub fn tokenize(a: &TokenizeArgs) -> Result<()> {
+    let path = resolve_model(&a.model.model)?;
+    for p in &a.inputs {
+        ensure!(p.is_file(), "{} is not a file (tokenize reads text and .jsonl files)", p.display());
+    }
+    let inputs: Vec<&Path> = a.inputs.iter().map(|p| p.as_path()).collect();
+    let _out = claim_out(&a.out, Kind::Report(taylorcal::data::is_shard_dir_file), &path, &inputs, a.force)?;
+    let (tokenizer, eos) = if io::is_student(&path) {
+        let ck = io::load_student(&path)?;
+        (ck.tokenizer.with_context(|| format!("{} has no tokenizer", path.display()))?, ck.config.base.eos_token_id)
+    } else {
+        let files = io::load_model(&path)?;
+        (files.tokenizer.with_context(|| format!("{} has no tokenizer", files.source))?, files.config.eos_token_id)
+    };
+    let spinner = progress::spinner(format!("tokenizing into {}", a.out.display()));
+    let shards = taylorcal::data::tokenize_to_shards(&tokenizer, eos, &a.inputs, &a.out, a.shard_tokens)?;
+    spinner.finish_and_clear();
+    let tokens: u64 = shards.iter().map(|s| s.tokens).sum();
+    if a.json {
+        println!("{}", json!({ "out": a.out, "tokens": tokens, "shards": shards, "eos": eos }));
+    } else {
+        println!("{tokens} tokens in {} shards in {}", shards.len(), a.out.display());
     }
     Ok(())
 }
@@ -150,7 +182,8 @@ pub fn recovery(r: &RecoveryArgs) -> Result<()> {
     o.convert = setup.opts.clone();
     // every stage starts at the stream's first sequence: the longer one reads the most
     let sequences = [Some(&o.stage2), o.stage1.as_ref()].into_iter().flatten().map(|s| s.steps() * s.batch).max().unwrap_or(1);
-    let data = train.stream(&setup.tokenizer, setup.teacher.vocab(), sequences, conv.seed)?;
+    let eos = setup.files.config.eos_token_id;
+    let data = train.stream(&setup.tokenizer, eos, setup.teacher.vocab(), sequences, conv.seed, conv.eval.eval.as_deref())?;
     let windows = setup.eval_windows()?;
     let pb = progress::steps(0, "recovery");
     let mut last_ppl = None;

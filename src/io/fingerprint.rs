@@ -57,11 +57,16 @@ impl Fingerprint {
 
     /// The fingerprint as 16 hex digits.
     pub fn hex(&self) -> String {
+        format!("{:016x}", self.value())
+    }
+
+    /// The fingerprint as a number (what [`Fingerprint::hex`] writes).
+    pub fn value(&self) -> u64 {
         // splitmix64's finaliser: every input bit reaches every output bit
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        format!("{:016x}", z ^ (z >> 31))
+        z ^ (z >> 31)
     }
 }
 
@@ -84,6 +89,20 @@ pub fn of_files(paths: &[impl AsRef<Path>]) -> Result<String> {
         }
     }
     Ok(fp.hex())
+}
+
+/// The fingerprint [`of_files`] gives a file holding `bytes`.
+pub fn of_bytes(bytes: &[u8]) -> String {
+    const BLOCK: usize = 1 << 20;
+    let mut fp = Fingerprint::default();
+    let mut blocks = bytes.chunks(BLOCK);
+    loop {
+        let b = blocks.next().unwrap_or(&[]);
+        fp.bytes(b);
+        if b.len() < BLOCK {
+            return fp.hex();
+        }
+    }
 }
 
 /// The fingerprint of tensors: names, shapes and values, in name order.

@@ -385,7 +385,7 @@ pub const INTERNAL_PREFIX: &str = ".taylorcal";
 /// The temporary file beside `path` that an atomic write fills first: named with the
 /// prefix of taylorcal's own entries, so a copy a crash leaves behind never makes the
 /// directory look like someone else's to the next command (`out_dir`, which removes it).
-fn tmp_path(path: &Path) -> PathBuf {
+pub(crate) fn tmp_path(path: &Path) -> PathBuf {
     let mut name = std::ffi::OsString::from(format!("{INTERNAL_PREFIX}{TMP}"));
     name.push(path.file_name().unwrap_or_default());
     path.with_file_name(name)

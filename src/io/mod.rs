@@ -1,7 +1,7 @@
 //! File formats only: model descriptions (config), GGUF, safetensors / Hugging Face
 //! directories, tokenizers, fetching the default teacher, and taylorcal's own checkpoint
 //! directory with the rules for an output directory (`out_dir`), the student's exported
-//! layouts for Python tools (`export`), and content fingerprints (`fingerprint`). Nothing here touches the GPU; everything returns host tensors under
+//! layouts for Python tools (`export`), content fingerprints (`fingerprint`) and token shards (`shard`). Nothing here touches the GPU; everything returns host tensors under
 //! Hugging Face Llama names.
 
 pub mod checkpoint;
@@ -13,6 +13,7 @@ pub mod fingerprint;
 pub mod gguf;
 pub mod hf;
 pub mod out_dir;
+pub mod shard;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};

@@ -49,7 +49,11 @@ impl AttnShape {
 
     /// Query rows per sequence of a q of `q_numel` elements.
     fn rows(&self, q_numel: usize) -> usize {
-        assert!(self.seqs >= 1 && q_numel % (self.seqs * self.heads * self.dim) == 0, "q is not {} sequences of whole rows", self.seqs);
+        assert!(
+            self.seqs >= 1 && q_numel.is_multiple_of(self.seqs * self.heads * self.dim),
+            "q is not {} sequences of whole rows",
+            self.seqs
+        );
         q_numel / (self.seqs * self.heads * self.dim)
     }
 }

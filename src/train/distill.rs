@@ -118,7 +118,7 @@ impl DistillOpts {
         ensure!(self.batch >= 1, "--batch must be at least 1");
         if let Some(m) = self.micro_batch {
             ensure!(
-                m >= 1 && self.batch % m == 0,
+                m >= 1 && self.batch.is_multiple_of(m),
                 "--micro-batch {m} must be at least 1 and divide --batch {} (each step runs batch / micro-batch passes)",
                 self.batch
             );
@@ -611,7 +611,10 @@ pub fn distill(s: &Setup, opts: &DistillOpts, resume: Option<ResumeState>, hooks
         opt.zero_grad(&mut b);
         for j in 0..passes {
             let first = step * batch + j * seqs;
-            let ids_host: Vec<u32> = (first..first + seqs).flat_map(|i| s.data.get(i).iter().copied()).collect();
+            let mut ids_host = Vec::with_capacity(rows);
+            for i in first..first + seqs {
+                s.data.sequence(i, &mut ids_host)?;
+            }
             let ids = s.student.upload_ids(g, &ids_host)?;
             stage.micro(&mut b, &ids, &ids_host, j)?;
             // submit per micro-batch: keeps command buffers (and uniform pools) small

@@ -3,7 +3,7 @@
 //! calibration, layer selection, distillation, output safety, option checks; then the
 //! crate's layering itself.
 //!
-//! Files, in order: io, fuzz, tokenizer, data, decoder, gdn_block, training, calibrate, select, distill,
+//! Files, in order: io, fuzz, tokenizer, data, shards, decoder, gdn_block, training, calibrate, select, distill,
 //! export, safety, crash, options, layout.
 #[path = "../common/mod.rs"]
 mod common;
@@ -19,6 +19,9 @@ mod tokenizer;
 
 /// Text tokenised in pieces, bounded reading, the training stream, vocabulary checks.
 mod data;
+
+/// Token shards: round trip, JSONL errors, one pass per epoch in bounded memory, exact resume.
+mod shards;
 
 /// Teacher and hybrid-student logits against the f64 reference, decoding, perplexity.
 mod decoder;
