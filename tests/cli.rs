@@ -46,6 +46,87 @@ fn eval_stats_generate_json_on_a_tiny_model() {
     assert!(v["new_tokens"].as_u64().unwrap() >= 1);
 }
 
+/// `generate` sampling: a seed repeats the text, the streamed text is the `--json` text,
+/// `--stop` cuts the text at the stop string, `--prompt-file` reads the prompt, and
+/// `--prompt` with `--prompt-file` (or neither) is refused.
+#[test]
+fn generate_samples_streams_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_gguf(dir.path(), true);
+    let m = model.to_str().unwrap();
+    let sampling = ["--temperature", "1.2", "--top-k", "200", "--top-p", "0.98", "--min-p", "0.01", "--repetition-penalty", "1.3"];
+    let generate_seeded = |seed: &str, extra: &[&str]| {
+        let base = ["generate", "--model", m, "--max-new-tokens", "30", "--seed", seed];
+        let (ok, out, err) = taylorcal(&[&base[..], &sampling, extra].concat());
+        assert!(ok, "generate {extra:?}: {err}");
+        out
+    };
+    let generate = |extra: &[&str]| generate_seeded("4", extra);
+    let v = json(&generate(&["--prompt", "the cat", "--json"]));
+    let text = v["text"].as_str().unwrap().to_string();
+    assert_eq!(v["stop_reason"], if v["new_tokens"] == 30 { "length" } else { "eos" }, "{v}");
+    for key in ["time_to_first_token_s", "prefill_tokens_per_s", "decode_tokens_per_s"] {
+        assert!(v[key].as_f64().unwrap() > 0.0, "{key}: {v}");
+    }
+    let again = json(&generate(&["--prompt", "the cat", "--json"]));
+    assert_eq!((&again["ids"], &again["text"]), (&v["ids"], &v["text"]), "the same seed gave another text");
+    let other = json(&generate_seeded("5", &["--prompt", "the cat", "--json"]));
+    assert_ne!(other["ids"], v["ids"], "another seed gave the same tokens");
+    assert_eq!(generate(&["--prompt", "the cat"]), format!("the cat{text}\n"), "streamed text differs from --json's");
+
+    let prompt = dir.path().join("prompt.txt");
+    std::fs::write(&prompt, "the cat").unwrap();
+    let from_file = json(&generate(&["--prompt-file", prompt.to_str().unwrap(), "--json"]));
+    assert_eq!(from_file["ids"], v["ids"]);
+
+    // a stop string from the middle of the text: the text ends just before its first occurrence
+    let chars: Vec<char> = text.chars().collect();
+    let at = (chars.len() / 2..chars.len() - 1).find(|&i| !chars[i..i + 2].contains(&'\u{FFFD}')).unwrap();
+    let stop: String = chars[at..at + 2].iter().collect();
+    let want = &text[..text.find(&stop).unwrap()];
+    let cut = json(&generate(&["--prompt", "the cat", "--json", "--stop", "zzz", "--stop", &stop]));
+    assert_eq!((cut["text"].as_str().unwrap(), &cut["stop_reason"]), (want, &serde_json::json!("stop")), "stop {stop:?}");
+    assert_eq!(generate(&["--prompt", "the cat", "--stop", &stop]), format!("the cat{want}\n"), "streamed past the stop string");
+
+    for (args, what) in [(vec!["--prompt", "x", "--prompt-file", "p.txt"], "cannot be used with"), (vec![], "--prompt")] {
+        let (ok, _, err) = taylorcal(&[&["generate", "--model", m][..], &args].concat());
+        assert!(!ok && err.contains(what) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    let (ok, _, err) = taylorcal(&["generate", "--model", m, "--prompt-file", "/no/such/prompt.txt"]);
+    assert!(!ok && err.contains("/no/such/prompt.txt"), "{err}");
+    let (ok, _, err) = taylorcal(&["generate", "--model", m, "--prompt", "x", "--top-p", "0"]);
+    assert!(!ok && err.contains("--top-p"), "{err}");
+}
+
+/// `generate --chat` wraps the prompt in the GGUF's chat template: the same tokens as the
+/// rendered text given as the prompt; a model with no template is a clear error.
+#[test]
+fn generate_chat_renders_the_models_template() {
+    use taylorcal::io::gguf::{GgufTensorData, GgufValue};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = taylorcal::io::ModelConfig { vocab_size: TINY_VOCAB_WITH_TOKENIZER, ..tiny_config(taylorcal::io::Arch::Llama) };
+    let template = r"{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+    let mut meta = tiny_tokenizer_metadata();
+    meta.push(("tokenizer.chat_template".into(), GgufValue::String(template.into())));
+    let chat_model = dir.path().join("chat.gguf");
+    write_model_gguf(&chat_model, &cfg, "llama", &random_tensors(&cfg, 13), GgufTensorData::Q8_0, meta);
+    let m = chat_model.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let (ok, out, err) = taylorcal(&[&["generate", "--model", m, "--max-new-tokens", "4", "--json"][..], args].concat());
+        assert!(ok, "{args:?}: {err}");
+        json(&out)
+    };
+    let chat = run(&["--chat", "--prompt", "hi"]);
+    let plain = run(&["--prompt", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"]);
+    assert_eq!((&chat["prompt_tokens"], &chat["ids"]), (&plain["prompt_tokens"], &plain["ids"]));
+    let (ok, out, err) = taylorcal(&["generate", "--model", m, "--max-new-tokens", "4", "--chat", "--prompt", "hi"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("{}\n", chat["text"].as_str().unwrap()), "--chat prints the reply only");
+    let plain_model = tiny_gguf(dir.path(), true);
+    let (ok, _, err) = taylorcal(&["generate", "--model", plain_model.to_str().unwrap(), "--chat", "--prompt", "hi"]);
+    assert!(!ok && err.contains("carries no chat template") && !err.contains("panicked"), "{err}");
+}
+
 #[test]
 fn empty_text_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

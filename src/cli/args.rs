@@ -544,18 +544,67 @@ pub enum Cmd {
     /// `distill --train` streams (each file, or JSONL line, one document followed by the
     /// end-of-sequence token)
     Tokenize(TokenizeArgs),
-    /// Greedy decoding with a KV cache
-    Generate {
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Text to continue
-        #[arg(long)]
-        prompt: String,
-        /// Tokens to generate at most (fewer when the model ends the text)
-        #[arg(long, default_value_t = 64)]
-        max_new_tokens: usize,
-        /// Print one line of JSON instead of text
-        #[arg(long)]
-        json: bool,
-    },
+    /// Continue a text with a KV cache (softmax layers) and recurrent state (GDN layers),
+    /// greedy or sampled, streamed to stdout as it is produced
+    Generate(GenerateArgs),
+}
+
+/// `taylorcal generate`.
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Text to continue
+    #[arg(long, required_unless_present = "prompt_file", conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// File whose text to continue (instead of --prompt)
+    #[arg(long)]
+    pub prompt_file: Option<std::path::PathBuf>,
+    /// Tokens to generate at most (fewer when the model ends the text or a --stop string appears)
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature: 0 is greedy (the most likely token each step)
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Sample only among the K most likely tokens (0: all)
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Sample only among the fewest most likely tokens whose probability reaches P (1: all)
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Sample only among tokens at least P times as likely as the most likely one (0: all)
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f64,
+    /// Penalty on tokens already in the text: positive logits divided by it, negative ones
+    /// multiplied (1: none; also applies when greedy)
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f64,
+    /// Seed of the sampling draws (the same seed gives the same text)
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when the generated text contains STRING, which is cut off with what follows
+    /// (repeatable)
+    #[arg(long, value_name = "STRING")]
+    pub stop: Vec<String>,
+    /// Wrap the prompt as a user message in the model's chat template (GGUF
+    /// tokenizer.chat_template or tokenizer_config.json's chat_template) and open the
+    /// assistant's turn; only the reply is printed
+    #[arg(long)]
+    pub chat: bool,
+    /// Print one line of JSON at the end (text, ids, speeds, stop reason) instead of streaming
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl GenerateArgs {
+    pub fn sample_opts(&self) -> taylorcal::eval::SampleOpts {
+        taylorcal::eval::SampleOpts {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+        }
+    }
 }

@@ -1,12 +1,13 @@
 //! The `info`, `eval`, `stats`, `generate` and `bench` subcommands: look at the GPU, a
 //! model or the kernels and print what is seen.
-use super::args::ModelTextArgs;
-use super::gpu;
+use super::args::{GenerateArgs, ModelTextArgs};
 use super::setup::load;
-use anyhow::Result;
+use super::{gpu, resolve_model};
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use serde_json::json;
-use taylorcal::data;
+use std::io::Write as _;
 use taylorcal::experiments::{bench, bench_gdn};
+use taylorcal::{data, eval};
 
 /// `taylorcal info`: the adapter, its features and key limits.
 pub fn info(json: bool) -> Result<()> {
@@ -73,35 +74,71 @@ pub fn stats(a: &ModelTextArgs) -> Result<()> {
     Ok(())
 }
 
-/// `taylorcal generate`: greedy decoding, streamed to stdout (or one JSON object).
-pub fn generate(model: &str, prompt: &str, max_new_tokens: usize, json: bool) -> Result<()> {
-    let m = load(model)?;
-    let enc = m.tokenizer.encode(prompt, false).map_err(|e| anyhow::anyhow!("tokenising the prompt: {e}"))?;
+/// `taylorcal generate`: greedy or sampled decoding, streamed to stdout (or one JSON object).
+pub fn generate(a: &GenerateArgs) -> Result<()> {
+    let opts = a.sample_opts();
+    opts.check()?;
+    ensure!(a.stop.iter().all(|s| !s.is_empty()), "--stop needs a non-empty string");
+    let mut prompt = match (&a.prompt, &a.prompt_file) {
+        (Some(p), None) => p.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading the prompt file {}", f.display()))?,
+        _ => bail!("give exactly one of --prompt and --prompt-file"),
+    };
+    let m = load(&a.model.model)?;
+    if a.chat {
+        let path = resolve_model(&a.model.model)?;
+        let template = taylorcal::io::chat::find_template(&path)?.with_context(|| {
+            format!(
+                "{} carries no chat template (tokenizer.chat_template in a GGUF, chat_template in tokenizer_config.json)",
+                path.display()
+            )
+        })?;
+        let eos = m.eos.and_then(|id| m.tokenizer.id_to_token(id)).unwrap_or_default();
+        prompt = taylorcal::io::chat::render_user_prompt(&template, &prompt, "", &eos)?;
+    }
+    let enc = m.tokenizer.encode(prompt.as_str(), false).map_err(|e| anyhow!("tokenising the prompt: {e}"))?;
     let ids = enc.get_ids().to_vec();
     data::check_ids(&ids, m.model.vocab(), "the prompt")?;
-    if !json {
+    let decode = |ids: &[u32]| m.tokenizer.decode(ids, true).map_err(|e| anyhow!("decoding: {e}"));
+    let mut out = std::io::stdout();
+    if !a.json && !a.chat {
         print!("{prompt}");
     }
+    // the text printed so far: the decoded text up to what may still change (a split
+    // character, the start of a stop string)
     let mut shown = String::new();
     let mut new_ids: Vec<u32> = vec![];
-    let out = taylorcal::eval::generate(gpu()?, &m.model, &ids, max_new_tokens, m.eos, |id| {
-        if json {
-            return;
-        }
+    let mut sampler = taylorcal::eval::Sampler::new(opts);
+    let g = taylorcal::eval::generate_with(gpu()?, &m.model, &ids, a.max_new_tokens, m.eos, &mut sampler, |id| {
         new_ids.push(id);
-        let text = m.tokenizer.decode(&new_ids, true).unwrap_or_default();
-        if let Some(tail) = text.strip_prefix(shown.as_str()) {
-            print!("{tail}");
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
+        let text = decode(&new_ids).unwrap_or_default();
+        let stopped = eval::stop_at(&text, &a.stop).is_some();
+        let ready = eval::printable_len(&text, &a.stop);
+        if !a.json && !stopped && ready > shown.len() && text.starts_with(shown.as_str()) {
+            print!("{}", &text[shown.len()..ready]);
+            let _ = out.flush();
+            shown = text[..ready].to_string();
         }
-        shown = text;
+        stopped
     })?;
-    let text = m.tokenizer.decode(&out, true).map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
-    if json {
-        println!("{}", json!({ "prompt": prompt, "prompt_tokens": ids.len(), "new_tokens": out.len(), "ids": out, "text": text }));
+    let mut text = decode(&g.ids)?;
+    if let Some(cut) = eval::stop_at(&text, &a.stop) {
+        text.truncate(cut);
+    }
+    if a.json {
+        let n = g.ids.len();
+        let per_s = |tokens: usize, s: f64| if tokens > 0 && s > 0.0 { Some(tokens as f64 / s) } else { None };
+        println!(
+            "{}",
+            json!({
+                "prompt": prompt, "prompt_tokens": ids.len(), "new_tokens": n, "ids": g.ids, "text": text,
+                "stop_reason": g.stop, "time_to_first_token_s": g.prefill_s,
+                "prefill_tokens_per_s": per_s(ids.len(), g.prefill_s),
+                "decode_tokens_per_s": per_s(n.saturating_sub(1), g.decode_s),
+            })
+        );
     } else {
-        println!();
+        println!("{}", text.strip_prefix(shown.as_str()).unwrap_or_default());
     }
     Ok(())
 }

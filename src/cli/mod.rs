@@ -56,6 +56,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Recovery(a) => train::recovery(&a),
         Cmd::Export(a) => export::export(&a),
         Cmd::Tokenize(a) => train::tokenize(&a),
-        Cmd::Generate { model, prompt, max_new_tokens, json } => inspect::generate(&model.model, &prompt, max_new_tokens, json),
+        Cmd::Generate(a) => inspect::generate(&a),
     }
 }

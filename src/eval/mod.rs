@@ -1,9 +1,14 @@
-//! Perplexity (one sequence or windows) and greedy generation with a KV cache or GDN state.
+//! Perplexity (one sequence or windows) and generation (greedy or sampled, [`sample`]) with a
+//! KV cache and GDN state.
 use crate::gpu::Gpu;
 use crate::nn::decoder::{Decoder, ForwardOpts};
 use crate::ops;
 use anyhow::{ensure, Result};
 use serde::Serialize;
+use std::time::Instant;
+
+pub mod sample;
+pub use sample::{SampleOpts, Sampler};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalResult {
@@ -60,28 +65,95 @@ pub fn generate(
     eos: Option<u32>,
     mut on_token: impl FnMut(u32),
 ) -> Result<Vec<u32>> {
+    let mut sampler = Sampler::new(SampleOpts::default());
+    let g = generate_with(gpu, model, prompt, max_new, eos, &mut sampler, |id| {
+        on_token(id);
+        false
+    })?;
+    Ok(g.ids)
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StopReason {
+    /// The model's end-of-sequence token (kept as the last id).
+    Eos,
+    /// The caller's `on_token` asked to stop (a stop string).
+    Stop,
+    /// `max_new` tokens.
+    Length,
+}
+
+/// The new tokens and the time each phase took.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    pub ids: Vec<u32>,
+    pub stop: StopReason,
+    /// Seconds from the start to the first sampled token (the prompt's prefill).
+    pub prefill_s: f64,
+    /// Seconds of the single-token steps after the first token.
+    pub decode_s: f64,
+}
+
+/// Decoding with the KV cache (softmax layers) and recurrent state (GDN layers), each token
+/// drawn by `sampler` on the host from the one logits row read back per step. Stops at
+/// `eos`, after `max_new` tokens, or when `on_token` returns true.
+pub fn generate_with(
+    gpu: &Gpu,
+    model: &Decoder,
+    prompt: &[u32],
+    max_new: usize,
+    eos: Option<u32>,
+    sampler: &mut Sampler,
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<Generation> {
     ensure!(!prompt.is_empty(), "the prompt tokenised to nothing");
+    let start = Instant::now();
     let cache = model.kv_cache(gpu, prompt.len() + max_new)?;
-    let mut out = Vec::new();
-    let mut ids = prompt.to_vec();
-    let mut pos = 0;
-    while out.len() < max_new {
-        let tid = model.upload_ids(gpu, &ids)?;
+    let mut context = prompt.to_vec();
+    let (mut pos, mut prefill_s, mut step_s) = (0, 0.0, 0.0);
+    let mut stop = StopReason::Length;
+    while context.len() - prompt.len() < max_new {
+        let t0 = Instant::now();
+        let ids = &context[pos..];
+        let tid = model.upload_ids(gpu, ids)?;
         let mut b = gpu.batch();
         let hidden = model.forward(&mut b, &cache, &tid, pos, ForwardOpts::default())?;
         let logits = model.logits(&mut b, &hidden, ids.len() - 1, 1)?;
         b.submit();
-        let l = gpu.read(&logits)?;
-        let next = l.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0 as u32;
-        pos += ids.len();
-        out.push(next);
-        on_token(next);
+        let next = sampler.next(&gpu.read(&logits)?, &context);
+        if pos == 0 {
+            prefill_s = start.elapsed().as_secs_f64();
+        } else {
+            step_s += t0.elapsed().as_secs_f64();
+        }
+        pos = context.len();
+        context.push(next);
         if Some(next) == eos {
+            stop = StopReason::Eos;
             break;
         }
-        ids = vec![next];
+        if on_token(next) {
+            stop = StopReason::Stop;
+            break;
+        }
     }
-    Ok(out)
+    Ok(Generation { ids: context.split_off(prompt.len()), stop, prefill_s, decode_s: step_s })
+}
+
+/// The byte offset of the earliest occurrence of any of `stops` in `text`.
+pub fn stop_at(text: &str, stops: &[String]) -> Option<usize> {
+    stops.iter().filter_map(|s| text.find(s.as_str())).min()
+}
+
+/// How much of a text being generated can be shown for good: all but a trailing
+/// replacement character (a multi-byte character whose rest is still to come) and a
+/// trailing piece that may grow into one of `stops`.
+pub fn printable_len(text: &str, stops: &[String]) -> usize {
+    let t = text.trim_end_matches('\u{FFFD}');
+    let held = |s: &String| (1..s.len()).rev().find(|&k| s.is_char_boundary(k) && t.ends_with(&s[..k])).unwrap_or(0);
+    t.len() - stops.iter().map(held).max().unwrap_or(0)
 }
 
 /// Perplexity over several windows, each its own sequence: exp of the mean NLL over every
@@ -103,4 +175,21 @@ pub fn perplexity_windows_skipping(gpu: &Gpu, model: &Decoder, windows: &[&[u32]
     ensure!(count > 0, "nothing to evaluate");
     let nll = sum / count as f64;
     Ok(EvalResult { tokens, nll, ppl: nll.exp() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_cut_and_hold_back_the_text() {
+        let stops = vec!["END".to_string(), "\n\n".to_string()];
+        assert_eq!(stop_at("abc\n\nxEND", &stops), Some(3));
+        assert_eq!(stop_at("abc\n", &stops), None);
+        assert_eq!(printable_len("abc\n", &stops), 3);
+        assert_eq!(printable_len("abcEN", &stops), 3);
+        assert_eq!(printable_len("abcE", &stops), 3);
+        assert_eq!(printable_len("abcEx", &stops), 5);
+        assert_eq!(printable_len("ab\u{e9}\u{FFFD}", &[]), 4);
+    }
 }

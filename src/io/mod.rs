@@ -4,6 +4,7 @@
 //! layouts for Python tools (`export`), content fingerprints (`fingerprint`) and token shards (`shard`). Nothing here touches the GPU; everything returns host tensors under
 //! Hugging Face Llama names.
 
+pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod dtype;

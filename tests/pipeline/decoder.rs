@@ -2,8 +2,9 @@
 //! the f64 CPU reference (src/nn/reference.rs) for a Llama (GQA, tied embeddings), a
 //! Qwen2-style model (q/k/v biases, GQA, untied head), a Qwen3-style one (q/k norms), a
 //! hybrid student and Llamas with each RoPE scaling; a GGUF copy (permuted Q/K) gives the
-//! same logits; KV-cache and recurrent-state decoding equal the full pass; perplexity
-//! equals the reference NLL.
+//! same logits; KV-cache and recurrent-state decoding equal the full pass (the student's at
+//! every position of 300 tokens); perplexity equals the reference NLL; generation stops at
+//! EOS and repeats for a seed.
 use crate::common::student::{bare_checkpoint, tiny_hybrid};
 use crate::common::tiny::*;
 use crate::common::*;
@@ -188,4 +189,57 @@ fn checkpoint_round_trip_gives_identical_logits() {
     let back = checkpoint::load_checkpoint(&dir.path().join("s")).unwrap();
     let after = logits(&Decoder::from_checkpoint(gpu(), &back).unwrap(), &toks);
     assert_eq!(before, after, "logits changed across save/load");
+}
+
+/// The student's decode, one token at a time through its KV cache and GDN state, gives the
+/// logits of one full prefill pass at every position of 300 tokens (several 64-token chunks
+/// of the prefill's scan).
+#[test]
+fn hybrid_decode_equals_prefill_at_every_position_over_300_tokens() {
+    let (mut hc, teacher) = tiny_hybrid(vec![1], 54);
+    hc.base.max_position_embeddings = 320;
+    let tensors = taylorcal::calibrate::init::init_student(&hc, &teacher, 55).unwrap();
+    let ck = bare_checkpoint(hc, tensors, serde_json::Value::Null);
+    let d = Decoder::from_checkpoint(gpu(), &ck).unwrap();
+    let v = ck.config.base.vocab_size;
+    let toks = ids(300, v);
+    let full = logits(&d, &toks);
+    let g = gpu();
+    let cache = d.kv_cache(g, toks.len()).unwrap();
+    let mut worst = 0.0f64;
+    for (pos, tok) in toks.iter().enumerate() {
+        let tid = g.upload_u32(&[1], &[*tok]).unwrap();
+        let mut b = g.batch();
+        let hidden = d.forward(&mut b, &cache, &tid, pos, ForwardOpts::default()).unwrap();
+        let l = d.logits(&mut b, &hidden, 0, 1).unwrap();
+        b.submit();
+        let step = g.read(&l).unwrap();
+        let want = f64v(&full[pos * v..(pos + 1) * v]);
+        worst = worst.max(rel_err(&step, &want));
+        assert_close(&format!("decode vs prefill at position {pos}"), &step, &want, 1e-4);
+    }
+    eprintln!("decode vs prefill over 300 positions: worst relative error {worst:.2e}");
+}
+
+/// Generation stops at the end-of-sequence id (kept as the last id) and a seeded sampler
+/// draws the same tokens on the GPU twice.
+#[test]
+fn generation_stops_at_eos_and_seeded_sampling_repeats() {
+    use taylorcal::eval::{generate_with, SampleOpts, Sampler, StopReason};
+    let ck = tiny_student(vec![1], 56);
+    let d = Decoder::from_checkpoint(gpu(), &ck).unwrap();
+    let prompt = ids(5, ck.config.base.vocab_size);
+    let run = |eos: Option<u32>, opts: SampleOpts| generate_with(gpu(), &d, &prompt, 8, eos, &mut Sampler::new(opts), |_| false).unwrap();
+    let free = run(None, SampleOpts::default());
+    assert_eq!((free.ids.len(), free.stop), (8, StopReason::Length));
+    assert_eq!(free.ids, eval::generate(gpu(), &d, &prompt, 8, None, |_| {}).unwrap());
+    let eos = free.ids[4];
+    let at = free.ids.iter().position(|&t| t == eos).unwrap();
+    let stopped = run(Some(eos), SampleOpts::default());
+    assert_eq!((&stopped.ids[..], stopped.stop), (&free.ids[..=at], StopReason::Eos));
+    let sampled = SampleOpts { temperature: 1.5, top_k: 40, seed: 9, ..Default::default() };
+    let (a, b) = (run(None, sampled.clone()), run(None, sampled));
+    assert_eq!(a.ids, b.ids);
+    let by_string = generate_with(gpu(), &d, &prompt, 8, None, &mut Sampler::new(SampleOpts::default()), |t| t == eos).unwrap();
+    assert_eq!((&by_string.ids[..], by_string.stop), (&free.ids[..=at], StopReason::Stop));
 }
