@@ -68,6 +68,9 @@ fn generate_samples_streams_and_stops() {
     for key in ["time_to_first_token_s", "prefill_tokens_per_s", "decode_tokens_per_s"] {
         assert!(v[key].as_f64().unwrap() > 0.0, "{key}: {v}");
     }
+    // a teacher has KV caches only (for the prompt and the 30 new tokens), no GDN state
+    let kv = v["kv_cache_bytes"].as_u64().unwrap();
+    assert!(kv > 0 && kv % (v["prompt_tokens"].as_u64().unwrap() + 30) == 0 && v["state_bytes"] == 0, "{v}");
     let again = json(&generate(&["--prompt", "the cat", "--json"]));
     assert_eq!((&again["ids"], &again["text"]), (&v["ids"], &v["text"]), "the same seed gave another text");
     let other = json(&generate_seeded("5", &["--prompt", "the cat", "--json"]));

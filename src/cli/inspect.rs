@@ -135,6 +135,7 @@ pub fn generate(a: &GenerateArgs) -> Result<()> {
                 "stop_reason": g.stop, "time_to_first_token_s": g.prefill_s,
                 "prefill_tokens_per_s": per_s(ids.len(), g.prefill_s),
                 "decode_tokens_per_s": per_s(n.saturating_sub(1), g.decode_s),
+                "kv_cache_bytes": g.kv_cache_bytes, "state_bytes": g.state_bytes,
             })
         );
     } else {

@@ -94,6 +94,10 @@ pub struct Generation {
     pub prefill_s: f64,
     /// Seconds of the single-token steps after the first token.
     pub decode_s: f64,
+    /// GPU bytes of the KV caches (allocated for the prompt and `max_new` tokens) and of the
+    /// GDN states ([`KvCache::bytes`](crate::nn::decoder::KvCache::bytes)).
+    pub kv_cache_bytes: u64,
+    pub state_bytes: u64,
 }
 
 /// Decoding with the KV cache (softmax layers) and recurrent state (GDN layers), each token
@@ -139,7 +143,8 @@ pub fn generate_with(
             break;
         }
     }
-    Ok(Generation { ids: context.split_off(prompt.len()), stop, prefill_s, decode_s: step_s })
+    let (kv_cache_bytes, state_bytes) = cache.bytes();
+    Ok(Generation { ids: context.split_off(prompt.len()), stop, prefill_s, decode_s: step_s, kv_cache_bytes, state_bytes })
 }
 
 /// The byte offset of the earliest occurrence of any of `stops` in `text`.

@@ -64,6 +64,15 @@ pub struct KvCache {
     pub max_len: usize,
 }
 
+impl KvCache {
+    /// GPU bytes held: (the softmax layers' K and V caches, which grow with `max_len`; the
+    /// GDN layers' recurrent states, which do not).
+    pub fn bytes(&self) -> (u64, u64) {
+        let sum = |v: &[Option<Tensor>]| v.iter().flatten().map(Tensor::bytes).sum::<u64>();
+        (sum(&self.k) + sum(&self.v), sum(&self.state))
+    }
+}
+
 /// The activations of one layer's attention block, handed to a forward hook.
 pub struct AttnActs<'a> {
     pub layer: usize,

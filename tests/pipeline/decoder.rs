@@ -206,6 +206,13 @@ fn hybrid_decode_equals_prefill_at_every_position_over_300_tokens() {
     let full = logits(&d, &toks);
     let g = gpu();
     let cache = d.kv_cache(g, toks.len()).unwrap();
+    // K and V of the kept softmax layers grow with the context; a GDN layer's state is H d x d
+    let c = &ck.config.base;
+    let (kept, gdn) = (ck.config.attn_layers.len() as u64, (c.num_hidden_layers - ck.config.attn_layers.len()) as u64);
+    let kv = kept * 2 * 300 * (c.num_key_value_heads * c.head_dim * 4) as u64;
+    let state = gdn * (c.num_attention_heads * c.head_dim * c.head_dim * 4) as u64;
+    assert!(kept > 0 && gdn > 0);
+    assert_eq!(cache.bytes(), (kv, state), "KV-cache and state bytes");
     let mut worst = 0.0f64;
     for (pos, tok) in toks.iter().enumerate() {
         let tid = g.upload_u32(&[1], &[*tok]).unwrap();
