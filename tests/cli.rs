@@ -1038,8 +1038,13 @@ fn convert_preset_quick_and_explicit_options_over_it() {
 #[test]
 fn inspect_gguf_example_reads_the_cached_default_teacher() {
     let root = env!("CARGO_MANIFEST_DIR");
-    // `cargo test` builds the examples, `cargo test --test cli` does not
-    let built = std::process::Command::new(env!("CARGO")).args(["build", "--example", "inspect_gguf"]).current_dir(root).output().unwrap();
+    // `cargo test` builds the examples, `cargo test --test cli` does not; in the profile of
+    // this test (target/release under `cargo test --release`), where CARGO_BIN_EXE_ points
+    let mut args = vec!["build", "--example", "inspect_gguf"];
+    if !cfg!(debug_assertions) {
+        args.push("--release");
+    }
+    let built = std::process::Command::new(env!("CARGO")).args(&args).current_dir(root).output().unwrap();
     assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_taylorcal")).with_file_name("examples").join("inspect_gguf");
     let dir = tempfile::tempdir().unwrap();
