@@ -100,10 +100,7 @@ fn attn_bwd_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     var ms = vec2<f32>(NEG, 0.0);
     var ahead = kv_ahead(w, 0u, false, li);
     for (var j0 = 0u; j0 <= w.last; j0 += BC) {
-        workgroupBarrier();
-        kv_put(ahead, w, j0, false, li);
-        workgroupBarrier();
-        ahead = kv_ahead(w, j0 + BC, false, li);
+        kv_next(&ahead, w, j0, false, li);
         for (var jb = 0u; jb < BC && j0 + jb <= w.last; jb += SBW) {
             coopStoreT(dots(jb, q0, q1, q2, q3, q4, q5, q6, q7), &sc[l.own], SBW);
             if (SBW > 16u) { coopStoreT(dots(jb + 16u, q0, q1, q2, q3, q4, q5, q6, q7), &sc[l.own + 16u], SBW); }
@@ -124,10 +121,7 @@ fn attn_bwd_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     var a7 = FC();
     ahead = kv_ahead(w, 0u, true, li);
     for (var j0 = 0u; j0 <= w.last; j0 += BC) {
-        workgroupBarrier();
-        kv_put(ahead, w, j0, true, li);
-        workgroupBarrier();
-        ahead = kv_ahead(w, j0 + BC, true, li);
+        kv_next(&ahead, w, j0, true, li);
         for (var jb = 0u; jb < BC && j0 + jb <= w.last; jb += SBW) {
             coopStoreT(dots(jb, q0, q1, q2, q3, q4, q5, q6, q7), &sc[l.own], SBW);
             coopStoreT(dots(BC + jb, d0, d1, d2, d3, d4, d5, d6, d7), &sc2[l.own], SBW);

@@ -209,6 +209,15 @@ fn kv_put1(x: vec4<f32>, v: bool, q: u32, li: u32) {
     put4(select(0u, BC, v) + e / (D / 4u), (e % (D / 4u)) * 4u, x);
 }
 
+// The key loop's step at tile j0: the tile into kvs between barriers (the last tile's
+// readers done before, this one's writers after), then the next tile's loads started.
+fn kv_next(a: ptr<function, KvAhead>, w: Place, j0: u32, with_v: bool, li: u32) {
+    workgroupBarrier();
+    kv_put(*a, w, j0, with_v, li);
+    workgroupBarrier();
+    *a = kv_ahead(w, j0 + BC, with_v, li);
+}
+
 // The tile of keys j0 .. into kvs: from `a` (loaded by kv_ahead), or from memory.
 fn kv_put(a: KvAhead, w: Place, j0: u32, with_v: bool, li: u32) {
     if (!AHEAD) {

@@ -82,10 +82,7 @@ fn attn_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     var ms = vec2<f32>(NEG, 0.0);
     var ahead = kv_ahead(w, 0u, false, li);
     for (var j0 = 0u; j0 <= w.last; j0 += BC) {
-        workgroupBarrier();
-        kv_put(ahead, w, j0, false, li);
-        workgroupBarrier();
-        ahead = kv_ahead(w, j0 + BC, false, li);
+        kv_next(&ahead, w, j0, false, li);
         for (var jb = 0u; jb < BC && j0 + jb <= w.last; jb += SBW) {
             scores(jb / 16u, l, q0, q1, q2, q3, q4, q5, q6, q7);
             workgroupBarrier();
@@ -105,10 +102,7 @@ fn attn_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     var o7 = coop_mat16x16<f32, C>();
     ahead = kv_ahead(w, 0u, true, li);
     for (var j0 = 0u; j0 <= w.last; j0 += BC) {
-        workgroupBarrier();
-        kv_put(ahead, w, j0, true, li);
-        workgroupBarrier();
-        ahead = kv_ahead(w, j0 + BC, true, li);
+        kv_next(&ahead, w, j0, true, li);
         for (var jb = 0u; jb < BC && j0 + jb <= w.last; jb += SBW) {
             scores(jb / 16u, l, q0, q1, q2, q3, q4, q5, q6, q7);
             workgroupBarrier();

@@ -33,10 +33,7 @@ fn lse_pass(w: Place, l: Lane, sg: u32, li: u32, qr: ptr<function, array<vec4<f3
     var ms = vec2<f32>(NEG, 0.0);
     var ahead = kv_ahead(w, 0u, false, li);
     for (var j0 = 0u; j0 <= w.last; j0 += BC) {
-        workgroupBarrier();
-        kv_put(ahead, w, j0, false, li);
-        workgroupBarrier();
-        ahead = kv_ahead(w, j0 + BC, false, li);
+        kv_next(&ahead, w, j0, false, li);
         for (var jb = 0u; jb < BC && j0 + jb <= w.last; jb += SBW) {
             block_dots(qr, l, jb);
             workgroupBarrier();

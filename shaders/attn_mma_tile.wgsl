@@ -22,10 +22,7 @@ fn attn_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     var acc: array<vec4<f32>, DL>;
     var ahead = kv_ahead(w, 0u, true, li);
     for (var j0 = 0u; j0 <= w.last; j0 += BC) {
-        workgroupBarrier();
-        kv_put(ahead, w, j0, true, li);
-        workgroupBarrier();
-        ahead = kv_ahead(w, j0 + BC, true, li);
+        kv_next(&ahead, w, j0, true, li);
         for (var jb = 0u; jb < BC && j0 + jb <= w.last; jb += SBW) {
             block_dots(&qr, l, jb);
             workgroupBarrier();

@@ -2,8 +2,8 @@
 //! (shaders/attention.wgsl), its backward for training (shaders/attention_bwd.wgsl), and,
 //! for the callers that read no statistics at f16 precision, the same attention and its
 //! backward on f16 tiles and the matrix units ([`attention_mma`]: shaders/attn_mma_common,
-//! _coop, _tile, _frag_tile; [`attention_backward_mma`]: shaders/attn_bwd_mma_common, _coop,
-//! _tile).
+//! _coop, _tile; [`attention_backward_mma`]: shaders/attn_bwd_mma_common, _coop, _tile; both
+//! fallbacks share shaders/attn_mma_frag_tile.wgsl).
 //! No T x T matrix is ever stored. Tested in tests/kernels/attention.rs.
 use super::mma::MmaPath;
 use crate::gpu::{Batch, Gpu, Kernel, Precision, Tensor};
